@@ -1,0 +1,5 @@
+import sys
+
+from npmobilenet.cli import main
+
+sys.exit(main())
