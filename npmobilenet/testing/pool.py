@@ -1,0 +1,5 @@
+"""Hypothesis strategies for pooling configurations (stub: being written)."""
+
+
+def pool2d_configs(*args, **kwargs):
+    raise NotImplementedError
