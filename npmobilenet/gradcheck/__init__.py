@@ -1,0 +1,22 @@
+"""Gradient checks for hand-written backward passes: yours and this library's.
+
+>>> import numpy as np
+>>> from npmobilenet.gradcheck import check_grad
+>>> x = np.array([1.0, 2.0])
+>>> report = check_grad(lambda x: np.sum(x**3), {"x": x}, {"x": 3 * x**2})
+>>> report.passed
+True
+
+See :func:`check_grad` (any scalar function) and :func:`check_op` (a forward/backward pair
+following this library's ``(out, cache)`` / ``backward(dout, cache)`` convention).
+"""
+
+from npmobilenet.gradcheck.core import (
+    GradcheckError,
+    GradcheckReport,
+    InputReport,
+    check_grad,
+    check_op,
+)
+
+__all__ = ["GradcheckError", "GradcheckReport", "InputReport", "check_grad", "check_op"]

@@ -1,0 +1,514 @@
+"""Numerical gradient checks: compare a hand-written gradient with central differences.
+
+Two entry points:
+
+* :func:`check_grad` checks the gradient of any scalar function ``fn(**inputs)``.
+* :func:`check_op` checks a forward/backward pair of this library's convention
+  (``forward(...) -> (out, cache)``, ``backward(dout, cache) -> grads``).
+
+Everything is evaluated in float64, whatever the dtype of the arrays you pass in: the check makes
+float64 copies and never modifies your arrays.
+
+Pass criterion (the same as ``np.isclose(analytic, numeric, rtol, atol)``, made symmetric)::
+
+    |a - n| <= atol + rtol * max(|a|, |n|)        for every element
+
+where ``a`` is the analytic and ``n`` the numeric value. The *relative error* of an element is
+``|a - n| / max(|a|, |n|)`` (0 when both are 0). The *worst* element is the one furthest beyond
+its tolerance, i.e. with the largest ``|a - n| / (atol + rtol * max(|a|, |n|))``; a check passes
+when that ratio is at most 1.
+"""
+
+from __future__ import annotations
+
+import copy
+import numbers
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from npmobilenet._checks import describe
+
+__all__ = ["GradcheckError", "GradcheckReport", "InputReport", "check_grad", "check_op"]
+
+
+class GradcheckError(AssertionError):
+    """An analytic gradient disagrees with the numerical one (raised by the check functions).
+
+    A subclass of ``AssertionError``, so pytest shows it as an ordinary test failure.
+    ``report`` holds the :class:`GradcheckReport` of the failing check (None when the backward
+    failed before any comparison, for example by returning the wrong number of gradients).
+    """
+
+    def __init__(self, message: str, report: GradcheckReport | None = None):
+        super().__init__(message)
+        self.report = report
+
+
+@dataclass
+class InputReport:
+    """Comparison result for one input.
+
+    In full mode ``checked`` counts elements and ``worst_index`` is the index of the worst element
+    in the input's shape; in fast mode ``checked`` counts random directions and ``worst_index``
+    is ``(k,)``, the number of the worst direction.
+    """
+
+    name: str
+    shape: tuple
+    checked: int
+    max_abs_err: float
+    max_rel_err: float
+    worst_ratio: float  # max |a - n| / (atol + rtol * max(|a|, |n|)); <= 1 passes
+    worst_index: tuple
+    worst_analytic: float
+    worst_numeric: float
+    n_failed: int
+
+    @property
+    def passed(self) -> bool:
+        return self.n_failed == 0
+
+
+@dataclass
+class GradcheckReport:
+    """What a gradient check compared; ``str(report)`` prints it as a table.
+
+    ``mode`` is ``"full"`` (every element) or ``"fast"`` (random directional derivatives);
+    ``evaluations`` counts the calls of ``fn``; ``inputs`` has one :class:`InputReport` per input
+    (in fast mode there is one more row, ``"(joint)"``, for the directions across all inputs).
+    """
+
+    mode: str
+    evaluations: int
+    eps: float
+    rtol: float
+    atol: float
+    inputs: list[InputReport] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed for r in self.inputs)
+
+    def __getitem__(self, name: str) -> InputReport:
+        for r in self.inputs:
+            if r.name == name:
+                return r
+        raise KeyError(name)
+
+    def __str__(self) -> str:
+        unit = "elements" if self.mode == "full" else "directions"
+        head = f"{'input':<16} {'shape':<18} {unit:>10} {'max abs err':>12} {'max rel err':>12}"
+        head += f" {'err/tol':>9}  ok"
+        lines = [
+            f"gradcheck ({self.mode} mode, {self.evaluations} evaluations, eps={self.eps:g}, "
+            f"rtol={self.rtol:g}, atol={self.atol:g})",
+            head,
+        ]
+        for r in self.inputs:
+            lines.append(
+                f"{r.name:<16} {str(r.shape):<18} {r.checked:>10} {r.max_abs_err:>12.2e} "
+                f"{r.max_rel_err:>12.2e} {r.worst_ratio:>9.2e}  {'yes' if r.passed else 'NO'}"
+            )
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# validation
+
+
+def _validate_settings(eps, rtol, atol, fast, seed, directions) -> None:
+    op = "check_grad"
+    for name, v, positive in (("eps", eps, True), ("rtol", rtol, False), ("atol", atol, False)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):
+            raise TypeError(f"{op}: {name} must be a real number, got {describe(v)}")
+        if not np.isfinite(v) or v < 0 or (positive and v == 0):
+            want = "> 0" if positive else ">= 0"
+            raise ValueError(f"{op}: {name} must be finite and {want}, got {v}")
+    if not isinstance(fast, bool):
+        raise TypeError(f"{op}: fast must be True or False, got {describe(fast)}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"{op}: seed must be an int, got {describe(seed)}")
+    if isinstance(directions, bool) or not isinstance(directions, numbers.Integral):
+        raise TypeError(f"{op}: directions must be an int, got {describe(directions)}")
+    if directions < 1:
+        raise ValueError(f"{op}: directions must be >= 1, got {directions}")
+
+
+def _validate_dicts(fn, inputs, analytic) -> None:
+    op = "check_grad"
+    if not callable(fn):
+        raise TypeError(f"{op}: fn must be callable, got {describe(fn)}")
+    for name, d in (("inputs", inputs), ("analytic", analytic)):
+        if not isinstance(d, dict):
+            raise TypeError(f"{op}: {name} must be a dict of name -> array, got {describe(d)}")
+    if not inputs:
+        raise ValueError(f"{op}: inputs is empty; give at least one array to check")
+    missing = [k for k in inputs if k not in analytic]
+    extra = [k for k in analytic if k not in inputs]
+    if missing or extra:
+        raise ValueError(
+            f"{op}: analytic must have the same keys as inputs; missing {missing}, extra {extra}"
+        )
+    for k, x in inputs.items():
+        if not isinstance(x, np.ndarray) or x.dtype.kind != "f":
+            raise TypeError(
+                f"{op}: inputs[{k!r}] must be a floating-point numpy array, got {describe(x)}"
+                " (pass arrays you do not differentiate by closing over them in fn)"
+            )
+        a = analytic[k]
+        if not isinstance(a, np.ndarray) or a.dtype.kind not in "fiu":
+            raise TypeError(f"{op}: analytic[{k!r}] must be a real numpy array, got {describe(a)}")
+        if a.shape != x.shape:
+            raise ValueError(
+                f"{op}: analytic[{k!r}] has shape {a.shape} but inputs[{k!r}] has shape {x.shape}"
+            )
+
+
+def _scalar(out) -> float:
+    """``fn``'s output as a Python float, or a clear error if it is not a finite real scalar."""
+    if isinstance(out, np.ndarray) and out.ndim == 0:
+        out = out[()]
+    if isinstance(out, bool) or not isinstance(out, numbers.Real):
+        raise TypeError(f"check_grad: fn must return a real scalar, got {describe(out)}")
+    out = float(out)
+    if not np.isfinite(out):
+        raise ValueError(f"check_grad: fn returned {out}; it must be finite")
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# comparison
+
+
+def _compare(name, shape, a, n, rtol, atol, index_of) -> InputReport:
+    """Compare flat analytic ``a`` with flat numeric ``n`` element by element."""
+    diff = np.abs(a - n)
+    scale = np.maximum(np.abs(a), np.abs(n))
+    tol = atol + rtol * scale
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.where(scale > 0, diff / np.where(scale > 0, scale, 1.0), 0.0)
+        ratio = np.where(tol > 0, diff / np.where(tol > 0, tol, 1.0), np.where(diff > 0, np.inf, 0))
+    if a.size == 0:
+        return InputReport(name, shape, 0, 0.0, 0.0, 0.0, (), 0.0, 0.0, 0)
+    k = int(np.argmax(ratio))
+    return InputReport(
+        name=name,
+        shape=shape,
+        checked=int(a.size),
+        max_abs_err=float(diff.max()),
+        max_rel_err=float(rel.max()),
+        worst_ratio=float(ratio[k]),
+        worst_index=index_of(k),
+        worst_analytic=float(a[k]),
+        worst_numeric=float(n[k]),
+        n_failed=int(np.count_nonzero(diff > tol)),
+    )
+
+
+def _failure_message(report: GradcheckReport) -> str:
+    failed = [r for r in report.inputs if not r.passed]
+    # name an input when one fails on its own; the joint row only when none does
+    own = [r for r in failed if r.name != "(joint)"] or failed
+    worst = max(own, key=lambda r: r.worst_ratio)
+    a, n = worst.worst_analytic, worst.worst_numeric
+    diff = abs(a - n)
+    tol = report.atol + report.rtol * max(abs(a), abs(n))
+    rel = diff / max(abs(a), abs(n)) if max(abs(a), abs(n)) > 0 else 0.0
+    if report.mode == "full":
+        where = f"gradient of {worst.name!r} is wrong at index {worst.worst_index}"
+        count = f"{worst.n_failed} of {worst.checked} elements of {worst.name!r} fail"
+    elif worst.name == "(joint)":
+        where = f"directional derivative along joint random direction {worst.worst_index[0]}"
+        where += " (all inputs at once) is wrong"
+        count = f"{worst.n_failed} of {worst.checked} joint directions fail"
+    else:
+        where = (
+            f"gradient of {worst.name!r} is wrong: directional derivative along random "
+            f"direction {worst.worst_index[0]} of {worst.name!r}"
+        )
+        count = f"{worst.n_failed} of {worst.checked} directions of {worst.name!r} fail"
+    others = [f"{r.name!r} (relative error {r.max_rel_err:.3g})" for r in failed if r is not worst]
+    msg = (
+        f"check_grad ({report.mode} mode): {where}: analytic {a:.10g}, numeric {n:.10g}, "
+        f"|a - n| = {diff:.3g}, relative error {rel:.3g} "
+        f"(pass needs |a - n| <= atol + rtol * max(|a|, |n|) = {tol:.3g}). {count}."
+    )
+    if others:
+        msg += " Also failing: " + ", ".join(others) + "."
+    return msg + "\n" + str(report)
+
+
+# --------------------------------------------------------------------------------------------
+# the two modes
+
+
+def _full(fn, xs, grads, eps, rtol, atol):
+    """Central difference for every element of every input; returns (reports, evaluations)."""
+    reports, evals = [], 0
+    for name, x in xs.items():
+        flat = x.reshape(-1)  # a view: x is a fresh contiguous float64 copy
+        numeric = np.empty(flat.size)
+        for i in range(flat.size):
+            orig = flat[i]
+            flat[i] = orig + eps
+            f_plus = _scalar(fn(**xs))
+            flat[i] = orig - eps
+            f_minus = _scalar(fn(**xs))
+            flat[i] = orig  # restore before the next element
+            numeric[i] = (f_plus - f_minus) / (2.0 * eps)
+        evals += 2 * flat.size
+        a = grads[name].reshape(-1)
+        reports.append(
+            _compare(name, x.shape, a, numeric, rtol, atol, lambda k, s=x.shape: _index(k, s))
+        )
+    return reports, evals
+
+
+def _index(k: int, shape: tuple) -> tuple:
+    return tuple(int(i) for i in np.unravel_index(k, shape)) if shape else ()
+
+
+def _directional(fn, xs, base, direction, eps) -> float:
+    """(f(x + eps v) - f(x - eps v)) / 2 eps for a direction ``v`` given per input."""
+    f = []
+    for sign in (1.0, -1.0):
+        for name, v in direction.items():
+            np.add(base[name], sign * eps * v, out=xs[name])
+        f.append(_scalar(fn(**xs)))
+    for name in direction:
+        xs[name][...] = base[name]  # restore
+    return (f[0] - f[1]) / (2.0 * eps)
+
+
+def _unit(rng, shapes: dict) -> dict:
+    """A standard-normal random direction over the given shapes, scaled to unit total norm."""
+    v = {name: rng.standard_normal(shape) for name, shape in shapes.items()}
+    norm = np.sqrt(sum(float(np.sum(a * a)) for a in v.values()))
+    return {name: a / norm for name, a in v.items()} if norm > 0 else v
+
+
+def _fast(fn, xs, grads, eps, rtol, atol, seed, directions):
+    """``directions`` random directions per input and ``directions`` across all inputs jointly."""
+    rng = np.random.default_rng(seed)
+    base = {name: x.copy() for name, x in xs.items()}
+    reports, evals = [], 0
+    for name, x in xs.items():
+        if x.size == 0:
+            reports.append(_compare(name, x.shape, np.zeros(0), np.zeros(0), rtol, atol, _index))
+            continue
+        a, n = np.empty(directions), np.empty(directions)
+        for k in range(directions):
+            v = _unit(rng, {name: x.shape})
+            a[k] = float(np.sum(v[name] * grads[name]))
+            n[k] = _directional(fn, xs, base, v, eps)
+        evals += 2 * directions
+        reports.append(_compare(name, x.shape, a, n, rtol, atol, lambda k: (k,)))
+    if len(xs) > 1:
+        a, n = np.empty(directions), np.empty(directions)
+        shapes = {name: x.shape for name, x in xs.items()}
+        for k in range(directions):
+            v = _unit(rng, shapes)
+            a[k] = sum(float(np.sum(v[name] * grads[name])) for name in xs)
+            n[k] = _directional(fn, xs, base, v, eps)
+        evals += 2 * directions
+        reports.append(_compare("(joint)", (), a, n, rtol, atol, lambda k: (k,)))
+    return reports, evals
+
+
+# --------------------------------------------------------------------------------------------
+# public API
+
+
+def check_grad(
+    fn,
+    inputs: dict,
+    analytic: dict,
+    *,
+    eps: float = 1e-6,
+    rtol: float = 1e-5,
+    atol: float = 1e-8,
+    fast: bool = False,
+    seed: int = 0,
+    directions: int = 2,
+) -> GradcheckReport:
+    """Check ``analytic`` gradients of the scalar ``fn(**inputs)`` against central differences.
+
+    Args:
+        fn: called as ``fn(**inputs)``; must return a real scalar (Python number or 0-d array)
+            and must not modify its arguments in place.
+        inputs: name -> floating-point array, the point at which to check. Float64 copies are
+            used (float32 inputs are promoted); your arrays are never modified.
+        analytic: name -> gradient of ``fn`` with respect to that input; same keys and shapes.
+        eps: step of the central difference ``(f(x + eps) - f(x - eps)) / (2 eps)``.
+        rtol, atol: an element passes when ``|a - n| <= atol + rtol * max(|a|, |n|)``.
+        fast: False checks every element of every input (``2 * total size`` calls of ``fn``).
+            True checks directional derivatives ``v . grad`` against
+            ``(f(x + eps v) - f(x - eps v)) / (2 eps)`` along seeded random unit directions:
+            ``directions`` of them in each input alone, then ``directions`` across all inputs
+            jointly (skipped when there is one input), i.e. ``2 * directions * (number of
+            inputs + 1)`` calls of ``fn`` whatever the sizes.
+            A failure names the input whose own directions fail worst. Fast mode catches any
+            gradient that is wrong in bulk (a scale, a transpose, a missing term) but may miss an
+            error confined to a few elements of a large array; use full mode on small shapes for
+            that.
+        seed: seeds the random directions of fast mode.
+        directions: number of random directions per input (and jointly) in fast mode.
+
+    Returns:
+        A :class:`GradcheckReport` (``print`` it for a table) when every comparison passes.
+
+    Raises:
+        GradcheckError: (an ``AssertionError``) when a comparison fails. The message names the
+            input, the index of the worst element (full mode) or direction (fast mode), the
+            analytic and numeric values, ``|a - n|`` and the relative error, then the table.
+        TypeError, ValueError: bad arguments (missing or extra keys, shape mismatch, a
+            non-scalar or non-finite output of ``fn``, a function that modifies its inputs).
+    """
+    _validate_settings(eps, rtol, atol, fast, seed, directions)
+    _validate_dicts(fn, inputs, analytic)
+    xs = {k: np.array(x, dtype=np.float64, order="C", copy=True) for k, x in inputs.items()}
+    grads = {k: np.asarray(a, dtype=np.float64) for k, a in analytic.items()}
+    pristine = {k: x.copy() for k, x in xs.items()}
+    _scalar(fn(**xs))  # validates the output once at the input point
+    _check_unmodified(xs, pristine)
+    if fast:
+        reports, evals = _fast(fn, xs, grads, eps, rtol, atol, seed, directions)
+    else:
+        reports, evals = _full(fn, xs, grads, eps, rtol, atol)
+    _check_unmodified(xs, pristine)
+    report = GradcheckReport("fast" if fast else "full", evals + 1, eps, rtol, atol, reports)
+    if not report.passed:
+        raise GradcheckError(_failure_message(report), report)
+    return report
+
+
+def _check_unmodified(xs: dict, pristine: dict) -> None:
+    for k, x in xs.items():
+        if not np.array_equal(x, pristine[k], equal_nan=True):
+            raise ValueError(
+                f"check_grad: fn modified inputs[{k!r}] in place; a function under a gradient"
+                " check must not write to its arguments (work on a copy)"
+            )
+
+
+def check_op(forward, backward, inputs: dict, *, config: dict | None = None, seed: int = 0, **kw):
+    """Check a forward/backward pair of this library's convention, in float64.
+
+    The scalar checked is ``loss = sum(forward(**inputs, **config)[0] * g)`` with a seeded
+    random upstream gradient ``g`` (standard normal, the shape of the forward's output); the
+    analytic gradients are ``backward(g, cache)``.
+
+    Matching gradients to inputs: the backward's gradients are matched IN ORDER to the entries
+    of ``inputs`` (dict order): the first gradient belongs to the first entry, and so on. A
+    backward that returns a single array (not a tuple) gives the gradient of the first entry.
+    An entry whose gradient is None must itself be None (an absent bias) and is skipped; a None
+    gradient for an array is an error. Entries after the last gradient (say batch norm's
+    ``running_mean`` and ``running_var``, or cross-entropy's ``target``) are passed to
+    ``forward`` but not checked. For conv: ``inputs={"x": x, "weight": w, "bias": b}``.
+
+    Settings: ``config`` is a dict of further keyword arguments for ``forward`` (``stride``,
+    ``groups``, ``training``, ``rng``...), passed through and never checked.
+
+    State: every call of ``forward`` (the analytic pass and each numerical evaluation) gets
+    fresh deep copies of everything that is not checked, so an op that mutates state cannot
+    drift between evaluations: batch norm's running statistics start from the same values each
+    time, and a ``np.random.Generator`` in ``config`` starts from the same state, so dropout
+    draws the same mask every time. Your own objects are never modified.
+
+    Precision: every floating-point array in ``inputs`` and ``config`` is copied to float64
+    first (integer arrays such as class targets are left as they are).
+
+    Args:
+        forward: ``forward(**inputs, **config) -> (out, cache)``.
+        backward: ``backward(dout, cache) -> grad`` or a tuple of gradients.
+        inputs: name -> array (or None), in the order of the backward's gradients.
+        config: further keyword arguments for ``forward``, not checked.
+        seed: seeds ``g`` (and fast mode's directions).
+        **kw: passed to :func:`check_grad` (``eps``, ``rtol``, ``atol``, ``fast``,
+            ``directions``).
+
+    Returns:
+        The :class:`GradcheckReport` of the checked inputs.
+
+    Raises:
+        GradcheckError: a gradient is wrong, or the backward returns the wrong number of
+            gradients, a gradient of the wrong shape or dtype, or None for an array input.
+        TypeError, ValueError: bad arguments.
+    """
+    op = "check_op"
+    for name, f in (("forward", forward), ("backward", backward)):
+        if not callable(f):
+            raise TypeError(f"{op}: {name} must be callable, got {describe(f)}")
+    if not isinstance(inputs, dict) or not inputs:
+        raise TypeError(
+            f"{op}: inputs must be a non-empty dict of name -> array, got {describe(inputs)}"
+        )
+    config = {} if config is None else config
+    if not isinstance(config, dict):
+        raise TypeError(f"{op}: config must be a dict of keyword arguments, got {describe(config)}")
+    both = sorted(set(inputs) & set(config))
+    if both:
+        raise ValueError(f"{op}: {both} given in both inputs and config")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"{op}: seed must be an int, got {describe(seed)}")
+    inputs = {k: _to_float64(v) for k, v in inputs.items()}
+    config = {k: _to_float64(v) for k, v in config.items()}
+
+    out, cache = forward(**copy.deepcopy(inputs), **copy.deepcopy(config))
+    out = np.asarray(out)
+    g = np.random.default_rng(seed).standard_normal(out.shape).astype(out.dtype)
+    grads = backward(g.copy(), cache)
+    checked, analytic = _match(inputs, grads)
+
+    def loss(**xs):
+        rest = copy.deepcopy({k: v for k, v in inputs.items() if k not in xs})
+        out, _ = forward(**xs, **rest, **copy.deepcopy(config))
+        return float(np.sum(np.asarray(out, dtype=np.float64) * g))
+
+    return check_grad(loss, checked, analytic, seed=seed, **kw)
+
+
+def _to_float64(v):
+    if isinstance(v, np.ndarray) and v.dtype.kind == "f":
+        return v.astype(np.float64)  # a copy, also for float64 input
+    return v
+
+
+def _match(inputs: dict, grads):
+    """Pair the backward's gradients with the entries of ``inputs`` in order."""
+    op = "check_op"
+    if not isinstance(grads, tuple):
+        grads = (grads,)
+    names = list(inputs)
+    if len(grads) > len(names):
+        raise GradcheckError(
+            f"{op}: backward returned {len(grads)} gradients but inputs has only "
+            f"{len(names)} entries {names}; list the inputs in the backward's order"
+        )
+    checked, analytic = {}, {}
+    for name, gr in zip(names, grads):
+        x = inputs[name]
+        if x is None:
+            if gr is not None:
+                raise GradcheckError(
+                    f"{op}: backward returned a gradient for {name!r}, which is None"
+                )
+            continue
+        if not isinstance(x, np.ndarray) or x.dtype.kind != "f":
+            raise TypeError(
+                f"{op}: inputs[{name!r}] gets a gradient from backward (position "
+                f"{names.index(name)}) so it must be a floating-point array, got {describe(x)};"
+                " put settings in config=..."
+            )
+        if gr is None:
+            raise GradcheckError(f"{op}: backward returned None as the gradient of {name!r}")
+        if not isinstance(gr, np.ndarray) or gr.shape != x.shape or gr.dtype != x.dtype:
+            raise GradcheckError(
+                f"{op}: the gradient of {name!r} must be an array of shape {x.shape} and dtype "
+                f"{x.dtype} like the input, got {describe(gr)}"
+            )
+        checked[name], analytic[name] = x, gr
+    if not checked:
+        raise ValueError(f"{op}: nothing to check: every gradient-bearing input is None")
+    return checked, analytic
