@@ -1,0 +1,195 @@
+"""The optimizer base class: parameter groups, ``zero_grad``, ``state_dict`` / ``load_state_dict``.
+
+Every optimizer here follows ``torch.optim``:
+
+* ``param_groups`` is a list of dicts, each with ``"params"`` (a list of
+  :class:`~npmobilenet.nn.parameter.Parameter`) and that group's hyper-parameters. Anything that
+  changes a hyper-parameter during training (a learning-rate scheduler, a one-cycle momentum
+  schedule) writes into these dicts, and ``step()`` reads them afresh every call.
+* ``state`` holds, per parameter, the running buffers of the update rule (momentum, moving
+  averages, step count), created lazily on the first ``step()``.
+* ``step()`` updates ``p.data`` **in place**: the weight arrays keep their identity, so a model
+  holding views of them sees the new values.
+
+The update rules themselves are small functions of ``(param, grad, state, hyper-parameters)`` in
+``sgd.py``, ``rmsprop.py`` and ``adam.py``; they follow torch's single-tensor (``foreach=False``)
+code operation for operation, so a float64 run matches torch to rounding.
+
+``state_dict()`` returns nested dicts whose leaves are numpy arrays or plain Python numbers,
+strings, bools and lists, with string keys only: it survives JSON (for the numbers) plus
+safetensors (for the arrays); see :mod:`npmobilenet.optim.state`.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from npmobilenet._checks import describe
+from npmobilenet.nn.parameter import Parameter
+
+
+class Optimizer:
+    """Base class. Subclasses set ``defaults`` and implement ``_check_group`` and ``_update``."""
+
+    def __init__(self, params, defaults: dict):
+        name = type(self).__name__
+        self.defaults = dict(defaults)
+        self._check_group(self.defaults)
+        self.param_groups: list[dict] = []
+        self.state: dict[int, dict] = {}  # id(param) -> that parameter's buffers
+        self._work: dict[int, list[np.ndarray]] = {}  # id(param) -> scratch arrays, not state
+        if isinstance(params, Parameter) or isinstance(params, dict):
+            params = [params]
+        try:
+            params = list(params)
+        except TypeError:
+            raise TypeError(
+                f"{name}: params must be an iterable of Parameters or of parameter-group dicts,"
+                f" got {describe(params)}"
+            ) from None
+        if not params:
+            raise ValueError(f"{name}: params is empty; the optimizer got no parameters to update")
+        groups = params if isinstance(params[0], dict) else [{"params": params}]
+        for group in groups:
+            self.add_param_group(group)
+
+    # ----- parameter groups -------------------------------------------------------------------
+
+    def add_param_group(self, group: dict) -> None:
+        """Add ``{"params": [...], **hyper-parameters}``; missing hyper-parameters take defaults."""
+        name = type(self).__name__
+        if not isinstance(group, dict) or "params" not in group:
+            raise TypeError(
+                f"{name}: a parameter group must be a dict with a 'params' key,"
+                f" got {describe(group)}"
+            )
+        params = group["params"]
+        params = [params] if isinstance(params, Parameter) else list(params)
+        if not params:
+            raise ValueError(f"{name}: a parameter group has an empty 'params' list")
+        seen = {id(p) for g in self.param_groups for p in g["params"]}
+        for i, p in enumerate(params):
+            if not isinstance(p, Parameter):
+                raise TypeError(
+                    f"{name}: params[{i}] must be an npmobilenet Parameter, got {describe(p)}"
+                )
+            if id(p) in seen:
+                raise ValueError(f"{name}: params[{i}] ({p!r}) appears in more than one group")
+            seen.add(id(p))
+        full = {**self.defaults, **group, "params": params}
+        self._check_group(full)
+        self.param_groups.append(full)
+
+    def _check_group(self, group: dict) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _params(self):
+        for group in self.param_groups:
+            yield from group["params"]
+
+    # ----- the training-loop API --------------------------------------------------------------
+
+    def zero_grad(self) -> None:
+        """Fill every parameter's ``grad`` with zeros (gradients accumulate until then)."""
+        for p in self._params():
+            p.zero_grad()
+
+    def step(self) -> None:
+        """Apply one update to every parameter that requires a gradient, in place."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.requires_grad:
+                    self._update(p, self.state.setdefault(id(p), {}), group)
+
+    def _update(self, p: Parameter, state: dict, group: dict) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def _scratch(self, p: Parameter, k: int) -> list[np.ndarray]:
+        """``k`` reusable arrays shaped like ``p`` (allocated once, so a step makes no garbage)."""
+        work = self._work.setdefault(id(p), [])
+        while len(work) < k:
+            work.append(np.empty_like(p.data))
+        return work
+
+    # ----- checkpointing ----------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """A copy of the optimizer state: ``{"state": {"0": {...}, ...}, "param_groups": [...]}``.
+
+        Parameters are referred to by their position across all groups ("0", "1", ...), as in
+        torch. Arrays are copies, so the result stays valid while training continues.
+        """
+        index, groups = 0, []
+        state = {}
+        for group in self.param_groups:
+            ids = []
+            for p in group["params"]:
+                if self.state.get(id(p)):
+                    state[str(index)] = {
+                        k: (v.copy() if isinstance(v, np.ndarray) else v)
+                        for k, v in self.state[id(p)].items()
+                    }
+                ids.append(index)
+                index += 1
+            saved = {k: _plain(v) for k, v in group.items() if k != "params"}
+            groups.append({**saved, "params": ids})
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore from :meth:`state_dict` (after a JSON round trip too: keys may be str or int).
+
+        The saved groups must have the same sizes as this optimizer's; every array must have the
+        shape of its parameter. Hyper-parameters are taken from the saved groups, as in torch.
+        """
+        name = type(self).__name__
+        if not isinstance(state_dict, dict) or set(state_dict) != {"state", "param_groups"}:
+            raise ValueError(
+                f"{name}.load_state_dict: expected a dict with keys 'state' and 'param_groups',"
+                f" got {describe(state_dict)}"
+            )
+        saved_groups = state_dict["param_groups"]
+        mine = [len(g["params"]) for g in self.param_groups]
+        theirs = [len(g["params"]) for g in saved_groups]
+        if mine != theirs:
+            raise ValueError(
+                f"{name}.load_state_dict: the saved state has parameter groups of sizes {theirs},"
+                f" this optimizer has {mine}"
+            )
+        params = list(self._params())
+        new_state = {}
+        for key, entry in state_dict["state"].items():
+            p = params[int(key)]
+            new_state[id(p)] = {k: _restore(name, k, v, p) for k, v in entry.items()}
+        for group, saved in zip(self.param_groups, saved_groups):
+            for k, v in saved.items():
+                if k != "params":
+                    group[k] = tuple(v) if k == "betas" else v
+            self._check_group(group)
+        self.state = new_state
+
+
+def _plain(v):
+    """Hyper-parameter values as JSON-friendly Python values (tuples become lists)."""
+    if isinstance(v, tuple):
+        return [_plain(x) for x in v]
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def _restore(name: str, key: str, v, p: Parameter):
+    """A state entry from a state dict: arrays are checked against ``p`` and copied."""
+    if isinstance(v, np.ndarray):
+        if v.shape != p.data.shape:
+            raise ValueError(
+                f"{name}.load_state_dict: state '{key}' has shape {v.shape} but its parameter has"
+                f" shape {p.data.shape}"
+            )
+        return v.astype(p.data.dtype, copy=True)
+    if isinstance(v, numbers.Number):
+        return v.item() if isinstance(v, np.generic) else v
+    raise TypeError(
+        f"{name}.load_state_dict: state '{key}' must be an array or a number, got {describe(v)}"
+    )

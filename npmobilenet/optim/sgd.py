@@ -1,0 +1,93 @@
+"""Stochastic gradient descent with momentum, dampening, weight decay and Nesterov momentum.
+
+The rule is ``torch.optim.SGD``'s single-tensor path, line for line (g is the gradient, b the
+momentum buffer, t the step)::
+
+    g = g + weight_decay * p                      (if weight_decay != 0)
+    b = g  at the first step, else  b = momentum * b + (1 - dampening) * g
+    g = g + momentum * b  (Nesterov)   or   g = b
+    p = p - lr * g
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from npmobilenet._checks import number
+from npmobilenet.optim.optimizer import Optimizer
+
+
+def sgd_update(p, g, state, work, *, lr, momentum, dampening, weight_decay, nesterov):
+    """One SGD step on ``p`` in place. ``p``, ``g``: any shape (same); ``work``: 2 scratch arrays.
+
+    ``state`` gains ``"momentum_buffer"`` (shape of ``p``) on the first step when momentum != 0.
+    ``g`` itself is never modified.
+    """
+    d_p, tmp = work
+    if weight_decay != 0:  # grad.add(param, alpha=weight_decay)
+        np.multiply(p, weight_decay, out=d_p)
+        d_p += g
+        g = d_p
+    if momentum != 0:
+        buf = state.get("momentum_buffer")
+        if buf is None:  # buf = grad.clone()
+            buf = state["momentum_buffer"] = g.copy()
+        else:  # buf.mul_(momentum).add_(grad, alpha=1 - dampening)
+            buf *= momentum
+            if dampening == 0:  # alpha == 1: the same numbers without the multiply
+                buf += g
+            else:
+                np.multiply(g, 1 - dampening, out=tmp)
+                buf += tmp
+        if nesterov:  # grad = grad.add(buf, alpha=momentum)
+            np.multiply(buf, momentum, out=tmp)
+            np.add(g, tmp, out=d_p)
+            g = d_p
+        else:
+            g = buf
+    np.multiply(g, -lr, out=tmp)  # param.add_(grad, alpha=-lr)
+    p += tmp
+
+
+class SGD(Optimizer):
+    """``SGD(params, lr, momentum=0, dampening=0, weight_decay=0, nesterov=False)``, as torch.
+
+    ``params``: an iterable of Parameters, or of dicts ``{"params": [...], "lr": ..., ...}``
+    (parameter groups; keys left out take the constructor's values).
+    """
+
+    def __init__(self, params, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False):
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            dampening=dampening,
+            weight_decay=weight_decay,
+            nesterov=nesterov,
+        )
+        super().__init__(params, defaults)
+
+    def _check_group(self, group):
+        number("SGD", "lr", group["lr"], low=0)
+        number("SGD", "momentum", group["momentum"], low=0)
+        number("SGD", "dampening", group["dampening"])
+        number("SGD", "weight_decay", group["weight_decay"], low=0)
+        if not isinstance(group["nesterov"], bool):
+            raise TypeError(f"SGD: nesterov must be a bool, got {group['nesterov']!r}")
+        if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
+            raise ValueError(
+                "SGD: nesterov=True requires momentum > 0 and dampening == 0, got"
+                f" momentum={group['momentum']} and dampening={group['dampening']}"
+            )
+
+    def _update(self, p, state, group):
+        sgd_update(
+            p.data,
+            p.grad,
+            state,
+            self._scratch(p, 2),
+            lr=group["lr"],
+            momentum=group["momentum"],
+            dampening=group["dampening"],
+            weight_decay=group["weight_decay"],
+            nesterov=group["nesterov"],
+        )

@@ -1,0 +1,254 @@
+"""Optimizers against torch.optim (foreach=False): same weights, step for step, in float64."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from npmobilenet.nn.parameter import Parameter
+from npmobilenet.optim import (
+    SGD,
+    Adam,
+    AdamW,
+    RMSprop,
+    join_arrays,
+    make_optimizer,
+    paper_param_groups,
+    split_arrays,
+)
+from npmobilenet.optim.lr_scheduler import OneCycleLR, StepLR
+
+SHAPES = [(4, 3, 3, 3), (4,), (4, 1, 3, 3), (10, 4)]
+STEPS = 8
+TOL64 = dict(rtol=1e-10, atol=1e-12)
+
+
+def _weights(seed=0, dtype=np.float64):
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(s).astype(dtype) for s in SHAPES]
+
+
+def _noise(seed=1):
+    """A fixed gradient-noise sequence: grad_t = 0.5 * p + noise_t (depends on the weights)."""
+    rng = np.random.default_rng(seed)
+    return [[rng.standard_normal(s) for s in SHAPES] for _ in range(2 * STEPS)]
+
+
+def _set_grads(params, noise_t):
+    for p, r in zip(params, noise_t):
+        p.grad[...] = 0.5 * p.data + r
+
+
+def _set_torch_grads(torch, tparams, noise_t):
+    for p, r in zip(tparams, noise_t):
+        p.grad = 0.5 * p.detach().clone() + torch.from_numpy(r)
+
+
+def _groups(params, split):
+    """All parameters in one group, or two groups with the hyper-parameter overrides ``split``."""
+    if split is None:
+        return list(params)
+    return [{"params": params[:2]}, {"params": params[2:], **split}]
+
+
+CONFIGS = [
+    ("sgd", dict(lr=0.1), None),
+    ("sgd", dict(lr=0.1, momentum=0.9), None),
+    ("sgd", dict(lr=0.05, momentum=0.8, dampening=0.3, weight_decay=1e-2), None),
+    ("sgd", dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=4e-5), None),
+    ("sgd", dict(lr=0.1, momentum=0.9), dict(lr=0.01, nesterov=True, weight_decay=0.1)),
+    ("rmsprop", dict(lr=0.01), None),
+    ("rmsprop", dict(lr=0.01, alpha=0.9, momentum=0.9, weight_decay=1e-3), None),
+    ("rmsprop", dict(lr=0.005, momentum=0.5, centered=True, eps=1e-3), None),
+    ("rmsprop", dict(lr=0.01, centered=True), dict(lr=0.001, momentum=0.9, alpha=0.7)),
+    ("adam", dict(lr=0.01), None),
+    ("adam", dict(lr=0.01, betas=(0.8, 0.99), weight_decay=0.1, amsgrad=True), None),
+    ("adam", dict(lr=0.01, betas=(0.3, 0.9), eps=1e-4), dict(lr=0.1, amsgrad=True)),
+    ("adamw", dict(lr=0.01), None),
+    ("adamw", dict(lr=0.02, weight_decay=0.3, amsgrad=True), dict(weight_decay=0.0)),
+]
+TORCH_NAMES = {"sgd": "SGD", "rmsprop": "RMSprop", "adam": "Adam", "adamw": "AdamW"}
+
+
+def _torch_optimizer(torch, name, tparams, hp, split):
+    groups = (
+        tparams if split is None else [{"params": tparams[:2]}, {"params": tparams[2:], **split}]
+    )
+    return getattr(torch.optim, TORCH_NAMES[name])(groups, foreach=False, **hp)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("name,hp,split", CONFIGS)
+def test_trajectory_matches_torch(torch, name, hp, split):
+    """Same initial weights and gradient rule: the same weights after every step."""
+    params = [Parameter(w) for w in _weights()]
+    data_ids = [id(p.data) for p in params]
+    tparams = [torch.tensor(w, requires_grad=True) for w in _weights()]
+    ours = make_optimizer(name, _groups(params, split), **hp)
+    theirs = _torch_optimizer(torch, name, tparams, hp, split)
+    for noise_t in _noise()[:STEPS]:
+        _set_grads(params, noise_t)
+        _set_torch_grads(torch, tparams, noise_t)
+        ours.step()
+        theirs.step()
+        for p, t in zip(params, tparams):
+            np.testing.assert_allclose(p.data, t.detach().numpy(), **TOL64)
+    assert [id(p.data) for p in params] == data_ids  # updated in place
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize(
+    "name,hp",
+    [("sgd", dict(nesterov=True, momentum=0.9, weight_decay=5e-4)), ("adam", {})],
+)
+def test_one_cycle_drives_lr_and_momentum_like_torch(torch, name, hp):
+    """A scheduler writes lr (and SGD momentum / Adam beta1) into param_groups each step."""
+    params = [Parameter(w) for w in _weights()]
+    tparams = [torch.tensor(w, requires_grad=True) for w in _weights()]
+    ours = make_optimizer(name, params, lr=0.01, **hp)
+    theirs = _torch_optimizer(torch, name, tparams, dict(lr=0.01, **hp), None)
+    s_ours = OneCycleLR(ours, max_lr=0.2, total_steps=2 * STEPS)
+    s_theirs = torch.optim.lr_scheduler.OneCycleLR(theirs, max_lr=0.2, total_steps=2 * STEPS)
+    for noise_t in _noise():
+        _set_grads(params, noise_t)
+        _set_torch_grads(torch, tparams, noise_t)
+        ours.step()
+        theirs.step()
+        s_ours.step()
+        s_theirs.step()
+    for p, t in zip(params, tparams):
+        np.testing.assert_allclose(p.data, t.detach().numpy(), **TOL64)
+
+
+def _run(opt, sched, params, noise):
+    for noise_t in noise:
+        _set_grads(params, noise_t)
+        opt.step()
+        sched.step()
+
+
+@pytest.mark.parametrize("name", ["sgd", "rmsprop", "adam", "adamw"])
+def test_state_dict_round_trip_through_json_continues_identically(name):
+    """Stop mid-run, save (JSON + arrays), load into a fresh optimizer: the same end weights."""
+    hp = {"sgd": dict(momentum=0.9, nesterov=True), "rmsprop": dict(centered=True, momentum=0.9),
+          "adam": dict(amsgrad=True), "adamw": {}}[name]  # fmt: skip
+    noise = _noise()
+    full = [Parameter(w) for w in _weights()]
+    opt = make_optimizer(name, paper_param_groups(zip("abcd", full), 1e-2), lr=0.01, **hp)
+    _run(opt, StepLR(opt, step_size=3, gamma=0.5), full, noise)
+
+    first = [Parameter(w) for w in _weights()]
+    opt1 = make_optimizer(name, paper_param_groups(zip("abcd", first), 1e-2), lr=0.01, **hp)
+    sched1 = StepLR(opt1, step_size=3, gamma=0.5)
+    _run(opt1, sched1, first, noise[:STEPS])
+    tree, arrays = split_arrays({"opt": opt1.state_dict(), "sched": sched1.state_dict()})
+    saved = join_arrays(json.loads(json.dumps(tree)), {k: v.copy() for k, v in arrays.items()})
+
+    second = [Parameter(p.data.copy()) for p in first]
+    opt2 = make_optimizer(name, paper_param_groups(zip("abcd", second), 1e-2), lr=0.5)
+    sched2 = StepLR(opt2, step_size=3, gamma=0.5)
+    opt2.load_state_dict(saved["opt"])
+    sched2.load_state_dict(saved["sched"])
+    _run(opt2, sched2, second, noise[STEPS:])
+    for a, b in zip(full, second):
+        np.testing.assert_array_equal(a.data, b.data)
+
+
+@pytest.mark.parametrize("name", ["sgd", "rmsprop", "adam", "adamw"])
+def test_float32_stays_float32(name):
+    params = [Parameter(w) for w in _weights(dtype=np.float32)]
+    opt = make_optimizer(name, params, lr=0.01)
+    _set_grads(params, [r.astype(np.float32) for r in _noise()[0]])
+    opt.step()
+    assert all(p.data.dtype == np.float32 for p in params)
+    assert all(v.dtype == np.float32 for s in opt.state.values() for v in s.values()
+               if isinstance(v, np.ndarray))  # fmt: skip
+
+
+def test_frozen_parameter_is_not_updated_and_zero_grad_clears():
+    frozen = Parameter(np.ones(3), requires_grad=False)
+    live = Parameter(np.ones(3))
+    opt = SGD([frozen, live], lr=1.0)
+    frozen.grad[...] = live.grad[...] = 2.0
+    opt.step()
+    np.testing.assert_array_equal(frozen.data, [1, 1, 1])
+    np.testing.assert_array_equal(live.data, [-1, -1, -1])
+    opt.zero_grad()
+    assert not frozen.grad.any() and not live.grad.any()
+
+
+def test_paper_param_groups_split_by_shape():
+    named = {
+        "stem.weight": Parameter(np.zeros((8, 3, 3, 3))),
+        "bn.weight": Parameter(np.zeros(8)),
+        "dw.weight": Parameter(np.zeros((8, 1, 3, 3))),
+        "pw.weight": Parameter(np.zeros((16, 8, 1, 1))),
+        "fc.bias": Parameter(np.zeros(10)),
+        "fc.weight": Parameter(np.zeros((10, 16))),
+    }
+    groups = paper_param_groups(named, 4e-5, depthwise_weight_decay=1e-6)
+    by_decay = {g["weight_decay"]: g["names"] for g in groups}
+    assert by_decay == {
+        4e-5: ["stem.weight", "pw.weight", "fc.weight"],
+        1e-6: ["dw.weight"],
+        0.0: ["bn.weight", "fc.bias"],
+    }
+    assert [len(g["params"]) for g in groups] == [3, 1, 2]
+    assert len(paper_param_groups(list(named.items())[:2], 0.1)) == 2  # empty group left out
+
+
+# ----- bad input ----------------------------------------------------------------------------
+
+
+def _p():
+    return [Parameter(np.zeros(3))]
+
+
+@pytest.mark.parametrize(
+    "make,exc,match",
+    [
+        (lambda: SGD(_p(), lr=-0.1), ValueError, r"SGD: lr must be >= 0"),
+        (lambda: SGD(_p(), lr="fast"), TypeError, r"SGD: lr must be a real number, got str"),
+        (lambda: SGD(_p(), lr=0.1, nesterov=True), ValueError, r"nesterov=True requires momentum"),
+        (lambda: SGD(_p(), lr=0.1, momentum=0.9, dampening=0.1, nesterov=True), ValueError,
+         r"dampening == 0"),
+        (lambda: SGD([], lr=0.1), ValueError, r"SGD: params is empty"),
+        (lambda: SGD([np.zeros(3)], lr=0.1), TypeError, r"params\[0\] must be an npmobilenet"),
+        (lambda: SGD(5, lr=0.1), TypeError, r"SGD: params must be an iterable"),
+        (lambda: SGD([{"params": []}], lr=0.1), ValueError, r"empty 'params' list"),
+        (lambda: SGD(_p() * 2, lr=0.1), ValueError, r"appears in more than one group"),
+        (lambda: Adam(_p(), betas=(0.9, 1.0)), ValueError, r"Adam: betas\[1\] must be in \[0, 1\)"),
+        (lambda: AdamW(_p(), betas=(-0.1, 0.9)), ValueError, r"AdamW: betas\[0\] must be in"),
+        (lambda: Adam(_p(), betas=0.9), TypeError, r"Adam: betas must be a pair"),
+        (lambda: Adam(_p(), eps=-1e-8), ValueError, r"Adam: eps must be >= 0"),
+        (lambda: RMSprop(_p(), eps=-1.0), ValueError, r"RMSprop: eps must be >= 0"),
+        (lambda: RMSprop(_p(), weight_decay=-1.0), ValueError, r"weight_decay must be >= 0"),
+        (lambda: RMSprop(_p(), lr=float("nan")), ValueError, r"RMSprop: lr must be finite"),
+        (lambda: make_optimizer("lamb", _p()), ValueError,
+         r"unknown optimizer 'lamb'; choose one of \['adam', 'adamw', 'rmsprop', 'sgd'\]"),
+        (lambda: make_optimizer("sgd", _p(), lr=0.1, betas=(0.9, 0.99)), TypeError,
+         r"SGD does not take \['betas'\]"),
+        (lambda: paper_param_groups([("w", np.zeros(3))], 0.1), TypeError,
+         r"expected \(name, Parameter\) pairs"),
+        (lambda: paper_param_groups({}, 0.1), ValueError, r"named_parameters is empty"),
+        (lambda: paper_param_groups({"w": _p()[0]}, -1), ValueError, r"weight_decay must be >= 0"),
+    ],
+)  # fmt: skip
+def test_bad_hyper_parameters_are_named(make, exc, match):
+    with pytest.raises(exc, match=match):
+        make()
+
+
+def test_load_state_dict_mismatch_is_named():
+    opt = Adam([Parameter(np.zeros(3))])
+    opt.param_groups[0]["params"][0].grad[...] = 1.0
+    opt.step()
+    saved = opt.state_dict()
+    with pytest.raises(ValueError, match=r"groups of sizes \[1\], this optimizer has \[2\]"):
+        Adam([Parameter(np.zeros(3)), Parameter(np.zeros(2))]).load_state_dict(saved)
+    with pytest.raises(ValueError, match=r"state 'exp_avg' has shape \(3,\) but its parameter"):
+        Adam([Parameter(np.zeros(4))]).load_state_dict(saved)
+    with pytest.raises(ValueError, match=r"keys 'state' and 'param_groups'"):
+        Adam([Parameter(np.zeros(3))]).load_state_dict({"state": {}})
