@@ -1,0 +1,34 @@
+"""Modules: thin, stateful shells over :mod:`npmobilenet.ops` with PyTorch-style state_dicts."""
+
+from npmobilenet.nn.layers import (
+    AdaptiveAvgPool2d,
+    AvgPool2d,
+    BatchNorm2d,
+    Conv2d,
+    Dropout,
+    Flatten,
+    Linear,
+    MaxPool2d,
+    ReLU,
+    ReLU6,
+)
+from npmobilenet.nn.module import IncompatibleKeys, Module, ModuleList, Sequential
+from npmobilenet.nn.parameter import Parameter
+
+__all__ = [
+    "Module",
+    "Sequential",
+    "ModuleList",
+    "Parameter",
+    "IncompatibleKeys",
+    "Conv2d",
+    "BatchNorm2d",
+    "ReLU",
+    "ReLU6",
+    "MaxPool2d",
+    "AvgPool2d",
+    "AdaptiveAvgPool2d",
+    "Linear",
+    "Dropout",
+    "Flatten",
+]

@@ -1,0 +1,123 @@
+"""Weights on disk in the safetensors format (no pickle anywhere).
+
+A file holds the state_dict: one tensor per key, named exactly as in PyTorch, so a file written
+here loads into the seed-shaped PyTorch model with ``safetensors.torch.load_file`` and a file
+written from PyTorch with ``safetensors.torch.save_file(model.state_dict(), path)`` loads here.
+
+Writes are atomic: the bytes go to a temporary file in the destination's directory, are flushed
+and fsync'ed, then ``os.replace`` puts them in place, so a crash or an error never leaves a
+half-written file and never clobbers the old one. Loads validate everything before changing the
+model (see :meth:`npmobilenet.nn.Module.load_state_dict`).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+
+import numpy as np
+import safetensors
+import safetensors.numpy
+
+from npmobilenet._checks import describe
+
+# dtypes a safetensors file can hold that numpy represents exactly.
+_SAVABLE_KINDS = "fiub"
+
+
+def save_state_dict(state: Mapping[str, np.ndarray], path, metadata=None) -> None:
+    """Write ``{name: array}`` to ``path`` as safetensors, atomically.
+
+    Arrays are written C-contiguous (a strided view is copied first); ``metadata`` is an
+    optional ``{str: str}`` stored in the header.
+    """
+    op = "save_state_dict"
+    if not isinstance(state, Mapping):
+        raise TypeError(f"{op}: state must be a mapping of name -> array, got {describe(state)}")
+    arrays = {}
+    for key, value in state.items():
+        if not isinstance(key, str):
+            raise TypeError(f"{op}: every key must be a str, got {describe(key)}")
+        if not isinstance(value, np.ndarray) or value.dtype.kind not in _SAVABLE_KINDS:
+            raise TypeError(f"{op}: {key} must be a numeric numpy array, got {describe(value)}")
+        arrays[key] = np.ascontiguousarray(value)  # safetensors reads raw memory: no strides
+    if metadata is not None and not (
+        isinstance(metadata, Mapping)
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())
+    ):
+        raise TypeError(f"{op}: metadata must be a dict of str -> str, got {describe(metadata)}")
+    data = safetensors.numpy.save(arrays, metadata=dict(metadata) if metadata else None)
+    atomic_write_bytes(path, data)
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same directory + ``os.replace``."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    try:  # make the rename itself durable; not possible on every platform
+        dir_fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
+
+
+def load_state_dict_file(path) -> dict[str, np.ndarray]:
+    """Read a safetensors file into ``{name: array}`` (arrays are owned copies).
+
+    Raises FileNotFoundError for a missing file and ValueError, naming the file, for anything
+    that is not a complete safetensors file (truncated, foreign format, unsupported dtype).
+    """
+    op = "load_state_dict_file"
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{op}: no such file: {path}")
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        arrays = safetensors.numpy.load(data)
+    except (safetensors.SafetensorError, ValueError, TypeError, KeyError, OverflowError) as e:
+        raise ValueError(
+            f"{op}: {path} is not a readable safetensors file (truncated, corrupt, another"
+            f" format, or a dtype numpy lacks such as bfloat16?): {e}"
+        ) from None
+    return {k: np.array(v, copy=True) for k, v in arrays.items()}
+
+
+def save_weights(model, path) -> None:
+    """Save ``model.state_dict()`` to ``path`` (safetensors, atomic).
+
+    The model's ``config`` (alpha, classes ...), if it has one, goes into the header metadata
+    as text; it is informative only, the keys and shapes are what loading checks.
+    """
+    from npmobilenet import __version__
+
+    metadata = {"producer": f"npmobilenet {__version__}"}
+    for k, v in getattr(model, "config", {}).items():
+        metadata[str(k)] = str(v)
+    save_state_dict(model.state_dict(), path, metadata)
+
+
+def load_weights(model, path, strict: bool = True):
+    """Load weights saved by :func:`save_weights` (or by PyTorch via safetensors) into ``model``.
+
+    All checks run before anything is copied: on any error the model is unchanged. Returns
+    ``model.load_state_dict``'s result (missing and unexpected keys when ``strict=False``).
+    """
+    return model.load_state_dict(load_state_dict_file(path), strict=strict)
