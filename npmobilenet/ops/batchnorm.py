@@ -1,11 +1,146 @@
-"""batchnorm ops (stub: being written)."""
+"""Batch normalisation (``torch.nn.functional.batch_norm`` semantics).
+
+Forward, for each channel c over the M = N * (product of spatial dims) values it holds::
+
+    training:  mean_c = sum(x) / M,   var_c = sum((x - mean_c)^2) / M        (biased)
+               running_mean <- (1 - momentum) * running_mean + momentum * mean_c
+               running_var  <- (1 - momentum) * running_var  + momentum * var_c * M / (M - 1)
+    eval:      mean_c, var_c = running_mean[c], running_var[c]
+    both:      xhat = (x - mean_c) / sqrt(var_c + eps);   out = weight[c] * xhat + bias[c]
+
+The running statistics are the caller's arrays, updated in place (as PyTorch's buffers are).
+Input is ``(N, C)`` or ``(N, C, *)``; internally it is viewed as ``(N, C, L)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from npmobilenet import _checks
+from npmobilenet.kernels import batchnorm as K
+
+_FWD = "batch_norm_forward"
+_BWD = "batch_norm_backward"
+
+
+def _check_vector(name, v, x, allow_none):
+    """A per-channel vector: None (if allowed) or a float array of shape (C,) and x's dtype."""
+    if v is None:
+        if allow_none:
+            return None
+        raise TypeError(f"{_FWD}: {name} must be an array of shape ({x.shape[1]},), got None")
+    _checks.float_array(_FWD, name, v, ndim=1)
+    if v.shape != (x.shape[1],):
+        raise ValueError(
+            f"{_FWD}: {name} must have shape ({x.shape[1]},) (one per channel of x, whose shape"
+            f" is {x.shape}), got shape {v.shape}"
+        )
+    _checks.same_dtype(_FWD, "x", x, **{name: v})
+    return v
+
+
+def _validate_forward(x, weight, bias, running_mean, running_var, training, momentum, eps):
+    _checks.float_array(_FWD, "x", x)
+    if x.ndim < 2:
+        raise ValueError(f"{_FWD}: x must be (N, C) or (N, C, *), got {x.ndim}-D shape {x.shape}")
+    if not isinstance(training, (bool, np.bool_)):
+        raise TypeError(f"{_FWD}: training must be a bool, got {_checks.describe(training)}")
+    for name, v in (("weight", weight), ("bias", bias)):
+        _check_vector(name, v, x, allow_none=True)
+    for name, v in (("running_mean", running_mean), ("running_var", running_var)):
+        _check_vector(name, v, x, allow_none=bool(training))
+        if v is not None and not v.flags.writeable:
+            raise ValueError(f"{_FWD}: {name} must be writeable (it is updated in place)")
+    if (running_mean is None) != (running_var is None):
+        raise ValueError(f"{_FWD}: running_mean and running_var must both be arrays or both None")
+    momentum = _checks.number(_FWD, "momentum", momentum, low=0.0, high=1.0)
+    eps = _checks.number(_FWD, "eps", eps, low=0.0, low_open=True)
+    if training and x.size // x.shape[1] <= 1:
+        raise ValueError(
+            f"{_FWD}: expected more than 1 value per channel when training, got input of shape"
+            f" {x.shape}"
+        )
+    return momentum, eps
 
 
 def batch_norm_forward(
     x, weight, bias, running_mean, running_var, training, momentum=0.1, eps=1e-5
-):  # noqa: D103
-    raise NotImplementedError
+):
+    """Normalise each channel of ``x``, then scale by ``weight`` and shift by ``bias``.
+
+    Args:
+        x: (N, C) or (N, C, *), float32 or float64.
+        weight, bias: (C,) of x's dtype, or None (affine=False: scale 1, shift 0).
+        running_mean, running_var: (C,) of x's dtype, updated in place when ``training``; read
+            when not. May be None in training mode (track_running_stats=False).
+        training: True uses batch statistics (and updates the running ones); False uses the
+            running statistics.
+        momentum: weight of the new batch statistic in the running average, in [0, 1].
+        eps: added to the variance before the square root, > 0.
+
+    Returns:
+        out: same shape and dtype as x.
+        cache: (x3, weight, has_bias, mean, invstd, training, x.shape) with x3 the (N, C, L)
+            contiguous view of x and mean, invstd the (C,) float64 statistics that were used.
+    """
+    momentum, eps = _validate_forward(
+        x, weight, bias, running_mean, running_var, training, momentum, eps
+    )
+    N, C = x.shape[:2]
+    x3 = np.ascontiguousarray(x).reshape(N, C, -1)  # (N, C, L)
+    if training:
+        mean, var = K.channel_stats(x3)  # (C,), (C,) float64, biased variance
+        if running_mean is not None:
+            M = x3.shape[0] * x3.shape[2]
+            running_mean[...] = (1.0 - momentum) * running_mean + momentum * mean
+            running_var[...] = (1.0 - momentum) * running_var + momentum * var * (M / (M - 1))
+    else:
+        mean = running_mean.astype(np.float64)  # a copy: later in-place updates cannot leak in
+        var = running_var.astype(np.float64)
+    invstd = 1.0 / np.sqrt(var + eps)  # (C,) float64
+    w = np.ones(C) if weight is None else weight.astype(np.float64)
+    b = np.zeros(C) if bias is None else bias.astype(np.float64)
+    scale = w * invstd  # out = x * scale + shift  ==  w * (x - mean) * invstd + b
+    shift = b - mean * scale
+    out = np.empty_like(x3)
+    K.scale_shift(x3, scale.astype(x.dtype), shift.astype(x.dtype), out)
+    cache = (x3, weight, bias is not None, mean, invstd, bool(training), x.shape)
+    return out.reshape(x.shape), cache
 
 
-def batch_norm_backward(dout, cache):  # noqa: D103
-    raise NotImplementedError
+def batch_norm_backward(dout, cache):
+    """Gradients of ``batch_norm_forward`` with respect to x, weight and bias.
+
+    Differentiates ``out = weight * (x - mean) * invstd + bias``. With the per-channel sums
+    ``S = sum(dout)`` and ``T = sum(dout * (x - mean))`` over the M values of a channel:
+
+        dbias = S,    dweight = T * invstd
+        eval:     dx = weight * invstd * dout                  (mean, invstd are constants)
+        training: dx = weight * invstd * (dout - S / M - (x - mean) * invstd^2 * T / M)
+                  (the extra terms differentiate mean and var, which depend on x)
+
+    Args:
+        dout: same shape and dtype as the forward output.
+        cache: from ``batch_norm_forward``.
+
+    Returns:
+        dx (shape of x), dweight (C,) and dbias (C,); dweight and dbias are None when the
+        forward had no weight / bias.
+    """
+    x3, weight, has_bias, mean, invstd, training, shape = cache
+    dout = _checks.dout_like(_BWD, dout, shape, x3.dtype)
+    d3 = np.ascontiguousarray(dout).reshape(x3.shape)  # (N, C, L)
+    S, T = K.grad_sums(d3, x3, mean)  # (C,), (C,) float64
+    w = np.ones(x3.shape[1]) if weight is None else weight.astype(np.float64)
+    k = w * invstd  # (C,)
+    dx = np.empty_like(x3)
+    if training:
+        M = x3.shape[0] * x3.shape[2]
+        a, b = k * invstd**2 * T / M, k * S / M
+    else:
+        a, b = np.zeros_like(k), np.zeros_like(k)
+    dt = x3.dtype
+    K.train_dx(d3, x3, mean.astype(dt), k.astype(dt), a.astype(dt), b.astype(dt), dx)
+    dweight = None if weight is None else (T * invstd).astype(dt)
+    dbias = S.astype(dt) if has_bias else None
+    return dx.reshape(shape), dweight, dbias

@@ -1,0 +1,123 @@
+"""Per-channel batch-norm kernels on a ``(N, C, L)`` view (L = product of the spatial dims).
+
+Each fast ``@njit`` kernel has a plain NumPy ``*_naive`` twin with the same signature and result;
+tests run both on the same inputs. Sums are accumulated in float64 whatever the input dtype (as
+PyTorch's CPU kernels do), so a float32 batch of millions of pixels keeps its precision.
+
+The kernels are serial on purpose: NumPy's BLAS owns the machine's threads.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+# Reassociation lets LLVM vectorise the float64 sums; NaN/inf semantics stay IEEE.
+_FAST = {"reassoc", "contract"}
+
+
+@njit(cache=True, fastmath=_FAST)
+def channel_stats(x):
+    """Mean and biased variance of each channel, two passes, float64 accumulation.
+
+    x: (N, C, L) C-contiguous float32/float64. Returns mean (C,), var (C,), both float64.
+    """
+    N, C, L = x.shape
+    mean = np.zeros(C, dtype=np.float64)
+    var = np.zeros(C, dtype=np.float64)
+    M = N * L
+    for c in range(C):
+        s = 0.0
+        for n in range(N):
+            for i in range(L):
+                s += x[n, c, i]
+        mu = s / M
+        q = 0.0
+        for n in range(N):
+            for i in range(L):
+                d = x[n, c, i] - mu
+                q += d * d
+        mean[c] = mu
+        var[c] = q / M
+    return mean, var
+
+
+def channel_stats_naive(x):
+    """NumPy reference for :func:`channel_stats` (same shapes and dtypes)."""
+    x64 = x.astype(np.float64)
+    return x64.mean(axis=(0, 2)), x64.var(axis=(0, 2))
+
+
+@njit(cache=True, fastmath=_FAST)
+def scale_shift(x, scale, shift, out):
+    """out[n, c, i] = x[n, c, i] * scale[c] + shift[c].
+
+    x, out: (N, C, L) of one dtype; scale, shift: (C,) of that dtype. Writes ``out`` in place.
+    """
+    N, C, L = x.shape
+    for n in range(N):
+        for c in range(C):
+            a = scale[c]
+            b = shift[c]
+            for i in range(L):
+                out[n, c, i] = x[n, c, i] * a + b
+
+
+def scale_shift_naive(x, scale, shift, out):
+    """NumPy reference for :func:`scale_shift`."""
+    out[...] = x * scale[None, :, None] + shift[None, :, None]
+
+
+@njit(cache=True, fastmath=_FAST)
+def grad_sums(dout, x, mean):
+    """Per-channel sums the backward needs, in one pass: sum(dout) and sum(dout * (x - mean)).
+
+    dout, x: (N, C, L) of one dtype; mean: (C,) float64. Returns two (C,) float64 arrays.
+    """
+    N, C, L = x.shape
+    sum_dy = np.zeros(C, dtype=np.float64)
+    sum_dy_xmu = np.zeros(C, dtype=np.float64)
+    for c in range(C):
+        mu = mean[c]
+        s = 0.0
+        t = 0.0
+        for n in range(N):
+            for i in range(L):
+                g = dout[n, c, i]
+                s += g
+                t += g * (x[n, c, i] - mu)
+        sum_dy[c] = s
+        sum_dy_xmu[c] = t
+    return sum_dy, sum_dy_xmu
+
+
+def grad_sums_naive(dout, x, mean):
+    """NumPy reference for :func:`grad_sums`."""
+    d64 = dout.astype(np.float64)
+    xmu = x.astype(np.float64) - mean[None, :, None]
+    return d64.sum(axis=(0, 2)), (d64 * xmu).sum(axis=(0, 2))
+
+
+@njit(cache=True, fastmath=_FAST)
+def train_dx(dout, x, mean, k, a, b, dx):
+    """dx[n, c, i] = k[c] * dout[n, c, i] - a[c] * (x[n, c, i] - mean[c]) - b[c].
+
+    The training-mode input gradient once the per-channel sums are folded into k, a, b (see
+    ``batch_norm_backward``). dout, x, dx: (N, C, L); mean, k, a, b: (C,) of x's dtype.
+    """
+    N, C, L = x.shape
+    for n in range(N):
+        for c in range(C):
+            kc = k[c]
+            ac = a[c]
+            mc = mean[c]
+            bc = b[c]
+            for i in range(L):
+                dx[n, c, i] = kc * dout[n, c, i] - ac * (x[n, c, i] - mc) - bc
+
+
+def train_dx_naive(dout, x, mean, k, a, b, dx):
+    """NumPy reference for :func:`train_dx`."""
+    dx[...] = (
+        k[None, :, None] * dout - a[None, :, None] * (x - mean[None, :, None]) - b[None, :, None]
+    )

@@ -1,0 +1,137 @@
+"""Batch norm against torch.nn.functional.batch_norm + autograd, and kernels against NumPy."""
+
+import numpy as np
+import pytest
+from conftest import TOL
+from hypothesis import given
+from hypothesis import strategies as st
+
+from npmobilenet.kernels import batchnorm as K
+from npmobilenet.ops import batch_norm_backward, batch_norm_forward
+
+DTYPES = [np.float64, np.float32]
+
+
+@st.composite
+def bn_cases(draw):
+    N = draw(st.integers(1, 4))
+    C = draw(st.integers(1, 5))
+    spatial = tuple(draw(st.lists(st.integers(1, 5), min_size=0, max_size=3)))
+    training = draw(st.booleans())
+    if training and N * int(np.prod(spatial)) < 2:
+        N = 2  # torch: "Expected more than 1 value per channel when training"
+    return dict(
+        shape=(N, C) + spatial,
+        training=training,
+        affine=draw(st.booleans()),
+        momentum=draw(st.sampled_from([0.1, 0.0, 1.0, 0.37])),
+        eps=draw(st.sampled_from([1e-5, 1e-3, 0.5])),
+        seed=draw(st.integers(0, 2**16)),
+    )
+
+
+def _torch_bn(torch, x, w, b, rm, rv, training, momentum, eps, dout):
+    t = {k: None if v is None else torch.tensor(v) for k, v in dict(x=x, w=w, b=b).items()}
+    for v in t.values():
+        if v is not None:
+            v.requires_grad_(True)
+    trm, trv = torch.tensor(rm), torch.tensor(rv)
+    out = torch.nn.functional.batch_norm(t["x"], trm, trv, t["w"], t["b"], training, momentum, eps)
+    out.backward(torch.tensor(dout))
+    grads = [None if v is None else v.grad.numpy() for v in t.values()]
+    return out.detach().numpy(), grads, trm.numpy(), trv.numpy()
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("dtype", DTYPES)
+@given(case=bn_cases())
+def test_matches_torch(torch, dtype, case):
+    rng = np.random.default_rng(case["seed"])
+    C = case["shape"][1]
+    x = (rng.standard_normal(case["shape"]) * 2 + 0.5).astype(dtype)
+    w = rng.standard_normal(C).astype(dtype) if case["affine"] else None
+    b = rng.standard_normal(C).astype(dtype) if case["affine"] else None
+    rm = rng.standard_normal(C).astype(dtype)
+    rv = rng.uniform(0.5, 2, C).astype(dtype)
+    dout = rng.standard_normal(case["shape"]).astype(dtype)
+    args = (case["training"], case["momentum"], case["eps"])
+    t_out, t_grads, t_rm, t_rv = _torch_bn(torch, x, w, b, rm.copy(), rv.copy(), *args, dout)
+
+    out, cache = batch_norm_forward(x, w, b, rm, rv, *args)
+    grads = batch_norm_backward(dout, cache)
+    tol = TOL[dtype]
+    assert out.dtype == dtype and out.shape == x.shape
+    np.testing.assert_allclose(out, t_out, **tol)
+    np.testing.assert_allclose(rm, t_rm, **tol)  # updated in place, like torch's buffers
+    np.testing.assert_allclose(rv, t_rv, **tol)
+    for g, tg in zip(grads, t_grads):
+        if tg is None:
+            assert g is None
+        else:
+            assert g.dtype == dtype
+            np.testing.assert_allclose(g, tg, **tol)
+
+
+def test_running_stats_over_steps_then_eval(torch):
+    """Five training steps with a BatchNorm2d module, then eval: the same numbers."""
+    rng = np.random.default_rng(0)
+    C = 3
+    m = torch.nn.BatchNorm2d(C, momentum=0.2).double()
+    w, b = rng.standard_normal(C), rng.standard_normal(C)
+    with torch.no_grad():
+        m.weight.copy_(torch.tensor(w))
+        m.bias.copy_(torch.tensor(b))
+    rm, rv = np.zeros(C), np.ones(C)
+    for _ in range(5):
+        x = rng.standard_normal((4, C, 3, 5)) * 3 + 1
+        out, _ = batch_norm_forward(x, w, b, rm, rv, True, momentum=0.2)
+        np.testing.assert_allclose(out, m(torch.tensor(x)).detach().numpy(), **TOL[np.float64])
+    np.testing.assert_allclose(rm, m.running_mean.numpy(), **TOL[np.float64])
+    np.testing.assert_allclose(rv, m.running_var.numpy(), **TOL[np.float64])
+    m.eval()
+    x = rng.standard_normal((2, C, 4, 4))
+    out, _ = batch_norm_forward(x, w, b, rm, rv, False, momentum=0.2)
+    np.testing.assert_allclose(out, m(torch.tensor(x)).detach().numpy(), **TOL[np.float64])
+
+
+def test_training_without_running_stats(torch):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3, 2, 4))
+    out, _ = batch_norm_forward(x, None, None, None, None, True)
+    ref = torch.nn.functional.batch_norm(torch.tensor(x), None, None, training=True)
+    np.testing.assert_allclose(out, ref.numpy(), **TOL[np.float64])
+
+
+def test_eval_ignores_later_running_stat_changes():
+    """The cache holds copies: mutating the running stats after forward leaves backward alone."""
+    rng = np.random.default_rng(2)
+    x, dout = rng.standard_normal((2, 3, 4)), rng.standard_normal((2, 3, 4))
+    rm, rv, w = np.zeros(3), np.ones(3), np.full(3, 2.0)
+    _, cache = batch_norm_forward(x, w, None, rm, rv, False, eps=0.0001)
+    rm += 5.0
+    rv *= 9.0
+    dx, dw, db = batch_norm_backward(dout, cache)
+    np.testing.assert_allclose(dx, dout * 2.0 / np.sqrt(1.0001), rtol=1e-12)
+    np.testing.assert_allclose(dw, (dout * x).sum(axis=(0, 2)) / np.sqrt(1.0001), rtol=1e-12)
+    assert db is None
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_kernels_match_naive(dtype):
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((3, 4, 17)) * 5 + 2).astype(dtype)
+    dout = rng.standard_normal(x.shape).astype(dtype)
+    v = [rng.standard_normal(4).astype(dtype) for _ in range(4)]
+    for fast, naive in zip(K.channel_stats(x), K.channel_stats_naive(x)):
+        np.testing.assert_allclose(fast, naive, rtol=1e-12)
+    mean = K.channel_stats_naive(x)[0]
+    for fast, naive in zip(K.grad_sums(dout, x, mean), K.grad_sums_naive(dout, x, mean)):
+        np.testing.assert_allclose(fast, naive, rtol=1e-10, atol=1e-10)
+    a, b = np.empty_like(x), np.empty_like(x)
+    K.scale_shift(x, v[0], v[1], a)
+    K.scale_shift_naive(x, v[0], v[1], b)
+    np.testing.assert_allclose(a, b, **TOL[dtype])
+    K.train_dx(dout, x, *v, a)
+    K.train_dx_naive(dout, x, *v, b)
+    np.testing.assert_allclose(a, b, **TOL[dtype])
