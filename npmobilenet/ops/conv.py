@@ -1,9 +1,335 @@
-"""conv ops (stub: being written)."""
+"""2-D convolution (grouped, depthwise, pointwise), forward and backward, two ways.
+
+Shape legend: N batch, C input channels, K output channels, G groups, Cg = C/G, Kg = K/G,
+H, W input size, OH, OW output size, kH, kW kernel size, L = OH*OW.
+
+Semantics are exactly ``torch.nn.functional.conv2d`` in 2-D (a cross-correlation)::
+
+    out[n, k, oh, ow] = bias[k] + sum over c < Cg, i < kH, j < kW of
+        weight[k, c, i, j] * x_padded[n, (k // Kg)*Cg + c, oh*sh + i*dil_h, ow*sw + j*dil_w]
+
+    OH = (H + pad_top + pad_bottom - dil_h*(kH - 1) - 1) // sh + 1     (OW likewise)
+
+Three implementations sit behind one API (``method=``):
+
+* ``"direct"``: loops over output rows and kernel taps (``kernels/conv_direct.py``). The readable
+  reference, and the fast path for depthwise convolution, where there is no matrix product to
+  hand to BLAS.
+* ``"im2col"``: copy each image's receptive fields into a (C*kH*kW, L) matrix
+  (``kernels/im2col.py``) and multiply by the (K, C*kH*kW) weight, one GEMM per group. A 1x1,
+  stride-1, unpadded convolution (a *pointwise* convolution) needs no copy at all: the image
+  already is that matrix, so it is computed as ``weight (K, C) @ x (C, H*W)`` directly.
+* ``"auto"``: see ``choose_method``.
+
+Padding is never materialised with ``np.pad``: kernels skip taps that land in the padding.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from npmobilenet import _checks
+from npmobilenet.kernels.conv_direct import (
+    conv2d_direct_backward_input,
+    conv2d_direct_backward_weight,
+    conv2d_direct_forward,
+)
+from npmobilenet.kernels.im2col import col2im, im2col
+
+METHODS = ("auto", "direct", "im2col")
 
 
-def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, method="auto"):  # noqa: D103
-    raise NotImplementedError
+class Conv2dCache(NamedTuple):
+    """What ``conv2d_forward`` keeps for ``conv2d_backward``.
+
+    x: the input as a C-contiguous (N, C, H, W) array (an unbatched input is stored with N=1).
+    weight: the C-contiguous (K, Cg, kH, kW) weight.
+    has_bias: whether a bias was given (dbias is None if not).
+    stride (sh, sw), padding (top, bottom, left, right), dilation (dil_h, dil_w), groups:
+        the resolved geometry.
+    method: the implementation that ran, "direct", "im2col" or "pointwise" (the no-copy 1x1
+        matmul); backward uses the same one.
+    unbatched: the input was (C, H, W), so the output and dx drop the batch axis.
+    out_shape: the shape of the returned ``out`` (dout is checked against it).
+    """
+
+    x: np.ndarray
+    weight: np.ndarray
+    has_bias: bool
+    stride: tuple[int, int]
+    padding: tuple[int, int, int, int]
+    dilation: tuple[int, int]
+    groups: int
+    method: str
+    unbatched: bool
+    out_shape: tuple[int, ...]
 
 
-def conv2d_backward(dout, cache):  # noqa: D103
-    raise NotImplementedError
+# --------------------------------------------------------------------------------------------
+# Validation and geometry
+# --------------------------------------------------------------------------------------------
+
+
+def _check_arrays(op, x, weight, bias, groups):
+    """Validate x, weight, bias and groups; return (x4, weight, bias, groups, unbatched)."""
+    x = _checks.float_array(op, "x", x, ndim=(3, 4))
+    weight = _checks.float_array(op, "weight", weight, ndim=4)
+    _checks.same_dtype(op, "x", x, weight=weight)
+    if bias is not None:
+        bias = _checks.float_array(op, "bias", bias)
+        _checks.same_dtype(op, "x", x, bias=bias)
+    if min(weight.shape) < 1:
+        raise ValueError(
+            f"{op}: weight must have no zero-sized dimension, got shape {weight.shape}"
+        )
+    groups = _checks.integer(op, "groups", groups, minimum=1)
+    unbatched = x.ndim == 3
+    x4 = x[None] if unbatched else x
+    C, K, Cg = x4.shape[1], weight.shape[0], weight.shape[1]
+    if C % groups:
+        raise ValueError(f"{op}: groups={groups} must divide the input channels, x has {C}")
+    if K % groups:
+        raise ValueError(
+            f"{op}: groups={groups} must divide the output channels, weight has {K} "
+            f"(weight.shape[0])"
+        )
+    if C != Cg * groups:
+        raise ValueError(
+            f"{op}: x has {C} channels but weight expects {Cg} per group x groups={groups}"
+            f" = {Cg * groups}"
+        )
+    if bias is not None and bias.shape != (K,):
+        raise ValueError(
+            f"{op}: bias must have shape ({K},) (one per output channel), got {bias.shape}"
+        )
+    return x4, weight, bias, groups, unbatched
+
+
+def _resolve_padding(op, padding, kernel, dilation, stride):
+    """Turn ``padding`` (int, pair, "same" or "valid") into (top, bottom, left, right).
+
+    "same" follows PyTorch: the total padding per axis is dilation*(k - 1); an odd total puts
+    the extra pixel at the bottom/right (left = total // 2, right = total - left).
+    """
+    if isinstance(padding, str):
+        _checks.choice(op, "padding", padding, ("same", "valid"))
+        if padding == "valid":
+            return (0, 0, 0, 0)
+        if stride != (1, 1):
+            raise ValueError(
+                f"{op}: padding='same' needs stride 1 (as in PyTorch), got stride={stride}"
+            )
+        (kh, kw), (dil_h, dil_w) = kernel, dilation
+        th, tw = dil_h * (kh - 1), dil_w * (kw - 1)
+        return (th // 2, th - th // 2, tw // 2, tw - tw // 2)
+    ph, pw = _checks.pair(op, "padding", padding, minimum=0)
+    return (ph, ph, pw, pw)
+
+
+def _output_size(op, size, pad_total, kernel, dilation, stride, axis):
+    """One output extent; errors if the dilated kernel is larger than the padded input."""
+    span = dilation * (kernel - 1) + 1
+    if size + pad_total < span:
+        raise ValueError(
+            f"{op}: the kernel (size {kernel}, dilation {dilation}, so it spans {span}) is larger"
+            f" than the padded input {axis} {size} + padding {pad_total} = {size + pad_total}"
+        )
+    return (size + pad_total - span) // stride + 1
+
+
+def choose_method(x_shape, w_shape, stride, padding, groups):
+    """The implementation ``method="auto"`` runs for this geometry.
+
+    Rule: a 1x1 convolution with stride 1 and no padding is ``"pointwise"`` (a plain matmul, no
+    copy; any groups). Otherwise, when each group is tiny, (C/G)*(K/G) <= 16 (depthwise
+    convolution, depth multipliers, narrow groups), it is ``"direct"``: the per-group matrix
+    products would be too small to keep BLAS busy and the im2col copy would dominate.
+    Everything else (dense convolutions such as MobileNet's first 3->32 layer, wide groups) is
+    ``"im2col"`` + GEMM.
+    """
+    if _is_pointwise(w_shape, stride, padding):
+        return "pointwise"
+    if w_shape[1] * (w_shape[0] // groups) <= 16:
+        return "direct"
+    return "im2col"
+
+
+def _is_pointwise(w_shape, stride, padding):
+    return w_shape[2] == 1 and w_shape[3] == 1 and stride == (1, 1) and not any(padding)
+
+
+# --------------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------------
+
+
+def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, method="auto"):
+    """2-D convolution, as ``torch.nn.functional.conv2d``. Returns ``(out, cache)``.
+
+    x: (N, C, H, W) or unbatched (C, H, W), float32 or float64.
+    weight: (K, C/groups, kH, kW), same dtype as x. bias: (K,) or None.
+    stride, dilation: int or (h, w) pair, >= 1. padding: int or (h, w) pair >= 0, or "valid"
+    (no padding) or "same" (output size = input size; stride must be 1; an odd total padding puts
+    the extra row/column at the bottom/right, as PyTorch does).
+    groups: splits C and K into groups convolved separately; groups == C gives depthwise
+    convolution, and K = m*C with groups = C a depth multiplier m.
+    method: "direct", "im2col" or "auto" (see ``choose_method``). All give the same result to
+    float rounding.
+
+    out: (N, K, OH, OW), or (K, OH, OW) for an unbatched x, in x's dtype.
+    cache: a ``Conv2dCache``.
+    """
+    op = "conv2d"
+    x4, weight, bias, groups, unbatched = _check_arrays(op, x, weight, bias, groups)
+    stride = _checks.pair(op, "stride", stride, minimum=1)
+    dilation = _checks.pair(op, "dilation", dilation, minimum=1)
+    kernel = weight.shape[2:]
+    pad = _resolve_padding(op, padding, kernel, dilation, stride)
+    _checks.choice(op, "method", method, METHODS)
+    N, _, H, W = x4.shape
+    OH = _output_size(op, H, pad[0] + pad[1], kernel[0], dilation[0], stride[0], "height")
+    OW = _output_size(op, W, pad[2] + pad[3], kernel[1], dilation[1], stride[1], "width")
+
+    if method == "auto":
+        method = choose_method(x4.shape, weight.shape, stride, pad, groups)
+    elif method == "im2col" and _is_pointwise(weight.shape, stride, pad):
+        method = "pointwise"
+    x4, weight = np.ascontiguousarray(x4), np.ascontiguousarray(weight)
+    geom = (stride, pad, dilation, groups)
+    out = _FORWARD[method](x4, weight, (N, weight.shape[0], OH, OW), *geom)
+    if bias is not None:
+        out += bias.reshape(1, -1, 1, 1)  # out (N, K, OH, OW) + bias (1, K, 1, 1)
+    if unbatched:
+        out = out[0]
+    cache = Conv2dCache(
+        x4, weight, bias is not None, stride, pad, dilation, groups, method, unbatched, out.shape
+    )
+    return out, cache
+
+
+def conv2d_backward(dout, cache):
+    """Gradients of ``conv2d_forward``. Returns ``(dx, dweight, dbias)``.
+
+    dout: the gradient of the loss with respect to ``out``, same shape and dtype.
+    dx: shaped like the forward's x ((N, C, H, W) or (C, H, W)). dweight: (K, Cg, kH, kW).
+    dbias: (K,), or None when the forward had no bias.
+    Uses the same implementation the forward ran (``cache.method``).
+    """
+    op = "conv2d_backward"
+    if not isinstance(cache, Conv2dCache):
+        raise TypeError(
+            f"{op}: cache must be the Conv2dCache returned by conv2d_forward, got "
+            f"{_checks.describe(cache)}"
+        )
+    dout = _checks.dout_like(op, dout, cache.out_shape, cache.x.dtype)
+    dout4 = np.ascontiguousarray(dout[None] if cache.unbatched else dout)  # (N, K, OH, OW)
+    geom = (cache.stride, cache.padding, cache.dilation, cache.groups)
+    dx, dweight = _BACKWARD[cache.method](dout4, cache.x, cache.weight, *geom)
+    # out = conv + bias.reshape(1, K, 1, 1): the bias gradient sums dout over N, OH, OW.
+    dbias = dout4.sum(axis=(0, 2, 3)) if cache.has_bias else None
+    if cache.unbatched:
+        dx = dx[0]
+    return dx, dweight, dbias
+
+
+# --------------------------------------------------------------------------------------------
+# Direct
+# --------------------------------------------------------------------------------------------
+
+
+def _forward_direct(x, weight, out_shape, stride, pad, dilation, groups):
+    out = np.zeros(out_shape, dtype=x.dtype)  # the kernel accumulates into it
+    (sh, sw), (dil_h, dil_w) = stride, dilation
+    conv2d_direct_forward(x, weight, out, sh, sw, pad[0], pad[2], dil_h, dil_w, groups)
+    return out
+
+
+def _backward_direct(dout, x, weight, stride, pad, dilation, groups):
+    (sh, sw), (dil_h, dil_w) = stride, dilation
+    dx = np.zeros_like(x)
+    conv2d_direct_backward_input(dout, weight, dx, sh, sw, pad[0], pad[2], dil_h, dil_w, groups)
+    dweight = np.zeros_like(weight)
+    conv2d_direct_backward_weight(dout, x, dweight, sh, sw, pad[0], pad[2], dil_h, dil_w, groups)
+    return dx, dweight
+
+
+# --------------------------------------------------------------------------------------------
+# im2col + GEMM, one image at a time (the column matrix of a whole batch can be gigabytes)
+# --------------------------------------------------------------------------------------------
+
+
+def _forward_im2col(x, weight, out_shape, stride, pad, dilation, groups):
+    N, K, OH, OW = out_shape
+    C, kH, kW = x.shape[1], weight.shape[2], weight.shape[3]
+    (sh, sw), (dil_h, dil_w) = stride, dilation
+    w3 = weight.reshape(groups, K // groups, -1)  # (G, Kg, Cg*kH*kW)
+    cols = np.empty((C * kH * kW, OH * OW), dtype=x.dtype)  # (C*kH*kW, L), reused per image
+    cols3 = cols.reshape(groups, -1, OH * OW)  # (G, Cg*kH*kW, L)
+    out = np.empty(out_shape, dtype=x.dtype)
+    out4 = out.reshape(N, groups, K // groups, OH * OW)  # (N, G, Kg, L) view
+    for n in range(N):
+        im2col(x[n], kH, kW, sh, sw, pad[0], pad[2], dil_h, dil_w, OH, OW, cols)
+        np.matmul(w3, cols3, out=out4[n])  # (G, Kg, Cg*kH*kW) @ (G, Cg*kH*kW, L)
+    return out
+
+
+def _backward_im2col(dout, x, weight, stride, pad, dilation, groups):
+    N, K, OH, OW = dout.shape
+    C, kH, kW = x.shape[1], weight.shape[2], weight.shape[3]
+    (sh, sw), (dil_h, dil_w) = stride, dilation
+    w3 = weight.reshape(groups, K // groups, -1)  # (G, Kg, Cg*kH*kW)
+    d4 = dout.reshape(N, groups, K // groups, OH * OW)  # (N, G, Kg, L)
+    cols = np.empty((C * kH * kW, OH * OW), dtype=x.dtype)
+    cols3 = cols.reshape(groups, -1, OH * OW)  # (G, Cg*kH*kW, L)
+    dcols = np.empty_like(cols)
+    dcols3 = dcols.reshape(cols3.shape)
+    dw3 = np.zeros_like(w3)
+    step = np.empty_like(w3)
+    dx = np.zeros_like(x)
+    for n in range(N):
+        # forward: out[n] = w3 @ cols3, with cols3 = im2col(x[n])
+        im2col(x[n], kH, kW, sh, sw, pad[0], pad[2], dil_h, dil_w, OH, OW, cols)
+        dw3 += np.matmul(d4[n], cols3.transpose(0, 2, 1), out=step)  # dW = dout @ cols.T
+        np.matmul(w3.transpose(0, 2, 1), d4[n], out=dcols3)  # dcols = W.T @ dout
+        col2im(dcols, kH, kW, sh, sw, pad[0], pad[2], dil_h, dil_w, OH, OW, dx[n])  # dx = im2col^T
+    return dx, dw3.reshape(weight.shape)
+
+
+# --------------------------------------------------------------------------------------------
+# Pointwise (1x1, stride 1, no padding): the convolution is a matmul on the image as it lies
+# --------------------------------------------------------------------------------------------
+
+
+def _forward_pointwise(x, weight, out_shape, stride, pad, dilation, groups):
+    N, C, H, W = x.shape
+    K = weight.shape[0]
+    x4 = x.reshape(N, groups, C // groups, H * W)  # (N, G, Cg, H*W) view, no copy
+    w3 = weight.reshape(groups, K // groups, C // groups)  # (G, Kg, Cg)
+    out = np.matmul(w3, x4)  # (N, G, Kg, H*W): one GEMM per image and group
+    return out.reshape(out_shape)
+
+
+def _backward_pointwise(dout, x, weight, stride, pad, dilation, groups):
+    N, C, H, W = x.shape
+    K = weight.shape[0]
+    x4 = x.reshape(N, groups, C // groups, H * W)  # (N, G, Cg, H*W)
+    d4 = dout.reshape(N, groups, K // groups, H * W)  # (N, G, Kg, H*W)
+    w3 = weight.reshape(groups, K // groups, C // groups)  # (G, Kg, Cg)
+    # forward: out = w3 @ x4, so dx = w3.T @ dout and dW = sum over images of dout @ x.T.
+    # The transposes are views: BLAS reads them with its transpose flag, nothing is copied.
+    dx = np.matmul(w3.transpose(0, 2, 1), d4)  # (N, G, Cg, H*W)
+    dw3 = np.zeros_like(w3)
+    step = np.empty_like(w3)
+    for n in range(N):
+        dw3 += np.matmul(d4[n], x4[n].transpose(0, 2, 1), out=step)
+    return dx.reshape(x.shape), dw3.reshape(weight.shape)
+
+
+_FORWARD = {"direct": _forward_direct, "im2col": _forward_im2col, "pointwise": _forward_pointwise}
+_BACKWARD = {
+    "direct": _backward_direct,
+    "im2col": _backward_im2col,
+    "pointwise": _backward_pointwise,
+}

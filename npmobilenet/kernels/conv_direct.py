@@ -1,0 +1,208 @@
+"""Direct (loop) convolution kernels: forward, input gradient and weight gradient.
+
+Shape legend: N batch, C input channels, K output channels, G groups, Cg = C/G and Kg = K/G
+channels per group, H, W input size, OH, OW output size, kH, kW kernel size.
+
+The convolution being computed (PyTorch's cross-correlation), for every output pixel::
+
+    out[n, k, oh, ow] = sum over c < Cg, i < kH, j < kW of
+        weight[k, c, i, j] * x[n, g*Cg + c, oh*sh - pt + i*dil_h, ow*sw - pl + j*dil_w]
+
+where g = k // Kg is the group of output channel k, and taps that land outside the input
+(in the zero padding) contribute nothing. Padding is never materialised: each kernel works out,
+per kernel tap, which output columns read a real input column (``valid_range``) and loops only
+over those, so the innermost loop has no bounds checks and runs over contiguous output memory.
+
+Two versions of each computation live here:
+
+* ``*_naive``: the textbook loops (one output pixel, then every tap, with an ``if`` per tap).
+  They are the reference the fast kernels are tested against; read them first.
+* the fast kernels (``conv2d_direct_forward`` and friends): the same sums reordered so the
+  innermost loop walks one output row. For depthwise convolution (Cg == 1) this is the fast path
+  of the whole library.
+
+All kernels are serial (no ``prange``: BLAS owns the machine's threads), write into arrays the
+Python wrapper allocated, and accumulate in the dtype of their inputs. ``fastmath`` is limited to
+reassociation and fused multiply-add, so NaN and inf still propagate as in plain IEEE arithmetic.
+"""
+
+from __future__ import annotations
+
+from numba import njit
+
+# Reassociation lets LLVM vectorise the reductions; contraction allows fused multiply-add.
+# No 'nnan'/'ninf': a NaN in the input must still come out as NaN.
+_FASTMATH = {"reassoc", "contract"}
+
+
+@njit(cache=True)
+def valid_range(offset, stride, size, out_size):
+    """Output indices ``o`` in ``[lo, hi)`` for which ``o*stride + offset`` is inside ``[0, size)``.
+
+    ``offset`` is the input position of output 0 for one kernel tap (``i*dil_h - pt``, may be
+    negative). Solves ``0 <= o*stride + offset < size`` for integer ``o`` and clips to
+    ``[0, out_size)``.
+    """
+    lo = -(offset // stride)  # ceil(-offset / stride)
+    hi = -((offset - size) // stride)  # ceil((size - offset) / stride)
+    lo = max(lo, 0)
+    hi = min(hi, out_size)
+    return lo, max(hi, lo)
+
+
+# --------------------------------------------------------------------------------------------
+# Naive reference kernels: one output pixel at a time, every tap bounds-checked.
+# --------------------------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def conv2d_naive_forward(x, w, out, sh, sw, pt, pl, dil_h, dil_w, groups):
+    """Textbook grouped convolution. x (N, C, H, W), w (K, Cg, kH, kW), out (N, K, OH, OW).
+
+    ``out`` must be zero (or hold the bias): the kernel adds into it.
+    """
+    N, C, H, W = x.shape
+    K, Cg, kH, kW = w.shape
+    OH, OW = out.shape[2], out.shape[3]
+    Kg = K // groups
+    for n in range(N):
+        for k in range(K):
+            g = k // Kg
+            for oh in range(OH):
+                for ow in range(OW):
+                    acc = out[n, k, oh, ow]
+                    for c in range(Cg):
+                        for i in range(kH):
+                            ih = oh * sh - pt + i * dil_h
+                            for j in range(kW):
+                                iw = ow * sw - pl + j * dil_w
+                                if 0 <= ih < H and 0 <= iw < W:
+                                    acc += w[k, c, i, j] * x[n, g * Cg + c, ih, iw]
+                    out[n, k, oh, ow] = acc
+
+
+@njit(cache=True)
+def conv2d_naive_backward(dout, x, w, dx, dweight, sh, sw, pt, pl, dil_h, dil_w, groups):
+    """Textbook gradients of ``conv2d_naive_forward``.
+
+    Adds into dx (N, C, H, W) and dweight (K, Cg, kH, kW). Differentiates
+    ``acc += w[k, c, i, j] * x[n, ci, ih, iw]``: dx gets ``w * dout``, dweight gets ``x * dout``.
+    """
+    N, C, H, W = x.shape
+    K, Cg, kH, kW = w.shape
+    OH, OW = dout.shape[2], dout.shape[3]
+    Kg = K // groups
+    for n in range(N):
+        for k in range(K):
+            g = k // Kg
+            for oh in range(OH):
+                for ow in range(OW):
+                    d = dout[n, k, oh, ow]
+                    for c in range(Cg):
+                        for i in range(kH):
+                            ih = oh * sh - pt + i * dil_h
+                            for j in range(kW):
+                                iw = ow * sw - pl + j * dil_w
+                                if 0 <= ih < H and 0 <= iw < W:
+                                    dx[n, g * Cg + c, ih, iw] += w[k, c, i, j] * d
+                                    dweight[k, c, i, j] += x[n, g * Cg + c, ih, iw] * d
+
+
+# --------------------------------------------------------------------------------------------
+# Fast direct kernels: innermost loop over one output row, bounds hoisted out of it.
+# --------------------------------------------------------------------------------------------
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def conv2d_direct_forward(x, w, out, sh, sw, pt, pl, dil_h, dil_w, groups):
+    """Grouped convolution, row by row. x (N, C, H, W), w (K, Cg, kH, kW), out (N, K, OH, OW).
+
+    ``out`` must be zero (or hold the bias): the kernel adds into it. For each output row and
+    each tap (c, i, j) it adds ``w[k, c, i, j] * (one input row, read every sw-th column)`` to
+    the valid stretch of the output row.
+    """
+    N, C, H, W = x.shape
+    K, Cg, kH, kW = w.shape
+    OH, OW = out.shape[2], out.shape[3]
+    Kg = K // groups
+    for n in range(N):
+        for k in range(K):
+            g = k // Kg
+            for c in range(Cg):
+                xc = x[n, g * Cg + c]  # (H, W) input plane read by output channel k
+                for oh in range(OH):
+                    orow = out[n, k, oh]  # (OW,)
+                    for i in range(kH):
+                        ih = oh * sh - pt + i * dil_h
+                        if ih < 0 or ih >= H:
+                            continue  # this kernel row lies in the zero padding
+                        xrow = xc[ih]  # (W,)
+                        for j in range(kW):
+                            off = j * dil_w - pl
+                            lo, hi = valid_range(off, sw, W, OW)
+                            wv = w[k, c, i, j]
+                            for ow in range(lo, hi):
+                                orow[ow] += wv * xrow[ow * sw + off]
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def conv2d_direct_backward_input(dout, w, dx, sh, sw, pt, pl, dil_h, dil_w, groups):
+    """Input gradient. dout (N, K, OH, OW), w (K, Cg, kH, kW); adds into dx (N, C, H, W).
+
+    Differentiates ``orow[ow] += wv * xrow[ow*sw + off]`` of ``conv2d_direct_forward``:
+    every input element gets ``wv * dout`` from each output it was read by.
+    """
+    N, C, H, W = dx.shape
+    K, Cg, kH, kW = w.shape
+    OH, OW = dout.shape[2], dout.shape[3]
+    Kg = K // groups
+    for n in range(N):
+        for k in range(K):
+            g = k // Kg
+            for c in range(Cg):
+                dxc = dx[n, g * Cg + c]  # (H, W)
+                for oh in range(OH):
+                    drow = dout[n, k, oh]  # (OW,)
+                    for i in range(kH):
+                        ih = oh * sh - pt + i * dil_h
+                        if ih < 0 or ih >= H:
+                            continue
+                        dxrow = dxc[ih]  # (W,)
+                        for j in range(kW):
+                            off = j * dil_w - pl
+                            lo, hi = valid_range(off, sw, W, OW)
+                            wv = w[k, c, i, j]
+                            for ow in range(lo, hi):
+                                dxrow[ow * sw + off] += wv * drow[ow]
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def conv2d_direct_backward_weight(dout, x, dweight, sh, sw, pt, pl, dil_h, dil_w, groups):
+    """Weight gradient. dout (N, K, OH, OW), x (N, C, H, W); adds into dweight (K, Cg, kH, kW).
+
+    Differentiates ``orow[ow] += wv * xrow[ow*sw + off]`` of ``conv2d_direct_forward``
+    with respect to ``wv``: a dot product of the output-gradient row with the input row.
+    """
+    N, C, H, W = x.shape
+    K, Cg, kH, kW = dweight.shape
+    OH, OW = dout.shape[2], dout.shape[3]
+    Kg = K // groups
+    for n in range(N):
+        for k in range(K):
+            g = k // Kg
+            for c in range(Cg):
+                xc = x[n, g * Cg + c]  # (H, W)
+                for oh in range(OH):
+                    drow = dout[n, k, oh]  # (OW,)
+                    for i in range(kH):
+                        ih = oh * sh - pt + i * dil_h
+                        if ih < 0 or ih >= H:
+                            continue
+                        xrow = xc[ih]  # (W,)
+                        for j in range(kW):
+                            off = j * dil_w - pl
+                            lo, hi = valid_range(off, sw, W, OW)
+                            acc = dweight[k, c, i, j] * 0  # a zero of the input dtype
+                            for ow in range(lo, hi):
+                                acc += drow[ow] * xrow[ow * sw + off]
+                            dweight[k, c, i, j] += acc

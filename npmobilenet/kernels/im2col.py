@@ -1,0 +1,78 @@
+"""im2col / col2im kernels: turn a convolution into a matrix product.
+
+Shape legend: C input channels, H, W input size, OH, OW output size, kH, kW kernel size,
+L = OH*OW output pixels.
+
+``im2col`` copies, for one image, every input value that each output pixel reads into one
+column of a matrix ``cols`` of shape (C*kH*kW, L)::
+
+    cols[(c*kH + i)*kW + j, oh*OW + ow] = x[c, oh*sh - pt + i*dil_h, ow*sw - pl + j*dil_w]
+
+(zero where that position lies in the padding). Row ``(c*kH + i)*kW + j`` matches the flattened
+weight index ``weight.reshape(K, C*kH*kW)[:, (c*kH + i)*kW + j]``, so the convolution of one
+image becomes ``weight.reshape(K, -1) @ cols``; with groups, rows ``g*Cg*kH*kW ...`` belong to
+group g and the product is taken per group.
+
+``col2im`` is its adjoint (the transpose of the copy): it adds every entry of a (C*kH*kW, L)
+matrix back onto the input position it was copied from, which is how the input gradient
+``dx = col2im(weight.T @ dout)`` is formed.
+
+Both are serial Numba kernels writing into arrays the caller allocated; padding is handled with
+per-tap column ranges (``valid_range``), never by a padded copy of the input.
+"""
+
+from __future__ import annotations
+
+from numba import njit
+
+from npmobilenet.kernels.conv_direct import valid_range
+
+
+@njit(cache=True)
+def im2col(x, kH, kW, sh, sw, pt, pl, dil_h, dil_w, OH, OW, cols):
+    """Fill cols (C*kH*kW, OH*OW) from one image x (C, H, W); padded positions become zero."""
+    C, H, W = x.shape
+    for c in range(C):
+        for i in range(kH):
+            for j in range(kW):
+                row = cols[(c * kH + i) * kW + j]  # (L,)
+                off = j * dil_w - pl
+                lo, hi = valid_range(off, sw, W, OW)
+                for oh in range(OH):
+                    base = oh * OW
+                    ih = oh * sh - pt + i * dil_h
+                    if ih < 0 or ih >= H:
+                        for ow in range(OW):
+                            row[base + ow] = 0
+                        continue
+                    xrow = x[c, ih]  # (W,)
+                    for ow in range(lo):
+                        row[base + ow] = 0
+                    for ow in range(lo, hi):
+                        row[base + ow] = xrow[ow * sw + off]
+                    for ow in range(hi, OW):
+                        row[base + ow] = 0
+
+
+@njit(cache=True)
+def col2im(cols, kH, kW, sh, sw, pt, pl, dil_h, dil_w, OH, OW, dx):
+    """Add cols (C*kH*kW, OH*OW) back onto one image's gradient dx (C, H, W) (adjoint of im2col).
+
+    Differentiates ``row[base + ow] = xrow[ow*sw + off]`` of ``im2col``: each input element
+    receives the sum of the column entries it was copied to. Padded entries are dropped.
+    """
+    C, H, W = dx.shape
+    for c in range(C):
+        for i in range(kH):
+            for j in range(kW):
+                row = cols[(c * kH + i) * kW + j]  # (L,)
+                off = j * dil_w - pl
+                lo, hi = valid_range(off, sw, W, OW)
+                for oh in range(OH):
+                    ih = oh * sh - pt + i * dil_h
+                    if ih < 0 or ih >= H:
+                        continue
+                    dxrow = dx[c, ih]  # (W,)
+                    base = oh * OW
+                    for ow in range(lo, hi):
+                        dxrow[ow * sw + off] += row[base + ow]

@@ -1,0 +1,231 @@
+"""conv2d forward and backward against PyTorch, naive loops, per-channel convolutions and matmul."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import TOL
+from hypothesis import given
+from hypothesis import strategies as st
+
+from npmobilenet.kernels.conv_direct import (
+    conv2d_direct_backward_input,
+    conv2d_direct_backward_weight,
+    conv2d_direct_forward,
+    conv2d_naive_backward,
+    conv2d_naive_forward,
+    valid_range,
+)
+from npmobilenet.ops.conv import choose_method, conv2d_backward, conv2d_forward
+from npmobilenet.testing.conv import conv2d_configs, conv2d_kwargs, make_conv2d_inputs
+
+pytestmark = pytest.mark.kernels
+METHODS = ["direct", "im2col", "auto"]
+
+
+def tol(dtype):
+    # float32 sums of up to ~100 terms of order one: a loose absolute tolerance on top of TOL.
+    return TOL[np.float64] if dtype == np.float64 else dict(rtol=1e-4, atol=5e-5)
+
+
+def torch_conv(torch, arrays, dout, kwargs):
+    """Forward output and autograd (dx, dw, db) from torch.nn.functional.conv2d, in float64."""
+    t = {
+        k: None if v is None else torch.tensor(v, dtype=torch.float64, requires_grad=True)
+        for k, v in arrays.items()
+    }
+    out = torch.nn.functional.conv2d(t["x"], t["weight"], t["bias"], **kwargs)
+    out.backward(torch.tensor(dout, dtype=torch.float64))
+    grads = [None if t[k] is None else t[k].grad.numpy() for k in ("x", "weight", "bias")]
+    return out.detach().numpy(), grads
+
+
+def run_ours(arrays, dout, kwargs, method):
+    out, cache = conv2d_forward(**arrays, **kwargs, method=method)
+    return out, conv2d_backward(dout, cache)
+
+
+@pytest.mark.torch
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
+@given(cfg=conv2d_configs(), method=st.sampled_from(METHODS), seed=st.integers(0, 2**16))
+def test_matches_torch_forward_and_backward(torch, cfg, method, seed):
+    arrays = make_conv2d_inputs(cfg, seed)
+    dout = np.random.default_rng(seed + 1).standard_normal(cfg["out_shape"]).astype(cfg["dtype"])
+    ref_out, ref_grads = torch_conv(torch, arrays, dout, conv2d_kwargs(cfg))
+    out, grads = run_ours(arrays, dout, conv2d_kwargs(cfg), method)
+    assert out.shape == cfg["out_shape"] and out.dtype == cfg["dtype"]
+    np.testing.assert_allclose(out, ref_out, **tol(cfg["dtype"]))
+    for name, got, want in zip(("dx", "dweight", "dbias"), grads, ref_grads):
+        if want is None:
+            assert got is None, name
+        else:
+            assert got.shape == want.shape and got.dtype == cfg["dtype"], name
+            np.testing.assert_allclose(got, want, err_msg=name, **tol(cfg["dtype"]))
+
+
+@given(cfg=conv2d_configs(dtypes=(np.float64,)), seed=st.integers(0, 2**16))
+def test_direct_and_im2col_agree(cfg, seed):
+    arrays = make_conv2d_inputs(cfg, seed)
+    dout = np.random.default_rng(seed + 1).standard_normal(cfg["out_shape"])
+    out_d, grads_d = run_ours(arrays, dout, conv2d_kwargs(cfg), "direct")
+    out_i, grads_i = run_ours(arrays, dout, conv2d_kwargs(cfg), "im2col")
+    np.testing.assert_allclose(out_d, out_i, rtol=1e-12, atol=1e-12)
+    for got, want in zip(grads_d, grads_i):
+        if want is None:
+            assert got is None
+        else:
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+@given(cfg=conv2d_configs(dtypes=(np.float64,), allow_unbatched=False), seed=st.integers(0, 99))
+def test_fast_direct_kernels_match_naive_loops(cfg, seed):
+    a = make_conv2d_inputs(cfg, seed)
+    x, w = a["x"], a["weight"]
+    _, cache = conv2d_forward(x, w, **conv2d_kwargs(cfg))
+    (sh, sw), (pt, _, pl, _), (dh, dw) = cache.stride, cache.padding, cache.dilation
+    geom = (sh, sw, pt, pl, dh, dw, cfg["groups"])
+    fast, naive = np.zeros(cfg["out_shape"]), np.zeros(cfg["out_shape"])
+    conv2d_direct_forward(x, w, fast, *geom)
+    conv2d_naive_forward(x, w, naive, *geom)
+    np.testing.assert_allclose(fast, naive, rtol=1e-12, atol=1e-12)
+
+    dout = np.random.default_rng(seed).standard_normal(cfg["out_shape"])
+    dx, dwt, dx_n, dw_n = np.zeros_like(x), np.zeros_like(w), np.zeros_like(x), np.zeros_like(w)
+    conv2d_direct_backward_input(dout, w, dx, *geom)
+    conv2d_direct_backward_weight(dout, x, dwt, *geom)
+    conv2d_naive_backward(dout, x, w, dx_n, dw_n, *geom)
+    np.testing.assert_allclose(dx, dx_n, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dwt, dw_n, rtol=1e-12, atol=1e-12)
+
+
+@given(
+    offset=st.integers(-12, 12),
+    stride=st.integers(1, 4),
+    size=st.integers(1, 10),
+    out_size=st.integers(0, 12),
+)
+def test_valid_range_is_exactly_the_in_bounds_outputs(offset, stride, size, out_size):
+    lo, hi = valid_range(offset, stride, size, out_size)
+    inside = [o for o in range(out_size) if 0 <= o * stride + offset < size]
+    assert list(range(lo, hi)) == inside
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("multiplier", [1, 3])
+def test_depthwise_equals_per_channel_convolutions(rng, method, multiplier):
+    C, m = 5, multiplier
+    x = rng.standard_normal((2, C, 9, 8))
+    w = rng.standard_normal((C * m, 1, 3, 3))
+    dout = rng.standard_normal((2, C * m, 5, 4))
+    kw = dict(stride=2, padding=1)
+    out, cache = conv2d_forward(x, w, groups=C, method=method, **kw)
+    dx, dw, _ = conv2d_backward(dout, cache)
+    dx_ref = np.zeros_like(x)
+    for c in range(C):  # output channels c*m ... c*m + m - 1 read input channel c only
+        ks = slice(c * m, (c + 1) * m)
+        o, cc = conv2d_forward(x[:, c : c + 1], w[ks], method="im2col", **kw)
+        np.testing.assert_allclose(out[:, ks], o, rtol=1e-12, atol=1e-12)
+        dxc, dwc, _ = conv2d_backward(dout[:, ks], cc)
+        dx_ref[:, c : c + 1] = dxc
+        np.testing.assert_allclose(dw[ks], dwc, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_pointwise_equals_matmul(rng, method, dtype):
+    x = rng.standard_normal((3, 6, 4, 5)).astype(dtype)
+    w = rng.standard_normal((7, 6, 1, 1)).astype(dtype)
+    dout = rng.standard_normal((3, 7, 4, 5)).astype(dtype)
+    out, cache = conv2d_forward(x, w, method=method)
+    dx, dw, _ = conv2d_backward(dout, cache)
+    x64, w64, d64 = (a.astype(np.float64) for a in (x, w[:, :, 0, 0], dout))
+    t = tol(dtype)
+    np.testing.assert_allclose(out, np.einsum("kc,nchw->nkhw", w64, x64), **t)
+    np.testing.assert_allclose(dx, np.einsum("kc,nkhw->nchw", w64, d64), **t)
+    np.testing.assert_allclose(dw[:, :, 0, 0], np.einsum("nkhw,nchw->kc", d64, x64), **t)
+    assert out.dtype == dx.dtype == dw.dtype == dtype
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_unbatched_input_is_batch_of_one(rng, method):
+    x, w, b = (
+        rng.standard_normal((4, 6, 7)),
+        rng.standard_normal((6, 2, 3, 2)),
+        rng.standard_normal(6),
+    )
+    kw = dict(stride=(1, 2), padding=(1, 0), groups=2, method=method)
+    out, cache = conv2d_forward(x, w, b, **kw)
+    out_b, cache_b = conv2d_forward(x[None], w, b, **kw)
+    assert out.shape == out_b.shape[1:]
+    np.testing.assert_array_equal(out, out_b[0])
+    dout = rng.standard_normal(out.shape)
+    dx, dw, db = conv2d_backward(dout, cache)
+    dx_b, dw_b, db_b = conv2d_backward(dout[None], cache_b)
+    assert dx.shape == x.shape
+    np.testing.assert_array_equal(dx, dx_b[0])
+    np.testing.assert_array_equal(dw, dw_b)
+    np.testing.assert_array_equal(db, db_b)
+
+
+@pytest.mark.torch
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
+@pytest.mark.parametrize("method", ["direct", "im2col"])
+@pytest.mark.parametrize("kernel,dilation", [((2, 4), 1), ((4, 2), (1, 3)), ((2, 3), 2)])
+def test_same_padding_with_even_kernels(torch, rng, method, kernel, dilation):
+    x = rng.standard_normal((2, 3, 7, 6))
+    w = rng.standard_normal((4, 3, *kernel))
+    dout = rng.standard_normal((2, 4, 7, 6))
+    kw = dict(padding="same", dilation=dilation)
+    out, grads = run_ours({"x": x, "weight": w, "bias": None}, dout, kw, method)
+    ref_out, ref_grads = torch_conv(torch, {"x": x, "weight": w, "bias": None}, dout, kw)
+    assert out.shape == x.shape[:1] + (4,) + x.shape[2:]
+    np.testing.assert_allclose(out, ref_out, **TOL[np.float64])
+    np.testing.assert_allclose(grads[0], ref_grads[0], **TOL[np.float64])
+    np.testing.assert_allclose(grads[1], ref_grads[1], **TOL[np.float64])
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("method", METHODS)
+def test_depth_multiplier_float32(torch, rng, method):
+    x = rng.standard_normal((2, 4, 11, 10)).astype(np.float32)
+    w = rng.standard_normal((8, 1, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(8).astype(np.float32)
+    dout = rng.standard_normal((2, 8, 6, 5)).astype(np.float32)
+    kw = dict(stride=2, padding=1, groups=4)
+    out, grads = run_ours({"x": x, "weight": w, "bias": b}, dout, kw, method)
+    ref_out, ref_grads = torch_conv(torch, {"x": x, "weight": w, "bias": b}, dout, kw)
+    np.testing.assert_allclose(out, ref_out, **tol(np.float32))
+    for got, want in zip(grads, ref_grads):
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, want, **tol(np.float32))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_non_contiguous_inputs(rng, method):
+    x = rng.standard_normal((2, 3, 8, 6)).transpose(0, 1, 3, 2)  # (2, 3, 6, 8), not contiguous
+    w = rng.standard_normal((3, 3, 3, 3))[:, :, ::-1]  # negative strides
+    out, cache = conv2d_forward(x, w, padding=1, method=method)
+    ref, _ = conv2d_forward(np.ascontiguousarray(x), np.ascontiguousarray(w), padding=1)
+    np.testing.assert_allclose(out, ref, rtol=1e-12, atol=1e-12)
+    dout = rng.standard_normal(out.shape)[..., ::-1]
+    dx, dw, _ = conv2d_backward(dout, cache)
+    assert dx.shape == x.shape and dw.shape == w.shape
+
+
+def test_nan_propagates(rng):
+    x = rng.standard_normal((1, 2, 5, 5))
+    x[0, 0, 2, 2] = np.nan
+    for method in METHODS:
+        out, _ = conv2d_forward(x, rng.standard_normal((2, 1, 3, 3)), groups=2, method=method)
+        assert np.isnan(out[0, 0, 1:4, 1:4]).all() and not np.isnan(out[0, 1]).any()
+
+
+def test_auto_rule():
+    assert choose_method((1, 32, 8, 8), (64, 32, 1, 1), (1, 1), (0, 0, 0, 0), 1) == "pointwise"
+    assert choose_method((1, 32, 8, 8), (32, 1, 3, 3), (2, 2), (1, 1, 1, 1), 32) == "direct"
+    assert choose_method((1, 32, 8, 8), (64, 1, 3, 3), (1, 1), (1, 1, 1, 1), 32) == "direct"
+    assert choose_method((1, 8, 8, 8), (8, 4, 3, 3), (1, 1), (1, 1, 1, 1), 2) == "direct"
+    assert choose_method((1, 3, 8, 8), (32, 3, 3, 3), (2, 2), (1, 1, 1, 1), 1) == "im2col"
+    assert choose_method((1, 32, 8, 8), (32, 32, 3, 3), (1, 1), (1, 1, 1, 1), 1) == "im2col"
+    assert choose_method((1, 32, 8, 8), (64, 32, 1, 1), (2, 2), (0, 0, 0, 0), 1) == "im2col"
