@@ -1,0 +1,229 @@
+"""Regenerate every figure and generated table of the documentation site.
+
+Run from anywhere (CI runs it before ``mkdocs build --strict``)::
+
+    python docs/figures/make_figures.py            # everything
+    python docs/figures/make_figures.py im2col     # only the named figures
+
+Every figure is computed by the library itself: parameter counts from its layers, the im2col
+matrix from its Numba kernel, the per-layer chart from ``MobileNetV1.summary()``, the timings from
+its convolution op. Outputs go to ``docs/assets/``: PNGs (matplotlib, Agg backend, no timestamps
+in the metadata, so a rerun gives the same bytes unless the data changed) and small Markdown
+tables that the pages include with ``--8<--``. Only the timing table and chart change between
+runs (they are measurements); everything else is deterministic.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+ASSETS = ROOT / "docs" / "assets"
+PNG_META = {"Software": None}  # no matplotlib version or date: reproducible bytes
+
+plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 110, "font.size": 10})
+
+
+def save(fig, name: str) -> None:
+    fig.savefig(ASSETS / name, metadata=PNG_META, bbox_inches="tight")
+    plt.close(fig)
+    print(f"wrote docs/assets/{name}")
+
+
+def write_text(name: str, text: str) -> None:
+    (ASSETS / name).write_text(text)
+    print(f"wrote docs/assets/{name}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Depthwise separable cost ratio (depthwise-separable.md)
+# ---------------------------------------------------------------------------------------------
+
+
+def cost_ratio() -> None:
+    """Separable / standard cost against N, counted from the library's Conv2d layers."""
+    from npmobilenet import nn
+
+    def n_params(*modules):
+        return sum(p.data.size for m in modules for p in m.parameters())
+
+    m = 32
+    ns = np.unique(np.geomspace(4, 1024, 40).astype(int))
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    for dk, colour in ((3, "tab:blue"), (5, "tab:orange")):
+        ratios = []
+        for n in ns:
+            std = nn.Conv2d(m, n, dk, padding=dk // 2, bias=False)
+            dw = nn.Conv2d(m, m, dk, padding=dk // 2, groups=m, bias=False)
+            pw = nn.Conv2d(m, n, 1, bias=False)
+            ratios.append(n_params(dw, pw) / n_params(std))
+        ax.plot(ns, ratios, color=colour, label=f"{dk}x{dk} kernel: 1/N + 1/{dk * dk}")
+        ax.axhline(1 / dk**2, color=colour, ls="--", lw=0.8)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("output channels N")
+    ax.set_ylabel("separable cost / standard cost")
+    ax.set_ylim(0, 0.35)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title("Depthwise separable vs standard convolution (counted by nn.Conv2d)")
+    save(fig, "cost_ratio.png")
+
+
+# ---------------------------------------------------------------------------------------------
+# The im2col matrix of a small input (kernels.md)
+# ---------------------------------------------------------------------------------------------
+
+
+def im2col_matrix() -> None:
+    """Input planes and their im2col matrix, filled by the real Numba kernel."""
+    from npmobilenet.kernels.im2col import im2col
+
+    C, H, W, k, pad = 2, 4, 4, 3, 1
+    x = (np.arange(C * H * W, dtype=np.float64) + 1).reshape(C, H, W)  # values 1..32
+    OH, OW = H, W
+    cols = np.empty((C * k * k, OH * OW))
+    im2col(x, k, k, 1, 1, pad, pad, 1, 1, OH, OW, cols)
+
+    fig = plt.figure(figsize=(11, 5.2))
+    grid = fig.add_gridspec(2, 2, width_ratios=[1, 3.6], wspace=0.3, hspace=0.35)
+    for c in range(C):
+        ax = fig.add_subplot(grid[c, 0])
+        ax.imshow(x[c], cmap="Blues", vmin=-8, vmax=C * H * W + 4)
+        for (i, j), v in np.ndenumerate(x[c]):
+            ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=9)
+        ax.set_title(f"input channel {c}  (H=W=4)", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    ax = fig.add_subplot(grid[:, 1])
+    shown = np.where(cols == 0, np.nan, cols)
+    ax.imshow(shown, cmap="Blues", vmin=-8, vmax=C * H * W + 4, aspect="auto")
+    for (r, col), v in np.ndenumerate(cols):
+        ax.text(col, r, f"{v:.0f}" if v else "0", ha="center", va="center", fontsize=7,
+                color="black" if v else "0.6")  # fmt: skip
+    ax.set_yticks(range(C * k * k))
+    ax.set_yticklabels([f"c{r // 9} ({r % 9 // 3},{r % 3})" for r in range(C * k * k)], fontsize=7)
+    ax.set_xticks(range(OH * OW))
+    ax.set_xticklabels([f"{p // OW},{p % OW}" for p in range(OH * OW)], fontsize=7)
+    ax.axhline(8.5, color="black", lw=1)
+    ax.set_xlabel("output pixel (oh, ow): one column each")
+    ax.set_ylabel("row = channel c, kernel tap (i, j)")
+    ax.set_title(
+        f"im2col matrix cols, shape (C*kH*kW, OH*OW) = ({C * k * k}, {OH * OW}); "
+        "3x3 kernel, padding 1, grey 0 = padding",
+        fontsize=9,
+    )
+    save(fig, "im2col_matrix.png")
+
+
+# ---------------------------------------------------------------------------------------------
+# Direct loop vs im2col + GEMM, measured (kernels.md)
+# ---------------------------------------------------------------------------------------------
+
+# (label, C, K, groups, kernel, stride, H=W): MobileNet's depthwise layers, its first (dense)
+# layer, a pointwise layer, and grouped and dense 3x3 layers in between.
+TIMED_SHAPES = [
+    ("depthwise 32 ch, 112x112", 32, 32, 32, 3, 1, 112),
+    ("depthwise 64 ch, 112x112, s2", 64, 64, 64, 3, 2, 112),
+    ("depthwise 256 ch, 28x28", 256, 256, 256, 3, 1, 28),
+    ("depthwise 1024 ch, 7x7", 1024, 1024, 1024, 3, 1, 7),
+    ("grouped 64->64, G=32, 28x28", 64, 64, 32, 3, 1, 28),
+    ("grouped 64->64, G=8, 28x28", 64, 64, 8, 3, 1, 28),
+    ("dense 3->32, 224x224, s2", 3, 32, 1, 3, 2, 224),
+    ("dense 64->64, 28x28", 64, 64, 1, 3, 1, 28),
+    ("pointwise 256->256, 28x28", 256, 256, 1, 1, 1, 28),
+]
+TIMED_BATCH = 4
+
+
+def _median_time(fn, budget=0.25, max_reps=9) -> float:
+    fn()  # warm-up (and Numba compilation on a cold cache)
+    times, spent = [], 0.0
+    while len(times) < 3 or (spent < budget and len(times) < max_reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+        spent += times[-1]
+    return float(np.median(times))
+
+
+def conv_timing() -> None:
+    """Forward + backward time of method="direct" vs "im2col" through ops.conv2d_*."""
+    from npmobilenet import ops
+    from npmobilenet.ops.conv import choose_method
+
+    rng = np.random.default_rng(0)
+    rows, ratios = [], []
+    for label, C, K, G, k, s, H in TIMED_SHAPES:
+        x = rng.standard_normal((TIMED_BATCH, C, H, H), dtype=np.float32)
+        w = rng.standard_normal((K, C // G, k, k), dtype=np.float32)
+        pad = k // 2
+        ms = {}
+        for method in ("direct", "im2col"):
+
+            def step(x=x, w=w, s=s, pad=pad, G=G, method=method):
+                out, cache = ops.conv2d_forward(x, w, None, s, pad, 1, G, method=method)
+                ops.conv2d_backward(out, cache)
+
+            ms[method] = 1e3 * _median_time(step)
+        picked = choose_method(x.shape, w.shape, (s, s), (pad,) * 4, G)
+        picked = "im2col" if picked == "pointwise" else picked
+        winner = min(ms, key=ms.get)
+        ratio = ms["im2col"] / ms["direct"]
+        ratios.append((label, ratio))
+        cols_mb = 0.0 if k == 1 else C * k * k * (-(-H // s)) ** 2 * 4 / 2**20  # 1x1: no copy
+        rows.append(
+            f"| {label} | {C // G}x{K // G} | {ms['direct']:.1f} | {ms['im2col']:.1f} | "
+            f"{ratio:.2f} | {winner} | {picked} | {cols_mb:.1f} |"
+        )
+    header = (
+        f"| layer (batch {TIMED_BATCH}, float32, 3x3 unless pointwise) | per group C/G x K/G | "
+        "direct ms | im2col ms | im2col / direct | faster | auto picks | im2col buffer MB |\n"
+        "|---|---|---|---|---|---|---|---|\n"
+    )
+    write_text("conv_timing.md", header + "\n".join(rows) + "\n")
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    labels = [r[0] for r in ratios]
+    vals = [r[1] for r in ratios]
+    colours = ["tab:green" if v > 1 else "tab:purple" for v in vals]
+    ax.barh(labels[::-1], vals[::-1], color=colours[::-1])
+    ax.axvline(1, color="black", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("time(im2col) / time(direct), forward + backward  (>1: direct is faster)")
+    ax.set_title(f"Direct loop vs im2col + GEMM, batch {TIMED_BATCH}, float32 (measured)")
+    ax.grid(alpha=0.3, axis="x")
+    save(fig, "conv_timing.png")
+
+
+FIGURES = {
+    "cost_ratio": cost_ratio,
+    "im2col": im2col_matrix,
+    "conv_timing": conv_timing,
+}
+
+
+def main(argv: list[str]) -> int:
+    ASSETS.mkdir(parents=True, exist_ok=True)
+    names = argv or list(FIGURES)
+    unknown = [n for n in names if n not in FIGURES]
+    if unknown:
+        print(f"make_figures: unknown figure(s) {unknown}; choose from {list(FIGURES)}")
+        return 2
+    for name in names:
+        t0 = time.perf_counter()
+        FIGURES[name]()
+        print(f"  {name}: {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,55 @@
+"""MkDocs hook: quote the library's real source code into a page.
+
+A line of the form
+
+    {{ source("npmobilenet.kernels.im2col.im2col") }}
+
+is replaced by a Python code block holding the current source of that function or class, titled
+with its file and line numbers. The docs therefore quote the code that runs, never a copy that can
+drift. Numba dispatchers are unwrapped to the Python function they compile. An unknown name fails
+the build.
+
+The quoted blocks are not executed by ``tests/test_docs.py`` (they are definitions, not examples):
+the test reads the raw Markdown, where only the directive appears.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+import textwrap
+from pathlib import Path
+
+DIRECTIVE = re.compile(
+    r'^(?P<indent>[ \t]*)\{\{\s*source\("(?P<name>[\w.]+)"\)\s*\}\}[ \t]*$', re.M
+)
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def resolve(name: str):
+    """Import ``pkg.module.attr[.attr...]`` and return the object."""
+    parts = name.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        for attr in parts[i:]:
+            obj = getattr(obj, attr)
+        return getattr(obj, "py_func", obj)
+    raise ImportError(f"docs/hooks.py: cannot import any prefix of {name!r}")
+
+
+def quote(name: str, indent: str) -> str:
+    obj = resolve(name)
+    lines, start = inspect.getsourcelines(obj)
+    path = Path(inspect.getsourcefile(obj)).resolve().relative_to(ROOT)
+    end = start + len(lines) - 1
+    body = textwrap.dedent("".join(lines)).rstrip("\n")
+    block = f'```python title="{path}, lines {start}-{end}"\n{body}\n```'
+    return textwrap.indent(block, indent, lambda line: True)
+
+
+def on_page_markdown(markdown: str, **kwargs) -> str:
+    return DIRECTIVE.sub(lambda m: quote(m["name"], m["indent"]), markdown)
