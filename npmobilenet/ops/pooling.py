@@ -1,27 +1,174 @@
-"""pooling ops (stub: being written)."""
+"""2-D max, average and adaptive average pooling (``torch.nn.functional`` semantics).
+
+Input is (N, C, H, W) or unbatched (C, H, W); the output keeps the batch-ness of the input.
+Output size along each axis (PyTorch's rule, with ``//`` rounding down)::
+
+    O = (H + 2 * p - d * (k - 1) - 1 + (s - 1 if ceil_mode else 0)) // s + 1
+    if ceil_mode and (O - 1) * s >= H + p:  O -= 1   # the last window must start inside
+
+Padding may be at most half the kernel size (``p <= k // 2``). Max-pool pads with -inf; a tie
+keeps the first maximum in scan order and NaN always wins, as in PyTorch. Average pooling
+divides by the window size clipped to the padded input (``count_include_pad=True``) or to the
+input itself (False).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from npmobilenet import _checks
+from npmobilenet.kernels import pool as K
 
 
-def max_pool2d_forward(x, kernel_size, stride=None, padding=0):  # noqa: D103
-    raise NotImplementedError
+def _as_batched(op, x):
+    """Validate x and return its (N, C, H, W) C-contiguous view and whether it was batched."""
+    _checks.float_array(op, "x", x, ndim=(3, 4))
+    x4 = x if x.ndim == 4 else x[None]
+    if 0 in x4.shape[1:]:
+        raise ValueError(f"{op}: x must have non-zero C, H and W, got shape {x.shape}")
+    return np.ascontiguousarray(x4), x.ndim == 4
 
 
-def max_pool2d_backward(dout, cache):  # noqa: D103
-    raise NotImplementedError
+def _out_size(size, k, s, p, d, ceil_mode):
+    """PyTorch's pooling output length along one axis (may be < 1: the caller rejects it)."""
+    o = (size + 2 * p - d * (k - 1) - 1 + (s - 1 if ceil_mode else 0)) // s + 1
+    if ceil_mode and (o - 1) * s >= size + p:
+        o -= 1
+    return o
+
+
+def _window_params(op, x4, kernel_size, stride, padding, dilation, ceil_mode):
+    """Validate window arguments; return (k, s, p, d) pairs and (OH, OW)."""
+    k = _checks.pair(op, "kernel_size", kernel_size, minimum=1)
+    s = k if stride is None else _checks.pair(op, "stride", stride, minimum=1)
+    p = _checks.pair(op, "padding", padding, minimum=0)
+    d = _checks.pair(op, "dilation", dilation, minimum=1)
+    if not isinstance(ceil_mode, (bool, np.bool_)):
+        raise TypeError(f"{op}: ceil_mode must be a bool, got {_checks.describe(ceil_mode)}")
+    if p[0] > k[0] // 2 or p[1] > k[1] // 2:
+        raise ValueError(
+            f"{op}: padding must be at most half the kernel size (padding <= kernel_size // 2),"
+            f" got padding={p} with kernel_size={k}"
+        )
+    H, W = x4.shape[2:]
+    OH = _out_size(H, k[0], s[0], p[0], d[0], ceil_mode)
+    OW = _out_size(W, k[1], s[1], p[1], d[1], ceil_mode)
+    if OH < 1 or OW < 1:
+        raise ValueError(
+            f"{op}: the kernel (size {k}, dilation {d}) is larger than the padded input"
+            f" ({H} + 2*{p[0]}, {W} + 2*{p[1]}): output size would be ({OH}, {OW})"
+        )
+    return k, s, p, d, (OH, OW)
+
+
+def _unbatch(out, batched):
+    return out if batched else out[0]
+
+
+def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
+    """Maximum over each kernel window.
+
+    Args:
+        x: (N, C, H, W) or (C, H, W), float32 or float64.
+        kernel_size, stride (default: kernel_size), padding, dilation: int or (h, w) pair.
+        ceil_mode: round the output size up instead of down.
+
+    Returns:
+        out: (N, C, OH, OW) (or (C, OH, OW)), x's dtype.
+        cache: (argmax, x.dtype, x.shape) with argmax (N, C, OH, OW) the flat h * W + w index
+            of each window's winner.
+    """
+    op = "max_pool2d_forward"
+    x4, batched = _as_batched(op, x)
+    k, s, p, d, (OH, OW) = _window_params(op, x4, kernel_size, stride, padding, dilation, ceil_mode)
+    out, argmax = K.max_pool2d_fwd(x4, *k, *s, *p, *d, OH, OW)
+    return _unbatch(out, batched), (argmax, x.dtype, x.shape)
+
+
+def max_pool2d_backward(dout, cache):
+    """dx: each window's gradient goes to the pixel that won it (differentiates
+    ``out = x[argmax]``); pixels that win several overlapping windows add up.
+
+    dout: the shape and dtype of the forward output. Returns dx of x's shape.
+    """
+    argmax, dtype, shape = cache
+    out_shape = argmax.shape if len(shape) == 4 else argmax.shape[1:]
+    dout = _checks.dout_like("max_pool2d_backward", dout, out_shape, dtype)
+    d4 = np.ascontiguousarray(dout).reshape(argmax.shape)
+    dx = K.max_pool2d_bwd(d4, argmax, shape[-2], shape[-1])
+    return dx.reshape(shape)
 
 
 def avg_pool2d_forward(
     x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True
-):  # noqa: D103
-    raise NotImplementedError
+):
+    """Average over each kernel window (zero padding).
+
+    Args:
+        x: (N, C, H, W) or (C, H, W), float32 or float64.
+        kernel_size, stride (default: kernel_size), padding: int or (h, w) pair.
+        ceil_mode: round the output size up instead of down.
+        count_include_pad: divide by the window size including padding (clipped to the padded
+            input) rather than by the number of real pixels in the window.
+
+    Returns:
+        out: (N, C, OH, OW) (or (C, OH, OW)), x's dtype.
+        cache: (x.dtype, x.shape, k, s, p, count_include_pad, (OH, OW)).
+    """
+    op = "avg_pool2d_forward"
+    x4, batched = _as_batched(op, x)
+    k, s, p, _, osz = _window_params(op, x4, kernel_size, stride, padding, 1, ceil_mode)
+    if not isinstance(count_include_pad, (bool, np.bool_)):
+        raise TypeError(
+            f"{op}: count_include_pad must be a bool, got {_checks.describe(count_include_pad)}"
+        )
+    out = K.avg_pool2d_fwd(x4, *k, *s, *p, *osz, bool(count_include_pad))
+    return _unbatch(out, batched), (x.dtype, x.shape, k, s, p, bool(count_include_pad), osz)
 
 
-def avg_pool2d_backward(dout, cache):  # noqa: D103
-    raise NotImplementedError
+def avg_pool2d_backward(dout, cache):
+    """dx: each window's gradient divided by its divisor, spread over the window's real pixels
+    (differentiates ``out = sum(window) / divisor``).
+
+    dout: the shape and dtype of the forward output. Returns dx of x's shape.
+    """
+    dtype, shape, k, s, p, cip, osz = cache
+    out_shape = shape[:-2] + osz
+    dout = _checks.dout_like("avg_pool2d_backward", dout, out_shape, dtype)
+    d4 = np.ascontiguousarray(dout).reshape((-1, shape[-3]) + osz)  # (N, C, OH, OW)
+    dx = K.avg_pool2d_bwd(d4, shape[-2], shape[-1], *k, *s, *p, cip)
+    return dx.reshape(shape)
 
 
-def adaptive_avg_pool2d_forward(x, output_size):  # noqa: D103
-    raise NotImplementedError
+def adaptive_avg_pool2d_forward(x, output_size):
+    """Average over windows chosen so the output is exactly ``output_size``.
+
+    Output row i averages input rows [floor(i * H / OH), ceil((i + 1) * H / OH)) (columns
+    likewise), so windows may overlap when H is not a multiple of OH.
+
+    Args:
+        x: (N, C, H, W) or (C, H, W), float32 or float64.
+        output_size: int or (OH, OW) pair; a None element keeps that input size.
+
+    Returns:
+        out: (N, C, OH, OW) (or (C, OH, OW)), x's dtype. cache: (x.dtype, x.shape, (OH, OW)).
+    """
+    op = "adaptive_avg_pool2d_forward"
+    x4, batched = _as_batched(op, x)
+    if isinstance(output_size, (tuple, list)) and len(output_size) == 2:
+        output_size = tuple(x4.shape[2 + i] if v is None else v for i, v in enumerate(output_size))
+    OH, OW = _checks.pair(op, "output_size", output_size, minimum=1)
+    out = K.adaptive_avg_pool2d_fwd(x4, OH, OW)
+    return _unbatch(out, batched), (x.dtype, x.shape, (OH, OW))
 
 
-def adaptive_avg_pool2d_backward(dout, cache):  # noqa: D103
-    raise NotImplementedError
+def adaptive_avg_pool2d_backward(dout, cache):
+    """dx: each output's gradient spread evenly over its window (differentiates the mean).
+
+    dout: (N, C, OH, OW) (or (C, OH, OW)) of the forward's dtype. Returns dx of x's shape.
+    """
+    dtype, shape, osz = cache
+    dout = _checks.dout_like("adaptive_avg_pool2d_backward", dout, shape[:-2] + osz, dtype)
+    d4 = np.ascontiguousarray(dout).reshape((-1, shape[-3]) + osz)  # (N, C, OH, OW)
+    dx = K.adaptive_avg_pool2d_bwd(d4, shape[-2], shape[-1])
+    return dx.reshape(shape)
