@@ -169,8 +169,8 @@ class BatchNorm2d(Module):
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         momentum = self.momentum
-        if self.training and momentum is None:
-            momentum = 1.0 / float(self.num_batches_tracked + 1)
+        if momentum is None:  # cumulative average; unused in eval mode
+            momentum = 1.0 / float(self.num_batches_tracked + 1) if self.training else 0.0
         out, self._cache = ops.batch_norm_forward(
             x, self.weight.data, self.bias.data, self.running_mean, self.running_var,
             self.training, momentum, self.eps,

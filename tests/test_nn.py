@@ -1,0 +1,315 @@
+"""npmobilenet.nn: modules as thin shells over the ops, checked against torch.nn modules with the
+same weights (forward, dx, every parameter gradient, buffers), plus the Module machinery:
+registration and naming, gradient accumulation, train/eval, state_dict and load_state_dict."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import TOL
+
+from npmobilenet import nn
+
+
+def _t(torch, a):
+    return torch.from_numpy(np.ascontiguousarray(a))
+
+
+def _copy_into_torch(torch, ours, ref):
+    """Load our state_dict into the torch module (same key names)."""
+    ref.load_state_dict({k: _t(torch, v) for k, v in ours.state_dict().items()})
+
+
+# (our layer, the equivalent torch layer, input shape); built per dtype.
+LAYERS = {
+    "conv_bias": (
+        lambda dt: nn.Conv2d(4, 6, 3, stride=2, padding=1, dtype=dt, rng=0),
+        lambda tnn: tnn.Conv2d(4, 6, 3, stride=2, padding=1),
+        (2, 4, 7, 6),
+    ),
+    "conv_depthwise": (
+        lambda dt: nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=False, dtype=dt, rng=1),
+        lambda tnn: tnn.Conv2d(4, 4, 3, padding=1, groups=4, bias=False),
+        (2, 4, 5, 5),
+    ),
+    "batchnorm": (
+        lambda dt: nn.BatchNorm2d(3, momentum=0.2, dtype=dt),
+        lambda tnn: tnn.BatchNorm2d(3, momentum=0.2),
+        (4, 3, 5, 5),
+    ),
+    "relu": (lambda dt: nn.ReLU(), lambda tnn: tnn.ReLU(), (2, 3, 4, 4)),
+    "relu6": (lambda dt: nn.ReLU6(), lambda tnn: tnn.ReLU6(), (2, 3, 4, 4)),
+    "maxpool": (lambda dt: nn.MaxPool2d(3, 2, 1), lambda tnn: tnn.MaxPool2d(3, 2, 1), (2, 3, 7, 6)),
+    "avgpool": (
+        lambda dt: nn.AvgPool2d(3, 2, 1, ceil_mode=True, count_include_pad=False),
+        lambda tnn: tnn.AvgPool2d(3, 2, 1, ceil_mode=True, count_include_pad=False),
+        (2, 3, 8, 7),
+    ),
+    "adaptive": (
+        lambda dt: nn.AdaptiveAvgPool2d((2, 3)),
+        lambda tnn: tnn.AdaptiveAvgPool2d((2, 3)),
+        (2, 3, 5, 7),
+    ),
+    "linear": (lambda dt: nn.Linear(5, 3, dtype=dt, rng=2), lambda tnn: tnn.Linear(5, 3), (4, 5)),
+    "flatten": (lambda dt: nn.Flatten(), lambda tnn: tnn.Flatten(), (2, 3, 2, 2)),
+    "sequential": (
+        lambda dt: nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1, bias=False, dtype=dt, rng=3),
+            nn.BatchNorm2d(4, dtype=dt),
+            nn.ReLU6(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(4, 2, dtype=dt, rng=4),
+        ),
+        lambda tnn: tnn.Sequential(
+            tnn.Conv2d(3, 4, 3, padding=1, bias=False),
+            tnn.BatchNorm2d(4),
+            tnn.ReLU6(),
+            tnn.AdaptiveAvgPool2d(1),
+            tnn.Flatten(),
+            tnn.Linear(4, 2),
+        ),
+        (3, 3, 6, 6),
+    ),
+}
+
+
+@pytest.mark.torch
+@pytest.mark.kernels
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("kind", sorted(LAYERS))
+def test_layer_matches_torch_forward_backward(torch, rng, kind, dtype):
+    make_ours, make_ref, shape = LAYERS[kind]
+    ours = make_ours(dtype)
+    ref = make_ref(torch.nn).to(torch.float64 if dtype == np.float64 else torch.float32)
+    _copy_into_torch(torch, ours, ref)
+    x = rng.standard_normal(shape).astype(dtype) * 3
+    dout_shape = ours.output_shape(x.shape)
+    dout = rng.standard_normal(dout_shape).astype(dtype)
+
+    out = ours.forward(x)
+    dx = ours.backward(dout)
+    xt = _t(torch, x).requires_grad_(True)
+    out_t = ref(xt)
+    out_t.backward(_t(torch, dout))
+
+    tol = TOL[dtype]
+    assert out.dtype == dtype and dx.dtype == dtype
+    assert out.shape == tuple(out_t.shape) == dout_shape  # output_shape is right
+    np.testing.assert_allclose(out, out_t.detach().numpy(), **tol)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), **tol)
+    ref_params = dict(ref.named_parameters())
+    assert [n for n, _ in ours.named_parameters()] == list(ref_params)
+    for name, p in ours.named_parameters():
+        np.testing.assert_allclose(p.grad, ref_params[name].grad.numpy(), **tol, err_msg=name)
+    ref_state = ref.state_dict()
+    for name, v in ours.state_dict().items():  # running statistics, num_batches_tracked
+        np.testing.assert_allclose(v, ref_state[name].numpy(), **tol, err_msg=name)
+
+
+@pytest.mark.torch
+@pytest.mark.kernels
+def test_batchnorm_eval_mode_and_cumulative_momentum_match_torch(torch, rng):
+    ours = nn.BatchNorm2d(3, momentum=None, dtype=np.float64)
+    ref = torch.nn.BatchNorm2d(3, momentum=None).double()
+    for _ in range(3):  # momentum None: running stats are the plain average of batch stats
+        x = rng.standard_normal((4, 3, 3, 3)) * 2 + 1
+        ours.forward(x)
+        ref(_t(torch, x))
+    for name, v in ours.state_dict().items():
+        np.testing.assert_allclose(v, ref.state_dict()[name].numpy(), **TOL[np.float64])
+    assert ours.num_batches_tracked.dtype == np.int64 and int(ours.num_batches_tracked) == 3
+    ours.eval()
+    ref.eval()
+    x = rng.standard_normal((2, 3, 3, 3))
+    np.testing.assert_allclose(
+        ours.forward(x), ref(_t(torch, x)).detach().numpy(), **TOL[np.float64]
+    )
+    assert int(ours.num_batches_tracked) == 3  # eval mode does not count
+
+
+@pytest.mark.kernels
+def test_dropout_train_scales_kept_and_eval_is_identity(rng):
+    d = nn.Dropout(0.25, rng=7)
+    x = rng.standard_normal((50, 40)) + 5  # no zeros in x
+    out = d.forward(x)
+    kept = out != 0
+    assert 0.65 < kept.mean() < 0.85
+    np.testing.assert_allclose(out[kept], x[kept] / 0.75)
+    dx = d.backward(np.ones_like(x))
+    np.testing.assert_array_equal(dx != 0, kept)  # the same mask differentiates the forward
+    d.eval()
+    np.testing.assert_array_equal(d.forward(x), x)
+    np.testing.assert_array_equal(d.backward(np.ones_like(x)), np.ones_like(x))
+
+
+@pytest.mark.kernels
+def test_gradients_accumulate_until_zero_grad(rng):
+    lin = nn.Linear(4, 3, dtype=np.float64, rng=0)
+    x = rng.standard_normal((5, 4))
+    dout = rng.standard_normal((5, 3))
+    lin.forward(x)
+    lin.backward(dout)
+    once = lin.weight.grad.copy()
+    np.testing.assert_allclose(once, dout.T @ x)  # dW = dout^T x, by hand
+    lin.forward(x)
+    lin.backward(dout)
+    np.testing.assert_allclose(lin.weight.grad, 2 * once)
+    np.testing.assert_allclose(lin.bias.grad, 2 * dout.sum(0))
+    lin.zero_grad()
+    assert not lin.weight.grad.any() and not lin.bias.grad.any()
+
+
+@pytest.mark.kernels
+def test_frozen_parameter_gets_no_gradient(rng):
+    lin = nn.Linear(4, 3, dtype=np.float64, rng=0)
+    lin.weight.requires_grad = False
+    lin.forward(rng.standard_normal((2, 4)))
+    lin.backward(np.ones((2, 3)))
+    assert not lin.weight.grad.any() and lin.bias.grad.tolist() == [2.0, 2.0, 2.0]
+
+
+@pytest.mark.kernels
+def test_backward_needs_a_fresh_forward(rng):
+    seq = nn.Sequential(nn.Linear(4, 3, rng=0), nn.ReLU())
+    with pytest.raises(RuntimeError, match=r"ReLU.backward: backward called before forward"):
+        seq.backward(np.ones((2, 3), np.float32))
+    seq.forward(rng.standard_normal((2, 4)).astype(np.float32))
+    seq.backward(np.ones((2, 3), np.float32))
+    with pytest.raises(RuntimeError, match="backward called before forward"):
+        seq.backward(np.ones((2, 3), np.float32))
+
+
+def _small_net():
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, bias=False, rng=0), nn.BatchNorm2d(4), nn.ReLU(), nn.Linear(4, 2, rng=1)
+    )
+
+
+@pytest.mark.torch
+def test_state_dict_keys_and_order_match_torch(torch):
+    tnn = torch.nn
+    ref = tnn.Sequential(tnn.Conv2d(3, 4, 3, bias=False), tnn.BatchNorm2d(4), tnn.ReLU(),
+                         tnn.Linear(4, 2))  # fmt: skip
+    ours = _small_net()
+    assert list(ours.state_dict()) == list(ref.state_dict())
+    assert [n for n, _ in ours.named_parameters()] == [n for n, _ in ref.named_parameters()]
+    for k, v in ours.state_dict().items():
+        assert v.shape == tuple(ref.state_dict()[k].shape), k
+    assert ours.state_dict()["1.num_batches_tracked"].dtype == np.int64
+
+
+def test_named_parameters_are_the_parameter_objects():
+    net = _small_net()
+    named = dict(net.named_parameters())
+    assert named["0.weight"] is net[0].weight and named["3.bias"] is net[3].bias
+    assert list(net.parameters()) == list(named.values())
+    assert net.state_dict()["0.weight"] is net[0].weight.data  # shared, as in torch
+
+
+def test_train_and_eval_reach_every_module():
+    net = _small_net()
+    assert all(m.training for _, m in net.named_modules())
+    assert net.eval() is net and not any(m.training for _, m in net.named_modules())
+    net.train()
+    assert all(m.training for _, m in net.named_modules())
+
+
+def test_load_state_dict_round_trip_in_place_with_cast():
+    src, dst = _small_net(), _small_net()
+    src[0].weight.data[...] = 1.5
+    src[1].running_var[...] = 4.0
+    src[1].num_batches_tracked[...] = 9
+    weight_array = dst[0].weight.data
+    state = {k: v.astype(np.float64) if v.dtype.kind == "f" else v
+             for k, v in src.state_dict().items()}  # fmt: skip
+    assert dst.load_state_dict(state) == ([], [])
+    assert dst[0].weight.data is weight_array and weight_array.dtype == np.float32  # in place
+    assert (weight_array == 1.5).all() and (dst[1].running_var == 4).all()
+    assert int(dst[1].num_batches_tracked) == 9
+
+
+def test_load_state_dict_reports_every_problem_and_loads_nothing():
+    net = _small_net()
+    before = {k: v.copy() for k, v in net.state_dict().items()}
+    state = {k: np.full_like(v, 7) for k, v in net.state_dict().items()}
+    del state["1.bias"]
+    state["extra.weight"] = np.zeros(3, np.float32)
+    state["3.weight"] = np.zeros((2, 5), np.float32)
+    state["1.num_batches_tracked"] = np.array(1.5)
+    state["1.running_mean"] = "zeros"
+    with pytest.raises(ValueError) as info:
+        net.load_state_dict(state)
+    msg = str(info.value)
+    assert "Sequential.load_state_dict: 5 problem(s), nothing was loaded" in msg
+    assert "missing keys: ['1.bias']" in msg and "unexpected keys: ['extra.weight']" in msg
+    assert "3.weight: shape (2, 5) in the state, (2, 4) in the model" in msg
+    assert "1.num_batches_tracked: dtype float64 cannot be loaded into int64" in msg
+    assert "1.running_mean: expected a numpy array, got str 'zeros'" in msg
+    for k, v in net.state_dict().items():
+        np.testing.assert_array_equal(v, before[k], err_msg=k)
+
+
+def test_load_state_dict_non_strict_returns_missing_and_unexpected():
+    net = _small_net()
+    state = {"0.weight": np.ones((4, 3, 3, 3), np.float32), "head.bias": np.zeros(2)}
+    result = net.load_state_dict(state, strict=False)
+    assert isinstance(result, nn.IncompatibleKeys)
+    assert result.unexpected_keys == ["head.bias"]
+    assert "0.weight" not in result.missing_keys and "3.bias" in result.missing_keys
+    assert (net[0].weight.data == 1).all()
+    with pytest.raises(ValueError, match=r"0.weight: shape \(1,\) in the state"):
+        net.load_state_dict({"0.weight": np.ones(1)}, strict=False)  # shapes always checked
+    with pytest.raises(TypeError, match="state must be a mapping of name -> array, got list"):
+        net.load_state_dict([1, 2])
+
+
+def test_default_init_matches_torchs_bounds():
+    conv = nn.Conv2d(8, 16, 3, groups=2, rng=0)  # fan_in = 4 * 3 * 3 = 36
+    lin = nn.Linear(400, 10, rng=0)
+    for w, fan_in in ((conv.weight.data, 36), (lin.weight.data, 400)):
+        bound = 1 / np.sqrt(fan_in)
+        assert np.abs(w).max() <= bound and w.std() == pytest.approx(bound / np.sqrt(3), rel=0.15)
+    assert conv.weight.dtype == np.float32
+    np.testing.assert_array_equal(nn.Linear(3, 2, rng=5).weight.data,
+                                  nn.Linear(3, 2, rng=5).weight.data)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "make,exc,match",
+    [
+        (lambda: nn.Conv2d(4, 6, 3, groups=4), ValueError, r"Conv2d: groups=4 must divide"),
+        (lambda: nn.Conv2d(0, 6, 3), ValueError, r"Conv2d: in_channels must be >= 1, got 0"),
+        (lambda: nn.Conv2d(4, 6, 0), ValueError, r"Conv2d: kernel_size must be >= 1, got 0"),
+        (lambda: nn.Conv2d(4, 6, 3, padding=-1), ValueError, r"Conv2d: padding must be >= 0"),
+        (lambda: nn.Conv2d(4, 6, 3, dtype=np.int8), TypeError, r"Conv2d: dtype must be float32"),
+        (lambda: nn.Conv2d(4, 6, 3, rng="x"), TypeError, r"rng must be None, an int seed or"),
+        (lambda: nn.BatchNorm2d(3, eps=0), ValueError, r"BatchNorm2d: eps must be > 0.0"),
+        (lambda: nn.BatchNorm2d(3, momentum=2), ValueError, r"BatchNorm2d: momentum must be <="),
+        (lambda: nn.Linear(3, 0), ValueError, r"Linear: out_features must be >= 1, got 0"),
+        (lambda: nn.Dropout(1.5), ValueError, r"Dropout: p must be <= 1.0, got 1.5"),
+        (lambda: nn.MaxPool2d((2, 2, 2)), ValueError, r"MaxPool2d: kernel_size must be an int"),
+        (lambda: nn.AdaptiveAvgPool2d(0), ValueError, r"AdaptiveAvgPool2d: output_size must be"),
+        (lambda: nn.Sequential(nn.ReLU(), 3), TypeError, r"Sequential: item 1 must be a Module"),
+        (lambda: nn.ModuleList([None]), TypeError, r"ModuleList: item 0 must be a Module"),
+    ],
+)
+def test_bad_layer_arguments(make, exc, match):
+    with pytest.raises(exc, match=match):
+        make()
+
+
+def test_bad_layer_input_is_reported_by_the_op():
+    with pytest.raises(TypeError, match=r"Flatten: x must be a numpy array"):
+        nn.Flatten().forward([1, 2])
+    with pytest.raises(TypeError, match=r"linear"):
+        nn.Linear(3, 2).forward(np.ones((2, 3), np.int64))
+
+
+def test_subclass_must_call_init_first():
+    class Broken(nn.Module):
+        def __init__(self):
+            self.w = 1
+
+    with pytest.raises(AttributeError, match=r"Broken: call super\(\).__init__\(\) before"):
+        Broken()
