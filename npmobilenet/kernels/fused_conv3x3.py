@@ -1,0 +1,138 @@
+"""3x3 convolution kernels for eval-mode inference, channels-last (NHWC).
+
+MobileNetV1 has two kinds of 3x3 convolution, both with padding 1 and batch norm folded into the
+weight and a bias (see ``npmobilenet.fast.folding``):
+
+* the dense stem conv ``(K, C, 3, 3)``, stride 2, on the public NCHW input: done as
+  :func:`im2col3x3_nchw` (gather each output pixel's ``C*9`` input values into one row, reading
+  NCHW and writing pixel-major, so the layout change costs nothing) followed by one GEMM
+  ``(N*OH*OW, C*9) @ (C*9, K)`` in BLAS;
+* the depthwise conv (groups = C), stride 1 or 2: :func:`depthwise3x3_nhwc`, with the bias and
+  the activation applied in the same pass (the "epilogue"), so its output is written once
+  instead of three times (conv, BN, activation).
+
+**Zero padding is stored, not tested**: the depthwise kernel reads an input that already carries
+its one-pixel zero border, ``(N, H+2, W+2, C)``, written by the previous layer's epilogue
+(``fused_epilogue.bias_clamp_pad``). So every output pixel takes all 9 taps with no bounds
+test, and the innermost loop runs over contiguous channels, which LLVM turns into SIMD code.
+
+The activation is a clamp ``min(max(v, lo), hi)``: ReLU is ``lo=0, hi=inf``, ReLU6 is
+``lo=0, hi=6``. A clamp has no branch, so it vectorizes too. Pass ``lo``/``hi`` as scalars of
+the arrays' dtype (a float64 bound would promote float32 arithmetic).
+
+Each kernel has a plain NumPy reference beside it (``*_reference``); the tests compare them.
+
+Shape legend: N batch, C input channels, K output channels, H, W input size, OH, OW output size.
+All arrays share one float dtype; the engine in ``npmobilenet.fast`` validates and allocates,
+these kernels trust their inputs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+# "contract" lets LLVM fuse a*b+c into one FMA instruction; nothing is reassociated.
+_FASTMATH = {"contract"}
+
+
+def conv_out_size(size: int, stride: int) -> int:
+    """Output length of a 3x3 convolution with padding 1: ``(size + 2 - 3) // stride + 1``."""
+    return (size - 1) // stride + 1
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def im2col3x3_nchw(x, stride, cols):
+    """Gather 3x3 patches (padding 1) of an NCHW image batch into pixel-major rows.
+
+    x:    (N, C, H, W) input.
+    cols: (N, OH, OW, C*9) output, written in place:
+          ``cols[n, oh, ow, c*9 + kh*3 + kw] = x[n, c, oh*s - 1 + kh, ow*s - 1 + kw]``
+          (0 outside the image), so ``cols @ weight.reshape(K, C*9).T`` is the convolution.
+    """
+    N, C, H, W = x.shape
+    OH, OW = cols.shape[1], cols.shape[2]
+    for n in range(N):
+        for oh in range(OH):
+            for ow in range(OW):
+                q = 0
+                for c in range(C):
+                    for kh in range(3):
+                        ih = oh * stride - 1 + kh
+                        for kw in range(3):
+                            iw = ow * stride - 1 + kw
+                            inside = 0 <= ih < H and 0 <= iw < W
+                            cols[n, oh, ow, q] = x[n, c, ih, iw] if inside else 0.0
+                            q += 1
+
+
+def im2col3x3_nchw_reference(x, stride):
+    """NumPy reference for :func:`im2col3x3_nchw`: (N, C, H, W) -> (N, OH, OW, C*9)."""
+    N, C, H, W = x.shape
+    OH, OW = conv_out_size(H, stride), conv_out_size(W, stride)
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))  # (N, C, H+2, W+2)
+    taps = [
+        xp[:, :, kh : kh + stride * (OH - 1) + 1 : stride, kw : kw + stride * (OW - 1) + 1 : stride]
+        for kh in range(3)
+        for kw in range(3)
+    ]  # 9 x (N, C, OH, OW)
+    cols = np.stack(taps, axis=2)  # (N, C, 9, OH, OW)
+    return cols.transpose(0, 3, 4, 1, 2).reshape(N, OH, OW, C * 9)
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def depthwise3x3_nhwc(xp, w, b, stride, lo, hi, out):
+    """Depthwise 3x3 conv on a zero-bordered NHWC input, bias and clamp fused.
+
+    xp:  (N, H+2, W+2, C) input with its padding already in place (border = 0).
+    w:   (3, 3, C) weight (PyTorch's ``(C, 1, 3, 3)`` transposed, BN scale folded in).
+    b:   (C,) bias (the folded BN shift).
+    stride: 1 or 2.  lo, hi: the activation clamp.
+    out: (N, OH, OW, C), OH = (H - 1) // stride + 1 (same for OW), written in place:
+         ``out[n,oh,ow,c] = clamp(b[c] + sum_{kh,kw} xp[n, oh*s+kh, ow*s+kw, c] * w[kh,kw,c])``
+    """
+    N, OH, OW, C = out.shape
+    for n in range(N):
+        for oh in range(OH):
+            r0, r1, r2 = xp[n, oh * stride], xp[n, oh * stride + 1], xp[n, oh * stride + 2]
+            for ow in range(OW):
+                j = ow * stride
+                o = out[n, oh, ow]  # (C,)
+                for c in range(C):  # the 9 taps written out: one SIMD FMA chain per channel block
+                    acc = b[c]
+                    acc += (
+                        r0[j, c] * w[0, 0, c]
+                        + r0[j + 1, c] * w[0, 1, c]
+                        + r0[j + 2, c] * w[0, 2, c]
+                    )
+                    acc += (
+                        r1[j, c] * w[1, 0, c]
+                        + r1[j + 1, c] * w[1, 1, c]
+                        + r1[j + 2, c] * w[1, 2, c]
+                    )
+                    acc += (
+                        r2[j, c] * w[2, 0, c]
+                        + r2[j + 1, c] * w[2, 1, c]
+                        + r2[j + 2, c] * w[2, 2, c]
+                    )
+                    o[c] = min(max(acc, lo), hi)
+
+
+def depthwise3x3_nhwc_reference(xp, w, b, stride, lo, hi):
+    """NumPy reference for :func:`depthwise3x3_nhwc`: sum of 9 strided slices.
+
+    xp (N, H+2, W+2, C) zero-bordered, w (3, 3, C), b (C,) -> (N, OH, OW, C).
+    """
+    N, Hp, Wp, C = xp.shape
+    OH, OW = conv_out_size(Hp - 2, stride), conv_out_size(Wp - 2, stride)
+    out = np.broadcast_to(b, (N, OH, OW, C)).copy()
+    for kh in range(3):
+        for kw in range(3):
+            # tap (kh, kw) of every output pixel
+            tap = xp[
+                :,
+                kh : kh + stride * (OH - 1) + 1 : stride,
+                kw : kw + stride * (OW - 1) + 1 : stride,
+            ]
+            out += tap * w[kh, kw]  # (N, OH, OW, C) * (C,)
+    return np.clip(out, lo, hi)

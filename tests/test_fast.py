@@ -1,0 +1,376 @@
+"""The fused inference engine (npmobilenet.fast) and its kernels.
+
+* Each fused kernel against a plain NumPy reference of the same math (no torch).
+* BN folding against conv-then-BN computed the long way.
+* The whole engine against the seed-shaped PyTorch model in eval mode, with randomised BN
+  running statistics, float32 and float64, several widths, resolutions, activations and input
+  channel counts.
+* Bad inputs, buffer reuse, thread control.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from conftest import TOL
+from hypothesis import given
+from hypothesis import strategies as st
+from torch_reference import build_seed_mobilenet
+
+from npmobilenet import threads
+from npmobilenet.fast import FusedMobileNetV1, fold_batch_norm
+from npmobilenet.fast.engine import BLOCKS
+from npmobilenet.kernels.fused_conv3x3 import (
+    depthwise3x3_nhwc,
+    depthwise3x3_nhwc_reference,
+    im2col3x3_nchw,
+    im2col3x3_nchw_reference,
+)
+from npmobilenet.kernels.fused_epilogue import (
+    bias_clamp_mean,
+    bias_clamp_mean_reference,
+    bias_clamp_pad,
+    bias_clamp_pad_reference,
+)
+
+DTYPES = [np.float32, np.float64]
+CLAMPS = {"relu": (0.0, np.inf), "relu6": (0.0, 6.0)}
+
+
+def _clamp(dtype, activation):
+    return tuple(np.dtype(dtype).type(v) for v in CLAMPS[activation])
+
+
+def _close(dtype):
+    """Kernel-vs-reference tolerance: only the order of float additions differs."""
+    return dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------- kernels vs NumPy references
+
+shapes = st.tuples(
+    st.integers(1, 2),
+    st.integers(1, 9),
+    st.integers(1, 9),
+    st.integers(1, 20),
+    st.sampled_from([1, 2]),
+)  # N, H, W, C, stride
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("dtype", DTYPES)
+@given(shape=shapes, activation=st.sampled_from(["relu", "relu6"]), seed=st.integers(0, 2**16))
+def test_depthwise_kernel_matches_reference(dtype, shape, activation, seed):
+    n, h, w, c, stride = shape
+    rng = np.random.default_rng(seed)
+    x = (4 * rng.standard_normal((n, h, w, c))).astype(dtype)
+    xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))  # the zero border the kernel expects
+    wt, b = rng.standard_normal((3, 3, c)).astype(dtype), rng.standard_normal(c).astype(dtype)
+    lo, hi = _clamp(dtype, activation)
+    out = np.full((n, (h - 1) // stride + 1, (w - 1) // stride + 1, c), np.nan, dtype)
+    depthwise3x3_nhwc(xp, wt, b, stride, lo, hi, out)
+    ref = depthwise3x3_nhwc_reference(xp, wt, b, stride, lo, hi)
+    np.testing.assert_allclose(out, ref, **_close(dtype))
+    if activation == "relu6":
+        assert out.max() <= 6.0 and out.min() >= 0.0
+
+
+def test_depthwise_reference_is_a_per_channel_convolution(rng):
+    """The reference itself against the textbook definition, one channel at a time."""
+    x = rng.standard_normal((1, 5, 6, 3))
+    wt, b = rng.standard_normal((3, 3, 3)), rng.standard_normal(3)
+    xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    out = depthwise3x3_nhwc_reference(xp, wt, b, 2, -np.inf, np.inf)
+    for c in range(3):
+        for oh in range(3):
+            for ow in range(3):
+                patch = xp[0, 2 * oh : 2 * oh + 3, 2 * ow : 2 * ow + 3, c]
+                assert out[0, oh, ow, c] == pytest.approx(b[c] + (patch * wt[:, :, c]).sum())
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,c,h,w,stride", [(2, 3, 7, 5, 2), (1, 1, 1, 1, 2), (1, 3, 6, 8, 1)])
+def test_im2col_kernel_matches_reference(dtype, n, c, h, w, stride, rng):
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    oh, ow = (h - 1) // stride + 1, (w - 1) // stride + 1
+    cols = np.full((n, oh, ow, c * 9), np.nan, dtype)
+    im2col3x3_nchw(x, stride, cols)
+    np.testing.assert_array_equal(cols, im2col3x3_nchw_reference(x, stride))
+    # im2col then GEMM is the convolution: check one output pixel by hand.
+    wt = rng.standard_normal((4, c, 3, 3)).astype(dtype)
+    y = cols @ wt.reshape(4, -1).T  # (N, OH, OW, 4)
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    r, q = oh - 1, ow - 1
+    patch = xp[-1, :, r * stride : r * stride + 3, q * stride : q * stride + 3]  # (C, 3, 3)
+    direct = (patch[None] * wt).sum(axis=(1, 2, 3))  # (4,)
+    np.testing.assert_allclose(y[-1, r, q], direct, **_close(dtype))
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("activation", ["relu", "relu6"])
+def test_bias_clamp_pad_matches_reference(dtype, activation, rng):
+    y = (5 * rng.standard_normal((2, 4, 3, 6))).astype(dtype)
+    b = rng.standard_normal(6).astype(dtype)
+    lo, hi = _clamp(dtype, activation)
+    out = np.full((2, 6, 5, 6), np.nan, dtype)  # garbage everywhere, border included
+    bias_clamp_pad(y, b, lo, hi, out)
+    np.testing.assert_array_equal(out, bias_clamp_pad_reference(y, b, lo, hi))
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("activation", ["relu", "relu6"])
+def test_bias_clamp_mean_matches_reference(dtype, activation, rng):
+    y = (5 * rng.standard_normal((3, 10, 7))).astype(dtype)
+    b = rng.standard_normal(7).astype(dtype)
+    lo, hi = _clamp(dtype, activation)
+    pooled = np.full((3, 7), np.nan, dtype)
+    bias_clamp_mean(y, b, lo, hi, pooled)
+    np.testing.assert_allclose(pooled, bias_clamp_mean_reference(y, b, lo, hi), **_close(dtype))
+
+
+# ---------------------------------------------------------------- BN folding
+
+
+def test_fold_batch_norm_equals_conv_then_bn(rng):
+    """A 1x1 conv is a matmul: check folded == conv then eval-mode BN, written out by hand."""
+    k, c, eps = 5, 4, 1e-3
+    w = rng.standard_normal((k, c, 1, 1))
+    gamma, beta, mean = rng.standard_normal(k), rng.standard_normal(k), rng.standard_normal(k)
+    var = rng.uniform(0.1, 2.0, k)
+    x = rng.standard_normal((10, c))  # 10 pixels
+    conv = x @ w[:, :, 0, 0].T  # (10, K)
+    bn = gamma * (conv - mean) / np.sqrt(var + eps) + beta
+    wf, bf = fold_batch_norm(w, gamma, beta, mean, var, eps)
+    np.testing.assert_allclose(x @ wf[:, :, 0, 0].T + bf, bn, rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------- the engine vs PyTorch
+
+
+def _seed_model(torch, alpha, classes, in_channels, activation, dtype, seed=0):
+    """The seed-shaped torch model in eval mode with non-trivial BN statistics and affine."""
+    torch.manual_seed(seed)
+    model = build_seed_mobilenet(torch, alpha, classes, in_channels, activation)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                n = m.num_features
+                m.running_mean.copy_(0.2 * torch.randn(n, generator=g))
+                m.running_var.copy_(0.5 + torch.rand(n, generator=g))
+                m.weight.copy_(0.5 + torch.rand(n, generator=g))
+                m.bias.copy_(0.2 * torch.randn(n, generator=g))
+    model = model.eval()
+    return model.double() if dtype == np.float64 else model
+
+
+def _numpy_state(model):
+    return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+
+
+def _torch_logits(torch, model, x):
+    with torch.no_grad():
+        return model(torch.from_numpy(x)).numpy()
+
+
+CASES = [
+    # alpha, classes, in_channels, activation, dtype, (N, H, W)
+    (1.0, 10, 3, "relu", np.float32, (2, 32, 32)),
+    (0.25, 7, 1, "relu6", np.float32, (3, 37, 45)),
+    (0.25, 5, 3, "relu", np.float64, (2, 64, 48)),
+    (0.5, 4, 1, "relu6", np.float64, (1, 33, 33)),
+]
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("alpha,classes,in_ch,activation,dtype,nhw", CASES)
+def test_engine_matches_torch_eval(torch, alpha, classes, in_ch, activation, dtype, nhw, rng):
+    model = _seed_model(torch, alpha, classes, in_ch, activation, dtype)
+    engine = FusedMobileNetV1.from_state_dict(_numpy_state(model), activation=activation)
+    n, h, w = nhw
+    x = rng.standard_normal((n, in_ch, h, w)).astype(dtype)
+    out = engine(x)
+    assert out.shape == (n, classes) and out.dtype == dtype
+    np.testing.assert_allclose(out, _torch_logits(torch, model, x), **TOL[dtype])
+
+
+@pytest.mark.kernels
+def test_engine_matches_torch_at_224(torch, rng):
+    model = _seed_model(torch, 1.0, 1000, 3, "relu", np.float32)
+    engine = FusedMobileNetV1.from_state_dict(_numpy_state(model))
+    x = rng.standard_normal((1, 3, 224, 224)).astype(np.float32)
+    np.testing.assert_allclose(engine(x), _torch_logits(torch, model, x), **TOL[np.float32])
+
+
+@pytest.mark.kernels
+def test_buffers_reused_across_shapes_and_results_not_aliased(torch, rng):
+    model = _seed_model(torch, 0.25, 6, 3, "relu", np.float64)
+    engine = FusedMobileNetV1.from_state_dict(_numpy_state(model))
+    xa = rng.standard_normal((2, 3, 40, 40))
+    xb = rng.standard_normal((1, 3, 24, 30))
+    first = engine(xa)
+    kept = first.copy()
+    second = engine(xb)  # another shape: its own buffers
+    third = engine(xa[::-1].copy())  # the first shape again: reused buffers, new values
+    np.testing.assert_array_equal(first, kept)  # later calls did not overwrite a returned array
+    np.testing.assert_allclose(second, _torch_logits(torch, model, xb), **TOL[np.float64])
+    np.testing.assert_allclose(third, kept[::-1], **TOL[np.float64])
+    # float32 input runs in float32 and agrees with the float64 run
+    x32 = engine(xa.astype(np.float32))
+    assert x32.dtype == np.float32
+    np.testing.assert_allclose(x32, kept, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.kernels
+def test_non_contiguous_input(torch, rng):
+    model = _seed_model(torch, 0.25, 3, 3, "relu", np.float64)
+    engine = FusedMobileNetV1.from_state_dict(_numpy_state(model))
+    x = rng.standard_normal((2, 3, 40, 60))[:, :, :, ::2]  # strided view (2, 3, 40, 30)
+    np.testing.assert_allclose(
+        engine(x), _torch_logits(torch, model, np.ascontiguousarray(x)), **TOL[np.float64]
+    )
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def _random_state(alpha=0.25, classes=3, in_channels=3, dtype=np.float32):
+    """A state_dict with the seed's keys and shapes, filled with random numbers (no torch)."""
+    rng = np.random.default_rng(0)
+    state = {}
+
+    def conv_bn(conv, bn, shape):
+        state[f"{conv}.weight"] = rng.standard_normal(shape).astype(dtype)
+        k = shape[0]
+        state[f"{bn}.weight"] = rng.uniform(0.5, 1.5, k).astype(dtype)
+        state[f"{bn}.bias"] = rng.standard_normal(k).astype(dtype)
+        state[f"{bn}.running_mean"] = rng.standard_normal(k).astype(dtype)
+        state[f"{bn}.running_var"] = rng.uniform(0.5, 1.5, k).astype(dtype)
+        state[f"{bn}.num_batches_tracked"] = np.array(0, np.int64)
+
+    chans = [32, 64, 128, 128, 256, 256, 512, 512, 512, 512, 512, 512, 1024, 1024]
+    chans = [int(c * alpha) for c in chans]
+    conv_bn("first_conv.conv", "first_conv.bn", (chans[0], in_channels, 3, 3))
+    for i, (prefix, _stride) in enumerate(BLOCKS):
+        conv_bn(f"{prefix}.dwconv", f"{prefix}.bn0", (chans[i], 1, 3, 3))
+        conv_bn(f"{prefix}.pwconv", f"{prefix}.bn1", (chans[i + 1], chans[i], 1, 1))
+    state["fc.weight"] = rng.standard_normal((classes, chans[-1])).astype(dtype)
+    state["fc.bias"] = rng.standard_normal(classes).astype(dtype)
+    return state
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return FusedMobileNetV1.from_state_dict(_random_state())
+
+
+def test_engine_reports_its_shape(engine):
+    assert (engine.in_channels, engine.num_classes) == (3, 3)
+    assert engine.channels[0] == 8 and engine.channels[-1] == 256
+
+
+@pytest.mark.parametrize(
+    "x,exc,words",
+    [
+        ([[[[1.0]]]], TypeError, ["x", "numpy array"]),
+        (np.ones((1, 3, 8, 8), np.int64), TypeError, ["x", "int64"]),
+        (np.ones((1, 3, 8, 8), np.complex64), TypeError, ["x", "complex64"]),
+        (np.ones((3, 8, 8), np.float32), ValueError, ["x", "4-D", "3-D"]),
+        (np.ones((1, 4, 8, 8), np.float32), ValueError, ["3 channels", "4 channels"]),
+        (np.ones((1, 8, 8, 3), np.float32), ValueError, ["NCHW", "(1, 8, 8, 3)"]),
+        (np.ones((0, 3, 8, 8), np.float32), ValueError, ["N, H and W >= 1"]),
+        (np.ones((1, 3, 0, 8), np.float32), ValueError, ["N, H and W >= 1"]),
+    ],
+)
+def test_bad_input_is_rejected_clearly(engine, x, exc, words):
+    with pytest.raises(exc) as info:
+        engine(x)
+    message = str(info.value)
+    assert message.startswith("FusedMobileNetV1")
+    for word in words:
+        assert word in message
+
+
+def test_state_dict_missing_and_unexpected_keys_are_listed():
+    state = _random_state()
+    del state["depthwise_sep_conv3.bn0.running_var"]
+    state["head.weight"] = np.ones(3, np.float32)
+    with pytest.raises(ValueError, match=r"depthwise_sep_conv3\.bn0\.running_var.*head\.weight"):
+        FusedMobileNetV1.from_state_dict(state)
+
+
+@pytest.mark.parametrize(
+    "key,value,exc,match",
+    [
+        (
+            "depthwise_sep_conv2.pwconv.weight",
+            np.ones((32, 16, 1, 1)),
+            ValueError,
+            r"\(\*, 32, 1, 1\)",
+        ),
+        ("depthwise_sep_conv0.dwconv.weight", np.ones((8, 1, 5, 5)), ValueError, r"\(8, 1, 3, 3\)"),
+        ("first_conv.bn.running_var", np.ones(9), ValueError, r"first_conv\.bn\.running_var"),
+        ("fc.bias", np.ones(4), ValueError, r"fc\.bias must have shape \(3\)"),
+        ("fc.weight", np.ones((3, 256), np.int32), TypeError, r"fc\.weight.*int32"),
+    ],
+)
+def test_state_dict_bad_shapes_and_dtypes(key, value, exc, match):
+    state = _random_state()
+    state[key] = value
+    with pytest.raises(exc, match=match):
+        FusedMobileNetV1.from_state_dict(state)
+
+
+@pytest.mark.parametrize(
+    "kwargs,exc,match",
+    [
+        (dict(activation="gelu"), ValueError, "activation must be one of"),
+        (dict(eps=0.0), ValueError, "eps must be > 0"),
+        (dict(eps="1e-5"), TypeError, "eps must be a real number"),
+    ],
+)
+def test_bad_constructor_arguments(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        FusedMobileNetV1.from_state_dict(_random_state(), **kwargs)
+
+
+def test_state_must_be_a_mapping():
+    with pytest.raises(TypeError, match="state must be a mapping"):
+        FusedMobileNetV1.from_state_dict([("fc.weight", np.ones((3, 3)))])
+
+
+# ---------------------------------------------------------------- thread control
+
+
+def test_blas_threads_context_sets_and_restores():
+    before = threads.blas_num_threads()
+    assert before is not None and before >= 1  # threadpoolctl is installed here
+    with threads.blas_threads(1):
+        assert threads.blas_num_threads() == 1
+    assert threads.blas_num_threads() == before
+    assert "BLAS" in threads.describe() and "Numba kernels: serial" in threads.describe()
+
+
+def test_thread_control_without_threadpoolctl_warns_and_does_nothing(monkeypatch):
+    monkeypatch.setattr(threads, "_threadpoolctl", lambda: None)
+    assert threads.blas_info() == [] and threads.blas_num_threads() is None
+    with pytest.warns(RuntimeWarning, match="OPENBLAS_NUM_THREADS"):
+        with threads.blas_threads(1):
+            pass
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert threads.set_blas_threads(1) is False
+    assert any("threadpoolctl is not installed" in str(w.message) for w in caught)
+    assert "threadpoolctl not installed" in threads.describe()
+
+
+@pytest.mark.parametrize("n", [0, -1, 1.5, True, "2"])
+def test_thread_count_must_be_a_positive_int(n):
+    with pytest.raises(ValueError, match="n must be an int >= 1"):
+        with threads.blas_threads(n):
+            pass
