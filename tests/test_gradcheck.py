@@ -254,6 +254,10 @@ def test_check_op_passes_a_right_op(affine_inputs):
     assert [r.name for r in report.inputs] == ["x", "w", "b"]
     report = check_op(affine_forward, affine_backward, {**affine_inputs, "b": None})
     assert [r.name for r in report.inputs] == ["x", "w"]  # the None bias is skipped
+    # a trailing None gradient needs no entry: b defaults to None in the forward
+    no_b = {k: v for k, v in affine_inputs.items() if k != "b"}
+    report = check_op(affine_forward, affine_backward, no_b)
+    assert [r.name for r in report.inputs] == ["x", "w"]
 
 
 def test_check_op_catches_a_wrong_op(affine_inputs):

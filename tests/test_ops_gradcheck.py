@@ -251,3 +251,102 @@ def test_dropout(rng, training):
         {"x": x},
         config=dict(p=0.4, training=training, rng=gen),
     )
+
+
+# ------------------------------------------------------------------------------------------
+# a chain of ops: the backward passes compose
+
+
+def small_net(params, x, target):
+    """conv -> batch norm (train) -> relu6 -> depthwise conv (stride 2) -> max pool ->
+    adaptive avg pool -> linear -> cross-entropy. Returns (loss, caches)."""
+    p = params
+    h, c1 = ops.conv2d_forward(x, p["w1"], p["b1"], padding=1)
+    rm, rv = np.zeros(4), np.ones(4)  # fresh running stats every call: nothing drifts
+    h, c2 = ops.batch_norm_forward(h, p["gamma"], p["beta"], rm, rv, training=True)
+    h, c3 = ops.relu6_forward(h)
+    h, c4 = ops.conv2d_forward(h, p["w2"], None, stride=2, padding=1, groups=4)
+    h, c5 = ops.max_pool2d_forward(h, 2)
+    h, c6 = ops.adaptive_avg_pool2d_forward(h, 1)
+    logits, c7 = ops.linear_forward(h.reshape(h.shape[0], -1), p["fc_w"], p["fc_b"])
+    loss, c8 = ops.cross_entropy_forward(logits, target)
+    return loss, (c1, c2, c3, c4, c5, c6, c7, c8, h.shape)
+
+
+def small_net_backward(caches):
+    """Every op's backward in reverse order, as a model would chain them."""
+    c1, c2, c3, c4, c5, c6, c7, c8, pooled_shape = caches
+    dlogits = ops.cross_entropy_backward(np.float64(1.0), c8)
+    dh, dfc_w, dfc_b = ops.linear_backward(dlogits, c7)
+    dh = ops.adaptive_avg_pool2d_backward(dh.reshape(pooled_shape), c6)
+    dh = ops.max_pool2d_backward(dh, c5)
+    dh, dw2, _ = ops.conv2d_backward(dh, c4)
+    dh = ops.relu6_backward(dh, c3)
+    dh, dgamma, dbeta = ops.batch_norm_backward(dh, c2)
+    dx, dw1, db1 = ops.conv2d_backward(dh, c1)
+    grads = dict(w1=dw1, b1=db1, gamma=dgamma, beta=dbeta, w2=dw2, fc_w=dfc_w, fc_b=dfc_b)
+    return dx, grads
+
+
+def test_a_chain_of_ops(rng):
+    params = {
+        "w1": rng.standard_normal((4, 2, 3, 3)) * 0.5,
+        "b1": rng.standard_normal(4),
+        "gamma": rng.uniform(0.5, 1.5, 4),
+        "beta": rng.standard_normal(4),
+        "w2": rng.standard_normal((4, 1, 3, 3)),
+        "fc_w": rng.standard_normal((3, 4)),
+        "fc_b": rng.standard_normal(3),
+    }
+    x, target = rng.standard_normal((2, 2, 8, 8)), np.array([0, 2])
+    loss, caches = small_net(params, x, target)
+    dx, grads = small_net_backward(caches)
+
+    def fn(x, **params):
+        return small_net(params, x, target)[0]
+
+    inputs, analytic = {"x": x, **params}, {"x": dx, **grads}
+    check_grad(fn, inputs, analytic)
+    report = check_grad(fn, inputs, analytic, fast=True)
+    assert report.evaluations == 2 * 2 * (len(inputs) + 1) + 1
+    grads["w2"] = grads["w2"] * 1.01
+    with pytest.raises(GradcheckError, match="gradient of 'w2' is wrong"):
+        check_grad(fn, inputs, {"x": dx, **grads}, fast=True)
+
+
+# ------------------------------------------------------------------------------------------
+# the whole model, in fast mode
+
+
+def test_whole_mobilenet_fast_mode():
+    """Every parameter of a (narrow) MobileNetV1 in one fast check: about 350 forward passes.
+
+    A deep ReLU network's loss has kinks everywhere at the 1e-6 scale (the central difference
+    straddles some), so eps is 1e-8; see check_grad's docstring. If this fails, first rerun
+    with a smaller eps: a kink artefact moves, a wrong gradient stays.
+    """
+    from npmobilenet.models.mobilenet import MobileNetV1
+
+    model = MobileNetV1(alpha=0.25, num_classes=5, dtype=np.float64, seed=0)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 64, 64))
+    g = rng.standard_normal((2, 5))
+    params = dict(model.named_parameters())
+    model.zero_grad()
+    model.forward(x)
+    dx = model.backward(g)
+    inputs = {"x": x, **{k: p.data.copy() for k, p in params.items()}}
+    analytic = {"x": dx, **{k: p.grad.copy() for k, p in params.items()}}
+
+    def loss(x, **values):
+        for k, v in values.items():
+            params[k].data[...] = v
+        return np.sum(model.forward(x) * g)
+
+    settings = dict(fast=True, eps=1e-8, rtol=1e-4, atol=1e-5)
+    report = check_grad(loss, inputs, analytic, **settings)
+    assert len(report.inputs) == len(params) + 2  # x, every parameter, the joint directions
+    name = "depthwise_sep_conv6.2.dwconv.weight"
+    analytic[name] = analytic[name] * 1.01
+    with pytest.raises(GradcheckError, match=f"gradient of '{name}' is wrong"):
+        check_grad(loss, inputs, analytic, **settings, directions=1)

@@ -355,6 +355,14 @@ def check_grad(
         seed: seeds the random directions of fast mode.
         directions: number of random directions per input (and jointly) in fast mode.
 
+    Choosing eps and atol: the central difference has a truncation error of order ``eps**2``
+    times f's third derivative and a rounding error of order ``1e-16 * |f| / eps``; with the
+    defaults that is about ``1e-10 * |f|``, so for a large ``|f|`` raise ``atol``. Kinks (ReLU
+    at 0, ties in max pooling) are the other trap: when ``x +- eps`` straddles one, the numeric
+    value is wrong although the gradient is right. Keep single-op inputs away from kinks; for a
+    deep ReLU network, whose loss has kinks everywhere at the 1e-6 scale, use ``eps=1e-8`` and
+    ``atol=1e-5``. A real error stays put as eps shrinks; a kink artefact moves or vanishes.
+
     Returns:
         A :class:`GradcheckReport` (``print`` it for a table) when every comparison passes.
 
@@ -403,9 +411,10 @@ def check_op(forward, backward, inputs: dict, *, config: dict | None = None, see
     of ``inputs`` (dict order): the first gradient belongs to the first entry, and so on. A
     backward that returns a single array (not a tuple) gives the gradient of the first entry.
     An entry whose gradient is None must itself be None (an absent bias) and is skipped; a None
-    gradient for an array is an error. Entries after the last gradient (say batch norm's
-    ``running_mean`` and ``running_var``, or cross-entropy's ``target``) are passed to
-    ``forward`` but not checked. For conv: ``inputs={"x": x, "weight": w, "bias": b}``.
+    gradient for an array is an error. Trailing None gradients need no entry at all, so
+    ``{"x": x, "weight": w}`` works for a bias-free conv. Entries after the last gradient (say
+    batch norm's ``running_mean`` and ``running_var``, or cross-entropy's ``target``) are passed
+    to ``forward`` but not checked. For conv: ``inputs={"x": x, "weight": w, "bias": b}``.
 
     Settings: ``config`` is a dict of further keyword arguments for ``forward`` (``stride``,
     ``groups``, ``training``, ``rng``...), passed through and never checked.
@@ -481,6 +490,8 @@ def _match(inputs: dict, grads):
     if not isinstance(grads, tuple):
         grads = (grads,)
     names = list(inputs)
+    while len(grads) > len(names) and grads[-1] is None:
+        grads = grads[:-1]  # a trailing None (dbias without bias) needs no entry in inputs
     if len(grads) > len(names):
         raise GradcheckError(
             f"{op}: backward returned {len(grads)} gradients but inputs has only "
