@@ -374,3 +374,44 @@ def test_thread_count_must_be_a_positive_int(n):
     with pytest.raises(ValueError, match="n must be an int >= 1"):
         with threads.blas_threads(n):
             pass
+
+
+# ---------------------------------------------------------------- from the npmobilenet model
+
+
+def _randomise_bn(model, rng):
+    from npmobilenet.nn import BatchNorm2d
+
+    for _, m in model.named_modules():
+        if isinstance(m, BatchNorm2d):
+            n = m.num_features
+            m.running_mean[...] = 0.2 * rng.standard_normal(n)
+            m.running_var[...] = rng.uniform(0.5, 1.5, n)
+            m.weight.data[...] = rng.uniform(0.5, 1.5, n)
+            m.bias.data[...] = 0.2 * rng.standard_normal(n)
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize(
+    "alpha,activation,in_ch,dtype,shape",
+    [(0.25, "relu", 3, np.float64, (2, 40, 36)), (0.5, "relu6", 1, np.float32, (1, 33, 33))],
+)
+def test_from_model_matches_model_eval_forward(alpha, activation, in_ch, dtype, shape, rng):
+    from npmobilenet.models import MobileNetV1
+
+    model = MobileNetV1(alpha, 6, in_ch, activation=activation, dtype=dtype, seed=3)
+    _randomise_bn(model, rng)
+    model.eval()
+    engine = FusedMobileNetV1.from_model(model)
+    x = rng.standard_normal((shape[0], in_ch, *shape[1:])).astype(dtype)
+    np.testing.assert_allclose(engine(x), model.forward(x), **TOL[dtype])
+
+
+def test_from_model_rejects_non_models_and_the_full_conv_variant():
+    from npmobilenet.models import MobileNetV1
+
+    with pytest.raises(TypeError, match="must be an npmobilenet MobileNetV1"):
+        FusedMobileNetV1.from_model(_random_state())
+    full = MobileNetV1(0.25, 3, conv="full", seed=0)
+    with pytest.raises(ValueError, match="conv='full'"):
+        FusedMobileNetV1.from_model(full)

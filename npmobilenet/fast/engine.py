@@ -175,13 +175,24 @@ class FusedMobileNetV1:
 
     @classmethod
     def from_model(cls, model) -> FusedMobileNetV1:
-        """Fold an ``npmobilenet.MobileNetV1`` (its current weights and running statistics)."""
-        state = getattr(model, "state_dict", None)
-        if not callable(state):
-            raise TypeError(f"{OP}.from_model: model must have a state_dict(), got {model!r}")
-        activation = getattr(model, "activation", "relu")
-        eps = _model_bn_eps(model)
-        return cls.from_state_dict(state(), activation=activation, eps=eps)
+        """Fold an ``npmobilenet.MobileNetV1`` (its current weights and running statistics).
+
+        Takes the activation from ``model.config`` and BN's epsilon from the model's first
+        BatchNorm2d. The engine is a snapshot: rebuild it after training the model further.
+        """
+        state, config = getattr(model, "state_dict", None), getattr(model, "config", None)
+        if not callable(state) or not isinstance(config, Mapping):
+            raise TypeError(
+                f"{OP}.from_model: model must be an npmobilenet MobileNetV1,"
+                f" got {type(model).__name__}"
+            )
+        if config.get("conv", "separable") != "separable":
+            raise ValueError(
+                f"{OP}.from_model: only the depthwise-separable MobileNetV1 can be fused,"
+                f" got conv={config.get('conv')!r}"
+            )
+        eps = float(getattr(getattr(model.first_conv, "bn", None), "eps", 1e-5))
+        return cls.from_state_dict(state(), activation=config["activation"], eps=eps)
 
     # ------------------------------------------------------------------ properties
 
@@ -358,10 +369,3 @@ def _expect_shape(arrays, key, shape) -> np.ndarray:
         want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
         raise ValueError(f"{OP}.from_state_dict: {key} must have shape {want}, got {a.shape}")
     return a
-
-
-def _model_bn_eps(model) -> float:
-    """BN epsilon of the model's first BatchNorm layer if it exposes one, else PyTorch's 1e-5."""
-    first = getattr(model, "first_conv", None)
-    bn = getattr(first, "bn", None)
-    return float(getattr(bn, "eps", 1e-5))
