@@ -390,3 +390,32 @@ def test_check_op_bad_arguments(affine_inputs):
     # a setting placed where the backward returns a gradient
     with pytest.raises(TypeError, match=r"inputs\['scale'\] gets a gradient .* in config"):
         check_op(tanh_forward, tanh_backward, {"scale": 1.5, "x": affine_inputs["x"]})
+
+
+# ------------------------------------------------------------------------------------------
+# the every-op table (a demo of the library's own ops)
+
+
+def test_check_every_op_covers_every_op_and_passes():
+    from npmobilenet import ops
+    from npmobilenet.gradcheck.suite import check_every_op, format_results
+
+    results = check_every_op()
+    assert all(r.passed for _, r in results)
+    stems = {name.removesuffix("_forward").removesuffix("_backward") for name in ops.__all__}
+    labels = " ".join(label for label, _ in results)
+    assert all(stem in labels for stem in stems), stems - set(labels.split())
+    table = format_results(results)
+    assert table.splitlines()[-1].startswith(f"{len(results)} of {len(results)} gradient checks")
+
+
+def test_check_every_op_reports_a_broken_op_as_a_row(monkeypatch):
+    from npmobilenet import ops
+    from npmobilenet.gradcheck.suite import check_every_op, format_results
+
+    real = ops.relu6_backward
+    monkeypatch.setattr(ops, "relu6_backward", lambda dout, cache: 1.01 * real(dout, cache))
+    results = dict(check_every_op(fast=True))
+    assert not results["relu6"].passed and results["relu"].passed
+    rows = format_results(list(results.items())).splitlines()
+    assert [r for r in rows if r.startswith("relu6 ")][0].endswith("FAIL")

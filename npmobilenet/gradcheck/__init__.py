@@ -8,7 +8,8 @@
 True
 
 See :func:`check_grad` (any scalar function) and :func:`check_op` (a forward/backward pair
-following this library's ``(out, cache)`` / ``backward(dout, cache)`` convention).
+following this library's ``(out, cache)`` / ``backward(dout, cache)`` convention);
+``print(format_results(check_every_op()))`` checks every op of :mod:`npmobilenet.ops`.
 """
 
 from npmobilenet.gradcheck.core import (
@@ -18,5 +19,14 @@ from npmobilenet.gradcheck.core import (
     check_grad,
     check_op,
 )
+from npmobilenet.gradcheck.suite import check_every_op, format_results
 
-__all__ = ["GradcheckError", "GradcheckReport", "InputReport", "check_grad", "check_op"]
+__all__ = [
+    "GradcheckError",
+    "GradcheckReport",
+    "InputReport",
+    "check_grad",
+    "check_op",
+    "check_every_op",
+    "format_results",
+]
