@@ -48,6 +48,12 @@ def test_digits_bad_arguments(kw, exc, match):
 # ----- image folder ---------------------------------------------------------------------------
 
 
+def test_image_folder_without_pillow_names_the_extra(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "PIL", None)
+    with pytest.raises(ImportError, match=r'needs Pillow; .*pip install "npmobilenet\[demo\]"'):
+        ImageFolder(tmp_path)
+
+
 def test_image_folder_missing_path(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"ImageFolder: the data path .*nope.* not exist"):
         ImageFolder(tmp_path / "nope")

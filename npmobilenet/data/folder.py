@@ -37,6 +37,12 @@ class ImageFolder(ArrayDataset):
     def __init__(self, root, resolution=32, channels=3):
         resolution = check_resolution(OP, resolution)
         channels = check_channels(OP, channels)
+        try:
+            import PIL  # noqa: F401
+        except ImportError:
+            raise ImportError(
+                f"{OP}: reading images needs Pillow; install it with: {HINT}"
+            ) from None
         self.root = os.fspath(root)
         classes = _class_folders(self.root)
         images, ys, self.files, self.skipped = [], [], [], []
@@ -85,10 +91,8 @@ def _class_folders(root: str) -> list[str]:
 
 def _read(path: str, resolution: int, channels: int):
     """The image at ``path`` as ``(channels, R, R)``, or None (with a warning) if unreadable."""
-    try:
-        from PIL import Image
-    except ImportError:
-        raise ImportError(f"{OP}: reading images needs Pillow; install it with: {HINT}") from None
+    from PIL import Image
+
     try:
         with Image.open(path) as img:
             return load_image(img, resolution, channels)
