@@ -7,9 +7,9 @@ which antialiases when shrinking), then centre-cropped to ``resolution`` x ``res
 scaled to [0, 1].
 
 Everything is decoded once, at construction, into one float32 array of
-``N * channels * resolution**2 * 4`` bytes (60 MB for 5,000 RGB images at 32x32... at 224x224,
-3 GB: this reader is meant for small sets). A file that Pillow cannot read is skipped with a
-warning naming it, and listed in ``skipped``; ``summary`` says how many.
+``N * channels * resolution**2 * 4`` bytes: 61 MB for 5,000 RGB images at 32x32, but 3 GB at
+224x224, so this reader is meant for small sets. A file that Pillow cannot read is skipped
+with a warning naming it and listed in ``skipped``; ``summary`` says how many.
 """
 
 from __future__ import annotations
