@@ -102,6 +102,17 @@ def test_transposed_gradient_fails(rng):
         check_grad(lambda A: np.sum(W * A), {"A": A}, {"A": W.T})
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_analytic_fails(rng, bad):
+    x = rng.standard_normal(4)
+    g = sin_sq_grad(x)
+    g[2] = bad
+    with pytest.raises(GradcheckError, match=rf"'x' is wrong at index \(2,\): analytic {bad}"):
+        check_grad(sin_sq, {"x": x}, {"x": g})
+    with pytest.raises(GradcheckError, match="gradient of 'x' is wrong"):
+        check_grad(sin_sq, {"x": x}, {"x": g}, fast=True)
+
+
 def test_tolerances_decide(rng):
     x = rng.standard_normal(5)
     g = sin_sq_grad(x) * (1 + 1e-4)
@@ -210,6 +221,7 @@ def test_function_writing_its_input_is_rejected(rng):
         ("fn", {"x": np.ones(2)}, {"x": np.ones(2)}, {}, TypeError, "fn must be callable"),
         (sin_sq, [np.ones(2)], {"x": np.ones(2)}, {}, TypeError, "inputs must be a dict"),
         (sin_sq, {}, {}, {}, ValueError, "inputs is empty"),
+        (sin_sq, {1: np.ones(2)}, {1: np.ones(2)}, {}, TypeError, "input names must be str"),
         (sin_sq, {"x": np.ones(2)}, {"x": np.ones(2)}, {"eps": 0.0}, ValueError, "eps must be"),
         (sin_sq, {"x": np.ones(2)}, {"x": np.ones(2)}, {"rtol": -1.0}, ValueError, "rtol must"),
         (sin_sq, {"x": np.ones(2)}, {"x": np.ones(2)}, {"atol": "0"}, TypeError, "atol must"),

@@ -151,6 +151,8 @@ def _validate_dicts(fn, inputs, analytic) -> None:
             f"{op}: analytic must have the same keys as inputs; missing {missing}, extra {extra}"
         )
     for k, x in inputs.items():
+        if not isinstance(k, str):
+            raise TypeError(f"{op}: input names must be str (fn(**inputs)), got {k!r}")
         if not isinstance(x, np.ndarray) or x.dtype.kind != "f":
             raise TypeError(
                 f"{op}: inputs[{k!r}] must be a floating-point numpy array, got {describe(x)}"
@@ -182,15 +184,23 @@ def _scalar(out) -> float:
 
 
 def _compare(name, shape, a, n, rtol, atol, index_of) -> InputReport:
-    """Compare flat analytic ``a`` with flat numeric ``n`` element by element."""
-    diff = np.abs(a - n)
-    scale = np.maximum(np.abs(a), np.abs(n))
-    tol = atol + rtol * scale
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rel = np.where(scale > 0, diff / np.where(scale > 0, scale, 1.0), 0.0)
-        ratio = np.where(tol > 0, diff / np.where(tol > 0, tol, 1.0), np.where(diff > 0, np.inf, 0))
+    """Compare flat analytic ``a`` with flat numeric ``n`` element by element.
+
+    A non-finite analytic value (nan, inf) always fails, with an infinite error ratio.
+    """
     if a.size == 0:
         return InputReport(name, shape, 0, 0.0, 0.0, 0.0, (), 0.0, 0.0, 0)
+    finite = np.isfinite(a) & np.isfinite(n)
+    with np.errstate(invalid="ignore", over="ignore"):
+        diff = np.where(finite, np.abs(a - n), np.inf)
+        scale = np.where(finite, np.maximum(np.abs(a), np.abs(n)), np.inf)
+    tol = atol + rtol * scale
+    passed = finite & (diff <= tol)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.where(finite & (scale > 0), diff / np.where(scale > 0, scale, 1.0), 0.0)
+        ratio = np.where(tol > 0, diff / np.where(tol > 0, tol, 1.0), np.where(diff > 0, np.inf, 0))
+    rel[~finite] = np.inf
+    ratio[~finite] = np.inf
     k = int(np.argmax(ratio))
     return InputReport(
         name=name,
@@ -202,7 +212,7 @@ def _compare(name, shape, a, n, rtol, atol, index_of) -> InputReport:
         worst_index=index_of(k),
         worst_analytic=float(a[k]),
         worst_numeric=float(n[k]),
-        n_failed=int(np.count_nonzero(diff > tol)),
+        n_failed=int(np.count_nonzero(~passed)),
     )
 
 
