@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
+import sys
 import textwrap
 from pathlib import Path
 
@@ -29,11 +30,16 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def resolve(name: str):
     """Import ``pkg.module.attr[.attr...]`` and return the object."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))  # the checkout being documented, installed or not
     parts = name.split(".")
     for i in range(len(parts), 0, -1):
+        module = ".".join(parts[:i])
         try:
-            obj = importlib.import_module(".".join(parts[:i]))
-        except ImportError:
+            obj = importlib.import_module(module)
+        except ModuleNotFoundError as err:
+            if err.name != module:
+                raise  # a real import error inside the package: show it
             continue
         for attr in parts[i:]:
             obj = getattr(obj, attr)

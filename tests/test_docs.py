@@ -9,7 +9,8 @@ Conventions (also stated for writers at the top of ``docs/index.md``'s source):
   ``# Output:`` followed by the expected output, one ``# ``-prefixed comment line per output
   line (a bare ``#`` for an empty line). The captured stdout must equal that text, line by line,
   ignoring trailing whitespace; ``...`` in the expected text matches any run of characters
-  (doctest's ELLIPSIS: used only for timings). A block without ``# Output:`` must print nothing.
+  (doctest's ELLIPSIS), used only for timings and for digits that depend on floating-point
+  rounding or BLAS. A block without ``# Output:`` must print nothing.
 * ````python title="some_file.py"`` blocks are not executed in-process: they are written to that
   file in the page's directory, and a later ````console`` block on the same page must run it.
 * ````console`` blocks are executed: each ``$ command`` line runs (``npmobilenet ...`` and
@@ -110,7 +111,9 @@ def run_console(body: str, cwd: Path, written: set[str]) -> None:
         written.difference_update(a for a in argv if a in written)
         env = dict(os.environ, MPLBACKEND="Agg", PYTHONPATH=str(ROOT), COLUMNS="100")
         proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, f"$ {command}\nexit {proc.returncode}\n{proc.stderr}"
+        assert proc.returncode == 0, (
+            f"$ {command}\nexit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
         want = "\n".join(expected)
         got = proc.stdout
         assert matches(want, got), f"$ {command}\n--- expected\n{want}\n--- got\n{got}"

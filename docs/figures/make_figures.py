@@ -204,10 +204,88 @@ def conv_timing() -> None:
     save(fig, "conv_timing.png")
 
 
+# ---------------------------------------------------------------------------------------------
+# MobileNetV1 per layer, and the width x resolution grid (architecture.md)
+# ---------------------------------------------------------------------------------------------
+
+TYPE_COLOURS = {
+    "Conv 3x3": "tab:red",
+    "Conv DW 3x3": "tab:orange",
+    "Conv 1x1": "tab:blue",
+    "Fully Connected": "tab:green",
+}
+
+
+def mobilenet_layers() -> None:
+    """Params and mult-adds of every conv / linear layer, from MobileNetV1().summary()."""
+    from npmobilenet.models import MobileNetV1
+    from npmobilenet.models.summary import layer_type
+
+    model = MobileNetV1()
+    modules = dict(model.named_modules())
+    rows = [r for r in model.summary().rows if layer_type(modules[r.name]) in TYPE_COLOURS]
+    types = [layer_type(modules[r.name]) for r in rows]
+    labels, block = [], 0
+    for t in types:
+        if t == "Conv DW 3x3":
+            labels.append(f"dw{block}")
+        elif t == "Conv 1x1":
+            labels.append(f"pw{block}")
+            block += 1
+        else:
+            labels.append("conv" if t == "Conv 3x3" else "fc")
+    colours = [TYPE_COLOURS[t] for t in types]
+    pos = np.arange(len(rows))
+    fig, axes = plt.subplots(2, 1, figsize=(10, 5.6), sharex=True)
+    for ax, attr, unit, title in (
+        (axes[0], "params", 1e3, "parameters (thousands)"),
+        (axes[1], "mult_adds", 1e6, "mult-adds (millions)"),
+    ):
+        ax.bar(pos, [getattr(r, attr) / unit for r in rows], color=colours)
+        ax.set_ylabel(title)
+        ax.grid(alpha=0.3, axis="y")
+    axes[1].set_xticks(pos)
+    axes[1].set_xticklabels(labels, rotation=90, fontsize=8)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in TYPE_COLOURS.values()]
+    axes[0].legend(handles, list(TYPE_COLOURS), ncol=4, fontsize=8, loc="upper left")
+    axes[0].set_title("MobileNetV1, alpha 1, 224x224: cost of each layer (from summary())")
+    save(fig, "mobilenet_layers.png")
+
+
+def width_resolution() -> None:
+    """Mult-adds over alpha x resolution: the paper's Tables 6 and 7 as one grid."""
+    from npmobilenet.models import MobileNetV1
+
+    alphas = (1.0, 0.75, 0.5, 0.25)
+    sizes = (224, 192, 160, 128)
+    grid = np.zeros((len(alphas), len(sizes)))
+    params = []
+    for i, alpha in enumerate(alphas):
+        model = MobileNetV1(alpha=alpha)
+        for j, r in enumerate(sizes):
+            s = model.summary(input_size=(3, r, r))
+            grid[i, j] = s.mult_adds / 1e6
+        params.append(s.total_params / 1e6)
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    ax.imshow(np.log(grid), cmap="Blues", aspect="auto")
+    for (i, j), v in np.ndenumerate(grid):
+        ax.text(j, i, f"{v:.0f} M", ha="center", va="center",
+                color="white" if v > 150 else "black")  # fmt: skip
+    ax.set_xticks(range(len(sizes)))
+    ax.set_xticklabels([f"{r}x{r}" for r in sizes])
+    ax.set_yticks(range(len(alphas)))
+    ax.set_yticklabels([f"alpha {a}  ({p:.1f} M params)" for a, p in zip(alphas, params)])
+    ax.set_xlabel("input resolution (resolution multiplier)")
+    ax.set_title("MobileNetV1 mult-adds by width and resolution (from summary())", fontsize=10)
+    save(fig, "width_resolution.png")
+
+
 FIGURES = {
     "cost_ratio": cost_ratio,
     "im2col": im2col_matrix,
     "conv_timing": conv_timing,
+    "mobilenet_layers": mobilenet_layers,
+    "width_resolution": width_resolution,
 }
 
 
