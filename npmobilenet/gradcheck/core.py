@@ -98,16 +98,17 @@ class GradcheckReport:
 
     def __str__(self) -> str:
         unit = "elements" if self.mode == "full" else "directions"
-        head = f"{'input':<16} {'shape':<18} {unit:>10} {'max abs err':>12} {'max rel err':>12}"
-        head += f" {'err/tol':>9}  ok"
+        nw = max([16] + [len(r.name) for r in self.inputs])  # column widths grow with the names
+        sw = max([18] + [len(str(r.shape)) for r in self.inputs])
         lines = [
             f"gradcheck ({self.mode} mode, {self.evaluations} evaluations, eps={self.eps:g}, "
             f"rtol={self.rtol:g}, atol={self.atol:g})",
-            head,
+            f"{'input':<{nw}} {'shape':<{sw}} {unit:>10} {'max abs err':>12} {'max rel err':>12}"
+            f" {'err/tol':>9}  ok",
         ]
         for r in self.inputs:
             lines.append(
-                f"{r.name:<16} {str(r.shape):<18} {r.checked:>10} {r.max_abs_err:>12.2e} "
+                f"{r.name:<{nw}} {str(r.shape):<{sw}} {r.checked:>10} {r.max_abs_err:>12.2e} "
                 f"{r.max_rel_err:>12.2e} {r.worst_ratio:>9.2e}  {'yes' if r.passed else 'NO'}"
             )
         return "\n".join(lines)
@@ -224,7 +225,10 @@ def _failure_message(report: GradcheckReport) -> str:
     a, n = worst.worst_analytic, worst.worst_numeric
     diff = abs(a - n)
     tol = report.atol + report.rtol * max(abs(a), abs(n))
-    rel = diff / max(abs(a), abs(n)) if max(abs(a), abs(n)) > 0 else 0.0
+    scale = max(abs(a), abs(n))
+    rel = diff / scale if scale > 0 else 0.0
+    if not (np.isfinite(a) and np.isfinite(n)):
+        diff = rel = tol = float("inf") if np.isinf(a) else float("nan")
     if report.mode == "full":
         where = f"gradient of {worst.name!r} is wrong at index {worst.worst_index}"
         count = f"{worst.n_failed} of {worst.checked} elements of {worst.name!r} fail"
@@ -261,12 +265,13 @@ def _full(fn, xs, grads, eps, rtol, atol):
         numeric = np.empty(flat.size)
         for i in range(flat.size):
             orig = flat[i]
-            flat[i] = orig + eps
+            up, down = orig + eps, orig - eps  # divide by up - down: the step actually taken
+            flat[i] = up
             f_plus = _scalar(fn(**xs))
-            flat[i] = orig - eps
+            flat[i] = down
             f_minus = _scalar(fn(**xs))
             flat[i] = orig  # restore before the next element
-            numeric[i] = (f_plus - f_minus) / (2.0 * eps)
+            numeric[i] = (f_plus - f_minus) / (up - down)
         evals += 2 * flat.size
         a = grads[name].reshape(-1)
         reports.append(
