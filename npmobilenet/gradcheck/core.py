@@ -265,13 +265,12 @@ def _full(fn, xs, grads, eps, rtol, atol):
         numeric = np.empty(flat.size)
         for i in range(flat.size):
             orig = flat[i]
-            up, down = orig + eps, orig - eps  # divide by up - down: the step actually taken
-            flat[i] = up
+            flat[i] = orig + eps
             f_plus = _scalar(fn(**xs))
-            flat[i] = down
+            flat[i] = orig - eps
             f_minus = _scalar(fn(**xs))
             flat[i] = orig  # restore before the next element
-            numeric[i] = (f_plus - f_minus) / (up - down)
+            numeric[i] = (f_plus - f_minus) / (2.0 * eps)
         evals += 2 * flat.size
         a = grads[name].reshape(-1)
         reports.append(
