@@ -431,3 +431,21 @@ def test_check_every_op_reports_a_broken_op_as_a_row(monkeypatch):
     assert not results["relu6"].passed and results["relu"].passed
     rows = format_results(list(results.items())).splitlines()
     assert [r for r in rows if r.startswith("relu6 ")][0].endswith("FAIL")
+
+
+def test_gradcheck_command(capsys, monkeypatch):
+    import argparse
+
+    from npmobilenet import ops
+    from npmobilenet.gradcheck.command import add_gradcheck_command
+
+    parser = argparse.ArgumentParser()
+    add_gradcheck_command(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["gradcheck", "--fast", "--seed", "3"])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:2] == ["op", "checked"] and "gradient checks passed" in out[-1]
+    real = ops.linear_backward
+    monkeypatch.setattr(ops, "linear_backward", lambda d, c: real(2 * d, c))
+    assert args.func(args) == 1
+    assert "FAIL" in capsys.readouterr().out
