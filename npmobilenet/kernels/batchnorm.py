@@ -52,7 +52,8 @@ def channel_stats_naive(x):
 def scale_shift(x, scale, shift, out):
     """out[n, c, i] = x[n, c, i] * scale[c] + shift[c].
 
-    x, out: (N, C, L) of one dtype; scale, shift: (C,) of that dtype. Writes ``out`` in place.
+    x, out: (N, C, L) of one dtype; scale, shift: (C,) float64 (so the large, nearly cancelling
+    x * scale and shift of a low-variance channel are added in float64). Writes ``out`` in place.
     """
     N, C, L = x.shape
     for n in range(N):
@@ -103,7 +104,9 @@ def train_dx(dout, x, mean, k, a, b, dx):
     """dx[n, c, i] = k[c] * dout[n, c, i] - a[c] * (x[n, c, i] - mean[c]) - b[c].
 
     The training-mode input gradient once the per-channel sums are folded into k, a, b (see
-    ``batch_norm_backward``). dout, x, dx: (N, C, L); mean, k, a, b: (C,) of x's dtype.
+    ``batch_norm_backward``). dout, x, dx: (N, C, L) of one dtype; mean, k, a, b: (C,) float64.
+    Each element is computed in float64 and rounded once: with few values per channel the three
+    terms nearly cancel, and float32 arithmetic would lose digits there.
     """
     N, C, L = x.shape
     for n in range(N):
