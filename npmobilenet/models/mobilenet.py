@@ -267,11 +267,11 @@ class MobileNetV1(Module):
     def _run(self, x: np.ndarray, op: str, file) -> np.ndarray:
         self._check_input(op, x)
         if file is not None:
-            print(f"{'input':<28}: {x.shape}", file=file)
+            print(f"{'input':<30}: {x.shape}", file=file)
         for label, stage in self._stages:
             x = stage.forward(x)
             if file is not None:
-                print(f"after {label:<22}: {x.shape}", file=file)
+                print(f"after {label:<24}: {x.shape}", file=file)
         self._out_meta = (x.shape, x.dtype)
         return x
 
