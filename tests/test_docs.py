@@ -22,6 +22,10 @@ Conventions (also stated for writers at the top of ``docs/index.md``'s source):
   ``test_bash_blocks_are_setup_only`` enforces that. Every other fence language is forbidden
   (``text`` blocks are fine for non-code such as directory layouts).
 
+A page whose examples ``import torch`` (moving weights to PyTorch) requests the ``torch`` fixture
+of ``tests/conftest.py``: it is skipped with a reason where torch is absent, and fails under
+``CI=true``.
+
 Lines of the form ``{{ source("pkg.module.func") }}`` are replaced at build time by the real
 source (see ``docs/hooks.py``); they are definitions, not examples, and are not run here.
 """
@@ -145,7 +149,9 @@ def run_page(page: Path, cwd: Path) -> None:
 
 
 @pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(DOCS)) for p in PAGES])
-def test_page_examples_run_and_print_what_they_show(page, tmp_path, monkeypatch):
+def test_page_examples_run_and_print_what_they_show(page, tmp_path, monkeypatch, request):
+    if "import torch" in page.read_text():
+        request.getfixturevalue("torch")  # skips locally without torch; fails under CI=true
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MPLBACKEND", "Agg")
     run_page(page, tmp_path)
