@@ -5,9 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import TOL
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from npmobilenet.kernels.conv_depthwise import (
+    depthwise3x3_backward_input,
+    depthwise3x3_backward_weight,
+    depthwise3x3_forward,
+)
 from npmobilenet.kernels.conv_direct import (
     conv2d_direct_backward_input,
     conv2d_direct_backward_weight,
@@ -96,6 +101,36 @@ def test_fast_direct_kernels_match_naive_loops(cfg, seed):
     conv2d_naive_backward(dout, x, w, dx_n, dw_n, *geom)
     np.testing.assert_allclose(dx, dx_n, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(dwt, dw_n, rtol=1e-12, atol=1e-12)
+
+
+@given(
+    shape=st.tuples(st.integers(1, 2), st.integers(1, 3), st.integers(1, 3)),  # N, C, multiplier
+    size=st.tuples(st.integers(1, 12), st.integers(1, 12)),
+    stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    pads=st.tuples(*[st.integers(0, 3)] * 4),  # top, bottom, left, right: asymmetric too
+    seed=st.integers(0, 99),
+)
+def test_depthwise3x3_kernels_match_naive_loops(shape, size, stride, pads, seed):
+    (N, C, m), (H, W), (sh, sw), (pt, pb, pl, pr) = shape, size, stride, pads
+    assume(H + pt + pb >= 3 and W + pl + pr >= 3)
+    OH, OW = (H + pt + pb - 3) // sh + 1, (W + pl + pr - 3) // sw + 1
+    rng = np.random.default_rng(seed)
+    x, w = rng.standard_normal((N, C, H, W)), rng.standard_normal((C * m, 1, 3, 3))
+    dout = rng.standard_normal((N, C * m, OH, OW))
+    geom = (sh, sw, pt, pl, 1, 1, C)
+    fast, naive = np.zeros((N, C * m, OH, OW)), np.zeros((N, C * m, OH, OW))
+    depthwise3x3_forward(x, w, fast, sh, sw, pt, pl)
+    conv2d_naive_forward(x, w, naive, *geom)
+    np.testing.assert_allclose(fast, naive, rtol=1e-12, atol=1e-12)
+
+    dx_n, dw_n, dw = np.zeros_like(x), np.zeros_like(w), np.zeros_like(w)
+    conv2d_naive_backward(dout, x, w, dx_n, dw_n, *geom)
+    depthwise3x3_backward_weight(dout, x, dw, sh, sw, pt, pl)
+    np.testing.assert_allclose(dw, dw_n, rtol=1e-12, atol=1e-12)
+    if (sh, sw) == (1, 1):  # the fast input gradient is the stride-1 one
+        dx = np.zeros_like(x)
+        depthwise3x3_backward_input(dout, np.ascontiguousarray(w[:, :, ::-1, ::-1]), dx, pt, pl)
+        np.testing.assert_allclose(dx, dx_n, rtol=1e-12, atol=1e-12)
 
 
 @given(

@@ -31,6 +31,11 @@ from typing import NamedTuple
 import numpy as np
 
 from npmobilenet import _checks
+from npmobilenet.kernels.conv_depthwise import (
+    depthwise3x3_backward_input,
+    depthwise3x3_backward_weight,
+    depthwise3x3_forward,
+)
 from npmobilenet.kernels.conv_direct import (
     conv2d_direct_backward_input,
     conv2d_direct_backward_weight,
@@ -239,19 +244,35 @@ def conv2d_backward(dout, cache):
 # --------------------------------------------------------------------------------------------
 
 
+def _is_depthwise3x3(weight, dilation):
+    """(K, 1, 3, 3) weight, dilation 1: MobileNet's depthwise layers, run by conv_depthwise.py."""
+    return weight.shape[1:] == (1, 3, 3) and dilation == (1, 1)
+
+
 def _forward_direct(x, weight, out_shape, stride, pad, dilation, groups):
-    out = np.zeros(out_shape, dtype=x.dtype)  # the kernel accumulates into it
+    out = np.zeros(out_shape, dtype=x.dtype)  # the kernels accumulate into it
     (sh, sw), (dil_h, dil_w) = stride, dilation
-    conv2d_direct_forward(x, weight, out, sh, sw, pad[0], pad[2], dil_h, dil_w, groups)
+    if _is_depthwise3x3(weight, dilation):
+        depthwise3x3_forward(x, weight, out, sh, sw, pad[0], pad[2])
+    else:
+        conv2d_direct_forward(x, weight, out, sh, sw, pad[0], pad[2], dil_h, dil_w, groups)
     return out
 
 
 def _backward_direct(dout, x, weight, stride, pad, dilation, groups):
     (sh, sw), (dil_h, dil_w) = stride, dilation
-    dx = np.zeros_like(x)
+    dx, dweight = np.zeros_like(x), np.zeros_like(weight)
+    if _is_depthwise3x3(weight, dilation):
+        depthwise3x3_backward_weight(dout, x, dweight, sh, sw, pad[0], pad[2])
+        if stride == (1, 1):  # dx is a correlation of dout with the 180-degree rotated filter
+            w_flipped = np.ascontiguousarray(weight[:, :, ::-1, ::-1])
+            depthwise3x3_backward_input(dout, w_flipped, dx, pad[0], pad[2])
+            return dx, dweight
+    else:
+        conv2d_direct_backward_weight(
+            dout, x, dweight, sh, sw, pad[0], pad[2], dil_h, dil_w, groups
+        )
     conv2d_direct_backward_input(dout, weight, dx, sh, sw, pad[0], pad[2], dil_h, dil_w, groups)
-    dweight = np.zeros_like(weight)
-    conv2d_direct_backward_weight(dout, x, dweight, sh, sw, pad[0], pad[2], dil_h, dil_w, groups)
     return dx, dweight
 
 
