@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from npmobilenet.kernels import activations as K
 from npmobilenet.ops import relu6_backward, relu6_forward, relu_backward, relu_forward
 
 OPS = {
@@ -22,6 +23,7 @@ def _torch_op(torch, name, x, dout):
     return out.detach().numpy(), tx.grad.numpy()
 
 
+@pytest.mark.kernels
 @pytest.mark.parametrize("name", OPS)
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @given(shape=hnp.array_shapes(min_dims=0, max_dims=4, max_side=5), seed=st.integers(0, 2**16))
@@ -40,6 +42,7 @@ def test_matches_torch(torch, name, dtype, shape, seed):
     np.testing.assert_allclose(dx, t_dx, **TOL[dtype])
 
 
+@pytest.mark.kernels
 def test_kink_gradients_are_zero(torch):
     x = np.array([0.0, 6.0, 3.0, -1.0, 7.0])
     g = np.ones(5)
@@ -48,9 +51,34 @@ def test_kink_gradients_are_zero(torch):
     assert _torch_op(torch, "relu6", x, g)[1].tolist() == [0, 0, 1, 0, 0]
 
 
+@pytest.mark.kernels
 @pytest.mark.parametrize("name", OPS)
-def test_nan_propagates(torch, name):
-    x = np.array([np.nan, 1.0, -1.0], dtype=np.float32)
-    out, _ = OPS[name][0](x)
-    t_out, _ = _torch_op(torch, name, x, np.ones(3, np.float32))
+def test_nan_propagates_and_passes_its_gradient(torch, name):
+    x = np.array([np.nan, 1.0, -1.0, 0.0, 6.0], dtype=np.float32)
+    dout = np.arange(1, 6, dtype=np.float32)
+    out, cache = OPS[name][0](x)
+    t_out, t_dx = _torch_op(torch, name, x, dout)
     np.testing.assert_array_equal(out, t_out)  # NaN == NaN under assert_array_equal
+    np.testing.assert_array_equal(OPS[name][1](dout, cache), t_dx)
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_kernels_match_naive(dtype):
+    rng = np.random.default_rng(0)
+    x = (rng.integers(-4, 17, 300) * 0.5).astype(dtype)
+    x[::37] = np.nan
+    dout = rng.standard_normal(300).astype(dtype)
+    for fast, naive in [(K.relu_bwd, K.relu_bwd_naive), (K.relu6_bwd, K.relu6_bwd_naive)]:
+        a, b = np.empty_like(x), np.empty_like(x)
+        fast(dout, x, a)
+        naive(dout, x, b)
+        np.testing.assert_array_equal(a, b)
+
+
+def test_non_contiguous_input():
+    x = np.arange(-6.0, 18.0).reshape(4, 6)[:, ::2]  # a strided view
+    out, cache = relu6_forward(x)
+    dx = relu6_backward(np.ones((3, 4)).T, cache)  # a transposed (non-contiguous) dout
+    np.testing.assert_array_equal(out, np.clip(x, 0, 6))
+    np.testing.assert_array_equal(dx, ((x > 0) & (x < 6)).astype(float))

@@ -76,6 +76,14 @@ def _avg_window(o, s, p, k, size):
 
 
 @njit(cache=True)
+def _avg_divisor(h0, h1, lh, w0, w1, lw, count_include_pad):
+    """Divisor of one average-pool window (0 for a window with no input pixel)."""
+    if h0 >= h1 or w0 >= w1:
+        return 0
+    return lh * lw if count_include_pad else (h1 - h0) * (w1 - w0)
+
+
+@njit(cache=True)
 def avg_pool2d_fwd(x, kH, kW, sH, sW, pH, pW, OH, OW, count_include_pad):
     """Mean over each window; the divisor counts padding iff ``count_include_pad``.
 
@@ -84,15 +92,15 @@ def avg_pool2d_fwd(x, kH, kW, sH, sW, pH, pW, OH, OW, count_include_pad):
     """
     N, C, H, W = x.shape
     out = np.zeros((N, C, OH, OW), dtype=x.dtype)
-    for oh in range(OH):
-        h0, h1, lh = _avg_window(oh, sH, pH, kH, H)
-        for ow in range(OW):
-            w0, w1, lw = _avg_window(ow, sW, pW, kW, W)
-            if h0 >= h1 or w0 >= w1:
-                continue
-            div = lh * lw if count_include_pad else (h1 - h0) * (w1 - w0)
-            for n in range(N):
-                for c in range(C):
+    for n in range(N):
+        for c in range(C):
+            for oh in range(OH):
+                h0, h1, lh = _avg_window(oh, sH, pH, kH, H)
+                for ow in range(OW):
+                    w0, w1, lw = _avg_window(ow, sW, pW, kW, W)
+                    div = _avg_divisor(h0, h1, lh, w0, w1, lw, count_include_pad)
+                    if div == 0:
+                        continue
                     s = 0.0
                     for h in range(h0, h1):
                         for w in range(w0, w1):
@@ -109,15 +117,15 @@ def avg_pool2d_bwd(dout, H, W, kH, kW, sH, sW, pH, pW, count_include_pad):
     """
     N, C, OH, OW = dout.shape
     dx = np.zeros((N, C, H, W), dtype=dout.dtype)
-    for oh in range(OH):
-        h0, h1, lh = _avg_window(oh, sH, pH, kH, H)
-        for ow in range(OW):
-            w0, w1, lw = _avg_window(ow, sW, pW, kW, W)
-            if h0 >= h1 or w0 >= w1:
-                continue
-            div = lh * lw if count_include_pad else (h1 - h0) * (w1 - w0)
-            for n in range(N):
-                for c in range(C):
+    for n in range(N):
+        for c in range(C):
+            for oh in range(OH):
+                h0, h1, lh = _avg_window(oh, sH, pH, kH, H)
+                for ow in range(OW):
+                    w0, w1, lw = _avg_window(ow, sW, pW, kW, W)
+                    div = _avg_divisor(h0, h1, lh, w0, w1, lw, count_include_pad)
+                    if div == 0:
+                        continue
                     g = dout[n, c, oh, ow] / div
                     for h in range(h0, h1):
                         for w in range(w0, w1):
@@ -136,18 +144,17 @@ def adaptive_avg_pool2d_fwd(x, OH, OW):
     """Mean over each adaptive window. x: (N, C, H, W). Returns out (N, C, OH, OW)."""
     N, C, H, W = x.shape
     out = np.empty((N, C, OH, OW), dtype=x.dtype)
-    for oh in range(OH):
-        h0, h1 = _adaptive_window(oh, OH, H)
-        for ow in range(OW):
-            w0, w1 = _adaptive_window(ow, OW, W)
-            div = (h1 - h0) * (w1 - w0)
-            for n in range(N):
-                for c in range(C):
+    for n in range(N):
+        for c in range(C):
+            for oh in range(OH):
+                h0, h1 = _adaptive_window(oh, OH, H)
+                for ow in range(OW):
+                    w0, w1 = _adaptive_window(ow, OW, W)
                     s = 0.0
                     for h in range(h0, h1):
                         for w in range(w0, w1):
                             s += x[n, c, h, w]
-                    out[n, c, oh, ow] = s / div
+                    out[n, c, oh, ow] = s / ((h1 - h0) * (w1 - w0))
     return out
 
 
@@ -159,14 +166,13 @@ def adaptive_avg_pool2d_bwd(dout, H, W):
     """
     N, C, OH, OW = dout.shape
     dx = np.zeros((N, C, H, W), dtype=dout.dtype)
-    for oh in range(OH):
-        h0, h1 = _adaptive_window(oh, OH, H)
-        for ow in range(OW):
-            w0, w1 = _adaptive_window(ow, OW, W)
-            div = (h1 - h0) * (w1 - w0)
-            for n in range(N):
-                for c in range(C):
-                    g = dout[n, c, oh, ow] / div
+    for n in range(N):
+        for c in range(C):
+            for oh in range(OH):
+                h0, h1 = _adaptive_window(oh, OH, H)
+                for ow in range(OW):
+                    w0, w1 = _adaptive_window(ow, OW, W)
+                    g = dout[n, c, oh, ow] / ((h1 - h0) * (w1 - w0))
                     for h in range(h0, h1):
                         for w in range(w0, w1):
                             dx[n, c, h, w] += g

@@ -1,7 +1,8 @@
 """ReLU and ReLU6 (``torch.nn.functional.relu`` / ``relu6`` semantics, NaN propagates).
 
-Gradient conventions match PyTorch: ReLU passes the gradient where ``out > 0`` (so 0 at x == 0);
-ReLU6 is ``hardtanh(x, 0, 6)`` and passes it where ``0 < x < 6`` (so 0 at exactly 0 and 6).
+Gradient conventions match PyTorch: ReLU blocks the gradient where ``out <= 0`` (so 0 at x == 0);
+ReLU6 is ``hardtanh(x, 0, 6)`` and blocks it where ``x <= 0 or x >= 6`` (0 at exactly 0 and 6).
+A NaN input is neither, so its gradient passes through, as in PyTorch.
 Any shape works; the output has x's shape and dtype.
 """
 
@@ -10,6 +11,18 @@ from __future__ import annotations
 import numpy as np
 
 from npmobilenet import _checks
+from npmobilenet.kernels import activations as K
+
+
+def _masked(kernel, dout, ref):
+    """Run a flat backward kernel on contiguous copies/views; dx gets ref's shape and dtype."""
+    dx = np.empty(ref.shape, dtype=ref.dtype)
+    kernel(
+        np.ascontiguousarray(dout).reshape(-1),
+        np.ascontiguousarray(ref).reshape(-1),
+        dx.reshape(-1),
+    )
+    return dx
 
 
 def relu_forward(x):
@@ -19,7 +32,7 @@ def relu_forward(x):
         x: any shape, float32 or float64.
 
     Returns:
-        out: x's shape and dtype. cache: out (its positive entries are where gradient flows).
+        out: x's shape and dtype. cache: out (gradient flows except where it is <= 0).
     """
     _checks.float_array("relu_forward", "x", x)
     out = np.asarray(np.maximum(x, 0))  # propagates NaN, as torch.relu does; 0-D stays array
@@ -27,10 +40,10 @@ def relu_forward(x):
 
 
 def relu_backward(dout, cache):
-    """dx = dout where out > 0, else 0 (differentiates ``out = max(x, 0)``)."""
+    """dx = 0 where out <= 0, else dout (differentiates ``out = max(x, 0)``)."""
     out = cache
     dout = _checks.dout_like("relu_backward", dout, out.shape, out.dtype)
-    return np.where(out > 0, dout, 0).astype(out.dtype, copy=False)
+    return _masked(K.relu_bwd, dout, out)
 
 
 def relu6_forward(x):
@@ -40,15 +53,15 @@ def relu6_forward(x):
         x: any shape, float32 or float64.
 
     Returns:
-        out: x's shape and dtype. cache: x (the gradient mask is 0 < x < 6).
+        out: x's shape and dtype. cache: x (the gradient is blocked where x <= 0 or x >= 6).
     """
     _checks.float_array("relu6_forward", "x", x)
-    out = np.asarray(np.minimum(np.maximum(x, 0), 6))
+    out = np.asarray(np.clip(x, 0, 6))  # one pass; NaN propagates
     return out, x
 
 
 def relu6_backward(dout, cache):
-    """dx = dout where 0 < x < 6, else 0 (differentiates ``out = min(max(x, 0), 6)``)."""
+    """dx = 0 where x <= 0 or x >= 6, else dout (differentiates ``out = min(max(x, 0), 6)``)."""
     x = cache
     dout = _checks.dout_like("relu6_backward", dout, x.shape, x.dtype)
-    return np.where((x > 0) & (x < 6), dout, 0).astype(x.dtype, copy=False)
+    return _masked(K.relu6_bwd, dout, x)
