@@ -41,7 +41,7 @@ def save_state_dict(state: Mapping[str, np.ndarray], path, metadata=None) -> Non
             raise TypeError(f"{op}: every key must be a str, got {describe(key)}")
         if not isinstance(value, np.ndarray) or value.dtype.kind not in _SAVABLE_KINDS:
             raise TypeError(f"{op}: {key} must be a numeric numpy array, got {describe(value)}")
-        arrays[key] = np.ascontiguousarray(value)  # safetensors reads raw memory: no strides
+        arrays[key] = np.asarray(value, order="C")  # raw memory, no strides; keeps 0-d shape
     if metadata is not None and not (
         isinstance(metadata, Mapping)
         and all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())
