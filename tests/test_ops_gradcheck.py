@@ -40,6 +40,7 @@ CONV_CASES = {
     "groups1": ((2, 3, 5, 5), (4, 3, 3, 3), True, dict(stride=1, padding=1)),
     "groups2-stride2": ((1, 4, 5, 6), (6, 2, 3, 3), True, dict(stride=2, padding=1, groups=2)),
     "depthwise": ((2, 3, 5, 5), (3, 1, 3, 3), True, dict(padding=1, groups=3)),
+    "depthwise-stride2": ((1, 4, 7, 6), (4, 1, 3, 3), False, dict(stride=2, padding=1, groups=4)),
     "depth-multiplier": ((1, 2, 5, 5), (6, 1, 3, 3), False, dict(stride=2, groups=2)),
     "pointwise": ((2, 4, 3, 3), (3, 4, 1, 1), True, dict()),
     "stride-dilation-pairs": (
