@@ -24,6 +24,11 @@ def bn(x=X4, w=V3, b=V3, rm=None, rv=None, training=True, **kw):
 CASES = {
     # ---- batch norm
     "bn 1-D x": (lambda: bn(x=np.zeros(3)), ValueError, r"batch_norm_forward: x must be \(N, C\)"),
+    "bn no channels": (
+        lambda: bn(x=np.zeros((2, 0, 3)), w=None, b=None, rm=np.zeros(0), rv=np.zeros(0)),
+        ValueError,
+        "x must have at least one channel",
+    ),
     "bn int x": (lambda: bn(x=X4.astype(int)), TypeError, "batch_norm_forward: x must have dtype"),
     "bn bool x": (lambda: bn(x=X4 > 0), TypeError, "x must have dtype float32 or float64"),
     "bn complex x": (lambda: bn(x=X4 + 0j), TypeError, "got dtype complex128"),

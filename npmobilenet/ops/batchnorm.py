@@ -43,6 +43,8 @@ def _validate_forward(x, weight, bias, running_mean, running_var, training, mome
     _checks.float_array(_FWD, "x", x)
     if x.ndim < 2:
         raise ValueError(f"{_FWD}: x must be (N, C) or (N, C, *), got {x.ndim}-D shape {x.shape}")
+    if x.shape[1] == 0:
+        raise ValueError(f"{_FWD}: x must have at least one channel, got shape {x.shape}")
     if not isinstance(training, (bool, np.bool_)):
         raise TypeError(f"{_FWD}: training must be a bool, got {_checks.describe(training)}")
     for name, v in (("weight", weight), ("bias", bias)):
@@ -87,7 +89,8 @@ def batch_norm_forward(
         x, weight, bias, running_mean, running_var, training, momentum, eps
     )
     N, C = x.shape[:2]
-    x3 = np.ascontiguousarray(x).reshape(N, C, -1)  # (N, C, L)
+    L = int(np.prod(x.shape[2:]))  # 1 for (N, C) input
+    x3 = np.ascontiguousarray(x).reshape(N, C, L)  # (N, C, L)
     if training:
         mean, var = K.channel_stats(x3)  # (C,), (C,) float64, biased variance
         if running_mean is not None:

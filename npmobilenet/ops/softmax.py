@@ -36,6 +36,8 @@ def softmax(x, axis=-1):
     """
     _checks.float_array("softmax", "x", x)
     axis = _axis("softmax", x, axis)
+    if x.size == 0:
+        return x.copy()
     e = np.exp(x - x.max(axis=axis, keepdims=True))  # every exponent <= 0: no overflow
     return e / e.sum(axis=axis, keepdims=True)
 
@@ -52,6 +54,8 @@ def log_softmax(x, axis=-1):
     """
     _checks.float_array("log_softmax", "x", x)
     axis = _axis("log_softmax", x, axis)
+    if x.size == 0:
+        return x.copy()
     shifted = x - x.max(axis=axis, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
 
