@@ -104,7 +104,8 @@ def train_dx(dout, x, mean, k, a, b, dx):
     """dx[n, c, i] = k[c] * dout[n, c, i] - a[c] * (x[n, c, i] - mean[c]) - b[c].
 
     The training-mode input gradient once the per-channel sums are folded into k, a, b (see
-    ``batch_norm_backward``). dout, x, dx: (N, C, L) of one dtype; mean, k, a, b: (C,) float64.
+    ``batch_norm_backward``); with a = b = 0 it is the eval-mode gradient k * dout.
+    dout, x, dx: (N, C, L) of one dtype; mean, k, a, b: (C,) float64.
     Each element is computed in float64 and rounded once: with few values per channel the three
     terms nearly cancel, and float32 arithmetic would lose digits there.
     """

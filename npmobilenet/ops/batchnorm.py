@@ -82,8 +82,9 @@ def batch_norm_forward(
 
     Returns:
         out: same shape and dtype as x.
-        cache: (x3, weight, has_bias, mean, invstd, training, x.shape) with x3 the (N, C, L)
-            contiguous view of x and mean, invstd the (C,) float64 statistics that were used.
+        cache: (x3, w, has_weight, has_bias, mean, invstd, training, x.shape) with x3 the
+            (N, C, L) contiguous view of x and w, mean, invstd (C,) float64 copies of the weight
+            (ones without one) and of the statistics that were used.
     """
     momentum, eps = _validate_forward(
         x, weight, bias, running_mean, running_var, training, momentum, eps
@@ -107,7 +108,7 @@ def batch_norm_forward(
     shift = b - mean * scale
     out = np.empty_like(x3)
     K.scale_shift(x3, scale, shift, out)  # float64 coefficients, one rounding per element
-    cache = (x3, weight, bias is not None, mean, invstd, bool(training), x.shape)
+    cache = (x3, w, weight is not None, bias is not None, mean, invstd, bool(training), x.shape)
     return out.reshape(x.shape), cache
 
 
@@ -130,11 +131,10 @@ def batch_norm_backward(dout, cache):
         dx (shape of x), dweight (C,) and dbias (C,); dweight and dbias are None when the
         forward had no weight / bias.
     """
-    x3, weight, has_bias, mean, invstd, training, shape = cache
+    x3, w, has_weight, has_bias, mean, invstd, training, shape = cache
     dout = _checks.dout_like(_BWD, dout, shape, x3.dtype)
     d3 = np.ascontiguousarray(dout).reshape(x3.shape)  # (N, C, L)
     S, T = K.grad_sums(d3, x3, mean)  # (C,), (C,) float64
-    w = np.ones(x3.shape[1]) if weight is None else weight.astype(np.float64)
     k = w * invstd  # (C,)
     dx = np.empty_like(x3)
     if training:
@@ -144,6 +144,6 @@ def batch_norm_backward(dout, cache):
         a, b = np.zeros_like(k), np.zeros_like(k)
     dt = x3.dtype
     K.train_dx(d3, x3, mean, k, a, b, dx)  # float64 coefficients: the terms nearly cancel
-    dweight = None if weight is None else (T * invstd).astype(dt)
+    dweight = (T * invstd).astype(dt) if has_weight else None
     dbias = S.astype(dt) if has_bias else None
     return dx.reshape(shape), dweight, dbias
