@@ -90,7 +90,177 @@ def summary_command(args) -> int:
     return 0
 
 
-COMMANDS = [add_summary_command]
+# --------------------------------------------------------------------------- train
+def add_train_command(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train MobileNetV1 (default: the built-in digits, about a minute)",
+        description="Train MobileNetV1 without autograd. With no arguments: the built-in"
+        " handwritten digits, alpha 0.25, 32x32, the default recipe. Writes <out>/metrics.json,"
+        " metrics.csv, model.safetensors, checkpoint.safetensors (every epoch) and, with"
+        " matplotlib, curves.png and confusion.png. Unset flags take the recipe's defaults (or,"
+        " with --resume, the checkpoint's settings).",
+    )
+    p.add_argument(
+        "--data",
+        help="'digits' (default), an image folder (one subfolder per"
+        " class), a CIFAR-10 binary folder, or an .npz with x, y",
+    )
+    p.add_argument("--alpha", type=_positive_float, help="width multiplier (0.25)")
+    p.add_argument("--resolution", type=_positive_int, help="input size R, images R x R (32)")
+    p.add_argument("--epochs", type=_positive_int, help="epochs (see the recipe)")
+    p.add_argument("--batch-size", type=_positive_int, help="batch size (64)")
+    p.add_argument("--optimizer", help="sgd (Nesterov momentum), rmsprop, adam or adamw (sgd)")
+    p.add_argument("--lr", type=_positive_float, help="peak learning rate")
+    p.add_argument("--momentum", type=float, help="momentum (SGD, RMSprop) (0.9)")
+    p.add_argument("--weight-decay", type=float, help="weight decay, none on depthwise/BN")
+    p.add_argument("--schedule", help="onecycle (per batch), cosine (per epoch) or constant")
+    p.add_argument("--warmup", type=float, help="one-cycle warm-up fraction of the steps")
+    p.add_argument("--label-smoothing", type=float, help="label smoothing in [0, 1] (0)")
+    p.add_argument("--max-grad-norm", type=_positive_float, help="clip gradients to this norm")
+    p.add_argument(
+        "--augment",
+        action="store_true",
+        default=None,
+        help="random crops (and flips, except for digits)",
+    )
+    p.add_argument("--seed", type=int, help="seed for init, split, shuffling, dropout (0)")
+    p.add_argument("--out", help="output folder (default runs/<data name>, never overwritten)")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        metavar="CHECKPOINT",
+        help="continue the run in --out (or from CHECKPOINT) exactly",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    p.add_argument(
+        "--progress",
+        choices=("auto", "bar", "plain", "none"),
+        default="auto",
+        help="a tqdm bar on a terminal (auto), always (bar), or plain lines",
+    )
+    p.set_defaults(func=train_command)
+
+
+_TRAIN_SETTINGS = {  # argparse dest -> run configuration key
+    "data": "data", "alpha": "alpha", "resolution": "resolution", "epochs": "epochs",
+    "batch_size": "batch_size", "optimizer": "optimizer", "lr": "lr", "momentum": "momentum",
+    "weight_decay": "weight_decay", "schedule": "schedule", "warmup": "warmup",
+    "label_smoothing": "label_smoothing", "max_grad_norm": "max_grad_norm",
+    "augment": "augment", "seed": "seed",
+}  # fmt: skip
+
+
+def _default_out(data) -> str:
+    """``runs/<data name>``, or ``runs/<name>-2``, ``-3`` ... if that already holds a run."""
+    import os
+
+    name = "digits" if data in (None, "digits") else os.path.basename(os.path.normpath(data))
+    name = os.path.splitext(name)[0] or "run"
+    out, i = os.path.join("runs", name), 1
+    while os.path.exists(os.path.join(out, "metrics.json")) or os.path.exists(
+        os.path.join(out, "checkpoint.safetensors")
+    ):
+        i += 1
+        out = os.path.join("runs", f"{name}-{i}")
+    return out
+
+
+def train_command(args) -> int:
+    import os
+
+    from npmobilenet.train import NonFiniteLossError, train_run
+
+    config = {key: getattr(args, dest) for dest, key in _TRAIN_SETTINGS.items()}
+    resume = None
+    if args.resume is not None:
+        out = args.out or os.path.join(
+            "runs",
+            "digits"
+            if args.data in (None, "digits")
+            else os.path.basename(os.path.normpath(args.data)),
+        )
+        resume = os.path.join(out, "checkpoint.safetensors") if args.resume is True else args.resume
+        out = args.out or os.path.dirname(resume) or "."
+    else:
+        out = args.out or _default_out(args.data)
+    try:
+        train_run(
+            config,
+            out,
+            resume=resume,
+            progress=args.progress,
+            overwrite=args.overwrite,
+            log=lambda line: print(line, flush=True),
+        )
+    except NonFiniteLossError as e:
+        print(f"npmobilenet train: {e}", file=sys.stderr)
+        last = os.path.join(out, "checkpoint.safetensors")
+        if os.path.exists(last):
+            print(f"npmobilenet train: the last good checkpoint is kept: {last}", file=sys.stderr)
+        return 1
+    except (ValueError, TypeError, OSError, ImportError) as e:
+        message = str(e).removeprefix("npmobilenet train: ")
+        print(f"npmobilenet train: error: {message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+# --------------------------------------------------------------------------- evaluate
+def add_evaluate_command(subparsers) -> None:
+    p = subparsers.add_parser(
+        "evaluate",
+        help="accuracy, loss and confusion matrix of a trained model",
+        description="Evaluate a run (its folder, model.safetensors or checkpoint.safetensors) on"
+        " the test split of its data, or of --data.",
+    )
+    p.add_argument("--checkpoint", required=True, help="run folder or .safetensors file")
+    p.add_argument("--data", help="data to evaluate on (default: the run's own test split)")
+    p.set_defaults(func=evaluate_command)
+
+
+def evaluate_command(args) -> int:
+    from npmobilenet.train import evaluate_run
+
+    try:
+        evaluate_run(args.checkpoint, data=args.data)
+    except (ValueError, TypeError, OSError, ImportError) as e:
+        print(f"npmobilenet evaluate: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+# --------------------------------------------------------------------------- predict
+def add_predict_command(subparsers) -> None:
+    p = subparsers.add_parser(
+        "predict",
+        help="top-k classes of image files",
+        description="Classify image files with a trained run: each image is resized and"
+        " cropped like the training data and normalised with the run's statistics.",
+    )
+    p.add_argument("--checkpoint", required=True, help="run folder or .safetensors file")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG ...)")
+    p.add_argument("--top-k", type=_positive_int, default=3, help="classes to show (3)")
+    p.set_defaults(func=predict_command)
+
+
+def predict_command(args) -> int:
+    from npmobilenet.train import predict_images
+
+    try:
+        results = predict_images(args.checkpoint, args.images, top_k=args.top_k)
+    except (ValueError, TypeError, OSError, ImportError) as e:
+        print(f"npmobilenet predict: error: {e}", file=sys.stderr)
+        return 2
+    for image, top in results:
+        print(image)
+        for name, p in top:
+            print(f"  {name:<20} {100 * p:6.2f}%")
+    return 0
+
+
+COMMANDS = [add_summary_command, add_train_command, add_evaluate_command, add_predict_command]
 
 
 def build_parser() -> argparse.ArgumentParser:

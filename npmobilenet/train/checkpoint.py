@@ -1,0 +1,183 @@
+"""Checkpoints: everything needed to continue a run exactly, in ONE safetensors file.
+
+Layout of ``checkpoint.safetensors`` (a single file, so it is replaced in one atomic step and
+can never be half-new, half-old):
+
+* tensors ``model.<key>``: the model's state_dict (weights, batch-norm running statistics and
+  ``num_batches_tracked``), named as in PyTorch after the ``model.`` prefix;
+* tensors ``optimizer.<path>``: the optimizer's arrays (momentum buffers, moving averages), cut
+  out of its state dict by :func:`npmobilenet.optim.split_arrays`;
+* header metadata ``npmobilenet.checkpoint`` = a JSON document with everything else: the epoch,
+  the run configuration (data, architecture, recipe, class names, normalisation), the model's
+  config, the optimizer's hyper-parameters and step counts, the scheduler's state, the loader's
+  position (seed, epoch, batch: this fixes both the shuffling and the augmentation draws), the
+  dropout generators' bit-generator states and the per-epoch history.
+
+Writes are atomic: the bytes go to a temporary file in the same folder, are flushed and
+fsync'ed, and ``os.replace`` swaps it in; a process killed at any moment leaves either the old
+checkpoint or the new one, never a mixture (a stray ``.tmp-*`` file at worst).
+
+Loading validates before anything is touched: a missing, truncated or foreign file raises a
+``ValueError`` (or ``FileNotFoundError``) naming the file, and a checkpoint of a different
+architecture raises a ``ValueError`` naming every differing setting.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import tempfile
+
+import numpy as np
+import safetensors
+import safetensors.numpy
+
+from npmobilenet._checks import describe
+from npmobilenet.optim import join_arrays, split_arrays
+
+FORMAT = "npmobilenet.checkpoint"
+FORMAT_VERSION = 1
+# Architecture settings that must agree between a checkpoint and the model it is loaded into.
+ARCHITECTURE_KEYS = ("alpha", "num_classes", "in_channels", "conv", "activation", "dtype")
+# Test hook: when set to N, the N-th checkpoint write of this process writes half of its bytes
+# to the temporary file and then kills the process (SIGKILL), as a power cut mid-save would.
+KILL_HOOK_ENV = "NPMOBILENET_TEST_KILL_DURING_SAVE"
+_writes = 0
+
+
+def save_checkpoint(path, model, state: dict) -> None:
+    """Write ``model``'s state_dict plus ``state`` (a JSON-able tree with arrays) to ``path``.
+
+    ``state`` is e.g. ``{"epoch": 3, "config": {...}, "optimizer": opt.state_dict(), ...}``;
+    numpy arrays anywhere inside it are stored as tensors and put back by
+    :func:`load_checkpoint`. The model's ``config`` is stored as ``state["model_config"]``.
+    """
+    tree, arrays = split_arrays(state, prefix="state")
+    for key, value in model.state_dict().items():
+        arrays[f"model.{key}"] = np.asarray(value, order="C")  # keeps 0-d buffers 0-d
+    header = {"format_version": FORMAT_VERSION, "model_config": dict(model.config), "state": tree}
+    data = safetensors.numpy.save(arrays, metadata={FORMAT: json.dumps(header)})
+    atomic_write(path, data)
+
+
+def load_checkpoint(path) -> dict:
+    """Read a checkpoint: ``{"model": {key: array}, "model_config": {...}, **state}``.
+
+    Raises FileNotFoundError if there is no file, ValueError naming the file if it is truncated,
+    corrupt, or not an npmobilenet checkpoint (e.g. a bare weights file).
+    """
+    op = "load_checkpoint"
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{op}: no checkpoint at {path}")
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        arrays = safetensors.numpy.load(data)  # validates the whole file
+        meta = _metadata(data)
+    except (safetensors.SafetensorError, ValueError, TypeError, KeyError, OverflowError) as e:
+        raise ValueError(
+            f"{op}: {path} is not a readable checkpoint (truncated or corrupt?): {e}"
+        ) from None
+    if FORMAT not in meta:
+        raise ValueError(
+            f"{op}: {path} is a safetensors file but not an npmobilenet checkpoint (no"
+            f" {FORMAT!r} header); weights alone load with npmobilenet.io.load_weights"
+        )
+    try:
+        header = json.loads(meta[FORMAT])
+        state = join_arrays(header["state"], {k: np.array(v) for k, v in arrays.items()})
+        model_config = header["model_config"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{op}: {path} has a damaged checkpoint header: {e}") from None
+    model = {k[len("model.") :]: np.array(v) for k, v in arrays.items() if k.startswith("model.")}
+    return {**state, "model": model, "model_config": model_config}
+
+
+def _metadata(data: bytes) -> dict:
+    """The ``__metadata__`` of a safetensors file: 8-byte little-endian header size, JSON header."""
+    size = int.from_bytes(data[:8], "little")
+    return json.loads(data[8 : 8 + size]).get("__metadata__") or {}
+
+
+def check_architecture(saved: dict, model_config: dict, source: str = "the checkpoint") -> None:
+    """Raise a ValueError naming every architecture setting where ``saved`` and the model differ."""
+    diffs = [
+        f"{k}: {source} has {saved.get(k)!r}, the model has {model_config.get(k)!r}"
+        for k in ARCHITECTURE_KEYS
+        if k in saved and k in model_config and saved[k] != model_config[k]
+    ]
+    if diffs:
+        raise ValueError(
+            f"{source} was saved from a different architecture (" + "; ".join(diffs) + ")"
+        )
+
+
+def atomic_write(path, data: bytes) -> None:
+    """Write ``data`` to ``path``: temporary file in the same folder, fsync, ``os.replace``."""
+    global _writes
+    _writes += 1
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".partial", dir=directory)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
+        with os.fdopen(fd, "wb") as f:
+            if os.environ.get(KILL_HOOK_ENV) == str(_writes):
+                f.write(data[: len(data) // 2])
+                f.flush()
+                os.kill(os.getpid(), signal.SIGKILL)
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(directory)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(directory: str) -> None:
+    """Make the rename durable where the platform allows it."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def generator_states(model) -> dict:
+    """``{module name: bit-generator state}`` of every module holding a ``numpy`` Generator
+    (the dropout masks' source)."""
+    return {
+        name: m.rng.bit_generator.state
+        for name, m in model.named_modules()
+        if isinstance(getattr(m, "rng", None), np.random.Generator)
+    }
+
+
+def load_generator_states(model, states: dict) -> None:
+    """Restore :func:`generator_states` into ``model`` (names must match)."""
+    modules = dict(model.named_modules())
+    for name, state in states.items():
+        m = modules.get(name)
+        if m is None or not isinstance(getattr(m, "rng", None), np.random.Generator):
+            raise ValueError(
+                f"load_generator_states: the checkpoint has a generator for {name!r}, which"
+                f" the model lacks (got {describe(m)})"
+            )
+        m.rng.bit_generator.state = state

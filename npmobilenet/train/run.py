@@ -1,0 +1,471 @@
+"""A whole training run from a configuration: data, model, optimizer, schedule, loop, outputs.
+
+:func:`train_run` is what ``npmobilenet train`` runs. The configuration is a plain dict
+(:data:`DEFAULTS` plus the user's choices) that travels inside every checkpoint, so
+``--resume`` rebuilds exactly the same run and ``evaluate`` / ``predict`` know the classes, the
+input size and the normalisation.
+
+The default recipe (built-in digits, alpha 0.25, 32x32): SGD with Nesterov momentum, batch 64,
+a one-cycle schedule (warm-up over the first part of the run, cosine decay to ~0), weight decay
+on the convolution and classifier weights only (none on depthwise filters, batch norm and
+biases, as the paper recommends), no augmentation.
+
+Outputs in ``<out>``: ``checkpoint.safetensors`` (after every epoch), ``model.safetensors``
+(the final weights, loadable by PyTorch; the configuration is in its header), ``metrics.json``,
+``metrics.csv`` and, with matplotlib, ``curves.png`` and ``confusion.png``.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import time
+import warnings
+
+import numpy as np
+
+from npmobilenet import __version__
+from npmobilenet.data import (
+    ArrayDataset,
+    Compose,
+    DataLoader,
+    ImageFolder,
+    Normalize,
+    RandomCrop,
+    RandomHorizontalFlip,
+    channel_stats,
+    load_cifar10,
+    load_digits_dataset,
+    load_npz,
+)
+from npmobilenet.data.dataset import resize_bilinear, to_channels
+from npmobilenet.data.digits import stratified_test_indices
+from npmobilenet.io.weights import load_state_dict_file, save_state_dict
+from npmobilenet.models import MobileNetV1
+from npmobilenet.optim import OPTIMIZERS, make_optimizer, paper_param_groups
+from npmobilenet.optim.lr_scheduler import CosineAnnealingLR, OneCycleLR
+from npmobilenet.train.checkpoint import _metadata, check_architecture, load_checkpoint
+from npmobilenet.train.metrics import format_confusion, write_metrics
+from npmobilenet.train.plots import save_plots
+from npmobilenet.train.trainer import Trainer, evaluate
+
+HINT = 'pip install "npmobilenet[demo]"'
+CHECKPOINT = "checkpoint.safetensors"
+MODEL = "model.safetensors"
+CONFIG_KEY = "npmobilenet.config"
+# MobileNetV1 divides the input size by 32 (five stride-2 stages).
+MIN_RESOLUTION = 32
+SCHEDULES = ("onecycle", "cosine", "constant")
+
+DEFAULTS = {
+    "data": "digits",
+    "alpha": 0.25,
+    "resolution": 32,
+    "channels": None,  # None: 1 for the grey digits, 3 otherwise
+    "epochs": 30,
+    "batch_size": 64,
+    "optimizer": "sgd",
+    "lr": 0.1,
+    "momentum": 0.9,
+    "weight_decay": 5e-4,
+    "depthwise_weight_decay": 0.0,
+    "label_smoothing": 0.0,
+    "schedule": "onecycle",
+    "warmup": 0.25,  # one-cycle: the fraction of the steps spent warming up
+    "max_grad_norm": None,
+    "augment": False,  # random crop (padding resolution/8) and, off for digits, flips
+    "dropout": 0.0,
+    "test_fraction": 0.2,  # for data without a test split
+    "seed": 0,
+}
+
+
+# --------------------------------------------------------------------------------- config
+def make_config(**overrides) -> dict:
+    """:data:`DEFAULTS` updated with ``overrides`` (unknown keys are an error), checked."""
+    unknown = sorted(set(overrides) - set(DEFAULTS))
+    if unknown:
+        raise TypeError(f"make_config: unknown setting(s) {unknown}; known: {sorted(DEFAULTS)}")
+    config = {**DEFAULTS, **{k: v for k, v in overrides.items() if v is not None}}
+    check_config(config)
+    return config
+
+
+def check_config(config: dict) -> None:
+    """Errors for settings that would otherwise fail deep inside a run."""
+    op = "npmobilenet train"
+    if not isinstance(config["batch_size"], int) or config["batch_size"] < 1:
+        raise ValueError(f"{op}: batch size must be an integer >= 1, got {config['batch_size']!r}")
+    if not isinstance(config["epochs"], int) or config["epochs"] < 1:
+        raise ValueError(f"{op}: epochs must be an integer >= 1, got {config['epochs']!r}")
+    r = config["resolution"]
+    if not isinstance(r, int) or r < MIN_RESOLUTION:
+        raise ValueError(
+            f"{op}: resolution {r!r} is too small for MobileNetV1: its five stride-2 stages"
+            f" divide the input size by 32, so it needs at least {MIN_RESOLUTION}x"
+            f"{MIN_RESOLUTION} pixels (the paper uses 128-224)"
+        )
+    name = config["optimizer"]
+    if not isinstance(name, str) or name.lower() not in OPTIMIZERS:
+        raise ValueError(
+            f"{op}: unknown optimizer {name!r}; choose one of {', '.join(sorted(OPTIMIZERS))}"
+        )
+    if config["schedule"] not in SCHEDULES:
+        raise ValueError(
+            f"{op}: unknown schedule {config['schedule']!r}; choose one of {', '.join(SCHEDULES)}"
+        )
+    for key in ("lr", "alpha"):
+        if not config[key] > 0:
+            raise ValueError(f"{op}: {key} must be > 0, got {config[key]!r}")
+    if not 0 <= config["weight_decay"]:
+        raise ValueError(f"{op}: weight decay must be >= 0, got {config['weight_decay']!r}")
+    if not 0 <= config["label_smoothing"] <= 1:
+        raise ValueError(
+            f"{op}: label smoothing must be in [0, 1], got {config['label_smoothing']!r}"
+        )
+
+
+# --------------------------------------------------------------------------------- data
+def load_data(config: dict, warn=print):
+    """``(train, test, summary)``: the configured data as :class:`ArrayDataset` s.
+
+    ``data`` is ``"digits"``, a folder of class subfolders of images, a CIFAR-10 binary folder
+    (``data_batch_*.bin`` + ``test_batch.bin``) or an ``.npz`` (``x``, ``y``, optional
+    ``x_test``, ``y_test``, ``classes``). Without a test part, a stratified
+    ``test_fraction`` split (seeded by ``seed``) is held out. Unreadable images are skipped
+    with a warning (passed to ``warn``) and counted in ``summary``.
+    """
+    source, r, c = config["data"], config["resolution"], config["channels"]
+    if source == "digits":
+        train, test = load_digits_dataset(r, channels=c or 1, seed=config["seed"])
+        return train, test, f"digits: {len(train)} train / {len(test)} test images, 10 classes"
+    path = os.path.expanduser(os.fspath(source))
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"npmobilenet train: --data {source!r}: no such file or folder (expected 'digits',"
+            " an image folder, a CIFAR-10 binary folder or an .npz file)"
+        )
+    if os.path.isfile(path):
+        if not path.endswith(".npz"):
+            raise ValueError(
+                f"npmobilenet train: --data {source!r} is a file but not an .npz; give an .npz"
+                " with arrays x and y, or a folder of images"
+            )
+        train, test = load_npz(path)
+        c = c or train.x.shape[1]
+        summary = f"{path}: {len(train)} images, {train.num_classes} classes"
+    elif _is_cifar(path):
+        c = c or 3
+        train, test = load_cifar10(path, r, c)
+        summary = f"CIFAR-10 {path}: {len(train)} train / {len(test)} test images"
+    else:
+        c = c or 3
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            train = ImageFolder(path, r, c)
+        for w in caught:
+            warn(f"warning: {w.message}")
+        test, summary = None, train.summary
+    if test is None:
+        train, test = split(train, config["test_fraction"], config["seed"])
+        summary += f"; held out {len(test)} for testing"
+    return _fit_images(train, r, c), _fit_images(test, r, c), summary
+
+
+def _is_cifar(path: str) -> bool:
+    return bool(
+        glob.glob(os.path.join(path, "data_batch_*.bin"))
+        or glob.glob(os.path.join(path, "cifar-10-batches-bin", "data_batch_*.bin"))
+    )
+
+
+def split(data: ArrayDataset, test_fraction: float, seed: int):
+    """A stratified ``(train, test)`` split of ``data`` (the digits' split rule)."""
+    test_idx = stratified_test_indices(data.y, test_fraction, seed)
+    train_idx = np.setdiff1d(np.arange(len(data)), test_idx)
+    if len(train_idx) == 0:
+        raise ValueError(f"npmobilenet train: {len(data)} image(s) are too few to split")
+    take = [(data.x[i], data.y[i]) for i in (train_idx, test_idx)]
+    return tuple(ArrayDataset(x, y, data.classes, name="split") for x, y in take)
+
+
+def _fit_images(data: ArrayDataset, r: int, c: int) -> ArrayDataset:
+    """.npz images brought to ``c`` channels (grey <-> RGB) and ``r`` x ``r`` (bilinear)."""
+    x = data.x
+    if x.shape[2:] != (r, r):
+        x = resize_bilinear(x, r)  # (N, C, r, r)
+    if x.shape[1] != c:
+        x = to_channels("npmobilenet train", x, c)  # (N, c, r, r)
+    if x is data.x:
+        return data
+    return ArrayDataset(np.ascontiguousarray(x), data.y, data.classes, name="load_npz")
+
+
+# --------------------------------------------------------------------------------- parts
+def build_model(config: dict) -> MobileNetV1:
+    return MobileNetV1(
+        alpha=config["alpha"], num_classes=len(config["classes"]), in_channels=config["channels"],
+        dropout=config["dropout"], seed=config["seed"],
+    )  # fmt: skip
+
+
+def build_optimizer(config: dict, model):
+    """The configured optimizer over the paper's weight-decay groups."""
+    groups = paper_param_groups(
+        model.named_parameters(), config["weight_decay"], config["depthwise_weight_decay"]
+    )
+    for g in groups:
+        del g["names"]
+    name = config["optimizer"].lower()
+    hparams = {"lr": config["lr"]}
+    if name == "sgd":
+        hparams.update(momentum=config["momentum"], nesterov=config["momentum"] > 0)
+    elif name == "rmsprop":
+        hparams.update(momentum=config["momentum"])
+    return make_optimizer(name, groups, **hparams)
+
+
+def build_scheduler(config: dict, optimizer, steps_per_epoch: int):
+    if config["schedule"] == "onecycle":
+        cycle = config["optimizer"].lower() != "sgd" or config["momentum"] > 0
+        return OneCycleLR(
+            optimizer, max_lr=config["lr"], epochs=config["epochs"],
+            steps_per_epoch=steps_per_epoch, pct_start=config["warmup"], cycle_momentum=cycle,
+            max_momentum=config["momentum"] or 0.95, base_momentum=0.85,
+        )  # fmt: skip
+    if config["schedule"] == "cosine":
+        return CosineAnnealingLR(optimizer, T_max=config["epochs"])
+    return None
+
+
+def build_loaders(config: dict, train: ArrayDataset, test: ArrayDataset):
+    """Shuffled, normalised (augmented if asked) training batches; plain test batches."""
+    norm = Normalize(config["mean"], config["std"])
+    steps = [norm]
+    if config["augment"]:
+        r = config["resolution"]
+        steps = [RandomCrop(r, padding=max(1, r // 8))]
+        if config["data"] != "digits":
+            steps.append(RandomHorizontalFlip())
+        steps.append(norm)
+    bs = config["batch_size"]
+    # Batch norm needs two images per batch when the last feature map is 1x1.
+    drop_last = len(train) % bs == 1 and len(train) > 1
+    train_loader = DataLoader(train, bs, shuffle=True, drop_last=drop_last, seed=config["seed"],
+                              transform=Compose(steps))  # fmt: skip
+    test_loader = DataLoader(test, max(bs, 256), transform=norm)
+    return train_loader, test_loader
+
+
+# --------------------------------------------------------------------------------- the run
+def train_run(config: dict, out_dir, resume=None, progress="auto", log=print, overwrite=False):
+    """Train as configured, writing into ``out_dir``; returns the metrics dict.
+
+    ``resume``: a checkpoint path; the run continues from it with ITS configuration (settings
+    given in ``config`` must agree with it) and ends with exactly the weights an uninterrupted
+    run would have. Nothing is written until the data, the model and any checkpoint have been
+    read and checked; an ``out_dir`` that already holds a run is refused unless ``overwrite``
+    or resuming.
+    """
+    start = time.perf_counter()
+    ckpt = None
+    if resume is not None:
+        ckpt = load_checkpoint(resume)
+        config = _resume_config(ckpt, config, resume)
+    else:
+        config = make_config(**config)
+        _check_out_dir(out_dir, overwrite)
+    train, test, summary = load_data(config, warn=log)
+    log(summary)
+    config.update(channels=train.x.shape[1], classes=list(train.classes))
+    if "mean" not in config:
+        mean, std = channel_stats(train)
+        config.update(mean=mean, std=[max(s, 1e-6) for s in std])
+    model = build_model(config)
+    train_loader, test_loader = build_loaders(config, train, test)
+    optimizer = build_optimizer(config, model)
+    scheduler = build_scheduler(config, optimizer, len(train_loader))
+    trainer = Trainer(model, optimizer, train_loader, test_loader, scheduler,
+                      label_smoothing=config["label_smoothing"],
+                      max_grad_norm=config["max_grad_norm"], progress=progress, log=log,
+                      config=config)  # fmt: skip
+    if ckpt is not None:
+        check_architecture(ckpt["model_config"], model.config, f"checkpoint {resume}")
+        trainer.load_state_dict(ckpt, source=os.fspath(resume))
+        log(f"resumed from {resume} after epoch {trainer.epoch}")
+    log(_describe_run(config, model))
+    os.makedirs(out_dir, exist_ok=True)
+    last = {}
+    trainer.fit(config["epochs"], checkpoint_path=os.path.join(out_dir, CHECKPOINT),
+                on_epoch_end=lambda _, test: last.update(test=test))  # fmt: skip
+    test_result = last["test"] if last else trainer.evaluate(test_loader)
+    save_model(os.path.join(out_dir, MODEL), model, config)
+    seconds = time.perf_counter() - start
+    metrics = {
+        "test_accuracy": test_result["accuracy"],
+        "test_loss": test_result["loss"],
+        "epochs": trainer.epoch,
+        "seconds": seconds,
+        "train_images": len(train),
+        "test_images": len(test),
+        "history": trainer.history,
+        "confusion_matrix": test_result["confusion"].tolist(),
+        "classes": config["classes"],
+        "skipped_files": list(getattr(train, "skipped", [])),
+        "config": config,
+        "version": __version__,
+    }
+    write_metrics(out_dir, metrics)
+    log(format_confusion(test_result["confusion"], config["classes"]))
+    log(save_plots(out_dir, trainer.history, test_result["confusion"], config["classes"]))
+    n_right = int(np.trace(test_result["confusion"]))
+    log(f"test accuracy {100 * test_result['accuracy']:.2f}% ({n_right}/{test_result['n']})"
+        f" after {trainer.epoch} epochs in {seconds:.1f} s; wrote {out_dir}/")  # fmt: skip
+    return metrics
+
+
+def _describe_run(config: dict, model) -> str:
+    n_params = sum(p.data.size for p in model.parameters())
+    r = config["resolution"]
+    return (
+        f"MobileNetV1 alpha {config['alpha']} ({n_params:,} parameters), {r}x{r}x"
+        f"{config['channels']}, {config['optimizer']} lr {config['lr']} {config['schedule']},"
+        f" batch {config['batch_size']}, {config['epochs']} epochs, seed {config['seed']}"
+    )
+
+
+def _resume_config(ckpt: dict, given: dict, path) -> dict:
+    """The checkpoint's configuration; explicitly given settings must agree with it."""
+    saved = ckpt.get("config")
+    if not isinstance(saved, dict) or "data" not in saved:
+        raise ValueError(f"checkpoint {path} holds no run configuration; cannot resume from it")
+    clash = [
+        f"{k}: checkpoint {saved.get(k)!r}, given {v!r}"
+        for k, v in given.items()
+        if v is not None and k in DEFAULTS and saved.get(k) != v
+    ]
+    if clash:
+        raise ValueError(
+            f"--resume continues the run saved in {path} with its own settings, but these"
+            f" differ: {'; '.join(clash)} (drop those flags, or start a new run with --out)"
+        )
+    return dict(saved)
+
+
+def _check_out_dir(out_dir, overwrite: bool) -> None:
+    names = (CHECKPOINT, MODEL, "metrics.json")
+    existing = [f for f in names if os.path.exists(os.path.join(out_dir, f))]
+    if existing and not overwrite:
+        raise FileExistsError(
+            f"npmobilenet train: {out_dir} already holds a run ({', '.join(existing)}); pass"
+            " --resume to continue it, --out NEW_DIR for a new one, or --overwrite to replace it"
+        )
+
+
+# --------------------------------------------------------------------------------- saved runs
+def save_model(path, model, config: dict) -> None:
+    """The weights (PyTorch key names) with the run configuration in the header."""
+    metadata = {
+        "producer": f"npmobilenet {__version__}",
+        CONFIG_KEY: json.dumps(config),
+        "npmobilenet.model_config": json.dumps(model.config),
+    }
+    save_state_dict(model.state_dict(), path, metadata)
+
+
+def load_run(path):
+    """``(model in eval mode, config)`` from a run folder, a checkpoint or a model file."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        for name in (MODEL, CHECKPOINT):
+            if os.path.isfile(os.path.join(path, name)):
+                path = os.path.join(path, name)
+                break
+        else:
+            raise FileNotFoundError(f"{path} holds neither {MODEL} nor {CHECKPOINT}")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    with open(path, "rb") as f:
+        head = f.read(1 << 20)
+    try:
+        meta = _metadata(head)
+    except (ValueError, UnicodeDecodeError):
+        meta = {}
+    if CONFIG_KEY in meta:
+        config = json.loads(meta[CONFIG_KEY])
+        state = load_state_dict_file(path)
+        saved_model = json.loads(meta.get("npmobilenet.model_config", "{}"))
+    else:
+        ckpt = load_checkpoint(path)
+        config, state, saved_model = ckpt.get("config"), ckpt["model"], ckpt["model_config"]
+    if not isinstance(config, dict) or "classes" not in config:
+        raise ValueError(f"{path} holds no run configuration (classes, resolution, normalisation)")
+    model = build_model(config)
+    check_architecture(saved_model, model.config, path)
+    model.load_state_dict(state)
+    return model.eval(), config
+
+
+def evaluate_run(path, data=None, log=print) -> dict:
+    """Accuracy, loss and confusion matrix of a saved run on its test split (or on ``data``)."""
+    model, config = load_run(path)
+    if data is not None:
+        config = {**config, "data": data}
+    _, test, summary = load_data(config, warn=log)
+    if test.classes != config["classes"] and len(test.classes) != len(config["classes"]):
+        raise ValueError(
+            f"the data has {len(test.classes)} classes {test.classes[:10]} but the model was"
+            f" trained on {len(config['classes'])} {config['classes'][:10]}"
+        )
+    loader = DataLoader(test, 256, transform=Normalize(config["mean"], config["std"]))
+    result = evaluate(model, loader, len(config["classes"]))
+    log(f"{summary}; evaluated {result['n']} test images")
+    log(format_confusion(result["confusion"], config["classes"]))
+    log(f"accuracy {100 * result['accuracy']:.2f}%  loss {result['loss']:.4f}")
+    return result
+
+
+def predict_images(path, images, top_k=5):
+    """``[(image, [(class, probability), ...]), ...]``: the top-k classes of each image file."""
+    from npmobilenet.data.folder import load_image
+
+    model, config = load_run(path)
+    try:
+        from PIL import Image
+    except ImportError:
+        raise ImportError(f"predict reads images with Pillow; install it with: {HINT}") from None
+    r, c = config["resolution"], config["channels"]
+    arrays = []
+    for image in images:
+        if not os.path.isfile(image):
+            raise FileNotFoundError(f"no such image: {image}")
+        try:
+            with Image.open(image) as img:
+                arrays.append(load_image(img, r, c))
+        except (OSError, ValueError, SyntaxError) as e:
+            raise ValueError(f"{image} is not a readable image: {e}") from None
+    x = Normalize(config["mean"], config["std"])(np.stack(arrays))
+    probs = model.predict_proba(x.astype(model.dtype))  # (N, K)
+    k = min(int(top_k), probs.shape[1])
+    out = []
+    for image, p in zip(images, probs):
+        top = np.argsort(-p, kind="stable")[:k]
+        out.append((image, [(config["classes"][i], float(p[i])) for i in top]))
+    return out
+
+
+__all__ = [
+    "DEFAULTS",
+    "make_config",
+    "load_data",
+    "build_model",
+    "build_optimizer",
+    "build_scheduler",
+    "build_loaders",
+    "train_run",
+    "save_model",
+    "load_run",
+    "evaluate_run",
+    "predict_images",
+]
