@@ -7,20 +7,19 @@ dilation 1 (any stride, any padding, depth multiplier m = K/C allowed), only fas
 
 How, for one (H, W) input plane and stride (sh, sw):
 
-1. ``load_plane`` copies the plane into a small zero-bordered scratch buffer, split by column
-   phase: ``buf[h, r, q] = padded[h, q*sw + r]`` for r < sw. The border stays zero, so the
-   loops below need no bounds checks at all (a border/interior split costs more than the
-   arithmetic on MobileNet's 7x7 planes). The copy is one pass over the plane; the sum reads it
-   nine times from cache.
-2. Kernel tap (i, j) of output column q reads ``padded[oh*sh + i, q*sw + j]``, which is
-   ``buf[oh*sh + i, j % sw, q + j // sw]``: a unit-stride row even for stride 2.
-3. ``_add_row`` sums all nine taps in one pass over an output row, weights held in scalars:
-   each output element is loaded and stored once and LLVM vectorises the loop. It is inlined
-   with ``sw`` a literal 1 or 2, so the phase and shift of each tap are constants.
+1. ``load_plane`` copies the plane into a small zero-bordered scratch buffer,
+   ``buf[pt + h, pl + w] = x[h, w]``. The border is never written, so it stays zero (the padding)
+   and the loops below need no bounds checks at all: a border/interior split costs more than
+   the arithmetic on MobileNet's 7x7 planes. The copy is one contiguous pass over the plane; the
+   sum then reads it nine times from cache.
+2. ``_add_row`` sums all nine taps in one pass over an output row, weights held in scalars:
+   ``dst[oh, q] += sum_ij w_ij * buf[oh*sh + i, q*sw + j]``. Each output element is loaded and
+   stored once, and LLVM vectorises the loop. It is inlined with ``sw`` a literal 1 or 2, so the
+   column stride is a compile-time constant (stride-2 reads become vector shuffles).
 
-Two Numba details matter for speed: every index is provably non-negative (``q + constant``),
-since a possibly negative index gets a wraparound test that stops vectorisation; and the inner
-loops index the arrays directly instead of taking row views (each view costs reference counting,
+Two Numba details matter for speed: every index is provably non-negative (``q*sw + j``), since
+a possibly negative index gets a wraparound test that stops vectorisation; and the inner loops
+index the arrays directly rather than through per-row views (each view costs reference counting,
 which dominates small planes).
 
 Shape legend: N batch, C input channels, K = m*C output channels, H, W input size,
@@ -37,84 +36,42 @@ from npmobilenet.kernels.conv_direct import _FASTMATH, valid_range
 
 @njit(cache=True)
 def make_buffer(OH, OW, sh, sw, like):
-    """Zeroed scratch (rows, sw, cols) holding every input position an (OH, OW) output reads."""
-    return np.zeros(((OH - 1) * sh + 3, sw, OW + 2 // sw), dtype=like.dtype)
-
-
-@njit(cache=True, inline="always")
-def _load_row(buf, row, srow, pl, sw):
-    """buf[row, r, q] = srow[q*sw + r - pl] for every phase r and every q inside srow."""
-    for r in range(sw):
-        q_lo, q_hi = valid_range(r - pl, sw, srow.shape[0], buf.shape[2])
-        dst = buf[row, r, q_lo:q_hi]  # views indexed from 0: no wraparound test, vectorised
-        src = srow[q_lo * sw + r - pl :]
-        for t in range(q_hi - q_lo):
-            dst[t] = src[t * sw]
-
-
-@njit(cache=True, inline="always")
-def _load_row_stride2(buf, row, srow, pl):
-    """``_load_row`` for sw == 2: even and odd padded columns filled in one loop.
-
-    Padded column c = pl + w goes to phase c % 2, column c // 2. Reading the input pairwise
-    (w, w + 1) lets LLVM vectorise the de-interleave with shuffles.
-    """
-    W, cols = srow.shape[0], buf.shape[2]
-    w0 = max(0, -pl)  # first input column at or right of padded column 0
-    if (pl + w0) % 2 == 1:  # it starts an odd column: store it alone
-        if w0 < W and (pl + w0) // 2 < cols:
-            buf[row, 1, (pl + w0) // 2] = srow[w0]
-        w0 += 1
-    q0 = (pl + w0) // 2  # pairs (w0 + 2t, w0 + 2t + 1) -> (even, odd) column q0 + t
-    npairs = max(0, min((W - w0) // 2, cols - q0))
-    even, odd, s = buf[row, 0, q0 : q0 + npairs], buf[row, 1, q0 : q0 + npairs], srow[w0:]
-    for t in range(npairs):
-        even[t] = s[2 * t]
-        odd[t] = s[2 * t + 1]
-    w_last = w0 + 2 * npairs  # an unpaired last column lands in the even phase
-    if w_last < W and q0 + npairs < cols:
-        buf[row, 0, q0 + npairs] = srow[w_last]
+    """Zeroed scratch (rows, cols) holding every input position an (OH, OW) output reads."""
+    return np.zeros(((OH - 1) * sh + 3, (OW - 1) * sw + 3), dtype=like.dtype)
 
 
 @njit(cache=True)
 def load_plane(src, buf, pt, pl):
-    """Copy the plane src (H, W) into buf so that ``buf[pt + h, r, q]`` = src[h, q*sw + r - pl].
+    """buf[pt + h, pl + w] = src[h, w]: copy a plane into the zero-bordered scratch.
 
     Positions outside the plane are never written, so they stay zero (the padding). pt and pl
     may be negative (a crop): rows and columns that land outside the buffer are skipped.
     """
-    rows, sw = buf.shape[0], buf.shape[1]
-    for h in range(max(0, -pt), min(src.shape[0], rows - pt)):
-        if sw == 1:
-            _load_row(buf, pt + h, src[h], pl, 1)
-        elif sw == 2:
-            _load_row_stride2(buf, pt + h, src[h], pl)
-        else:
-            _load_row(buf, pt + h, src[h], pl, sw)
+    rows, cols = buf.shape
+    H, W = src.shape
+    w_lo, w_hi = max(0, -pl), min(W, cols - pl)
+    for h in range(max(0, -pt), min(H, rows - pt)):
+        dst, srow = buf[pt + h, pl + w_lo :], src[h, w_lo:]  # views indexed from 0
+        for t in range(w_hi - w_lo):
+            dst[t] = srow[t]
 
 
 @njit(cache=True, inline="always", fastmath=_FASTMATH)
 def _add_row(dst, oh, buf, ih, ws, sw):
-    """dst[oh, q] += sum_ij ws[3*i + j] * padded[ih + i, q*sw + j] for every q: one output row."""
+    """dst[oh, q] += sum_ij ws[3*i + j] * buf[ih + i, q*sw + j] for every q: one output row."""
     for q in range(dst.shape[1]):
+        p = q * sw
         dst[oh, q] += (
-            ws[0] * buf[ih, 0 % sw, q + 0 // sw]
-            + ws[1] * buf[ih, 1 % sw, q + 1 // sw]
-            + ws[2] * buf[ih, 2 % sw, q + 2 // sw]
-            + ws[3] * buf[ih + 1, 0 % sw, q + 0 // sw]
-            + ws[4] * buf[ih + 1, 1 % sw, q + 1 // sw]
-            + ws[5] * buf[ih + 1, 2 % sw, q + 2 // sw]
-            + ws[6] * buf[ih + 2, 0 % sw, q + 0 // sw]
-            + ws[7] * buf[ih + 2, 1 % sw, q + 1 // sw]
-            + ws[8] * buf[ih + 2, 2 % sw, q + 2 // sw]
-        )
+            ws[0] * buf[ih, p] + ws[1] * buf[ih, p + 1] + ws[2] * buf[ih, p + 2]
+            + ws[3] * buf[ih + 1, p] + ws[4] * buf[ih + 1, p + 1] + ws[5] * buf[ih + 1, p + 2]
+            + ws[6] * buf[ih + 2, p] + ws[7] * buf[ih + 2, p + 1] + ws[8] * buf[ih + 2, p + 2]
+        )  # fmt: skip
 
 
 @njit(cache=True, fastmath=_FASTMATH)
-def plane3x3(buf, wk, dst, sh):
-    """dst (OH, OW) += sum_ij wk[i, j] * padded[oh*sh + i, ow*sw + j], padded held in buf."""
+def plane3x3(buf, wk, dst, sh, sw):
+    """dst (OH, OW) += sum_ij wk[i, j] * buf[oh*sh + i, ow*sw + j] (buf: the padded plane)."""
     ws = (wk[0, 0], wk[0, 1], wk[0, 2], wk[1, 0], wk[1, 1], wk[1, 2], wk[2, 0], wk[2, 1], wk[2, 2])
-    sw = buf.shape[1]
     for oh in range(dst.shape[0]):
         if sw == 1:
             _add_row(dst, oh, buf, oh * sh, ws, 1)
@@ -126,26 +83,26 @@ def plane3x3(buf, wk, dst, sh):
 
 @njit(cache=True, inline="always", fastmath=_FASTMATH)
 def _row_weight_grad(d, oh, buf, ih, acc, sw):
-    """acc[i, j] += sum_q d[oh, q] * padded[ih + i, q*sw + j]: one output row's contribution.
+    """acc[i, j] += sum_q d[oh, q] * buf[ih + i, q*sw + j]: one output row's contribution.
 
-    Differentiates ``dst[oh, q] += sum_ij ws[3*i + j] * padded[...]`` of ``_add_row`` with
-    respect to the weight: the dot product of the output-gradient row with each tap's row.
+    Differentiates ``dst[oh, q] += sum_ij ws[3*i + j] * buf[ih + i, q*sw + j]`` of ``_add_row``
+    with respect to the weight: the dot product of the output-gradient row with each tap's row.
     """
     for i in range(3):
         g0 = g1 = g2 = acc[0, 0] * 0
         for q in range(d.shape[1]):
-            g0 += d[oh, q] * buf[ih + i, 0 % sw, q + 0 // sw]
-            g1 += d[oh, q] * buf[ih + i, 1 % sw, q + 1 // sw]
-            g2 += d[oh, q] * buf[ih + i, 2 % sw, q + 2 // sw]
+            p = q * sw
+            g0 += d[oh, q] * buf[ih + i, p]
+            g1 += d[oh, q] * buf[ih + i, p + 1]
+            g2 += d[oh, q] * buf[ih + i, p + 2]
         acc[i, 0] += g0
         acc[i, 1] += g1
         acc[i, 2] += g2
 
 
 @njit(cache=True, fastmath=_FASTMATH)
-def plane3x3_weight_grad(buf, dplane, sh, acc):
-    """acc (3, 3) += sum over pixels of dplane[oh, ow] * padded[oh*sh + i, ow*sw + j]."""
-    sw = buf.shape[1]
+def plane3x3_weight_grad(buf, dplane, sh, sw, acc):
+    """acc (3, 3) += sum over pixels of dplane[oh, ow] * buf[oh*sh + i, ow*sw + j]."""
     for oh in range(dplane.shape[0]):
         if sw == 1:
             _row_weight_grad(dplane, oh, buf, oh * sh, acc, 1)
@@ -169,25 +126,46 @@ def depthwise3x3_forward(x, w, out, sh, sw, pt, pl):
         for c in range(C):
             load_plane(x[n, c], buf, pt, pl)
             for k in range(c * m, (c + 1) * m):
-                plane3x3(buf, w[k, 0], out[n, k], sh)
+                plane3x3(buf, w[k, 0], out[n, k], sh, sw)
 
 
 @njit(cache=True)
-def depthwise3x3_backward_input(dout, w_flipped, dx, pt, pl):
-    """Input gradient of a stride-1 depthwise 3x3 convolution; adds into dx (N, C, H, W).
+def load_plane_upsampled(src, buf, pt, pl, sh, sw):
+    """buf[pt + oh*sh, pl + ow*sw] = src[oh, ow]: a plane spread out with sh-1 / sw-1 zeros.
 
-    dout (N, K, OH, OW); w_flipped (K, 1, 3, 3) is the weight rotated by 180 degrees. With
-    stride 1 the forward reads ``x[oh - pt + i, ow - pl + j]``, so
-    ``dx[ih, iw] = sum_ij w[i, j] * dout[ih + pt - i, iw + pl - j]``: a forward 3x3
-    correlation of dout with the flipped filter and padding (2 - pt, 2 - pl).
+    The zero-stuffed ("dilated") plane that turns a strided convolution's input gradient into a
+    stride-1 correlation. Positions between the spread-out values are never written, so they
+    stay zero; values that would land outside buf (a crop) are skipped.
+    """
+    rows, cols = buf.shape
+    ow_lo, ow_hi = valid_range(pl, sw, cols, src.shape[1])  # ow with 0 <= pl + ow*sw < cols
+    for oh in range(src.shape[0]):
+        row = pt + oh * sh
+        if row < 0 or row >= rows or ow_hi == ow_lo:
+            continue
+        dst, srow = buf[row, pl + ow_lo * sw :], src[oh, ow_lo:ow_hi]
+        for t in range(ow_hi - ow_lo):
+            dst[t * sw] = srow[t]
+
+
+@njit(cache=True)
+def depthwise3x3_backward_input(dout, w_flipped, dx, sh, sw, pt, pl):
+    """Input gradient of a depthwise 3x3 convolution; adds into dx (N, C, H, W).
+
+    dout (N, K, OH, OW); w_flipped (K, 1, 3, 3) is the weight rotated by 180 degrees.
+    Differentiates the forward ``out[oh, ow] += sum_ij w[i, j] * x[oh*sh - pt + i, ow*sw - pl + j]``
+    with respect to x: ``dx[ih, iw] = sum_ij w[i, j] * dout[(ih + pt - i)/sh, (iw + pl - j)/sw]``
+    over the taps where the division is exact. Spreading dout out with zeros (``U[oh*sh, ow*sw] =
+    dout[oh, ow]``) makes that a stride-1 correlation of U with the flipped filter and padding
+    (2 - pt, 2 - pl), which ``plane3x3`` computes.
     """
     N, K = dout.shape[0], dout.shape[1]
     m = K // dx.shape[1]
     buf = make_buffer(dx.shape[2], dx.shape[3], 1, 1, dout)
     for n in range(N):
         for k in range(K):
-            load_plane(dout[n, k], buf, 2 - pt, 2 - pl)
-            plane3x3(buf, w_flipped[k, 0], dx[n, k // m], 1)
+            load_plane_upsampled(dout[n, k], buf, 2 - pt, 2 - pl, sh, sw)
+            plane3x3(buf, w_flipped[k, 0], dx[n, k // m], 1, 1)
 
 
 @njit(cache=True)
@@ -200,4 +178,4 @@ def depthwise3x3_backward_weight(dout, x, dweight, sh, sw, pt, pl):
         for c in range(C):
             load_plane(x[n, c], buf, pt, pl)
             for k in range(c * m, (c + 1) * m):
-                plane3x3_weight_grad(buf, dout[n, k], sh, dweight[k, 0])
+                plane3x3_weight_grad(buf, dout[n, k], sh, sw, dweight[k, 0])

@@ -264,15 +264,14 @@ def _backward_direct(dout, x, weight, stride, pad, dilation, groups):
     dx, dweight = np.zeros_like(x), np.zeros_like(weight)
     if _is_depthwise3x3(weight, dilation):
         depthwise3x3_backward_weight(dout, x, dweight, sh, sw, pad[0], pad[2])
-        if stride == (1, 1):  # dx is a correlation of dout with the 180-degree rotated filter
-            w_flipped = np.ascontiguousarray(weight[:, :, ::-1, ::-1])
-            depthwise3x3_backward_input(dout, w_flipped, dx, pad[0], pad[2])
-            return dx, dweight
+        # dx is a correlation of (zero-spread) dout with the 180-degree rotated filter
+        w_flipped = np.ascontiguousarray(weight[:, :, ::-1, ::-1])
+        depthwise3x3_backward_input(dout, w_flipped, dx, sh, sw, pad[0], pad[2])
     else:
         conv2d_direct_backward_weight(
             dout, x, dweight, sh, sw, pad[0], pad[2], dil_h, dil_w, groups
         )
-    conv2d_direct_backward_input(dout, weight, dx, sh, sw, pad[0], pad[2], dil_h, dil_w, groups)
+        conv2d_direct_backward_input(dout, weight, dx, sh, sw, pad[0], pad[2], dil_h, dil_w, groups)
     return dx, dweight
 
 
