@@ -264,3 +264,18 @@ def test_auto_rule():
     assert choose_method((1, 3, 8, 8), (32, 3, 3, 3), (2, 2), (1, 1, 1, 1), 1) == "im2col"
     assert choose_method((1, 32, 8, 8), (32, 32, 3, 3), (1, 1), (1, 1, 1, 1), 1) == "im2col"
     assert choose_method((1, 32, 8, 8), (64, 32, 1, 1), (2, 2), (0, 0, 0, 0), 1) == "im2col"
+
+
+@given(cfg=conv2d_configs(depthwise=True, max_channels=6))
+def test_strategy_depthwise_flag_draws_only_depthwise(cfg):
+    C, K = cfg["x_shape"][-3], cfg["weight_shape"][0]
+    assert cfg["groups"] == C and cfg["weight_shape"][1] == 1
+    assert cfg["depth_multiplier"] == K // C and K % C == 0
+
+
+@given(cfg=conv2d_configs())
+def test_strategy_out_shape_is_the_shape_conv2d_returns(cfg):
+    arrays = make_conv2d_inputs(cfg, seed=0)
+    out, _ = conv2d_forward(**arrays, **conv2d_kwargs(cfg))
+    assert out.shape == cfg["out_shape"] and out.dtype == cfg["dtype"]
+    assert (arrays["bias"] is not None) == cfg["bias"]

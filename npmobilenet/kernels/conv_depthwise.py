@@ -88,16 +88,27 @@ def _row_weight_grad(d, oh, buf, ih, acc, sw):
     Differentiates ``dst[oh, q] += sum_ij ws[3*i + j] * buf[ih + i, q*sw + j]`` of ``_add_row``
     with respect to the weight: the dot product of the output-gradient row with each tap's row.
     """
-    for i in range(3):
-        g0 = g1 = g2 = acc[0, 0] * 0
-        for q in range(d.shape[1]):
-            p = q * sw
-            g0 += d[oh, q] * buf[ih + i, p]
-            g1 += d[oh, q] * buf[ih + i, p + 1]
-            g2 += d[oh, q] * buf[ih + i, p + 2]
-        acc[i, 0] += g0
-        acc[i, 1] += g1
-        acc[i, 2] += g2
+    g00 = g01 = g02 = g10 = g11 = g12 = g20 = g21 = g22 = acc[0, 0] * 0
+    for q in range(d.shape[1]):
+        p, dq = q * sw, d[oh, q]
+        g00 += dq * buf[ih, p]
+        g01 += dq * buf[ih, p + 1]
+        g02 += dq * buf[ih, p + 2]
+        g10 += dq * buf[ih + 1, p]
+        g11 += dq * buf[ih + 1, p + 1]
+        g12 += dq * buf[ih + 1, p + 2]
+        g20 += dq * buf[ih + 2, p]
+        g21 += dq * buf[ih + 2, p + 1]
+        g22 += dq * buf[ih + 2, p + 2]
+    acc[0, 0] += g00
+    acc[0, 1] += g01
+    acc[0, 2] += g02
+    acc[1, 0] += g10
+    acc[1, 1] += g11
+    acc[1, 2] += g12
+    acc[2, 0] += g20
+    acc[2, 1] += g21
+    acc[2, 2] += g22
 
 
 @njit(cache=True, fastmath=_FASTMATH)

@@ -41,6 +41,7 @@ def conv2d_configs(
     max_kernel=4,
     dtypes=(np.float32, np.float64),
     allow_unbatched=True,
+    depthwise=False,
 ):
     """Draw one valid conv2d configuration as a dict.
 
@@ -54,9 +55,11 @@ def conv2d_configs(
 
     ``max_channels`` bounds C and K, ``max_size`` bounds H and W (an input may be made larger
     only when the drawn dilated kernel needs it), ``max_kernel`` bounds kH and kW.
+    ``depthwise=True`` draws only depthwise configurations (groups == C, so weight (K, 1, kH, kW)
+    with K = multiplier * C), e.g. to fuzz a depthwise-only layer without filtering.
     """
     groups = draw(st.integers(1, max_channels))
-    c_per_group = draw(st.integers(1, max_channels // groups))
+    c_per_group = 1 if depthwise else draw(st.integers(1, max_channels // groups))
     k_per_group = draw(st.integers(1, max_channels // groups))
     C, K = groups * c_per_group, groups * k_per_group
     kh, kw = draw(st.integers(1, max_kernel)), draw(st.integers(1, max_kernel))
