@@ -120,6 +120,7 @@ class Conv2d(Module):
         return out
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
+        """Differentiates ``ops.conv2d_forward`` in forward: returns dx, accumulates dW, db."""
         dx, dw, db = ops.conv2d_backward(dout, self._take_cache("Conv2d.backward"))
         self._cache = None
         _accumulate(self.weight, dw)
@@ -180,6 +181,8 @@ class BatchNorm2d(Module):
         return out
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
+        """Differentiates ``ops.batch_norm_forward`` in forward (batch or running statistics,
+        as in that forward): returns dx, accumulates dweight, dbias."""
         dx, dw, db = ops.batch_norm_backward(dout, self._take_cache("BatchNorm2d.backward"))
         self._cache = None
         _accumulate(self.weight, dw)
@@ -208,6 +211,7 @@ class ReLU(_Elementwise):
         return out
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
+        """Differentiates ``ops.relu_forward``: dout where the input was positive, else 0."""
         dx = ops.relu_backward(dout, self._take_cache("ReLU.backward"))
         self._cache = None
         return dx
@@ -221,6 +225,7 @@ class ReLU6(_Elementwise):
         return out
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
+        """Differentiates ``ops.relu6_forward``: dout where 0 < input < 6, else 0."""
         dx = ops.relu6_backward(dout, self._take_cache("ReLU6.backward"))
         self._cache = None
         return dx
@@ -240,6 +245,7 @@ class Dropout(_Elementwise):
         return out
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
+        """Differentiates ``ops.dropout_forward`` with the same mask and scale."""
         dx = ops.dropout_backward(dout, self._take_cache("Dropout.backward"))
         self._cache = None
         return dx
@@ -264,6 +270,7 @@ class MaxPool2d(Module):
         return out
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
+        """Differentiates ``ops.max_pool2d_forward``: dout routed to each window's argmax."""
         dx = ops.max_pool2d_backward(dout, self._take_cache("MaxPool2d.backward"))
         self._cache = None
         return dx
@@ -297,6 +304,7 @@ class AvgPool2d(Module):
         return out
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
+        """Differentiates ``ops.avg_pool2d_forward``: dout spread evenly over each window."""
         dx = ops.avg_pool2d_backward(dout, self._take_cache("AvgPool2d.backward"))
         self._cache = None
         return dx
@@ -324,6 +332,7 @@ class AdaptiveAvgPool2d(Module):
         return out
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
+        """Differentiates ``ops.adaptive_avg_pool2d_forward``: dout spread over each bin."""
         dx = ops.adaptive_avg_pool2d_backward(dout, self._take_cache("AdaptiveAvgPool2d.backward"))
         self._cache = None
         return dx
@@ -355,6 +364,7 @@ class Linear(Module):
         return out
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
+        """Differentiates ``ops.linear_forward`` in forward: returns dx, accumulates dW, db."""
         dx, dw, db = ops.linear_backward(dout, self._take_cache("Linear.backward"))
         self._cache = None
         _accumulate(self.weight, dw)
