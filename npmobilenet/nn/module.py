@@ -211,7 +211,10 @@ class Module:
 def _check_source(key: str, value, dst: np.ndarray):
     """Return ``(value as an array, problem text or None)`` for loading ``value`` into ``dst``."""
     if hasattr(value, "__array__") and not isinstance(value, np.ndarray):
-        value = np.asarray(value)
+        try:  # e.g. a CPU torch tensor
+            value = np.asarray(value)
+        except Exception as e:  # noqa: BLE001 - reported with the other problems
+            return None, f"{key}: could not convert {type(value).__name__} to an array ({e})"
     if not isinstance(value, np.ndarray):
         return None, f"{key}: expected a numpy array, got {describe(value)}"
     if value.shape != dst.shape:
