@@ -38,7 +38,7 @@ def resolve(name: str):
         try:
             obj = importlib.import_module(module)
         except ModuleNotFoundError as err:
-            if err.name != module:
+            if not (module == err.name or module.startswith(f"{err.name}.")):
                 raise  # a real import error inside the package: show it
             continue
         for attr in parts[i:]:
