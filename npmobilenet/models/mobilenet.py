@@ -68,6 +68,27 @@ ACTIVATIONS = {"relu": ReLU, "relu6": ReLU6}
 CONV_KINDS = ("separable", "full")
 
 
+def _checked_config(alpha, num_classes, in_channels, dropout, activation, dtype, seed, conv):
+    """Validate MobileNetV1's arguments (section 7 of the issue); return them as a dict."""
+    op = "MobileNetV1"
+    alpha = chk.number(op, "alpha", alpha, low=0.0, low_open=True)
+    if int(FIRST_CONV_CHANNELS * alpha) < 1:  # the narrowest layer; int(c * alpha) grows with c
+        raise ValueError(
+            f"{op}: alpha={alpha} leaves first_conv with int(32 * alpha) = 0 channels;"
+            " alpha must be at least 1/32 = 0.03125"
+        )
+    return dict(
+        alpha=alpha,
+        num_classes=chk.integer(op, "num_classes", num_classes, 1),
+        in_channels=chk.integer(op, "in_channels", in_channels, 1),
+        dropout=chk.number(op, "dropout", dropout, 0.0, 1.0, high_open=True),
+        activation=chk.choice(op, "activation", activation, ACTIVATIONS),
+        dtype=float_dtype(op, dtype).name,
+        seed=None if seed is None else chk.integer(op, "seed", seed, 0),
+        conv=chk.choice(op, "conv", conv, CONV_KINDS),
+    )
+
+
 class ConvBlock(Module):
     """3x3 convolution (no bias) + BatchNorm + activation: the seed's ``FirstConv``, and each
     block of the full-convolution baseline. ``(N, C, H, W) -> (N, K, OH, OW)``."""
@@ -146,56 +167,42 @@ class MobileNetV1(Module):
         conv: str = "separable",
     ) -> None:
         super().__init__()
-        op = "MobileNetV1"
-        alpha = chk.number(op, "alpha", alpha, low=0.0, low_open=True)
-        if int(FIRST_CONV_CHANNELS * alpha) < 1:
-            raise ValueError(
-                f"{op}: alpha={alpha} leaves first_conv with int(32 * alpha) = 0 channels;"
-                " alpha must be at least 1/32 = 0.03125"
-            )
-        num_classes = chk.integer(op, "num_classes", num_classes, 1)
-        in_channels = chk.integer(op, "in_channels", in_channels, 1)
-        dropout = chk.number(op, "dropout", dropout, 0.0, 1.0, high_open=True)
-        chk.choice(op, "activation", activation, ACTIVATIONS)
-        chk.choice(op, "conv", conv, CONV_KINDS)
-        dtype = float_dtype(op, dtype)
-        if seed is not None:
-            seed = chk.integer(op, "seed", seed, 0)
-        self.config = dict(
-            alpha=alpha, num_classes=num_classes, in_channels=in_channels, dropout=dropout,
-            activation=activation, dtype=dtype.name, conv=conv,
-        )  # fmt: skip
-        self.dtype = dtype
-        init_seed, dropout_seed = np.random.SeedSequence(seed).spawn(2)
+        self.config = _checked_config(
+            alpha, num_classes, in_channels, dropout, activation, dtype, seed, conv
+        )
+        self.dtype = np.dtype(self.config["dtype"])
+        init_seed, dropout_seed = np.random.SeedSequence(self.config["seed"]).spawn(2)
+        stages = self._build_features()
+        self.avgpool = AdaptiveAvgPool2d(1)
+        self.flatten = Flatten(1)
+        self.dropout = Dropout(dropout, rng=np.random.default_rng(dropout_seed))
+        self.fc = Linear(int(1024 * alpha), num_classes, dtype=self.dtype)
+        stages += [(n, getattr(self, n)) for n in ("avgpool", "flatten", "dropout", "fc")]
+        self._stages = tuple(stages)  # forward order, with the seed's trace labels
+        self._out_meta = None
+        self.reset_parameters(init_seed)
 
-        def width(c: int) -> int:
-            return int(c * alpha)
-
-        self.first_conv = ConvBlock(in_channels, width(32), 2, activation, dtype)
+    def _build_features(self) -> list:
+        """first_conv and one module per Table 1 row; returns the (trace label, module) list."""
+        alpha, act, dtype = self.config["alpha"], self.config["activation"], self.dtype
+        full = self.config["conv"] == "full"
+        self.first_conv = ConvBlock(self.config["in_channels"], int(32 * alpha), 2, act, dtype)
         stages = [("first_conv", self.first_conv)]
         for name, c_in, c_out, stride, repeats in TABLE_1:
-            if conv == "full":
-                name = name.replace("depthwise_sep_conv", "full_conv")
-            block = ConvBlock if conv == "full" else DepthwiseSeparableConv
+            name = name.replace("depthwise_sep_conv", "full_conv") if full else name
+            block = ConvBlock if full else DepthwiseSeparableConv
             blocks = [
-                block(width(c_in if i == 0 else c_out), width(c_out), stride if i == 0 else 1,
-                      activation, dtype)
+                block(int((c_in if i == 0 else c_out) * alpha), int(c_out * alpha),
+                      stride if i == 0 else 1, act, dtype)
                 for i in range(repeats)
             ]  # fmt: skip
             if repeats == 1:
                 setattr(self, name, blocks[0])
                 stages.append((name, blocks[0]))
-            else:
+            else:  # a ModuleList, as in the seed: keys depthwise_sep_conv6.0.dwconv.weight ...
                 setattr(self, name, ModuleList(blocks))
                 stages += [(f"{name} #{i}", b) for i, b in enumerate(blocks)]
-        self.avgpool = AdaptiveAvgPool2d(1)
-        self.flatten = Flatten(1)
-        self.dropout = Dropout(dropout, rng=np.random.default_rng(dropout_seed))
-        self.fc = Linear(width(1024), num_classes, dtype=dtype)
-        stages += [(n, getattr(self, n)) for n in ("avgpool", "flatten", "dropout", "fc")]
-        self._stages = tuple(stages)  # forward order, with the seed's trace labels
-        self._out_meta = None
-        self.reset_parameters(init_seed)
+        return stages
 
     def reset_parameters(self, seed=None) -> None:
         """The issue's initialisation, reproducible from ``seed`` (int, SeedSequence or None).
