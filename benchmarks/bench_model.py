@@ -343,32 +343,69 @@ def first_call_latency():
 MEMORY = textwrap.dedent(
     """
     import resource, sys
-    sys.path[:0] = {paths!r}
-    import numpy as np, torch
-    torch.set_num_threads(2)
-    import bench_model as b
-    case = b.Case("mem", "train", 32, 224, target=None)
-    ours, theirs = case.build(torch)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    (ours if sys.argv[1] == "npmobilenet" else theirs)()
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(before / 1024, after / 1024)
+    import numpy as np
+    lib, batch, res = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+
+    def peak_mib():
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    if lib == "npmobilenet":
+        from npmobilenet import ops
+        from npmobilenet.models import MobileNetV1
+
+        model = MobileNetV1(seed=0)
+
+        def step(x, y):
+            model.zero_grad()
+            loss, cache = ops.cross_entropy_forward(model.forward(x), y)
+            model.backward(ops.cross_entropy_backward(np.float32(1.0), cache))
+            for p in model.parameters():
+                p.data -= 1e-3 * p.grad
+    else:
+        import torch
+        torch.set_num_threads(2)
+        sys.path.insert(0, "tests")
+        from torch_reference import build_seed_mobilenet
+
+        model = build_seed_mobilenet(torch)
+
+        def step(x, y):
+            model.zero_grad()
+            logits = model(torch.from_numpy(x))
+            loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(y))
+            loss.backward()
+            with torch.no_grad():
+                for p in model.parameters():
+                    p -= 1e-3 * p.grad
+
+    rng = np.random.default_rng(0)
+    step(rng.standard_normal((2, 3, 32, 32), dtype=np.float32), np.array([1, 2]))  # warm-up
+    x = rng.standard_normal((batch, 3, res, res), dtype=np.float32)
+    y = rng.integers(0, 1000, batch)
+    before = peak_mib()
+    step(x, y)
+    print(before, peak_mib())
     """
 )
 
 
-def training_peak_memory():
-    """Peak RSS growth (MiB) of one batch-32, 224 training step, each library in its own process."""
-    code = MEMORY.format(paths=[str(ROOT / "benchmarks"), str(ROOT), str(ROOT / "tests")])
+def training_peak_memory(batch=32, res=224):
+    """Peak RSS (MiB) of one training step, each library alone in a fresh process.
+
+    ``ru_maxrss`` is a high-water mark: ``rss_before_mib`` is the peak after import, model
+    construction, a small warm-up step (Numba compilation, allocator pools) and the batch;
+    ``step_growth_mib`` is how far the training step pushed it up.
+    """
     out = {}
     for lib in ("npmobilenet", "torch"):
-        res = subprocess.run(
-            [sys.executable, "-c", code, lib], capture_output=True, text=True, cwd=ROOT
-        )
-        if res.returncode != 0:
-            out[lib] = dict(error=res.stderr.strip().splitlines()[-1:])
+        res_ = subprocess.run(
+            [sys.executable, "-c", MEMORY, lib, str(batch), str(res)],
+            capture_output=True, text=True, cwd=ROOT,
+        )  # fmt: skip
+        if res_.returncode != 0:
+            out[lib] = dict(error=res_.stderr.strip().splitlines()[-1:])
             continue
-        before, after = map(float, res.stdout.split())
+        before, after = map(float, res_.stdout.split())
         out[lib] = dict(rss_before_mib=before, rss_peak_mib=after, step_growth_mib=after - before)
     return out
 
