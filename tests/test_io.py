@@ -71,7 +71,8 @@ def test_save_state_dict_writes_strided_arrays_correctly(tmp_path):
     back = load_state_dict_file(path)
     for k, v in state.items():
         np.testing.assert_array_equal(back[k], v)
-        assert back[k].dtype == v.dtype and back[k].flags.writeable
+        assert back[k].shape == v.shape and back[k].dtype == v.dtype  # 0-d stays 0-d
+        assert back[k].flags.writeable
 
 
 def test_failed_save_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypatch):
