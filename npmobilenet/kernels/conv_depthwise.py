@@ -175,7 +175,10 @@ def depthwise3x3_backward_input(dout, w_flipped, dx, sh, sw, pt, pl):
     buf = make_buffer(dx.shape[2], dx.shape[3], 1, 1, dout)
     for n in range(N):
         for k in range(K):
-            load_plane_upsampled(dout[n, k], buf, 2 - pt, 2 - pl, sh, sw)
+            if sh == 1 and sw == 1:  # nothing to spread out: the plain (contiguous) copy
+                load_plane(dout[n, k], buf, 2 - pt, 2 - pl)
+            else:
+                load_plane_upsampled(dout[n, k], buf, 2 - pt, 2 - pl, sh, sw)
             plane3x3(buf, w_flipped[k, 0], dx[n, k // m], 1, 1)
 
 

@@ -12,9 +12,11 @@ Semantics are exactly ``torch.nn.functional.conv2d`` in 2-D (a cross-correlation
 
 Three implementations sit behind one API (``method=``):
 
-* ``"direct"``: loops over output rows and kernel taps (``kernels/conv_direct.py``). The readable
-  reference, and the fast path for depthwise convolution, where there is no matrix product to
-  hand to BLAS.
+* ``"direct"``: loops over output rows and kernel taps (``kernels/conv_direct.py``, which also
+  holds the naive textbook loops it is tested against). The fast path for depthwise
+  convolution, where there is no matrix product to hand to BLAS: 3x3 depthwise weights
+  (K, 1, 3, 3) with dilation 1, MobileNet's case, run specialised kernels
+  (``kernels/conv_depthwise.py``) that sum all nine taps in one vectorised pass.
 * ``"im2col"``: copy each image's receptive fields into a (C*kH*kW, L) matrix
   (``kernels/im2col.py``) and multiply by the (K, C*kH*kW) weight, one GEMM per group. A 1x1,
   stride-1, unpadded convolution (a *pointwise* convolution) needs no copy at all: the image
