@@ -328,12 +328,59 @@ def width_resolution() -> None:
     save(fig, "width_resolution.png")
 
 
+# ---------------------------------------------------------------------------------------------
+# Learning-rate schedules (training.md)
+# ---------------------------------------------------------------------------------------------
+
+
+def lr_schedules() -> None:
+    """The learning rate per step under each npmobilenet.optim.lr_scheduler schedule."""
+    from npmobilenet.nn import Parameter
+    from npmobilenet.optim import SGD, lr_scheduler
+
+    steps = 100
+
+    def trace(make):
+        opt = SGD([Parameter(np.zeros(1))], lr=0.1, momentum=0.9)
+        sched = make(opt)
+        rates = []
+        for _ in range(steps):
+            rates.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return rates
+
+    schedules = {
+        "OneCycleLR(max_lr=0.1)": lambda o: lr_scheduler.OneCycleLR(o, 0.1, total_steps=steps),
+        "CosineAnnealingLR(T_max=100)": lambda o: lr_scheduler.CosineAnnealingLR(o, T_max=steps),
+        "StepLR(step_size=30, gamma=0.3)": lambda o: lr_scheduler.StepLR(o, 30, gamma=0.3),
+        "LinearLR warm-up, then cosine": lambda o: lr_scheduler.SequentialLR(
+            o,
+            [
+                lr_scheduler.LinearLR(o, 0.1, total_iters=10),
+                lr_scheduler.CosineAnnealingLR(o, T_max=steps - 10),
+            ],
+            milestones=[10],
+        ),  # fmt: skip
+    }
+    fig, ax = plt.subplots(figsize=(6.4, 3.4))
+    for label, make in schedules.items():
+        ax.plot(range(steps), trace(make), label=label)
+    ax.set_xlabel("step (optimizer.step() calls)")
+    ax.set_ylabel("learning rate")
+    ax.set_title("npmobilenet.optim.lr_scheduler, base lr 0.1")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    save(fig, "lr_schedules.png")
+
+
 FIGURES = {
     "cost_ratio": cost_ratio,
     "im2col": im2col_matrix,
     "conv_timing": conv_timing,
     "mobilenet_layers": mobilenet_layers,
     "width_resolution": width_resolution,
+    "lr_schedules": lr_schedules,
 }
 
 
