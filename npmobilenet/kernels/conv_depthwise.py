@@ -112,9 +112,56 @@ def _row_weight_grad(d, oh, buf, ih, acc, sw):
 
 
 @njit(cache=True, fastmath=_FASTMATH)
-def plane3x3_weight_grad(buf, dplane, sh, sw, acc):
-    """acc (3, 3) += sum over pixels of dplane[oh, ow] * buf[oh*sh + i, ow*sw + j]."""
-    for oh in range(dplane.shape[0]):
+def _flat_weight_grad_stride1(buf, dbuf, acc):
+    """acc[i, j] += sum_q dbuf_flat[q] * buf_flat[q + i*cols + j]: stride 1, whole plane at once.
+
+    dbuf (rows, cols) holds the output gradient with buf's row length, its extra columns zero.
+    With equal row lengths, output pixel (oh, ow) and its tap (oh + i, ow + j) are a constant
+    ``i*cols + j`` apart in the flattened arrays, so the plane is one long vectorised loop
+    (rows of 7 would otherwise be all loop overhead).
+    """
+    rows, cols = buf.shape
+    flat, d = buf.reshape(rows * cols), dbuf.reshape(rows * cols)
+    b00, b01, b02 = flat[0:], flat[1:], flat[2:]  # views indexed from 0 (no wraparound test)
+    b10, b11, b12 = flat[cols:], flat[cols + 1 :], flat[cols + 2 :]
+    b20, b21, b22 = flat[2 * cols :], flat[2 * cols + 1 :], flat[2 * cols + 2 :]
+    g00 = g01 = g02 = g10 = g11 = g12 = g20 = g21 = g22 = acc[0, 0] * 0
+    for q in range((rows - 2) * cols - 2):  # up to the last real pixel (rows-3, cols-3)
+        dq = d[q]
+        g00 += dq * b00[q]
+        g01 += dq * b01[q]
+        g02 += dq * b02[q]
+        g10 += dq * b10[q]
+        g11 += dq * b11[q]
+        g12 += dq * b12[q]
+        g20 += dq * b20[q]
+        g21 += dq * b21[q]
+        g22 += dq * b22[q]
+    acc[0, 0] += g00
+    acc[0, 1] += g01
+    acc[0, 2] += g02
+    acc[1, 0] += g10
+    acc[1, 1] += g11
+    acc[1, 2] += g12
+    acc[2, 0] += g20
+    acc[2, 1] += g21
+    acc[2, 2] += g22
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def plane3x3_weight_grad(buf, dplane, sh, sw, acc, dbuf):
+    """acc (3, 3) += sum over pixels of dplane[oh, ow] * buf[oh*sh + i, ow*sw + j].
+
+    dbuf: zeroed scratch shaped like buf, used at stride 1 (see ``_flat_weight_grad_stride1``).
+    """
+    OH, OW = dplane.shape
+    if sh == 1 and sw == 1:
+        for oh in range(OH):
+            for ow in range(OW):
+                dbuf[oh, ow] = dplane[oh, ow]
+        _flat_weight_grad_stride1(buf, dbuf, acc)
+        return
+    for oh in range(OH):
         if sw == 1:
             _row_weight_grad(dplane, oh, buf, oh * sh, acc, 1)
         elif sw == 2:
@@ -188,8 +235,9 @@ def depthwise3x3_backward_weight(dout, x, dweight, sh, sw, pt, pl):
     N, C = x.shape[0], x.shape[1]
     m = dweight.shape[0] // C
     buf = make_buffer(dout.shape[2], dout.shape[3], sh, sw, x)
+    dbuf = np.zeros_like(buf)
     for n in range(N):
         for c in range(C):
             load_plane(x[n, c], buf, pt, pl)
             for k in range(c * m, (c + 1) * m):
-                plane3x3_weight_grad(buf, dout[n, k], sh, sw, dweight[k, 0])
+                plane3x3_weight_grad(buf, dout[n, k], sh, sw, dweight[k, 0], dbuf)
