@@ -113,6 +113,29 @@ def conv2d_naive_backward(dout, x, w, dx, dweight, sh, sw, pt, pl, dil_h, dil_w,
 # --------------------------------------------------------------------------------------------
 
 
+@njit(cache=True, inline="always", fastmath=_FASTMATH)
+def _axpy(o, xs, wv, sw):
+    """o[t] += wv * xs[t*sw]: one tap added to a stretch of an output row."""
+    for t in range(o.shape[0]):
+        o[t] += wv * xs[t * sw]
+
+
+@njit(cache=True, inline="always", fastmath=_FASTMATH)
+def _axpy_strided(dxs, ds, wv, sw):
+    """dxs[t*sw] += wv * ds[t]: the transpose of ``_axpy`` (input gradient of one tap)."""
+    for t in range(ds.shape[0]):
+        dxs[t * sw] += wv * ds[t]
+
+
+@njit(cache=True, inline="always", fastmath=_FASTMATH)
+def _dot(ds, xs, sw):
+    """sum_t ds[t] * xs[t*sw]: the weight gradient of one tap over a stretch of a row."""
+    acc = ds[0] * 0
+    for t in range(ds.shape[0]):
+        acc += ds[t] * xs[t * sw]
+    return acc
+
+
 @njit(cache=True, fastmath=_FASTMATH)
 def conv2d_direct_forward(x, w, out, sh, sw, pt, pl, dil_h, dil_w, groups):
     """Grouped convolution, row by row. x (N, C, H, W), w (K, Cg, kH, kW), out (N, K, OH, OW).
@@ -140,9 +163,14 @@ def conv2d_direct_forward(x, w, out, sh, sw, pt, pl, dil_h, dil_w, groups):
                         for j in range(kW):
                             off = j * dil_w - pl
                             lo, hi = valid_range(off, sw, W, OW)
-                            wv = w[k, c, i, j]
-                            for ow in range(lo, hi):
-                                orow[ow] += wv * xrow[ow * sw + off]
+                            if hi == lo:
+                                continue  # this tap reads only padding
+                            # views that start at the first valid column: indices t, t*sw >= 0
+                            o, xs = orow[lo:hi], xrow[lo * sw + off :]
+                            if sw == 1:  # a literal stride lets LLVM vectorise
+                                _axpy(o, xs, w[k, c, i, j], 1)
+                            else:
+                                _axpy(o, xs, w[k, c, i, j], sw)
 
 
 @njit(cache=True, fastmath=_FASTMATH)
@@ -171,9 +199,13 @@ def conv2d_direct_backward_input(dout, w, dx, sh, sw, pt, pl, dil_h, dil_w, grou
                         for j in range(kW):
                             off = j * dil_w - pl
                             lo, hi = valid_range(off, sw, W, OW)
-                            wv = w[k, c, i, j]
-                            for ow in range(lo, hi):
-                                dxrow[ow * sw + off] += wv * drow[ow]
+                            if hi == lo:
+                                continue
+                            dxs, ds = dxrow[lo * sw + off :], drow[lo:hi]
+                            if sw == 1:
+                                _axpy_strided(dxs, ds, w[k, c, i, j], 1)
+                            else:
+                                _axpy_strided(dxs, ds, w[k, c, i, j], sw)
 
 
 @njit(cache=True, fastmath=_FASTMATH)
@@ -202,7 +234,10 @@ def conv2d_direct_backward_weight(dout, x, dweight, sh, sw, pt, pl, dil_h, dil_w
                         for j in range(kW):
                             off = j * dil_w - pl
                             lo, hi = valid_range(off, sw, W, OW)
-                            acc = dweight[k, c, i, j] * 0  # a zero of the input dtype
-                            for ow in range(lo, hi):
-                                acc += drow[ow] * xrow[ow * sw + off]
-                            dweight[k, c, i, j] += acc
+                            if hi == lo:
+                                continue
+                            ds, xs = drow[lo:hi], xrow[lo * sw + off :]
+                            if sw == 1:
+                                dweight[k, c, i, j] += _dot(ds, xs, 1)
+                            else:
+                                dweight[k, c, i, j] += _dot(ds, xs, sw)
