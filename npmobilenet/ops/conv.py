@@ -23,7 +23,9 @@ Three implementations sit behind one API (``method=``):
   already is that matrix, so it is computed as ``weight (K, C) @ x (C, H*W)`` directly.
 * ``"auto"``: see ``choose_method``.
 
-Padding is never materialised with ``np.pad``: kernels skip taps that land in the padding.
+Padding is never materialised for a whole tensor (no ``np.pad``): the general kernels skip the
+taps that land in the padding, and the depthwise 3x3 kernels copy one plane at a time into a
+small zero-bordered scratch buffer.
 """
 
 from __future__ import annotations
