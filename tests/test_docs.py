@@ -1,6 +1,6 @@
 """Every example in the documentation runs here, so the docs cannot drift from the code.
 
-Conventions (also stated for writers at the top of ``docs/index.md``'s source):
+Conventions (summarised for readers on ``docs/index.md``):
 
 * Each page under ``docs/`` is one test. Its fenced blocks run **in document order**, in a fresh
   temporary working directory, sharing one namespace per page (later blocks see earlier names).
@@ -9,19 +9,21 @@ Conventions (also stated for writers at the top of ``docs/index.md``'s source):
   ``# Output:`` followed by the expected output, one ``# ``-prefixed comment line per output
   line (a bare ``#`` for an empty line). The captured stdout must equal that text, line by line,
   ignoring trailing whitespace; ``...`` in the expected text matches any run of characters
-  (doctest's ELLIPSIS), used only for timings and for digits that depend on floating-point
-  rounding or BLAS. A block without ``# Output:`` must print nothing.
+  (doctest's ELLIPSIS), so a line holding only ``...`` elides any number of lines. It is used
+  only for timings, for digits that depend on floating-point rounding or BLAS, and to elide the
+  middle of long tables. A block without ``# Output:`` must print nothing.
 * ````python title="some_file.py"`` blocks are not executed in-process: they are written to that
   file in the page's directory, and a later ````console`` block on the same page must run it.
 * ````console`` blocks are executed: each ``$ command`` line runs (``npmobilenet ...`` and
   ``python ...`` with this interpreter), must exit 0, and its stdout must match the lines that
   follow it up to the next ``$`` line, with the same ``...`` rule.
-* ````bash`` blocks are the only ones not executed. They may contain only set-up commands
-  (``pip install``, ``git clone``, ``cd``, ``mkdocs``, the figure script, which CI runs before
-  ``mkdocs build --strict``), plus the full default training run,
-  which the trainer's own tests cover and which would blow this file's time budget;
-  ``test_bash_blocks_are_setup_only`` enforces that. Every other fence language is forbidden
-  (``text`` blocks are fine for non-code such as directory layouts).
+* ````bash`` blocks are the only ones not executed, and ``test_bash_blocks_are_setup_only``
+  restricts them to set-up commands (``pip install``, ``git clone``, ``cd``, ``mkdocs``, the
+  figure script, which CI runs before ``mkdocs build --strict``) and to two long runs that would
+  blow this file's time budget: the full default ``npmobilenet train`` (about a minute; the
+  trainer's own tests cover it) and the benchmark scripts (``python benchmarks/...``, minutes
+  each). ````text`` blocks hold non-code such as directory layouts; any other fence language is
+  an error.
 
 A page whose examples ``import torch`` (moving weights to PyTorch) requests the ``torch`` fixture
 of ``tests/conftest.py``: it is skipped with a reason where torch is absent, and fails under
@@ -57,7 +59,7 @@ FENCE = re.compile(
 TITLE = re.compile(r'title="([^"]+)"')
 BASH_ALLOWED = re.compile(
     r"^(pip install |git clone |cd |mkdocs |python docs/figures/make_figures.py$"
-    r"|npmobilenet train$|#|$)"
+    r"|python benchmarks/|npmobilenet train$|#|$)"
 )
 EXECUTED = {"python", "console"}
 NOT_EXECUTED = {"bash", "text"}
