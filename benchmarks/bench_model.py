@@ -342,12 +342,13 @@ def first_call_latency():
 
 MEMORY = textwrap.dedent(
     """
-    import resource, sys
+    import sys
     import numpy as np
     lib, batch, res = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 
-    def peak_mib():
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    def status_mib(key):  # VmRSS (now) or VmHWM (peak) of this process, from /proc
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) / 1024 for line in f if line.startswith(key))
 
     if lib == "npmobilenet":
         from npmobilenet import ops
@@ -382,9 +383,14 @@ MEMORY = textwrap.dedent(
     step(rng.standard_normal((2, 3, 32, 32), dtype=np.float32), np.array([1, 2]))  # warm-up
     x = rng.standard_normal((batch, 3, res, res), dtype=np.float32)
     y = rng.integers(0, 1000, batch)
-    before = peak_mib()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset the peak (VmHWM) to the current RSS
+    except OSError:
+        pass
+    before = status_mib("VmHWM:")
     step(x, y)
-    print(before, peak_mib())
+    print(before, status_mib("VmHWM:"))
     """
 )
 
@@ -392,9 +398,11 @@ MEMORY = textwrap.dedent(
 def training_peak_memory(batch=32, res=224):
     """Peak RSS (MiB) of one training step, each library alone in a fresh process.
 
-    ``ru_maxrss`` is a high-water mark: ``rss_before_mib`` is the peak after import, model
-    construction, a small warm-up step (Numba compilation, allocator pools) and the batch;
-    ``step_growth_mib`` is how far the training step pushed it up.
+    Reads Linux's VmHWM (peak resident set) from /proc, reset just before the step (``ru_maxrss``
+    would not do: Linux carries it over from the parent process across exec).
+    ``rss_before_mib``: resident after import, model construction, a small warm-up step (Numba
+    compilation, allocator pools) and the batch; ``step_growth_mib``: how far the step pushed the
+    peak above that.
     """
     out = {}
     for lib in ("npmobilenet", "torch"):

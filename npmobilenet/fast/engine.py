@@ -26,6 +26,7 @@ the identity in eval mode.
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -223,8 +224,6 @@ class FusedMobileNetV1:
         Kinds: ``first conv``, ``depthwise``, ``pointwise GEMM``, ``pointwise bias+act``,
         ``pointwise bias+act+pool`` (the last block), ``linear``.
         """
-        import time
-
         x = self._check_input(x)
         times: dict[str, float] = {}
         last = [time.perf_counter()]
