@@ -63,10 +63,10 @@ DEFAULTS = {
     "alpha": 0.25,
     "resolution": 32,
     "channels": None,  # None: 1 for the grey digits, 3 otherwise
-    "epochs": 30,
+    "epochs": 15,
     "batch_size": 64,
     "optimizer": "sgd",
-    "lr": 0.1,
+    "lr": 0.2,
     "momentum": 0.9,
     "weight_decay": 5e-4,
     "depthwise_weight_decay": 0.0,
@@ -167,10 +167,13 @@ def load_data(config: dict, warn=print):
         for w in caught:
             warn(f"warning: {w.message}")
         test, summary = None, train.summary
+    skipped = list(getattr(train, "skipped", []))
     if test is None:
         train, test = split(train, config["test_fraction"], config["seed"])
         summary += f"; held out {len(test)} for testing"
-    return _fit_images(train, r, c), _fit_images(test, r, c), summary
+    train = _fit_images(train, r, c)
+    train.skipped = skipped  # unreadable files, for metrics.json
+    return train, _fit_images(test, r, c), summary
 
 
 def _is_cifar(path: str) -> bool:
