@@ -168,10 +168,11 @@ def test_depthwise_equals_per_channel_convolutions(rng, method, multiplier):
 
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_pointwise_equals_matmul(rng, method, dtype):
-    x = rng.standard_normal((3, 6, 4, 5)).astype(dtype)
+@pytest.mark.parametrize("hw", [(4, 5), (16, 17)])  # dW as one batched GEMM / one per image
+def test_pointwise_equals_matmul(rng, method, dtype, hw):
+    x = rng.standard_normal((3, 6, *hw)).astype(dtype)
     w = rng.standard_normal((7, 6, 1, 1)).astype(dtype)
-    dout = rng.standard_normal((3, 7, 4, 5)).astype(dtype)
+    dout = rng.standard_normal((3, 7, *hw)).astype(dtype)
     out, cache = conv2d_forward(x, w, method=method)
     dx, dw, _ = conv2d_backward(dout, cache)
     x64, w64, d64 = (a.astype(np.float64) for a in (x, w[:, :, 0, 0], dout))

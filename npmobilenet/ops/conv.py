@@ -344,11 +344,33 @@ def _backward_pointwise(dout, x, weight, stride, pad, dilation, groups):
     # forward: out = w3 @ x4, so dx = w3.T @ dout and dW = sum over images of dout @ x.T.
     # The transposes are views: BLAS reads them with its transpose flag, nothing is copied.
     dx = np.matmul(w3.transpose(0, 2, 1), d4)  # (N, G, Cg, H*W)
-    dw3 = np.zeros_like(w3)
-    step = np.empty_like(w3)
+    return dx.reshape(x.shape), _pointwise_dweight(d4, x4).reshape(weight.shape)
+
+
+# Below this many pixels per image, dW is one GEMM over the whole batch (a small transposing
+# copy); above it, one GEMM per image with no copy. Measured at N=64, K=C=256, H*W=1: one GEMM
+# 0.09 ms, per image 9.4 ms; at N=16, C=32, K=64, H*W=12544: one GEMM 44 ms, per image 24 ms.
+POINTWISE_BATCHED_DW_MAX_HW = 255
+
+
+def _pointwise_dweight(d4, x4):
+    """dW (G, Kg, Cg) = sum over images n of d4[n] (G, Kg, L) @ x4[n].T (G, L, Cg).
+
+    The sum over images and pixels is one contraction over N*L; for small images it is handed
+    to BLAS as one GEMM, ``(G, Kg, N*L) @ (G, N*L, Cg)``, after moving the batch axis next to
+    the pixels (a copy of each operand; the transpose of x is a view).
+    """
+    N, G, Kg, L = d4.shape
+    Cg = x4.shape[2]
+    if L <= POINTWISE_BATCHED_DW_MAX_HW:
+        d2 = d4.transpose(1, 2, 0, 3).reshape(G, Kg, N * L)  # (G, Kg, N*L) copy
+        x2 = x4.transpose(1, 2, 0, 3).reshape(G, Cg, N * L)  # (G, Cg, N*L) copy
+        return np.matmul(d2, x2.transpose(0, 2, 1))
+    dw3 = np.zeros((G, Kg, Cg), dtype=d4.dtype)
+    step = np.empty_like(dw3)
     for n in range(N):
         dw3 += np.matmul(d4[n], x4[n].transpose(0, 2, 1), out=step)
-    return dx.reshape(x.shape), dw3.reshape(weight.shape)
+    return dw3
 
 
 _FORWARD = {"direct": _forward_direct, "im2col": _forward_im2col, "pointwise": _forward_pointwise}
