@@ -7,7 +7,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from npmobilenet.kernels import batchnorm as K
-from npmobilenet.ops import batch_norm_backward, batch_norm_forward
+from npmobilenet.ops import (
+    batch_norm_backward,
+    batch_norm_forward,
+    relu6_backward,
+    relu6_forward,
+    relu_backward,
+    relu_forward,
+)
+from npmobilenet.ops.batchnorm import batch_norm_act_backward, batch_norm_act_forward
 
 DTYPES = [np.float64, np.float32]
 
@@ -139,3 +147,75 @@ def test_kernels_match_naive(dtype):
     K.train_dx(dout, x, *v, a)
     K.train_dx_naive(dout, x, *v, b)
     np.testing.assert_allclose(a, b, **TOL[dtype])
+
+
+# ------------------------------------------------------------------ BN fused with ReLU / ReLU6
+UNFUSED_ACT = {"relu": (relu_forward, relu_backward), "relu6": (relu6_forward, relu6_backward)}
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("activation", ["relu", "relu6"])
+@pytest.mark.parametrize("training", [True, False])
+def test_act_matches_bn_then_activation(dtype, activation, training):
+    """The fused op against the two trusted ops in a row (which test_matches_torch checks)."""
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal((3, 4, 5, 6)) * 4 + 1).astype(dtype)
+    w, b = (rng.standard_normal(4) * 3).astype(dtype), rng.standard_normal(4).astype(dtype)
+    dout = rng.standard_normal(x.shape).astype(dtype)
+    stats = [np.zeros(4, dtype), np.ones(4, dtype)]
+    stats_ref = [s.copy() for s in stats]
+    out, cache = batch_norm_act_forward(x, w, b, *stats, training, activation=activation)
+    act_fwd, act_bwd = UNFUSED_ACT[activation]
+    y, bn_cache = batch_norm_forward(x, w, b, *stats_ref, training)
+    ref, act_cache = act_fwd(y)
+    np.testing.assert_array_equal(out, ref)
+    assert out.dtype == dtype and (out == 0).any() and (activation == "relu" or (out == 6).any())
+    for s, s_ref in zip(stats, stats_ref):
+        np.testing.assert_array_equal(s, s_ref)
+    grads = batch_norm_act_backward(dout, cache)
+    grads_ref = batch_norm_backward(act_bwd(dout, act_cache), bn_cache)
+    for g, g_ref in zip(grads, grads_ref):
+        assert g.dtype == dtype
+        np.testing.assert_allclose(g, g_ref, rtol=1e-12 if dtype == np.float64 else 1e-6,
+                                   atol=1e-12 if dtype == np.float64 else 1e-6)  # fmt: skip
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("six", [False, True])
+def test_act_kernels_match_naive(six):
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((3, 4, 17)) * 5 + 2).astype(np.float32)
+    dout = rng.standard_normal(x.shape).astype(np.float32)
+    scale, shift, mean, k, a, b = (rng.standard_normal(4) for _ in range(6))
+    out, out_n = np.empty_like(x), np.empty_like(x)
+    K.scale_shift_act(x, scale, shift, out, six)
+    K.scale_shift_act_naive(x, scale, shift, out_n, six)
+    np.testing.assert_array_equal(out, out_n)
+    sums = K.grad_sums_act(dout, out, x, mean, six)
+    for fast, naive in zip(sums, K.grad_sums_act_naive(dout, out, x, mean, six)):
+        np.testing.assert_allclose(fast, naive, rtol=1e-10, atol=1e-10)
+    dx, dx_n = np.empty_like(x), np.empty_like(x)
+    K.train_dx_act(dout, out, x, mean, k, a, b, dx, six)
+    K.train_dx_act_naive(dout, out, x, mean, k, a, b, dx_n, six)
+    np.testing.assert_allclose(dx, dx_n, **TOL[np.float32])
+
+
+def test_act_bad_inputs():
+    x, v = np.zeros((2, 3, 4), np.float32), np.ones(3, np.float32)
+    with pytest.raises(ValueError, match=r"batch_norm_act_forward: activation must be one of"):
+        batch_norm_act_forward(x, v, v, v.copy(), v.copy(), True, activation="tanh")
+    with pytest.raises(TypeError, match=r"batch_norm_act_forward: x must have dtype"):
+        batch_norm_act_forward(x.astype(int), v, v, v.copy(), v.copy(), True)
+    with pytest.raises(ValueError, match=r"batch_norm_act_forward: weight must have shape \(3,\)"):
+        batch_norm_act_forward(x, np.ones(2, np.float32), v, v.copy(), v.copy(), True)
+    _, plain = batch_norm_forward(x, v, v, v.copy(), v.copy(), True)
+    _, fused = batch_norm_act_forward(x, v, v, v.copy(), v.copy(), True)
+    with pytest.raises(
+        TypeError, match="batch_norm_act_backward: cache must be the cache returned"
+    ):
+        batch_norm_act_backward(x, plain)
+    with pytest.raises(TypeError, match="batch_norm_backward: cache must be the cache returned"):
+        batch_norm_backward(x, fused)
+    with pytest.raises(ValueError, match=r"batch_norm_act_backward: dout has shape \(2, 3\)"):
+        batch_norm_act_backward(np.zeros((2, 3), np.float32), fused)

@@ -13,7 +13,7 @@ import npmobilenet.models
 from npmobilenet import ops
 from npmobilenet.gradcheck import GradcheckError, check_grad
 from npmobilenet.models import MobileNetV1
-from npmobilenet.nn import BatchNorm2d, Conv2d, ReLU, ReLU6
+from npmobilenet.nn import BatchNorm2d, Conv2d
 
 # The seed article's Codeblock 9 output at alpha 1, 224x224, batch 1 (softmax row dropped: our
 # model returns logits; our dropout stage is the identity here).
@@ -178,25 +178,31 @@ def _freeze_activation_patterns(model) -> dict:
     equals the network in a neighbourhood of that point and has the same gradient there, so
     the check still covers every backward, the model's wiring and its caches; the activations'
     own backward (the mask) is checked against torch in test_nn.py.
+
+    The model applies each activation fused into the batch norm before it
+    (``BatchNorm2d.forward_act``), so that is where the pattern is recorded (from the fused
+    output: 0 where the input was <= 0, the top where it was >= the top) and replayed (after
+    the plain batch norm).
     """
     state = {"frozen": False}
     for _, mod in model.named_modules():
-        if isinstance(mod, (ReLU, ReLU6)):
-            _record_then_replay(mod, state, 6.0 if isinstance(mod, ReLU6) else np.inf)
+        if isinstance(mod, BatchNorm2d):
+            _record_then_replay(mod, state)
     return state
 
 
-def _record_then_replay(mod, state, top):
-    real_forward = mod.forward
+def _record_then_replay(bn, state):
+    real_forward_act = bn.forward_act
 
-    def forward(x):
+    def forward_act(x, activation):
         if not state["frozen"]:
-            mod.pattern = (x <= 0, x >= top)
-            return real_forward(x)
-        low, high = mod.pattern
-        return np.where(low, 0.0, np.where(high, top, x))
+            out = real_forward_act(x, activation)
+            bn.pattern = (out <= 0, out >= (6.0 if activation == "relu6" else np.inf))
+            return out
+        low, high = bn.pattern
+        return np.where(low, 0.0, np.where(high, 6.0, bn.forward(x)))
 
-    mod.forward = forward
+    bn.forward_act = forward_act
 
 
 def _model_gradcheck(model, x, labels, seed, **tolerances):

@@ -125,3 +125,103 @@ def train_dx_naive(dout, x, mean, k, a, b, dx):
     dx[...] = (
         k[None, :, None] * dout - a[None, :, None] * (x - mean[None, :, None]) - b[None, :, None]
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Batch norm fused with the ReLU / ReLU6 that follows it (MobileNet's every BN): one pass less
+# over the activations each way, and no intermediate (N, C, L) array.
+# --------------------------------------------------------------------------------------------
+
+
+@njit(cache=True, fastmath=_FAST)
+def scale_shift_act(x, scale, shift, out, six):
+    """out = act(x * scale[c] + shift[c]): :func:`scale_shift` then ReLU (ReLU6 if ``six``).
+
+    x, out: (N, C, L) of one dtype; scale, shift: (C,) float64. The affine value is rounded to
+    x's dtype first, exactly as the unfused BN output is, then clamped; a NaN stays NaN (as
+    ``np.maximum`` / ``np.clip`` and PyTorch keep it).
+    """
+    N, C, L = x.shape
+    for n in range(N):
+        for c in range(C):
+            a = scale[c]
+            b = shift[c]
+            for i in range(L):
+                out[n, c, i] = x[n, c, i] * a + b
+            for i in range(L):  # a second, in-cache pass: the clamp vectorises on its own
+                v = out[n, c, i]
+                if v < 0:
+                    v = 0
+                if six and v > 6:
+                    v = 6
+                out[n, c, i] = v
+
+
+def scale_shift_act_naive(x, scale, shift, out, six):
+    """NumPy reference for :func:`scale_shift_act`."""
+    scale_shift_naive(x, scale, shift, out)
+    out[...] = np.clip(out, 0, 6) if six else np.maximum(out, 0)
+
+
+@njit(cache=True, fastmath=_FAST)
+def grad_sums_act(dout, out, x, mean, six):
+    """:func:`grad_sums` of the gradient that reaches BN through the activation.
+
+    That gradient is g = 0 where ``out <= 0`` (or ``out >= 6`` for ReLU6) and dout elsewhere
+    (PyTorch's convention: a NaN passes). dout, out, x: (N, C, L); mean (C,) float64.
+    Returns sum(g) and sum(g * (x - mean)), (C,) float64 each.
+    """
+    N, C, L = x.shape
+    sum_dy = np.zeros(C, dtype=np.float64)
+    sum_dy_xmu = np.zeros(C, dtype=np.float64)
+    for c in range(C):
+        mu = mean[c]
+        s = 0.0
+        t = 0.0
+        for n in range(N):
+            for i in range(L):
+                o = out[n, c, i]
+                g = dout[n, c, i]
+                if o <= 0 or (six and o >= 6):
+                    g = 0
+                s += g
+                t += g * (x[n, c, i] - mu)
+        sum_dy[c] = s
+        sum_dy_xmu[c] = t
+    return sum_dy, sum_dy_xmu
+
+
+def _act_grad_naive(dout, out, six):
+    blocked = (out <= 0) | (out >= 6) if six else out <= 0
+    return np.where(blocked, 0, dout).astype(dout.dtype)
+
+
+def grad_sums_act_naive(dout, out, x, mean, six):
+    """NumPy reference for :func:`grad_sums_act`."""
+    return grad_sums_naive(_act_grad_naive(dout, out, six), x, mean)
+
+
+@njit(cache=True, fastmath=_FAST)
+def train_dx_act(dout, out, x, mean, k, a, b, dx, six):
+    """:func:`train_dx` of the gradient through the activation (masked as in ``grad_sums_act``).
+
+    dout, out, x, dx: (N, C, L) of one dtype; mean, k, a, b: (C,) float64. Writes dx.
+    """
+    N, C, L = x.shape
+    for n in range(N):
+        for c in range(C):
+            kc = k[c]
+            ac = a[c]
+            mc = mean[c]
+            bc = b[c]
+            for i in range(L):
+                o = out[n, c, i]
+                g = dout[n, c, i]
+                if o <= 0 or (six and o >= 6):
+                    g = 0
+                dx[n, c, i] = kc * g - ac * (x[n, c, i] - mc) - bc
+
+
+def train_dx_act_naive(dout, out, x, mean, k, a, b, dx, six):
+    """NumPy reference for :func:`train_dx_act`."""
+    train_dx_naive(_act_grad_naive(dout, out, six), x, mean, k, a, b, dx)

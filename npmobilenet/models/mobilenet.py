@@ -100,18 +100,21 @@ class ConvBlock(Module):
         self.relu = ACTIVATIONS[activation]()
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        return self.relu.forward(self.bn.forward(self.conv.forward(x)))
+        # relu(bn(conv(x))), with BN and the activation fused into one op (same numbers)
+        return self.bn.forward_act(self.conv.forward(x), self.relu.name)
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
-        """The forward's three calls, differentiated in reverse."""
-        return self.conv.backward(self.bn.backward(self.relu.backward(dout)))
+        """The forward's calls, differentiated in reverse (bn's backward covers the activation)."""
+        return self.conv.backward(self.bn.backward(dout))
 
 
 class DepthwiseSeparableConv(Module):
     """3x3 depthwise conv + BN + act, then 1x1 pointwise conv + BN + act (the seed's block).
 
     ``(N, C, H, W) -> (N, C, OH, OW) -> (N, K, OH, OW)``; the stride sits on the depthwise conv.
-    Each activation is its own module (the seed shares one ReLU; here each keeps its cache).
+    Each activation is its own module (the seed shares one ReLU), which the forward applies
+    fused into the batch norm before it: ``bn0.forward_act(x, relu0.name)`` computes
+    ``relu0(bn0(x))`` in one pass (the same numbers), and ``bn0.backward`` differentiates both.
     """
 
     def __init__(self, in_ch: int, out_ch: int, stride: int, activation: str, dtype) -> None:
@@ -127,13 +130,13 @@ class DepthwiseSeparableConv(Module):
         self.relu1 = act()
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        x = self.relu0.forward(self.bn0.forward(self.dwconv.forward(x)))  # depthwise
-        return self.relu1.forward(self.bn1.forward(self.pwconv.forward(x)))  # pointwise
+        x = self.bn0.forward_act(self.dwconv.forward(x), self.relu0.name)  # depthwise
+        return self.bn1.forward_act(self.pwconv.forward(x), self.relu1.name)  # pointwise
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
         """The forward's two lines, differentiated in reverse (pointwise first)."""
-        dout = self.pwconv.backward(self.bn1.backward(self.relu1.backward(dout)))
-        return self.dwconv.backward(self.bn0.backward(self.relu0.backward(dout)))
+        dout = self.pwconv.backward(self.bn1.backward(dout))
+        return self.dwconv.backward(self.bn0.backward(dout))
 
 
 class MobileNetV1(Module):

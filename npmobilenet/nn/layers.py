@@ -21,6 +21,7 @@ from npmobilenet import _checks as chk
 from npmobilenet import ops
 from npmobilenet.nn.module import Module
 from npmobilenet.nn.parameter import Parameter
+from npmobilenet.ops import batchnorm as bn_ops
 
 
 def as_generator(rng) -> np.random.Generator:
@@ -167,23 +168,50 @@ class BatchNorm2d(Module):
         self.register_buffer("running_mean", np.zeros(num_features, dtype))
         self.register_buffer("running_var", np.ones(num_features, dtype))
         self.register_buffer("num_batches_tracked", np.zeros((), np.int64))
+        object.__setattr__(self, "_checked_key", None)  # see _forward
 
     def forward(self, x: np.ndarray) -> np.ndarray:
+        return self._forward(x, None)
+
+    def forward_act(self, x: np.ndarray, activation: str) -> np.ndarray:
+        """``relu(self.forward(x))`` (``activation="relu"`` or ``"relu6"``) in one fused op.
+
+        The same numbers as this layer then a ReLU / ReLU6 layer, one pass less each way
+        (``ops.batch_norm_act_forward``); ``backward`` then differentiates both.
+        """
+        return self._forward(x, activation)
+
+    def _forward(self, x: np.ndarray, act) -> np.ndarray:
         momentum = self.momentum
         if momentum is None:  # cumulative average; unused in eval mode
             momentum = 1.0 / float(self.num_batches_tracked + 1) if self.training else 0.0
-        out, self._cache = ops.batch_norm_forward(
-            x, self.weight.data, self.bias.data, self.running_mean, self.running_var,
-            self.training, momentum, self.eps,
-        )  # fmt: skip
+        args = (self.weight.data, self.bias.data, self.running_mean, self.running_var)
+        # The op validates the first call with each input signature; later calls with the same
+        # one go straight to the computation (the arrays are this layer's own).
+        key = (type(x), getattr(x, "shape", None), getattr(x, "dtype", None), self.training, act,
+               *(id(a) for a in args))  # fmt: skip
+        if key == self._checked_key:
+            out, self._cache = bn_ops._forward(x, *args, self.training, momentum, self.eps, act)
+        elif act is None:
+            out, self._cache = ops.batch_norm_forward(x, *args, self.training, momentum, self.eps)
+        else:
+            out, self._cache = bn_ops.batch_norm_act_forward(
+                x, *args, self.training, momentum, self.eps, activation=act
+            )
+        object.__setattr__(self, "_checked_key", key)
         if self.training:
             self.num_batches_tracked += 1  # in place: a 0-d array, shared with state_dict()
         return out
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
         """Differentiates ``ops.batch_norm_forward`` in forward (batch or running statistics,
-        as in that forward): returns dx, accumulates dweight, dbias."""
-        dx, dw, db = ops.batch_norm_backward(dout, self._take_cache("BatchNorm2d.backward"))
+        as in that forward), or ``ops.batch_norm_act_forward`` after ``forward_act``: returns
+        dx, accumulates dweight, dbias."""
+        cache = self._take_cache("BatchNorm2d.backward")
+        if cache.act is None:
+            dx, dw, db = ops.batch_norm_backward(dout, cache)
+        else:
+            dx, dw, db = bn_ops.batch_norm_act_backward(dout, cache)
         self._cache = None
         _accumulate(self.weight, dw)
         _accumulate(self.bias, db)
@@ -206,6 +234,8 @@ class _Elementwise(Module):
 class ReLU(_Elementwise):
     """``max(x, 0)``, any shape."""
 
+    name = "relu"  # for BatchNorm2d.forward_act
+
     def forward(self, x: np.ndarray) -> np.ndarray:
         out, self._cache = ops.relu_forward(x)
         return out
@@ -219,6 +249,8 @@ class ReLU(_Elementwise):
 
 class ReLU6(_Elementwise):
     """``min(max(x, 0), 6)``, any shape (the TF/Keras MobileNet activation)."""
+
+    name = "relu6"  # for BatchNorm2d.forward_act
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         out, self._cache = ops.relu6_forward(x)

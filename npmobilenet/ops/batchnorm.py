@@ -10,9 +10,16 @@ Forward, for each channel c over the M = N * (product of spatial dims) values it
 
 The running statistics are the caller's arrays, updated in place (as PyTorch's buffers are).
 Input is ``(N, C)`` or ``(N, C, *)``; internally it is viewed as ``(N, C, L)``.
+
+``batch_norm_act_forward`` / ``batch_norm_act_backward`` are batch norm followed by ReLU or
+ReLU6 (MobileNet's pattern) in one op: the same numbers as the two ops in a row, with one pass
+less over the activations each way and no intermediate array.
 """
 
 from __future__ import annotations
+
+import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -21,45 +28,68 @@ from npmobilenet.kernels import batchnorm as K
 
 _FWD = "batch_norm_forward"
 _BWD = "batch_norm_backward"
+ACTIVATIONS = ("relu", "relu6")
 
 
-def _check_vector(name, v, x, allow_none):
+class BatchNormCache(NamedTuple):
+    """What the batch-norm forward keeps for its backward.
+
+    x3: the (N, C, L) contiguous view of x. w, mean, invstd: (C,) float64 copies of the weight
+    (ones without one) and of the statistics used. has_weight, has_bias: whether they were given.
+    training: batch statistics were used. shape: x's shape. act: None, "relu" or "relu6" (the
+    fused activation). out3: the (N, C, L) output when act is set (its zeros mark where the
+    activation blocked the gradient), else None.
+    """
+
+    x3: np.ndarray
+    w: np.ndarray
+    has_weight: bool
+    has_bias: bool
+    mean: np.ndarray
+    invstd: np.ndarray
+    training: bool
+    shape: tuple
+    act: str | None
+    out3: np.ndarray | None
+
+
+def _check_vector(name, v, x, allow_none, op=_FWD):
     """A per-channel vector: None (if allowed) or a float array of shape (C,) and x's dtype."""
     if v is None:
         if allow_none:
             return None
-        raise TypeError(f"{_FWD}: {name} must be an array of shape ({x.shape[1]},), got None")
-    _checks.float_array(_FWD, name, v, ndim=1)
+        raise TypeError(f"{op}: {name} must be an array of shape ({x.shape[1]},), got None")
+    _checks.float_array(op, name, v, ndim=1)
     if v.shape != (x.shape[1],):
         raise ValueError(
-            f"{_FWD}: {name} must have shape ({x.shape[1]},) (one per channel of x, whose shape"
+            f"{op}: {name} must have shape ({x.shape[1]},) (one per channel of x, whose shape"
             f" is {x.shape}), got shape {v.shape}"
         )
-    _checks.same_dtype(_FWD, "x", x, **{name: v})
+    _checks.same_dtype(op, "x", x, **{name: v})
     return v
 
 
-def _validate_forward(x, weight, bias, running_mean, running_var, training, momentum, eps):
-    _checks.float_array(_FWD, "x", x)
+def _validate_forward(x, weight, bias, running_mean, running_var, training, momentum, eps, op=_FWD):
+    _checks.float_array(op, "x", x)
     if x.ndim < 2:
-        raise ValueError(f"{_FWD}: x must be (N, C) or (N, C, *), got {x.ndim}-D shape {x.shape}")
+        raise ValueError(f"{op}: x must be (N, C) or (N, C, *), got {x.ndim}-D shape {x.shape}")
     if x.shape[1] == 0:
-        raise ValueError(f"{_FWD}: x must have at least one channel, got shape {x.shape}")
+        raise ValueError(f"{op}: x must have at least one channel, got shape {x.shape}")
     if not isinstance(training, (bool, np.bool_)):
-        raise TypeError(f"{_FWD}: training must be a bool, got {_checks.describe(training)}")
+        raise TypeError(f"{op}: training must be a bool, got {_checks.describe(training)}")
     for name, v in (("weight", weight), ("bias", bias)):
-        _check_vector(name, v, x, allow_none=True)
+        _check_vector(name, v, x, allow_none=True, op=op)
     for name, v in (("running_mean", running_mean), ("running_var", running_var)):
-        _check_vector(name, v, x, allow_none=bool(training))
+        _check_vector(name, v, x, allow_none=bool(training), op=op)
         if v is not None and not v.flags.writeable:
-            raise ValueError(f"{_FWD}: {name} must be writeable (it is updated in place)")
+            raise ValueError(f"{op}: {name} must be writeable (it is updated in place)")
     if (running_mean is None) != (running_var is None):
-        raise ValueError(f"{_FWD}: running_mean and running_var must both be arrays or both None")
-    momentum = _checks.number(_FWD, "momentum", momentum, low=0.0, high=1.0)
-    eps = _checks.number(_FWD, "eps", eps, low=0.0, low_open=True)
+        raise ValueError(f"{op}: running_mean and running_var must both be arrays or both None")
+    momentum = _checks.number(op, "momentum", momentum, low=0.0, high=1.0)
+    eps = _checks.number(op, "eps", eps, low=0.0, low_open=True)
     if training and x.size // x.shape[1] <= 1:
         raise ValueError(
-            f"{_FWD}: expected more than 1 value per channel when training, got input of shape"
+            f"{op}: expected more than 1 value per channel when training, got input of shape"
             f" {x.shape}"
         )
     return momentum, eps
@@ -82,15 +112,35 @@ def batch_norm_forward(
 
     Returns:
         out: same shape and dtype as x.
-        cache: (x3, w, has_weight, has_bias, mean, invstd, training, x.shape) with x3 the
-            (N, C, L) contiguous view of x and w, mean, invstd (C,) float64 copies of the weight
-            (ones without one) and of the statistics that were used.
+        cache: a ``BatchNormCache``.
     """
     momentum, eps = _validate_forward(
         x, weight, bias, running_mean, running_var, training, momentum, eps
     )
+    return _forward(x, weight, bias, running_mean, running_var, training, momentum, eps, None)
+
+
+def batch_norm_act_forward(
+    x, weight, bias, running_mean, running_var, training, momentum=0.1, eps=1e-5,
+    activation="relu",
+):  # fmt: skip
+    """``relu(batch_norm_forward(x, ...))`` (or relu6) in one op: the same numbers, one pass less.
+
+    Arguments as :func:`batch_norm_forward`, plus ``activation``: ``"relu"`` or ``"relu6"``.
+    Returns ``(out, cache)``, out of x's shape and dtype; backward: :func:`batch_norm_act_backward`.
+    """
+    op = "batch_norm_act_forward"
+    _checks.choice(op, "activation", activation, ACTIVATIONS)
+    momentum, eps = _validate_forward(
+        x, weight, bias, running_mean, running_var, training, momentum, eps, op=op
+    )
+    return _forward(x, weight, bias, running_mean, running_var, training, momentum, eps, activation)
+
+
+def _forward(x, weight, bias, running_mean, running_var, training, momentum, eps, act):
+    """Batch norm (then ``act`` if not None) on already validated arguments; see above."""
     N, C = x.shape[:2]
-    L = int(np.prod(x.shape[2:]))  # 1 for (N, C) input
+    L = math.prod(x.shape[2:])  # 1 for (N, C) input
     x3 = np.ascontiguousarray(x).reshape(N, C, L)  # (N, C, L)
     if training:
         mean, var = K.channel_stats(x3)  # (C,), (C,) float64, biased variance
@@ -107,8 +157,14 @@ def batch_norm_forward(
     scale = w * invstd  # out = x * scale + shift  ==  w * (x - mean) * invstd + b
     shift = b - mean * scale
     out = np.empty_like(x3)
-    K.scale_shift(x3, scale, shift, out)  # float64 coefficients, one rounding per element
-    cache = (x3, w, weight is not None, bias is not None, mean, invstd, bool(training), x.shape)
+    if act is None:
+        K.scale_shift(x3, scale, shift, out)  # float64 coefficients, one rounding per element
+    else:  # the same, then the activation on the rounded value
+        K.scale_shift_act(x3, scale, shift, out, act == "relu6")
+    cache = BatchNormCache(
+        x3, w, weight is not None, bias is not None, mean, invstd, bool(training), x.shape, act,
+        None if act is None else out,
+    )  # fmt: skip
     return out.reshape(x.shape), cache
 
 
@@ -131,10 +187,45 @@ def batch_norm_backward(dout, cache):
         dx (shape of x), dweight (C,) and dbias (C,); dweight and dbias are None when the
         forward had no weight / bias.
     """
-    x3, w, has_weight, has_bias, mean, invstd, training, shape = cache
-    dout = _checks.dout_like(_BWD, dout, shape, x3.dtype)
+    _check_cache(_BWD, cache, None)
+    dout = _checks.dout_like(_BWD, dout, cache.shape, cache.x3.dtype)
+    return _backward(dout, cache)
+
+
+def batch_norm_act_backward(dout, cache):
+    """Gradients of ``batch_norm_act_forward``: returns ``(dx, dweight, dbias)``.
+
+    Differentiates its two steps in reverse: the activation passes ``dout`` where the output is
+    positive (and below 6 for ReLU6) and blocks it elsewhere, as ``relu_backward`` does; what
+    passes goes through ``batch_norm_backward``'s formula. Both happen in the same two passes.
+    """
+    op = "batch_norm_act_backward"
+    _check_cache(op, cache, ACTIVATIONS)
+    dout = _checks.dout_like(op, dout, cache.shape, cache.x3.dtype)
+    return _backward(dout, cache)
+
+
+def _check_cache(op, cache, acts):
+    """The cache must come from the matching forward (plain BN: act None; fused: act set)."""
+    ok = isinstance(cache, BatchNormCache) and (
+        cache.act is None if acts is None else cache.act in acts
+    )
+    if not ok:
+        fwd = "batch_norm_forward" if acts is None else "batch_norm_act_forward"
+        raise TypeError(
+            f"{op}: cache must be the cache returned by {fwd}, got {_checks.describe(cache)}"
+        )
+
+
+def _backward(dout, cache):
+    """batch_norm_backward / batch_norm_act_backward on an already checked dout."""
+    x3, w, has_weight, has_bias, mean, invstd, training, shape, act, out3 = cache
     d3 = np.ascontiguousarray(dout).reshape(x3.shape)  # (N, C, L)
-    S, T = K.grad_sums(d3, x3, mean)  # (C,), (C,) float64
+    six = act == "relu6"
+    if act is None:
+        S, T = K.grad_sums(d3, x3, mean)  # (C,), (C,) float64
+    else:
+        S, T = K.grad_sums_act(d3, out3, x3, mean, six)  # sums of the gradient the act passes
     k = w * invstd  # (C,)
     dx = np.empty_like(x3)
     if training:
@@ -143,7 +234,10 @@ def batch_norm_backward(dout, cache):
     else:
         a, b = np.zeros_like(k), np.zeros_like(k)
     dt = x3.dtype
-    K.train_dx(d3, x3, mean, k, a, b, dx)  # float64 coefficients: the terms nearly cancel
+    if act is None:  # float64 coefficients: the terms nearly cancel
+        K.train_dx(d3, x3, mean, k, a, b, dx)
+    else:
+        K.train_dx_act(d3, out3, x3, mean, k, a, b, dx, six)
     dweight = (T * invstd).astype(dt) if has_weight else None
     dbias = S.astype(dt) if has_bias else None
     return dx.reshape(shape), dweight, dbias
