@@ -313,3 +313,48 @@ def test_subclass_must_call_init_first():
 
     with pytest.raises(AttributeError, match=r"Broken: call super\(\).__init__\(\) before"):
         Broken()
+
+
+def test_layers_check_every_new_input_signature_after_a_good_call(rng):
+    """Conv2d and BatchNorm2d validate once per input signature: a later bad input still gets
+    the op's error, and a changed layer setting is planned afresh."""
+    conv, bn = nn.Conv2d(3, 4, 3, padding=1, dtype=np.float32, rng=0), nn.BatchNorm2d(3)
+    x = rng.standard_normal((2, 3, 5, 5)).astype(np.float32)
+    for _ in range(2):
+        conv.forward(x)
+        bn.forward(x)
+    with pytest.raises(ValueError, match=r"conv2d: x has 2 channels"):
+        conv.forward(x[:, :2])
+    with pytest.raises(
+        TypeError, match=r"conv2d: weight has dtype float32 but x has dtype float64"
+    ):
+        conv.forward(x.astype(np.float64))
+    with pytest.raises(TypeError, match=r"conv2d: x must be a numpy array"):
+        conv.forward(x.tolist())
+    with pytest.raises(ValueError, match=r"batch_norm_forward: weight must have shape \(2,\)"):
+        bn.forward(x[:, :2])
+    with pytest.raises(ValueError, match=r"batch_norm_act_forward: activation must be one of"):
+        bn.forward_act(x, "tanh")
+    bn.eps = -1.0
+    with pytest.raises(ValueError, match=r"batch_norm_forward: eps must be > 0"):
+        bn.forward(x)
+    conv.stride = (2, 2)
+    assert conv.forward(x).shape == (2, 4, 3, 3)
+
+
+@pytest.mark.parametrize("act", ["relu", "relu6"])
+def test_batchnorm_forward_act_is_bn_then_activation_module(rng, act):
+    """forward_act + backward against the two modules in a row (each checked against torch)."""
+    fused, plain = nn.BatchNorm2d(3, dtype=np.float64), nn.BatchNorm2d(3, dtype=np.float64)
+    for m in (fused, plain):
+        m.weight.data[...] = [2.0, -1.0, 3.0]
+    relu = nn.ReLU() if act == "relu" else nn.ReLU6()
+    x, dout = rng.standard_normal((4, 3, 3, 3)) * 4, rng.standard_normal((4, 3, 3, 3))
+    out = fused.forward_act(x, act)
+    np.testing.assert_array_equal(out, relu.forward(plain.forward(x)))
+    dx = fused.backward(dout)
+    np.testing.assert_allclose(dx, plain.backward(relu.backward(dout)), rtol=1e-12, atol=1e-14)
+    for p, q in zip(fused.parameters(), plain.parameters()):
+        np.testing.assert_allclose(p.grad, q.grad, rtol=1e-12, atol=1e-14)
+    for k, v in plain.state_dict().items():
+        np.testing.assert_array_equal(fused.state_dict()[k], v)

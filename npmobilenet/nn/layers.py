@@ -22,6 +22,7 @@ from npmobilenet import ops
 from npmobilenet.nn.module import Module
 from npmobilenet.nn.parameter import Parameter
 from npmobilenet.ops import batchnorm as bn_ops
+from npmobilenet.ops import conv as conv_ops
 
 
 def as_generator(rng) -> np.random.Generator:
@@ -111,13 +112,21 @@ class Conv2d(Module):
             _uniform_init(rng, (out_channels, in_channels // groups, kh, kw), fan_in, dtype)
         )
         self.bias = Parameter(_uniform_init(rng, (out_channels,), fan_in, dtype)) if bias else None
+        self._plan_key = self._plan = None  # see forward
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        b = None if self.bias is None else self.bias.data
-        out, self._cache = ops.conv2d_forward(
-            x, self.weight.data, b, self.stride, self.padding, self.dilation, self.groups,
-            method=self.method,
-        )  # fmt: skip
+        w, b = self.weight.data, None if self.bias is None else self.bias.data
+        # Checked and planned on the first call with each input signature (``conv2d_plan``,
+        # what ``ops.conv2d_forward`` runs every call); later calls only run the plan.
+        key = (type(x), getattr(x, "shape", None), getattr(x, "dtype", None), id(w), w.shape,
+               w.dtype, None if b is None else (id(b), b.shape, b.dtype),
+               self.stride, self.padding, self.dilation, self.groups, self.method)  # fmt: skip
+        if key != self._plan_key:
+            self._plan = conv_ops.conv2d_plan(
+                x, w, b, self.stride, self.padding, self.dilation, self.groups, self.method
+            )
+            self._plan_key = key
+        out, self._cache = conv_ops.conv2d_run(x, w, b, self._plan)
         return out
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
@@ -189,7 +198,7 @@ class BatchNorm2d(Module):
         # The op validates the first call with each input signature; later calls with the same
         # one go straight to the computation (the arrays are this layer's own).
         key = (type(x), getattr(x, "shape", None), getattr(x, "dtype", None), self.training, act,
-               *(id(a) for a in args))  # fmt: skip
+               momentum, self.eps, *(id(a) for a in args))  # fmt: skip
         if key == self._checked_key:
             out, self._cache = bn_ops._forward(x, *args, self.training, momentum, self.eps, act)
         elif act is None:

@@ -190,6 +190,28 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
     out: (N, K, OH, OW), or (K, OH, OW) for an unbatched x, in x's dtype.
     cache: a ``Conv2dCache``.
     """
+    plan = conv2d_plan(x, weight, bias, stride, padding, dilation, groups, method)
+    return conv2d_run(x, weight, bias, plan)
+
+
+class Conv2dPlan(NamedTuple):
+    """The checked, resolved geometry of one ``conv2d_forward`` call (see ``conv2d_plan``)."""
+
+    stride: tuple[int, int]
+    padding: tuple[int, int, int, int]
+    dilation: tuple[int, int]
+    groups: int
+    method: str
+    unbatched: bool
+    out_shape: tuple[int, int, int, int]  # (N, K, OH, OW), N = 1 for an unbatched x
+
+
+def conv2d_plan(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, method="auto"):
+    """Validate ``conv2d_forward``'s arguments and resolve its geometry: a ``Conv2dPlan``.
+
+    ``conv2d_forward`` is ``conv2d_run(x, weight, bias, conv2d_plan(...))``. A caller that runs
+    the same geometry many times (a ``Conv2d`` layer) plans once and then only runs.
+    """
     op = "conv2d"
     x4, weight, bias, groups, unbatched = _check_arrays(op, x, weight, bias, groups)
     stride = _checks.pair(op, "stride", stride, minimum=1)
@@ -200,21 +222,25 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
     N, _, H, W = x4.shape
     OH = _output_size(op, H, pad[0] + pad[1], kernel[0], dilation[0], stride[0], "height")
     OW = _output_size(op, W, pad[2] + pad[3], kernel[1], dilation[1], stride[1], "width")
-
     if method == "auto":
         method = choose_method(x4.shape, weight.shape, stride, pad, groups)
     elif method == "im2col" and _is_pointwise(weight.shape, stride, pad):
         method = "pointwise"
-    x4, weight = np.ascontiguousarray(x4), np.ascontiguousarray(weight)
-    geom = (stride, pad, dilation, groups)
-    out = _FORWARD[method](x4, weight, (N, weight.shape[0], OH, OW), *geom)
+    out_shape = (N, weight.shape[0], OH, OW)
+    return Conv2dPlan(stride, pad, dilation, groups, method, unbatched, out_shape)
+
+
+def conv2d_run(x, weight, bias, plan):
+    """``conv2d_forward`` on arguments ``plan`` (from ``conv2d_plan``) was made for: no checks."""
+    x4 = np.ascontiguousarray(x[None] if plan.unbatched else x)  # (N, C, H, W)
+    weight = np.ascontiguousarray(weight)
+    geom = (plan.stride, plan.padding, plan.dilation, plan.groups)
+    out = _FORWARD[plan.method](x4, weight, plan.out_shape, *geom)
     if bias is not None:
         out += bias.reshape(1, -1, 1, 1)  # out (N, K, OH, OW) + bias (1, K, 1, 1)
-    if unbatched:
+    if plan.unbatched:
         out = out[0]
-    cache = Conv2dCache(
-        x4, weight, bias is not None, stride, pad, dilation, groups, method, unbatched, out.shape
-    )
+    cache = Conv2dCache(x4, weight, bias is not None, *geom, plan.method, plan.unbatched, out.shape)
     return out, cache
 
 
