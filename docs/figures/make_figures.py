@@ -7,9 +7,13 @@ Run from anywhere (CI runs it before ``mkdocs build --strict``)::
 
 Every figure is computed by the library itself: parameter counts from its layers, the im2col
 matrix from its Numba kernel, the per-layer chart from ``MobileNetV1.summary()``, the timings from
-its convolution op. Outputs go to ``docs/assets/``: PNGs (matplotlib, Agg backend, no timestamps
-in the metadata, so a rerun gives the same bytes unless the data changed) and small Markdown
-tables that the pages include with ``--8<--``. Only the timing table and chart change between
+its convolution op, the schedules from its schedulers. One is only copied: the per-layer-type
+timing breakdown that ``benchmarks/bench_model.py`` draws (a run of minutes) is published from
+``benchmarks/results/``.
+
+Outputs go to ``docs/assets/``: PNGs (matplotlib, Agg backend, no timestamps in the metadata, so
+a rerun gives the same bytes unless the data changed) and small Markdown tables that the pages
+include with ``--8<--``. Only the timing table and chart change between
 runs (they are measurements); everything else is deterministic.
 """
 
@@ -374,6 +378,27 @@ def lr_schedules() -> None:
     save(fig, "lr_schedules.png")
 
 
+# ---------------------------------------------------------------------------------------------
+# The benchmark's per-layer-type breakdown (performance.md)
+# ---------------------------------------------------------------------------------------------
+
+
+def benchmark_breakdown() -> None:
+    """Copy the PNG that ``benchmarks/bench_model.py`` draws into docs/assets/.
+
+    The benchmark takes minutes, so this script does not rerun it; it publishes the figure from
+    the benchmark's last committed results (``benchmarks/results/``), where the site can show it.
+    """
+    import shutil
+
+    src = ROOT / "benchmarks" / "results" / "model_breakdown.png"
+    if not src.is_file():
+        print(f"  skipped: {src.relative_to(ROOT)} not found (run benchmarks/bench_model.py)")
+        return
+    shutil.copyfile(src, ASSETS / "model_breakdown.png")
+    print("wrote docs/assets/model_breakdown.png (from benchmarks/results/)")
+
+
 FIGURES = {
     "cost_ratio": cost_ratio,
     "im2col": im2col_matrix,
@@ -381,6 +406,7 @@ FIGURES = {
     "mobilenet_layers": mobilenet_layers,
     "width_resolution": width_resolution,
     "lr_schedules": lr_schedules,
+    "benchmark_breakdown": benchmark_breakdown,
 }
 
 
