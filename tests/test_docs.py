@@ -188,3 +188,11 @@ def test_harness_compares_output_and_catches_drift():
     assert not matches("a\nb", "a")
     with pytest.raises(AssertionError):
         split_output("print(1)\n# Output:\n1\n")
+
+
+def test_every_page_is_in_the_nav():
+    """A page missing from mkdocs.yml's nav would be built but unreachable."""
+    nav = (ROOT / "mkdocs.yml").read_text()
+    for page in PAGES:
+        rel = page.relative_to(DOCS).as_posix()
+        assert re.search(rf":\s*{re.escape(rel)}\s*$|-\s*{re.escape(rel)}\s*$", nav, re.M), rel
