@@ -10,8 +10,10 @@ from hypothesis import strategies as st
 
 from npmobilenet.kernels.conv_depthwise import (
     depthwise3x3_backward_input,
+    depthwise3x3_backward_small,
     depthwise3x3_backward_weight,
     depthwise3x3_forward,
+    depthwise3x3_forward_small,
 )
 from npmobilenet.kernels.conv_direct import (
     conv2d_direct_backward_input,
@@ -131,6 +133,15 @@ def test_depthwise3x3_kernels_match_naive_loops(shape, size, stride, pads, seed)
     w_flipped = np.ascontiguousarray(w[:, :, ::-1, ::-1])
     depthwise3x3_backward_input(dout, w_flipped, dx, sh, sw, pt, pl)
     np.testing.assert_allclose(dx, dx_n, rtol=1e-12, atol=1e-12)
+
+    if m == 1:  # the channels-innermost kernels for tiny planes (depth multiplier 1 only)
+        small = np.zeros_like(naive)
+        depthwise3x3_forward_small(x, w, small, sh, sw, pt, pl)
+        np.testing.assert_allclose(small, naive, rtol=1e-12, atol=1e-12)
+        dx, dw = np.zeros_like(x), np.zeros_like(w)
+        depthwise3x3_backward_small(dout, x, w, dx, dw, sh, sw, pt, pl)
+        np.testing.assert_allclose(dx, dx_n, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(dw, dw_n, rtol=1e-12, atol=1e-12)
 
 
 @given(

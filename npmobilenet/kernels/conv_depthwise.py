@@ -242,3 +242,98 @@ def depthwise3x3_backward_weight(dout, x, dweight, sh, sw, pt, pl):
             load_plane(x[n, c], buf, pt, pl)
             for k in range(c * m, (c + 1) * m):
                 plane3x3_weight_grad(buf, dout[n, k], sh, sw, dweight[k, 0], dbuf)
+
+
+# --------------------------------------------------------------------------------------------
+# Tiny planes (MobileNet's last stages at low resolution: 4x4, 2x2, 1x1): channels innermost.
+# Per plane, the kernels above pay a fixed cost (scratch load, loop set-up) that dwarfs the few
+# multiply-adds of a 2x2 plane. These loop over the pixels of one image with the C channels as
+# the innermost, contiguous, vectorised loop, on a channels-last copy of the image: the same
+# sums for a depth multiplier of 1 (K == C), with the taps added one at a time.
+# --------------------------------------------------------------------------------------------
+
+
+@njit(cache=True, inline="always")
+def _to_hwc(src, dst):
+    """dst (H, W, C) = src (C, H, W) transposed: one image, channels last."""
+    C, H, W = src.shape
+    for c in range(C):
+        for h in range(H):
+            for w in range(W):
+                dst[h, w, c] = src[c, h, w]
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def depthwise3x3_forward_small(x, w, out, sh, sw, pt, pl):
+    """``depthwise3x3_forward`` for K == C, channels innermost: adds into out (N, C, OH, OW).
+
+    x (N, C, H, W), w (C, 1, 3, 3). ``out[n, c, oh, ow] += sum over the taps inside the image of
+    w[c, 0, i, j] * x[n, c, oh*sh - pt + i, ow*sw - pl + j]``.
+    """
+    N, C, H, W = x.shape
+    OH, OW = out.shape[2], out.shape[3]
+    wt = np.empty((3, 3, C), dtype=w.dtype)  # (3, 3, C): the taps, channels last
+    _to_hwc(w[:, 0], wt)
+    xt = np.empty((H, W, C), dtype=x.dtype)
+    acc = np.empty(C, dtype=x.dtype)
+    for n in range(N):
+        _to_hwc(x[n], xt)
+        for oh in range(OH):
+            for ow in range(OW):
+                acc[:] = 0
+                for i in range(3):
+                    ih = oh * sh - pt + i
+                    if ih < 0 or ih >= H:
+                        continue
+                    for j in range(3):
+                        iw = ow * sw - pl + j
+                        if iw < 0 or iw >= W:
+                            continue
+                        for c in range(C):
+                            acc[c] += wt[i, j, c] * xt[ih, iw, c]
+                for c in range(C):
+                    out[n, c, oh, ow] += acc[c]
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def depthwise3x3_backward_small(dout, x, w, dx, dweight, sh, sw, pt, pl):
+    """Both gradients of ``depthwise3x3_forward_small``; adds into dx (N, C, H, W) and
+    dweight (C, 1, 3, 3). dout (N, C, OH, OW).
+
+    Differentiates ``acc[c] += wt[i, j, c] * xt[ih, iw, c]``: ``dwt[i, j, c] += dout * xt`` and
+    ``dxt[ih, iw, c] += wt[i, j, c] * dout``, over the same in-image taps.
+    """
+    N, C, H, W = x.shape
+    OH, OW = dout.shape[2], dout.shape[3]
+    wt = np.empty((3, 3, C), dtype=w.dtype)
+    _to_hwc(w[:, 0], wt)
+    dwt = np.zeros((3, 3, C), dtype=w.dtype)
+    xt = np.empty((H, W, C), dtype=x.dtype)
+    dxt = np.empty((H, W, C), dtype=x.dtype)
+    dt = np.empty((OH, OW, C), dtype=x.dtype)
+    for n in range(N):
+        _to_hwc(x[n], xt)
+        _to_hwc(dout[n], dt)
+        dxt[:] = 0
+        for oh in range(OH):
+            for ow in range(OW):
+                for i in range(3):
+                    ih = oh * sh - pt + i
+                    if ih < 0 or ih >= H:
+                        continue
+                    for j in range(3):
+                        iw = ow * sw - pl + j
+                        if iw < 0 or iw >= W:
+                            continue
+                        for c in range(C):
+                            g = dt[oh, ow, c]
+                            dwt[i, j, c] += g * xt[ih, iw, c]
+                            dxt[ih, iw, c] += wt[i, j, c] * g
+        for c in range(C):
+            for h in range(H):
+                for w_ in range(W):
+                    dx[n, c, h, w_] += dxt[h, w_, c]
+    for c in range(C):
+        for i in range(3):
+            for j in range(3):
+                dweight[c, 0, i, j] += dwt[i, j, c]

@@ -37,8 +37,10 @@ import numpy as np
 from npmobilenet import _checks
 from npmobilenet.kernels.conv_depthwise import (
     depthwise3x3_backward_input,
+    depthwise3x3_backward_small,
     depthwise3x3_backward_weight,
     depthwise3x3_forward,
+    depthwise3x3_forward_small,
 )
 from npmobilenet.kernels.conv_direct import (
     conv2d_direct_backward_input,
@@ -279,10 +281,22 @@ def _is_depthwise3x3(weight, dilation):
     return weight.shape[1:] == (1, 3, 3) and dilation == (1, 1)
 
 
+# Output planes of at most this many pixels run the channels-innermost depthwise kernels
+# (``depthwise3x3_*_small``). Measured at N=64: C=256 1x1 backward 0.19 ms instead of 8.7 ms,
+# C=128 2x2 0.28 instead of 1.44 ms; at 8x8 / 7x7 planes the per-plane kernels win.
+DEPTHWISE_SMALL_MAX_PIXELS = 16
+
+
+def _depthwise_small(x, weight, out_hw):
+    return weight.shape[0] == x.shape[1] and out_hw[0] * out_hw[1] <= DEPTHWISE_SMALL_MAX_PIXELS
+
+
 def _forward_direct(x, weight, out_shape, stride, pad, dilation, groups):
     out = np.zeros(out_shape, dtype=x.dtype)  # the kernels accumulate into it
     (sh, sw), (dil_h, dil_w) = stride, dilation
-    if _is_depthwise3x3(weight, dilation):
+    if _is_depthwise3x3(weight, dilation) and _depthwise_small(x, weight, out_shape[2:]):
+        depthwise3x3_forward_small(x, weight, out, sh, sw, pad[0], pad[2])
+    elif _is_depthwise3x3(weight, dilation):
         depthwise3x3_forward(x, weight, out, sh, sw, pad[0], pad[2])
     else:
         conv2d_direct_forward(x, weight, out, sh, sw, pad[0], pad[2], dil_h, dil_w, groups)
@@ -292,7 +306,9 @@ def _forward_direct(x, weight, out_shape, stride, pad, dilation, groups):
 def _backward_direct(dout, x, weight, stride, pad, dilation, groups):
     (sh, sw), (dil_h, dil_w) = stride, dilation
     dx, dweight = np.zeros_like(x), np.zeros_like(weight)
-    if _is_depthwise3x3(weight, dilation):
+    if _is_depthwise3x3(weight, dilation) and _depthwise_small(x, weight, dout.shape[2:]):
+        depthwise3x3_backward_small(dout, x, weight, dx, dweight, sh, sw, pad[0], pad[2])
+    elif _is_depthwise3x3(weight, dilation):
         depthwise3x3_backward_weight(dout, x, dweight, sh, sw, pad[0], pad[2])
         # dx is a correlation of (zero-spread) dout with the 180-degree rotated filter
         w_flipped = np.ascontiguousarray(weight[:, :, ::-1, ::-1])
