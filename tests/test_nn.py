@@ -358,3 +358,29 @@ def test_batchnorm_forward_act_is_bn_then_activation_module(rng, act):
         np.testing.assert_allclose(p.grad, q.grad, rtol=1e-12, atol=1e-14)
     for k, v in plain.state_dict().items():
         np.testing.assert_array_equal(fused.state_dict()[k], v)
+
+
+def test_layers_reuse_buffers_only_when_nobody_holds_them(rng):
+    """Conv2d and BatchNorm2d write a step's output / dx into last step's array, unless the
+    caller still holds that array: a kept result is never overwritten."""
+    conv, bn = nn.Conv2d(3, 4, 1, bias=False, rng=0), nn.BatchNorm2d(4)
+    x1, x2 = (rng.standard_normal((2, 3, 5, 5)).astype(np.float32) for _ in range(2))
+    dout = rng.standard_normal((2, 4, 5, 5)).astype(np.float32)
+
+    def step(x):
+        y = bn.forward_act(conv.forward(x), "relu")
+        return y, conv.backward(bn.backward(dout))
+
+    step(x1)  # the first call checks and allocates
+    y1, dx1 = step(x1)
+    kept = y1.copy(), dx1.copy()
+    y2, dx2 = step(x2)
+    assert not np.shares_memory(y1, y2) and not np.shares_memory(dx1, dx2)
+    np.testing.assert_array_equal(y1, kept[0])
+    np.testing.assert_array_equal(dx1, kept[1])
+    address = y2.__array_interface__["data"][0], dx2.__array_interface__["data"][0]
+    del y1, dx1, y2, dx2
+    y3, dx3 = step(x1)  # nobody holds step 2's arrays: they are reused
+    assert (y3.__array_interface__["data"][0], dx3.__array_interface__["data"][0]) == address
+    np.testing.assert_array_equal(y3, kept[0])
+    np.testing.assert_array_equal(dx3, kept[1])

@@ -14,6 +14,7 @@ Shape legend: N batch, C in channels, K out channels, G groups, H, W in size, OH
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 
@@ -43,6 +44,23 @@ def float_dtype(op: str, dtype) -> np.dtype:
     if dt not in chk.FLOAT_DTYPES:
         raise TypeError(f"{op}: dtype must be float32 or float64, got {dtype!r}")
     return dt
+
+
+def _scratch(module: Module, name: str, shape: tuple, dtype) -> np.ndarray:
+    """An array ``module`` may overwrite: its own from the last call when nothing else holds it.
+
+    Activations and gradients of a training step are tens of MB each; writing into fresh
+    memory costs a page fault per 4 KB (about as much again as the write itself), so a layer
+    reuses the array it returned last step. It does so only when no one else still refers to it
+    (the reference count: this module's attribute, the local name and getrefcount's argument;
+    a view returned to a caller counts, as it holds its base): an output the caller kept is
+    never overwritten.
+    """
+    buf = module.__dict__.get(name)
+    if buf is None or buf.shape != shape or buf.dtype != dtype or sys.getrefcount(buf) > 3:
+        buf = np.empty(shape, dtype)
+        object.__setattr__(module, name, buf)
+    return buf
 
 
 def _accumulate(p: Parameter | None, g: np.ndarray | None) -> None:
@@ -126,12 +144,18 @@ class Conv2d(Module):
                 x, w, b, self.stride, self.padding, self.dilation, self.groups, self.method
             )
             self._plan_key = key
-        out, self._cache = conv_ops.conv2d_run(x, w, b, self._plan)
+        buf = (
+            None if self._plan.unbatched else _scratch(self, "_out", self._plan.out_shape, w.dtype)
+        )
+        out, self._cache = conv_ops.conv2d_run(x, w, b, self._plan, out=buf)
         return out
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
         """Differentiates ``ops.conv2d_forward`` in forward: returns dx, accumulates dW, db."""
-        dx, dw, db = ops.conv2d_backward(dout, self._take_cache("Conv2d.backward"))
+        cache = self._take_cache("Conv2d.backward")
+        dout = chk.dout_like("conv2d_backward", dout, cache.out_shape, cache.x.dtype)
+        dx = None if cache.unbatched else _scratch(self, "_dx", cache.x.shape, cache.x.dtype)
+        dx, dw, db = conv_ops.conv2d_backward_run(dout, cache, dx)
         self._cache = None
         _accumulate(self.weight, dw)
         _accumulate(self.bias, db)
@@ -200,7 +224,10 @@ class BatchNorm2d(Module):
         key = (type(x), getattr(x, "shape", None), getattr(x, "dtype", None), self.training, act,
                momentum, self.eps, *(id(a) for a in args))  # fmt: skip
         if key == self._checked_key:
-            out, self._cache = bn_ops._forward(x, *args, self.training, momentum, self.eps, act)
+            buf = _scratch(self, "_out", x.shape, x.dtype)
+            out, self._cache = bn_ops._forward(
+                x, *args, self.training, momentum, self.eps, act, out=buf
+            )
         elif act is None:
             out, self._cache = ops.batch_norm_forward(x, *args, self.training, momentum, self.eps)
         else:
@@ -217,10 +244,10 @@ class BatchNorm2d(Module):
         as in that forward), or ``ops.batch_norm_act_forward`` after ``forward_act``: returns
         dx, accumulates dweight, dbias."""
         cache = self._take_cache("BatchNorm2d.backward")
-        if cache.act is None:
-            dx, dw, db = ops.batch_norm_backward(dout, cache)
-        else:
-            dx, dw, db = bn_ops.batch_norm_act_backward(dout, cache)
+        op = "batch_norm_backward" if cache.act is None else "batch_norm_act_backward"
+        dout = chk.dout_like(op, dout, cache.shape, cache.x3.dtype)
+        dx = _scratch(self, "_dx", cache.shape, cache.x3.dtype)
+        dx, dw, db = bn_ops._backward(dout, cache, dx)
         self._cache = None
         _accumulate(self.weight, dw)
         _accumulate(self.bias, db)

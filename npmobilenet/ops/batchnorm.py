@@ -137,8 +137,11 @@ def batch_norm_act_forward(
     return _forward(x, weight, bias, running_mean, running_var, training, momentum, eps, activation)
 
 
-def _forward(x, weight, bias, running_mean, running_var, training, momentum, eps, act):
-    """Batch norm (then ``act`` if not None) on already validated arguments; see above."""
+def _forward(x, weight, bias, running_mean, running_var, training, momentum, eps, act, out=None):
+    """Batch norm (then ``act`` if not None) on already validated arguments; see above.
+
+    ``out``: None, or a C-contiguous array of x's size and dtype to write the output into.
+    """
     N, C = x.shape[:2]
     L = math.prod(x.shape[2:])  # 1 for (N, C) input
     x3 = np.ascontiguousarray(x).reshape(N, C, L)  # (N, C, L)
@@ -156,7 +159,7 @@ def _forward(x, weight, bias, running_mean, running_var, training, momentum, eps
     b = np.zeros(C) if bias is None else bias.astype(np.float64)
     scale = w * invstd  # out = x * scale + shift  ==  w * (x - mean) * invstd + b
     shift = b - mean * scale
-    out = np.empty_like(x3)
+    out = np.empty_like(x3) if out is None else out.reshape(x3.shape)  # a view of out
     if act is None:
         K.scale_shift(x3, scale, shift, out)  # float64 coefficients, one rounding per element
     else:  # the same, then the activation on the rounded value
@@ -217,8 +220,9 @@ def _check_cache(op, cache, acts):
         )
 
 
-def _backward(dout, cache):
-    """batch_norm_backward / batch_norm_act_backward on an already checked dout."""
+def _backward(dout, cache, dx=None):
+    """batch_norm_backward / batch_norm_act_backward on an already checked dout; ``dx``: None or
+    a C-contiguous array of x's size and dtype to write dx into."""
     x3, w, has_weight, has_bias, mean, invstd, training, shape, act, out3 = cache
     d3 = np.ascontiguousarray(dout).reshape(x3.shape)  # (N, C, L)
     six = act == "relu6"
@@ -227,7 +231,7 @@ def _backward(dout, cache):
     else:
         S, T = K.grad_sums_act(d3, out3, x3, mean, six)  # sums of the gradient the act passes
     k = w * invstd  # (C,)
-    dx = np.empty_like(x3)
+    dx = np.empty_like(x3) if dx is None else dx.reshape(x3.shape)  # a view of dx
     if training:
         M = x3.shape[0] * x3.shape[2]
         a, b = k * invstd**2 * T / M, k * S / M

@@ -232,12 +232,16 @@ def conv2d_plan(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
     return Conv2dPlan(stride, pad, dilation, groups, method, unbatched, out_shape)
 
 
-def conv2d_run(x, weight, bias, plan):
-    """``conv2d_forward`` on arguments ``plan`` (from ``conv2d_plan``) was made for: no checks."""
+def conv2d_run(x, weight, bias, plan, out=None):
+    """``conv2d_forward`` on arguments ``plan`` (from ``conv2d_plan``) was made for: no checks.
+
+    ``out``: None, or a C-contiguous (N, K, OH, OW) array of x's dtype to write the output into
+    (its old contents are ignored), so that a layer can reuse its buffer from the last step.
+    """
     x4 = np.ascontiguousarray(x[None] if plan.unbatched else x)  # (N, C, H, W)
     weight = np.ascontiguousarray(weight)
     geom = (plan.stride, plan.padding, plan.dilation, plan.groups)
-    out = _FORWARD[plan.method](x4, weight, plan.out_shape, *geom)
+    out = _FORWARD[plan.method](x4, weight, plan.out_shape, *geom, out=out)
     if bias is not None:
         out += bias.reshape(1, -1, 1, 1)  # out (N, K, OH, OW) + bias (1, K, 1, 1)
     if plan.unbatched:
@@ -261,9 +265,15 @@ def conv2d_backward(dout, cache):
             f"{_checks.describe(cache)}"
         )
     dout = _checks.dout_like(op, dout, cache.out_shape, cache.x.dtype)
+    return conv2d_backward_run(dout, cache)
+
+
+def conv2d_backward_run(dout, cache, dx=None):
+    """``conv2d_backward`` on a checked ``dout``; ``dx``: None, or a C-contiguous array shaped
+    and typed like the cached (N, C, H, W) input to write dx into (old contents ignored)."""
     dout4 = np.ascontiguousarray(dout[None] if cache.unbatched else dout)  # (N, K, OH, OW)
     geom = (cache.stride, cache.padding, cache.dilation, cache.groups)
-    dx, dweight = _BACKWARD[cache.method](dout4, cache.x, cache.weight, *geom)
+    dx, dweight = _BACKWARD[cache.method](dout4, cache.x, cache.weight, *geom, dx=dx)
     # out = conv + bias.reshape(1, K, 1, 1): the bias gradient sums dout over N, OH, OW.
     dbias = dout4.sum(axis=(0, 2, 3)) if cache.has_bias else None
     if cache.unbatched:
@@ -291,8 +301,16 @@ def _depthwise_small(x, weight, out_hw):
     return weight.shape[0] == x.shape[1] and out_hw[0] * out_hw[1] <= DEPTHWISE_SMALL_MAX_PIXELS
 
 
-def _forward_direct(x, weight, out_shape, stride, pad, dilation, groups):
-    out = np.zeros(out_shape, dtype=x.dtype)  # the kernels accumulate into it
+def _zeroed(shape, dtype, buf):
+    """A zero-filled array: ``buf`` filled with zeros, or a new one when buf is None."""
+    if buf is None:
+        return np.zeros(shape, dtype=dtype)
+    buf.fill(0)
+    return buf
+
+
+def _forward_direct(x, weight, out_shape, stride, pad, dilation, groups, out=None):
+    out = _zeroed(out_shape, x.dtype, out)  # the kernels accumulate into it
     (sh, sw), (dil_h, dil_w) = stride, dilation
     if _is_depthwise3x3(weight, dilation) and _depthwise_small(x, weight, out_shape[2:]):
         depthwise3x3_forward_small(x, weight, out, sh, sw, pad[0], pad[2])
@@ -303,9 +321,9 @@ def _forward_direct(x, weight, out_shape, stride, pad, dilation, groups):
     return out
 
 
-def _backward_direct(dout, x, weight, stride, pad, dilation, groups):
+def _backward_direct(dout, x, weight, stride, pad, dilation, groups, dx=None):
     (sh, sw), (dil_h, dil_w) = stride, dilation
-    dx, dweight = np.zeros_like(x), np.zeros_like(weight)
+    dx, dweight = _zeroed(x.shape, x.dtype, dx), np.zeros_like(weight)
     if _is_depthwise3x3(weight, dilation) and _depthwise_small(x, weight, dout.shape[2:]):
         depthwise3x3_backward_small(dout, x, weight, dx, dweight, sh, sw, pad[0], pad[2])
     elif _is_depthwise3x3(weight, dilation):
@@ -326,14 +344,14 @@ def _backward_direct(dout, x, weight, stride, pad, dilation, groups):
 # --------------------------------------------------------------------------------------------
 
 
-def _forward_im2col(x, weight, out_shape, stride, pad, dilation, groups):
+def _forward_im2col(x, weight, out_shape, stride, pad, dilation, groups, out=None):
     N, K, OH, OW = out_shape
     C, kH, kW = x.shape[1], weight.shape[2], weight.shape[3]
     (sh, sw), (dil_h, dil_w) = stride, dilation
     w3 = weight.reshape(groups, K // groups, -1)  # (G, Kg, Cg*kH*kW)
     cols = np.empty((C * kH * kW, OH * OW), dtype=x.dtype)  # (C*kH*kW, L), reused per image
     cols3 = cols.reshape(groups, -1, OH * OW)  # (G, Cg*kH*kW, L)
-    out = np.empty(out_shape, dtype=x.dtype)
+    out = np.empty(out_shape, dtype=x.dtype) if out is None else out  # fully written below
     out4 = out.reshape(N, groups, K // groups, OH * OW)  # (N, G, Kg, L) view
     for n in range(N):
         im2col(x[n], kH, kW, sh, sw, pad[0], pad[2], dil_h, dil_w, OH, OW, cols)
@@ -341,7 +359,7 @@ def _forward_im2col(x, weight, out_shape, stride, pad, dilation, groups):
     return out
 
 
-def _backward_im2col(dout, x, weight, stride, pad, dilation, groups):
+def _backward_im2col(dout, x, weight, stride, pad, dilation, groups, dx=None):
     N, K, OH, OW = dout.shape
     C, kH, kW = x.shape[1], weight.shape[2], weight.shape[3]
     (sh, sw), (dil_h, dil_w) = stride, dilation
@@ -353,7 +371,7 @@ def _backward_im2col(dout, x, weight, stride, pad, dilation, groups):
     dcols3 = dcols.reshape(cols3.shape)
     dw3 = np.zeros_like(w3)
     step = np.empty_like(w3)
-    dx = np.zeros_like(x)
+    dx = _zeroed(x.shape, x.dtype, dx)  # col2im adds into it
     for n in range(N):
         # forward: out[n] = w3 @ cols3, with cols3 = im2col(x[n])
         im2col(x[n], kH, kW, sh, sw, pad[0], pad[2], dil_h, dil_w, OH, OW, cols)
@@ -368,16 +386,17 @@ def _backward_im2col(dout, x, weight, stride, pad, dilation, groups):
 # --------------------------------------------------------------------------------------------
 
 
-def _forward_pointwise(x, weight, out_shape, stride, pad, dilation, groups):
+def _forward_pointwise(x, weight, out_shape, stride, pad, dilation, groups, out=None):
     N, C, H, W = x.shape
     K = weight.shape[0]
     x4 = x.reshape(N, groups, C // groups, H * W)  # (N, G, Cg, H*W) view, no copy
     w3 = weight.reshape(groups, K // groups, C // groups)  # (G, Kg, Cg)
-    out = np.matmul(w3, x4)  # (N, G, Kg, H*W): one GEMM per image and group
+    out4 = None if out is None else out.reshape(N, groups, K // groups, H * W)  # a view
+    out = np.matmul(w3, x4, out=out4)  # (N, G, Kg, H*W): one GEMM per image and group
     return out.reshape(out_shape)
 
 
-def _backward_pointwise(dout, x, weight, stride, pad, dilation, groups):
+def _backward_pointwise(dout, x, weight, stride, pad, dilation, groups, dx=None):
     N, C, H, W = x.shape
     K = weight.shape[0]
     x4 = x.reshape(N, groups, C // groups, H * W)  # (N, G, Cg, H*W)
@@ -385,7 +404,8 @@ def _backward_pointwise(dout, x, weight, stride, pad, dilation, groups):
     w3 = weight.reshape(groups, K // groups, C // groups)  # (G, Kg, Cg)
     # forward: out = w3 @ x4, so dx = w3.T @ dout and dW = sum over images of dout @ x.T.
     # The transposes are views: BLAS reads them with its transpose flag, nothing is copied.
-    dx = np.matmul(w3.transpose(0, 2, 1), d4)  # (N, G, Cg, H*W)
+    dx4 = None if dx is None else dx.reshape(x4.shape)  # a view
+    dx = np.matmul(w3.transpose(0, 2, 1), d4, out=dx4)  # (N, G, Cg, H*W)
     return dx.reshape(x.shape), _pointwise_dweight(d4, x4).reshape(weight.shape)
 
 
