@@ -135,6 +135,11 @@ def add_train_command(subparsers) -> None:
     )
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.add_argument(
+        "--threads",
+        type=_positive_int,
+        help="BLAS threads (default: all cores, 1 when the machine is already busy)",
+    )
+    p.add_argument(
         "--progress",
         choices=("auto", "bar", "plain", "none"),
         default="auto",
@@ -192,6 +197,7 @@ def train_command(args) -> int:
             resume=resume,
             progress=args.progress,
             overwrite=args.overwrite,
+            threads=args.threads,
             log=lambda line: print(line, flush=True),
         )
     except NonFiniteLossError as e:
