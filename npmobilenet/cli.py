@@ -137,7 +137,7 @@ def add_train_command(subparsers) -> None:
     p.add_argument(
         "--threads",
         type=_positive_int,
-        help="BLAS threads (default: all cores, 1 when the machine is already busy)",
+        help="BLAS threads (1: robust on a shared machine; the count changes float rounding)",
     )
     p.add_argument(
         "--progress",
@@ -153,7 +153,7 @@ _TRAIN_SETTINGS = {  # argparse dest -> run configuration key
     "batch_size": "batch_size", "optimizer": "optimizer", "lr": "lr", "momentum": "momentum",
     "weight_decay": "weight_decay", "schedule": "schedule", "warmup": "warmup",
     "label_smoothing": "label_smoothing", "max_grad_norm": "max_grad_norm",
-    "augment": "augment", "seed": "seed",
+    "augment": "augment", "seed": "seed", "threads": "threads",
 }  # fmt: skip
 
 
@@ -197,7 +197,6 @@ def train_command(args) -> int:
             resume=resume,
             progress=args.progress,
             overwrite=args.overwrite,
-            threads=args.threads,
             log=lambda line: print(line, flush=True),
         )
     except NonFiniteLossError as e:

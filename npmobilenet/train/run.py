@@ -79,6 +79,11 @@ DEFAULTS = {
     "dropout": 0.0,
     "test_fraction": 0.2,  # for data without a test split
     "seed": 0,
+    # BLAS threads. Part of the recipe because the count changes the rounding of the GEMMs (so
+    # a resume must use the same one) and 1 is the robust choice on a shared machine: with a
+    # load of 7 on 2 cores, two epochs took 13-15 s with 1 thread and 10-41 s with 2, whose
+    # threads spin waiting for each other while the scheduler runs someone else.
+    "threads": 1,
 }
 
 
@@ -116,6 +121,8 @@ def check_config(config: dict) -> None:
         raise ValueError(
             f"{op}: unknown schedule {config['schedule']!r}; choose one of {', '.join(SCHEDULES)}"
         )
+    if not isinstance(config["threads"], int) or config["threads"] < 1:
+        raise ValueError(f"{op}: threads must be an integer >= 1, got {config['threads']!r}")
     for key in ("lr", "alpha"):
         if not config[key] > 0:
             raise ValueError(f"{op}: {key} must be > 0, got {config[key]!r}")
@@ -263,13 +270,8 @@ def build_loaders(config: dict, train: ArrayDataset, test: ArrayDataset):
 
 
 # --------------------------------------------------------------------------------- the run
-def train_run(
-    config: dict, out_dir, resume=None, progress="auto", log=print, overwrite=False, threads=None
-):
+def train_run(config: dict, out_dir, resume=None, progress="auto", log=print, overwrite=False):
     """Train as configured, writing into ``out_dir``; returns the metrics dict.
-
-    ``threads``: BLAS threads for this run; None picks one (see :func:`pick_blas_threads`). The
-    thread count never changes the numbers (OpenBLAS splits a GEMM's rows, not its sums).
 
     ``resume``: a checkpoint path; the run continues from it with ITS configuration (settings
     given in ``config`` must agree with it) and ends with exactly the weights an uninterrupted
@@ -306,7 +308,7 @@ def train_run(
     log(_describe_run(config, model))
     os.makedirs(out_dir, exist_ok=True)
     last = {}
-    with _blas_threads(threads, log):
+    with _blas_threads(config["threads"], log):
         trainer.fit(config["epochs"], checkpoint_path=os.path.join(out_dir, CHECKPOINT),
                     on_epoch_end=lambda _, test: last.update(test=test))  # fmt: skip
     test_result = last["test"] if last else trainer.evaluate(test_loader)
@@ -335,33 +337,17 @@ def train_run(
     return metrics
 
 
-def pick_blas_threads() -> int | None:
-    """1 when other processes already keep every core busy, else None (BLAS's own default).
-
-    On a shared machine two BLAS threads that wait for each other at every GEMM while the
-    scheduler runs someone else lose far more than they gain: measured here with a load of 7 on
-    2 cores, two epochs of the default recipe took 10-41 s with 2 threads and 13-15 s with 1
-    (3 s of CPU instead of 7-13 s). Unloaded, 2 threads are faster.
-    """
-    try:
-        busy = os.getloadavg()[0]
-    except (OSError, AttributeError):
-        return None
-    return 1 if busy >= (os.cpu_count() or 1) else None
-
-
 @contextlib.contextmanager
-def _blas_threads(threads, log):
+def _blas_threads(n: int, log):
+    """BLAS limited to ``n`` threads (when threadpoolctl is installed; else a one-line note)."""
     from npmobilenet import threads as blas
 
-    if threads is None:
-        threads = pick_blas_threads()
-        if threads is not None:
-            log(f"the cores are busy (load {os.getloadavg()[0]:.1f}): using 1 BLAS thread")
-    if threads is None or not blas.blas_info():  # nothing to change, or no threadpoolctl
+    if not blas.blas_info():
+        log(f"note: threadpoolctl is not installed, so BLAS keeps its own thread count"
+            f" (set OPENBLAS_NUM_THREADS={n} for the recipe's)")  # fmt: skip
         yield
         return
-    with blas.blas_threads(threads):
+    with blas.blas_threads(n):
         yield
 
 
