@@ -49,12 +49,14 @@ def float_dtype(op: str, dtype) -> np.dtype:
 def _scratch(module: Module, name: str, shape: tuple, dtype) -> np.ndarray:
     """An array ``module`` may overwrite: its own from the last call when nothing else holds it.
 
-    Activations and gradients of a training step are tens of MB each; writing into fresh
-    memory costs a page fault per 4 KB (about as much again as the write itself), so a layer
-    reuses the array it returned last step. It does so only when no one else still refers to it
-    (the reference count: this module's attribute, the local name and getrefcount's argument;
-    a view returned to a caller counts, as it holds its base): an output the caller kept is
-    never overwritten.
+    Activations of a training step are tens of MB each; writing into fresh memory costs a page
+    fault per 4 KB (about as much again as the write itself), so a layer reuses the output
+    array it returned last step. Only outputs: they are all alive at the end of the forward
+    anyway, so keeping them raises the peak only by the few dx arrays alive at once during the
+    backward; per-layer dx buffers would double it. It reuses an array only when no one else
+    still refers to it (reference count 3: this module's attribute, the local name and
+    getrefcount's argument; a view held by a caller counts, as it refers to its base): an
+    output the caller kept is never overwritten.
     """
     buf = module.__dict__.get(name)
     if buf is None or buf.shape != shape or buf.dtype != dtype or sys.getrefcount(buf) > 3:
@@ -154,8 +156,7 @@ class Conv2d(Module):
         """Differentiates ``ops.conv2d_forward`` in forward: returns dx, accumulates dW, db."""
         cache = self._take_cache("Conv2d.backward")
         dout = chk.dout_like("conv2d_backward", dout, cache.out_shape, cache.x.dtype)
-        dx = None if cache.unbatched else _scratch(self, "_dx", cache.x.shape, cache.x.dtype)
-        dx, dw, db = conv_ops.conv2d_backward_run(dout, cache, dx)
+        dx, dw, db = conv_ops.conv2d_backward_run(dout, cache)
         self._cache = None
         _accumulate(self.weight, dw)
         _accumulate(self.bias, db)
@@ -246,8 +247,7 @@ class BatchNorm2d(Module):
         cache = self._take_cache("BatchNorm2d.backward")
         op = "batch_norm_backward" if cache.act is None else "batch_norm_act_backward"
         dout = chk.dout_like(op, dout, cache.shape, cache.x3.dtype)
-        dx = _scratch(self, "_dx", cache.shape, cache.x3.dtype)
-        dx, dw, db = bn_ops._backward(dout, cache, dx)
+        dx, dw, db = bn_ops._backward(dout, cache)
         self._cache = None
         _accumulate(self.weight, dw)
         _accumulate(self.bias, db)
