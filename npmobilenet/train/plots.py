@@ -36,7 +36,9 @@ def plot_curves(history: dict, path) -> str | None:
             ax_loss.plot(epochs, history[f"{split}_loss"], style, label=split)
             acc = 100 * np.asarray(history[f"{split}_accuracy"])
             ax_acc.plot(epochs, acc, style, label=split)
-    ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
+    # Log scale: early test losses can be huge (batch norm's running statistics lag behind
+    # weights that move fast at the peak learning rate) and would flatten everything else.
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss", yscale="log")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
