@@ -171,6 +171,27 @@ def plane3x3_weight_grad(buf, dplane, sh, sw, acc, dbuf):
             _row_weight_grad(dplane, oh, buf, oh * sh, acc, sw)
 
 
+@njit(cache=True, inline="always", fastmath=_FASTMATH)
+def plane3x3_cols2(buf, wk, dst, sh, row):
+    """``plane3x3`` at column stride 2: each output row is computed at every column into
+    ``row`` (contiguous reads, vectorised), then every second value is added into dst.
+
+    Twice the multiply-adds, but measured faster than the nine stride-2 reads per output
+    (64 channels at 112x112, batch 1: 0.30 ms instead of 0.44 ms). Same sums, same order.
+    """
+    ws = (wk[0, 0], wk[0, 1], wk[0, 2], wk[1, 0], wk[1, 1], wk[1, 2], wk[2, 0], wk[2, 1], wk[2, 2])
+    for oh in range(dst.shape[0]):
+        ih = oh * sh
+        for p in range(row.shape[0]):
+            row[p] = (
+                ws[0] * buf[ih, p] + ws[1] * buf[ih, p + 1] + ws[2] * buf[ih, p + 2]
+                + ws[3] * buf[ih + 1, p] + ws[4] * buf[ih + 1, p + 1] + ws[5] * buf[ih + 1, p + 2]
+                + ws[6] * buf[ih + 2, p] + ws[7] * buf[ih + 2, p + 1] + ws[8] * buf[ih + 2, p + 2]
+            )  # fmt: skip
+        for q in range(dst.shape[1]):
+            dst[oh, q] += row[2 * q]
+
+
 @njit(cache=True, fastmath=_FASTMATH)
 def depthwise3x3_forward(x, w, out, sh, sw, pt, pl):
     """Depthwise 3x3 convolution. x (N, C, H, W), w (K, 1, 3, 3), out (N, K, OH, OW).
@@ -181,11 +202,15 @@ def depthwise3x3_forward(x, w, out, sh, sw, pt, pl):
     N, C = x.shape[0], x.shape[1]
     m = w.shape[0] // C
     buf = make_buffer(out.shape[2], out.shape[3], sh, sw, x)
+    row = np.empty(2 * out.shape[3] - 1, dtype=x.dtype)  # column stride 2: one full-width row
     for n in range(N):
         for c in range(C):
             load_plane(x[n, c], buf, pt, pl)
             for k in range(c * m, (c + 1) * m):
-                plane3x3(buf, w[k, 0], out[n, k], sh, sw)
+                if sw == 2:
+                    plane3x3_cols2(buf, w[k, 0], out[n, k], sh, row)
+                else:
+                    plane3x3(buf, w[k, 0], out[n, k], sh, sw)
 
 
 @njit(cache=True, inline="always")
