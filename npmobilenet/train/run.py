@@ -5,10 +5,11 @@
 ``--resume`` rebuilds exactly the same run and ``evaluate`` / ``predict`` know the classes, the
 input size and the normalisation.
 
-The default recipe (built-in digits, alpha 0.25, 32x32): SGD with Nesterov momentum, batch 64,
-a one-cycle schedule (warm-up over the first part of the run, cosine decay to ~0), weight decay
-on the convolution and classifier weights only (none on depthwise filters, batch norm and
-biases, as the paper recommends), no augmentation.
+The default recipe (built-in digits, alpha 0.25, 32x32, 15 epochs): SGD with Nesterov momentum
+0.9, batch 64, a one-cycle schedule peaking at lr 0.2 (warm-up over the first quarter, cosine
+decay to ~0), weight decay 5e-4 on the convolution and classifier weights only (none on
+depthwise filters, batch norm and biases, as the paper recommends), no augmentation, one BLAS
+thread. Seeds 0-3 reach 97.8, 98.9, 97.8 and 98.9% test accuracy in about 15 s each.
 
 Outputs in ``<out>``: ``checkpoint.safetensors`` (after every epoch), ``model.safetensors``
 (the final weights, loadable by PyTorch; the configuration is in its header), ``metrics.json``,
@@ -284,6 +285,9 @@ def train_run(config: dict, out_dir, resume=None, progress="auto", log=print, ov
     if resume is not None:
         ckpt = load_checkpoint(resume)
         config = _resume_config(ckpt, config, resume)
+        same_dir = os.path.abspath(os.path.dirname(os.fspath(resume))) == os.path.abspath(out_dir)
+        if not same_dir:
+            _check_out_dir(out_dir, overwrite)
     else:
         config = make_config(**config)
         _check_out_dir(out_dir, overwrite)
