@@ -269,6 +269,22 @@ def engine():
     return FusedMobileNetV1.from_state_dict(_random_state())
 
 
+@pytest.mark.kernels
+def test_profile_and_fresh_buffers_give_the_same_logits(engine, rng):
+    x = rng.standard_normal((2, 3, 32, 32)).astype(np.float32)
+    expected = engine(x)
+    times = engine.profile(x)
+    assert set(times) == {
+        "first conv", "depthwise", "pointwise GEMM", "pointwise bias+act",
+        "pointwise bias+act+pool", "linear",
+    }  # fmt: skip
+    assert all(t >= 0 for t in times.values())
+    fresh = FusedMobileNetV1.from_state_dict(_random_state())
+    fresh.reuse_buffers = False
+    np.testing.assert_array_equal(fresh(x), expected)
+    np.testing.assert_array_equal(engine(x), expected)
+
+
 def test_engine_reports_its_shape(engine):
     assert (engine.in_channels, engine.num_classes) == (3, 3)
     assert engine.channels[0] == 8 and engine.channels[-1] == 256
