@@ -15,7 +15,7 @@ The layout tells the architecture:
 
 __version__ = "0.1.0"
 
-from npmobilenet import data, gradcheck, io, models, nn, ops, optim  # noqa: E402,F401
+from npmobilenet import data, gradcheck, io, models, nn, ops, optim, train  # noqa: E402,F401
 from npmobilenet.models import MobileNetV1  # noqa: E402,F401
 
-__all__ = ["MobileNetV1", "data", "gradcheck", "io", "models", "nn", "ops", "optim"]
+__all__ = ["MobileNetV1", "data", "gradcheck", "io", "models", "nn", "ops", "optim", "train"]

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from npmobilenet.gradcheck.command import add_gradcheck_command
+
 
 def _positive_float(text: str) -> float:
     try:
@@ -265,7 +267,13 @@ def predict_command(args) -> int:
     return 0
 
 
-COMMANDS = [add_summary_command, add_train_command, add_evaluate_command, add_predict_command]
+COMMANDS = [
+    add_train_command,
+    add_evaluate_command,
+    add_predict_command,
+    add_summary_command,
+    add_gradcheck_command,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
