@@ -23,6 +23,7 @@ from npmobilenet.kernels.conv_direct import (
     conv2d_naive_forward,
     valid_range,
 )
+from npmobilenet.ops import conv as conv_ops
 from npmobilenet.ops.conv import choose_method, conv2d_backward, conv2d_forward
 from npmobilenet.testing.conv import conv2d_configs, conv2d_kwargs, make_conv2d_inputs
 
@@ -78,6 +79,25 @@ def test_direct_and_im2col_agree(cfg, seed):
     out_i, grads_i = run_ours(arrays, dout, conv2d_kwargs(cfg), "im2col")
     np.testing.assert_allclose(out_d, out_i, rtol=1e-12, atol=1e-12)
     for got, want in zip(grads_d, grads_i):
+        if want is None:
+            assert got is None
+        else:
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+@given(cfg=conv2d_configs(dtypes=(np.float64,)), seed=st.integers(0, 2**16))
+def test_im2col_backward_batched_equals_per_image(cfg, seed):
+    """The whole-batch im2col backward (small batches) against the image-by-image one."""
+    arrays = make_conv2d_inputs(cfg, seed)
+    dout = np.random.default_rng(seed + 1).standard_normal(cfg["out_shape"])
+    _, batched = run_ours(arrays, dout, conv2d_kwargs(cfg), "im2col")
+    threshold = conv_ops.IM2COL_BATCHED_MAX_BYTES
+    conv_ops.IM2COL_BATCHED_MAX_BYTES = -1
+    try:
+        _, per_image = run_ours(arrays, dout, conv2d_kwargs(cfg), "im2col")
+    finally:
+        conv_ops.IM2COL_BATCHED_MAX_BYTES = threshold
+    for got, want in zip(batched, per_image):
         if want is None:
             assert got is None
         else:

@@ -365,6 +365,8 @@ def _backward_im2col(dout, x, weight, stride, pad, dilation, groups, dx=None):
     (sh, sw), (dil_h, dil_w) = stride, dilation
     w3 = weight.reshape(groups, K // groups, -1)  # (G, Kg, Cg*kH*kW)
     d4 = dout.reshape(N, groups, K // groups, OH * OW)  # (N, G, Kg, L)
+    if N * C * kH * kW * OH * OW * x.itemsize <= IM2COL_BATCHED_MAX_BYTES:
+        return _backward_im2col_batched(dout, x, weight, stride, pad, dilation, groups, dx)
     cols = np.empty((C * kH * kW, OH * OW), dtype=x.dtype)
     cols3 = cols.reshape(groups, -1, OH * OW)  # (G, Cg*kH*kW, L)
     dcols = np.empty_like(cols)
@@ -378,6 +380,31 @@ def _backward_im2col(dout, x, weight, stride, pad, dilation, groups, dx=None):
         dw3 += np.matmul(d4[n], cols3.transpose(0, 2, 1), out=step)  # dW = dout @ cols.T
         np.matmul(w3.transpose(0, 2, 1), d4[n], out=dcols3)  # dcols = W.T @ dout
         col2im(dcols, kH, kW, sh, sw, pad[0], pad[2], dil_h, dil_w, OH, OW, dx[n])  # dx = im2col^T
+    return dx, dw3.reshape(weight.shape)
+
+
+# When the column matrices of the whole batch fit in this many bytes, the backward builds them
+# all and hands BLAS two calls instead of two per image (alpha 0.25 at 32x32, batch 64: the
+# first layer's 64 small GEMM pairs were ~5 ms of a ~40 ms step).
+IM2COL_BATCHED_MAX_BYTES = 32 * 2**20
+
+
+def _backward_im2col_batched(dout, x, weight, stride, pad, dilation, groups, dx=None):
+    """``_backward_im2col`` with every image's columns at once: the same sums, fewer calls."""
+    N, K, OH, OW = dout.shape
+    C, kH, kW = x.shape[1], weight.shape[2], weight.shape[3]
+    (sh, sw), (dil_h, dil_w), L = stride, dilation, OH * OW
+    w3 = weight.reshape(groups, K // groups, -1)  # (G, Kg, Cg*kH*kW)
+    d4 = dout.reshape(N, groups, K // groups, L)  # (N, G, Kg, L)
+    cols = np.empty((N, C * kH * kW, L), dtype=x.dtype)  # (N, C*kH*kW, L)
+    for n in range(N):
+        im2col(x[n], kH, kW, sh, sw, pad[0], pad[2], dil_h, dil_w, OH, OW, cols[n])
+    # forward: out[n] = w3 @ cols[n], so dW = sum_n dout[n] @ cols[n].T, dcols = W.T @ dout
+    dw3 = _pointwise_dweight(d4, cols.reshape(N, groups, -1, L))  # (G, Kg, Cg*kH*kW)
+    dcols = np.matmul(w3.transpose(0, 2, 1), d4).reshape(N, C * kH * kW, L)
+    dx = _zeroed(x.shape, x.dtype, dx)  # col2im adds into it
+    for n in range(N):
+        col2im(dcols[n], kH, kW, sh, sw, pad[0], pad[2], dil_h, dil_w, OH, OW, dx[n])
     return dx, dw3.reshape(weight.shape)
 
 
