@@ -12,9 +12,9 @@ The rule this project follows:
 * **BLAS owns the cores**: it runs the GEMMs, ~95% of MobileNetV1's arithmetic, with as many
   threads as it was given (by default one per core).
 
-This module lets you see and change BLAS's thread count at run time. It uses ``threadpoolctl``
-when that is installed (it is not a dependency of npmobilenet); without it, set the thread count
-with an environment variable *before* Python imports NumPy::
+This module lets you see and change BLAS's thread count at run time through ``threadpoolctl``
+(a dependency of npmobilenet; if an install lacks it, these functions warn and change nothing).
+Without it, set the thread count with an environment variable *before* Python imports NumPy::
 
     OPENBLAS_NUM_THREADS=1 python my_script.py   # OpenBLAS (NumPy's wheels)
     MKL_NUM_THREADS=1 python my_script.py        # MKL builds of NumPy
