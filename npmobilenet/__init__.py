@@ -15,7 +15,30 @@ The layout tells the architecture:
 
 __version__ = "0.1.0"
 
-from npmobilenet import data, gradcheck, io, models, nn, ops, optim, train  # noqa: E402,F401
+from npmobilenet import (  # noqa: E402,F401
+    data,
+    fast,
+    gradcheck,
+    io,
+    models,
+    nn,
+    ops,
+    optim,
+    threads,
+    train,
+)
 from npmobilenet.models import MobileNetV1  # noqa: E402,F401
 
-__all__ = ["MobileNetV1", "data", "gradcheck", "io", "models", "nn", "ops", "optim", "train"]
+__all__ = [
+    "MobileNetV1",
+    "data",
+    "fast",
+    "gradcheck",
+    "io",
+    "models",
+    "nn",
+    "ops",
+    "optim",
+    "threads",
+    "train",
+]
