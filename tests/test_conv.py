@@ -164,6 +164,28 @@ def test_depthwise3x3_kernels_match_naive_loops(shape, size, stride, pads, seed)
         np.testing.assert_allclose(dw, dw_n, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+def test_depthwise3x3_wide_planes_match_naive_loops(stride):
+    """Planes wider than FLAT_MAX_WIDTH take the row-by-row stride-1 path."""
+    from npmobilenet.kernels.conv_depthwise import FLAT_MAX_WIDTH
+
+    rng = np.random.default_rng(stride)
+    H, W = 5, FLAT_MAX_WIDTH + 9
+    x, w = rng.standard_normal((2, 3, H, W)), rng.standard_normal((3, 1, 3, 3))
+    OH, OW = (H - 1) // stride + 1, (W - 1) // stride + 1
+    dout = rng.standard_normal((2, 3, OH, OW))
+    geom = (stride, stride, 1, 1, 1, 1, 3)
+    fast, naive = np.zeros((2, 3, OH, OW)), np.zeros((2, 3, OH, OW))
+    depthwise3x3_forward(x, w, fast, stride, stride, 1, 1)
+    conv2d_naive_forward(x, w, naive, *geom)
+    np.testing.assert_allclose(fast, naive, rtol=1e-12, atol=1e-12)
+    dx, dx_n, dw_n = np.zeros_like(x), np.zeros_like(x), np.zeros_like(w)
+    conv2d_naive_backward(dout, x, w, dx_n, dw_n, *geom)
+    w_flipped = np.ascontiguousarray(w[:, :, ::-1, ::-1])
+    depthwise3x3_backward_input(dout, w_flipped, dx, stride, stride, 1, 1)
+    np.testing.assert_allclose(dx, dx_n, rtol=1e-12, atol=1e-12)
+
+
 @given(
     offset=st.integers(-12, 12),
     stride=st.integers(1, 4),

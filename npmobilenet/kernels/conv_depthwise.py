@@ -192,6 +192,44 @@ def plane3x3_cols2(buf, wk, dst, sh, row):
             dst[oh, q] += row[2 * q]
 
 
+@njit(cache=True, inline="always")
+def flat_taps(buf):
+    """The nine shifted 1-D views of the flattened scratch ``buf`` (rows, cols) that a stride-1
+    3x3 correlation reads: tap (i, j) of flat output q is ``taps[3*i + j][q]``, at
+    ``q + i*cols + j``. Views starting at 0 keep every index provably non-negative."""
+    rows, cols = buf.shape
+    f = buf.reshape(rows * cols)
+    return (f[0:], f[1:], f[2:], f[cols:], f[cols + 1 :], f[cols + 2 :],
+            f[2 * cols :], f[2 * cols + 1 :], f[2 * cols + 2 :])  # fmt: skip
+
+
+@njit(cache=True, inline="always", fastmath=_FASTMATH)
+def plane3x3_flat(taps, cols, wk, dst, fo):
+    """``plane3x3`` at stride 1 as one long loop over the flattened scratch.
+
+    With output and scratch rows of the same length ``cols``, output pixel (oh, ow) is flat
+    position q = oh*cols + ow and its tap (i, j) is a constant i*cols + j further on, so the
+    whole plane is one vectorised loop into ``fo`` (the columns past OW are junk, dropped when
+    adding into dst). On 7x7 planes rows of 7 are mostly loop overhead: 1024 channels, batch
+    32: 3.9 -> 2.6 ms. Same sums, same order as ``_add_row``.
+    """
+    ws = (wk[0, 0], wk[0, 1], wk[0, 2], wk[1, 0], wk[1, 1], wk[1, 2], wk[2, 0], wk[2, 1], wk[2, 2])
+    t0, t1, t2, t3, t4, t5, t6, t7, t8 = taps
+    for q in range(fo.shape[0]):
+        fo[q] = (
+            ws[0] * t0[q] + ws[1] * t1[q] + ws[2] * t2[q]
+            + ws[3] * t3[q] + ws[4] * t4[q] + ws[5] * t5[q]
+            + ws[6] * t6[q] + ws[7] * t7[q] + ws[8] * t8[q]
+        )  # fmt: skip
+    for oh in range(dst.shape[0]):
+        for ow in range(dst.shape[1]):
+            dst[oh, ow] += fo[oh * cols + ow]
+
+
+# Stride-1 planes at most this wide use ``plane3x3_flat`` (at 56 columns the two are even).
+FLAT_MAX_WIDTH = 32
+
+
 @njit(cache=True, fastmath=_FASTMATH)
 def depthwise3x3_forward(x, w, out, sh, sw, pt, pl):
     """Depthwise 3x3 convolution. x (N, C, H, W), w (K, 1, 3, 3), out (N, K, OH, OW).
@@ -201,13 +239,19 @@ def depthwise3x3_forward(x, w, out, sh, sw, pt, pl):
     """
     N, C = x.shape[0], x.shape[1]
     m = w.shape[0] // C
-    buf = make_buffer(out.shape[2], out.shape[3], sh, sw, x)
-    row = np.empty(2 * out.shape[3] - 1, dtype=x.dtype)  # column stride 2: one full-width row
+    OH, OW = out.shape[2], out.shape[3]
+    buf = make_buffer(OH, OW, sh, sw, x)
+    row = np.empty(2 * OW - 1, dtype=x.dtype)  # column stride 2: one full-width row
+    flat = sh == 1 and sw == 1 and OW <= FLAT_MAX_WIDTH
+    taps, cols = flat_taps(buf), buf.shape[1]
+    fo = np.empty((OH - 1) * cols + OW, dtype=x.dtype)  # flat output, stride 1
     for n in range(N):
         for c in range(C):
             load_plane(x[n, c], buf, pt, pl)
             for k in range(c * m, (c + 1) * m):
-                if sw == 2:
+                if flat:
+                    plane3x3_flat(taps, cols, w[k, 0], out[n, k], fo)
+                elif sw == 2:
                     plane3x3_cols2(buf, w[k, 0], out[n, k], sh, row)
                 else:
                     plane3x3(buf, w[k, 0], out[n, k], sh, sw)
@@ -245,14 +289,21 @@ def depthwise3x3_backward_input(dout, w_flipped, dx, sh, sw, pt, pl):
     """
     N, K = dout.shape[0], dout.shape[1]
     m = K // dx.shape[1]
-    buf = make_buffer(dx.shape[2], dx.shape[3], 1, 1, dout)
+    H, W = dx.shape[2], dx.shape[3]
+    buf = make_buffer(H, W, 1, 1, dout)
+    flat = W <= FLAT_MAX_WIDTH
+    taps, cols = flat_taps(buf), buf.shape[1]
+    fo = np.empty((H - 1) * cols + W, dtype=dout.dtype)
     for n in range(N):
         for k in range(K):
             if sh == 1 and sw == 1:  # nothing to spread out: the plain (contiguous) copy
                 load_plane(dout[n, k], buf, 2 - pt, 2 - pl)
             else:
                 load_plane_upsampled(dout[n, k], buf, 2 - pt, 2 - pl, sh, sw)
-            plane3x3(buf, w_flipped[k, 0], dx[n, k // m], 1, 1)
+            if flat:
+                plane3x3_flat(taps, cols, w_flipped[k, 0], dx[n, k // m], fo)
+            else:
+                plane3x3(buf, w_flipped[k, 0], dx[n, k // m], 1, 1)
 
 
 @njit(cache=True, fastmath=_FASTMATH)
