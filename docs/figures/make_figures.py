@@ -384,19 +384,20 @@ def lr_schedules() -> None:
 
 
 def benchmark_breakdown() -> None:
-    """Copy the PNG that ``benchmarks/bench_model.py`` draws into docs/assets/.
+    """Copy the PNGs that ``benchmarks/bench_model.py`` draws into docs/assets/.
 
     The benchmark takes minutes, so this script does not rerun it; it publishes the figure from
     the benchmark's last committed results (``benchmarks/results/``), where the site can show it.
     """
     import shutil
 
-    src = ROOT / "benchmarks" / "results" / "model_breakdown.png"
-    if not src.is_file():
-        print(f"  skipped: {src.relative_to(ROOT)} not found (run benchmarks/bench_model.py)")
-        return
-    shutil.copyfile(src, ASSETS / "model_breakdown.png")
-    print("wrote docs/assets/model_breakdown.png (from benchmarks/results/)")
+    for name in ("model_breakdown.png", "model_breakdown_1thread.png"):
+        src = ROOT / "benchmarks" / "results" / name
+        if not src.is_file():
+            print(f"  skipped: {src.relative_to(ROOT)} not found (run benchmarks/bench_model.py)")
+            continue
+        shutil.copyfile(src, ASSETS / name)
+        print(f"wrote docs/assets/{name} (from benchmarks/results/)")
 
 
 FIGURES = {
