@@ -17,6 +17,12 @@ How, for one (H, W) input plane and stride (sh, sw):
    stored once, and LLVM vectorises the loop. It is inlined with ``sw`` a literal 1 or 2, so the
    column stride is a compile-time constant (stride-2 reads become vector shuffles).
 
+Three variations of step 2, measured faster on MobileNet's shapes: at stride 1 on planes up to
+``FLAT_MAX_WIDTH`` wide, the whole plane is one flat loop (``plane3x3_flat``); at column stride
+2, each row is computed at every column and every second value kept (``plane3x3_cols2``); and
+planes of at most 16 output pixels (the last stages at low resolution) run channels-innermost
+kernels on a channels-last copy (``depthwise3x3_*_small``), chosen in ``ops/conv.py``.
+
 Two Numba details matter for speed: every index is provably non-negative (``q*sw + j``), since
 a possibly negative index gets a wraparound test that stops vectorisation; and the inner loops
 index the arrays directly rather than through per-row views (each view costs reference counting,
