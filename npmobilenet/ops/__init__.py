@@ -7,7 +7,12 @@ Arrays are NCHW, weights use PyTorch layouts: conv ``(K, C/G, kH, kW)``, linear 
 """
 
 from npmobilenet.ops.activations import relu6_backward, relu6_forward, relu_backward, relu_forward
-from npmobilenet.ops.batchnorm import batch_norm_backward, batch_norm_forward
+from npmobilenet.ops.batchnorm import (
+    batch_norm_act_backward,
+    batch_norm_act_forward,
+    batch_norm_backward,
+    batch_norm_forward,
+)
 from npmobilenet.ops.conv import conv2d_backward, conv2d_forward
 from npmobilenet.ops.dropout import dropout_backward, dropout_forward
 from npmobilenet.ops.linear import linear_backward, linear_forward
@@ -31,6 +36,8 @@ __all__ = [
     "conv2d_backward",
     "batch_norm_forward",
     "batch_norm_backward",
+    "batch_norm_act_forward",
+    "batch_norm_act_backward",
     "relu_forward",
     "relu_backward",
     "relu6_forward",
