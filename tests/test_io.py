@@ -92,6 +92,18 @@ def test_failed_save_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkey
     assert os.listdir(tmp_path) == ["w.safetensors"]  # the temporary file was removed
 
 
+def test_saved_file_has_ordinary_permissions_and_its_folder_is_created(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = tmp_path / "new" / "w.safetensors"
+        save_weights(_model(seed=1), path)
+        reference = tmp_path / "plain"
+        reference.write_bytes(b"")  # what open(path, "wb") gives under the same umask
+    finally:
+        os.umask(old)
+    assert (path.stat().st_mode & 0o777) == (reference.stat().st_mode & 0o777) == 0o644
+
+
 @pytest.mark.parametrize(
     "content",
     [b"", b"not a safetensors file at all", b"\x00" * 7, "truncated"],

@@ -34,6 +34,7 @@ import safetensors
 import safetensors.numpy
 
 from npmobilenet._checks import describe
+from npmobilenet.io.weights import atomic_write_bytes
 from npmobilenet.optim import join_arrays, split_arrays
 
 FORMAT = "npmobilenet.checkpoint"
@@ -115,49 +116,22 @@ def check_architecture(saved: dict, model_config: dict, source: str = "the check
 
 
 def atomic_write(path, data: bytes) -> None:
-    """Write ``data`` to ``path``: temporary file in the same folder, fsync, ``os.replace``."""
+    """Write ``data`` atomically (:func:`npmobilenet.io.weights.atomic_write_bytes`).
+
+    Under the test hook ``NPMOBILENET_TEST_KILL_DURING_SAVE=k`` the k-th write of the process
+    instead writes half of the bytes to a temporary file beside ``path`` and kills the process,
+    as a power cut in the middle of a save would.
+    """
     global _writes
     _writes += 1
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".partial", dir=directory)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
+    if os.environ.get(KILL_HOOK_ENV) == str(_writes):
+        directory = os.path.dirname(os.path.abspath(os.fspath(path)))
+        fd, _ = tempfile.mkstemp(prefix=".tmp-", suffix=".partial", dir=directory)
         with os.fdopen(fd, "wb") as f:
-            if os.environ.get(KILL_HOOK_ENV) == str(_writes):
-                f.write(data[: len(data) // 2])
-                f.flush()
-                os.kill(os.getpid(), signal.SIGKILL)
-            f.write(data)
+            f.write(data[: len(data) // 2])
             f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(directory)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_dir(directory: str) -> None:
-    """Make the rename durable where the platform allows it."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        os.kill(os.getpid(), signal.SIGKILL)
+    atomic_write_bytes(path, data)
 
 
 def generator_states(model) -> dict:
