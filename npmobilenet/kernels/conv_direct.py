@@ -41,12 +41,12 @@ def valid_range(offset, stride, size, out_size):
 
     ``offset`` is the input position of output 0 for one kernel tap (``i*dil_h - pt``, may be
     negative). Solves ``0 <= o*stride + offset < size`` for integer ``o`` and clips to
-    ``[0, out_size)``.
+    ``[0, out_size)``; always ``0 <= lo <= hi <= out_size``.
     """
     lo = -(offset // stride)  # ceil(-offset / stride)
     hi = -((offset - size) // stride)  # ceil((size - offset) / stride)
-    lo = max(lo, 0)
-    hi = min(hi, out_size)
+    lo = min(max(lo, 0), out_size)  # a tap that never lands inside gives an empty range,
+    hi = min(hi, out_size)  # and lo <= out_size keeps "fill [0, lo) with zeros" in bounds
     return lo, max(hi, lo)
 
 
