@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from npmobilenet.kernels.conv_depthwise import (
     depthwise3x3_backward_input,
+    depthwise3x3_backward_input_stride2,
     depthwise3x3_backward_small,
     depthwise3x3_backward_weight,
     depthwise3x3_forward,
@@ -153,6 +154,10 @@ def test_depthwise3x3_kernels_match_naive_loops(shape, size, stride, pads, seed)
     w_flipped = np.ascontiguousarray(w[:, :, ::-1, ::-1])
     depthwise3x3_backward_input(dout, w_flipped, dx, sh, sw, pt, pl)
     np.testing.assert_allclose(dx, dx_n, rtol=1e-12, atol=1e-12)
+    if (sh, sw) == (2, 2):
+        dx = np.zeros_like(x)
+        depthwise3x3_backward_input_stride2(dout, w_flipped, dx, pt, pl)
+        np.testing.assert_allclose(dx, dx_n, rtol=1e-12, atol=1e-12)
 
     if m == 1:  # the channels-innermost kernels for tiny planes (depth multiplier 1 only)
         small = np.zeros_like(naive)
@@ -184,6 +189,23 @@ def test_depthwise3x3_wide_planes_match_naive_loops(stride):
     w_flipped = np.ascontiguousarray(w[:, :, ::-1, ::-1])
     depthwise3x3_backward_input(dout, w_flipped, dx, stride, stride, 1, 1)
     np.testing.assert_allclose(dx, dx_n, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("size", [(7, 7), (8, 8), (7, 10), (12, 5), (1, 2)])
+@pytest.mark.parametrize("pads", [(1, 1, 1, 1), (0, 1, 0, 1), (2, 0, 3, 1)])
+@pytest.mark.parametrize("multiplier", [1, 2])
+def test_depthwise3x3_stride2_input_grad_matches_naive_loops(size, pads, multiplier):
+    """The stride-2 input gradient (zero rows skipped): odd and even sizes, batch 3, m 1 and 2."""
+    (H, W), (pt, pb, pl, pr), N, C = size, pads, 3, 4
+    OH, OW = (H + pt + pb - 3) // 2 + 1, (W + pl + pr - 3) // 2 + 1
+    rng = np.random.default_rng(H * W + multiplier)
+    x, w = rng.standard_normal((N, C, H, W)), rng.standard_normal((C * multiplier, 1, 3, 3))
+    dout = rng.standard_normal((N, C * multiplier, OH, OW))
+    dx, dx_n, dw_n = np.zeros_like(x), np.zeros_like(x), np.zeros_like(w)
+    conv2d_naive_backward(dout, x, w, dx_n, dw_n, 2, 2, pt, pl, 1, 1, C)
+    dx[:] = 0.5  # the kernel adds into dx
+    depthwise3x3_backward_input_stride2(dout, np.ascontiguousarray(w[:, :, ::-1, ::-1]), dx, pt, pl)
+    np.testing.assert_allclose(dx - 0.5, dx_n, rtol=1e-12, atol=1e-12)
 
 
 @given(

@@ -37,6 +37,7 @@ import numpy as np
 from npmobilenet import _checks
 from npmobilenet.kernels.conv_depthwise import (
     depthwise3x3_backward_input,
+    depthwise3x3_backward_input_stride2,
     depthwise3x3_backward_small,
     depthwise3x3_backward_weight,
     depthwise3x3_forward,
@@ -330,7 +331,10 @@ def _backward_direct(dout, x, weight, stride, pad, dilation, groups, dx=None):
         depthwise3x3_backward_weight(dout, x, dweight, sh, sw, pad[0], pad[2])
         # dx is a correlation of (zero-spread) dout with the 180-degree rotated filter
         w_flipped = np.ascontiguousarray(weight[:, :, ::-1, ::-1])
-        depthwise3x3_backward_input(dout, w_flipped, dx, sh, sw, pad[0], pad[2])
+        if (sh, sw) == (2, 2):  # half the spread plane's rows are zero: skipped
+            depthwise3x3_backward_input_stride2(dout, w_flipped, dx, pad[0], pad[2])
+        else:
+            depthwise3x3_backward_input(dout, w_flipped, dx, sh, sw, pad[0], pad[2])
     else:
         conv2d_direct_backward_weight(
             dout, x, dweight, sh, sw, pad[0], pad[2], dil_h, dil_w, groups
