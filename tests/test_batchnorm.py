@@ -149,6 +149,20 @@ def test_kernels_match_naive(dtype):
     np.testing.assert_allclose(a, b, **TOL[dtype])
 
 
+@pytest.mark.kernels
+def test_channel_stats_stable_across_images_with_offsets_and_outliers():
+    """The per-image merge keeps float64 precision: images with very different offsets, a tiny
+    spread, an outlier first value (a one-pass sum of squares would lose every digit here)."""
+    rng = np.random.default_rng(5)
+    x = 1e-3 * rng.standard_normal((5, 3, 40)) + np.array([1e6, -3e5, 7.0, 1e6, 2e6])[:, None, None]
+    x[0, :, 0] = 1e9
+    for fast, naive in zip(K.channel_stats(x), K.channel_stats_naive(x)):
+        np.testing.assert_allclose(fast, naive, rtol=1e-12)
+    y = 1e6 + 1e-3 * rng.standard_normal((4, 2, 30))  # low variance under a large mean
+    for fast, naive in zip(K.channel_stats(y), K.channel_stats_naive(y)):
+        np.testing.assert_allclose(fast, naive, rtol=1e-9)
+
+
 # ------------------------------------------------------------------ BN fused with ReLU / ReLU6
 UNFUSED_ACT = {"relu": (relu_forward, relu_backward), "relu6": (relu6_forward, relu6_backward)}
 

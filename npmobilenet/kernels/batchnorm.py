@@ -26,20 +26,22 @@ def channel_stats(x):
     mean = np.zeros(C, dtype=np.float64)
     var = np.zeros(C, dtype=np.float64)
     M = N * L
-    for c in range(C):
-        s = 0.0
-        for n in range(N):
+    for n in range(N):  # both passes in memory order, images outer (faster than channel-outer)
+        for c in range(C):
+            s = 0.0
             for i in range(L):
                 s += x[n, c, i]
-        mu = s / M
-        q = 0.0
-        for n in range(N):
+            mean[c] += s
+    mean /= M
+    for n in range(N):
+        for c in range(C):
+            mu = mean[c]
+            q = 0.0
             for i in range(L):
                 d = x[n, c, i] - mu
                 q += d * d
-        mean[c] = mu
-        var[c] = q / M
-    return mean, var
+            var[c] += q
+    return mean, var / M
 
 
 def channel_stats_naive(x):
@@ -78,17 +80,17 @@ def grad_sums(dout, x, mean):
     N, C, L = x.shape
     sum_dy = np.zeros(C, dtype=np.float64)
     sum_dy_xmu = np.zeros(C, dtype=np.float64)
-    for c in range(C):
-        mu = mean[c]
-        s = 0.0
-        t = 0.0
-        for n in range(N):
+    for n in range(N):  # memory order, images outer (as in grad_sums_act)
+        for c in range(C):
+            mu = mean[c]
+            s = 0.0
+            t = 0.0
             for i in range(L):
                 g = dout[n, c, i]
                 s += g
                 t += g * (x[n, c, i] - mu)
-        sum_dy[c] = s
-        sum_dy_xmu[c] = t
+            sum_dy[c] += s
+            sum_dy_xmu[c] += t
     return sum_dy, sum_dy_xmu
 
 
@@ -178,11 +180,11 @@ def grad_sums_act(dout, out, x, mean, six):
     sum_dy = np.zeros(C, dtype=np.float64)
     sum_dy_xmu = np.zeros(C, dtype=np.float64)
     zero = np.zeros(1, dtype=dout.dtype)[0]
-    for c in range(C):
-        mu = mean[c]
-        s = 0.0
-        t = 0.0
-        for n in range(N):
+    for n in range(N):  # memory order: images outer (channel-outer was 1.2-2.3x slower)
+        for c in range(C):
+            mu = mean[c]
+            s = 0.0
+            t = 0.0
             if six:
                 for i in range(L):
                     o = out[n, c, i]
@@ -194,8 +196,8 @@ def grad_sums_act(dout, out, x, mean, six):
                     g = zero if out[n, c, i] <= 0 else dout[n, c, i]
                     s += g
                     t += g * (x[n, c, i] - mu)
-        sum_dy[c] = s
-        sum_dy_xmu[c] = t
+            sum_dy[c] += s
+            sum_dy_xmu[c] += t
     return sum_dy, sum_dy_xmu
 
 
