@@ -224,14 +224,19 @@ def _check_source(key: str, value, dst: np.ndarray):
     return value, None
 
 
-class Sequential(Module):
-    """Children named ``"0"``, ``"1"``, ... run in order; backward runs them in reverse."""
+class ModuleList(Module):
+    """A list of modules named ``"0"``, ``"1"``, ... with no forward of its own (as in PyTorch).
 
-    def __init__(self, *modules: Module) -> None:
+    The owner iterates it; it exists so that state_dict keys come out as ``blocks.3.conv.weight``.
+    """
+
+    def __init__(self, modules=()) -> None:
         super().__init__()
         for i, m in enumerate(modules):
             if not isinstance(m, Module):
-                raise TypeError(f"Sequential: item {i} must be a Module, got {describe(m)}")
+                raise TypeError(
+                    f"{type(self).__name__}: item {i} must be a Module, got {describe(m)}"
+                )
             setattr(self, str(i), m)
 
     def __getitem__(self, i: int) -> Module:
@@ -242,6 +247,13 @@ class Sequential(Module):
 
     def __iter__(self) -> Iterator[Module]:
         return iter(self._modules.values())
+
+
+class Sequential(ModuleList):
+    """Children named ``"0"``, ``"1"``, ... run in order; backward runs them in reverse."""
+
+    def __init__(self, *modules: Module) -> None:
+        super().__init__(modules)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         for m in self._modules.values():
@@ -253,26 +265,3 @@ class Sequential(Module):
         for m in reversed(self._modules.values()):
             dout = m.backward(dout)
         return dout
-
-
-class ModuleList(Module):
-    """A list of modules named ``"0"``, ``"1"``, ... with no forward of its own (as in PyTorch).
-
-    The owner iterates it; it exists so that state_dict keys come out as ``blocks.3.conv.weight``.
-    """
-
-    def __init__(self, modules=()) -> None:
-        super().__init__()
-        for i, m in enumerate(modules):
-            if not isinstance(m, Module):
-                raise TypeError(f"ModuleList: item {i} must be a Module, got {describe(m)}")
-            setattr(self, str(i), m)
-
-    def __getitem__(self, i: int) -> Module:
-        return list(self._modules.values())[i]
-
-    def __len__(self) -> int:
-        return len(self._modules)
-
-    def __iter__(self) -> Iterator[Module]:
-        return iter(self._modules.values())
