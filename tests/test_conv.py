@@ -86,6 +86,34 @@ def test_direct_and_im2col_agree(cfg, seed):
             np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.torch
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
+@given(
+    cfg=conv2d_configs(dtypes=(np.float64,)),
+    method=st.sampled_from(METHODS),
+    batched_im2col=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_backward_without_input_grad_matches_torch(torch, cfg, method, batched_im2col, seed):
+    """``input_grad=False`` (a first layer): no dx, and dW, db still torch's, for every path."""
+    arrays = make_conv2d_inputs(cfg, seed)
+    dout = np.random.default_rng(seed + 1).standard_normal(cfg["out_shape"])
+    _, (_, ref_dw, ref_db) = torch_conv(torch, arrays, dout, conv2d_kwargs(cfg))
+    out, cache = conv2d_forward(**arrays, **conv2d_kwargs(cfg), method=method)
+    threshold = conv_ops.IM2COL_BATCHED_MAX_BYTES
+    conv_ops.IM2COL_BATCHED_MAX_BYTES = threshold if batched_im2col else -1
+    try:
+        dx, dw, db = conv_ops.conv2d_backward_run(dout, cache, input_grad=False)
+    finally:
+        conv_ops.IM2COL_BATCHED_MAX_BYTES = threshold
+    assert dx is None
+    np.testing.assert_allclose(dw, ref_dw, **TOL[np.float64])
+    if ref_db is None:
+        assert db is None
+    else:
+        np.testing.assert_allclose(db, ref_db, **TOL[np.float64])
+
+
 @given(cfg=conv2d_configs(dtypes=(np.float64,)), seed=st.integers(0, 2**16))
 def test_im2col_backward_batched_equals_per_image(cfg, seed):
     """The whole-batch im2col backward (small batches) against the image-by-image one."""

@@ -189,3 +189,17 @@ def test_dropout_in_eval_is_identity_like_torch(torch):
     with torch.no_grad():
         expected = ref.eval()(torch.from_numpy(x)).numpy()
     _assert_close(ours.eval().forward(x), expected, np.float64)
+
+
+def test_training_step_without_input_grad_float64(torch):
+    """``backward(..., input_grad=False)`` returns None and leaves every gradient torch's."""
+    ours, ref = _pair(torch, 0.25, 10, 3, "relu", np.float64)
+    x = _input((3, 3, 40, 40), np.float64)
+    labels = np.array([0, 4, 9])
+    expected = _torch_step(torch, ref, x, labels)
+    loss, cache = ops.cross_entropy_forward(ours.train().forward(x), labels)
+    assert ours.backward(ops.cross_entropy_backward(1.0, cache), input_grad=False) is None
+    for name, p in ours.named_parameters():
+        want = expected[f"grad {name}"]
+        scale = max(1.0, float(np.abs(want).max()))
+        np.testing.assert_allclose(p.grad, want, rtol=1e-8, atol=1e-9 * scale, err_msg=name)

@@ -152,11 +152,15 @@ class Conv2d(Module):
         out, self._cache = conv_ops.conv2d_run(x, w, b, self._plan, out=buf)
         return out
 
-    def backward(self, dout: np.ndarray) -> np.ndarray:
-        """Differentiates ``ops.conv2d_forward`` in forward: returns dx, accumulates dW, db."""
+    def backward(self, dout: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        """Differentiates ``ops.conv2d_forward`` in forward: returns dx, accumulates dW, db.
+
+        ``input_grad=False``: dx is not computed and None is returned (a first layer's input
+        is data; its gradient is not needed).
+        """
         cache = self._take_cache("Conv2d.backward")
         dout = chk.dout_like("conv2d_backward", dout, cache.out_shape, cache.x.dtype)
-        dx, dw, db = conv_ops.conv2d_backward_run(dout, cache)
+        dx, dw, db = conv_ops.conv2d_backward_run(dout, cache, input_grad=bool(input_grad))
         self._cache = None
         _accumulate(self.weight, dw)
         _accumulate(self.bias, db)

@@ -269,15 +269,22 @@ def conv2d_backward(dout, cache):
     return conv2d_backward_run(dout, cache)
 
 
-def conv2d_backward_run(dout, cache, dx=None):
+def conv2d_backward_run(dout, cache, dx=None, input_grad=True):
     """``conv2d_backward`` on a checked ``dout``; ``dx``: None, or a C-contiguous array shaped
-    and typed like the cached (N, C, H, W) input to write dx into (old contents ignored)."""
+    and typed like the cached (N, C, H, W) input to write dx into (old contents ignored).
+
+    ``input_grad=False`` skips dx (returned as None) and computes only the parameter
+    gradients: a network's first layer, whose input is data, needs no dx (PyTorch skips it
+    too, as the input does not require grad).
+    """
     dout4 = np.ascontiguousarray(dout[None] if cache.unbatched else dout)  # (N, K, OH, OW)
     geom = (cache.stride, cache.padding, cache.dilation, cache.groups)
-    dx, dweight = _BACKWARD[cache.method](dout4, cache.x, cache.weight, *geom, dx=dx)
+    dx, dweight = _BACKWARD[cache.method](
+        dout4, cache.x, cache.weight, *geom, dx=dx, input_grad=input_grad
+    )
     # out = conv + bias.reshape(1, K, 1, 1): the bias gradient sums dout over N, OH, OW.
     dbias = dout4.sum(axis=(0, 2, 3)) if cache.has_bias else None
-    if cache.unbatched:
+    if cache.unbatched and dx is not None:
         dx = dx[0]
     return dx, dweight, dbias
 
@@ -322,13 +329,23 @@ def _forward_direct(x, weight, out_shape, stride, pad, dilation, groups, out=Non
     return out
 
 
-def _backward_direct(dout, x, weight, stride, pad, dilation, groups, dx=None):
+def _backward_direct(dout, x, weight, stride, pad, dilation, groups, dx=None, input_grad=True):
     (sh, sw), (dil_h, dil_w) = stride, dilation
-    dx, dweight = _zeroed(x.shape, x.dtype, dx), np.zeros_like(weight)
+    dweight = np.zeros_like(weight)
     if _is_depthwise3x3(weight, dilation) and _depthwise_small(x, weight, dout.shape[2:]):
+        dx = _zeroed(x.shape, x.dtype, dx)  # one kernel computes both; dx is cheap here
         depthwise3x3_backward_small(dout, x, weight, dx, dweight, sh, sw, pad[0], pad[2])
-    elif _is_depthwise3x3(weight, dilation):
+        return (dx if input_grad else None), dweight
+    if _is_depthwise3x3(weight, dilation):
         depthwise3x3_backward_weight(dout, x, dweight, sh, sw, pad[0], pad[2])
+    else:
+        conv2d_direct_backward_weight(
+            dout, x, dweight, sh, sw, pad[0], pad[2], dil_h, dil_w, groups
+        )
+    if not input_grad:
+        return None, dweight
+    dx = _zeroed(x.shape, x.dtype, dx)  # the kernels accumulate into it
+    if _is_depthwise3x3(weight, dilation):
         # dx is a correlation of (zero-spread) dout with the 180-degree rotated filter
         w_flipped = np.ascontiguousarray(weight[:, :, ::-1, ::-1])
         if (sh, sw) == (2, 2):  # half the spread plane's rows are zero: skipped
@@ -336,9 +353,6 @@ def _backward_direct(dout, x, weight, stride, pad, dilation, groups, dx=None):
         else:
             depthwise3x3_backward_input(dout, w_flipped, dx, sh, sw, pad[0], pad[2])
     else:
-        conv2d_direct_backward_weight(
-            dout, x, dweight, sh, sw, pad[0], pad[2], dil_h, dil_w, groups
-        )
         conv2d_direct_backward_input(dout, weight, dx, sh, sw, pad[0], pad[2], dil_h, dil_w, groups)
     return dx, dweight
 
@@ -363,25 +377,29 @@ def _forward_im2col(x, weight, out_shape, stride, pad, dilation, groups, out=Non
     return out
 
 
-def _backward_im2col(dout, x, weight, stride, pad, dilation, groups, dx=None):
+def _backward_im2col(dout, x, weight, stride, pad, dilation, groups, dx=None, input_grad=True):
     N, K, OH, OW = dout.shape
     C, kH, kW = x.shape[1], weight.shape[2], weight.shape[3]
     (sh, sw), (dil_h, dil_w) = stride, dilation
     w3 = weight.reshape(groups, K // groups, -1)  # (G, Kg, Cg*kH*kW)
     d4 = dout.reshape(N, groups, K // groups, OH * OW)  # (N, G, Kg, L)
     if N * C * kH * kW * OH * OW * x.itemsize <= IM2COL_BATCHED_MAX_BYTES:
-        return _backward_im2col_batched(dout, x, weight, stride, pad, dilation, groups, dx)
+        return _backward_im2col_batched(
+            dout, x, weight, stride, pad, dilation, groups, dx, input_grad
+        )
     cols = np.empty((C * kH * kW, OH * OW), dtype=x.dtype)
     cols3 = cols.reshape(groups, -1, OH * OW)  # (G, Cg*kH*kW, L)
     dcols = np.empty_like(cols)
     dcols3 = dcols.reshape(cols3.shape)
     dw3 = np.zeros_like(w3)
     step = np.empty_like(w3)
-    dx = _zeroed(x.shape, x.dtype, dx)  # col2im adds into it
+    dx = _zeroed(x.shape, x.dtype, dx) if input_grad else None  # col2im adds into it
     for n in range(N):
         # forward: out[n] = w3 @ cols3, with cols3 = im2col(x[n])
         im2col(x[n], kH, kW, sh, sw, pad[0], pad[2], dil_h, dil_w, OH, OW, cols)
         dw3 += np.matmul(d4[n], cols3.transpose(0, 2, 1), out=step)  # dW = dout @ cols.T
+        if not input_grad:
+            continue
         np.matmul(w3.transpose(0, 2, 1), d4[n], out=dcols3)  # dcols = W.T @ dout
         col2im(dcols, kH, kW, sh, sw, pad[0], pad[2], dil_h, dil_w, OH, OW, dx[n])  # dx = im2col^T
     return dx, dw3.reshape(weight.shape)
@@ -393,7 +411,9 @@ def _backward_im2col(dout, x, weight, stride, pad, dilation, groups, dx=None):
 IM2COL_BATCHED_MAX_BYTES = 32 * 2**20
 
 
-def _backward_im2col_batched(dout, x, weight, stride, pad, dilation, groups, dx=None):
+def _backward_im2col_batched(
+    dout, x, weight, stride, pad, dilation, groups, dx=None, input_grad=True
+):
     """``_backward_im2col`` with every image's columns at once: the same sums, fewer calls."""
     N, K, OH, OW = dout.shape
     C, kH, kW = x.shape[1], weight.shape[2], weight.shape[3]
@@ -405,6 +425,8 @@ def _backward_im2col_batched(dout, x, weight, stride, pad, dilation, groups, dx=
         im2col(x[n], kH, kW, sh, sw, pad[0], pad[2], dil_h, dil_w, OH, OW, cols[n])
     # forward: out[n] = w3 @ cols[n], so dW = sum_n dout[n] @ cols[n].T, dcols = W.T @ dout
     dw3 = _pointwise_dweight(d4, cols.reshape(N, groups, -1, L))  # (G, Kg, Cg*kH*kW)
+    if not input_grad:
+        return None, dw3.reshape(weight.shape)
     dcols = np.matmul(w3.transpose(0, 2, 1), d4).reshape(N, C * kH * kW, L)
     dx = _zeroed(x.shape, x.dtype, dx)  # col2im adds into it
     for n in range(N):
@@ -427,7 +449,7 @@ def _forward_pointwise(x, weight, out_shape, stride, pad, dilation, groups, out=
     return out.reshape(out_shape)
 
 
-def _backward_pointwise(dout, x, weight, stride, pad, dilation, groups, dx=None):
+def _backward_pointwise(dout, x, weight, stride, pad, dilation, groups, dx=None, input_grad=True):
     N, C, H, W = x.shape
     K = weight.shape[0]
     x4 = x.reshape(N, groups, C // groups, H * W)  # (N, G, Cg, H*W)
@@ -435,9 +457,12 @@ def _backward_pointwise(dout, x, weight, stride, pad, dilation, groups, dx=None)
     w3 = weight.reshape(groups, K // groups, C // groups)  # (G, Kg, Cg)
     # forward: out = w3 @ x4, so dx = w3.T @ dout and dW = sum over images of dout @ x.T.
     # The transposes are views: BLAS reads them with its transpose flag, nothing is copied.
+    dweight = _pointwise_dweight(d4, x4).reshape(weight.shape)
+    if not input_grad:
+        return None, dweight
     dx4 = None if dx is None else dx.reshape(x4.shape)  # a view
     dx = np.matmul(w3.transpose(0, 2, 1), d4, out=dx4)  # (N, G, Cg, H*W)
-    return dx.reshape(x.shape), _pointwise_dweight(d4, x4).reshape(weight.shape)
+    return dx.reshape(x.shape), dweight
 
 
 # Below this many pixels per image, dW is one GEMM over the whole batch (a small transposing

@@ -18,6 +18,7 @@ when the loss stops being finite.
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import sys
@@ -123,6 +124,9 @@ class Trainer:
         self.progress, self.log = progress, log
         self.config = dict(config or {})
         self.params = [p for p in model.parameters() if p.requires_grad]
+        # The images' own gradient is never needed: skip it when the model can (MobileNetV1).
+        accepts = "input_grad" in inspect.signature(model.backward).parameters
+        self._backward_kwargs = {"input_grad": False} if accepts else {}
         self.epoch = 0
         self.history = {"epoch": [], "lr": [], "train_loss": [], "train_accuracy": [],
                         "test_loss": [], "test_accuracy": [], "epoch_seconds": [],
@@ -138,7 +142,7 @@ class Trainer:
         if not np.isfinite(loss):
             raise NonFiniteLossError(f"the training loss is {float(loss)}")
         self.model.zero_grad()  # zero_grad
-        self.model.backward(ops.cross_entropy_backward(1.0, cache))  # backward
+        self.model.backward(ops.cross_entropy_backward(1.0, cache), **self._backward_kwargs)
         if self.max_grad_norm is not None:
             clip_grad_norm_(self.params, self.max_grad_norm)
         self.optimizer.step()  # step
