@@ -15,6 +15,7 @@ from npmobilenet.ops import (
     relu_backward,
     relu_forward,
 )
+from npmobilenet.ops import batchnorm as bn_ops
 from npmobilenet.ops.batchnorm import batch_norm_act_backward, batch_norm_act_forward
 
 DTYPES = [np.float64, np.float32]
@@ -147,6 +148,9 @@ def test_kernels_match_naive(dtype):
     K.train_dx(dout, x, *v, a)
     K.train_dx_naive(dout, x, *v, b)
     np.testing.assert_allclose(a, b, **TOL[dtype])
+    d = dout.copy()
+    K.train_dx_inplace(d, x, *v)  # dx written over dout
+    np.testing.assert_allclose(d, b, **TOL[dtype])
 
 
 @pytest.mark.kernels
@@ -213,6 +217,33 @@ def test_act_kernels_match_naive(six):
     K.train_dx_act(dout, out, x, mean, k, a, b, dx, six)
     K.train_dx_act_naive(dout, out, x, mean, k, a, b, dx_n, six)
     np.testing.assert_allclose(dx, dx_n, **TOL[np.float32])
+    d = dout.copy()
+    K.train_dx_act_inplace(d, out, x, mean, k, a, b, six)  # dx written over dout
+    np.testing.assert_allclose(d, dx_n, **TOL[np.float32])
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("activation", [None, "relu", "relu6"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_backward_in_place_over_dout_equals_out_of_place(activation, dtype):
+    """``_backward(dout, cache, dx=dout)`` (what a model's backward does with its own
+    intermediate gradients) gives the out-of-place op's gradients, with dx in dout's memory."""
+    rng = np.random.default_rng(6)
+    x = (rng.standard_normal((3, 4, 5, 6)) * 4 + 1).astype(dtype)
+    w, b = (rng.standard_normal(4) * 3).astype(dtype), rng.standard_normal(4).astype(dtype)
+    dout = rng.standard_normal(x.shape).astype(dtype)
+    stats = [np.zeros(4, dtype), np.ones(4, dtype)]
+    if activation is None:
+        _, cache = batch_norm_forward(x, w, b, *stats, True)
+        expected = batch_norm_backward(dout, cache)
+    else:
+        _, cache = batch_norm_act_forward(x, w, b, *stats, True, activation=activation)
+        expected = batch_norm_act_backward(dout, cache)
+    d = dout.copy()
+    got = bn_ops._backward(d, cache, dx=d)
+    assert np.shares_memory(got[0], d)
+    for g, want in zip(got, expected):
+        np.testing.assert_allclose(g, want, rtol=1e-14 if dtype == np.float64 else 1e-6, atol=0)
 
 
 def test_act_bad_inputs():

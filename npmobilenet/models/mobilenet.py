@@ -46,6 +46,7 @@ from npmobilenet.nn import (
     ModuleList,
     ReLU,
     ReLU6,
+    buffers,
 )
 from npmobilenet.nn.layers import float_dtype
 
@@ -185,6 +186,8 @@ class MobileNetV1(Module):
         stages += [(n, getattr(self, n)) for n in ("avgpool", "flatten", "dropout", "fc")]
         self._stages = tuple(stages)  # forward order, with the seed's trace labels
         self._out_meta = None
+        # activations and gradients reused from step to step (npmobilenet.nn.buffers)
+        object.__setattr__(self, "_buffers_pool", buffers.BufferPool())
         self.reset_parameters(init_seed)
 
     def _build_features(self) -> list:
@@ -278,6 +281,11 @@ class MobileNetV1(Module):
 
     def _run(self, x: np.ndarray, op: str, file) -> np.ndarray:
         self._check_input(op, x)
+        self._buffers_pool.new_step()
+        with buffers.active(self._buffers_pool):
+            return self._run_stages(x, file)
+
+    def _run_stages(self, x: np.ndarray, file) -> np.ndarray:
         if file is not None:
             print(f"{'input':<30}: {x.shape}", file=file)
         for label, stage in self._stages:
@@ -301,9 +309,10 @@ class MobileNetV1(Module):
         dout = chk.dout_like(op, dlogits, *self._out_meta)
         self._out_meta = None
         first, *rest = self._stages
-        for _, stage in reversed(rest):
-            dout = stage.backward(dout)
-        return first[1].backward(dout, input_grad=input_grad)
+        with buffers.active(self._buffers_pool):
+            for _, stage in reversed(rest):
+                dout = stage.backward(dout)
+            return first[1].backward(dout, input_grad=input_grad)
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         """Softmax of the logits: ``(N, in_channels, H, W) -> (N, num_classes)``.

@@ -14,12 +14,12 @@ Shape legend: N batch, C in channels, K out channels, G groups, H, W in size, OH
 from __future__ import annotations
 
 import math
-import sys
 
 import numpy as np
 
 from npmobilenet import _checks as chk
 from npmobilenet import ops
+from npmobilenet.nn import buffers
 from npmobilenet.nn.module import Module
 from npmobilenet.nn.parameter import Parameter
 from npmobilenet.ops import batchnorm as bn_ops
@@ -47,22 +47,9 @@ def float_dtype(op: str, dtype) -> np.dtype:
 
 
 def _scratch(module: Module, name: str, shape: tuple, dtype) -> np.ndarray:
-    """An array ``module`` may overwrite: its own from the last call when nothing else holds it.
-
-    Activations of a training step are tens of MB each; writing into fresh memory costs a page
-    fault per 4 KB (about as much again as the write itself), so a layer reuses the output
-    array it returned last step. Only outputs: they are all alive at the end of the forward
-    anyway, so keeping them raises the peak only by the few dx arrays alive at once during the
-    backward; per-layer dx buffers would double it. It reuses an array only when no one else
-    still refers to it (reference count 3: this module's attribute, the local name and
-    getrefcount's argument; a view held by a caller counts, as it refers to its base): an
-    output the caller kept is never overwritten.
-    """
-    buf = module.__dict__.get(name)
-    if buf is None or buf.shape != shape or buf.dtype != dtype or sys.getrefcount(buf) > 3:
-        buf = np.empty(shape, dtype)
-        object.__setattr__(module, name, buf)
-    return buf
+    """An output array ``module`` may overwrite (``npmobilenet.nn.buffers``): reused across steps,
+    as writing into fresh memory costs a page fault per 4 KB."""
+    return buffers.scratch(module, name, shape, dtype)
 
 
 def _accumulate(p: Parameter | None, g: np.ndarray | None) -> None:
@@ -160,7 +147,12 @@ class Conv2d(Module):
         """
         cache = self._take_cache("Conv2d.backward")
         dout = chk.dout_like("conv2d_backward", dout, cache.out_shape, cache.x.dtype)
-        dx, dw, db = conv_ops.conv2d_backward_run(dout, cache, input_grad=bool(input_grad))
+        dx_buf = None
+        if input_grad and not cache.unbatched:
+            dx_buf = buffers.from_pool(cache.x.shape, cache.x.dtype)
+        dx, dw, db = conv_ops.conv2d_backward_run(dout, cache, dx_buf, bool(input_grad))
+        if dx_buf is not None:
+            dx = dx_buf  # the array itself, not a reshaped view of it (see buffers.overwritable)
         self._cache = None
         _accumulate(self.weight, dw)
         _accumulate(self.bias, db)
@@ -251,7 +243,9 @@ class BatchNorm2d(Module):
         cache = self._take_cache("BatchNorm2d.backward")
         op = "batch_norm_backward" if cache.act is None else "batch_norm_act_backward"
         dout = chk.dout_like(op, dout, cache.shape, cache.x3.dtype)
-        dx, dw, db = bn_ops._backward(dout, cache)
+        # dx is elementwise in dout: written over it when it is the model's own intermediate
+        buf = dout if buffers.overwritable(dout) else buffers.from_pool(cache.shape, cache.x3.dtype)
+        dx, dw, db = bn_ops._backward(dout, cache, buf)
         self._cache = None
         _accumulate(self.weight, dw)
         _accumulate(self.bias, db)

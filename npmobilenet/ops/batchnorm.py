@@ -222,7 +222,9 @@ def _check_cache(op, cache, acts):
 
 def _backward(dout, cache, dx=None):
     """batch_norm_backward / batch_norm_act_backward on an already checked dout; ``dx``: None or
-    a C-contiguous array of x's size and dtype to write dx into."""
+    a C-contiguous array of x's size and dtype to write dx into. ``dx is dout`` (C-contiguous)
+    computes dx in place, over dout: for a caller that no longer needs dout."""
+    inplace = dx is not None and dx is dout and dout.flags.c_contiguous
     x3, w, has_weight, has_bias, mean, invstd, training, shape, act, out3 = cache
     d3 = np.ascontiguousarray(dout).reshape(x3.shape)  # (N, C, L)
     six = act == "relu6"
@@ -231,14 +233,20 @@ def _backward(dout, cache, dx=None):
     else:
         S, T = K.grad_sums_act(d3, out3, x3, mean, six)  # sums of the gradient the act passes
     k = w * invstd  # (C,)
-    dx = np.empty_like(x3) if dx is None else dx.reshape(x3.shape)  # a view of dx
+    dx = np.empty_like(x3) if dx is None else dx.reshape(x3.shape)  # a view of dx (or dout)
     if training:
         M = x3.shape[0] * x3.shape[2]
         a, b = k * invstd**2 * T / M, k * S / M
     else:
         a, b = np.zeros_like(k), np.zeros_like(k)
     dt = x3.dtype
-    if act is None:  # float64 coefficients: the terms nearly cancel
+    if inplace:  # d3 and dx are the same memory: the in-place kernels (see kernels/batchnorm)
+        dx = d3
+        if act is None:
+            K.train_dx_inplace(d3, x3, mean, k, a, b)
+        else:
+            K.train_dx_act_inplace(d3, out3, x3, mean, k, a, b, six)
+    elif act is None:  # float64 coefficients: the terms nearly cancel
         K.train_dx(d3, x3, mean, k, a, b, dx)
     else:
         K.train_dx_act(d3, out3, x3, mean, k, a, b, dx, six)
