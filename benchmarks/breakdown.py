@@ -291,8 +291,8 @@ def print_inference(breakdown):
 TRAIN_NOTES = [
     "npmobilenet's BN includes the activation fused into it (BatchNorm2d.forward_act), so its"
     " 'activation' is ~0",
-    "torch does not compute the first conv's input gradient (its input does not require grad);"
-    " npmobilenet's first conv backward does, unless the model is told otherwise",
+    "neither library computes the first conv's input gradient (torch: the input does not"
+    " require grad; npmobilenet: backward(..., input_grad=False))",
     "other = the loss and the Python glue of the phase; optimizer = zero_grad + step;"
     " hooks and timers add overhead, so these totals exceed the benchmark's step time",
 ]
