@@ -24,6 +24,7 @@ from npmobilenet import (  # noqa: E402,F401
     nn,
     ops,
     optim,
+    parallel,
     threads,
     train,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "nn",
     "ops",
     "optim",
+    "parallel",
     "threads",
     "train",
 ]

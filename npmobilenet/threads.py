@@ -9,8 +9,13 @@ threads of one pool spin while the other pool wants the cores.
 The rule this project follows:
 
 * **Numba kernels are serial** (no ``parallel=True`` anywhere), so Numba starts no threads;
-* **BLAS owns the cores**: it runs the GEMMs, ~95% of MobileNetV1's arithmetic, with as many
-  threads as it was given (by default one per core).
+* **outside a model's training step, BLAS owns the cores**: it runs the GEMMs, ~95% of
+  MobileNetV1's arithmetic, with as many threads as it was given (by default one per core);
+  the inference engine ``FusedMobileNetV1`` works this way;
+* **inside a model's training step, npmobilenet owns the cores** (``npmobilenet.parallel``): its
+  own threads each take a slice of the batch and run the serial kernels and one-thread BLAS
+  calls on it, with BLAS set to one thread for the step. One pool of threads, so none spins
+  while another wants the core.
 
 This module lets you see and change BLAS's thread count at run time through ``threadpoolctl``
 (a dependency of npmobilenet; if an install lacks it, these functions warn and change nothing).
@@ -111,8 +116,15 @@ def describe() -> str:
     env = ", ".join(f"{k}={os.environ[k]}" for k in _ENV_VARS if k in os.environ) or "none set"
     return (
         f"cores: {os.cpu_count()}; BLAS: {blas}; Numba kernels: serial (no parallel regions);"
-        f" thread env vars: {env}"
+        f" training steps split over {_parallel_threads()} npmobilenet threads (BLAS at 1"
+        f" thread inside them); thread env vars: {env}"
     )
+
+
+def _parallel_threads() -> int:
+    from npmobilenet import parallel
+
+    return parallel.threads()
 
 
 _NO_TPC = (

@@ -16,23 +16,25 @@ from numba import njit
 _FAST = {"reassoc", "contract"}
 
 
-@njit(cache=True, fastmath=_FAST)
-def channel_stats(x):
-    """Mean and biased variance of each channel, two passes, float64 accumulation.
-
-    x: (N, C, L) C-contiguous float32/float64. Returns mean (C,), var (C,), both float64.
-    """
+@njit(cache=True, nogil=True, inline="always", fastmath=_FAST)
+def channel_sums(x):
+    """Sum of each channel over images and pixels, float64. x: (N, C, L) -> (C,)."""
     N, C, L = x.shape
-    mean = np.zeros(C, dtype=np.float64)
-    var = np.zeros(C, dtype=np.float64)
-    M = N * L
-    for n in range(N):  # both passes in memory order, images outer (faster than channel-outer)
+    total = np.zeros(C, dtype=np.float64)
+    for n in range(N):  # memory order, images outer (faster than channel-outer)
         for c in range(C):
             s = 0.0
             for i in range(L):
                 s += x[n, c, i]
-            mean[c] += s
-    mean /= M
+            total[c] += s
+    return total
+
+
+@njit(cache=True, nogil=True, inline="always", fastmath=_FAST)
+def channel_sq_dev(x, mean):
+    """Sum of squared deviations from ``mean`` (C,) of each channel, float64. -> (C,)."""
+    N, C, L = x.shape
+    total = np.zeros(C, dtype=np.float64)
     for n in range(N):
         for c in range(C):
             mu = mean[c]
@@ -40,8 +42,22 @@ def channel_stats(x):
             for i in range(L):
                 d = x[n, c, i] - mu
                 q += d * d
-            var[c] += q
-    return mean, var / M
+            total[c] += q
+    return total
+
+
+@njit(cache=True, nogil=True, fastmath=_FAST)
+def channel_stats(x):
+    """Mean and biased variance of each channel, two passes, float64 accumulation.
+
+    x: (N, C, L) C-contiguous float32/float64. Returns mean (C,), var (C,), both float64.
+    The two passes are :func:`channel_sums` and :func:`channel_sq_dev` (a model's training step
+    runs each on slices of the batch in parallel and adds the slices' sums).
+    """
+    N, C, L = x.shape
+    M = N * L
+    mean = channel_sums(x) / M
+    return mean, channel_sq_dev(x, mean) / M
 
 
 def channel_stats_naive(x):
@@ -50,7 +66,7 @@ def channel_stats_naive(x):
     return x64.mean(axis=(0, 2)), x64.var(axis=(0, 2))
 
 
-@njit(cache=True, fastmath=_FAST)
+@njit(cache=True, nogil=True, fastmath=_FAST)
 def scale_shift(x, scale, shift, out):
     """out[n, c, i] = x[n, c, i] * scale[c] + shift[c].
 
@@ -71,7 +87,7 @@ def scale_shift_naive(x, scale, shift, out):
     out[...] = x * scale[None, :, None] + shift[None, :, None]
 
 
-@njit(cache=True, fastmath=_FAST)
+@njit(cache=True, nogil=True, fastmath=_FAST)
 def grad_sums(dout, x, mean):
     """Per-channel sums the backward needs, in one pass: sum(dout) and sum(dout * (x - mean)).
 
@@ -101,7 +117,7 @@ def grad_sums_naive(dout, x, mean):
     return d64.sum(axis=(0, 2)), (d64 * xmu).sum(axis=(0, 2))
 
 
-@njit(cache=True, inline="always", fastmath=_FAST)
+@njit(cache=True, nogil=True, inline="always", fastmath=_FAST)
 def train_dx(dout, x, mean, k, a, b, dx):
     """dx[n, c, i] = k[c] * dout[n, c, i] - a[c] * (x[n, c, i] - mean[c]) - b[c].
 
@@ -135,7 +151,7 @@ def train_dx_naive(dout, x, mean, k, a, b, dx):
 # --------------------------------------------------------------------------------------------
 
 
-@njit(cache=True, fastmath=_FAST)
+@njit(cache=True, nogil=True, fastmath=_FAST)
 def scale_shift_act(x, scale, shift, out, six):
     """out = act(x * scale[c] + shift[c]): :func:`scale_shift` then ReLU (ReLU6 if ``six``).
 
@@ -166,7 +182,7 @@ def scale_shift_act_naive(x, scale, shift, out, six):
     out[...] = np.clip(out, 0, 6) if six else np.maximum(out, 0)
 
 
-@njit(cache=True, fastmath=_FAST)
+@njit(cache=True, nogil=True, fastmath=_FAST)
 def grad_sums_act(dout, out, x, mean, six):
     """:func:`grad_sums` of the gradient that reaches BN through the activation.
 
@@ -211,7 +227,7 @@ def grad_sums_act_naive(dout, out, x, mean, six):
     return grad_sums_naive(_act_grad_naive(dout, out, six), x, mean)
 
 
-@njit(cache=True, inline="always", fastmath=_FAST)
+@njit(cache=True, nogil=True, inline="always", fastmath=_FAST)
 def train_dx_act(dout, out, x, mean, k, a, b, dx, six):
     """:func:`train_dx` of the gradient through the activation (masked as in ``grad_sums_act``).
 
@@ -242,13 +258,13 @@ def train_dx_act(dout, out, x, mean, k, a, b, dx, six):
 # slower); with one array read and written at the same index it vectorises as usual.
 
 
-@njit(cache=True, fastmath=_FAST)
+@njit(cache=True, nogil=True, fastmath=_FAST)
 def train_dx_inplace(d, x, mean, k, a, b):
     """:func:`train_dx` with ``dout`` = ``dx`` = ``d`` (N, C, L): d becomes dx."""
     train_dx(d, x, mean, k, a, b, d)
 
 
-@njit(cache=True, fastmath=_FAST)
+@njit(cache=True, nogil=True, fastmath=_FAST)
 def train_dx_act_inplace(d, out, x, mean, k, a, b, six):
     """:func:`train_dx_act` with ``dout`` = ``dx`` = ``d`` (N, C, L): d becomes dx."""
     train_dx_act(d, out, x, mean, k, a, b, d, six)

@@ -41,13 +41,13 @@ from numba import njit
 from npmobilenet.kernels.conv_direct import _FASTMATH, valid_range
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def make_buffer(OH, OW, sh, sw, like):
     """Zeroed scratch (rows, cols) holding every input position an (OH, OW) output reads."""
     return np.zeros(((OH - 1) * sh + 3, (OW - 1) * sw + 3), dtype=like.dtype)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def load_plane(src, buf, pt, pl):
     """buf[pt + h, pl + w] = src[h, w]: copy a plane into the zero-bordered scratch.
 
@@ -63,7 +63,7 @@ def load_plane(src, buf, pt, pl):
             dst[t] = srow[t]
 
 
-@njit(cache=True, inline="always", fastmath=_FASTMATH)
+@njit(cache=True, nogil=True, inline="always", fastmath=_FASTMATH)
 def _add_row(dst, oh, buf, ih, ws, sw):
     """dst[oh, q] += sum_ij ws[3*i + j] * buf[ih + i, q*sw + j] for every q: one output row."""
     for q in range(dst.shape[1]):
@@ -75,7 +75,7 @@ def _add_row(dst, oh, buf, ih, ws, sw):
         )  # fmt: skip
 
 
-@njit(cache=True, inline="always", fastmath=_FASTMATH)
+@njit(cache=True, nogil=True, inline="always", fastmath=_FASTMATH)
 def plane3x3(buf, wk, dst, sh, sw):
     """dst (OH, OW) += sum_ij wk[i, j] * buf[oh*sh + i, ow*sw + j] (buf: the padded plane)."""
     ws = (wk[0, 0], wk[0, 1], wk[0, 2], wk[1, 0], wk[1, 1], wk[1, 2], wk[2, 0], wk[2, 1], wk[2, 2])
@@ -88,7 +88,7 @@ def plane3x3(buf, wk, dst, sh, sw):
             _add_row(dst, oh, buf, oh * sh, ws, sw)
 
 
-@njit(cache=True, inline="always", fastmath=_FASTMATH)
+@njit(cache=True, nogil=True, inline="always", fastmath=_FASTMATH)
 def _row_weight_grad(d, oh, buf, ih, acc, sw):
     """acc[i, j] += sum_q d[oh, q] * buf[ih + i, q*sw + j]: one output row's contribution.
 
@@ -118,7 +118,7 @@ def _row_weight_grad(d, oh, buf, ih, acc, sw):
     acc[2, 2] += g22
 
 
-@njit(cache=True, fastmath=_FASTMATH)
+@njit(cache=True, nogil=True, fastmath=_FASTMATH)
 def _flat_weight_grad_stride1(buf, dbuf, acc):
     """acc[i, j] += sum_q dbuf_flat[q] * buf_flat[q + i*cols + j]: stride 1, whole plane at once.
 
@@ -155,7 +155,7 @@ def _flat_weight_grad_stride1(buf, dbuf, acc):
     acc[2, 2] += g22
 
 
-@njit(cache=True, inline="always", fastmath=_FASTMATH)
+@njit(cache=True, nogil=True, inline="always", fastmath=_FASTMATH)
 def plane3x3_weight_grad(buf, dplane, sh, sw, acc, dbuf):
     """acc (3, 3) += sum over pixels of dplane[oh, ow] * buf[oh*sh + i, ow*sw + j].
 
@@ -177,7 +177,7 @@ def plane3x3_weight_grad(buf, dplane, sh, sw, acc, dbuf):
             _row_weight_grad(dplane, oh, buf, oh * sh, acc, sw)
 
 
-@njit(cache=True, inline="always", fastmath=_FASTMATH)
+@njit(cache=True, nogil=True, inline="always", fastmath=_FASTMATH)
 def plane3x3_cols2(buf, wk, dst, sh, row):
     """``plane3x3`` at column stride 2: each output row is computed at every column into
     ``row`` (contiguous reads, vectorised), then every second value is added into dst.
@@ -198,7 +198,7 @@ def plane3x3_cols2(buf, wk, dst, sh, row):
             dst[oh, q] += row[2 * q]
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def flat_taps(buf):
     """The nine shifted 1-D views of the flattened scratch ``buf`` (rows, cols) that a stride-1
     3x3 correlation reads: tap (i, j) of flat output q is ``taps[3*i + j][q]``, at
@@ -209,7 +209,7 @@ def flat_taps(buf):
             f[2 * cols :], f[2 * cols + 1 :], f[2 * cols + 2 :])  # fmt: skip
 
 
-@njit(cache=True, inline="always", fastmath=_FASTMATH)
+@njit(cache=True, nogil=True, inline="always", fastmath=_FASTMATH)
 def plane3x3_flat(taps, cols, wk, dst, fo):
     """``plane3x3`` at stride 1 as one long loop over the flattened scratch.
 
@@ -236,7 +236,7 @@ def plane3x3_flat(taps, cols, wk, dst, fo):
 FLAT_MAX_WIDTH = 32
 
 
-@njit(cache=True, fastmath=_FASTMATH)
+@njit(cache=True, nogil=True, fastmath=_FASTMATH)
 def depthwise3x3_forward(x, w, out, sh, sw, pt, pl):
     """Depthwise 3x3 convolution. x (N, C, H, W), w (K, 1, 3, 3), out (N, K, OH, OW).
 
@@ -263,7 +263,7 @@ def depthwise3x3_forward(x, w, out, sh, sw, pt, pl):
                     plane3x3(buf, w[k, 0], out[n, k], sh, sw)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def load_plane_upsampled(src, buf, pt, pl, sh, sw):
     """buf[pt + oh*sh, pl + ow*sw] = src[oh, ow]: a plane spread out with sh-1 / sw-1 zeros.
 
@@ -282,7 +282,7 @@ def load_plane_upsampled(src, buf, pt, pl, sh, sw):
             dst[t * sw] = srow[t]
 
 
-@njit(cache=True, fastmath=_FASTMATH)
+@njit(cache=True, nogil=True, fastmath=_FASTMATH)
 def depthwise3x3_backward_input(dout, w_flipped, dx, sh, sw, pt, pl):
     """Input gradient of a depthwise 3x3 convolution; adds into dx (N, C, H, W).
 
@@ -312,7 +312,7 @@ def depthwise3x3_backward_input(dout, w_flipped, dx, sh, sw, pt, pl):
                 plane3x3(buf, w_flipped[k, 0], dx[n, k // m], 1, 1)
 
 
-@njit(cache=True, fastmath=_FASTMATH)
+@njit(cache=True, nogil=True, fastmath=_FASTMATH)
 def depthwise3x3_backward_input_stride2(dout, w_flipped, dx, pt, pl):
     """``depthwise3x3_backward_input`` at stride 2 (both axes), skipping the all-zero rows.
 
@@ -351,7 +351,7 @@ def depthwise3x3_backward_input_stride2(dout, w_flipped, dx, pt, pl):
                         )  # fmt: skip
 
 
-@njit(cache=True, fastmath=_FASTMATH)
+@njit(cache=True, nogil=True, fastmath=_FASTMATH)
 def depthwise3x3_backward_weight(dout, x, dweight, sh, sw, pt, pl):
     """Weight gradient: adds into dweight (K, 1, 3, 3). dout (N, K, OH, OW), x (N, C, H, W)."""
     N, C = x.shape[0], x.shape[1]
@@ -374,7 +374,7 @@ def depthwise3x3_backward_weight(dout, x, dweight, sh, sw, pt, pl):
 # --------------------------------------------------------------------------------------------
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def _to_hwc(src, dst):
     """dst (H, W, C) = src (C, H, W) transposed: one image, channels last."""
     C, H, W = src.shape
@@ -384,7 +384,7 @@ def _to_hwc(src, dst):
                 dst[h, w, c] = src[c, h, w]
 
 
-@njit(cache=True, fastmath=_FASTMATH)
+@njit(cache=True, nogil=True, fastmath=_FASTMATH)
 def depthwise3x3_forward_small(x, w, out, sh, sw, pt, pl):
     """``depthwise3x3_forward`` for K == C, channels innermost: adds into out (N, C, OH, OW).
 
@@ -416,7 +416,7 @@ def depthwise3x3_forward_small(x, w, out, sh, sw, pt, pl):
                     out[n, c, oh, ow] += acc[c]
 
 
-@njit(cache=True, fastmath=_FASTMATH)
+@njit(cache=True, nogil=True, fastmath=_FASTMATH)
 def depthwise3x3_backward_small(dout, x, w, dx, dweight, sh, sw, pt, pl):
     """Both gradients of ``depthwise3x3_forward_small``; adds into dx (N, C, H, W) and
     dweight (C, 1, 3, 3). dout (N, C, OH, OW).

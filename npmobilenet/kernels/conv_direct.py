@@ -35,7 +35,7 @@ from numba import njit
 _FASTMATH = {"reassoc", "contract"}
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def valid_range(offset, stride, size, out_size):
     """Output indices ``o`` in ``[lo, hi)`` for which ``o*stride + offset`` is inside ``[0, size)``.
 
@@ -55,7 +55,7 @@ def valid_range(offset, stride, size, out_size):
 # --------------------------------------------------------------------------------------------
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def conv2d_naive_forward(x, w, out, sh, sw, pt, pl, dil_h, dil_w, groups):
     """Textbook grouped convolution. x (N, C, H, W), w (K, Cg, kH, kW), out (N, K, OH, OW).
 
@@ -81,7 +81,7 @@ def conv2d_naive_forward(x, w, out, sh, sw, pt, pl, dil_h, dil_w, groups):
                     out[n, k, oh, ow] = acc
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def conv2d_naive_backward(dout, x, w, dx, dweight, sh, sw, pt, pl, dil_h, dil_w, groups):
     """Textbook gradients of ``conv2d_naive_forward``.
 
@@ -113,21 +113,21 @@ def conv2d_naive_backward(dout, x, w, dx, dweight, sh, sw, pt, pl, dil_h, dil_w,
 # --------------------------------------------------------------------------------------------
 
 
-@njit(cache=True, inline="always", fastmath=_FASTMATH)
+@njit(cache=True, nogil=True, inline="always", fastmath=_FASTMATH)
 def _axpy(o, xs, wv, sw):
     """o[t] += wv * xs[t*sw]: one tap added to a stretch of an output row."""
     for t in range(o.shape[0]):
         o[t] += wv * xs[t * sw]
 
 
-@njit(cache=True, inline="always", fastmath=_FASTMATH)
+@njit(cache=True, nogil=True, inline="always", fastmath=_FASTMATH)
 def _axpy_strided(dxs, ds, wv, sw):
     """dxs[t*sw] += wv * ds[t]: the transpose of ``_axpy`` (input gradient of one tap)."""
     for t in range(ds.shape[0]):
         dxs[t * sw] += wv * ds[t]
 
 
-@njit(cache=True, inline="always", fastmath=_FASTMATH)
+@njit(cache=True, nogil=True, inline="always", fastmath=_FASTMATH)
 def _dot(ds, xs, sw):
     """sum_t ds[t] * xs[t*sw]: the weight gradient of one tap over a stretch of a row."""
     acc = ds[0] * 0
@@ -136,7 +136,7 @@ def _dot(ds, xs, sw):
     return acc
 
 
-@njit(cache=True, fastmath=_FASTMATH)
+@njit(cache=True, nogil=True, fastmath=_FASTMATH)
 def conv2d_direct_forward(x, w, out, sh, sw, pt, pl, dil_h, dil_w, groups):
     """Grouped convolution, row by row. x (N, C, H, W), w (K, Cg, kH, kW), out (N, K, OH, OW).
 
@@ -173,7 +173,7 @@ def conv2d_direct_forward(x, w, out, sh, sw, pt, pl, dil_h, dil_w, groups):
                                 _axpy(o, xs, w[k, c, i, j], sw)
 
 
-@njit(cache=True, fastmath=_FASTMATH)
+@njit(cache=True, nogil=True, fastmath=_FASTMATH)
 def conv2d_direct_backward_input(dout, w, dx, sh, sw, pt, pl, dil_h, dil_w, groups):
     """Input gradient. dout (N, K, OH, OW), w (K, Cg, kH, kW); adds into dx (N, C, H, W).
 
@@ -208,7 +208,7 @@ def conv2d_direct_backward_input(dout, w, dx, sh, sw, pt, pl, dil_h, dil_w, grou
                                 _axpy_strided(dxs, ds, w[k, c, i, j], sw)
 
 
-@njit(cache=True, fastmath=_FASTMATH)
+@njit(cache=True, nogil=True, fastmath=_FASTMATH)
 def conv2d_direct_backward_weight(dout, x, dweight, sh, sw, pt, pl, dil_h, dil_w, groups):
     """Weight gradient. dout (N, K, OH, OW), x (N, C, H, W); adds into dweight (K, Cg, kH, kW).
 

@@ -28,7 +28,7 @@ from numba import njit
 from npmobilenet.kernels.conv_direct import valid_range
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def im2col(x, kH, kW, sh, sw, pt, pl, dil_h, dil_w, OH, OW, cols):
     """Fill cols (C*kH*kW, OH*OW) from one image x (C, H, W); padded positions become zero."""
     C, H, W = x.shape
@@ -54,7 +54,7 @@ def im2col(x, kH, kW, sh, sw, pt, pl, dil_h, dil_w, OH, OW, cols):
                         row[base + ow] = 0
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def col2im(cols, kH, kW, sh, sw, pt, pl, dil_h, dil_w, OH, OW, dx):
     """Add cols (C*kH*kW, OH*OW) back onto one image's gradient dx (C, H, W) (adjoint of im2col).
 

@@ -34,7 +34,7 @@ import sys
 import numpy as np
 
 from npmobilenet import _checks as chk
-from npmobilenet import ops
+from npmobilenet import ops, parallel
 from npmobilenet.nn import (
     AdaptiveAvgPool2d,
     BatchNorm2d,
@@ -282,7 +282,7 @@ class MobileNetV1(Module):
     def _run(self, x: np.ndarray, op: str, file) -> np.ndarray:
         self._check_input(op, x)
         self._buffers_pool.new_step()
-        with buffers.active(self._buffers_pool):
+        with buffers.active(self._buffers_pool), parallel.splitting():
             return self._run_stages(x, file)
 
     def _run_stages(self, x: np.ndarray, file) -> np.ndarray:
@@ -309,7 +309,7 @@ class MobileNetV1(Module):
         dout = chk.dout_like(op, dlogits, *self._out_meta)
         self._out_meta = None
         first, *rest = self._stages
-        with buffers.active(self._buffers_pool):
+        with buffers.active(self._buffers_pool), parallel.splitting():
             for _, stage in reversed(rest):
                 dout = stage.backward(dout)
             return first[1].backward(dout, input_grad=input_grad)

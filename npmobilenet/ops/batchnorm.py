@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from npmobilenet import _checks
+from npmobilenet import _checks, parallel
 from npmobilenet.kernels import batchnorm as K
 
 _FWD = "batch_norm_forward"
@@ -146,7 +146,7 @@ def _forward(x, weight, bias, running_mean, running_var, training, momentum, eps
     L = math.prod(x.shape[2:])  # 1 for (N, C) input
     x3 = np.ascontiguousarray(x).reshape(N, C, L)  # (N, C, L)
     if training:
-        mean, var = K.channel_stats(x3)  # (C,), (C,) float64, biased variance
+        mean, var = _channel_stats(x3)  # (C,), (C,) float64, biased variance
         if running_mean is not None:
             M = x3.shape[0] * x3.shape[2]
             running_mean[...] = (1.0 - momentum) * running_mean + momentum * mean
@@ -160,15 +160,29 @@ def _forward(x, weight, bias, running_mean, running_var, training, momentum, eps
     scale = w * invstd  # out = x * scale + shift  ==  w * (x - mean) * invstd + b
     shift = b - mean * scale
     out = np.empty_like(x3) if out is None else out.reshape(x3.shape)  # a view of out
-    if act is None:
-        K.scale_shift(x3, scale, shift, out)  # float64 coefficients, one rounding per element
-    else:  # the same, then the activation on the rounded value
-        K.scale_shift_act(x3, scale, shift, out, act == "relu6")
+
+    def images(lo, hi):  # a slice of the batch (the whole batch unless a model splits it)
+        if act is None:  # float64 coefficients, one rounding per element
+            K.scale_shift(x3[lo:hi], scale, shift, out[lo:hi])
+        else:  # the same, then the activation on the rounded value
+            K.scale_shift_act(x3[lo:hi], scale, shift, out[lo:hi], act == "relu6")
+
+    parallel.run(images, N, x3[0].size)
     cache = BatchNormCache(
         x3, w, weight is not None, bias is not None, mean, invstd, bool(training), x.shape, act,
         None if act is None else out,
     )  # fmt: skip
     return out.reshape(x.shape), cache
+
+
+def _channel_stats(x3):
+    """``K.channel_stats``, each pass split over slices of the batch when a model splits work."""
+    N, _, L = x3.shape
+    if parallel.parts() == 1:
+        return K.channel_stats(x3)
+    mean = sum(parallel.run(lambda lo, hi: K.channel_sums(x3[lo:hi]), N, x3[0].size)) / (N * L)
+    sq_dev = parallel.run(lambda lo, hi: K.channel_sq_dev(x3[lo:hi], mean), N, x3[0].size)
+    return mean, sum(sq_dev) / (N * L)
 
 
 def batch_norm_backward(dout, cache):
@@ -228,10 +242,13 @@ def _backward(dout, cache, dx=None):
     x3, w, has_weight, has_bias, mean, invstd, training, shape, act, out3 = cache
     d3 = np.ascontiguousarray(dout).reshape(x3.shape)  # (N, C, L)
     six = act == "relu6"
-    if act is None:
-        S, T = K.grad_sums(d3, x3, mean)  # (C,), (C,) float64
-    else:
-        S, T = K.grad_sums_act(d3, out3, x3, mean, six)  # sums of the gradient the act passes
+
+    def sums(lo, hi):  # (C,), (C,) float64 over a slice of the batch
+        if act is None:
+            return K.grad_sums(d3[lo:hi], x3[lo:hi], mean)
+        return K.grad_sums_act(d3[lo:hi], out3[lo:hi], x3[lo:hi], mean, six)  # what act passes
+
+    S, T = (sum(parts) for parts in zip(*parallel.run(sums, x3.shape[0], x3[0].size)))
     k = w * invstd  # (C,)
     dx = np.empty_like(x3) if dx is None else dx.reshape(x3.shape)  # a view of dx (or dout)
     if training:
@@ -240,16 +257,22 @@ def _backward(dout, cache, dx=None):
     else:
         a, b = np.zeros_like(k), np.zeros_like(k)
     dt = x3.dtype
-    if inplace:  # d3 and dx are the same memory: the in-place kernels (see kernels/batchnorm)
+    if inplace:
         dx = d3
-        if act is None:
-            K.train_dx_inplace(d3, x3, mean, k, a, b)
+
+    def images(lo, hi):  # float64 coefficients: the terms nearly cancel
+        d, xs, o = d3[lo:hi], x3[lo:hi], None if out3 is None else out3[lo:hi]
+        if inplace:  # d3 and dx are the same memory: the in-place kernels (kernels/batchnorm)
+            if act is None:
+                K.train_dx_inplace(d, xs, mean, k, a, b)
+            else:
+                K.train_dx_act_inplace(d, o, xs, mean, k, a, b, six)
+        elif act is None:
+            K.train_dx(d, xs, mean, k, a, b, dx[lo:hi])
         else:
-            K.train_dx_act_inplace(d3, out3, x3, mean, k, a, b, six)
-    elif act is None:  # float64 coefficients: the terms nearly cancel
-        K.train_dx(d3, x3, mean, k, a, b, dx)
-    else:
-        K.train_dx_act(d3, out3, x3, mean, k, a, b, dx, six)
+            K.train_dx_act(d, o, xs, mean, k, a, b, dx[lo:hi], six)
+
+    parallel.run(images, x3.shape[0], x3[0].size)
     dweight = (T * invstd).astype(dt) if has_weight else None
     dbias = S.astype(dt) if has_bias else None
     return dx.reshape(shape), dweight, dbias

@@ -34,7 +34,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from npmobilenet import _checks
+from npmobilenet import _checks, parallel
 from npmobilenet.kernels.conv_depthwise import (
     depthwise3x3_backward_input,
     depthwise3x3_backward_input_stride2,
@@ -318,43 +318,71 @@ def _zeroed(shape, dtype, buf):
 
 
 def _forward_direct(x, weight, out_shape, stride, pad, dilation, groups, out=None):
-    out = _zeroed(out_shape, x.dtype, out)  # the kernels accumulate into it
+    out = np.empty(out_shape, dtype=x.dtype) if out is None else out
     (sh, sw), (dil_h, dil_w) = stride, dilation
     if _is_depthwise3x3(weight, dilation) and _depthwise_small(x, weight, out_shape[2:]):
-        depthwise3x3_forward_small(x, weight, out, sh, sw, pad[0], pad[2])
+        kernel, args = depthwise3x3_forward_small, (sh, sw, pad[0], pad[2])
     elif _is_depthwise3x3(weight, dilation):
-        depthwise3x3_forward(x, weight, out, sh, sw, pad[0], pad[2])
+        kernel, args = depthwise3x3_forward, (sh, sw, pad[0], pad[2])
     else:
-        conv2d_direct_forward(x, weight, out, sh, sw, pad[0], pad[2], dil_h, dil_w, groups)
+        kernel = conv2d_direct_forward
+        args = (sh, sw, pad[0], pad[2], dil_h, dil_w, groups)
+
+    def images(lo, hi):  # a slice of the batch (the whole batch unless a model splits it)
+        out[lo:hi].fill(0)  # the kernels accumulate into it
+        kernel(x[lo:hi], weight, out[lo:hi], *args)
+
+    parallel.run(images, x.shape[0], max(x[0].size, out[0].size))
     return out
 
 
 def _backward_direct(dout, x, weight, stride, pad, dilation, groups, dx=None, input_grad=True):
     (sh, sw), (dil_h, dil_w) = stride, dilation
-    dweight = np.zeros_like(weight)
-    if _is_depthwise3x3(weight, dilation) and _depthwise_small(x, weight, dout.shape[2:]):
-        dx = _zeroed(x.shape, x.dtype, dx)  # one kernel computes both; dx is cheap here
-        depthwise3x3_backward_small(dout, x, weight, dx, dweight, sh, sw, pad[0], pad[2])
-        return (dx if input_grad else None), dweight
-    if _is_depthwise3x3(weight, dilation):
-        depthwise3x3_backward_weight(dout, x, dweight, sh, sw, pad[0], pad[2])
-    else:
-        conv2d_direct_backward_weight(
-            dout, x, dweight, sh, sw, pad[0], pad[2], dil_h, dil_w, groups
-        )
-    if not input_grad:
-        return None, dweight
-    dx = _zeroed(x.shape, x.dtype, dx)  # the kernels accumulate into it
-    if _is_depthwise3x3(weight, dilation):
+    if input_grad and dx is None:
+        dx = np.empty(x.shape, dtype=x.dtype)
+    small = _is_depthwise3x3(weight, dilation) and _depthwise_small(x, weight, dout.shape[2:])
+    if _is_depthwise3x3(weight, dilation) and not small:
         # dx is a correlation of (zero-spread) dout with the 180-degree rotated filter
         w_flipped = np.ascontiguousarray(weight[:, :, ::-1, ::-1])
-        if (sh, sw) == (2, 2):  # half the spread plane's rows are zero: skipped
-            depthwise3x3_backward_input_stride2(dout, w_flipped, dx, pad[0], pad[2])
+
+    def images(lo, hi):  # a slice of the batch: adds its dW into a zeroed array of its own
+        dweight = np.zeros_like(weight)
+        d, xs = dout[lo:hi], x[lo:hi]
+        if small:  # one kernel computes both; dx is cheap here, computed even if not wanted
+            dxs = dx[lo:hi] if input_grad else np.empty_like(xs)
+            dxs.fill(0)
+            depthwise3x3_backward_small(d, xs, weight, dxs, dweight, sh, sw, pad[0], pad[2])
+            return dweight
+        if _is_depthwise3x3(weight, dilation):
+            depthwise3x3_backward_weight(d, xs, dweight, sh, sw, pad[0], pad[2])
         else:
-            depthwise3x3_backward_input(dout, w_flipped, dx, sh, sw, pad[0], pad[2])
-    else:
-        conv2d_direct_backward_input(dout, weight, dx, sh, sw, pad[0], pad[2], dil_h, dil_w, groups)
-    return dx, dweight
+            conv2d_direct_backward_weight(
+                d, xs, dweight, sh, sw, pad[0], pad[2], dil_h, dil_w, groups
+            )
+        if not input_grad:
+            return dweight
+        dxs = dx[lo:hi]
+        dxs.fill(0)  # the kernels accumulate into it
+        if not _is_depthwise3x3(weight, dilation):
+            conv2d_direct_backward_input(
+                d, weight, dxs, sh, sw, pad[0], pad[2], dil_h, dil_w, groups
+            )
+        elif (sh, sw) == (2, 2):  # half the spread plane's rows are zero: skipped
+            depthwise3x3_backward_input_stride2(d, w_flipped, dxs, pad[0], pad[2])
+        else:
+            depthwise3x3_backward_input(d, w_flipped, dxs, sh, sw, pad[0], pad[2])
+        return dweight
+
+    slices = parallel.run(images, x.shape[0], max(x[0].size, dout[0].size))
+    return (dx if input_grad else None), _sum_slices(slices)
+
+
+def _sum_slices(parts):
+    """The sum of per-slice partial sums (dW), added in slice order."""
+    total = parts[0]
+    for p in parts[1:]:
+        total += p
+    return total
 
 
 # --------------------------------------------------------------------------------------------
@@ -367,17 +395,36 @@ def _forward_im2col(x, weight, out_shape, stride, pad, dilation, groups, out=Non
     C, kH, kW = x.shape[1], weight.shape[2], weight.shape[3]
     (sh, sw), (dil_h, dil_w) = stride, dilation
     w3 = weight.reshape(groups, K // groups, -1)  # (G, Kg, Cg*kH*kW)
-    cols = np.empty((C * kH * kW, OH * OW), dtype=x.dtype)  # (C*kH*kW, L), reused per image
-    cols3 = cols.reshape(groups, -1, OH * OW)  # (G, Cg*kH*kW, L)
     out = np.empty(out_shape, dtype=x.dtype) if out is None else out  # fully written below
     out4 = out.reshape(N, groups, K // groups, OH * OW)  # (N, G, Kg, L) view
-    for n in range(N):
-        im2col(x[n], kH, kW, sh, sw, pad[0], pad[2], dil_h, dil_w, OH, OW, cols)
-        np.matmul(w3, cols3, out=out4[n])  # (G, Kg, Cg*kH*kW) @ (G, Cg*kH*kW, L)
+
+    def images(lo, hi):  # a slice of the batch (the whole batch unless a model splits it)
+        cols = np.empty((C * kH * kW, OH * OW), dtype=x.dtype)  # (C*kH*kW, L), per image
+        cols3 = cols.reshape(groups, -1, OH * OW)  # (G, Cg*kH*kW, L)
+        for n in range(lo, hi):
+            im2col(x[n], kH, kW, sh, sw, pad[0], pad[2], dil_h, dil_w, OH, OW, cols)
+            np.matmul(w3, cols3, out=out4[n])  # (G, Kg, Cg*kH*kW) @ (G, Cg*kH*kW, L)
+
+    parallel.run(images, N, max(x[0].size, C * kH * kW * OH * OW))
     return out
 
 
 def _backward_im2col(dout, x, weight, stride, pad, dilation, groups, dx=None, input_grad=True):
+    if input_grad and dx is None:
+        dx = np.empty(x.shape, dtype=x.dtype)
+    geom = (stride, pad, dilation, groups)
+
+    def images(lo, hi):  # a slice of the batch: returns its part of dW
+        sub_dx = dx[lo:hi] if input_grad else None
+        return _backward_im2col_images(dout[lo:hi], x[lo:hi], weight, *geom, sub_dx, input_grad)[1]
+
+    cols = x.shape[1] * weight.shape[2] * weight.shape[3] * dout.shape[2] * dout.shape[3]
+    slices = parallel.run(images, x.shape[0], max(x[0].size, cols))
+    return (dx if input_grad else None), _sum_slices(slices)
+
+
+def _backward_im2col_images(dout, x, weight, stride, pad, dilation, groups, dx, input_grad):
+    """``_backward_im2col`` of a batch (or a slice of one), serially."""
     N, K, OH, OW = dout.shape
     C, kH, kW = x.shape[1], weight.shape[2], weight.shape[3]
     (sh, sw), (dil_h, dil_w) = stride, dilation
@@ -444,9 +491,14 @@ def _forward_pointwise(x, weight, out_shape, stride, pad, dilation, groups, out=
     K = weight.shape[0]
     x4 = x.reshape(N, groups, C // groups, H * W)  # (N, G, Cg, H*W) view, no copy
     w3 = weight.reshape(groups, K // groups, C // groups)  # (G, Kg, Cg)
-    out4 = None if out is None else out.reshape(N, groups, K // groups, H * W)  # a view
-    out = np.matmul(w3, x4, out=out4)  # (N, G, Kg, H*W): one GEMM per image and group
-    return out.reshape(out_shape)
+    out = np.empty(out_shape, dtype=x.dtype) if out is None else out
+    out4 = out.reshape(N, groups, K // groups, H * W)  # a view
+
+    def images(lo, hi):  # (n, G, Kg, H*W): one GEMM per image and group
+        np.matmul(w3, x4[lo:hi], out=out4[lo:hi])
+
+    parallel.run(images, N, max(x4[0].size, out4[0].size))
+    return out
 
 
 def _backward_pointwise(dout, x, weight, stride, pad, dilation, groups, dx=None, input_grad=True):
@@ -457,12 +509,18 @@ def _backward_pointwise(dout, x, weight, stride, pad, dilation, groups, dx=None,
     w3 = weight.reshape(groups, K // groups, C // groups)  # (G, Kg, Cg)
     # forward: out = w3 @ x4, so dx = w3.T @ dout and dW = sum over images of dout @ x.T.
     # The transposes are views: BLAS reads them with its transpose flag, nothing is copied.
-    dweight = _pointwise_dweight(d4, x4).reshape(weight.shape)
-    if not input_grad:
-        return None, dweight
-    dx4 = None if dx is None else dx.reshape(x4.shape)  # a view
-    dx = np.matmul(w3.transpose(0, 2, 1), d4, out=dx4)  # (N, G, Cg, H*W)
-    return dx.reshape(x.shape), dweight
+    if input_grad and dx is None:
+        dx = np.empty(x.shape, dtype=x.dtype)
+    dx4 = dx.reshape(x4.shape) if input_grad else None  # a view
+
+    def images(lo, hi):  # a slice of the batch: its dx, and its part of dW
+        if input_grad:
+            np.matmul(w3.transpose(0, 2, 1), d4[lo:hi], out=dx4[lo:hi])  # (n, G, Cg, H*W)
+        return _pointwise_dweight(d4[lo:hi], x4[lo:hi])
+
+    dweight = _sum_slices(parallel.run(images, N, max(x4[0].size, d4[0].size)))
+    dweight = dweight.reshape(weight.shape)
+    return (dx if input_grad else None), dweight
 
 
 # Below this many pixels per image, dW is one GEMM over the whole batch (a small transposing

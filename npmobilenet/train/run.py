@@ -343,16 +343,23 @@ def train_run(config: dict, out_dir, resume=None, progress="auto", log=print, ov
 
 @contextlib.contextmanager
 def _blas_threads(n: int, log):
-    """BLAS limited to ``n`` threads (when threadpoolctl is installed; else a one-line note)."""
+    """``n`` threads for the run: BLAS limited to ``n`` (when threadpoolctl is installed; else a
+    one-line note), and each training step split across ``n`` (``npmobilenet.parallel``)."""
+    from npmobilenet import parallel
     from npmobilenet import threads as blas
 
-    if not blas.blas_info():
-        log(f"note: threadpoolctl is not installed, so BLAS keeps its own thread count"
-            f" (set OPENBLAS_NUM_THREADS={n} for the recipe's)")  # fmt: skip
-        yield
-        return
-    with blas.blas_threads(n):
-        yield
+    saved = parallel.threads()
+    parallel.set_threads(n)
+    try:
+        if not blas.blas_info():
+            log(f"note: threadpoolctl is not installed, so BLAS keeps its own thread count"
+                f" (set OPENBLAS_NUM_THREADS={n} for the recipe's)")  # fmt: skip
+            yield
+            return
+        with blas.blas_threads(n):
+            yield
+    finally:
+        parallel.set_threads(saved)
 
 
 def _describe_run(config: dict, model) -> str:

@@ -1,0 +1,139 @@
+"""Splitting a training step over slices of the batch (npmobilenet.parallel) against serial runs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from npmobilenet import ops, parallel, threads
+from npmobilenet.models import MobileNetV1
+from npmobilenet.ops.batchnorm import batch_norm_act_backward, batch_norm_act_forward
+from npmobilenet.ops.conv import conv2d_backward, conv2d_forward
+from npmobilenet.testing.conv import conv2d_configs, conv2d_kwargs, make_conv2d_inputs
+
+pytestmark = pytest.mark.kernels  # also run under NUMBA_BOUNDSCHECK=1 in CI: kernels on slices
+
+
+@pytest.fixture
+def split_everything(monkeypatch):
+    """Three threads, and every array worth splitting (tiny test arrays included)."""
+    saved = parallel.threads()
+    parallel.set_threads(3)
+    monkeypatch.setattr(parallel, "MIN_SLICE_ELEMENTS", 1)
+    yield
+    parallel.set_threads(saved)
+
+
+@given(n=st.integers(0, 50), parts=st.integers(1, 5), min_items=st.integers(1, 7))
+def test_slices_cover_the_items_in_order(n, parts, min_items):
+    parallel._local.parts = parts
+    try:
+        ranges = parallel.slices(n, min_items)
+    finally:
+        parallel._local.parts = 1
+    assert ranges[0][0] == 0 and ranges[-1][1] == n
+    assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+    assert 1 <= len(ranges) <= parts
+    if len(ranges) > 1:
+        assert all(hi - lo >= min_items for lo, hi in ranges)
+
+
+def test_run_is_serial_outside_splitting_and_ordered_inside(split_everything):
+    assert parallel.run(lambda lo, hi: (lo, hi), 10) == [(0, 10)]
+    with parallel.splitting():
+        assert parallel.parts() == 3
+        assert parallel.run(lambda lo, hi: (lo, hi), 10) == [(0, 3), (3, 6), (6, 10)]
+    assert parallel.parts() == 1
+
+
+def test_run_raises_a_slice_error_after_every_slice_finished(split_everything):
+    done = []
+
+    def fn(lo, hi):
+        if lo == 0:
+            raise ZeroDivisionError("first slice")
+        done.append(lo)
+
+    with parallel.splitting(), pytest.raises(ZeroDivisionError, match="first slice"):
+        parallel.run(fn, 9)
+    assert sorted(done) == [3, 6]
+
+
+def test_splitting_runs_blas_on_one_thread_and_restores_it(split_everything):
+    if threads.blas_num_threads() is None:
+        pytest.fail("threadpoolctl should be installed with npmobilenet")
+    threads.set_blas_threads(2)
+    with parallel.splitting():
+        assert threads.blas_num_threads() == 1
+    assert threads.blas_num_threads() == 2
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
+def test_set_threads_rejects_bad_counts(bad):
+    with pytest.raises(ValueError, match="set_threads: n must be an int >= 1"):
+        parallel.set_threads(bad)
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])  # same set-up for all
+@given(
+    cfg=conv2d_configs(dtypes=(np.float64,), allow_unbatched=False),
+    method=st.sampled_from(["direct", "im2col", "auto"]),
+    seed=st.integers(0, 2**16),
+)
+def test_conv_split_over_the_batch_equals_serial(split_everything, cfg, method, seed):
+    arrays = make_conv2d_inputs(cfg, seed)
+    dout = np.random.default_rng(seed + 1).standard_normal(cfg["out_shape"])
+    out, cache = conv2d_forward(**arrays, **conv2d_kwargs(cfg), method=method)
+    grads = conv2d_backward(dout, cache)
+    with parallel.splitting():
+        out_s, cache_s = conv2d_forward(**arrays, **conv2d_kwargs(cfg), method=method)
+        grads_s = conv2d_backward(dout, cache_s)
+    np.testing.assert_array_equal(out_s, out)  # per image: the same sums
+    for g, g_s in zip(grads, grads_s):  # dW, db: the slices' sums added (rounding only)
+        if g is None:
+            assert g_s is None
+        else:
+            np.testing.assert_allclose(g_s, g, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("activation", ["relu", "relu6"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_batch_norm_split_over_the_batch_equals_serial(split_everything, activation, dtype):
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((7, 5, 6, 6)) * 3 + 1).astype(dtype)
+    w, b = rng.standard_normal(5).astype(dtype), rng.standard_normal(5).astype(dtype)
+    dout = rng.standard_normal(x.shape).astype(dtype)
+    stats, stats_s = (
+        [np.zeros(5, dtype), np.ones(5, dtype)],
+        [np.zeros(5, dtype), np.ones(5, dtype)],
+    )
+    out, cache = batch_norm_act_forward(x, w, b, *stats, True, activation=activation)
+    grads = batch_norm_act_backward(dout, cache)
+    with parallel.splitting():
+        out_s, cache_s = batch_norm_act_forward(x, w, b, *stats_s, True, activation=activation)
+        grads_s = batch_norm_act_backward(dout, cache_s)
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == np.float64 else dict(rtol=1e-5, atol=1e-6)
+    for got, want in zip((out_s, *grads_s, *stats_s), (out, *grads, *stats)):
+        np.testing.assert_allclose(got, want, **tol)
+
+
+def test_model_training_step_split_equals_serial(split_everything):
+    """A whole MobileNetV1 step on 3 threads against the same step on 1 (float64)."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((5, 3, 40, 40))
+    y = np.array([0, 1, 2, 3, 4])
+
+    def step(n_threads):
+        parallel.set_threads(n_threads)
+        model = MobileNetV1(alpha=0.25, num_classes=5, dtype=np.float64, seed=1).train()
+        loss, cache = ops.cross_entropy_forward(model.forward(x), y)
+        dx = model.backward(ops.cross_entropy_backward(1.0, cache))
+        return [float(loss), dx, *(p.grad for p in model.parameters()),
+                *model.state_dict().values()]  # fmt: skip
+
+    serial, split = step(1), step(3)
+    for a, b in zip(split, serial):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
