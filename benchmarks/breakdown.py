@@ -49,30 +49,9 @@ OURS_STEP_CATEGORY = {
 # ---------------------------------------------------------------- layer types
 
 
-def ours_category(name, m):
-    """The layer type of one of npmobilenet's leaf modules, or None (Flatten, Dropout)."""
-    from npmobilenet import nn
-
-    if isinstance(m, nn.Conv2d):
-        if name.startswith("first_conv"):
-            return "first conv"
-        if m.groups > 1:
-            return "depthwise"
-        return "pointwise" if tuple(m.kernel_size) == (1, 1) else None
-    if isinstance(m, nn.BatchNorm2d):
-        return "BN"
-    if isinstance(m, (nn.ReLU, nn.ReLU6)):
-        return "activation"
-    if isinstance(m, nn.AdaptiveAvgPool2d):
-        return "pooling"
-    if isinstance(m, nn.Linear):
-        return "linear"
-    return None
-
-
-def torch_category(torch, name, m):
-    """The layer type of one of torch's leaf modules, or None (Dropout)."""
-    nn = torch.nn
+def category(nn, name, m):
+    """The layer type of a leaf module, or None (Flatten, Dropout). ``nn`` is the module's
+    library, ``npmobilenet.nn`` or ``torch.nn``: the layer classes have the same names."""
     if isinstance(m, nn.Conv2d):
         if name.startswith("first_conv"):
             return "first conv"
@@ -92,7 +71,7 @@ def torch_category(torch, name, m):
 
 def _torch_leaves(torch, tmodel):
     for name, m in tmodel.named_modules():
-        cat = torch_category(torch, name, m)
+        cat = category(torch.nn, name, m)
         if cat is not None and next(m.children(), None) is None:
             yield cat, m
 
@@ -208,11 +187,13 @@ def train_ours(model, step, reps):
     ``forward_act`` and ``backward`` get a timing wrapper as an instance attribute, removed at
     the end (the class's methods are untouched).
     """
+    from npmobilenet import nn as npnn
+
     fwd, bwd = dict.fromkeys(CATEGORIES, 0.0), dict.fromkeys(CATEGORIES, 0.0)
     depth, patched = [0], []
     try:
         for name, m in model.named_modules():
-            cat = ours_category(name, m)
+            cat = category(npnn, name, m)
             if cat is None or next(m.children(), None) is not None:
                 continue
             for attr, acc in (("forward", fwd), ("forward_act", fwd), ("backward", bwd)):
