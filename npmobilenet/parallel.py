@@ -19,6 +19,8 @@ serial one only by float rounding (like a different BLAS thread count).
 
 Use: a model enters :func:`splitting` around its forward and backward; ops call :func:`run`,
 which outside that block (an op called on its own) runs the whole batch at once, serially.
+Splitting needs BLAS at one thread; where BLAS will not be limited (OpenBLAS takes a thread
+count only from the program's main thread), the step runs serially instead.
 :func:`set_threads` chooses the thread count (default: the machine's cores, at most 4).
 """
 
@@ -89,6 +91,14 @@ def splitting():
     saved = [(c, c.num_threads) for c in _blas()]
     for c, _ in saved:
         c.set_num_threads(1)
+    if any(c.num_threads > 1 for c, _ in saved):
+        # BLAS did not take it: OpenBLAS ignores a thread count set from any thread but the
+        # main one (measured here). Splitting beside a multi-threaded BLAS would oversubscribe
+        # the cores, so this block runs serially with BLAS as it is.
+        for c, num in saved:
+            c.set_num_threads(num)
+        yield
+        return
     _local.parts = n
     try:
         yield

@@ -70,6 +70,25 @@ def test_splitting_runs_blas_on_one_thread_and_restores_it(split_everything):
     assert threads.blas_num_threads() == 2
 
 
+def test_splitting_never_runs_beside_a_multithreaded_blas(split_everything):
+    """In a thread other than the main one OpenBLAS may ignore a new thread count: splitting
+    must then fall back to serial rather than run its slices beside a 2-thread BLAS."""
+    import threading
+
+    threads.set_blas_threads(2)
+    seen = {}
+
+    def worker():
+        with parallel.splitting():
+            seen["parts"], seen["blas"] = parallel.parts(), threads.blas_num_threads()
+
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join(30)
+    assert seen["parts"] == 1 or seen["blas"] == 1, seen
+    assert threads.blas_num_threads() == 2
+
+
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
 def test_set_threads_rejects_bad_counts(bad):
     with pytest.raises(ValueError, match="set_threads: n must be an int >= 1"):
