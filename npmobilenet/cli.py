@@ -139,7 +139,8 @@ def add_train_command(subparsers) -> None:
     p.add_argument(
         "--threads",
         type=_positive_int,
-        help="BLAS threads (1: robust on a shared machine; the count changes float rounding)",
+        help="threads for BLAS and for splitting each training step over the batch (1: robust"
+        " on a shared machine; the count changes float rounding)",
     )
     p.add_argument(
         "--progress",
