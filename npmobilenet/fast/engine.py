@@ -14,9 +14,13 @@ faster passes:
    the global average pool (``npmobilenet.kernels.fused_*``);
 5. **buffers reused**: three activation buffers per input shape (im2col/depthwise outputs, GEMM
    outputs, zero-bordered depthwise inputs), allocated on the first call with that shape and
-   reused afterwards.
+   reused afterwards;
+6. **a batch split over threads**: several images are cut into slices that npmobilenet's threads
+   run through the whole network side by side, each slice with its own buffers and BLAS at one
+   thread (``npmobilenet.parallel``): one hand-off per call, and the depthwise kernels and
+   epilogues run on every core too (batch 8 at 224: 80 -> 65 ms; batch 32: 320 -> 253 ms).
 
-Numba kernels here are serial; BLAS owns the cores (see ``npmobilenet.threads``).
+Numba kernels here are serial. One image runs on BLAS's threads (see ``npmobilenet.threads``).
 
 The network is the seed article's (and ``npmobilenet.MobileNetV1``'s): a 3x3 stride-2 stem conv,
 13 depthwise-separable blocks (strides below), global average pool, linear classifier. Dropout is
@@ -33,7 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from npmobilenet import _checks
+from npmobilenet import _checks, parallel
 from npmobilenet.fast.folding import fold_batch_norm
 from npmobilenet.kernels.fused_conv3x3 import conv_out_size, depthwise3x3_nhwc, im2col3x3_nchw
 from npmobilenet.kernels.fused_epilogue import bias_clamp_mean, bias_clamp_pad
@@ -58,7 +62,7 @@ STEM_STRIDE = 2
 ACTIVATIONS = {"relu": (0.0, np.inf), "relu6": (0.0, 6.0)}
 
 _BN_FIELDS = ("weight", "bias", "running_mean", "running_var")
-_MAX_PLANS = 4  # input shapes whose buffers are kept (least recently used dropped first)
+_MAX_PLANS = 8  # input shapes whose buffers are kept (least recently used dropped first)
 
 
 @dataclass(frozen=True)
@@ -213,10 +217,33 @@ class FusedMobileNetV1:
     # ------------------------------------------------------------------ inference
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        """Logits (N, num_classes) for an NCHW batch x (N, C, H, W), in x's dtype."""
+        """Logits (N, num_classes) for an NCHW batch x (N, C, H, W), in x's dtype.
+
+        A batch of several images is split into slices that npmobilenet's threads run through
+        the whole network side by side, BLAS at one thread each (``npmobilenet.parallel``);
+        one image runs on BLAS's threads.
+        """
         x = self._check_input(x)
         with self._lock:
-            return self._forward(x, self._plan(x.shape, x.dtype), self._params(x.dtype))
+            params = self._params(x.dtype)
+            # the stem's arrays are a forward's largest: they decide whether to split
+            n, _, h, w = x.shape
+            oh, ow = conv_out_size(h, STEM_STRIDE), conv_out_size(w, STEM_STRIDE)
+            per_image = oh * ow * self.in_channels * 9 + (oh + 2) * (ow + 2) * self.channels[0]
+            min_images = -(-parallel.MIN_SLICE_ELEMENTS // per_image)
+            if parallel.threads() == 1 or n < 2 * min_images:  # BLAS's threads, one slice
+                return self._forward(x, self._plan(x.shape, x.dtype), params)
+            with parallel.splitting():
+                slices = parallel.slices(n, min_images)
+                if len(slices) == 1:  # splitting declined (BLAS could not be limited)
+                    return self._forward(x, self._plan(x.shape, x.dtype), params)
+                # each slice its own buffers (one plan per slice: a plan's layers share memory)
+                plans = {lo: self._plan(x[lo:hi].shape, x.dtype, part=i)
+                         for i, (lo, hi) in enumerate(slices)}  # fmt: skip
+                parts = parallel.run(
+                    lambda lo, hi: self._forward(x[lo:hi], plans[lo], params), n, per_image
+                )
+            return np.concatenate(parts)
 
     def profile(self, x: np.ndarray) -> dict[str, float]:
         """Run one forward and return seconds spent per step kind.
@@ -292,14 +319,15 @@ class FusedMobileNetV1:
             self._params_by_dtype[dtype] = self._params64.astype(dtype)
         return self._params_by_dtype[dtype]
 
-    def _plan(self, shape, dtype) -> _Plan:
-        key = (tuple(shape), np.dtype(dtype))
+    def _plan(self, shape, dtype, part: int = 0) -> _Plan:
+        """The buffers for inputs of ``shape``; ``part``: which slice of a split batch."""
+        key = (tuple(shape), np.dtype(dtype), part)
         if not self.reuse_buffers:
-            return self._make_plan(*key)
+            return self._make_plan(*key[:2])
         if key in self._plans:
             self._plans.move_to_end(key)
         else:
-            self._plans[key] = self._make_plan(*key)
+            self._plans[key] = self._make_plan(*key[:2])
             if len(self._plans) > _MAX_PLANS:
                 self._plans.popitem(last=False)
         return self._plans[key]

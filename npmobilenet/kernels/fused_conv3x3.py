@@ -41,7 +41,7 @@ def conv_out_size(size: int, stride: int) -> int:
     return (size - 1) // stride + 1
 
 
-@njit(cache=True, fastmath=_FASTMATH)
+@njit(cache=True, nogil=True, fastmath=_FASTMATH)
 def im2col3x3_nchw(x, stride, cols):
     """Gather 3x3 patches (padding 1) of an NCHW image batch into pixel-major rows.
 
@@ -80,7 +80,7 @@ def im2col3x3_nchw_reference(x, stride):
     return cols.transpose(0, 3, 4, 1, 2).reshape(N, OH, OW, C * 9)
 
 
-@njit(cache=True, fastmath=_FASTMATH)
+@njit(cache=True, nogil=True, fastmath=_FASTMATH)
 def depthwise3x3_nhwc(xp, w, b, stride, lo, hi, out):
     """Depthwise 3x3 conv on a zero-bordered NHWC input, bias and clamp fused.
 

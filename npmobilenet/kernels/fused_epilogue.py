@@ -25,7 +25,7 @@ from numba import njit
 _FASTMATH = {"contract"}
 
 
-@njit(cache=True, fastmath=_FASTMATH)
+@njit(cache=True, nogil=True, fastmath=_FASTMATH)
 def bias_clamp_pad(y, b, lo, hi, out):
     """``out[n, 1+h, 1+w, k] = clamp(y[n, h, w, k] + b[k])``, and 0 on out's one-pixel border.
 
@@ -51,7 +51,7 @@ def bias_clamp_pad_reference(y, b, lo, hi):
     return np.pad(np.clip(y + b, lo, hi), ((0, 0), (1, 1), (1, 1), (0, 0)))
 
 
-@njit(cache=True, fastmath=_FASTMATH)
+@njit(cache=True, nogil=True, fastmath=_FASTMATH)
 def bias_clamp_mean(y, b, lo, hi, pooled):
     """``pooled[n, k] = mean_p clamp(y[n, p, k] + b[k])``.  y (N, P, K), b (K,), pooled (N, K).
 
