@@ -9,13 +9,12 @@ threads of one pool spin while the other pool wants the cores.
 The rule this project follows:
 
 * **Numba kernels are serial** (no ``parallel=True`` anywhere), so Numba starts no threads;
-* **outside a model's training step, BLAS owns the cores**: it runs the GEMMs, ~95% of
-  MobileNetV1's arithmetic, with as many threads as it was given (by default one per core);
-  the inference engine ``FusedMobileNetV1`` works this way;
-* **inside a model's training step, npmobilenet owns the cores** (``npmobilenet.parallel``): its
-  own threads each take a slice of the batch and run the serial kernels and one-thread BLAS
-  calls on it, with BLAS set to one thread for the step. One pool of threads, so none spins
-  while another wants the core.
+* **for one image, BLAS owns the cores**: it runs the GEMMs, ~95% of MobileNetV1's
+  arithmetic, with as many threads as it was given (by default one per core);
+* **for a batch, npmobilenet owns the cores** (``npmobilenet.parallel``: a model's training
+  step, and ``FusedMobileNetV1`` on several images): its own threads each take a slice of the
+  batch and run the serial kernels and one-thread BLAS calls on it, with BLAS set to one thread
+  meanwhile. One pool of threads, so none spins while another wants the core.
 
 This module lets you see and change BLAS's thread count at run time through ``threadpoolctl``
 (a dependency of npmobilenet; if an install lacks it, these functions warn and change nothing).
