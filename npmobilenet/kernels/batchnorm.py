@@ -4,7 +4,8 @@ Each fast ``@njit`` kernel has a plain NumPy ``*_naive`` twin with the same sign
 tests run both on the same inputs. Sums are accumulated in float64 whatever the input dtype (as
 PyTorch's CPU kernels do), so a float32 batch of millions of pixels keeps its precision.
 
-The kernels are serial on purpose: NumPy's BLAS owns the machine's threads.
+The kernels are serial on purpose (``nogil``): a model's training step runs them on slices of the
+batch from its own threads (``npmobilenet.parallel``); see ``npmobilenet.threads``.
 """
 
 from __future__ import annotations

@@ -21,7 +21,8 @@ Two versions of each computation live here:
   innermost loop walks one output row. For depthwise convolution (Cg == 1) this is the fast path
   of the whole library.
 
-All kernels are serial (no ``prange``: BLAS owns the machine's threads), write into arrays the
+All kernels are serial (no ``prange``; released from the GIL, so a model's training step runs
+them on slices of the batch from its own threads: ``npmobilenet.parallel``), write into arrays the
 Python wrapper allocated, and accumulate in the dtype of their inputs. ``fastmath`` is limited to
 reassociation and fused multiply-add, so NaN and inf still propagate as in plain IEEE arithmetic.
 """
