@@ -33,6 +33,7 @@ from contextlib import contextmanager
 
 __all__ = [
     "threads", "set_threads", "splitting", "run", "slices", "parts", "MIN_SLICE_ELEMENTS",
+    "MACS_PER_ELEMENT",
 ]  # fmt: skip
 
 _local = threading.local()
@@ -125,6 +126,9 @@ def slices(n_items: int, min_items: int = 1) -> list[tuple[int, int]]:
 # work to another thread costs tens of microseconds. Measured: alpha 0.25 at 32x32, batch 64
 # (arrays of 2^17 elements and less) ran 21 ms per step serially and 28-36 ms split in two.
 MIN_SLICE_ELEMENTS = 2**18
+# A GEMM's multiply-adds per element of memory-bound work taking about as long (~100 GFLOP/s
+# per core against ~1 ns per element): ops weigh their GEMMs' work in elements with it.
+MACS_PER_ELEMENT = 20
 
 
 def run(fn, n_items: int, item_size: int = MIN_SLICE_ELEMENTS) -> list:

@@ -497,7 +497,7 @@ def _forward_pointwise(x, weight, out_shape, stride, pad, dilation, groups, out=
     def images(lo, hi):  # (n, G, Kg, H*W): one GEMM per image and group
         np.matmul(w3, x4[lo:hi], out=out4[lo:hi])
 
-    parallel.run(images, N, max(x4[0].size, out4[0].size))
+    parallel.run(images, N, _pointwise_work(x4, out4))
     return out
 
 
@@ -518,9 +518,17 @@ def _backward_pointwise(dout, x, weight, stride, pad, dilation, groups, dx=None,
             np.matmul(w3.transpose(0, 2, 1), d4[lo:hi], out=dx4[lo:hi])  # (n, G, Cg, H*W)
         return _pointwise_dweight(d4[lo:hi], x4[lo:hi])
 
-    dweight = _sum_slices(parallel.run(images, N, max(x4[0].size, d4[0].size)))
+    dweight = _sum_slices(parallel.run(images, N, _pointwise_work(x4, d4)))
     dweight = dweight.reshape(weight.shape)
     return (dx if input_grad else None), dweight
+
+
+def _pointwise_work(x4, y4):
+    """Per-image work of a pointwise GEMM in ``parallel.run``'s units (array elements): a 7x7
+    1024x1024 layer has few elements but 51 M multiply-adds per image, worth a thread each.
+    """
+    macs = x4[0].size * y4.shape[2]  # H*W * Cg * Kg * G: one image's multiply-adds
+    return max(x4[0].size, y4[0].size, macs // parallel.MACS_PER_ELEMENT)
 
 
 # Below this many pixels per image, dW is one GEMM over the whole batch (a small transposing
