@@ -171,20 +171,11 @@ def thread_counts(text: str) -> list[int]:
 
 def seed_torch_model(torch, alpha, classes, in_ch=3, seed=0):
     """The seed-shaped torch model with non-trivial BN statistics (eval mode)."""
-    from torch_reference import build_seed_mobilenet
+    from torch_reference import build_seed_mobilenet, randomize_batch_norm
 
     torch.manual_seed(seed)
     model = build_seed_mobilenet(torch, alpha, classes, in_ch)
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                n = m.num_features
-                m.running_mean.copy_(0.2 * torch.randn(n, generator=g))
-                m.running_var.copy_(0.5 + torch.rand(n, generator=g))
-                m.weight.copy_(0.5 + torch.rand(n, generator=g))
-                m.bias.copy_(0.2 * torch.randn(n, generator=g))
-    return model.eval()
+    return randomize_batch_norm(torch, model, seed + 1).eval()
 
 
 def numpy_state(model):

@@ -65,6 +65,13 @@ def integer(op: str, name: str, v, minimum=None) -> int:
     return v
 
 
+def flag(op: str, name: str, v) -> bool:
+    """Check that ``v`` is a bool (numpy's included)."""
+    if not isinstance(v, (bool, np.bool_)):
+        raise TypeError(f"{op}: {name} must be True or False, got {describe(v)}")
+    return bool(v)
+
+
 def pair(op: str, name: str, v, minimum=None) -> tuple[int, int]:
     """Turn an int or a pair of ints into a ``(h, w)`` tuple, each at least ``minimum``."""
     if isinstance(v, (tuple, list)):

@@ -17,7 +17,7 @@ import pytest
 from conftest import TOL
 from hypothesis import given
 from hypothesis import strategies as st
-from torch_reference import build_seed_mobilenet
+from torch_reference import build_seed_mobilenet, randomize_batch_norm
 
 from npmobilenet import parallel, threads
 from npmobilenet.fast import FusedMobileNetV1, fold_batch_norm
@@ -156,16 +156,7 @@ def _seed_model(torch, alpha, classes, in_channels, activation, dtype, seed=0):
     """The seed-shaped torch model in eval mode with non-trivial BN statistics and affine."""
     torch.manual_seed(seed)
     model = build_seed_mobilenet(torch, alpha, classes, in_channels, activation)
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                n = m.num_features
-                m.running_mean.copy_(0.2 * torch.randn(n, generator=g))
-                m.running_var.copy_(0.5 + torch.rand(n, generator=g))
-                m.weight.copy_(0.5 + torch.rand(n, generator=g))
-                m.bias.copy_(0.2 * torch.randn(n, generator=g))
-    model = model.eval()
+    model = randomize_batch_norm(torch, model, seed + 1).eval()
     return model.double() if dtype == np.float64 else model
 
 

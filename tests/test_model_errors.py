@@ -101,6 +101,11 @@ def test_bad_backward_input():
         m.backward(np.zeros((2, 5), np.float64))
     with pytest.raises(TypeError, match=r"backward: dout must have dtype float32 or float64"):
         m.backward(np.zeros((2, 5), np.int64))
+    for bad in ("no", 0, None):
+        with pytest.raises(TypeError, match=r"MobileNetV1.backward: input_grad must be True or"):
+            m.backward(np.ones((2, 5), np.float32), input_grad=bad)
+    with pytest.raises(TypeError, match=r"Conv2d.backward: input_grad must be True or False"):
+        m.first_conv.conv.backward(np.ones((2, 8, 16, 16), np.float32), input_grad=1)
     dx = m.backward(np.ones((2, 5), np.float32))  # the checks consumed nothing
     assert dx.shape == (2, 3, 32, 32)
     with pytest.raises(RuntimeError, match="backward called before forward"):

@@ -79,3 +79,18 @@ def build_seed_mobilenet(
             return self.fc(self.dropout(x))
 
     return MobileNetV1()
+
+
+def randomize_batch_norm(torch, model, seed=1):
+    """Give every BatchNorm2d of ``model`` non-trivial statistics and affine parameters (as a
+    trained model has), drawn from ``seed``; returns the model."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                n = m.num_features
+                m.running_mean.copy_(0.2 * torch.randn(n, generator=g))
+                m.running_var.copy_(0.5 + torch.rand(n, generator=g))
+                m.weight.copy_(0.5 + torch.rand(n, generator=g))
+                m.bias.copy_(0.2 * torch.randn(n, generator=g))
+    return model

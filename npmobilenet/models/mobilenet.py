@@ -304,6 +304,7 @@ class MobileNetV1(Module):
         step) and returns None, as PyTorch does for an input that does not require grad.
         """
         op = "MobileNetV1.backward"
+        input_grad = chk.flag(op, "input_grad", input_grad)
         if self._out_meta is None:
             raise RuntimeError(f"{op}: backward called before forward (no cached activations)")
         dout = chk.dout_like(op, dlogits, *self._out_meta)

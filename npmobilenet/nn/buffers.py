@@ -70,11 +70,6 @@ class BufferPool:
                 del self._arrays[key]
         self._used = set()
 
-    def clear(self) -> None:
-        """Forget every array (arrays still held elsewhere stay valid there)."""
-        self._arrays.clear()
-        self._used = set()
-
     @property
     def nbytes(self) -> int:
         """Bytes of all the arrays the pool refers to."""

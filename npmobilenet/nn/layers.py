@@ -46,12 +46,6 @@ def float_dtype(op: str, dtype) -> np.dtype:
     return dt
 
 
-def _scratch(module: Module, name: str, shape: tuple, dtype) -> np.ndarray:
-    """An output array ``module`` may overwrite (``npmobilenet.nn.buffers``): reused across steps,
-    as writing into fresh memory costs a page fault per 4 KB."""
-    return buffers.scratch(module, name, shape, dtype)
-
-
 def _accumulate(p: Parameter | None, g: np.ndarray | None) -> None:
     if p is not None and p.requires_grad:
         p.accumulate(g)
@@ -134,7 +128,9 @@ class Conv2d(Module):
             )
             self._plan_key = key
         buf = (
-            None if self._plan.unbatched else _scratch(self, "_out", self._plan.out_shape, w.dtype)
+            None
+            if self._plan.unbatched
+            else buffers.scratch(self, "_out", self._plan.out_shape, w.dtype)
         )
         out, self._cache = conv_ops.conv2d_run(x, w, b, self._plan, out=buf)
         return out
@@ -145,12 +141,13 @@ class Conv2d(Module):
         ``input_grad=False``: dx is not computed and None is returned (a first layer's input
         is data; its gradient is not needed).
         """
+        input_grad = chk.flag("Conv2d.backward", "input_grad", input_grad)
         cache = self._take_cache("Conv2d.backward")
         dout = chk.dout_like("conv2d_backward", dout, cache.out_shape, cache.x.dtype)
         dx_buf = None
         if input_grad and not cache.unbatched:
             dx_buf = buffers.from_pool(cache.x.shape, cache.x.dtype)
-        dx, dw, db = conv_ops.conv2d_backward_run(dout, cache, dx_buf, bool(input_grad))
+        dx, dw, db = conv_ops.conv2d_backward_run(dout, cache, dx_buf, input_grad)
         if dx_buf is not None:
             dx = dx_buf  # the array itself, not a reshaped view of it (see buffers.overwritable)
         self._cache = None
@@ -221,7 +218,7 @@ class BatchNorm2d(Module):
         key = (type(x), getattr(x, "shape", None), getattr(x, "dtype", None), self.training, act,
                momentum, self.eps, *(id(a) for a in args))  # fmt: skip
         if key == self._checked_key:
-            buf = _scratch(self, "_out", x.shape, x.dtype)
+            buf = buffers.scratch(self, "_out", x.shape, x.dtype)
             out, self._cache = bn_ops._forward(
                 x, *args, self.training, momentum, self.eps, act, out=buf
             )
