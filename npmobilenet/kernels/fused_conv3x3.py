@@ -32,12 +32,13 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from npmobilenet._geometry import output_size
 from npmobilenet.kernels.fastmath import CONTRACT
 
 
 def conv_out_size(size: int, stride: int) -> int:
-    """Output length of a 3x3 convolution with padding 1: ``(size + 2 - 3) // stride + 1``."""
-    return (size - 1) // stride + 1
+    """Output length of a 3x3 convolution with padding 1 (``(size - 1) // stride + 1``)."""
+    return output_size(size, 3, stride, 1)
 
 
 @njit(cache=True, nogil=True, fastmath=CONTRACT)

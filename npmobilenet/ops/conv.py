@@ -40,6 +40,7 @@ from typing import NamedTuple
 import numpy as np
 
 from npmobilenet import _checks, parallel
+from npmobilenet._geometry import output_size, window_span
 from npmobilenet.kernels.conv_direct import (
     conv2d_direct_backward_input,
     conv2d_direct_backward_weight,
@@ -138,15 +139,15 @@ def _resolve_padding(op, padding, kernel, dilation, stride):
     return (ph, ph, pw, pw)
 
 
-def _output_size(op, size, pad_total, kernel, dilation, stride, axis):
+def _output_size(op, size, pads, kernel, dilation, stride, axis):
     """One output extent; errors if the dilated kernel is larger than the padded input."""
-    span = dilation * (kernel - 1) + 1
+    span, pad_total = window_span(kernel, dilation), pads[0] + pads[1]
     if size + pad_total < span:
         raise ValueError(
             f"{op}: the kernel (size {kernel}, dilation {dilation}, so it spans {span}) is larger"
             f" than the padded input {axis} {size} + padding {pad_total} = {size + pad_total}"
         )
-    return (size + pad_total - span) // stride + 1
+    return output_size(size, kernel, stride, pads, dilation)
 
 
 def choose_method(x_shape, w_shape, stride, padding, groups):
@@ -221,8 +222,8 @@ def conv2d_plan(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
     pad = _resolve_padding(op, padding, kernel, dilation, stride)
     _checks.choice(op, "method", method, METHODS)
     N, _, H, W = x4.shape
-    OH = _output_size(op, H, pad[0] + pad[1], kernel[0], dilation[0], stride[0], "height")
-    OW = _output_size(op, W, pad[2] + pad[3], kernel[1], dilation[1], stride[1], "width")
+    OH = _output_size(op, H, pad[0:2], kernel[0], dilation[0], stride[0], "height")
+    OW = _output_size(op, W, pad[2:4], kernel[1], dilation[1], stride[1], "width")
     if method == "auto":
         method = choose_method(x4.shape, weight.shape, stride, pad, groups)
     elif method == "im2col" and _is_pointwise(weight.shape, stride, pad):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from npmobilenet import _checks
+from npmobilenet._geometry import output_size
 from npmobilenet.kernels import pool as K
 
 
@@ -27,14 +28,6 @@ def _as_batched(op, x):
     if 0 in x4.shape[1:]:
         raise ValueError(f"{op}: x must have non-zero C, H and W, got shape {x.shape}")
     return np.ascontiguousarray(x4), x.ndim == 4
-
-
-def _out_size(size, k, s, p, d, ceil_mode):
-    """PyTorch's pooling output length along one axis (may be < 1: the caller rejects it)."""
-    o = (size + 2 * p - d * (k - 1) - 1 + (s - 1 if ceil_mode else 0)) // s + 1
-    if ceil_mode and (o - 1) * s >= size + p:
-        o -= 1
-    return o
 
 
 def _window_params(op, x4, kernel_size, stride, padding, dilation, ceil_mode):
@@ -51,8 +44,8 @@ def _window_params(op, x4, kernel_size, stride, padding, dilation, ceil_mode):
             f" got padding={p} with kernel_size={k}"
         )
     H, W = x4.shape[2:]
-    OH = _out_size(H, k[0], s[0], p[0], d[0], ceil_mode)
-    OW = _out_size(W, k[1], s[1], p[1], d[1], ceil_mode)
+    OH = output_size(H, k[0], s[0], p[0], d[0], ceil_mode)  # may be < 1: rejected below
+    OW = output_size(W, k[1], s[1], p[1], d[1], ceil_mode)
     if OH < 1 or OW < 1:
         raise ValueError(
             f"{op}: the kernel (size {k}, dilation {d}) is larger than the padded input"
