@@ -32,7 +32,7 @@ ACTIVATIONS = ("relu", "relu6")
 
 
 class BatchNormCache(NamedTuple):
-    """What the batch-norm forward keeps for its backward.
+    """What ``batch_norm_forward`` and ``batch_norm_act_forward`` keep for their backwards.
 
     x3: the (N, C, L) contiguous view of x. w, mean, invstd: (C,) float64 copies of the weight
     (ones without one) and of the statistics used. has_weight, has_bias: whether they were given.

@@ -259,11 +259,7 @@ def conv2d_backward(dout, cache):
     Uses the same implementation the forward ran (``cache.method``).
     """
     op = "conv2d_backward"
-    if not isinstance(cache, Conv2dCache):
-        raise TypeError(
-            f"{op}: cache must be the Conv2dCache returned by conv2d_forward, got "
-            f"{_checks.describe(cache)}"
-        )
+    _checks.cache_of(op, cache, Conv2dCache, "conv2d_forward")
     dout = _checks.dout_like(op, dout, cache.out_shape, cache.x.dtype)
     return conv2d_backward_run(dout, cache)
 
