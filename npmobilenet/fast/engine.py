@@ -41,6 +41,7 @@ from npmobilenet import _checks, parallel
 from npmobilenet.fast.folding import fold_batch_norm
 from npmobilenet.kernels.fused_conv3x3 import conv_out_size, depthwise3x3_nhwc, im2col3x3_nchw
 from npmobilenet.kernels.fused_epilogue import bias_clamp_mean, bias_clamp_pad
+from npmobilenet.ops.activations import ACTIVATIONS
 
 OP = "FusedMobileNetV1"
 
@@ -58,8 +59,6 @@ BLOCKS = (
 )
 STEM_STRIDE = 2
 
-# Activation -> the clamp (lo, hi) the fused kernels apply.
-ACTIVATIONS = {"relu": (0.0, np.inf), "relu6": (0.0, 6.0)}
 
 _BN_FIELDS = ("weight", "bias", "running_mean", "running_var")
 _MAX_PLANS = 8  # input shapes whose buffers are kept (least recently used dropped first)
@@ -133,7 +132,7 @@ class FusedMobileNetV1:
     def __init__(self, params: _Params, activation: str = "relu"):
         _checks.choice(OP, "activation", activation, ACTIVATIONS)
         self.activation = activation
-        self._clamp = ACTIVATIONS[activation]
+        self._clamp = ACTIVATIONS[activation].clamp
         self._params64 = params.astype(np.float64)
         self._params_by_dtype = {np.dtype(np.float64): self._params64}
         self._plans: OrderedDict = OrderedDict()

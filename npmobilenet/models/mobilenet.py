@@ -44,11 +44,9 @@ from npmobilenet.nn import (
     Linear,
     Module,
     ModuleList,
-    ReLU,
-    ReLU6,
     buffers,
 )
-from npmobilenet.nn.layers import float_dtype
+from npmobilenet.nn.layers import ACTIVATION_LAYERS, float_dtype
 
 FIRST_CONV_CHANNELS = 32  # Table 1, row 1: "Conv / s2, 3x3x3x32"
 
@@ -65,7 +63,7 @@ TABLE_1 = (
     ("depthwise_sep_conv7", 512, 1024, 2, 1),
     ("depthwise_sep_conv8", 1024, 1024, 1, 1),
 )
-ACTIVATIONS = {"relu": ReLU, "relu6": ReLU6}
+ACTIVATIONS = ACTIVATION_LAYERS  # activation name -> layer class
 CONV_KINDS = ("separable", "full")
 
 

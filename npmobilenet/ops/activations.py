@@ -8,6 +8,8 @@ Any shape works; the output has x's shape and dtype.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
@@ -83,3 +85,19 @@ def relu6_backward(dout, cache):
     (x,) = _checks.cache_of(op, cache, ReLU6Cache, "relu6_forward")
     dout = _checks.dout_like(op, dout, x.shape, x.dtype)
     return _masked(K.relu6_backward_input, dout, x)
+
+
+class Activation(NamedTuple):
+    """One entry of ``ACTIVATIONS``: the op pair, and the clamp ``(lo, hi)`` it computes,
+    ``min(max(x, lo), hi)`` (what the fused kernels of batch norm and inference apply)."""
+
+    forward: Callable
+    backward: Callable
+    clamp: tuple[float, float]
+
+
+# Every activation a model, batch norm's fused op or the inference engine accepts, by name.
+ACTIVATIONS = {
+    "relu": Activation(relu_forward, relu_backward, (0.0, math.inf)),
+    "relu6": Activation(relu6_forward, relu6_backward, (0.0, 6.0)),
+}

@@ -25,10 +25,10 @@ import numpy as np
 
 from npmobilenet import _checks, parallel
 from npmobilenet.kernels import batchnorm as K
+from npmobilenet.ops.activations import ACTIVATIONS
 
 _FWD = "batch_norm_forward"
 _BWD = "batch_norm_backward"
-ACTIVATIONS = ("relu", "relu6")
 
 
 class BatchNormCache(NamedTuple):
