@@ -16,6 +16,10 @@ import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
+# How to get the optional dependencies of the demos (scikit-learn, Pillow, matplotlib): the
+# "demo" extra, installed from the npmobilenet source folder.
+INSTALL_HINT = 'pip install ".[demo]" (in the npmobilenet source folder)'
+
 
 # Limits for the reprs inside error messages: a value of any size is described in a line.
 _REPR = reprlib.Repr()

@@ -19,10 +19,10 @@ import warnings
 
 import numpy as np
 
+from npmobilenet._checks import INSTALL_HINT as HINT
 from npmobilenet.data.dataset import ArrayDataset, check_channels, check_resolution
 
 OP = "ImageFolder"
-HINT = 'pip install "npmobilenet[demo]"'
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
 

@@ -28,6 +28,7 @@ import warnings
 import numpy as np
 
 from npmobilenet import __version__
+from npmobilenet._checks import INSTALL_HINT as HINT
 from npmobilenet.data import (
     ArrayDataset,
     Compose,
@@ -43,16 +44,15 @@ from npmobilenet.data import (
 )
 from npmobilenet.data.dataset import resize_bilinear, to_channels
 from npmobilenet.data.digits import stratified_test_indices
-from npmobilenet.io.weights import load_state_dict_file, save_state_dict
+from npmobilenet.io.weights import load_state_dict_file, safetensors_metadata, save_state_dict
 from npmobilenet.models import MobileNetV1
 from npmobilenet.optim import OPTIMIZERS, make_optimizer, paper_param_groups
 from npmobilenet.optim.lr_scheduler import CosineAnnealingLR, OneCycleLR
-from npmobilenet.train.checkpoint import _metadata, check_architecture, load_checkpoint
+from npmobilenet.train.checkpoint import check_architecture, load_checkpoint
 from npmobilenet.train.metrics import format_confusion, write_metrics
 from npmobilenet.train.plots import save_plots
 from npmobilenet.train.trainer import Trainer, evaluate
 
-HINT = 'pip install "npmobilenet[demo]"'
 CHECKPOINT = "checkpoint.safetensors"
 MODEL = "model.safetensors"
 CONFIG_KEY = "npmobilenet.config"
@@ -426,7 +426,7 @@ def load_run(path):
     with open(path, "rb") as f:
         head = f.read(1 << 20)
     try:
-        meta = _metadata(head)
+        meta = safetensors_metadata(head)
     except (ValueError, UnicodeDecodeError):
         meta = {}
     if CONFIG_KEY in meta:
