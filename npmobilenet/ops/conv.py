@@ -296,7 +296,8 @@ def _is_depthwise3x3(weight, dilation):
 
 
 def _depthwise_shape(x, weight, out_hw, stride):
-    return DepthwiseShape(x.shape[1], weight.shape[0], x.shape[2:], tuple(out_hw), stride)
+    finite = bool(np.isfinite(weight).all())
+    return DepthwiseShape(x.shape[1], weight.shape[0], x.shape[2:], tuple(out_hw), stride, finite)
 
 
 def _zeroed(shape, dtype, buf):
