@@ -35,6 +35,17 @@ __all__ = ["GradcheckError", "GradcheckReport", "InputReport", "check_grad", "ch
 # test's own line and the report, not the checker's source (``--fulltrace`` shows them).
 __tracebackhide__ = True
 
+# The random upstream gradient and fast mode's directions come from their own streams of the
+# seed: not from ``default_rng(seed)`` itself, which a test may well have used to draw x (with
+# dout equal to x, ``dout.T @ x`` is symmetric and a transposed weight gradient would pass).
+_UPSTREAM_STREAM, _DIRECTIONS_STREAM = 0x6772, 0x6164
+
+
+def upstream_gradient(seed: int, shape: tuple) -> np.ndarray:
+    """The seeded standard-normal upstream gradient ``g`` of a check, float64."""
+    return np.random.default_rng([seed, _UPSTREAM_STREAM]).standard_normal(shape)
+
+
 # Default settings of every check (check_grad, check_op, check_module and the pytest plugin).
 EPS, RTOL, ATOL, DIRECTIONS = 1e-6, 1e-5, 1e-8, 2
 
@@ -251,8 +262,10 @@ def _failure_message(report: GradcheckReport, op: str = "check_grad") -> str:
         )
         count = f"{worst.n_failed} of {worst.checked} directions of {worst.name!r} fail"
     others = [f"{r.name!r} (relative error {r.max_rel_err:.3g})" for r in failed if r is not worst]
+    # "check_op (full mode)", or "check_module (Conv2d in train mode; full mode)"
+    head = f"{op[:-1]}; {report.mode} mode)" if op.endswith(")") else f"{op} ({report.mode} mode)"
     msg = (
-        f"{op} ({report.mode} mode): {where}: analytic {a:.10g}, numeric {n:.10g}, "
+        f"{head}: {where}: analytic {a:.10g}, numeric {n:.10g}, "
         f"|a - n| = {diff:.3g}, relative error {rel:.3g} "
         f"(pass needs |a - n| <= atol + rtol * max(|a|, |n|) = {tol:.3g}). {count}."
     )
@@ -312,7 +325,7 @@ def _unit(rng, shapes: dict) -> dict:
 
 def _fast(fn, xs, grads, eps, rtol, atol, seed, directions, op):
     """``directions`` random directions per input and ``directions`` across all inputs jointly."""
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng([seed, _DIRECTIONS_STREAM])
     base = {name: x.copy() for name, x in xs.items()}
     reports, evals = [], 0
     for name, x in xs.items():
@@ -495,7 +508,7 @@ def check_op(
     inputs, config = _validate_op_args(op, forward, backward, inputs, config, seed)
     out, cache = forward(**copy.deepcopy(inputs), **copy.deepcopy(config))
     out = np.asarray(out)
-    g = np.random.default_rng(seed).standard_normal(out.shape).astype(out.dtype)
+    g = upstream_gradient(seed, out.shape).astype(out.dtype)
     grads = backward(g.copy(), cache)
     checked, analytic = _match(inputs, grads, op)
 
