@@ -176,6 +176,9 @@ def load_data(config: dict, warn=print):
         for w in caught:
             warn(f"warning: {w.message}")
         test, summary = None, train.summary
+    check_finite(source, "training", "x", train.x)
+    if test is not None:
+        check_finite(source, "test", "x_test", test.x)
     skipped = list(getattr(train, "skipped", []))
     if test is None:
         train, test = split(train, config["test_fraction"], config["seed"])
@@ -183,6 +186,19 @@ def load_data(config: dict, warn=print):
     train = _fit_images(train, r, c)
     train.skipped = skipped  # unreadable files, for metrics.json
     return train, _fit_images(test, r, c), summary
+
+
+def check_finite(source, split: str, key: str, x: np.ndarray) -> None:
+    """Refuse images holding nan or inf, naming the data, the split and the first bad image."""
+    bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)  # (N,): image holds nan/inf
+    if bad.any():
+        i = int(np.argmax(bad))
+        value = x[i].reshape(-1)[np.argmax(~np.isfinite(x[i].reshape(-1)))]
+        raise ValueError(
+            f"npmobilenet train: --data {source}: the {split} split ({key}) holds a non-finite"
+            f" value ({float(value)}) at image index {i} ({int(bad.sum())} image(s) affected);"
+            " drop or repair those images"
+        )
 
 
 def _is_cifar(path: str) -> bool:
@@ -457,6 +473,11 @@ def evaluate_run(path, data=None, log=print) -> dict:
         )
     loader = DataLoader(test, 256, transform=Normalize(config["mean"], config["std"]))
     result = evaluate(model, loader, len(config["classes"]))
+    if not np.isfinite(result["loss"]):
+        raise ValueError(
+            f"the loss of {path} on its test images is {result['loss']}: the model's outputs"
+            " are not finite (damaged weights?), so its accuracy means nothing"
+        )
     log(f"{summary}; evaluated {result['n']} test images")
     log(format_confusion(result["confusion"], config["classes"]))
     log(f"accuracy {100 * result['accuracy']:.2f}%  loss {result['loss']:.4f}")
