@@ -225,6 +225,12 @@ def add_evaluate_command(subparsers) -> None:
     )
     p.add_argument("--checkpoint", required=True, help="run folder or .safetensors file")
     p.add_argument("--data", help="data to evaluate on (default: the run's own test split)")
+    p.add_argument(
+        "--ignore-class-names",
+        action="store_true",
+        help="evaluate --data whose class names differ from the model's, pairing the classes"
+        " by position",
+    )
     p.set_defaults(func=evaluate_command)
 
 
@@ -232,7 +238,7 @@ def evaluate_command(args) -> int:
     from npmobilenet.train import evaluate_run
 
     try:
-        evaluate_run(args.checkpoint, data=args.data)
+        evaluate_run(args.checkpoint, data=args.data, ignore_class_names=args.ignore_class_names)
     except (ValueError, TypeError, OSError, ImportError) as e:
         print(f"npmobilenet evaluate: error: {e}", file=sys.stderr)
         return 2

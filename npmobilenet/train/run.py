@@ -460,17 +460,18 @@ def load_run(path):
     return model.eval(), config
 
 
-def evaluate_run(path, data=None, log=print) -> dict:
-    """Accuracy, loss and confusion matrix of a saved run on its test split (or on ``data``)."""
+def evaluate_run(path, data=None, log=print, ignore_class_names=False) -> dict:
+    """Accuracy, loss and confusion matrix of a saved run on its test split (or on ``data``).
+
+    The data's class names must be the model's: the same names in another order are matched by
+    name; different names are refused (listing both) unless ``ignore_class_names``, which pairs
+    the classes by position (the counts must still agree).
+    """
     model, config = load_run(path)
     if data is not None:
         config = {**config, "data": data}
     _, test, summary = load_data(config, warn=log)
-    if test.classes != config["classes"] and len(test.classes) != len(config["classes"]):
-        raise ValueError(
-            f"the data has {len(test.classes)} classes {test.classes[:10]} but the model was"
-            f" trained on {len(config['classes'])} {config['classes'][:10]}"
-        )
+    test = match_classes(test, config["classes"], ignore_class_names)
     loader = DataLoader(test, 256, transform=Normalize(config["mean"], config["std"]))
     result = evaluate(model, loader, len(config["classes"]))
     if not np.isfinite(result["loss"]):
@@ -482,6 +483,30 @@ def evaluate_run(path, data=None, log=print) -> dict:
     log(format_confusion(result["confusion"], config["classes"]))
     log(f"accuracy {100 * result['accuracy']:.2f}%  loss {result['loss']:.4f}")
     return result
+
+
+def match_classes(data: ArrayDataset, classes: list, ignore_names: bool = False) -> ArrayDataset:
+    """``data`` labelled by the model's ``classes``: relabelled by name when the names are the
+    same in another order; by position only when ``ignore_names``; otherwise a ValueError."""
+    if data.classes == classes:
+        return data
+    if sorted(data.classes) == sorted(classes) and len(set(classes)) == len(classes):
+        index = np.array([classes.index(name) for name in data.classes])  # data -> model label
+        return ArrayDataset(data.x, index[data.y], classes, name="evaluate")
+    if ignore_names and len(data.classes) == len(classes):
+        return data
+
+    def show(names):
+        return ", ".join(names[:20]) + (f" ... ({len(names)} in all)" if len(names) > 20 else "")
+
+    raise ValueError(
+        f"the data's classes [{show(data.classes)}] are not the model's [{show(classes)}];"
+        + (
+            " pass --ignore-class-names to pair them by position"
+            if len(data.classes) == len(classes)
+            else " their counts differ, so they cannot be paired"
+        )
+    )
 
 
 def predict_images(path, images, top_k=5):
