@@ -177,6 +177,7 @@ def _default_out(data) -> str:
 
 def train_command(args) -> int:
     import os
+    import time
 
     from npmobilenet.train import NonFiniteLossError, train_run
 
@@ -193,6 +194,7 @@ def train_command(args) -> int:
         out = args.out or os.path.dirname(resume) or "."
     else:
         out = args.out or _default_out(args.data)
+    started = time.time()
     try:
         train_run(
             config,
@@ -212,7 +214,46 @@ def train_command(args) -> int:
         message = str(e).removeprefix("npmobilenet train: ")
         print(f"npmobilenet train: error: {message}", file=sys.stderr)
         return 2
+    except BaseException as e:
+        if not _interrupted(e):
+            raise
+        print(_interrupt_message(out, resume, started), file=sys.stderr)
+        return 130
     return 0
+
+
+def _interrupted(e: BaseException) -> bool:
+    """A Ctrl-C: a KeyboardInterrupt, possibly wrapped (a compiled kernel interrupted mid-call
+    surfaces as a SystemError whose context is the KeyboardInterrupt)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _interrupt_message(out: str, resume, started: float) -> str:
+    """One line: where the last complete checkpoint of this run is, and how to continue."""
+    import os
+    import shlex
+
+    from npmobilenet.train.checkpoint import checkpoint_epoch
+
+    path = os.path.join(out, "checkpoint.safetensors")
+    ours = os.path.isfile(path) and (
+        os.path.getmtime(path) >= started - 1
+        or os.path.abspath(path) == os.path.abspath(resume or "")
+    )
+    if not ours:
+        return "npmobilenet train: interrupted before the first epoch ended; no checkpoint written"
+    epoch = checkpoint_epoch(path)
+    after = f" (after epoch {epoch})" if epoch is not None else ""
+    return (
+        f"npmobilenet train: interrupted; the last complete checkpoint is {path}{after};"
+        f" continue with: npmobilenet train --resume {shlex.quote(path)}"
+    )
 
 
 # --------------------------------------------------------------------------- evaluate
@@ -305,7 +346,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None and not args.version:
             parser.print_help()
         return 0
-    return args.func(args)
+    try:
+        return args.func(args)
+    except BaseException as e:
+        if not _interrupted(e):
+            raise
+        print(f"npmobilenet {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
