@@ -74,17 +74,24 @@ def add_summary_command(subparsers) -> None:
 def summary_command(args) -> int:
     import numpy as np
 
+    from npmobilenet.memory import check_fits, estimate_bytes
     from npmobilenet.models import MobileNetV1
 
+    h, w = args.resolution
     try:
+        needed = estimate_bytes(
+            args.alpha, args.classes, args.in_channels, h, w, batch_size=int(args.trace),
+            conv=args.conv, training=False, op="npmobilenet summary",
+        )  # fmt: skip
+        check_fits("npmobilenet summary", needed, f"alpha {args.alpha:g} at {h}x{w}")
         model = MobileNetV1(
             alpha=args.alpha, num_classes=args.classes, in_channels=args.in_channels,
             conv=args.conv, seed=0,
         )  # fmt: skip
-        h, w = args.resolution
         print(model.summary(input_size=(args.in_channels, h, w)))
     except ValueError as e:
-        print(f"npmobilenet summary: error: {e}", file=sys.stderr)
+        message = str(e).removeprefix("npmobilenet summary: ")
+        print(f"npmobilenet summary: error: {message}", file=sys.stderr)
         return 2
     if args.trace:
         print()

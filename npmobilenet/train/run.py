@@ -44,6 +44,7 @@ from npmobilenet.data import (
 from npmobilenet.data.dataset import resize_bilinear, to_channels
 from npmobilenet.data.digits import stratified_test_indices
 from npmobilenet.io.weights import load_state_dict_file, save_state_dict
+from npmobilenet.memory import check_fits, estimate_bytes
 from npmobilenet.models import MobileNetV1
 from npmobilenet.optim import OPTIMIZERS, make_optimizer, paper_param_groups
 from npmobilenet.optim.lr_scheduler import CosineAnnealingLR, OneCycleLR
@@ -179,6 +180,8 @@ def load_data(config: dict, warn=print):
     check_finite(source, "training", "x", train.x)
     if test is not None:
         check_finite(source, "test", "x_test", test.x)
+    n = len(train) + (len(test) if test is not None else 0)
+    check_fits("npmobilenet train", 4 * n * c * r * r, f"{n} images at {r}x{r}x{c}")
     skipped = list(getattr(train, "skipped", []))
     if test is None:
         train, test = split(train, config["test_fraction"], config["seed"])
@@ -186,6 +189,15 @@ def load_data(config: dict, warn=print):
     train = _fit_images(train, r, c)
     train.skipped = skipped  # unreadable files, for metrics.json
     return train, _fit_images(test, r, c), summary
+
+
+def check_run_fits(config: dict) -> None:
+    """Refuse a model and batch size whose training step cannot fit in this machine's RAM."""
+    a, r, bs = config["alpha"], config["resolution"], config["batch_size"]
+    needed = estimate_bytes(a, 1000, config["channels"] or 3, r, r, bs, op="npmobilenet train")
+    check_fits(
+        "npmobilenet train", needed, f"a training step of alpha {a:g} at {r}x{r}, batch {bs}"
+    )
 
 
 def check_finite(source, split: str, key: str, x: np.ndarray) -> None:
@@ -307,6 +319,7 @@ def train_run(config: dict, out_dir, resume=None, progress="auto", log=print, ov
     else:
         config = make_config(**config)
         _check_out_dir(out_dir, overwrite)
+    check_run_fits(config)
     train, test, summary = load_data(config, warn=log)
     log(summary)
     config.update(channels=train.x.shape[1], classes=list(train.classes))
