@@ -8,18 +8,57 @@ append the ``add_`` function to ``COMMANDS``.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from npmobilenet.gradcheck.command import add_gradcheck_command
 
 
-def _positive_float(text: str) -> float:
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line (pointing at --help) instead of the usage text."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _float(text: str) -> float:
     try:
         v = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    v = _float(text)
     if not v > 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return v
+
+
+def _non_negative_float(text: str) -> float:
+    v = _float(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return v
+
+
+def _fraction(text: str) -> float:
+    v = _float(text)
+    if not 0 <= v <= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return v
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
     return v
 
 
@@ -121,11 +160,13 @@ def add_train_command(subparsers) -> None:
     p.add_argument("--batch-size", type=_positive_int, help="batch size (64)")
     p.add_argument("--optimizer", help="sgd (Nesterov momentum), rmsprop, adam or adamw (sgd)")
     p.add_argument("--lr", type=_positive_float, help="peak learning rate")
-    p.add_argument("--momentum", type=float, help="momentum (SGD, RMSprop) (0.9)")
-    p.add_argument("--weight-decay", type=float, help="weight decay, none on depthwise/BN")
+    p.add_argument("--momentum", type=_non_negative_float, help="momentum (SGD, RMSprop) (0.9)")
+    p.add_argument(
+        "--weight-decay", type=_non_negative_float, help="weight decay, none on depthwise/BN"
+    )
     p.add_argument("--schedule", help="onecycle (per batch), cosine (per epoch) or constant")
-    p.add_argument("--warmup", type=float, help="one-cycle warm-up fraction of the steps")
-    p.add_argument("--label-smoothing", type=float, help="label smoothing in [0, 1] (0)")
+    p.add_argument("--warmup", type=_fraction, help="one-cycle warm-up fraction of the steps")
+    p.add_argument("--label-smoothing", type=_fraction, help="label smoothing in [0, 1] (0)")
     p.add_argument("--max-grad-norm", type=_positive_float, help="clip gradients to this norm")
     p.add_argument(
         "--augment",
@@ -133,7 +174,9 @@ def add_train_command(subparsers) -> None:
         default=None,
         help="random crops (and flips, except for digits)",
     )
-    p.add_argument("--seed", type=int, help="seed for init, split, shuffling, dropout (0)")
+    p.add_argument(
+        "--seed", type=_non_negative_int, help="seed for init, split, shuffling, dropout (0)"
+    )
     p.add_argument("--out", help="output folder (default runs/<data name>, never overwritten)")
     p.add_argument(
         "--resume",
@@ -332,7 +375,7 @@ COMMANDS = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="npmobilenet",
         description="MobileNetV1 from scratch in NumPy and Numba.",
     )
@@ -344,8 +387,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns its exit code (2 for a usage error, 130 after Ctrl-C)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error (2), already printed
+        return e.code if isinstance(e.code, int) else 2
     if args.version or args.command is None:
         from npmobilenet import __version__
 
@@ -355,6 +402,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return args.func(args)
+    except (ValueError, TypeError, OSError) as e:  # a command without its own error handling
+        print(f"npmobilenet {args.command}: error: {e}", file=sys.stderr)
+        return 2
     except BaseException as e:
         if not _interrupted(e):
             raise

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import json
+import math
 import os
 import time
 import warnings
@@ -126,14 +127,33 @@ def check_config(config: dict) -> None:
     if not isinstance(config["threads"], int) or config["threads"] < 1:
         raise ValueError(f"{op}: threads must be an integer >= 1, got {config['threads']!r}")
     for key in ("lr", "alpha"):
-        if not config[key] > 0:
+        if not _real(config[key]) or not config[key] > 0:
             raise ValueError(f"{op}: {key} must be > 0, got {config[key]!r}")
     if not 0 <= config["weight_decay"]:
         raise ValueError(f"{op}: weight decay must be >= 0, got {config['weight_decay']!r}")
+    for key in ("momentum", "weight_decay", "depthwise_weight_decay"):
+        if not _real(config[key]) or not config[key] >= 0:
+            raise ValueError(f"{op}: {key} must be a finite number >= 0, got {config[key]!r}")
+    if not _real(config["warmup"]) or not 0 <= config["warmup"] <= 1:
+        raise ValueError(f"{op}: warmup must be a fraction in [0, 1], got {config['warmup']!r}")
+    g = config["max_grad_norm"]
+    if g is not None and (not _real(g) or not g > 0):
+        raise ValueError(f"{op}: max_grad_norm must be a finite number > 0, got {g!r}")
+    if (
+        isinstance(config["seed"], bool)
+        or not isinstance(config["seed"], int)
+        or config["seed"] < 0
+    ):
+        raise ValueError(f"{op}: seed must be an integer >= 0, got {config['seed']!r}")
     if not 0 <= config["label_smoothing"] <= 1:
         raise ValueError(
             f"{op}: label smoothing must be in [0, 1], got {config['label_smoothing']!r}"
         )
+
+
+def _real(v) -> bool:
+    """A finite int or float (not a bool)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 # --------------------------------------------------------------------------------- data
