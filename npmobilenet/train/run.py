@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import json
+import math
 import os
 import time
 
@@ -46,6 +47,7 @@ from npmobilenet.data.dataset import resize_bilinear, to_channels
 from npmobilenet.data.digits import stratified_test_indices
 from npmobilenet.data.presets import eval_steps
 from npmobilenet.io.weights import load_state_dict_file, safetensors_metadata, save_state_dict
+from npmobilenet.memory import check_fits, estimate_bytes
 from npmobilenet.models import MobileNetV1
 from npmobilenet.optim import OPTIMIZERS, make_optimizer, paper_param_groups
 from npmobilenet.optim.lr_scheduler import CosineAnnealingLR, OneCycleLR
@@ -132,10 +134,24 @@ def check_config(config: dict) -> None:
     if not isinstance(config["threads"], int) or config["threads"] < 1:
         raise ValueError(f"{op}: threads must be an integer >= 1, got {config['threads']!r}")
     for key in ("lr", "alpha"):
-        if not config[key] > 0:
+        if not _real(config[key]) or not config[key] > 0:
             raise ValueError(f"{op}: {key} must be > 0, got {config[key]!r}")
     if not 0 <= config["weight_decay"]:
         raise ValueError(f"{op}: weight decay must be >= 0, got {config['weight_decay']!r}")
+    for key in ("momentum", "weight_decay", "depthwise_weight_decay"):
+        if not _real(config[key]) or not config[key] >= 0:
+            raise ValueError(f"{op}: {key} must be a finite number >= 0, got {config[key]!r}")
+    if not _real(config["warmup"]) or not 0 <= config["warmup"] <= 1:
+        raise ValueError(f"{op}: warmup must be a fraction in [0, 1], got {config['warmup']!r}")
+    g = config["max_grad_norm"]
+    if g is not None and (not _real(g) or not g > 0):
+        raise ValueError(f"{op}: max_grad_norm must be a finite number > 0, got {g!r}")
+    if (
+        isinstance(config["seed"], bool)
+        or not isinstance(config["seed"], int)
+        or config["seed"] < 0
+    ):
+        raise ValueError(f"{op}: seed must be an integer >= 0, got {config['seed']!r}")
     if not 0 <= config["label_smoothing"] <= 1:
         raise ValueError(
             f"{op}: label smoothing must be in [0, 1], got {config['label_smoothing']!r}"
@@ -160,6 +176,11 @@ def check_data_settings(config: dict) -> None:
         raise ValueError(f"{op}: layout must be 'nchw' or 'nhwc', got {config['layout']!r}")
     if config.get("channels") not in (None, 1, 3):
         raise ValueError(f"{op}: channels must be 1 or 3, got {config['channels']!r}")
+
+
+def _real(v) -> bool:
+    """A finite int or float (not a bool)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 # --------------------------------------------------------------------------------- data
@@ -197,6 +218,11 @@ def load_data(config: dict, warn=print):
         summary = f"CIFAR-10 {path}: {len(train)} train / {len(test)} test images"
     else:
         return _load_folder(path, config, warn)
+    check_finite(source, "training", "x", train.x)
+    if test is not None:
+        check_finite(source, "test", "x_test", test.x)
+    n = len(train) + (len(test) if test is not None else 0)
+    check_fits("npmobilenet train", 4 * n * c * r * r, f"{n} images at {r}x{r}x{c}")
     skipped = list(getattr(train, "skipped", []))
     if test is None:
         train, test = split(train, config["test_fraction"], config["seed"])
@@ -252,6 +278,28 @@ def _workers(config: dict, data) -> int:
 def _augment(config: dict, data) -> str:
     a = config.get("augment")
     return a if a is not None else ("standard" if is_folder(data) else "none")
+
+
+def check_run_fits(config: dict) -> None:
+    """Refuse a model and batch size whose training step cannot fit in this machine's RAM."""
+    a, r, bs = config["alpha"], config["resolution"], config["batch_size"]
+    needed = estimate_bytes(a, 1000, config["channels"] or 3, r, r, bs, op="npmobilenet train")
+    check_fits(
+        "npmobilenet train", needed, f"a training step of alpha {a:g} at {r}x{r}, batch {bs}"
+    )
+
+
+def check_finite(source, split: str, key: str, x: np.ndarray) -> None:
+    """Refuse images holding nan or inf, naming the data, the split and the first bad image."""
+    bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)  # (N,): image holds nan/inf
+    if bad.any():
+        i = int(np.argmax(bad))
+        value = x[i].reshape(-1)[np.argmax(~np.isfinite(x[i].reshape(-1)))]
+        raise ValueError(
+            f"npmobilenet train: --data {source}: the {split} split ({key}) holds a non-finite"
+            f" value ({float(value)}) at image index {i} ({int(bad.sum())} image(s) affected);"
+            " drop or repair those images"
+        )
 
 
 def _is_cifar(path: str) -> bool:
@@ -378,6 +426,7 @@ def train_run(config: dict, out_dir, resume=None, progress="auto", log=print, ov
     else:
         config = make_config(**config)
         _check_out_dir(out_dir, overwrite)
+    check_run_fits(config)
     train, test, summary = load_data(config, warn=log)
     log(summary)
     config.update(channels=channels_of(train), classes=list(train.classes))
@@ -535,23 +584,56 @@ def load_run(path):
     return model.eval(), config
 
 
-def evaluate_run(path, data=None, log=print) -> dict:
-    """Accuracy, loss and confusion matrix of a saved run on its test split (or on ``data``)."""
+def evaluate_run(path, data=None, log=print, ignore_class_names=False) -> dict:
+    """Accuracy, loss and confusion matrix of a saved run on its test split (or on ``data``).
+
+    The data's class names must be the model's: the same names in another order are matched by
+    name; different names are refused (listing both) unless ``ignore_class_names``, which pairs
+    the classes by position (the counts must still agree).
+    """
     model, config = load_run(path)
     if data is not None:
         config = {**config, "data": data}
     _, test, summary = load_data(config, warn=log)
-    if test.classes != config["classes"] and len(test.classes) != len(config["classes"]):
-        raise ValueError(
-            f"the data has {len(test.classes)} classes {test.classes[:10]} but the model was"
-            f" trained on {len(config['classes'])} {config['classes'][:10]}"
-        )
+    test = match_classes(test, config["classes"], ignore_class_names)
     result = evaluate(model, eval_loader(config, test, _workers(config, test)),
                       len(config["classes"]))  # fmt: skip
+    if not np.isfinite(result["loss"]):
+        raise ValueError(
+            f"the loss of {path} on its test images is {result['loss']}: the model's outputs"
+            " are not finite (damaged weights?), so its accuracy means nothing"
+        )
     log(f"{summary}; evaluated {result['n']} test images")
     log(format_confusion(result["confusion"], config["classes"]))
     log(f"accuracy {100 * result['accuracy']:.2f}%  loss {result['loss']:.4f}")
     return result
+
+
+def match_classes(data, classes: list, ignore_names: bool = False):
+    """``data`` labelled by the model's ``classes``: relabelled by name when the names are the
+    same in another order; by position only when ``ignore_names``; otherwise a ValueError."""
+    if data.classes == classes:
+        return data
+    if sorted(data.classes) == sorted(classes) and len(set(classes)) == len(classes):
+        index = np.array([classes.index(name) for name in data.classes])  # data -> model label
+        if is_folder(data):
+            return ImageFiles(data.files, index[data.y], classes, data.channels, data.cache,
+                              data.warn, data.skipped)  # fmt: skip
+        return ArrayDataset(data.x, index[data.y], classes, name="evaluate")
+    if ignore_names and len(data.classes) == len(classes):
+        return data
+
+    def show(names):
+        return ", ".join(names[:20]) + (f" ... ({len(names)} in all)" if len(names) > 20 else "")
+
+    raise ValueError(
+        f"the data's classes [{show(data.classes)}] are not the model's [{show(classes)}];"
+        + (
+            " pass --ignore-class-names to pair them by position"
+            if len(data.classes) == len(classes)
+            else " their counts differ, so they cannot be paired"
+        )
+    )
 
 
 def predict_images(path, images, top_k=5):
