@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from npmobilenet.exercises.command import add_exercise_command
 from npmobilenet.gradcheck.command import add_gradcheck_command
 
 
@@ -274,6 +275,7 @@ COMMANDS = [
     add_predict_command,
     add_summary_command,
     add_gradcheck_command,
+    add_exercise_command,
 ]
 
 
