@@ -381,7 +381,8 @@ def train_run(config: dict, out_dir, resume=None, progress="auto", log=print, ov
         _check_out_dir(out_dir, overwrite)
     train, test, summary = load_data(config, warn=log)
     log(summary)
-    config.update(channels=channels_of(train), classes=list(train.classes))
+    config.update(channels=channels_of(train), classes=list(train.classes),
+                  augment=_augment(config, train))  # fmt: skip
     if "mean" not in config:
         mean, std = folder_stats(train, config) if is_folder(train) else channel_stats(train)
         config.update(mean=mean, std=[max(s, 1e-6) for s in std])
