@@ -95,6 +95,7 @@ def _dataset(path, arrays, xk, yk, classes, layout):
     if x.dtype == np.uint8:
         x = x.astype(np.float32) / 255.0
     elif x.dtype.kind == "f":
+        _check_float32_range(xk, x)
         x = x.astype(np.float32)
     else:
         raise TypeError(f"{OP}: {xk} must be float or uint8 images, got dtype {x.dtype}")
@@ -105,6 +106,22 @@ def _dataset(path, arrays, xk, yk, classes, layout):
     y = labels(OP, yk, arrays[yk], len(x))
     check_label_range(OP, yk, y, len(classes))
     return ArrayDataset(x, y, classes, name=OP)
+
+
+def _check_float32_range(xk: str, x: np.ndarray) -> None:
+    """Refuse finite values that float32 cannot hold (the cast would make them inf)."""
+    if x.dtype.itemsize <= 4 or x.size == 0:
+        return
+    big = np.abs(x.reshape(len(x), -1)) > np.finfo(np.float32).max  # (N, C*H*W); nan: False
+    rows = np.flatnonzero(big.any(axis=1))
+    if len(rows):
+        i = int(rows[0])
+        v = float(x[i].reshape(-1)[np.argmax(big[i])])
+        raise ValueError(
+            f"{OP}: {xk}[{i}] holds {v:.6g}, beyond float32's range (max"
+            f" {float(np.finfo(np.float32).max):.6g}); images are trained in float32, so scale"
+            " them (e.g. to [0, 1]) first"
+        )
 
 
 def _nchw(path: str, xk: str, x: np.ndarray, layout) -> np.ndarray:

@@ -52,14 +52,18 @@ class Module:
                 f"{type(self).__name__}: call super().__init__() before assigning attributes"
             )
         is_buffer = name in self._buffers and isinstance(value, np.ndarray)
-        for table in (self._parameters, self._buffers, self._modules):
-            table.pop(name, None)
+        target = None
         if isinstance(value, Parameter):
-            self._parameters[name] = value
+            target = self._parameters
         elif isinstance(value, Module):
-            self._modules[name] = value
+            target = self._modules
         elif is_buffer:
-            self._buffers[name] = value
+            target = self._buffers
+        for table in (self._parameters, self._buffers, self._modules):
+            if table is not target:
+                table.pop(name, None)
+        if target is not None:  # a replaced entry keeps its place (the forward order)
+            target[name] = value
         object.__setattr__(self, name, value)
 
     def register_buffer(self, name: str, array: np.ndarray) -> None:
