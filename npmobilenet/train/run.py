@@ -231,7 +231,7 @@ def channels_of(data) -> int:
     return data.channels if is_folder(data) else data.x.shape[1]
 
 
-def folder_stats(data: ImageFiles, config: dict, sample: int = 256):
+def folder_stats(data: ImageFiles, config: dict, sample: int = 64):
     """Per-channel mean and std of up to ``sample`` training images (seeded choice), after the
     evaluation resize and crop: the normalisation of a run on an image folder."""
     rng = np.random.default_rng([config["seed"], 1])
