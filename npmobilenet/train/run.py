@@ -23,6 +23,7 @@ import glob
 import json
 import math
 import os
+import sys
 import time
 
 import numpy as np
@@ -184,14 +185,16 @@ def _real(v) -> bool:
 
 
 # --------------------------------------------------------------------------------- data
-def load_data(config: dict, warn=print):
-    """``(train, test, summary)``: the configured data as :class:`ArrayDataset` s.
+def load_data(config: dict, warn=print, progress=False):
+    """``(train, test, summary)``: the configured data as :class:`ArrayDataset` s, or for an
+    image folder as :class:`~npmobilenet.data.ImageFiles` decoded per batch.
 
     ``data`` is ``"digits"``, a folder of class subfolders of images, a CIFAR-10 binary folder
     (``data_batch_*.bin`` + ``test_batch.bin``) or an ``.npz`` (``x``, ``y``, optional
     ``x_test``, ``y_test``, ``classes``). Without a test part, a stratified
     ``test_fraction`` split (seeded by ``seed``) is held out. Unreadable images are skipped
-    with a warning (passed to ``warn``) and counted in ``summary``.
+    with a warning (passed to ``warn``) and counted in ``summary``. ``progress``: a bar while
+    a folder's headers are read.
     """
     source, r, c = config["data"], config["resolution"], config["channels"]
     if source == "digits":
@@ -217,7 +220,7 @@ def load_data(config: dict, warn=print):
         train, test = load_cifar10(path, r, c)
         summary = f"CIFAR-10 {path}: {len(train)} train / {len(test)} test images"
     else:
-        return _load_folder(path, config, warn)
+        return _load_folder(path, config, warn, progress)
     check_finite(source, "training", "x", train.x)
     if test is not None:
         check_finite(source, "test", "x_test", test.x)
@@ -232,10 +235,10 @@ def load_data(config: dict, warn=print):
     return train, _fit_images(test, r, c), summary
 
 
-def _load_folder(path: str, config: dict, warn):
+def _load_folder(path: str, config: dict, warn, progress: bool):
     """A lazy image folder split into train and test :class:`ImageFiles` (decoded per batch)."""
     folder = LazyImageFolder(path, channels=config["channels"], cache_mb=config.get("cache_mb", 0),
-                             warn=lambda m: warn(f"warning: {m}"))  # fmt: skip
+                             warn=lambda m: warn(f"warning: {m}"), progress=progress)  # fmt: skip
     test_idx = stratified_test_indices(folder.y, config["test_fraction"], config["seed"])
     train_idx = np.setdiff1d(np.arange(len(folder)), test_idx)
     if len(train_idx) == 0:
@@ -253,7 +256,7 @@ def channels_of(data) -> int:
     return data.channels if is_folder(data) else data.x.shape[1]
 
 
-def folder_stats(data: ImageFiles, config: dict, sample: int = 256):
+def folder_stats(data: ImageFiles, config: dict, sample: int = 64):
     """Per-channel mean and std of up to ``sample`` training images (seeded choice), after the
     evaluation resize and crop: the normalisation of a run on an image folder."""
     rng = np.random.default_rng([config["seed"], 1])
@@ -427,9 +430,11 @@ def train_run(config: dict, out_dir, resume=None, progress="auto", log=print, ov
         config = make_config(**config)
         _check_out_dir(out_dir, overwrite)
     check_run_fits(config)
-    train, test, summary = load_data(config, warn=log)
+    bar = progress == "bar" or (progress == "auto" and sys.stderr.isatty())
+    train, test, summary = load_data(config, warn=log, progress=bar)
     log(summary)
-    config.update(channels=channels_of(train), classes=list(train.classes))
+    config.update(channels=channels_of(train), classes=list(train.classes),
+                  augment=_augment(config, train))  # fmt: skip
     if "mean" not in config:
         mean, std = folder_stats(train, config) if is_folder(train) else channel_stats(train)
         config.update(mean=mean, std=[max(s, 1e-6) for s in std])
