@@ -17,7 +17,7 @@ faster passes:
    reused afterwards;
 6. **a batch split over threads**: several images are cut into slices that npmobilenet's threads
    run through the whole network side by side, each slice with its own buffers and BLAS at one
-   thread (``npmobilenet.parallel``): one hand-off per call, and the depthwise kernels and
+   thread (``npmobilenet.threads``): one hand-off per call, and the depthwise kernels and
    epilogues run on every core too (batch 8 at 224: 80 -> 65 ms; batch 32: 320 -> 253 ms).
 
 Numba kernels here are serial. One image runs on BLAS's threads (see ``npmobilenet.threads``).
@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from npmobilenet import _checks, parallel
+from npmobilenet import _checks, threads
 from npmobilenet.fast.folding import fold_batch_norm
 from npmobilenet.kernels.fused_conv3x3 import conv_out_size, depthwise3x3_nhwc, im2col3x3_nchw
 from npmobilenet.kernels.fused_epilogue import bias_clamp_mean, bias_clamp_pad
@@ -220,7 +220,7 @@ class FusedMobileNetV1:
         """Logits (N, num_classes) for an NCHW batch x (N, C, H, W), in x's dtype.
 
         A batch of several images is split into slices that npmobilenet's threads run through
-        the whole network side by side, BLAS at one thread each (``npmobilenet.parallel``);
+        the whole network side by side, BLAS at one thread each (``npmobilenet.threads``);
         one image runs on BLAS's threads.
         """
         x = self._check_input(x)
@@ -230,17 +230,17 @@ class FusedMobileNetV1:
             n, _, h, w = x.shape
             oh, ow = conv_out_size(h, STEM_STRIDE), conv_out_size(w, STEM_STRIDE)
             per_image = oh * ow * self.in_channels * 9 + (oh + 2) * (ow + 2) * self.channels[0]
-            min_images = -(-parallel.MIN_SLICE_ELEMENTS // per_image)
-            if parallel.threads() == 1 or n < 2 * min_images:  # BLAS's threads, one slice
+            min_images = -(-threads.MIN_SLICE_ELEMENTS // per_image)
+            if threads.num_threads() == 1 or n < 2 * min_images:  # BLAS's threads, one slice
                 return self._forward(x, self._plan(x.shape, x.dtype), params)
-            with parallel.splitting():
-                slices = parallel.slices(n, min_images)
+            with threads.Runner().session() as runner:
+                slices = runner.slices(n, min_images)
                 if len(slices) == 1:  # splitting declined (BLAS could not be limited)
                     return self._forward(x, self._plan(x.shape, x.dtype), params)
                 # each slice its own buffers (one plan per slice: a plan's layers share memory)
                 plans = {lo: self._plan(x[lo:hi].shape, x.dtype, part=i)
                          for i, (lo, hi) in enumerate(slices)}  # fmt: skip
-                parts = parallel.run(
+                parts = runner.map(
                     lambda lo, hi: self._forward(x[lo:hi], plans[lo], params), n, per_image
                 )
             return np.concatenate(parts)
