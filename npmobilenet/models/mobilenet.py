@@ -465,6 +465,18 @@ class MobileNetV1(Module):
         """
         return ops.softmax(self.forward(x), axis=1)
 
+    def fuse(self):
+        """The fused eval-mode inference engine for the current modules and weights.
+
+        Returns a :class:`npmobilenet.fast.FusedMobileNetV1`: calling it on x gives what
+        ``eval()`` then ``forward(x)`` gives (up to float rounding), faster. It is a snapshot:
+        call ``fuse()`` again after changing the weights. Raises
+        :class:`npmobilenet.fast.UnsupportedModuleError` for a module it cannot compute.
+        """
+        from npmobilenet.fast import FusedMobileNetV1
+
+        return FusedMobileNetV1(self)
+
     def trace(self, x: np.ndarray, file=None) -> np.ndarray:
         """Run ``forward(x)``, printing each module's output shape as it runs.
 
@@ -495,12 +507,6 @@ class MobileNetV1(Module):
         for _, module in self.units(True):
             in_shape = module.output_shape(in_shape)
         return tuple(in_shape)
-
-    def fuse(self):
-        """The fused inference engine for the current weights (``npmobilenet.fast``)."""
-        from npmobilenet.fast import FusedMobileNetV1
-
-        return FusedMobileNetV1.from_model(self)
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.config.items())
