@@ -122,9 +122,21 @@ def add_train_command(subparsers) -> None:
     p.add_argument("--max-grad-norm", type=_positive_float, help="clip gradients to this norm")
     p.add_argument(
         "--augment",
-        action="store_true",
-        default=None,
-        help="random crops (and flips, except for digits)",
+        choices=("standard", "none"),
+        help="standard: for image folders RandomResizedCrop + flips (their default), for arrays"
+        " padded random crops + flips (no flips for digits); none (the default for arrays)",
+    )
+    p.add_argument(
+        "--workers", type=int, help="threads decoding image-folder batches ahead (2; 0: none)"
+    )
+    p.add_argument(
+        "--cache-mb", type=int, help="keep decoded folder images (uint8) up to this many MB (0)"
+    )
+    p.add_argument("--channels", type=int, choices=(1, 3), help="1 or 3 (default: from the data)")
+    p.add_argument(
+        "--layout",
+        choices=("nchw", "nhwc"),
+        help=".npz image layout of x (default: nchw, refusing arrays that look channels-last)",
     )
     p.add_argument("--seed", type=int, help="seed for init, split, shuffling, dropout (0)")
     p.add_argument("--out", help="output folder (default runs/<data name>, never overwritten)")
@@ -170,7 +182,8 @@ _TRAIN_SETTINGS = {  # argparse dest -> run configuration key
     "batch_size": "batch_size", "optimizer": "optimizer", "lr": "lr", "momentum": "momentum",
     "weight_decay": "weight_decay", "schedule": "schedule", "warmup": "warmup",
     "label_smoothing": "label_smoothing", "max_grad_norm": "max_grad_norm",
-    "augment": "augment", "seed": "seed", "threads": "threads", "init": "init",
+    "augment": "augment", "seed": "seed", "threads": "threads", "workers": "workers",
+    "cache_mb": "cache_mb", "channels": "channels", "layout": "layout", "init": "init",
     "freeze_features": "freeze_features",
 }  # fmt: skip
 
@@ -258,29 +271,64 @@ def evaluate_command(args) -> int:
 def add_predict_command(subparsers) -> None:
     p = subparsers.add_parser(
         "predict",
-        help="top-k classes of image files",
-        description="Classify image files with a trained run: each image is resized and"
-        " cropped like the training data and normalised with the run's statistics.",
+        help="top-k classes of image files or folders",
+        description="Classify images with a trained run, in batches: each image is resized"
+        " (shorter side to resolution / 0.875), centre-cropped and normalised with the run's"
+        " statistics (or a --preset). Missing or unreadable files are reported, not fatal.",
     )
     p.add_argument("--checkpoint", required=True, help="run folder or .safetensors file")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG ...)")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of them")
     p.add_argument("--top-k", type=_positive_int, default=3, help="classes to show (3)")
+    p.add_argument("--out", help="write the results to this .csv or .jsonl instead of printing")
+    p.add_argument("--batch-size", type=_positive_int, default=32, help="images per batch (32)")
+    p.add_argument("--workers", type=int, default=2, help="threads decoding ahead (2)")
+    p.add_argument(
+        "--preset",
+        choices=("timm", "torchvision", "keras", "tf"),
+        help="the preprocessing of published weights instead of the run's own",
+    )
     p.set_defaults(func=predict_command)
 
 
 def predict_command(args) -> int:
-    from npmobilenet.train import predict_images
+    from npmobilenet.train import load_run
+    from npmobilenet.train.predict import predict_files, write_predictions
 
     try:
-        results = predict_images(args.checkpoint, args.images, top_k=args.top_k)
+        model, config = load_run(args.checkpoint)
+        k = min(args.top_k, len(config["classes"]))
+        preds = predict_files(model, config, args.images, top_k=k, batch_size=args.batch_size,
+                              preset=args.preset, workers=max(args.workers, 0),
+                              progress=args.out is not None)  # fmt: skip
+        if args.out is not None:
+            rows, errors = write_predictions(preds, args.out, k)
+        else:
+            rows, errors = _print_predictions(preds)
     except (ValueError, TypeError, OSError, ImportError) as e:
         print(f"npmobilenet predict: error: {e}", file=sys.stderr)
         return 2
-    for image, top in results:
-        print(image)
-        for name, p in top:
-            print(f"  {name:<20} {100 * p:6.2f}%")
+    if args.out is not None:
+        print(f"wrote {rows} prediction(s) to {args.out}")
+    if errors == rows:
+        print(f"npmobilenet predict: error: none of the {rows} file(s) could be read",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    if errors:
+        print(f"npmobilenet predict: {errors} of {rows} file(s) could not be read (reported in"
+              " the output)", file=sys.stderr)  # fmt: skip
     return 0
+
+
+def _print_predictions(preds) -> tuple[int, int]:
+    rows = errors = 0
+    for pred in preds:
+        print(pred.path)
+        if pred.error is not None:
+            print(f"  error: {pred.error}")
+        for name, p in pred.top:
+            print(f"  {name:<20} {100 * p:6.2f}%")
+        rows, errors = rows + 1, errors + (pred.error is not None)
+    return rows, errors
 
 
 COMMANDS = [

@@ -69,7 +69,10 @@ def test_kernels_match_naive(dtype):
     x = (rng.integers(-4, 17, 300) * 0.5).astype(dtype)
     x[::37] = np.nan
     dout = rng.standard_normal(300).astype(dtype)
-    for fast, naive in [(K.relu_bwd, K.relu_bwd_naive), (K.relu6_bwd, K.relu6_bwd_naive)]:
+    for fast, naive in [
+        (K.relu_backward_input, K.relu_backward_input_naive),
+        (K.relu6_backward_input, K.relu6_backward_input_naive),
+    ]:
         a, b = np.empty_like(x), np.empty_like(x)
         fast(dout, x, a)
         naive(dout, x, b)

@@ -150,10 +150,10 @@ def test_evaluate_and_predict_equal_the_module_path(trained, tmp_path):
     p = tmp_path / "digit.png"
     Image.fromarray((255 * test.x[3, 0]).astype(np.uint8)).save(p)
     ((_, top),) = predict_images(out, [str(p)], top_k=10)
-    from npmobilenet.data.folder import load_image
+    from npmobilenet.data.decode import decode
+    from npmobilenet.train.predict import input_transform
 
-    with Image.open(p) as img:
-        x = Normalize(config["mean"], config["std"])(load_image(img, 32, 1)[None])
+    x = input_transform(config)([decode(str(p), 1)])  # (1, 1, 32, 32), as predict prepares it
     model, _ = load_run(out)
     logits = model.forward(x.astype(model.dtype))[0]
     probs = np.exp(logits - logits.max())

@@ -83,6 +83,8 @@ def test_image_folder_with_an_empty_class(tmp_path):
 def test_image_folder_class_of_only_corrupt_files(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "bad.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    (tmp_path / "b").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "b" / "good.png")
     with pytest.warns(UserWarning, match=r"skipped .*bad\.jpg"):
         with pytest.raises(ValueError, match=r"has no readable images \(all 1 files were skipped"):
             ImageFolder(tmp_path)
@@ -91,12 +93,14 @@ def test_image_folder_class_of_only_corrupt_files(tmp_path):
 def test_image_folder_truncated_image_is_skipped_with_a_warning(tmp_path):
     (tmp_path / "a").mkdir()
     Image.new("RGB", (4, 4)).save(tmp_path / "a" / "good.png")
+    (tmp_path / "b").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "b" / "good.png")
     Image.effect_noise((64, 64), 50).save(tmp_path / "a" / "cut.png")
     data = (tmp_path / "a" / "cut.png").read_bytes()
     (tmp_path / "a" / "cut.png").write_bytes(data[: len(data) // 2])
     with pytest.warns(UserWarning, match=r"ImageFolder: skipped .*cut\.png"):
         ds = ImageFolder(tmp_path, resolution=4)
-    assert len(ds) == 1 and ds.skipped[0].endswith("cut.png")
+    assert len(ds) == 2 and ds.skipped[0].endswith("cut.png")
 
 
 def test_image_folder_bad_channels(tmp_path):

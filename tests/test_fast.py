@@ -25,15 +25,15 @@ from npmobilenet.fast import UnsupportedModuleError, fold_batch_norm
 from npmobilenet.fast.engine import im2col3x3_padded
 from npmobilenet.kernels.fused_conv3x3 import (
     depthwise3x3_nhwc,
-    depthwise3x3_nhwc_reference,
+    depthwise3x3_nhwc_naive,
     im2col3x3_nchw,
-    im2col3x3_nchw_reference,
+    im2col3x3_nchw_naive,
 )
 from npmobilenet.kernels.fused_epilogue import (
     bias_clamp_mean,
-    bias_clamp_mean_reference,
+    bias_clamp_mean_naive,
     bias_clamp_pad,
-    bias_clamp_pad_reference,
+    bias_clamp_pad_naive,
 )
 from npmobilenet.models import MobileNetV1
 from npmobilenet.nn import (
@@ -74,7 +74,7 @@ shapes = st.tuples(
 @pytest.mark.kernels
 @pytest.mark.parametrize("dtype", DTYPES)
 @given(shape=shapes, activation=st.sampled_from(["relu", "relu6"]), seed=st.integers(0, 2**16))
-def test_depthwise_kernel_matches_reference(dtype, shape, activation, seed):
+def test_depthwise_kernel_matches_naive(dtype, shape, activation, seed):
     n, h, w, c, stride = shape
     rng = np.random.default_rng(seed)
     x = (4 * rng.standard_normal((n, h, w, c))).astype(dtype)
@@ -83,7 +83,7 @@ def test_depthwise_kernel_matches_reference(dtype, shape, activation, seed):
     lo, hi = _clamp(dtype, activation)
     out = np.full((n, (h - 1) // stride + 1, (w - 1) // stride + 1, c), np.nan, dtype)
     depthwise3x3_nhwc(xp, wt, b, stride, lo, hi, out)
-    ref = depthwise3x3_nhwc_reference(xp, wt, b, stride, lo, hi)
+    ref = depthwise3x3_nhwc_naive(xp, wt, b, stride, lo, hi)
     np.testing.assert_allclose(out, ref, **_close(dtype))
     if activation == "relu6":
         assert out.max() <= 6.0 and out.min() >= 0.0
@@ -94,7 +94,7 @@ def test_depthwise_reference_is_a_per_channel_convolution(rng):
     x = rng.standard_normal((1, 5, 6, 3))
     wt, b = rng.standard_normal((3, 3, 3)), rng.standard_normal(3)
     xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    out = depthwise3x3_nhwc_reference(xp, wt, b, 2, -np.inf, np.inf)
+    out = depthwise3x3_nhwc_naive(xp, wt, b, 2, -np.inf, np.inf)
     for c in range(3):
         for oh in range(3):
             for ow in range(3):
@@ -105,12 +105,12 @@ def test_depthwise_reference_is_a_per_channel_convolution(rng):
 @pytest.mark.kernels
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n,c,h,w,stride", [(2, 3, 7, 5, 2), (1, 1, 1, 1, 2), (1, 3, 6, 8, 1)])
-def test_im2col_kernel_matches_reference(dtype, n, c, h, w, stride, rng):
+def test_im2col_kernel_matches_naive(dtype, n, c, h, w, stride, rng):
     x = rng.standard_normal((n, c, h, w)).astype(dtype)
     oh, ow = (h - 1) // stride + 1, (w - 1) // stride + 1
     cols = np.full((n, oh, ow, c * 9), np.nan, dtype)
     im2col3x3_nchw(x, stride, cols)
-    np.testing.assert_array_equal(cols, im2col3x3_nchw_reference(x, stride))
+    np.testing.assert_array_equal(cols, im2col3x3_nchw_naive(x, stride))
     # im2col then GEMM is the convolution: check one output pixel by hand.
     wt = rng.standard_normal((4, c, 3, 3)).astype(dtype)
     y = cols @ wt.reshape(4, -1).T  # (N, OH, OW, 4)
@@ -124,25 +124,25 @@ def test_im2col_kernel_matches_reference(dtype, n, c, h, w, stride, rng):
 @pytest.mark.kernels
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("activation", ["relu", "relu6"])
-def test_bias_clamp_pad_matches_reference(dtype, activation, rng):
+def test_bias_clamp_pad_matches_naive(dtype, activation, rng):
     y = (5 * rng.standard_normal((2, 4, 3, 6))).astype(dtype)
     b = rng.standard_normal(6).astype(dtype)
     lo, hi = _clamp(dtype, activation)
     out = np.full((2, 6, 5, 6), np.nan, dtype)  # garbage everywhere, border included
     bias_clamp_pad(y, b, lo, hi, out)
-    np.testing.assert_array_equal(out, bias_clamp_pad_reference(y, b, lo, hi))
+    np.testing.assert_array_equal(out, bias_clamp_pad_naive(y, b, lo, hi))
 
 
 @pytest.mark.kernels
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("activation", ["relu", "relu6"])
-def test_bias_clamp_mean_matches_reference(dtype, activation, rng):
+def test_bias_clamp_mean_matches_naive(dtype, activation, rng):
     y = (5 * rng.standard_normal((3, 10, 7))).astype(dtype)
     b = rng.standard_normal(7).astype(dtype)
     lo, hi = _clamp(dtype, activation)
     pooled = np.full((3, 7), np.nan, dtype)
     bias_clamp_mean(y, b, lo, hi, pooled)
-    np.testing.assert_allclose(pooled, bias_clamp_mean_reference(y, b, lo, hi), **_close(dtype))
+    np.testing.assert_allclose(pooled, bias_clamp_mean_naive(y, b, lo, hi), **_close(dtype))
 
 
 # ---------------------------------------------------------------- BN folding

@@ -19,6 +19,7 @@ import numpy as np
 
 from npmobilenet import _checks as chk
 from npmobilenet import ops
+from npmobilenet._geometry import output_size
 from npmobilenet.nn import buffers
 from npmobilenet.nn.module import Module
 from npmobilenet.nn.parameter import Parameter
@@ -55,15 +56,6 @@ def _uniform_init(rng, shape, fan_in: int, dtype) -> np.ndarray:
     """PyTorch's default layer init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), drawn in float64."""
     bound = 1.0 / math.sqrt(fan_in)
     return rng.uniform(-bound, bound, size=shape).astype(dtype)
-
-
-def _pool_size(size: int, k: int, s: int, p: int, d: int = 1, ceil_mode: bool = False) -> int:
-    """Output length of a conv/pool along one axis: floor((size + 2p - d(k-1) - 1) / s) + 1."""
-    span = size + 2 * p - d * (k - 1) - 1
-    out = (-(-span // s) if ceil_mode else span // s) + 1
-    if ceil_mode and (out - 1) * s >= size + p:  # PyTorch: the last window must start inside
-        out -= 1
-    return out
 
 
 class Conv2d(Module):
@@ -161,7 +153,7 @@ class Conv2d(Module):
             return (n, self.out_channels, h, w)
         pad = (0, 0) if self.padding == "valid" else self.padding
         sizes = [
-            _pool_size(size, k, s, p, d)
+            output_size(size, k, s, p, d)
             for size, k, s, p, d in zip((h, w), self.kernel_size, self.stride, pad, self.dilation)
         ]
         return (n, self.out_channels, *sizes)
@@ -341,7 +333,7 @@ class MaxPool2d(Module):
     def output_shape(self, in_shape: tuple) -> tuple:
         n, c, h, w = in_shape
         ks, ss, ps = self.kernel_size, self.stride, self.padding
-        return (n, c, *(_pool_size(sz, k, s, p) for sz, k, s, p in zip((h, w), ks, ss, ps)))
+        return (n, c, *(output_size(sz, k, s, p) for sz, k, s, p in zip((h, w), ks, ss, ps)))
 
 
 class AvgPool2d(Module):
@@ -376,7 +368,7 @@ class AvgPool2d(Module):
         n, c, h, w = in_shape
         ks, ss, ps = self.kernel_size, self.stride, self.padding
         sizes = (
-            _pool_size(sz, k, s, p, 1, self.ceil_mode) for sz, k, s, p in zip((h, w), ks, ss, ps)
+            output_size(sz, k, s, p, 1, self.ceil_mode) for sz, k, s, p in zip((h, w), ks, ss, ps)
         )
         return (n, c, *sizes)
 

@@ -43,7 +43,7 @@ def relu_backward(dout, cache):
     """dx = 0 where out <= 0, else dout (differentiates ``out = max(x, 0)``)."""
     out = cache
     dout = _checks.dout_like("relu_backward", dout, out.shape, out.dtype)
-    return _masked(K.relu_bwd, dout, out)
+    return _masked(K.relu_backward_input, dout, out)
 
 
 def relu6_forward(x):
@@ -64,4 +64,4 @@ def relu6_backward(dout, cache):
     """dx = 0 where x <= 0 or x >= 6, else dout (differentiates ``out = min(max(x, 0), 6)``)."""
     x = cache
     dout = _checks.dout_like("relu6_backward", dout, x.shape, x.dtype)
-    return _masked(K.relu6_bwd, dout, x)
+    return _masked(K.relu6_backward_input, dout, x)

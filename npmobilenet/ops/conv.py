@@ -16,7 +16,8 @@ Three implementations sit behind one API (``method=``):
   holds the naive textbook loops it is tested against). The fast path for depthwise
   convolution, where there is no matrix product to hand to BLAS: 3x3 depthwise weights
   (K, 1, 3, 3) with dilation 1, MobileNet's case, run specialised kernels
-  (``kernels/conv_depthwise.py``) that sum all nine taps in one vectorised pass.
+  (``kernels/conv_depthwise.py``, and the variants of ``kernels/tuned/`` chosen by its dispatch
+  table) that sum all nine taps in one vectorised pass.
 * ``"im2col"``: copy each image's receptive fields into a (C*kH*kW, L) matrix
   (``kernels/im2col.py``) and multiply by the (K, C*kH*kW) weight, one GEMM per group. A 1x1,
   stride-1, unpadded convolution (a *pointwise* convolution) needs no copy at all: the image
@@ -26,6 +27,10 @@ Three implementations sit behind one API (``method=``):
 Padding is never materialised for a whole tensor (no ``np.pad``): the general kernels skip the
 taps that land in the padding, and the depthwise 3x3 kernels copy one plane at a time into a
 small zero-bordered scratch buffer.
+
+Padding is zeros under IEEE arithmetic, in every method: a weight of inf or NaN at a tap that
+reads padding contributes ``inf * 0 = NaN`` there, as in ``torch.nn.functional.conv2d``. The
+kernels that skip padded taps add those products back when the weight has a non-finite value.
 """
 
 from __future__ import annotations
@@ -35,20 +40,14 @@ from typing import NamedTuple
 import numpy as np
 
 from npmobilenet import _checks, parallel
-from npmobilenet.kernels.conv_depthwise import (
-    depthwise3x3_backward_input,
-    depthwise3x3_backward_input_stride2,
-    depthwise3x3_backward_small,
-    depthwise3x3_backward_weight,
-    depthwise3x3_forward,
-    depthwise3x3_forward_small,
-)
+from npmobilenet._geometry import output_size, window_span
 from npmobilenet.kernels.conv_direct import (
     conv2d_direct_backward_input,
     conv2d_direct_backward_weight,
     conv2d_direct_forward,
 )
 from npmobilenet.kernels.im2col import col2im, im2col
+from npmobilenet.kernels.tuned import DepthwiseShape, depthwise3x3_kernel
 
 METHODS = ("auto", "direct", "im2col")
 
@@ -140,15 +139,15 @@ def _resolve_padding(op, padding, kernel, dilation, stride):
     return (ph, ph, pw, pw)
 
 
-def _output_size(op, size, pad_total, kernel, dilation, stride, axis):
+def _output_size(op, size, pads, kernel, dilation, stride, axis):
     """One output extent; errors if the dilated kernel is larger than the padded input."""
-    span = dilation * (kernel - 1) + 1
+    span, pad_total = window_span(kernel, dilation), pads[0] + pads[1]
     if size + pad_total < span:
         raise ValueError(
             f"{op}: the kernel (size {kernel}, dilation {dilation}, so it spans {span}) is larger"
             f" than the padded input {axis} {size} + padding {pad_total} = {size + pad_total}"
         )
-    return (size + pad_total - span) // stride + 1
+    return output_size(size, kernel, stride, pads, dilation)
 
 
 def choose_method(x_shape, w_shape, stride, padding, groups):
@@ -223,8 +222,8 @@ def conv2d_plan(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
     pad = _resolve_padding(op, padding, kernel, dilation, stride)
     _checks.choice(op, "method", method, METHODS)
     N, _, H, W = x4.shape
-    OH = _output_size(op, H, pad[0] + pad[1], kernel[0], dilation[0], stride[0], "height")
-    OW = _output_size(op, W, pad[2] + pad[3], kernel[1], dilation[1], stride[1], "width")
+    OH = _output_size(op, H, pad[0:2], kernel[0], dilation[0], stride[0], "height")
+    OW = _output_size(op, W, pad[2:4], kernel[1], dilation[1], stride[1], "width")
     if method == "auto":
         method = choose_method(x4.shape, weight.shape, stride, pad, groups)
     elif method == "im2col" and _is_pointwise(weight.shape, stride, pad):
@@ -295,18 +294,13 @@ def conv2d_backward_run(dout, cache, dx=None, input_grad=True):
 
 
 def _is_depthwise3x3(weight, dilation):
-    """(K, 1, 3, 3) weight, dilation 1: MobileNet's depthwise layers, run by conv_depthwise.py."""
+    """(K, 1, 3, 3) weight, dilation 1: MobileNet's depthwise layers, run by conv_depthwise.py
+    or one of its tuned variants (``npmobilenet.kernels.tuned``)."""
     return weight.shape[1:] == (1, 3, 3) and dilation == (1, 1)
 
 
-# Output planes of at most this many pixels run the channels-innermost depthwise kernels
-# (``depthwise3x3_*_small``). Measured at N=64: C=256 1x1 backward 0.19 ms instead of 8.7 ms,
-# C=128 2x2 0.28 instead of 1.44 ms; at 8x8 / 7x7 planes the per-plane kernels win.
-DEPTHWISE_SMALL_MAX_PIXELS = 16
-
-
-def _depthwise_small(x, weight, out_hw):
-    return weight.shape[0] == x.shape[1] and out_hw[0] * out_hw[1] <= DEPTHWISE_SMALL_MAX_PIXELS
+def _depthwise_shape(x, weight, out_hw, stride):
+    return DepthwiseShape(x.shape[1], weight.shape[0], x.shape[2:], tuple(out_hw), stride)
 
 
 def _zeroed(shape, dtype, buf):
@@ -320,10 +314,9 @@ def _zeroed(shape, dtype, buf):
 def _forward_direct(x, weight, out_shape, stride, pad, dilation, groups, out=None):
     out = np.empty(out_shape, dtype=x.dtype) if out is None else out
     (sh, sw), (dil_h, dil_w) = stride, dilation
-    if _is_depthwise3x3(weight, dilation) and _depthwise_small(x, weight, out_shape[2:]):
-        kernel, args = depthwise3x3_forward_small, (sh, sw, pad[0], pad[2])
-    elif _is_depthwise3x3(weight, dilation):
-        kernel, args = depthwise3x3_forward, (sh, sw, pad[0], pad[2])
+    if _is_depthwise3x3(weight, dilation):
+        shape = _depthwise_shape(x, weight, out_shape[2:], stride)
+        kernel, args = depthwise3x3_kernel("forward", shape), (sh, sw, pad[0], pad[2])
     else:
         kernel = conv2d_direct_forward
         args = (sh, sw, pad[0], pad[2], dil_h, dil_w, groups)
@@ -340,21 +333,26 @@ def _backward_direct(dout, x, weight, stride, pad, dilation, groups, dx=None, in
     (sh, sw), (dil_h, dil_w) = stride, dilation
     if input_grad and dx is None:
         dx = np.empty(x.shape, dtype=x.dtype)
-    small = _is_depthwise3x3(weight, dilation) and _depthwise_small(x, weight, dout.shape[2:])
-    if _is_depthwise3x3(weight, dilation) and not small:
+    depthwise = _is_depthwise3x3(weight, dilation)
+    both = dw_kernel = dx_kernel = w_flipped = None
+    if depthwise:
+        shape = _depthwise_shape(x, weight, dout.shape[2:], stride)
+        both = depthwise3x3_kernel("backward", shape)  # one kernel for dx and dW, or None
+        dw_kernel = depthwise3x3_kernel("backward_weight", shape)
+        dx_kernel = depthwise3x3_kernel("backward_input", shape)
         # dx is a correlation of (zero-spread) dout with the 180-degree rotated filter
-        w_flipped = np.ascontiguousarray(weight[:, :, ::-1, ::-1])
+        w_flipped = None if both else np.ascontiguousarray(weight[:, :, ::-1, ::-1])
 
     def images(lo, hi):  # a slice of the batch: adds its dW into a zeroed array of its own
         dweight = np.zeros_like(weight)
         d, xs = dout[lo:hi], x[lo:hi]
-        if small:  # one kernel computes both; dx is cheap here, computed even if not wanted
+        if both is not None:  # dx is cheap here, computed even if not wanted
             dxs = dx[lo:hi] if input_grad else np.empty_like(xs)
             dxs.fill(0)
-            depthwise3x3_backward_small(d, xs, weight, dxs, dweight, sh, sw, pad[0], pad[2])
+            both(d, xs, weight, dxs, dweight, sh, sw, pad[0], pad[2])
             return dweight
-        if _is_depthwise3x3(weight, dilation):
-            depthwise3x3_backward_weight(d, xs, dweight, sh, sw, pad[0], pad[2])
+        if depthwise:
+            dw_kernel(d, xs, dweight, sh, sw, pad[0], pad[2])
         else:
             conv2d_direct_backward_weight(
                 d, xs, dweight, sh, sw, pad[0], pad[2], dil_h, dil_w, groups
@@ -363,14 +361,12 @@ def _backward_direct(dout, x, weight, stride, pad, dilation, groups, dx=None, in
             return dweight
         dxs = dx[lo:hi]
         dxs.fill(0)  # the kernels accumulate into it
-        if not _is_depthwise3x3(weight, dilation):
+        if depthwise:
+            dx_kernel(d, w_flipped, dxs, sh, sw, pad[0], pad[2])
+        else:
             conv2d_direct_backward_input(
                 d, weight, dxs, sh, sw, pad[0], pad[2], dil_h, dil_w, groups
             )
-        elif (sh, sw) == (2, 2):  # half the spread plane's rows are zero: skipped
-            depthwise3x3_backward_input_stride2(d, w_flipped, dxs, pad[0], pad[2])
-        else:
-            depthwise3x3_backward_input(d, w_flipped, dxs, sh, sw, pad[0], pad[2])
         return dweight
 
     slices = parallel.run(images, x.shape[0], max(x[0].size, dout[0].size))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from npmobilenet import _checks
+from npmobilenet._geometry import output_size
 from npmobilenet.kernels import pool as K
 
 
@@ -27,14 +28,6 @@ def _as_batched(op, x):
     if 0 in x4.shape[1:]:
         raise ValueError(f"{op}: x must have non-zero C, H and W, got shape {x.shape}")
     return np.ascontiguousarray(x4), x.ndim == 4
-
-
-def _out_size(size, k, s, p, d, ceil_mode):
-    """PyTorch's pooling output length along one axis (may be < 1: the caller rejects it)."""
-    o = (size + 2 * p - d * (k - 1) - 1 + (s - 1 if ceil_mode else 0)) // s + 1
-    if ceil_mode and (o - 1) * s >= size + p:
-        o -= 1
-    return o
 
 
 def _window_params(op, x4, kernel_size, stride, padding, dilation, ceil_mode):
@@ -51,8 +44,8 @@ def _window_params(op, x4, kernel_size, stride, padding, dilation, ceil_mode):
             f" got padding={p} with kernel_size={k}"
         )
     H, W = x4.shape[2:]
-    OH = _out_size(H, k[0], s[0], p[0], d[0], ceil_mode)
-    OW = _out_size(W, k[1], s[1], p[1], d[1], ceil_mode)
+    OH = output_size(H, k[0], s[0], p[0], d[0], ceil_mode)  # may be < 1: rejected below
+    OW = output_size(W, k[1], s[1], p[1], d[1], ceil_mode)
     if OH < 1 or OW < 1:
         raise ValueError(
             f"{op}: the kernel (size {k}, dilation {d}) is larger than the padded input"
@@ -81,7 +74,7 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, ceil_
     op = "max_pool2d_forward"
     x4, batched = _as_batched(op, x)
     k, s, p, d, (OH, OW) = _window_params(op, x4, kernel_size, stride, padding, dilation, ceil_mode)
-    out, argmax = K.max_pool2d_fwd(x4, *k, *s, *p, *d, OH, OW)
+    out, argmax = K.max_pool2d_forward(x4, *k, *s, *p, *d, OH, OW)
     return _unbatch(out, batched), (argmax, x.dtype, x.shape)
 
 
@@ -95,7 +88,7 @@ def max_pool2d_backward(dout, cache):
     out_shape = argmax.shape if len(shape) == 4 else argmax.shape[1:]
     dout = _checks.dout_like("max_pool2d_backward", dout, out_shape, dtype)
     d4 = np.ascontiguousarray(dout).reshape(argmax.shape)
-    dx = K.max_pool2d_bwd(d4, argmax, shape[-2], shape[-1])
+    dx = K.max_pool2d_backward_input(d4, argmax, shape[-2], shape[-1])
     return dx.reshape(shape)
 
 
@@ -122,7 +115,7 @@ def avg_pool2d_forward(
         raise TypeError(
             f"{op}: count_include_pad must be a bool, got {_checks.describe(count_include_pad)}"
         )
-    out = K.avg_pool2d_fwd(x4, *k, *s, *p, *osz, bool(count_include_pad))
+    out = K.avg_pool2d_forward(x4, *k, *s, *p, *osz, bool(count_include_pad))
     return _unbatch(out, batched), (x.dtype, x.shape, k, s, p, bool(count_include_pad), osz)
 
 
@@ -136,7 +129,7 @@ def avg_pool2d_backward(dout, cache):
     out_shape = shape[:-2] + osz
     dout = _checks.dout_like("avg_pool2d_backward", dout, out_shape, dtype)
     d4 = np.ascontiguousarray(dout).reshape((-1, shape[-3]) + osz)  # (N, C, OH, OW)
-    dx = K.avg_pool2d_bwd(d4, shape[-2], shape[-1], *k, *s, *p, cip)
+    dx = K.avg_pool2d_backward_input(d4, shape[-2], shape[-1], *k, *s, *p, cip)
     return dx.reshape(shape)
 
 
@@ -158,7 +151,7 @@ def adaptive_avg_pool2d_forward(x, output_size):
     if isinstance(output_size, (tuple, list)) and len(output_size) == 2:
         output_size = tuple(x4.shape[2 + i] if v is None else v for i, v in enumerate(output_size))
     OH, OW = _checks.pair(op, "output_size", output_size, minimum=1)
-    out = K.adaptive_avg_pool2d_fwd(x4, OH, OW)
+    out = K.adaptive_avg_pool2d_forward(x4, OH, OW)
     return _unbatch(out, batched), (x.dtype, x.shape, (OH, OW))
 
 
@@ -170,5 +163,5 @@ def adaptive_avg_pool2d_backward(dout, cache):
     dtype, shape, osz = cache
     dout = _checks.dout_like("adaptive_avg_pool2d_backward", dout, shape[:-2] + osz, dtype)
     d4 = np.ascontiguousarray(dout).reshape((-1, shape[-3]) + osz)  # (N, C, OH, OW)
-    dx = K.adaptive_avg_pool2d_bwd(d4, shape[-2], shape[-1])
+    dx = K.adaptive_avg_pool2d_backward_input(d4, shape[-2], shape[-1])
     return dx.reshape(shape)
