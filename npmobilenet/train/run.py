@@ -462,12 +462,11 @@ def train_run(config: dict, out_dir, resume=None, progress="auto", log=print, ov
 @contextlib.contextmanager
 def _blas_threads(n: int, log):
     """``n`` threads for the run: BLAS limited to ``n`` (when threadpoolctl is installed; else a
-    one-line note), and each training step split across ``n`` (``npmobilenet.parallel``)."""
-    from npmobilenet import parallel
+    one-line note), and each training step split across ``n`` (``npmobilenet.threads``)."""
     from npmobilenet import threads as blas
 
-    saved = parallel.threads()
-    parallel.set_threads(n)
+    saved = blas.num_threads()
+    blas.set_threads(n)
     try:
         if not blas.blas_info():
             log(f"note: threadpoolctl is not installed, so BLAS keeps its own thread count"
@@ -477,7 +476,7 @@ def _blas_threads(n: int, log):
         with blas.blas_threads(n):
             yield
     finally:
-        parallel.set_threads(saved)
+        blas.set_threads(saved)
 
 
 def _describe_run(config: dict, model) -> str:
