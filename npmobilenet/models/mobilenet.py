@@ -461,9 +461,20 @@ class MobileNetV1(Module):
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         """Softmax of the logits: ``(N, in_channels, H, W) -> (N, num_classes)``.
 
-        Runs in the current mode: call ``eval()`` first for inference.
+        Runs in the current mode: call ``eval()`` first for inference. In eval mode the fused
+        engine (:meth:`fuse`) computes the logits (the same up to float rounding), unless the
+        model holds a module it does not know.
         """
-        return ops.softmax(self.forward(x), axis=1)
+        if self.training:
+            return ops.softmax(self.forward(x), axis=1)
+        from npmobilenet.fast import UnsupportedModuleError
+
+        self._check_input("MobileNetV1.predict_proba", x)
+        try:
+            engine = self.fuse()
+        except UnsupportedModuleError:
+            return ops.softmax(self.forward(x), axis=1)
+        return ops.softmax(engine(x), axis=1)
 
     def fuse(self):
         """The fused eval-mode inference engine for the current modules and weights.
