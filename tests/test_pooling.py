@@ -102,6 +102,25 @@ def test_adaptive_avg_matches_torch(torch, dtype, shape, out_h, out_w, as_int, u
     np.testing.assert_allclose(dx, t_dx, **TOL[dtype])
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape", [(3, 5, 7, 7), (2, 4, 1, 1), (1, 2, 96, 80), (6, 3, 5)])
+@pytest.mark.parametrize("output_size", [1, (1, 1), (None, 1)])
+def test_global_adaptive_avg_pool_matches_torch(torch, dtype, shape, output_size):
+    """Output 1x1 (global average pooling, MobileNet's head) runs its own path: against torch."""
+    if output_size == (None, 1) and shape[-2] != 1:
+        output_size = (1, 1)
+    x = np.random.default_rng(3).standard_normal(shape).astype(dtype) + 2.0
+    out, cache = ops.adaptive_avg_pool2d_forward(x, output_size)
+    dout = np.random.default_rng(4).standard_normal(out.shape).astype(dtype)
+    dx = ops.adaptive_avg_pool2d_backward(dout, cache)
+    fn = torch.nn.functional.adaptive_avg_pool2d
+    t_out, t_dx = _torch_run(torch, fn, x, dout, output_size=output_size)
+    assert out.shape == t_out.shape and out.dtype == dtype
+    assert dx.shape == x.shape and dx.dtype == dtype and dx.flags.c_contiguous
+    np.testing.assert_allclose(out, t_out, **TOL[dtype])
+    np.testing.assert_allclose(dx, t_dx, **TOL[dtype])
+
+
 def test_global_adaptive_pool_is_the_mean():
     x = np.random.default_rng(0).standard_normal((2, 3, 7, 7)).astype(np.float32)
     out, _ = ops.adaptive_avg_pool2d_forward(x, 1)

@@ -186,7 +186,11 @@ def adaptive_avg_pool2d_forward(x, output_size):
     if isinstance(output_size, (tuple, list)) and len(output_size) == 2:
         output_size = tuple(x4.shape[2 + i] if v is None else v for i, v in enumerate(output_size))
     OH, OW = _checks.pair(op, "output_size", output_size, minimum=1)
-    out = K.adaptive_avg_pool2d_forward(x4, OH, OW)
+    if (OH, OW) == (1, 1):  # global average pooling (MobileNet's head): one window, a plain mean
+        N, C, H, W = x4.shape
+        out = x4.reshape(N, C, H * W).mean(axis=2).reshape(N, C, 1, 1)  # (N, C, 1, 1)
+    else:
+        out = K.adaptive_avg_pool2d_forward(x4, OH, OW)
     return _unbatch(out, batched), AdaptiveAvgPool2dCache(x.dtype, x.shape, (OH, OW))
 
 
@@ -200,5 +204,10 @@ def adaptive_avg_pool2d_backward(dout, cache):
     dtype, shape, osz = _checks.cache_of(op, cache, AdaptiveAvgPool2dCache, fwd)
     dout = _checks.dout_like(op, dout, shape[:-2] + osz, dtype)
     d4 = np.ascontiguousarray(dout).reshape((-1, shape[-3]) + osz)  # (N, C, OH, OW)
-    dx = K.adaptive_avg_pool2d_backward_input(d4, shape[-2], shape[-1])
+    H, W = shape[-2:]
+    if osz == (1, 1):  # one window: every pixel gets dout / (H * W)
+        dx = np.empty((d4.shape[0], d4.shape[1], H, W), dtype=dtype)
+        np.divide(d4, H * W, out=dx)  # (N, C, 1, 1) broadcast over (N, C, H, W)
+    else:
+        dx = K.adaptive_avg_pool2d_backward_input(d4, H, W)
     return dx.reshape(shape)
