@@ -536,3 +536,18 @@ def test_ctrl_c_in_a_training_step_stops_the_prefetch_threads(small_folder):
         trainer.train_epoch()
     assert not _data_threads()  # stopped at once, not at interpreter exit
     assert loader.state_dict()["batch"] == 2
+
+
+def test_predict_with_a_preset_uses_the_preset_preprocessing(saved_model, small_folder, tmp_path):
+    from npmobilenet.cli import main
+
+    path, model, _ = saved_model
+    image = sorted(small_folder.rglob("*.jpg"))[3]
+    out = tmp_path / "p.jsonl"
+    args = ["predict", "--checkpoint", str(path), str(image), "--preset", "timm", "--out", str(out)]
+    assert main(args) == 0
+    [row] = [json.loads(line) for line in open(out)]
+    x = preprocess(Image.open(image), "timm", size=32)  # bicubic 36, crop 32, mean = std = 0.5
+    p = model.predict_proba(x)[0]
+    assert row["top"][0]["class"] == ["c0", "c1"][int(np.argmax(p))]
+    np.testing.assert_allclose(row["top"][0]["probability"], p.max(), rtol=1e-5)
