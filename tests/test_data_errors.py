@@ -26,7 +26,7 @@ from npmobilenet.data import (
 def test_digits_without_scikit_learn_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "sklearn", None)
     monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
-    with pytest.raises(ImportError, match=r'scikit-learn.*pip install "npmobilenet\[demo\]"'):
+    with pytest.raises(ImportError, match=r'scikit-learn.*pip install "\.\[demo\]"'):
         load_digits_dataset()
 
 
@@ -50,7 +50,7 @@ def test_digits_bad_arguments(kw, exc, match):
 
 def test_image_folder_without_pillow_names_the_extra(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "PIL", None)
-    with pytest.raises(ImportError, match=r'needs Pillow; .*pip install "npmobilenet\[demo\]"'):
+    with pytest.raises(ImportError, match=r'needs Pillow; .*pip install "\.\[demo\]"'):
         ImageFolder(tmp_path)
 
 
