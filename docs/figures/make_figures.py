@@ -176,6 +176,7 @@ def _best_times(fns: dict, reps: int = TIMED_REPS, budget: float = 2.0) -> dict:
 
 def _generic_direct_step(x, w, s, pad, G):
     """Forward + backward through the generic direct kernels, bypassing the 3x3 fast path."""
+    from npmobilenet._geometry import output_size
     from npmobilenet.kernels.conv_direct import (
         conv2d_direct_backward_input,
         conv2d_direct_backward_weight,
@@ -183,7 +184,7 @@ def _generic_direct_step(x, w, s, pad, G):
     )
 
     N, K, k = x.shape[0], w.shape[0], w.shape[2]
-    OH = (x.shape[2] + 2 * pad - k) // s + 1
+    OH = output_size(x.shape[2], k, s, pad)
     out = np.zeros((N, K, OH, OH), dtype=x.dtype)
     conv2d_direct_forward(x, w, out, s, s, pad, pad, 1, 1, G)
     dx, dw = np.zeros_like(x), np.zeros_like(w)
