@@ -157,6 +157,7 @@ def run_page(page: Path, cwd: Path) -> None:
     assert not written, f"{page.name}: files written but never run by a console block: {written}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(DOCS)) for p in PAGES])
 def test_page_examples_run_and_print_what_they_show(page, tmp_path, monkeypatch, request):
     if "import torch" in page.read_text():
