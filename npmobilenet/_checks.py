@@ -162,3 +162,22 @@ def dout_like(op: str, dout, shape, dtype) -> np.ndarray:
     if dout.dtype != dtype:
         raise TypeError(f"{op}: dout has dtype {dout.dtype} but the forward ran in {dtype}")
     return dout
+
+
+def out_array(op: str, name: str, out, shape, dtype, *inputs) -> np.ndarray | None:
+    """Check an array a caller passes to be written (``out=``, ``dx=``): None, or a writeable
+    C-contiguous array of exactly ``shape`` and ``dtype`` that overlaps none of ``inputs``."""
+    if out is None:
+        return None
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{op}: {name} must be a numpy array or None, got {describe(out)}")
+    if out.shape != tuple(shape) or out.dtype != dtype:
+        raise ValueError(
+            f"{op}: {name} must have shape {tuple(shape)} and dtype {np.dtype(dtype)}, got"
+            f" {describe(out)}"
+        )
+    if not (out.flags.c_contiguous and out.flags.writeable):
+        raise ValueError(f"{op}: {name} must be C-contiguous and writeable")
+    if any(a is not None and np.may_share_memory(out, a) for a in inputs):
+        raise ValueError(f"{op}: {name} must not share memory with the op's inputs")
+    return out

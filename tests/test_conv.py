@@ -111,7 +111,7 @@ def test_backward_without_input_grad_matches_torch(torch, cfg, method, batched_i
     threshold = conv_ops.IM2COL_BATCHED_MAX_BYTES
     conv_ops.IM2COL_BATCHED_MAX_BYTES = threshold if batched_im2col else -1
     try:
-        dx, dw, db = conv_ops.conv2d_backward_run(dout, cache, input_grad=False)
+        dx, dw, db = conv_ops.conv2d_backward(dout, cache, input_grad=False)
     finally:
         conv_ops.IM2COL_BATCHED_MAX_BYTES = threshold
     assert dx is None

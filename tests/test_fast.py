@@ -20,7 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch_reference import build_seed_mobilenet, randomize_batch_norm
 
-from npmobilenet import parallel, threads
+from npmobilenet import threads
 from npmobilenet.fast import UnsupportedModuleError, fold_batch_norm
 from npmobilenet.fast.engine import im2col3x3_padded
 from npmobilenet.kernels.fused_conv3x3 import (
@@ -216,9 +216,9 @@ def test_engine_split_over_the_batch_matches_torch_and_serial(
     torch, monkeypatch, alpha, classes, in_ch, activation, dtype, nhw, rng
 ):
     """A batch split into slices run side by side (3 threads, every slice worth splitting)."""
-    monkeypatch.setattr(parallel, "MIN_SLICE_ELEMENTS", 1)
-    saved = parallel.threads()
-    parallel.set_threads(3)
+    monkeypatch.setattr(threads, "MIN_SLICE_ELEMENTS", 1)
+    saved = threads.num_threads()
+    threads.set_threads(3)
     try:
         reference, model = _pair(torch, alpha, classes, in_ch, activation, dtype)
         engine = model.fuse()
@@ -226,7 +226,7 @@ def test_engine_split_over_the_batch_matches_torch_and_serial(
         x = rng.standard_normal((5, in_ch, h, w)).astype(dtype)
         out = engine(x)
     finally:
-        parallel.set_threads(saved)
+        threads.set_threads(saved)
     np.testing.assert_allclose(out, _torch_logits(torch, reference, x), **TOL[dtype])
     one_by_one = np.concatenate([engine(x[i : i + 1]) for i in range(5)])  # batch 1: no split
     np.testing.assert_allclose(out, one_by_one, **TOL[dtype])

@@ -17,7 +17,7 @@ float rounding), in fewer and faster passes:
    outputs, zero-bordered 3x3 inputs), allocated on the first call with that shape and reused;
 6. **a batch split over threads**: several images are cut into slices that npmobilenet's threads
    run through the whole network side by side, each slice with its own buffers and BLAS at one
-   thread (``npmobilenet.parallel``): one hand-off per call, and the depthwise kernels and
+   thread (``npmobilenet.threads``): one hand-off per call, and the depthwise kernels and
    epilogues run on every core too.
 
 Numba kernels here are serial. One image runs on BLAS's threads (see ``npmobilenet.threads``).
@@ -32,7 +32,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from npmobilenet import _checks, parallel
+from npmobilenet import _checks, threads
 from npmobilenet.fast.walk import OP, Head, Layer, fused_layers
 from npmobilenet.kernels.fused_conv3x3 import conv_out_size, depthwise3x3_nhwc, im2col3x3_nchw
 from npmobilenet.kernels.fused_epilogue import bias_clamp_mean, bias_clamp_pad
@@ -83,7 +83,7 @@ class FusedMobileNetV1:
         """Logits (N, classes) (pooled features (N, K) when headless) for x (N, C, H, W).
 
         A batch of several images is split into slices that npmobilenet's threads run through
-        the whole network side by side, BLAS at one thread each (``npmobilenet.parallel``);
+        the whole network side by side, BLAS at one thread each (``npmobilenet.threads``);
         one image runs on BLAS's threads.
         """
         x = self._check_input(x)
@@ -91,17 +91,17 @@ class FusedMobileNetV1:
             weights = self._weights(x.dtype)
             n = x.shape[0]
             per_image = self._largest_per_image(x.shape)  # decides whether to split
-            min_images = -(-parallel.MIN_SLICE_ELEMENTS // per_image)
-            if parallel.threads() == 1 or n < 2 * min_images:  # BLAS's threads, one slice
+            min_images = -(-threads.MIN_SLICE_ELEMENTS // per_image)
+            if threads.num_threads() == 1 or n < 2 * min_images:  # BLAS's threads, one slice
                 return self._forward(x, self._plan(x.shape, x.dtype), weights)
-            with parallel.splitting():
-                slices = parallel.slices(n, min_images)
+            with threads.Runner().session() as runner:
+                slices = runner.slices(n, min_images)
                 if len(slices) == 1:  # splitting declined (BLAS could not be limited)
                     return self._forward(x, self._plan(x.shape, x.dtype), weights)
                 # each slice its own buffers (one plan per slice: a plan's layers share memory)
                 plans = {lo: self._plan(x[lo:hi].shape, x.dtype, part=i)
                          for i, (lo, hi) in enumerate(slices)}  # fmt: skip
-                parts = parallel.run(
+                parts = runner.map(
                     lambda lo, hi: self._forward(x[lo:hi], plans[lo], weights), n, per_image
                 )
             return np.concatenate(parts)

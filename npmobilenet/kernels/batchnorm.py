@@ -5,7 +5,7 @@ tests run both on the same inputs. Sums are accumulated in float64 whatever the 
 PyTorch's CPU kernels do), so a float32 batch of millions of pixels keeps its precision.
 
 The kernels are serial on purpose (``nogil``): a model's training step runs them on slices of the
-batch from its own threads (``npmobilenet.parallel``); see ``npmobilenet.threads``.
+batch on a ``npmobilenet.threads.Runner``; see that module.
 """
 
 from __future__ import annotations

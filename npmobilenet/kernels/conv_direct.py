@@ -27,7 +27,7 @@ Two versions of each computation live here:
   of the whole library.
 
 All kernels are serial (no ``prange``; released from the GIL, so a model's training step runs
-them on slices of the batch from its own threads: ``npmobilenet.parallel``), write into arrays the
+them on slices of the batch from its own threads: ``npmobilenet.threads``), write into arrays the
 Python wrapper allocated, and accumulate in the dtype of their inputs. ``fastmath`` is limited to
 reassociation and fused multiply-add, so NaN and inf still propagate as in plain IEEE arithmetic.
 """

@@ -88,6 +88,18 @@ def load_checkpoint(path) -> dict:
     return {**state, "model": model, "model_config": model_config}
 
 
+def checkpoint_epoch(path):
+    """The epoch stored in a checkpoint, read from its header alone (None if unreadable)."""
+    try:
+        with open(path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(min(size, 1 << 26)))
+        epoch = json.loads(header["__metadata__"][FORMAT])["state"]["epoch"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None
+
+
 def check_architecture(saved: dict, model_config: dict, source: str = "the checkpoint") -> None:
     """Raise a ValueError naming every architecture setting where ``saved`` and the model differ."""
     diffs = [
