@@ -57,7 +57,7 @@ from npmobilenet.nn import (
     ReLU6,
     Workspace,
 )
-from npmobilenet.nn.layers import float_dtype
+from npmobilenet.nn.layers import ACTIVATION_LAYERS, float_dtype
 from npmobilenet.nn.module import SPENT, run_backward, run_forward
 
 
@@ -87,7 +87,7 @@ TABLE_1 = (
     Stage("depthwise_sep_conv7", 512, 1024, 2, 1),
     Stage("depthwise_sep_conv8", 1024, 1024, 1, 1),
 )
-ACTIVATIONS = {"relu": ReLU, "relu6": ReLU6}
+ACTIVATIONS = ACTIVATION_LAYERS  # activation name -> layer class
 CONV_KINDS = ("separable", "full")
 GLOBAL_POOLS = {"avg": ("avgpool", AdaptiveAvgPool2d), "max": ("maxpool", AdaptiveMaxPool2d)}
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 import json
 import os
 
-from npmobilenet.io.weights import load_state_dict_file
-from npmobilenet.train.checkpoint import FORMAT, _metadata, load_checkpoint
+from npmobilenet.io.weights import load_state_dict_file, safetensors_metadata
+from npmobilenet.train.checkpoint import FORMAT, load_checkpoint
 
 RUN_FILES = ("model.safetensors", "checkpoint.safetensors")
 MODEL_CONFIG_KEY = "npmobilenet.model_config"
@@ -38,7 +38,7 @@ def read_weights(path) -> tuple[dict, dict | None]:
     with open(path, "rb") as f:
         head = f.read(1 << 20)
     try:
-        meta = _metadata(head)
+        meta = safetensors_metadata(head)
     except (ValueError, UnicodeDecodeError):
         meta = {}  # load_state_dict_file says what is wrong with the file
     if FORMAT in meta:

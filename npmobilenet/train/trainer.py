@@ -197,6 +197,12 @@ class Trainer:
         while self.epoch < epochs:
             train = self.train_epoch()
             test = self.evaluate(self.test_loader) if self.test_loader is not None else None
+            if test is not None and not np.isfinite(test["loss"]):
+                raise NonFiniteLossError(
+                    f"the test loss is {test['loss']} after epoch {self.epoch + 1}: the model's"
+                    " outputs on the test images are not finite; training stopped (try a lower"
+                    " learning rate or --max-grad-norm)"
+                )
             lr = self.optimizer.param_groups[0]["lr"]
             if self.scheduler is not None and self.scheduler_interval == "epoch":
                 self.scheduler.step()
