@@ -24,6 +24,7 @@ from npmobilenet.kernels.conv_direct import (
 )
 from npmobilenet.kernels.tuned.depthwise3x3 import (
     depthwise3x3_backward_input_flat,
+    depthwise3x3_backward_input_skip_padding,
     depthwise3x3_backward_input_stride2,
     depthwise3x3_backward_small,
     depthwise3x3_backward_weight_flat,
@@ -195,7 +196,11 @@ def test_depthwise3x3_kernels_match_naive_loops(shape, size, stride, pads, seed)
         kernel(dout, x, dw, sh, sw, pt, pl)
         np.testing.assert_allclose(dw, dw_n, rtol=1e-12, atol=1e-12, err_msg=kernel.__name__)
     w_flipped = np.ascontiguousarray(w[:, :, ::-1, ::-1])
-    input_grad = [depthwise3x3_backward_input, depthwise3x3_backward_input_flat]
+    input_grad = [
+        depthwise3x3_backward_input,
+        depthwise3x3_backward_input_flat,
+        depthwise3x3_backward_input_skip_padding,
+    ]
     input_grad += [depthwise3x3_backward_input_stride2] if (sh, sw) == (2, 2) else []
     for kernel in input_grad:
         dx = np.zeros_like(x)
@@ -412,7 +417,7 @@ def test_every_tuned_depthwise_kernel_is_tested_against_the_naive_loops():
         depthwise3x3_forward_small, depthwise3x3_backward_small,
         depthwise3x3_backward_weight, depthwise3x3_backward_weight_flat,
         depthwise3x3_backward_input, depthwise3x3_backward_input_flat,
-        depthwise3x3_backward_input_stride2,
+        depthwise3x3_backward_input_stride2, depthwise3x3_backward_input_skip_padding,
     }  # fmt: skip
     assert {v.kernel for v in tuned.DEPTHWISE3X3} == tested
     assert {v.op for v in tuned.DEPTHWISE3X3} == set(tuned.OPS)
@@ -460,8 +465,14 @@ def test_nonfinite_weight_at_padded_taps_gives_ieee_nan_as_torch(
     w[1, 0, 2, 1] = -np.inf
     w[2, 0, 1, 0] = np.nan
     kw = dict(stride=stride, padding=1, groups=C if depthwise else 1)
-    out, _ = conv2d_forward(x, w, method=method, **kw)
-    ref = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w), **kw).numpy()
-    assert np.isnan(ref).any()  # the case under test: NaN from the padding
-    np.testing.assert_array_equal(np.isnan(out), np.isnan(ref))
-    np.testing.assert_allclose(out, ref, rtol=1e-12, atol=1e-12, equal_nan=True)
+    out, cache = conv2d_forward(x, w, method=method, **kw)
+    tx, tw = (torch.tensor(a, requires_grad=True) for a in (x, w))
+    ref = torch.nn.functional.conv2d(tx, tw, **kw)
+    assert np.isnan(ref.detach().numpy()).any()  # the case under test: NaN from the padding
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(ref.detach().numpy()))
+    np.testing.assert_allclose(out, ref.detach().numpy(), rtol=1e-12, atol=1e-12, equal_nan=True)
+    # the input gradient: padded taps receive nothing, so they multiply nothing either
+    dout = rng.standard_normal(out.shape)
+    ref.backward(torch.from_numpy(dout))
+    dx, _, _ = conv2d_backward(dout, cache)
+    np.testing.assert_allclose(dx, tx.grad.numpy(), rtol=1e-12, atol=1e-12, equal_nan=True)

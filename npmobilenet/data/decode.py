@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
-HINT = 'pip install "npmobilenet[demo]" (from a source checkout: pip install ".[demo]")'
+from npmobilenet._checks import INSTALL_HINT as HINT
+
 GREY_MODES = ("1", "L", "LA", "La", "I", "F", "I;16", "I;16B", "I;16L", "I;16N")
 
 

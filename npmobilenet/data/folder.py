@@ -76,7 +76,9 @@ class ImageFiles:
         return len(self.files)
 
     def __getitem__(self, idx):
-        idx = np.atleast_1d(np.arange(len(self))[idx])
+        if isinstance(idx, slice):
+            idx = range(*idx.indices(len(self)))
+        idx = np.atleast_1d(np.asarray(idx, dtype=np.int64))  # (B,)
         images, keep = [], []
         for i in idx:
             img = self.load(self.files[i])

@@ -26,11 +26,13 @@ import numpy as np
 
 from npmobilenet import nn
 from npmobilenet.fast.folding import fold_batch_norm
+from npmobilenet.nn.layers import ACTIVATION_LAYERS
+from npmobilenet.ops.activations import ACTIVATIONS
 
 OP = "FusedMobileNetV1"
 
 # activation module type -> the clamp (lo, hi) the fused kernels apply
-CLAMPS = {nn.ReLU: (0.0, np.inf), nn.ReLU6: (0.0, 6.0)}
+CLAMPS = {layer: ACTIVATIONS[name].clamp for name, layer in ACTIVATION_LAYERS.items()}
 
 _IDENTITIES = tuple(
     getattr(nn, name) for name in ("Flatten", "Dropout", "Identity") if hasattr(nn, name)

@@ -57,7 +57,7 @@ from npmobilenet.nn import (
     ReLU6,
     Workspace,
 )
-from npmobilenet.nn.layers import float_dtype
+from npmobilenet.nn.layers import ACTIVATION_LAYERS, float_dtype
 from npmobilenet.nn.module import SPENT, run_backward, run_forward
 
 
@@ -87,7 +87,7 @@ TABLE_1 = (
     Stage("depthwise_sep_conv7", 512, 1024, 2, 1),
     Stage("depthwise_sep_conv8", 1024, 1024, 1, 1),
 )
-ACTIVATIONS = {"relu": ReLU, "relu6": ReLU6}
+ACTIVATIONS = ACTIVATION_LAYERS  # activation name -> layer class
 CONV_KINDS = ("separable", "full")
 GLOBAL_POOLS = {"avg": ("avgpool", AdaptiveAvgPool2d), "max": ("maxpool", AdaptiveMaxPool2d)}
 
@@ -461,9 +461,20 @@ class MobileNetV1(Module):
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         """Softmax of the logits: ``(N, in_channels, H, W) -> (N, num_classes)``.
 
-        Runs in the current mode: call ``eval()`` first for inference.
+        Runs in the current mode: call ``eval()`` first for inference. In eval mode the fused
+        engine (:meth:`fuse`) computes the logits (the same up to float rounding), unless the
+        model holds a module it does not know.
         """
-        return ops.softmax(self.forward(x), axis=1)
+        if self.training:
+            return ops.softmax(self.forward(x), axis=1)
+        from npmobilenet.fast import UnsupportedModuleError
+
+        self._check_input("MobileNetV1.predict_proba", x)
+        try:
+            engine = self.fuse()
+        except UnsupportedModuleError:
+            return ops.softmax(self.forward(x), axis=1)
+        return ops.softmax(engine(x), axis=1)
 
     def fuse(self):
         """The fused eval-mode inference engine for the current modules and weights.

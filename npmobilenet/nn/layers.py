@@ -306,6 +306,10 @@ class ReLU6(_Elementwise):
         return dx
 
 
+# The layer of each activation in ``ops.activations.ACTIVATIONS``, under the same names.
+ACTIVATION_LAYERS = {layer.name: layer for layer in (ReLU, ReLU6)}
+
+
 class Dropout(_Elementwise):
     """Inverted dropout: in training zero each element with probability ``p`` and scale the
     rest by ``1/(1-p)``; identity in eval mode. Masks come from ``rng`` (seed or Generator)."""

@@ -25,15 +25,15 @@ import numpy as np
 
 from npmobilenet import _checks
 from npmobilenet.kernels import batchnorm as K
+from npmobilenet.ops.activations import ACTIVATIONS
 from npmobilenet.threads import SERIAL
 
 _FWD = "batch_norm_forward"
 _BWD = "batch_norm_backward"
-ACTIVATIONS = ("relu", "relu6")
 
 
 class BatchNormCache(NamedTuple):
-    """What the batch-norm forward keeps for its backward.
+    """What ``batch_norm_forward`` and ``batch_norm_act_forward`` keep for their backwards.
 
     x3: the (N, C, L) contiguous view of x. w, mean, invstd: (C,) float64 copies of the weight
     (ones without one) and of the statistics used. has_weight, has_bias: whether they were given.

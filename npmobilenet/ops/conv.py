@@ -253,11 +253,7 @@ def conv2d_backward(dout, cache, *, dx=None, input_grad=True, weight_grad=True, 
     methods skip its work). ``runner``: as in the forward.
     """
     op = "conv2d_backward"
-    if not isinstance(cache, Conv2dCache):
-        raise TypeError(
-            f"{op}: cache must be the Conv2dCache returned by conv2d_forward, got "
-            f"{_checks.describe(cache)}"
-        )
+    _checks.cache_of(op, cache, Conv2dCache, "conv2d_forward")
     input_grad = _checks.flag(op, "input_grad", input_grad)
     weight_grad = _checks.flag(op, "weight_grad", weight_grad)
     dout = _checks.dout_like(op, dout, cache.out_shape, cache.x.dtype)
@@ -296,7 +292,8 @@ def _is_depthwise3x3(weight, dilation):
 
 
 def _depthwise_shape(x, weight, out_hw, stride):
-    return DepthwiseShape(x.shape[1], weight.shape[0], x.shape[2:], tuple(out_hw), stride)
+    finite = bool(np.isfinite(weight).all())
+    return DepthwiseShape(x.shape[1], weight.shape[0], x.shape[2:], tuple(out_hw), stride, finite)
 
 
 def _zeroed(shape, dtype, buf):

@@ -27,7 +27,8 @@ OPS = ("forward", "backward_input", "backward_weight", "backward")
 class DepthwiseShape(NamedTuple):
     """The geometry a depthwise 3x3 call is dispatched on (weight (K, 1, 3, 3), dilation 1).
 
-    channels C, out_channels K (= m*C), in_hw (H, W), out_hw (OH, OW), stride (sh, sw).
+    channels C, out_channels K (= m*C), in_hw (H, W), out_hw (OH, OW), stride (sh, sw);
+    finite_weight: no inf or NaN in the weight.
     """
 
     channels: int
@@ -35,6 +36,7 @@ class DepthwiseShape(NamedTuple):
     in_hw: tuple[int, int]
     out_hw: tuple[int, int]
     stride: tuple[int, int]
+    finite_weight: bool = True
 
 
 class Variant(NamedTuple):
@@ -72,6 +74,9 @@ DEPTHWISE3X3: tuple[Variant, ...] = (
             "stride 1: one flat loop per plane"),
     Variant("backward_weight", _always, readable.depthwise3x3_backward_weight,
             "the readable kernel"),
+    Variant("backward_input", lambda s: not s.finite_weight,
+            tuned.depthwise3x3_backward_input_skip_padding,
+            "an inf or NaN weight: the padding's zeros must not be multiplied (0 * inf = NaN)"),
     Variant("backward_input", lambda s: s.stride == (2, 2),
             tuned.depthwise3x3_backward_input_stride2,
             "stride 2: the all-zero rows of the spread-out gradient are skipped"),

@@ -20,7 +20,11 @@ import numpy as np
 from numba import njit
 
 from npmobilenet.kernels.conv_depthwise import load_plane, load_plane_upsampled, make_buffer
-from npmobilenet.kernels.conv_direct import add_padded_taps, all_finite
+from npmobilenet.kernels.conv_direct import (
+    add_padded_taps,
+    all_finite,
+    conv2d_direct_backward_input,
+)
 from npmobilenet.kernels.fastmath import REASSOC
 
 # --------------------------------------------------------------------------------------------
@@ -335,3 +339,21 @@ def depthwise3x3_backward_small(dout, x, w, dx, dweight, sh, sw, pt, pl):
         for i in range(3):
             for j in range(3):
                 dweight[c, 0, i, j] += dwt[i, j, c]
+
+
+# --------------------------------------------------------------------------------------------
+# Non-finite weights: the input gradient without the padding's zeros.
+# --------------------------------------------------------------------------------------------
+
+
+@njit(cache=True, nogil=True)
+def depthwise3x3_backward_input_skip_padding(dout, w_flipped, dx, sh, sw, pt, pl):
+    """``depthwise3x3_backward_input`` summing only the taps that read the input, as PyTorch.
+
+    The plane kernels correlate a zero-bordered, zero-spread copy of dout with the flipped
+    filter: for a finite weight the zeros add nothing, but an inf or NaN weight turns each into
+    NaN (0 * inf), where PyTorch's gradient has none. The generic direct kernel multiplies only
+    real (output, tap) pairs, so it gives PyTorch's answer for any weight.
+    """
+    w = w_flipped[:, :, ::-1, ::-1]  # (K, 1, 3, 3) the forward's weight, a view
+    conv2d_direct_backward_input(dout, w, dx, sh, sw, pt, pl, 1, 1, dx.shape[1])
