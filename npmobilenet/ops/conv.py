@@ -469,7 +469,7 @@ def _backward_im2col_batched(
     for n in range(N):
         im2col(x[n], kH, kW, sh, sw, pad[0], pad[2], dil_h, dil_w, OH, OW, cols[n])
     # forward: out[n] = w3 @ cols[n], so dW = sum_n dout[n] @ cols[n].T, dcols = W.T @ dout
-    dw3 = _pointwise_dweight(d4, cols.reshape(N, groups, -1, L))  # (G, Kg, Cg*kH*kW)
+    dw3 = _pointwise_dweight(d4, cols.reshape(N, groups, C // groups * kH * kW, L))
     if not input_grad:
         return None, dw3.reshape(weight.shape)
     dcols = np.matmul(w3.transpose(0, 2, 1), d4).reshape(N, C * kH * kW, L)
