@@ -296,7 +296,8 @@ def test_depthwise_equals_per_channel_convolutions(rng, method, multiplier):
 
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("hw", [(4, 5), (16, 17)])  # dW as one batched GEMM / one per image
+# (1, 1), (2, 2): output and dx as one GEMM over the batch; dW as one GEMM / one per image
+@pytest.mark.parametrize("hw", [(1, 1), (2, 2), (4, 5), (16, 17)])
 def test_pointwise_equals_matmul(rng, method, dtype, hw):
     x = rng.standard_normal((3, 6, *hw)).astype(dtype)
     w = rng.standard_normal((7, 6, 1, 1)).astype(dtype)
@@ -309,6 +310,22 @@ def test_pointwise_equals_matmul(rng, method, dtype, hw):
     np.testing.assert_allclose(dx, np.einsum("kc,nkhw->nchw", w64, d64), **t)
     np.testing.assert_allclose(dw[:, :, 0, 0], np.einsum("nkhw,nchw->kc", d64, x64), **t)
     assert out.dtype == dx.dtype == dw.dtype == dtype
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("hw", [(1, 1), (2, 2), (1, 3), (5, 3)])
+def test_grouped_pointwise_small_planes_match_torch(torch, rng, hw):
+    """Pointwise with groups, on planes small enough for the one-GEMM path (and one larger):
+    output and all gradients as torch computes them."""
+    arrays = dict(x=rng.standard_normal((5, 6, *hw)), weight=rng.standard_normal((4, 3, 1, 1)),
+                  bias=rng.standard_normal(4))  # fmt: skip
+    dout = rng.standard_normal((5, 4, *hw))
+    ref_out, ref_grads = torch_conv(torch, arrays, dout, dict(groups=2))
+    out, cache = conv2d_forward(**arrays, groups=2, method="auto")
+    grads = conv2d_backward(dout, cache)
+    np.testing.assert_allclose(out, ref_out, **TOL[np.float64])
+    for name, got, want in zip(("dx", "dweight", "dbias"), grads, ref_grads):
+        np.testing.assert_allclose(got, want, err_msg=name, **TOL[np.float64])
 
 
 @pytest.mark.parametrize("method", METHODS)
