@@ -71,6 +71,7 @@ def tiny_trainer(seed=0, dropout=0.3):
     return Trainer(model, opt, loader, None, sched, progress="none", log=None)
 
 
+@pytest.mark.slow
 def test_trainer_resume_equals_uninterrupted(tmp_path):
     full = tiny_trainer()
     full.fit(3)
@@ -111,6 +112,7 @@ def test_checkpoint_round_trip_holds_every_part(tmp_path):
     assert all(isinstance(s["momentum_buffer"], np.ndarray) for s in buffers.values())
 
 
+@pytest.mark.slow
 def test_cli_killed_mid_save_then_resume_is_exact(tmp_path, small_npz):
     """Kill the process half-way through writing epoch 3's checkpoint: epoch 2's survives,
     and --resume from it ends with the uninterrupted run's exact weights and metrics."""
@@ -139,6 +141,7 @@ def test_cli_killed_mid_save_then_resume_is_exact(tmp_path, small_npz):
         assert without_timings(json.load(g)) == without_timings(json.load(f))
 
 
+@pytest.mark.slow
 def test_truncated_checkpoint_is_refused_and_nothing_overwritten(tmp_path, small_npz):
     out = tmp_path / "run"
     train_run({"data": small_npz, "epochs": 1, "batch_size": 80}, out, progress="none", log=quiet)

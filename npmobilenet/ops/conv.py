@@ -8,7 +8,8 @@ Semantics are exactly ``torch.nn.functional.conv2d`` in 2-D (a cross-correlation
     out[n, k, oh, ow] = bias[k] + sum over c < Cg, i < kH, j < kW of
         weight[k, c, i, j] * x_padded[n, (k // Kg)*Cg + c, oh*sh + i*dil_h, ow*sw + j*dil_w]
 
-    OH = (H + pad_top + pad_bottom - dil_h*(kH - 1) - 1) // sh + 1     (OW likewise)
+    OH = (H + pad_top + pad_bottom - dil_h*(kH - 1) - 1) // sh + 1     (OW likewise;
+                                                 npmobilenet._geometry.output_size)
 
 Three implementations sit behind one API (``method=``):
 
