@@ -140,6 +140,10 @@ def _resolve_padding(op, padding, kernel, dilation, stride):
     return (ph, ph, pw, pw)
 
 
+# Largest stride, dilation or padding accepted (kernels compute int64 products of them).
+MAX_GEOMETRY = 2**31 - 1
+
+
 def _output_size(op, size, pad_total, kernel, dilation, stride, axis):
     """One output extent; errors if the dilated kernel is larger than the padded input."""
     span = dilation * (kernel - 1) + 1
@@ -221,6 +225,9 @@ def conv2d_plan(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
     dilation = _checks.pair(op, "dilation", dilation, minimum=1)
     kernel = weight.shape[2:]
     pad = _resolve_padding(op, padding, kernel, dilation, stride)
+    for name, v in (("stride", stride), ("dilation", dilation), ("padding", pad)):
+        if max(v) > MAX_GEOMETRY:  # the kernels index with int64 products of these
+            raise ValueError(f"{op}: {name} must be at most {MAX_GEOMETRY}, got {max(v)}")
     _checks.choice(op, "method", method, METHODS)
     N, _, H, W = x4.shape
     OH = _output_size(op, H, pad[0] + pad[1], kernel[0], dilation[0], stride[0], "height")
@@ -230,6 +237,7 @@ def conv2d_plan(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
     elif method == "im2col" and _is_pointwise(weight.shape, stride, pad):
         method = "pointwise"
     out_shape = (N, weight.shape[0], OH, OW)
+    _checks.output_fits(op, out_shape, x4.dtype)
     return Conv2dPlan(stride, pad, dilation, groups, method, unbatched, out_shape)
 
 
