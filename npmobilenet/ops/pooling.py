@@ -187,6 +187,7 @@ def adaptive_avg_pool2d_forward(x, output_size):
     if isinstance(output_size, (tuple, list)) and len(output_size) == 2:
         output_size = tuple(x4.shape[2 + i] if v is None else v for i, v in enumerate(output_size))
     OH, OW = _checks.pair(op, "output_size", output_size, minimum=1)
+    _checks.output_fits(op, (*x4.shape[:2], OH, OW), x4.dtype)
     if (OH, OW) == (1, 1):  # global average pooling (MobileNet's head): one window, a plain mean
         N, C, H, W = x4.shape
         out = x4.reshape(N, C, H * W).mean(axis=2).reshape(N, C, 1, 1)  # (N, C, 1, 1)
