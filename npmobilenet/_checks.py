@@ -9,6 +9,7 @@ Messages follow one pattern: ``"<op>: <argument> <what was expected>, got <what 
 
 from __future__ import annotations
 
+import math
 import numbers
 import os
 import reprlib
@@ -98,9 +99,10 @@ def same_dtype(op: str, ref_name: str, ref: np.ndarray, **others) -> None:
 
 def integer(op: str, name: str, v, minimum=None) -> int:
     """Check that ``v`` is an int (not bool) and at least ``minimum``."""
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-        raise TypeError(f"{op}: {name} must be an int, got {describe(v)}")
-    v = int(v)
+    if type(v) is not int:  # a plain int skips the (slower) abstract-class check
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            raise TypeError(f"{op}: {name} must be an int, got {describe(v)}")
+        v = int(v)
     if minimum is not None and v < minimum:
         raise ValueError(f"{op}: {name} must be >= {minimum}, got {short_repr(v)}")
     return v
@@ -125,10 +127,11 @@ def pair(op: str, name: str, v, minimum=None) -> tuple[int, int]:
 
 def number(op: str, name: str, v, low=None, high=None, low_open=False, high_open=False) -> float:
     """Check that ``v`` is a real number inside the given (closed unless *_open) bounds."""
-    if isinstance(v, bool) or not isinstance(v, numbers.Real):
-        raise TypeError(f"{op}: {name} must be a real number, got {describe(v)}")
+    if type(v) is not float and type(v) is not int:  # plain numbers skip the abstract check
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):
+            raise TypeError(f"{op}: {name} must be a real number, got {describe(v)}")
     v = float(v)
-    if not np.isfinite(v):
+    if not math.isfinite(v):
         raise ValueError(f"{op}: {name} must be finite, got {v}")
     if low is not None and (v < low or (low_open and v == low)):
         raise ValueError(f"{op}: {name} must be {'>' if low_open else '>='} {low}, got {v}")
@@ -180,8 +183,9 @@ def out_array(op: str, name: str, out, shape, dtype, *inputs) -> np.ndarray | No
         )
     if not (out.flags.c_contiguous and out.flags.writeable):
         raise ValueError(f"{op}: {name} must be C-contiguous and writeable")
-    if any(a is not None and np.may_share_memory(out, a) for a in inputs):
-        raise ValueError(f"{op}: {name} must not share memory with the op's inputs")
+    for a in inputs:
+        if a is not None and np.may_share_memory(out, a):
+            raise ValueError(f"{op}: {name} must not share memory with the op's inputs")
     return out
 
 

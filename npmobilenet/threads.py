@@ -117,6 +117,8 @@ class Runner:
         """``n_items`` cut into contiguous ``(lo, hi)`` ranges, at most one per thread, each at
         least ``min_items`` long (fewer ranges when the work is too small to be worth it)."""
         k = max(1, min(self.threads, n_items // max(min_items, 1)))
+        if k == 1:
+            return [(0, n_items)]
         bounds = [n_items * i // k for i in range(k + 1)]
         return [(bounds[i], bounds[i + 1]) for i in range(k)]
 

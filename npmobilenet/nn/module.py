@@ -81,8 +81,8 @@ class Module:
         else:
             table = self._buffers if is_buffer else None
         for other in (self._parameters, self._buffers, self._modules):
-            if other is not table:
-                other.pop(name, None)
+            if other is not table and name in other:
+                del other[name]
         if table is not None:
             table[name] = value  # an existing key keeps its place, as in PyTorch
         object.__setattr__(self, name, value)
