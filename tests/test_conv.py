@@ -219,7 +219,7 @@ def test_depthwise3x3_kernels_match_naive_loops(shape, size, stride, pads, seed)
 
 @pytest.mark.parametrize("stride", [1, 2])
 def test_depthwise3x3_wide_planes_match_naive_loops(stride):
-    """Planes wider than the flat variants' 32 columns: the readable kernels and the table."""
+    """Planes wider than 32 columns: the readable kernels and the table's choice."""
     rng = np.random.default_rng(stride)
     H, W = 5, 41
     x, w = rng.standard_normal((2, 3, H, W)), rng.standard_normal((3, 1, 3, 3))
@@ -443,7 +443,9 @@ def test_every_tuned_depthwise_kernel_is_tested_against_the_naive_loops():
 @pytest.mark.parametrize(
     "shape, want",
     [
-        ((32, 32, (112, 112), (112, 112), (1, 1)), ("forward", "backward_weight_flat", "input")),
+        ((32, 32, (112, 112), (112, 112), (1, 1)), ("forward_flat", "weight_flat", "input_flat")),
+        ((8, 8, (40, 41), (20, 21), (2, 2)), ("forward_cols2", "backward_weight", "stride2")),
+        ((8, 8, (40, 41), (40, 14), (1, 3)), ("forward", "backward_weight", "input")),
         ((64, 64, (112, 112), (56, 56), (2, 2)), ("forward_cols2", "backward_weight", "stride2")),
         ((512, 512, (14, 14), (14, 14), (1, 1)), ("forward_flat", "weight_flat", "input_flat")),
         ((1024, 1024, (2, 2), (2, 2), (1, 1)), ("forward_small", None, None)),

@@ -60,10 +60,10 @@ DEPTHWISE3X3: tuple[Variant, ...] = (
     Variant("forward", _tiny_planes, tuned.depthwise3x3_forward_small,
             "depth multiplier 1, at most 16 output pixels (MobileNet's last stages at small "
             "resolutions): channels innermost beats the per-plane set-up cost"),
-    Variant("forward", lambda s: s.stride == (1, 1) and s.out_hw[1] <= 32,
-            tuned.depthwise3x3_forward_flat,
-            "stride 1, output at most 32 wide: one flat loop per plane (rows of 7 are all "
-            "loop overhead; at 56 columns the two are even)"),
+    Variant("forward", lambda s: s.stride == (1, 1), tuned.depthwise3x3_forward_flat,
+            "stride 1: one flat loop per plane (rows of 7 are all loop overhead; on 56 and 112 "
+            "columns the two kernels are within 20% either way, and one kernel for every "
+            "stride-1 layer is one compilation less on a first run)"),
     Variant("forward", lambda s: s.stride[1] == 2, tuned.depthwise3x3_forward_cols2,
             "column stride 2: every column computed, every second kept (vectorises)"),
     Variant("forward", _always, readable.depthwise3x3_forward, "the readable kernel"),
@@ -80,8 +80,10 @@ DEPTHWISE3X3: tuple[Variant, ...] = (
     Variant("backward_input", lambda s: s.stride == (2, 2),
             tuned.depthwise3x3_backward_input_stride2,
             "stride 2: the all-zero rows of the spread-out gradient are skipped"),
-    Variant("backward_input", lambda s: s.in_hw[1] <= 32, tuned.depthwise3x3_backward_input_flat,
-            "input at most 32 wide: one flat loop per plane"),
+    Variant("backward_input", lambda s: s.stride == (1, 1) or s.in_hw[1] <= 32,
+            tuned.depthwise3x3_backward_input_flat,
+            "stride 1, or input at most 32 wide: one flat loop per plane (wider stride-1 planes "
+            "as the forward)"),
     Variant("backward_input", _always, readable.depthwise3x3_backward_input,
             "the readable kernel"),
 )  # fmt: skip
