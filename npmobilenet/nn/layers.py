@@ -101,9 +101,12 @@ class Conv2d(Module):
         self.kernel_size = chk.pair(op, "kernel_size", kernel_size, 1)
         self.stride = chk.pair(op, "stride", stride, 1)
         self.dilation = chk.pair(op, "dilation", dilation, 1)
-        self.padding = (
-            padding if padding in ("same", "valid") else chk.pair(op, "padding", padding, 0)
-        )
+        if isinstance(padding, str):
+            self.padding = chk.choice(op, "padding", padding, conv_ops.PADDING_MODES)
+        elif isinstance(padding, (tuple, list)) and len(padding) == 4:  # (top, bottom, left, right)
+            self.padding = tuple(chk.integer(op, "padding", p, 0) for p in padding)
+        else:
+            self.padding = chk.pair(op, "padding", padding, 0)
         self.method = method
         dtype = float_dtype(op, dtype)
         rng = as_generator(rng)
@@ -157,12 +160,14 @@ class Conv2d(Module):
 
     def output_shape(self, in_shape: tuple) -> tuple:
         n, _, h, w = in_shape
-        if self.padding == "same":
-            return (n, self.out_channels, h, w)
-        pad = (0, 0) if self.padding == "valid" else self.padding
+        pad = conv_ops.resolve_padding(
+            "Conv2d", self.padding, self.kernel_size, self.dilation, self.stride, (h, w)
+        )
         sizes = [
-            _pool_size(size, k, s, p, d)
-            for size, k, s, p, d in zip((h, w), self.kernel_size, self.stride, pad, self.dilation)
+            _pool_size(size + p0 + p1, k, s, 0, d)
+            for size, k, s, p0, p1, d in zip(
+                (h, w), self.kernel_size, self.stride, pad[::2], pad[1::2], self.dilation
+            )
         ]
         return (n, self.out_channels, *sizes)
 
