@@ -20,10 +20,12 @@ The state_dict keys are exactly the seed article's PyTorch module names, so weig
 from PyTorch with no renaming (``first_conv.conv.weight``, ``depthwise_sep_conv6.0.dwconv.weight``,
 ``fc.bias`` ...).
 
-Resolution: the resolution multiplier is simply the input size. Every 3x3 convolution has
-padding 1, so a stride-2 stage maps H to ceil(H / 2) and any H, W >= 1 survives the five
-stride-2 stages (the final map is ceil(H/32) x ceil(W/32)). In training mode batch norm needs
-more than one value per channel, so there N * ceil(H/32) * ceil(W/32) must exceed 1.
+Resolution: the resolution multiplier is simply the input size. With the default padding
+("torch": 1 on every side of every 3x3 convolution) or "tf_same", a stride-2 stage maps H to
+ceil(H / 2) and any H, W >= 1 survives the five stride-2 stages (the final map is
+ceil(H/32) x ceil(W/32)); with "keras" the stride-2 blocks map H to floor(H / 2), so H and W
+must be at least 31. In training mode batch norm needs more than one value per channel, so
+there N * OH * OW of the final map must exceed 1.
 """
 
 from __future__ import annotations
@@ -67,9 +69,35 @@ TABLE_1 = (
 )
 ACTIVATIONS = {"relu": ReLU, "relu6": ReLU6}
 CONV_KINDS = ("separable", "full")
+# Padding conventions: each 3x3 conv's ``Conv2d`` padding, by (convention, role, stride).
+# "torch": 1 on every side (PyTorch, timm). "tf_same": TensorFlow's "SAME" (TF-Slim, Hugging
+# Face): asymmetric at stride 2 on an even size (0 above/left, 1 below/right). "keras":
+# keras.applications.MobileNet: "SAME" in the stem, and before each stride-2 depthwise conv a
+# ZeroPadding2D((0, 1), (0, 1)) then no padding, so a stride-2 block maps H to floor(H / 2).
+PADDINGS = ("torch", "tf_same", "keras")
 
 
-def _checked_config(alpha, num_classes, in_channels, dropout, activation, dtype, seed, conv):
+def conv_padding(convention: str, role: str, stride: int):
+    """The ``Conv2d`` padding of a 3x3 conv (``role`` "stem" or "block") under ``convention``."""
+    if convention == "tf_same" or (convention == "keras" and role == "stem"):
+        return "tf_same"
+    if convention == "keras" and stride == 2:
+        return (0, 1, 0, 1)  # (top, bottom, left, right)
+    return 1
+
+
+def output_size(size: int, convention: str) -> int:
+    """One side of the final feature map for an input side ``size`` (0: too small)."""
+    size = -(-size // 2)  # the stem: ceil(H / 2) under every convention
+    for *_, stride, _ in TABLE_1:
+        if stride == 2:
+            size = size // 2 if convention == "keras" else -(-size // 2)
+    return size
+
+
+def _checked_config(
+    alpha, num_classes, in_channels, dropout, activation, dtype, seed, conv, padding, bn_eps
+):
     """Validate MobileNetV1's arguments (section 7 of the issue); return them as a dict."""
     op = "MobileNetV1"
     alpha = chk.number(op, "alpha", alpha, low=0.0, low_open=True)
@@ -87,6 +115,8 @@ def _checked_config(alpha, num_classes, in_channels, dropout, activation, dtype,
         dtype=float_dtype(op, dtype).name,
         seed=None if seed is None else chk.integer(op, "seed", seed, 0),
         conv=chk.choice(op, "conv", conv, CONV_KINDS),
+        padding=chk.choice(op, "padding", padding, PADDINGS),
+        bn_eps=chk.number(op, "bn_eps", bn_eps, low=0.0, low_open=True),
     )
 
 
@@ -94,10 +124,14 @@ class ConvBlock(Module):
     """3x3 convolution (no bias) + BatchNorm + activation: the seed's ``FirstConv``, and each
     block of the full-convolution baseline. ``(N, C, H, W) -> (N, K, OH, OW)``."""
 
-    def __init__(self, in_ch: int, out_ch: int, stride: int, activation: str, dtype) -> None:
+    def __init__(
+        self, in_ch: int, out_ch: int, stride: int, activation: str, dtype, padding=1, eps=1e-5
+    ) -> None:
         super().__init__()
-        self.conv = Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False, dtype=dtype)
-        self.bn = BatchNorm2d(out_ch, dtype=dtype)
+        self.conv = Conv2d(
+            in_ch, out_ch, 3, stride=stride, padding=padding, bias=False, dtype=dtype
+        )
+        self.bn = BatchNorm2d(out_ch, eps=eps, dtype=dtype)
         self.relu = ACTIVATIONS[activation]()
 
     def forward(self, x: np.ndarray) -> np.ndarray:
@@ -120,16 +154,18 @@ class DepthwiseSeparableConv(Module):
     ``relu0(bn0(x))`` in one pass (the same numbers), and ``bn0.backward`` differentiates both.
     """
 
-    def __init__(self, in_ch: int, out_ch: int, stride: int, activation: str, dtype) -> None:
+    def __init__(
+        self, in_ch: int, out_ch: int, stride: int, activation: str, dtype, padding=1, eps=1e-5
+    ) -> None:
         super().__init__()
         act = ACTIVATIONS[activation]
         self.dwconv = Conv2d(
-            in_ch, in_ch, 3, stride=stride, padding=1, groups=in_ch, bias=False, dtype=dtype
+            in_ch, in_ch, 3, stride=stride, padding=padding, groups=in_ch, bias=False, dtype=dtype
         )
-        self.bn0 = BatchNorm2d(in_ch, dtype=dtype)
+        self.bn0 = BatchNorm2d(in_ch, eps=eps, dtype=dtype)
         self.relu0 = act()
         self.pwconv = Conv2d(in_ch, out_ch, 1, bias=False, dtype=dtype)
-        self.bn1 = BatchNorm2d(out_ch, dtype=dtype)
+        self.bn1 = BatchNorm2d(out_ch, eps=eps, dtype=dtype)
         self.relu1 = act()
 
     def forward(self, x: np.ndarray) -> np.ndarray:
@@ -155,6 +191,10 @@ class MobileNetV1(Module):
         dtype: float32 or float64 for every parameter; inputs must match.
         seed: seeds the initialisation and the dropout masks (None: fresh entropy).
         conv: ``"separable"`` (MobileNet) or ``"full"`` (the paper's Table 4 baseline).
+        padding: ``"torch"`` (1 on every side; PyTorch, timm), ``"tf_same"`` (TensorFlow's
+            "SAME"; TF-Slim, Hugging Face) or ``"keras"`` (keras.applications.MobileNet); see
+            :func:`conv_padding`.
+        bn_eps: batch norm's epsilon (1e-5 in PyTorch, 1e-3 in TensorFlow and Keras).
 
     ``forward(x)``: ``(N, in_channels, H, W) -> (N, num_classes)`` logits.
     ``backward(dlogits)``: ``(N, num_classes) -> (N, in_channels, H, W)``, filling every
@@ -171,11 +211,23 @@ class MobileNetV1(Module):
         dtype=np.float32,
         seed=None,
         conv: str = "separable",
+        padding: str = "torch",
+        bn_eps: float = 1e-5,
     ) -> None:
         super().__init__()
         self.config = _checked_config(
-            alpha, num_classes, in_channels, dropout, activation, dtype, seed, conv
+            alpha,
+            num_classes,
+            in_channels,
+            dropout,
+            activation,
+            dtype,
+            seed,
+            conv,
+            padding,
+            bn_eps,
         )
+        self.labels = None  # class names, when known (a converted pretrained model)
         self.dtype = np.dtype(self.config["dtype"])
         init_seed, dropout_seed = np.random.SeedSequence(self.config["seed"]).spawn(2)
         stages = self._build_features()
@@ -194,14 +246,19 @@ class MobileNetV1(Module):
         """first_conv and one module per Table 1 row; returns the (trace label, module) list."""
         alpha, act, dtype = self.config["alpha"], self.config["activation"], self.dtype
         full = self.config["conv"] == "full"
-        self.first_conv = ConvBlock(self.config["in_channels"], int(32 * alpha), 2, act, dtype)
+        pad, eps = self.config["padding"], self.config["bn_eps"]
+        self.first_conv = ConvBlock(
+            self.config["in_channels"], int(32 * alpha), 2, act, dtype,
+            conv_padding(pad, "stem", 2), eps,
+        )  # fmt: skip
         stages = [("first_conv", self.first_conv)]
         for name, c_in, c_out, stride, repeats in TABLE_1:
             name = name.replace("depthwise_sep_conv", "full_conv") if full else name
             block = ConvBlock if full else DepthwiseSeparableConv
             blocks = [
                 block(int((c_in if i == 0 else c_out) * alpha), int(c_out * alpha),
-                      stride if i == 0 else 1, act, dtype)
+                      stride if i == 0 else 1, act, dtype,
+                      conv_padding(pad, "block", stride if i == 0 else 1), eps)
                 for i in range(repeats)
             ]  # fmt: skip
             if repeats == 1:
@@ -265,7 +322,12 @@ class MobileNetV1(Module):
                 f"{op}: x must hold at least one image of at least 1x1 pixels (MobileNetV1"
                 f" takes any H, W >= 1), got shape {x.shape}"
             )
-        fh, fw = -(-h // 32), -(-w // 32)  # five stride-2 stages: H -> ceil(H / 32)
+        fh, fw = (output_size(s, self.config["padding"]) for s in (h, w))
+        if fh < 1 or fw < 1:
+            raise ValueError(
+                f"{op}: x of shape {x.shape} is too small for padding='keras': each stride-2"
+                " block maps H to floor(H / 2), so H and W must be at least 31"
+            )
         if self.training and n * fh * fw <= 1:
             raise ValueError(
                 f"{op}: in training mode batch norm needs more than one value per channel, but x"
