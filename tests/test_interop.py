@@ -222,3 +222,13 @@ def test_unknown_source_and_undetectable_file(tmp_path):
     save_state_dict({"a": np.zeros(3)}, path)
     with pytest.raises(ValueError, match="cannot tell which library wrote"):
         interop.load(path)
+
+
+def test_fused_engine_refuses_what_it_cannot_run():
+    from npmobilenet.fast import FusedMobileNetV1
+    from npmobilenet.models import MobileNetV1
+
+    for padding in ("tf_same", "keras"):
+        model = MobileNetV1(alpha=0.25, num_classes=3, padding=padding, seed=0)
+        with pytest.raises(ValueError, match="padding='torch' models only"):
+            FusedMobileNetV1.from_model(model)

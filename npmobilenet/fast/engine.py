@@ -196,6 +196,11 @@ class FusedMobileNetV1:
                 f"{OP}.from_model: only the depthwise-separable MobileNetV1 can be fused,"
                 f" got conv={config.get('conv')!r}"
             )
+        if config.get("padding", "torch") != "torch":  # the kernels store a 1-pixel border
+            raise ValueError(
+                f"{OP}.from_model: the fused engine runs padding='torch' models only, got"
+                f" padding={config.get('padding')!r}; run the model itself in eval mode"
+            )
         eps = float(getattr(getattr(model.first_conv, "bn", None), "eps", 1e-5))
         return cls.from_state_dict(state(), activation=config["activation"], eps=eps)
 
