@@ -70,7 +70,7 @@ def build_graph(model, opset: int = 17):
     inits, nodes, x = [], [], "input"
 
     def init(name, array):
-        inits.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        inits.append(numpy_helper.from_array(np.array(array, order="C"), name))  # keeps 0-d
         return name
 
     act = model.config["activation"]

@@ -127,7 +127,8 @@ def _walk(graph: _Graph, helper):
             pending_pad = (0, 0, 0, 0)
         elif op == "BatchNormalization" and layers and layers[-1].bn is None and not pooled:
             stats = [graph.operand(node, i) for i in range(1, 5)]
-            layers[-1].bn = (*stats, float(a.get("epsilon", 1e-5)))
+            # ONNX stores epsilon as float32: take the shortest decimal (1e-3, not 0.0010000000475)
+            layers[-1].bn = (*stats, float(str(np.float32(a.get("epsilon", 1e-5)))))
         elif op in ("Relu", "Clip") and layers and layers[-1].act is None and not pooled:
             layers[-1].act = _activation(graph, node, a)
         elif op in ("GlobalAveragePool", "ReduceMean") and not pooled:
@@ -188,12 +189,10 @@ def _conv(graph, node, a, pending) -> _Layer:
 def _activation(graph, node, a) -> str:
     if node.op_type == "Relu":
         return "relu"
-    lo = graph.operand(node, 1, a.get("min", -np.inf))
-    hi = graph.operand(node, 2, a.get("max", np.inf))
-    if float(lo) == 0 and float(hi) == 6:
-        return "relu6"
-    if float(lo) == 0 and float(hi) == np.inf:
-        return "relu"
+    lo = np.asarray(graph.operand(node, 1, a.get("min", -np.inf)), np.float64).ravel()
+    hi = np.asarray(graph.operand(node, 2, a.get("max", np.inf)), np.float64).ravel()
+    if lo.size == 1 and hi.size == 1 and lo[0] == 0 and hi[0] in (6, np.inf):
+        return "relu6" if hi[0] == 6 else "relu"
     raise ValueError(f"{graph.source}: Clip node {node.name!r} clamps to [{lo}, {hi}]")
 
 
