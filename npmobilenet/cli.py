@@ -8,18 +8,58 @@ append the ``add_`` function to ``COMMANDS``.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
+from npmobilenet.exercises.command import add_exercise_command
 from npmobilenet.gradcheck.command import add_gradcheck_command
 
 
-def _positive_float(text: str) -> float:
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line (pointing at --help) instead of the usage text."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _float(text: str) -> float:
     try:
         v = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    v = _float(text)
     if not v > 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return v
+
+
+def _non_negative_float(text: str) -> float:
+    v = _float(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return v
+
+
+def _fraction(text: str) -> float:
+    v = _float(text)
+    if not 0 <= v <= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return v
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
     return v
 
 
@@ -74,17 +114,24 @@ def add_summary_command(subparsers) -> None:
 def summary_command(args) -> int:
     import numpy as np
 
+    from npmobilenet.memory import check_fits, estimate_bytes
     from npmobilenet.models import MobileNetV1
 
+    h, w = args.resolution
     try:
+        needed = estimate_bytes(
+            args.alpha, args.classes, args.in_channels, h, w, batch_size=int(args.trace),
+            conv=args.conv, training=False, op="npmobilenet summary",
+        )  # fmt: skip
+        check_fits("npmobilenet summary", needed, f"alpha {args.alpha:g} at {h}x{w}")
         model = MobileNetV1(
             alpha=args.alpha, num_classes=args.classes, in_channels=args.in_channels,
             conv=args.conv, seed=0,
         )  # fmt: skip
-        h, w = args.resolution
         print(model.summary(input_size=(args.in_channels, h, w)))
     except ValueError as e:
-        print(f"npmobilenet summary: error: {e}", file=sys.stderr)
+        message = str(e).removeprefix("npmobilenet summary: ")
+        print(f"npmobilenet summary: error: {message}", file=sys.stderr)
         return 2
     if args.trace:
         print()
@@ -96,7 +143,7 @@ def summary_command(args) -> int:
 def add_train_command(subparsers) -> None:
     p = subparsers.add_parser(
         "train",
-        help="train MobileNetV1 (default: the built-in digits, about a minute)",
+        help="train MobileNetV1 (default: the built-in digits, about 10 s; 30 s the first time)",
         description="Train MobileNetV1 without autograd. With no arguments: the built-in"
         " handwritten digits, alpha 0.25, 32x32, the default recipe. Writes <out>/metrics.json,"
         " metrics.csv, model.safetensors, checkpoint.safetensors (every epoch) and, with"
@@ -114,19 +161,35 @@ def add_train_command(subparsers) -> None:
     p.add_argument("--batch-size", type=_positive_int, help="batch size (64)")
     p.add_argument("--optimizer", help="sgd (Nesterov momentum), rmsprop, adam or adamw (sgd)")
     p.add_argument("--lr", type=_positive_float, help="peak learning rate")
-    p.add_argument("--momentum", type=float, help="momentum (SGD, RMSprop) (0.9)")
-    p.add_argument("--weight-decay", type=float, help="weight decay, none on depthwise/BN")
+    p.add_argument("--momentum", type=_non_negative_float, help="momentum (SGD, RMSprop) (0.9)")
+    p.add_argument(
+        "--weight-decay", type=_non_negative_float, help="weight decay, none on depthwise/BN"
+    )
     p.add_argument("--schedule", help="onecycle (per batch), cosine (per epoch) or constant")
-    p.add_argument("--warmup", type=float, help="one-cycle warm-up fraction of the steps")
-    p.add_argument("--label-smoothing", type=float, help="label smoothing in [0, 1] (0)")
+    p.add_argument("--warmup", type=_fraction, help="one-cycle warm-up fraction of the steps")
+    p.add_argument("--label-smoothing", type=_fraction, help="label smoothing in [0, 1] (0)")
     p.add_argument("--max-grad-norm", type=_positive_float, help="clip gradients to this norm")
     p.add_argument(
         "--augment",
-        action="store_true",
-        default=None,
-        help="random crops (and flips, except for digits)",
+        choices=("standard", "none"),
+        help="standard: for image folders RandomResizedCrop + flips (their default), for arrays"
+        " padded random crops + flips (no flips for digits); none (the default for arrays)",
     )
-    p.add_argument("--seed", type=int, help="seed for init, split, shuffling, dropout (0)")
+    p.add_argument(
+        "--workers", type=int, help="threads decoding image-folder batches ahead (2; 0: none)"
+    )
+    p.add_argument(
+        "--cache-mb", type=int, help="keep decoded folder images (uint8) up to this many MB (0)"
+    )
+    p.add_argument("--channels", type=int, choices=(1, 3), help="1 or 3 (default: from the data)")
+    p.add_argument(
+        "--layout",
+        choices=("nchw", "nhwc"),
+        help=".npz image layout of x (default: nchw, refusing arrays that look channels-last)",
+    )
+    p.add_argument(
+        "--seed", type=_non_negative_int, help="seed for init, split, shuffling, dropout (0)"
+    )
     p.add_argument("--out", help="output folder (default runs/<data name>, never overwritten)")
     p.add_argument(
         "--resume",
@@ -156,7 +219,8 @@ _TRAIN_SETTINGS = {  # argparse dest -> run configuration key
     "batch_size": "batch_size", "optimizer": "optimizer", "lr": "lr", "momentum": "momentum",
     "weight_decay": "weight_decay", "schedule": "schedule", "warmup": "warmup",
     "label_smoothing": "label_smoothing", "max_grad_norm": "max_grad_norm",
-    "augment": "augment", "seed": "seed", "threads": "threads",
+    "augment": "augment", "seed": "seed", "threads": "threads", "workers": "workers",
+    "cache_mb": "cache_mb", "channels": "channels", "layout": "layout",
 }  # fmt: skip
 
 
@@ -177,6 +241,7 @@ def _default_out(data) -> str:
 
 def train_command(args) -> int:
     import os
+    import time
 
     from npmobilenet.train import NonFiniteLossError, train_run
 
@@ -193,6 +258,7 @@ def train_command(args) -> int:
         out = args.out or os.path.dirname(resume) or "."
     else:
         out = args.out or _default_out(args.data)
+    started = time.time()
     try:
         train_run(
             config,
@@ -212,7 +278,46 @@ def train_command(args) -> int:
         message = str(e).removeprefix("npmobilenet train: ")
         print(f"npmobilenet train: error: {message}", file=sys.stderr)
         return 2
+    except BaseException as e:
+        if not _interrupted(e):
+            raise
+        print(_interrupt_message(out, resume, started), file=sys.stderr)
+        return 130
     return 0
+
+
+def _interrupted(e: BaseException) -> bool:
+    """A Ctrl-C: a KeyboardInterrupt, possibly wrapped (a compiled kernel interrupted mid-call
+    surfaces as a SystemError whose context is the KeyboardInterrupt)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _interrupt_message(out: str, resume, started: float) -> str:
+    """One line: where the last complete checkpoint of this run is, and how to continue."""
+    import os
+    import shlex
+
+    from npmobilenet.train.checkpoint import checkpoint_epoch
+
+    path = os.path.join(out, "checkpoint.safetensors")
+    ours = os.path.isfile(path) and (
+        os.path.getmtime(path) >= started - 1
+        or os.path.abspath(path) == os.path.abspath(resume or "")
+    )
+    if not ours:
+        return "npmobilenet train: interrupted before the first epoch ended; no checkpoint written"
+    epoch = checkpoint_epoch(path)
+    after = f" (after epoch {epoch})" if epoch is not None else ""
+    return (
+        f"npmobilenet train: interrupted; the last complete checkpoint is {path}{after};"
+        f" continue with: npmobilenet train --resume {shlex.quote(path)}"
+    )
 
 
 # --------------------------------------------------------------------------- evaluate
@@ -225,6 +330,12 @@ def add_evaluate_command(subparsers) -> None:
     )
     p.add_argument("--checkpoint", required=True, help="run folder or .safetensors file")
     p.add_argument("--data", help="data to evaluate on (default: the run's own test split)")
+    p.add_argument(
+        "--ignore-class-names",
+        action="store_true",
+        help="evaluate --data whose class names differ from the model's, pairing the classes"
+        " by position",
+    )
     p.set_defaults(func=evaluate_command)
 
 
@@ -232,7 +343,7 @@ def evaluate_command(args) -> int:
     from npmobilenet.train import evaluate_run
 
     try:
-        evaluate_run(args.checkpoint, data=args.data)
+        evaluate_run(args.checkpoint, data=args.data, ignore_class_names=args.ignore_class_names)
     except (ValueError, TypeError, OSError, ImportError) as e:
         print(f"npmobilenet evaluate: error: {e}", file=sys.stderr)
         return 2
@@ -243,29 +354,64 @@ def evaluate_command(args) -> int:
 def add_predict_command(subparsers) -> None:
     p = subparsers.add_parser(
         "predict",
-        help="top-k classes of image files",
-        description="Classify image files with a trained run: each image is resized and"
-        " cropped like the training data and normalised with the run's statistics.",
+        help="top-k classes of image files or folders",
+        description="Classify images with a trained run, in batches: each image is resized"
+        " (shorter side to resolution / 0.875), centre-cropped and normalised with the run's"
+        " statistics (or a --preset). Missing or unreadable files are reported, not fatal.",
     )
     p.add_argument("--checkpoint", required=True, help="run folder or .safetensors file")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG ...)")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of them")
     p.add_argument("--top-k", type=_positive_int, default=3, help="classes to show (3)")
+    p.add_argument("--out", help="write the results to this .csv or .jsonl instead of printing")
+    p.add_argument("--batch-size", type=_positive_int, default=32, help="images per batch (32)")
+    p.add_argument("--workers", type=int, default=2, help="threads decoding ahead (2)")
+    p.add_argument(
+        "--preset",
+        choices=("timm", "torchvision", "keras", "tf"),
+        help="the preprocessing of published weights instead of the run's own",
+    )
     p.set_defaults(func=predict_command)
 
 
 def predict_command(args) -> int:
-    from npmobilenet.train import predict_images
+    from npmobilenet.train import load_run
+    from npmobilenet.train.predict import predict_files, write_predictions
 
     try:
-        results = predict_images(args.checkpoint, args.images, top_k=args.top_k)
+        model, config = load_run(args.checkpoint)
+        k = min(args.top_k, len(config["classes"]))
+        preds = predict_files(model, config, args.images, top_k=k, batch_size=args.batch_size,
+                              preset=args.preset, workers=max(args.workers, 0),
+                              progress=args.out is not None)  # fmt: skip
+        if args.out is not None:
+            rows, errors = write_predictions(preds, args.out, k)
+        else:
+            rows, errors = _print_predictions(preds)
     except (ValueError, TypeError, OSError, ImportError) as e:
         print(f"npmobilenet predict: error: {e}", file=sys.stderr)
         return 2
-    for image, top in results:
-        print(image)
-        for name, p in top:
-            print(f"  {name:<20} {100 * p:6.2f}%")
+    if args.out is not None:
+        print(f"wrote {rows} prediction(s) to {args.out}")
+    if errors == rows:
+        print(f"npmobilenet predict: error: none of the {rows} file(s) could be read",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    if errors:
+        print(f"npmobilenet predict: {errors} of {rows} file(s) could not be read (reported in"
+              " the output)", file=sys.stderr)  # fmt: skip
     return 0
+
+
+def _print_predictions(preds) -> tuple[int, int]:
+    rows = errors = 0
+    for pred in preds:
+        print(pred.path)
+        if pred.error is not None:
+            print(f"  error: {pred.error}")
+        for name, p in pred.top:
+            print(f"  {name:<20} {100 * p:6.2f}%")
+        rows, errors = rows + 1, errors + (pred.error is not None)
+    return rows, errors
 
 
 COMMANDS = [
@@ -274,11 +420,12 @@ COMMANDS = [
     add_predict_command,
     add_summary_command,
     add_gradcheck_command,
+    add_exercise_command,
 ]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="npmobilenet",
         description="MobileNetV1 from scratch in NumPy and Numba.",
     )
@@ -290,8 +437,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns its exit code (2 for a usage error, 130 after Ctrl-C)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error (2), already printed
+        return e.code if isinstance(e.code, int) else 2
     if args.version or args.command is None:
         from npmobilenet import __version__
 
@@ -299,7 +450,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None and not args.version:
             parser.print_help()
         return 0
-    return args.func(args)
+    from npmobilenet.compile_notice import announce_compilation
+
+    try:
+        with announce_compilation():  # says so when Numba compiles (a first run), silent otherwise
+            return args.func(args)
+    except (ValueError, TypeError, OSError) as e:  # a command without its own error handling
+        print(f"npmobilenet {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except BaseException as e:
+        if not _interrupted(e):
+            raise
+        print(f"npmobilenet {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

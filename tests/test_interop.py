@@ -225,10 +225,10 @@ def test_unknown_source_and_undetectable_file(tmp_path):
 
 
 def test_fused_engine_refuses_what_it_cannot_run():
-    from npmobilenet.fast import FusedMobileNetV1
+    from npmobilenet.fast import UnsupportedModuleError
     from npmobilenet.models import MobileNetV1
 
     for padding in ("tf_same", "keras"):
         model = MobileNetV1(alpha=0.25, num_classes=3, padding=padding, seed=0)
-        with pytest.raises(ValueError, match="padding='torch' models only"):
-            FusedMobileNetV1.from_model(model)
+        with pytest.raises(UnsupportedModuleError, match="padding"):
+            model.fuse()

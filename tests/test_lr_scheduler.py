@@ -138,3 +138,27 @@ def _opt():
 def test_bad_arguments_are_named(make, exc, match):
     with pytest.raises(exc, match=match):
         make()
+
+
+@pytest.mark.parametrize("anneal", ["cos", "linear"])
+def test_one_cycle_one_step_warm_up_ends_at_the_peak(anneal):
+    """4 steps with pct_start 0.25: a zero-length warm-up (torch divides by zero there). Step 0
+    is the peak, then the anneal runs over steps 0..3 to max_lr / 25 / 1e4, by the formula."""
+    opt = _opt()
+    sched = ours.OneCycleLR(opt, max_lr=0.2, total_steps=4, pct_start=0.25, anneal_strategy=anneal)
+    lrs, momenta = [sched.get_last_lr()[0]], [opt.param_groups[0]["momentum"]]
+    for _ in range(3):
+        sched.step()
+        lrs.append(sched.get_last_lr()[0])
+        momenta.append(opt.param_groups[0]["momentum"])
+    lo = 0.2 / 25 / 1e4
+    for t, (lr, m) in enumerate(zip(lrs, momenta)):
+        frac = (1 - np.cos(np.pi * t / 3)) / 2 if anneal == "cos" else t / 3
+        assert lr == pytest.approx(0.2 + (lo - 0.2) * frac, rel=1e-12)
+        assert m == pytest.approx(0.85 + (0.95 - 0.85) * frac, rel=1e-12)
+
+
+def test_one_cycle_single_step_with_full_warm_up_is_the_peak():
+    opt = _opt()
+    sched = ours.OneCycleLR(opt, max_lr=0.3, total_steps=1, pct_start=1.0)
+    assert sched.get_last_lr() == [0.3]

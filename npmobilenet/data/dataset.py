@@ -55,6 +55,9 @@ def labels(op: str, name: str, y, n: int) -> np.ndarray:
         raise ValueError(
             f"{op}: {name} must have shape ({n},) (one label per image), got shape {y.shape}"
         )
+    if y.dtype == np.uint64 and y.size and y.max() > np.iinfo(np.int64).max:
+        i = int(np.argmax(y > np.iinfo(np.int64).max))  # int64 would wrap it to a negative
+        raise ValueError(f"{op}: {name} must be class indices, got {int(y[i])} at index {i}")
     return y.astype(np.int64)
 
 

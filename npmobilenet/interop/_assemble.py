@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from npmobilenet.models.mobilenet import FIRST_CONV_CHANNELS, TABLE_1, MobileNetV1
+from npmobilenet.models.mobilenet import FIRST_CONV, TABLE_1, MobileNetV1
 
 
 class ConvLayer(NamedTuple):
@@ -51,7 +51,7 @@ def layer_names() -> list[tuple[str, str]]:
 
 def expected_shapes(alpha: float, in_channels: int) -> list[tuple[int, ...]]:
     """The 27 conv weight shapes of ``MobileNetV1(alpha, in_channels=...)``."""
-    shapes = [(int(FIRST_CONV_CHANNELS * alpha), in_channels, 3, 3)]
+    shapes = [(int(FIRST_CONV.out_channels * alpha), in_channels, 3, 3)]
     for _, c_in, c_out, _, repeats in TABLE_1:
         for i in range(repeats):
             c = int((c_in if i == 0 else c_out) * alpha)
@@ -67,7 +67,7 @@ def infer_alpha(source: str, convs: list[ConvLayer]) -> float:
             f" blocks), this file has {len(convs)}: another architecture?"
         )
     first = convs[0].weight.shape
-    alpha = first[0] / FIRST_CONV_CHANNELS
+    alpha = first[0] / FIRST_CONV.out_channels
     got = [tuple(c.weight.shape) for c in convs]
     want = expected_shapes(alpha, first[1])
     for i, (g, w) in enumerate(zip(got, want)):

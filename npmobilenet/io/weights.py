@@ -6,7 +6,9 @@ written from PyTorch with ``safetensors.torch.save_file(model.state_dict(), path
 
 Writes are atomic: the bytes go to a temporary file in the destination's directory, are flushed
 and fsync'ed, then ``os.replace`` puts them in place, so a crash or an error never leaves a
-half-written file and never clobbers the old one. Loads validate everything before changing the
+half-written file and never clobbers the old one. A replaced file keeps its permissions, a
+symlink is written through to its target, and a read-only file is only replaced when asked
+(``overwrite=True``). Loads validate everything before changing the
 model (see :meth:`npmobilenet.nn.Module.load_state_dict`).
 """
 
@@ -14,7 +16,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import stat
 import tempfile
+import time
 from collections.abc import Mapping
 
 import numpy as np
@@ -23,15 +28,24 @@ import safetensors.numpy
 
 from npmobilenet._checks import describe
 
+try:
+    import fcntl
+except ImportError:  # Windows: stale temporary files are recognised by age alone
+    fcntl = None
+
 # dtypes a safetensors file can hold that numpy represents exactly.
 _SAVABLE_KINDS = "fiub"
 
 
-def save_state_dict(state: Mapping[str, np.ndarray], path, metadata=None) -> None:
+def save_state_dict(
+    state: Mapping[str, np.ndarray], path, metadata=None, overwrite: bool = False
+) -> None:
     """Write ``{name: array}`` to ``path`` as safetensors, atomically.
 
     Arrays are written C-contiguous (a strided view is copied first); ``metadata`` is an
-    optional ``{str: str}`` stored in the header.
+    optional ``{str: str}`` stored in the header. Replacing a file keeps its mode, a symlink is
+    written through, and a read-only file is refused unless ``overwrite`` (see
+    :func:`atomic_write_bytes`).
     """
     op = "save_state_dict"
     if not isinstance(state, Mapping):
@@ -49,32 +63,116 @@ def save_state_dict(state: Mapping[str, np.ndarray], path, metadata=None) -> Non
     ):
         raise TypeError(f"{op}: metadata must be a dict of str -> str, got {describe(metadata)}")
     data = safetensors.numpy.save(arrays, metadata=dict(metadata) if metadata else None)
-    atomic_write_bytes(path, data)
+    atomic_write_bytes(path, data, overwrite=overwrite)
 
 
-def atomic_write_bytes(path, data: bytes) -> None:
+def atomic_write_bytes(path, data: bytes, overwrite: bool = False) -> None:
     """Write ``data`` to ``path`` so that a crash leaves either the old file or the new one.
 
-    The bytes go to a temporary file in the same folder (created if missing), are flushed and
-    fsynced, and only then renamed over ``path`` with ``os.replace`` (atomic on POSIX and
-    Windows). The file gets the permissions an ordinary ``open(path, "wb")`` would give.
+    The bytes go to a temporary file ``.tmp-XXXXXXXX.partial`` in the same folder (created if
+    missing), are flushed and fsynced, and only then renamed over ``path`` with ``os.replace``
+    (atomic on POSIX and Windows). What the user owns is respected:
+
+    * a new file gets the permissions an ordinary ``open(path, "wb")`` would give; a replaced
+      file keeps its mode (a 0600 file stays 0600);
+    * a symlink is written through: its target gets the new bytes, the link stays a link;
+    * a file the user could not open for writing (no write permission, or no write bit at all,
+      as ``chmod 444`` leaves it) is refused with a ``PermissionError`` unless ``overwrite``;
+    * temporary files left by a save that was killed (our ``.tmp-*.partial`` pattern only, and
+      only those no live writer holds) are removed after the next successful save there.
     """
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
+    op = "atomic_write_bytes"
+    if not isinstance(overwrite, bool):
+        raise TypeError(f"{op}: overwrite must be a bool, got {describe(overwrite)}")
+    path = os.path.realpath(os.fspath(path))  # through symlinks, to the file they name
+    directory = os.path.dirname(path)
+    mode = _existing_mode(path, overwrite)
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".partial", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=_TMP_SUFFIX, dir=directory)
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
+        _lock(fd)  # tells a later save's clean-up that this temporary file is in use
+        os.chmod(tmp, 0o666 & ~_umask() if mode is None else mode)  # mkstemp makes 0600
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, path)  # unlocked a moment earlier, but too young to count as stale
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
     _fsync_dir(directory)
+    remove_stale_partials(directory)
+
+
+_TMP_PREFIX, _TMP_SUFFIX = ".tmp-", ".partial"
+# mkstemp's names: the prefix, 8 random characters from [a-z0-9_], the suffix.
+_TMP_NAME = re.compile(r"\.tmp-[a-z0-9_]{8}\.partial")
+# A temporary file younger than this is left alone even when unlocked (it may have been created
+# a moment ago and not be locked yet); without file locks (not POSIX) the age alone decides.
+_STALE_SECONDS = 2.0 if fcntl is not None else 24 * 3600.0
+
+
+def _existing_mode(path: str, overwrite: bool):
+    """The permission bits of the file at ``path`` (None if there is none); refuses to replace
+    a read-only file unless ``overwrite``."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    mode = stat.S_IMODE(st.st_mode)
+    if not overwrite and (not mode & 0o222 or not os.access(path, os.W_OK)):
+        raise PermissionError(
+            f"atomic_write_bytes: refusing to replace {path}: it is read-only (mode"
+            f" {mode:04o}); make it writable first, or pass overwrite=True"
+        )
+    return mode
+
+
+def _lock(fd: int) -> None:
+    if fcntl is not None:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def remove_stale_partials(directory) -> list[str]:
+    """Delete the ``.tmp-XXXXXXXX.partial`` files in ``directory`` that a killed save left.
+
+    Only names of exactly that pattern are considered, and only files older than a couple of
+    seconds that no process holds locked (a save in progress holds its lock until the rename).
+    Returns the removed paths.
+    """
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    now = time.time()
+    for name in names:
+        if not _TMP_NAME.fullmatch(name):
+            continue
+        p = os.path.join(directory, name)
+        try:
+            if now - os.lstat(p).st_mtime < _STALE_SECONDS or not _unlocked(p):
+                continue
+            os.unlink(p)
+        except OSError:
+            continue  # vanished, or not ours to remove: leave it
+        removed.append(p)
+    return removed
+
+
+def _unlocked(path: str) -> bool:
+    """True if no process holds a lock on ``path`` (always True without POSIX file locks)."""
+    if fcntl is None:
+        return True
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return True
 
 
 def _umask() -> int:
@@ -103,20 +201,38 @@ def load_state_dict_file(path) -> dict[str, np.ndarray]:
     Raises FileNotFoundError for a missing file and ValueError, naming the file, for anything
     that is not a complete safetensors file (truncated, foreign format, unsupported dtype).
     """
-    op = "load_state_dict_file"
+    return read_safetensors("load_state_dict_file", path, "safetensors file")[0]
+
+
+def read_safetensors(op: str, path, kind: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Read and validate a whole safetensors file: ``({name: array}, metadata)``.
+
+    The arrays are owned copies; ``metadata`` is the header's ``__metadata__`` (``{}`` if none).
+    ``kind`` names what the file should be in messages ("safetensors file", "checkpoint"):
+    FileNotFoundError if ``path`` is not a file, ValueError naming it if it is not a complete
+    safetensors file (truncated, corrupt, another format, a dtype numpy lacks).
+    """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{op}: no such file: {path}")
+        raise FileNotFoundError(f"{op}: no {kind} at {path}")
     try:
         with open(path, "rb") as f:
             data = f.read()
-        arrays = safetensors.numpy.load(data)
+        arrays = safetensors.numpy.load(data)  # validates the whole file
+        metadata = safetensors_metadata(data)
     except (safetensors.SafetensorError, ValueError, TypeError, KeyError, OverflowError) as e:
         raise ValueError(
-            f"{op}: {path} is not a readable safetensors file (truncated, corrupt, another"
-            f" format, or a dtype numpy lacks such as bfloat16?): {e}"
+            f"{op}: {path} is not a readable {kind} (truncated or corrupt, another format, or a"
+            f" dtype numpy lacks such as bfloat16?): {str(e)[:200]}"
         ) from None
-    return {k: np.array(v, copy=True) for k, v in arrays.items()}
+    return {k: np.array(v, copy=True) for k, v in arrays.items()}, metadata
+
+
+def safetensors_metadata(data: bytes) -> dict:
+    """The ``__metadata__`` of safetensors bytes: an 8-byte little-endian header size, then
+    the JSON header. Raises ValueError (or UnicodeDecodeError) for bytes that are not one."""
+    size = int.from_bytes(data[:8], "little")
+    return json.loads(data[8 : 8 + size]).get("__metadata__") or {}
 
 
 def read_safetensors_header(path) -> dict:
@@ -149,8 +265,9 @@ MODEL_CONFIG_KEYS = (
 )  # fmt: skip
 
 
-def save_weights(model, path) -> None:
-    """Save ``model.state_dict()`` to ``path`` (safetensors, atomic).
+def save_weights(model, path, overwrite: bool = False) -> None:
+    """Save ``model.state_dict()`` to ``path`` (safetensors, atomic; a read-only file is
+    replaced only with ``overwrite=True``, see :func:`atomic_write_bytes`).
 
     The header metadata records the model: ``config`` is ``model.config`` as JSON (alpha,
     classes, in_channels, activation, padding, bn_eps ...), each entry is also stored as text
@@ -166,7 +283,7 @@ def save_weights(model, path) -> None:
     labels = getattr(model, "labels", None)
     if labels is not None:
         metadata["labels"] = json.dumps([str(x) for x in labels])
-    save_state_dict(model.state_dict(), path, metadata)
+    save_state_dict(model.state_dict(), path, metadata, overwrite=overwrite)
 
 
 def load_weights(model, path, strict: bool = True):

@@ -89,13 +89,56 @@ class LRScheduler:
         return {k: _copy(v) for k, v in self.__dict__.items() if k != "optimizer"}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """Restore attributes saved by :meth:`state_dict` (the optimizer is restored separately)."""
+        """Restore attributes saved by :meth:`state_dict` (the optimizer is restored separately).
+
+        The saved state must have this scheduler's layout (the same keys, list lengths and
+        kinds of value); it is checked before anything changes.
+        """
+        self.check_state_dict(state_dict)
+        self.__dict__.update({k: _copy(v) for k, v in state_dict.items()})
+
+    def check_state_dict(self, state_dict: dict) -> None:
+        """Raise a ValueError if ``state_dict`` is not a state of this scheduler; change nothing."""
+        op = f"{type(self).__name__}.load_state_dict"
         if not isinstance(state_dict, dict) or "last_epoch" not in state_dict:
             raise ValueError(
-                f"{type(self).__name__}.load_state_dict: expected a scheduler state dict with"
-                f" 'last_epoch', got {describe(state_dict)}"
+                f"{op}: expected a scheduler state dict with 'last_epoch', got"
+                f" {describe(state_dict)}"
             )
-        self.__dict__.update({k: _copy(v) for k, v in state_dict.items()})
+        problem = _layout_difference(self.state_dict(), state_dict, "state")
+        if problem:
+            raise ValueError(f"{op}: the saved state does not fit this scheduler: {problem}")
+
+
+def _layout_difference(mine, theirs, path: str):
+    """Where ``theirs`` differs from ``mine`` in structure or kind of value (None if nowhere).
+
+    Dicts must have the same keys and lists the same lengths; numbers match numbers (not bools),
+    and every other leaf matches its own type.
+    """
+    if isinstance(mine, dict):
+        if not isinstance(theirs, dict) or set(mine) != set(theirs):
+            return f"{path} should be a dict with keys {sorted(mine)}, got {describe(theirs)}"
+        for k in mine:
+            problem = _layout_difference(mine[k], theirs[k], f"{path}.{k}")
+            if problem:
+                return problem
+        return None
+    if isinstance(mine, (list, tuple)):
+        if not isinstance(theirs, (list, tuple)) or len(theirs) != len(mine):
+            return f"{path} should be a list of {len(mine)}, got {describe(theirs)}"
+        for i, (a, b) in enumerate(zip(mine, theirs)):
+            problem = _layout_difference(a, b, f"{path}[{i}]")
+            if problem:
+                return problem
+        return None
+    if isinstance(mine, bool) or not isinstance(mine, (int, float)):
+        ok = type(theirs) is type(mine)
+    else:
+        ok = isinstance(theirs, (int, float)) and not isinstance(theirs, bool)
+        ok = ok and (math.isfinite(theirs) or not math.isfinite(mine))
+        ok = ok and (isinstance(theirs, int) or not isinstance(mine, int))
+    return None if ok else f"{path} should be like {describe(mine)}, got {describe(theirs)}"
 
 
 def _copy(v):
@@ -221,6 +264,11 @@ class OneCycleLR(LRScheduler):
     ``linear``); with ``cycle_momentum`` the momentum (SGD/RMSprop ``momentum``, Adam ``beta1``)
     moves the opposite way between ``max_momentum`` and ``base_momentum``. Give ``total_steps`` or
     ``epochs`` and ``steps_per_epoch``. Stepping past ``total_steps`` is an error, as in torch.
+
+    One deviation from torch: a phase that ends on the step it starts (a warm-up of exactly one
+    step, as 4 total steps with ``pct_start=0.25`` or 1 step with ``pct_start=1`` give) takes its
+    end value at that step, where torch divides by zero. Every longer schedule is torch's, bit
+    for bit.
     """
 
     def __init__(
@@ -296,7 +344,7 @@ class OneCycleLR(LRScheduler):
             for i, phase in enumerate(self._schedule_phases):
                 end = phase["end_step"]
                 if step <= end or i == len(self._schedule_phases) - 1:
-                    pct = (step - start) / (end - start)
+                    pct = (step - start) / (end - start) if end != start else 1.0
                     lrs.append(self._anneal(group[phase["start_lr"]], group[phase["end_lr"]], pct))
                     if self.cycle_momentum:
                         m = self._anneal(
@@ -372,8 +420,9 @@ class SequentialLR(LRScheduler):
         return out
 
     def load_state_dict(self, state_dict: dict) -> None:
+        self.check_state_dict(state_dict)
         state_dict = dict(state_dict)
         subs = state_dict.pop("_schedulers")
-        super().load_state_dict(state_dict)
+        self.__dict__.update({k: _copy(v) for k, v in state_dict.items()})
         for s, sd in zip(self._schedulers, subs):
             s.load_state_dict(sd)

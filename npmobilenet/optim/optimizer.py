@@ -142,32 +142,70 @@ class Optimizer:
 
         The saved groups must have the same sizes as this optimizer's; every array must have the
         shape of its parameter. Hyper-parameters are taken from the saved groups, as in torch.
+        Everything is checked before anything changes: on an error the optimizer is unchanged.
         """
+        new_state, new_groups = self._staged(state_dict)
+        for group, new in zip(self.param_groups, new_groups):
+            group.update(new)
+        self.state = new_state
+
+    def check_state_dict(self, state_dict: dict) -> None:
+        """Raise the error :meth:`load_state_dict` would raise; change nothing."""
+        self._staged(state_dict)
+
+    def _staged(self, state_dict: dict) -> tuple[dict, list[dict]]:
+        """``(new state, new hyper-parameters per group)`` from a state dict, all checked."""
         name = type(self).__name__
+        op = f"{name}.load_state_dict"
         if not isinstance(state_dict, dict) or set(state_dict) != {"state", "param_groups"}:
             raise ValueError(
-                f"{name}.load_state_dict: expected a dict with keys 'state' and 'param_groups',"
+                f"{op}: expected a dict with keys 'state' and 'param_groups',"
                 f" got {describe(state_dict)}"
             )
-        saved_groups = state_dict["param_groups"]
+        saved_groups, saved_state = state_dict["param_groups"], state_dict["state"]
+        if not isinstance(saved_groups, list) or not all(
+            isinstance(g, dict) and isinstance(g.get("params"), list) for g in saved_groups
+        ):
+            raise ValueError(
+                f"{op}: param_groups must be a list of dicts with a 'params' list,"
+                f" got {describe(saved_groups)}"
+            )
         mine = [len(g["params"]) for g in self.param_groups]
         theirs = [len(g["params"]) for g in saved_groups]
         if mine != theirs:
             raise ValueError(
-                f"{name}.load_state_dict: the saved state has parameter groups of sizes {theirs},"
+                f"{op}: the saved state has parameter groups of sizes {theirs},"
                 f" this optimizer has {mine}"
             )
+        if not isinstance(saved_state, dict):
+            raise ValueError(f"{op}: state must be a dict, got {describe(saved_state)}")
         params = list(self._params())
         new_state = {}
-        for key, entry in state_dict["state"].items():
-            p = params[int(key)]
+        for key, entry in saved_state.items():
+            i = _state_index(op, key, len(params))
+            if not isinstance(entry, dict):
+                raise ValueError(f"{op}: state {key!r} must be a dict, got {describe(entry)}")
+            p = params[i]
             new_state[id(p)] = {k: _restore(name, k, v, p) for k, v in entry.items()}
+        new_groups = []
         for group, saved in zip(self.param_groups, saved_groups):
-            for k, v in saved.items():
-                if k != "params":
-                    group[k] = tuple(v) if k == "betas" else v
-            self._check_group(group)
-        self.state = new_state
+            new = {k: (tuple(v) if k == "betas" else v) for k, v in saved.items() if k != "params"}
+            self._check_group({**group, **new})
+            new_groups.append(new)
+        return new_state, new_groups
+
+
+def _state_index(op: str, key, count: int) -> int:
+    """A state key ("0", "1" ...) as a parameter position in ``range(count)``."""
+    try:
+        i = int(key)
+    except (TypeError, ValueError):
+        i = -1
+    if isinstance(key, bool) or not 0 <= i < count or str(i) != str(key):
+        raise ValueError(
+            f"{op}: state key {describe(key)} is not a parameter position 0..{count - 1}"
+        )
+    return i
 
 
 def _plain(v):

@@ -15,7 +15,8 @@ can never be half-new, half-old):
 
 Writes are atomic: the bytes go to a temporary file in the same folder, are flushed and
 fsync'ed, and ``os.replace`` swaps it in; a process killed at any moment leaves either the old
-checkpoint or the new one, never a mixture (a stray ``.tmp-*`` file at worst).
+checkpoint or the new one, never a mixture (a stray ``.tmp-*.partial`` file at worst, removed
+by the next successful save into that folder).
 
 Loading validates before anything is touched: a missing, truncated or foreign file raises a
 ``ValueError`` (or ``FileNotFoundError``) naming the file, and a checkpoint of a different
@@ -34,7 +35,7 @@ import safetensors
 import safetensors.numpy
 
 from npmobilenet._checks import describe
-from npmobilenet.io.weights import atomic_write_bytes
+from npmobilenet.io.weights import atomic_write_bytes, read_safetensors
 from npmobilenet.optim import join_arrays, split_arrays
 
 FORMAT = "npmobilenet.checkpoint"
@@ -47,19 +48,21 @@ KILL_HOOK_ENV = "NPMOBILENET_TEST_KILL_DURING_SAVE"
 _writes = 0
 
 
-def save_checkpoint(path, model, state: dict) -> None:
+def save_checkpoint(path, model, state: dict, overwrite: bool = False) -> None:
     """Write ``model``'s state_dict plus ``state`` (a JSON-able tree with arrays) to ``path``.
 
     ``state`` is e.g. ``{"epoch": 3, "config": {...}, "optimizer": opt.state_dict(), ...}``;
     numpy arrays anywhere inside it are stored as tensors and put back by
     :func:`load_checkpoint`. The model's ``config`` is stored as ``state["model_config"]``.
+    The file is replaced as :func:`npmobilenet.io.weights.atomic_write_bytes` replaces files
+    (mode kept, symlinks followed, a read-only file only with ``overwrite=True``).
     """
     tree, arrays = split_arrays(state, prefix="state")
     for key, value in model.state_dict().items():
         arrays[f"model.{key}"] = np.asarray(value, order="C")  # keeps 0-d buffers 0-d
     header = {"format_version": FORMAT_VERSION, "model_config": dict(model.config), "state": tree}
     data = safetensors.numpy.save(arrays, metadata={FORMAT: json.dumps(header)})
-    atomic_write(path, data)
+    atomic_write(path, data, overwrite=overwrite)
 
 
 def load_checkpoint(path) -> dict:
@@ -69,18 +72,7 @@ def load_checkpoint(path) -> dict:
     corrupt, or not an npmobilenet checkpoint (e.g. a bare weights file).
     """
     op = "load_checkpoint"
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{op}: no checkpoint at {path}")
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-        arrays = safetensors.numpy.load(data)  # validates the whole file
-        meta = _metadata(data)
-    except (safetensors.SafetensorError, ValueError, TypeError, KeyError, OverflowError) as e:
-        raise ValueError(
-            f"{op}: {path} is not a readable checkpoint (truncated or corrupt?): {e}"
-        ) from None
+    arrays, meta = read_safetensors(op, path, "checkpoint")
     if FORMAT not in meta:
         raise ValueError(
             f"{op}: {path} is a safetensors file but not an npmobilenet checkpoint (no"
@@ -88,18 +80,24 @@ def load_checkpoint(path) -> dict:
         )
     try:
         header = json.loads(meta[FORMAT])
-        state = join_arrays(header["state"], {k: np.array(v) for k, v in arrays.items()})
+        state = join_arrays(header["state"], arrays)
         model_config = header["model_config"]
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{op}: {path} has a damaged checkpoint header: {e}") from None
-    model = {k[len("model.") :]: np.array(v) for k, v in arrays.items() if k.startswith("model.")}
+    model = {k[len("model.") :]: v for k, v in arrays.items() if k.startswith("model.")}
     return {**state, "model": model, "model_config": model_config}
 
 
-def _metadata(data: bytes) -> dict:
-    """The ``__metadata__`` of a safetensors file: 8-byte little-endian header size, JSON header."""
-    size = int.from_bytes(data[:8], "little")
-    return json.loads(data[8 : 8 + size]).get("__metadata__") or {}
+def checkpoint_epoch(path):
+    """The epoch stored in a checkpoint, read from its header alone (None if unreadable)."""
+    try:
+        with open(path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(min(size, 1 << 26)))
+        epoch = json.loads(header["__metadata__"][FORMAT])["state"]["epoch"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None
 
 
 def check_architecture(saved: dict, model_config: dict, source: str = "the checkpoint") -> None:
@@ -115,7 +113,7 @@ def check_architecture(saved: dict, model_config: dict, source: str = "the check
         )
 
 
-def atomic_write(path, data: bytes) -> None:
+def atomic_write(path, data: bytes, overwrite: bool = False) -> None:
     """Write ``data`` atomically (:func:`npmobilenet.io.weights.atomic_write_bytes`).
 
     Under the test hook ``NPMOBILENET_TEST_KILL_DURING_SAVE=k`` the k-th write of the process
@@ -131,7 +129,7 @@ def atomic_write(path, data: bytes) -> None:
             f.write(data[: len(data) // 2])
             f.flush()
         os.kill(os.getpid(), signal.SIGKILL)
-    atomic_write_bytes(path, data)
+    atomic_write_bytes(path, data, overwrite=overwrite)
 
 
 def generator_states(model) -> dict:
@@ -144,14 +142,28 @@ def generator_states(model) -> dict:
     }
 
 
-def load_generator_states(model, states: dict) -> None:
-    """Restore :func:`generator_states` into ``model`` (names must match)."""
+def check_generator_states(model, states) -> None:
+    """Raise a ValueError unless :func:`load_generator_states` would succeed; change nothing."""
+    op = "load_generator_states"
+    if not isinstance(states, dict):
+        raise ValueError(f"{op}: expected a dict of module name -> state, got {describe(states)}")
     modules = dict(model.named_modules())
     for name, state in states.items():
         m = modules.get(name)
         if m is None or not isinstance(getattr(m, "rng", None), np.random.Generator):
             raise ValueError(
-                f"load_generator_states: the checkpoint has a generator for {name!r}, which"
+                f"{op}: the checkpoint has a generator for {name!r}, which"
                 f" the model lacks (got {describe(m)})"
             )
-        m.rng.bit_generator.state = state
+        try:
+            type(m.rng.bit_generator)().state = state  # a dry run on a fresh generator
+        except (ValueError, TypeError, KeyError) as e:
+            raise ValueError(f"{op}: the state of generator {name!r} is damaged ({e})") from None
+
+
+def load_generator_states(model, states: dict) -> None:
+    """Restore :func:`generator_states` into ``model`` (names must match); all checked first."""
+    check_generator_states(model, states)
+    modules = dict(model.named_modules())
+    for name, state in states.items():
+        modules[name].rng.bit_generator.state = state

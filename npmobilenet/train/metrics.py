@@ -54,8 +54,11 @@ def format_confusion(cm: np.ndarray, classes) -> str:
 
 
 def write_metrics(out_dir, metrics: dict) -> None:
-    """Write ``<out_dir>/metrics.json`` (everything) and ``<out_dir>/metrics.csv`` (history)."""
-    text = json.dumps(metrics, indent=2, sort_keys=False) + "\n"
+    """Write ``<out_dir>/metrics.json`` (everything) and ``<out_dir>/metrics.csv`` (history).
+
+    ``metrics.json`` is strict JSON: a nan or infinite number is written as ``null``.
+    """
+    text = json.dumps(json_safe(metrics), indent=2, sort_keys=False, allow_nan=False) + "\n"
     atomic_write(os.path.join(out_dir, "metrics.json"), text.encode())
     history = metrics.get("history", {})
     buf = io.StringIO()
@@ -65,6 +68,20 @@ def write_metrics(out_dir, metrics: dict) -> None:
     for row in zip(*(history[k] for k in keys)):
         writer.writerow(row)
     atomic_write(os.path.join(out_dir, "metrics.csv"), buf.getvalue().encode())
+
+
+def json_safe(tree):
+    """``tree`` with every non-finite float replaced by None (JSON has no nan or inf) and numpy
+    scalars made Python numbers."""
+    if isinstance(tree, np.generic):
+        tree = tree.item()
+    if isinstance(tree, dict):
+        return {k: json_safe(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return [json_safe(v) for v in tree]
+    if isinstance(tree, float) and not np.isfinite(tree):
+        return None
+    return tree
 
 
 def without_timings(metrics: dict) -> dict:

@@ -18,11 +18,13 @@ when the loss stops being finite.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 import os
 import sys
 import time
+from numbers import Real
 
 import numpy as np
 
@@ -31,6 +33,7 @@ from npmobilenet._checks import describe, number
 from npmobilenet.optim.lr_scheduler import OneCycleLR
 from npmobilenet.train.checkpoint import (
     check_architecture,
+    check_generator_states,
     generator_states,
     load_checkpoint,
     load_generator_states,
@@ -192,6 +195,12 @@ class Trainer:
         while self.epoch < epochs:
             train = self.train_epoch()
             test = self.evaluate(self.test_loader) if self.test_loader is not None else None
+            if test is not None and not np.isfinite(test["loss"]):
+                raise NonFiniteLossError(
+                    f"the test loss is {test['loss']} after epoch {self.epoch + 1}: the model's"
+                    " outputs on the test images are not finite; training stopped (try a lower"
+                    " learning rate or --max-grad-norm)"
+                )
             lr = self.optimizer.param_groups[0]["lr"]
             if self.scheduler is not None and self.scheduler_interval == "epoch":
                 self.scheduler.step()
@@ -263,26 +272,73 @@ class Trainer:
     def load_checkpoint(self, path) -> dict:
         """Continue from a checkpoint written by :meth:`save_checkpoint`; returns it.
 
-        The file and the architecture are checked before anything changes; the model's arrays
-        are all checked before any is copied.
+        Everything (the file, the architecture, every part of the state) is checked before
+        anything changes: on an error, naming the file, the trainer is exactly as it was.
         """
         ckpt = load_checkpoint(path)
         check_architecture(ckpt["model_config"], self.model.config, f"checkpoint {path}")
-        self.load_state_dict(ckpt, source=os.fspath(path))
+        self.load_state_dict(ckpt, source=f"checkpoint {os.fspath(path)}")
         return ckpt
 
     def load_state_dict(self, ckpt: dict, source: str = "the checkpoint") -> None:
-        """Restore a loaded checkpoint (model arrays under ``"model"``)."""
-        if ckpt.get("scheduler") is None and self.scheduler is not None:
-            raise ValueError(f"{source} has no scheduler state but this run uses a scheduler")
-        self.model.load_state_dict(ckpt["model"])
+        """Restore a loaded checkpoint (model arrays under ``"model"``), all or nothing.
+
+        Every part is checked first (the optimizer's, scheduler's and loader's states, the
+        generators, the epoch and the history); then the model's arrays are loaded (which checks
+        them all before copying any), and only then the rest, which can no longer fail.
+        """
+        try:
+            epoch, history = self._check_state(ckpt)
+        except (ValueError, TypeError, KeyError) as e:
+            raise ValueError(f"{source} is damaged: {e}") from None
+        try:
+            self.model.load_state_dict(ckpt["model"])
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{source}: {e}") from None
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.scheduler is not None:
             self.scheduler.load_state_dict(ckpt["scheduler"])
         self.train_loader.load_state_dict(ckpt["train_loader"])
         load_generator_states(self.model, ckpt["generators"])
-        self.history = {k: list(v) for k, v in ckpt["history"].items()}
-        self.epoch = int(ckpt["epoch"])
+        self.history, self.epoch = history, epoch
+
+    def _check_state(self, ckpt) -> tuple[int, dict]:
+        """Raise if any part of ``ckpt`` would fail to load; returns ``(epoch, history)``."""
+        if not isinstance(ckpt, dict):
+            raise TypeError(f"expected a checkpoint dict, got {describe(ckpt)}")
+        missing = [k for k in _STATE_KEYS if k not in ckpt]
+        if missing:
+            raise KeyError(f"it lacks {', '.join(missing)}")
+        epoch = ckpt["epoch"]
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise ValueError(f"epoch must be an integer >= 0, got {describe(epoch)}")
+        if ckpt["scheduler"] is None and self.scheduler is not None:
+            raise ValueError("it has no scheduler state but this run uses a scheduler")
+        self.optimizer.check_state_dict(ckpt["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.check_state_dict(ckpt["scheduler"])
+        copy.copy(self.train_loader).load_state_dict(ckpt["train_loader"])  # a dry run
+        check_generator_states(self.model, ckpt["generators"])
+        return epoch, _checked_history(ckpt["history"], self.history, epoch)
+
+
+_STATE_KEYS = ("model", "epoch", "optimizer", "scheduler", "train_loader", "generators", "history")
+
+
+def _checked_history(saved, mine: dict, epoch: int) -> dict:
+    """A copy of a saved history: the same keys as ``mine``, each a list of ``epoch`` numbers
+    (or None for a missing test split)."""
+    if not isinstance(saved, dict) or set(saved) != set(mine):
+        raise ValueError(f"history must be a dict with keys {sorted(mine)}, got {describe(saved)}")
+    out = {}
+    for k, v in saved.items():
+        if not isinstance(v, list) or len(v) != epoch:
+            raise ValueError(f"history {k!r} must be a list of {epoch} values, got {describe(v)}")
+        bad = [x for x in v if x is not None and (isinstance(x, bool) or not isinstance(x, Real))]
+        if bad:
+            raise ValueError(f"history {k!r} must hold numbers, got {describe(bad[0])}")
+        out[k] = list(v)
+    return out
 
 
 def evaluate(model, loader, num_classes: int) -> dict:

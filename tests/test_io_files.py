@@ -1,0 +1,138 @@
+"""What the user owns on disk: a replaced file keeps its mode, a read-only file is not replaced
+unless asked, a symlink is written through, and temporary files of a killed save are removed.
+
+Each test checks the file system itself (``os.stat``, ``os.readlink``, ``os.listdir``), not the
+library's report of it.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from npmobilenet.io import load_state_dict_file, save_state_dict
+from npmobilenet.io.weights import remove_stale_partials
+from npmobilenet.models import MobileNetV1
+from npmobilenet.train import load_checkpoint, save_checkpoint
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OLD, NEW = {"w": np.zeros(3, np.float32)}, {"w": np.arange(3, dtype=np.float32)}
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o640, 0o664])
+def test_replacing_a_file_keeps_its_mode(tmp_path, mode):
+    path = tmp_path / "w.safetensors"
+    save_state_dict(OLD, path)
+    os.chmod(path, mode)
+    save_state_dict(NEW, path)
+    assert _mode(path) == mode
+    np.testing.assert_array_equal(load_state_dict_file(path)["w"], NEW["w"])
+
+
+def test_read_only_file_is_refused_unless_overwrite(tmp_path):
+    path = tmp_path / "w.safetensors"
+    save_state_dict(OLD, path)
+    os.chmod(path, 0o444)
+    before = path.read_bytes()
+    with pytest.raises(PermissionError, match=r"refusing to replace .*w\.safetensors.*0444"):
+        save_state_dict(NEW, path)
+    assert path.read_bytes() == before and _mode(path) == 0o444
+    assert os.listdir(tmp_path) == ["w.safetensors"]
+    model = MobileNetV1(alpha=0.25, num_classes=3, seed=0)
+    with pytest.raises(PermissionError, match="overwrite=True"):
+        save_checkpoint(path, model, {"epoch": 1})
+    assert path.read_bytes() == before
+    save_state_dict(NEW, path, overwrite=True)
+    np.testing.assert_array_equal(load_state_dict_file(path)["w"], NEW["w"])
+    assert _mode(path) == 0o444  # replaced on request, still read-only
+
+
+def test_symlink_is_written_through_to_its_target(tmp_path):
+    target = tmp_path / "store" / "weights.safetensors"
+    target.parent.mkdir()
+    save_state_dict(OLD, target)
+    os.chmod(target, 0o600)
+    link = tmp_path / "latest.safetensors"
+    relative = os.path.join("store", "weights.safetensors")
+    os.symlink(relative, link)
+    save_state_dict(NEW, link)
+    assert os.path.islink(link) and os.readlink(link) == relative
+    np.testing.assert_array_equal(load_state_dict_file(target)["w"], NEW["w"])
+    assert _mode(target) == 0o600
+    assert sorted(os.listdir(tmp_path)) == ["latest.safetensors", "store"]
+    assert os.listdir(target.parent) == ["weights.safetensors"]
+
+
+def _stray(directory, name, age=60.0):
+    p = directory / name
+    p.write_bytes(b"half of a checkpoint")
+    t = time.time() - age
+    os.utime(p, (t, t))
+    return p
+
+
+def test_next_save_removes_stale_partials_and_nothing_else(tmp_path):
+    stale = [_stray(tmp_path, ".tmp-abcd1234.partial"), _stray(tmp_path, ".tmp-x_9y8z7w.partial")]
+    fresh = _stray(tmp_path, ".tmp-fresh000.partial", age=0.0)  # maybe a save in progress
+    others = [
+        _stray(tmp_path, n)
+        for n in (
+            ".tmp-abc.partial",
+            "tmp-abcd1234.partial",
+            ".tmp-abcd1234.partial.bak",
+            "notes.partial",
+        )
+    ]
+    save_state_dict(NEW, tmp_path / "w.safetensors")
+    for p in stale:
+        assert not p.exists()
+    assert fresh.exists() and all(p.exists() for p in others)
+
+
+def test_partial_locked_by_a_live_writer_is_kept(tmp_path):
+    """A save in progress in another process holds a lock on its temporary file."""
+    p = _stray(tmp_path, ".tmp-live0000.partial")
+    code = (
+        "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR);"
+        " fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code, str(p)], stdout=subprocess.PIPE,
+                              text=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert remove_stale_partials(tmp_path) == []
+        assert p.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert remove_stale_partials(tmp_path) == [str(p)]
+
+
+def test_killed_save_then_next_save_leaves_one_clean_file(tmp_path):
+    """A real save killed mid-write (the checkpoint test hook), then a successful save."""
+    path = tmp_path / "c.safetensors"
+    code = (
+        "import sys; from npmobilenet.models import MobileNetV1;"
+        " from npmobilenet.train import save_checkpoint;"
+        " save_checkpoint(sys.argv[1], MobileNetV1(alpha=0.25, num_classes=3, seed=0), {})"
+    )
+    env = {**os.environ, "PYTHONPATH": ROOT, "NPMOBILENET_TEST_KILL_DURING_SAVE": "1"}
+    r = subprocess.run([sys.executable, "-c", code, str(path)], env=env, timeout=120)
+    assert r.returncode == -9
+    (partial,) = os.listdir(tmp_path)
+    assert partial.startswith(".tmp-") and partial.endswith(".partial")
+    t = time.time() - 60
+    os.utime(tmp_path / partial, (t, t))
+    save_checkpoint(path, MobileNetV1(alpha=0.25, num_classes=3, seed=0), {"epoch": 1})
+    assert os.listdir(tmp_path) == ["c.safetensors"]
+    assert load_checkpoint(path)["epoch"] == 1
