@@ -196,9 +196,23 @@ def add_train_command(subparsers) -> None:
         nargs="?",
         const=True,
         metavar="CHECKPOINT",
-        help="continue the run in --out (or from CHECKPOINT) exactly",
+        help="continue the run in --out (or from CHECKPOINT) exactly; with --epochs N larger"
+        " than a finished run's epochs, extend it by a new schedule over the extra epochs",
     )
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    p.add_argument(
+        "--init",
+        metavar="WEIGHTS",
+        help="start from saved weights: a run folder or a safetensors file (as converted from"
+        " PyTorch); a classifier for another number of classes is re-initialised, and --alpha"
+        " defaults to the weights' width",
+    )
+    p.add_argument(
+        "--freeze-features",
+        action="store_true",
+        default=None,
+        help="train only the classifier (fc); the other weights stay as loaded",
+    )
     p.add_argument(
         "--threads",
         type=_positive_int,
@@ -220,7 +234,8 @@ _TRAIN_SETTINGS = {  # argparse dest -> run configuration key
     "weight_decay": "weight_decay", "schedule": "schedule", "warmup": "warmup",
     "label_smoothing": "label_smoothing", "max_grad_norm": "max_grad_norm",
     "augment": "augment", "seed": "seed", "threads": "threads", "workers": "workers",
-    "cache_mb": "cache_mb", "channels": "channels", "layout": "layout",
+    "cache_mb": "cache_mb", "channels": "channels", "layout": "layout", "init": "init",
+    "freeze_features": "freeze_features",
 }  # fmt: skip
 
 

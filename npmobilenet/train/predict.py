@@ -23,6 +23,8 @@ import numpy as np
 from npmobilenet.data import DataLoader, eval_transform, preset_transform
 from npmobilenet.data.decode import decode, pil, unreadable
 from npmobilenet.data.folder import IMAGE_EXTENSIONS
+from npmobilenet.ops import softmax
+from npmobilenet.train.trainer import inference_forward
 
 OP = "predict"
 
@@ -109,8 +111,9 @@ def predict_files(model, config: dict, inputs, top_k=5, batch_size=32, preset=No
                         workers=workers)  # fmt: skip
     k = min(int(top_k), len(config["classes"]))
     bar = _bar(len(loader)) if progress else None
+    forward = inference_forward(model)  # the fused engine, built once for every batch
     for (x, items), idx in loader:
-        probs = iter(probabilities(model, x) if x is not None else [])  # (B', K)
+        probs = iter(probabilities(model, x, forward) if x is not None else [])  # (B', K)
         for i, item in zip(idx, items):
             if isinstance(item, str):
                 yield Prediction(files[i], [], item)
@@ -124,9 +127,12 @@ def predict_files(model, config: dict, inputs, top_k=5, batch_size=32, preset=No
         bar.close()
 
 
-def probabilities(model, x: np.ndarray) -> np.ndarray:
-    """``(N, K)`` class probabilities of a normalised batch, by the model's inference path."""
-    return model.predict_proba(x.astype(model.dtype, copy=False))
+def probabilities(model, x: np.ndarray, forward=None) -> np.ndarray:
+    """``(N, K)`` class probabilities of a normalised batch, by the model's inference path
+    (``forward``: what :func:`npmobilenet.train.trainer.inference_forward` returned for it)."""
+    if forward is None:
+        return model.predict_proba(x.astype(model.dtype, copy=False))
+    return softmax(forward(x.astype(model.dtype, copy=False)), axis=1)
 
 
 def _bar(total: int):

@@ -53,6 +53,12 @@ from npmobilenet.models import MobileNetV1
 from npmobilenet.optim import OPTIMIZERS, make_optimizer, paper_param_groups
 from npmobilenet.optim.lr_scheduler import CosineAnnealingLR, OneCycleLR
 from npmobilenet.train.checkpoint import check_architecture, load_checkpoint
+from npmobilenet.train.finetune import (
+    freeze_features,
+    load_init_weights,
+    read_weights,
+    weights_alpha,
+)
 from npmobilenet.train.metrics import format_confusion, write_metrics
 from npmobilenet.train.plots import save_plots
 from npmobilenet.train.trainer import Trainer, evaluate
@@ -94,6 +100,13 @@ DEFAULTS = {
     # load of 7 on 2 cores, two epochs took 13-15 s with 1 thread and 10-41 s with 2, whose
     # threads spin waiting for each other while the scheduler runs someone else.
     "threads": 1,
+    # Fine-tuning: start from these weights (a run folder or a safetensors file; see
+    # finetune.py), train only the classifier.
+    "init": None,
+    "freeze_features": False,
+    # The epoch the learning-rate schedule started at: 0, or the epochs of a finished run that
+    # ``--resume --epochs N`` extended (the extra epochs get a schedule of their own).
+    "schedule_start": 0,
 }
 
 
@@ -359,15 +372,17 @@ def build_optimizer(config: dict, model):
 
 
 def build_scheduler(config: dict, optimizer, steps_per_epoch: int):
+    """The configured schedule over the epochs from ``schedule_start`` to ``epochs``."""
+    epochs = config["epochs"] - config["schedule_start"]
     if config["schedule"] == "onecycle":
         cycle = config["optimizer"].lower() != "sgd" or config["momentum"] > 0
         return OneCycleLR(
-            optimizer, max_lr=config["lr"], epochs=config["epochs"],
+            optimizer, max_lr=config["lr"], epochs=epochs,
             steps_per_epoch=steps_per_epoch, pct_start=config["warmup"], cycle_momentum=cycle,
             max_momentum=config["momentum"] or 0.95, base_momentum=0.85,
         )  # fmt: skip
     if config["schedule"] == "cosine":
-        return CosineAnnealingLR(optimizer, T_max=config["epochs"])
+        return CosineAnnealingLR(optimizer, T_max=epochs)
     return None
 
 
@@ -414,19 +429,26 @@ def train_run(config: dict, out_dir, resume=None, progress="auto", log=print, ov
 
     ``resume``: a checkpoint path; the run continues from it with ITS configuration (settings
     given in ``config`` must agree with it) and ends with exactly the weights an uninterrupted
-    run would have. Nothing is written until the data, the model and any checkpoint have been
-    read and checked; an ``out_dir`` that already holds a run is refused unless ``overwrite``
-    or resuming.
+    run would have. A finished run given more ``epochs`` is extended: its weights, optimizer
+    state and history continue, and the extra epochs get a new schedule of their own (a new
+    one-cycle, or a cosine restart from the peak rate). ``config["init"]``: start a new run from
+    saved weights (:mod:`npmobilenet.train.finetune`). Nothing is written until the data, the
+    model and any checkpoint have been read and checked; an ``out_dir`` that already holds a
+    run is refused unless ``overwrite`` or resuming.
     """
     start = time.perf_counter()
-    ckpt = None
+    ckpt, init, extend = None, None, False
     if resume is not None:
         ckpt = load_checkpoint(resume)
-        config = _resume_config(ckpt, config, resume)
+        config, extend = _resume_config(ckpt, config, resume)
         same_dir = os.path.abspath(os.path.dirname(os.fspath(resume))) == os.path.abspath(out_dir)
         if not same_dir:
             _check_out_dir(out_dir, overwrite)
     else:
+        if config.get("init") is not None:
+            init = read_weights(config["init"])
+            if config.get("alpha") is None:  # the weights' width, not the recipe's
+                config = {**config, "alpha": weights_alpha(*init)}
         config = make_config(**config)
         _check_out_dir(out_dir, overwrite)
     check_run_fits(config)
@@ -439,10 +461,16 @@ def train_run(config: dict, out_dir, resume=None, progress="auto", log=print, ov
         mean, std = folder_stats(train, config) if is_folder(train) else channel_stats(train)
         config.update(mean=mean, std=[max(s, 1e-6) for s in std])
     model = build_model(config)
+    if init is not None:
+        load_init_weights(model, init[0], config["init"], log)
+        log(f"initialised from {config['init']}")
+    if config["freeze_features"]:
+        log(f"training only {', '.join(freeze_features(model))} (features frozen)")
     train_loader, test_loader = build_loaders(config, train, test)
     optimizer = build_optimizer(config, model)
-    scheduler = build_scheduler(config, optimizer, len(train_loader))
+    scheduler = None if extend else build_scheduler(config, optimizer, len(train_loader))
     trainer = Trainer(model, optimizer, train_loader, test_loader, scheduler,
+                      scheduler_interval="batch" if config["schedule"] == "onecycle" else "epoch",
                       label_smoothing=config["label_smoothing"],
                       max_grad_norm=config["max_grad_norm"], progress=progress, log=log,
                       config=config)  # fmt: skip
@@ -450,6 +478,8 @@ def train_run(config: dict, out_dir, resume=None, progress="auto", log=print, ov
         check_architecture(ckpt["model_config"], model.config, f"checkpoint {resume}")
         trainer.load_state_dict(ckpt, source=os.fspath(resume))
         log(f"resumed from {resume} after epoch {trainer.epoch}")
+    if extend:
+        trainer.scheduler = _extension_schedule(config, optimizer, len(train_loader), log)
     log(_describe_run(config, model))
     os.makedirs(out_dir, exist_ok=True)
     last = {}
@@ -512,11 +542,16 @@ def _describe_run(config: dict, model) -> str:
     )
 
 
-def _resume_config(ckpt: dict, given: dict, path) -> dict:
-    """The checkpoint's configuration; explicitly given settings must agree with it."""
+def _resume_config(ckpt: dict, given: dict, path) -> tuple[dict, bool]:
+    """``(the checkpoint's configuration, whether the run is extended)``; explicitly given
+    settings must agree with it, except more ``epochs`` for a finished run."""
     saved = ckpt.get("config")
     if not isinstance(saved, dict) or "data" not in saved:
         raise ValueError(f"checkpoint {path} holds no run configuration; cannot resume from it")
+    saved = {**DEFAULTS, **saved}  # settings added since the checkpoint was written
+    extend = given.get("epochs") is not None and given["epochs"] != saved["epochs"]
+    if extend:
+        saved = _extended(saved, int(ckpt["epoch"]), given["epochs"], path)
     clash = [
         f"{k}: checkpoint {saved.get(k)!r}, given {v!r}"
         for k, v in given.items()
@@ -531,7 +566,33 @@ def _resume_config(ckpt: dict, given: dict, path) -> dict:
             f" differ: {'; '.join(clash)} (drop those flags, or start a new run with --out)"
         )
     runtime = {k: given[k] for k in RUNTIME_SETTINGS if given.get(k) is not None}
-    return {**saved, **runtime}
+    return {**saved, **runtime}, extend
+
+
+def _extended(saved: dict, done: int, epochs: int, path) -> dict:
+    """The configuration of a finished ``done``-epoch run extended to ``epochs``."""
+    if done < saved["epochs"]:
+        raise ValueError(
+            f"--resume --epochs {epochs}: the run in {path} stopped after {done} of its"
+            f" {saved['epochs']} epochs; finish it first (--resume without --epochs), then"
+            " extend it"
+        )
+    if epochs <= done:
+        raise ValueError(
+            f"--resume --epochs {epochs}: the run in {path} has already trained {done} epochs;"
+            f" give more than {done} to extend it"
+        )
+    return {**saved, "epochs": epochs, "schedule_start": done}
+
+
+def _extension_schedule(config: dict, optimizer, steps_per_epoch: int, log):
+    """A new schedule for the extra epochs, starting from the configured learning rate."""
+    for group in optimizer.param_groups:  # the finished schedule left lr near 0
+        group["lr"] = group.get("initial_lr", config["lr"])
+    extra = config["epochs"] - config["schedule_start"]
+    log(f"extending the finished {config['schedule_start']}-epoch run to {config['epochs']}"
+        f" epochs: a new {config['schedule']} schedule over the {extra} extra epochs")  # fmt: skip
+    return build_scheduler(config, optimizer, steps_per_epoch)
 
 
 def _check_out_dir(out_dir, overwrite: bool) -> None:

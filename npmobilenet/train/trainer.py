@@ -10,7 +10,8 @@ One optimisation step on a batch ``x`` ``(N, C, H, W)`` with labels ``y`` ``(N,)
 
 An epoch is that step over every training batch (model in train mode: batch statistics,
 dropout on), then one pass over the test batches in eval mode (running statistics, no
-gradients). :class:`Trainer` adds the practical parts around it: label smoothing, gradient
+gradients; the fused engine of ``model.fuse()`` computes it, see :func:`evaluate`).
+:class:`Trainer` adds the practical parts around it: label smoothing, gradient
 clipping by global norm, the learning-rate schedule (stepped per batch for one-cycle, per epoch
 otherwise), a progress bar, a per-epoch history, checkpoints, and a stop with a clear message
 when the loss stops being finite.
@@ -30,6 +31,7 @@ import numpy as np
 
 from npmobilenet import ops
 from npmobilenet._checks import describe, number
+from npmobilenet.fast import UnsupportedModuleError
 from npmobilenet.optim.lr_scheduler import OneCycleLR
 from npmobilenet.train.checkpoint import (
     check_architecture,
@@ -341,15 +343,28 @@ def _checked_history(saved, mine: dict, epoch: int) -> dict:
     return out
 
 
+def inference_forward(model):
+    """What runs a model for evaluation: ``model.fuse()`` (the fused engine, the same logits up
+    to float rounding) when the model is in eval mode and can be fused, otherwise
+    ``model.forward`` (training mode, or a module the engine does not know)."""
+    if model.training or not callable(getattr(model, "fuse", None)):
+        return model.forward
+    try:
+        return model.fuse()
+    except UnsupportedModuleError:
+        return model.forward
+
+
 def evaluate(model, loader, num_classes: int) -> dict:
-    """Run ``model`` (in its current mode) over ``loader``: mean cross-entropy, accuracy and the
-    ``(K, K)`` confusion matrix (rows: true class)."""
+    """Run ``model`` (in its current mode; see :func:`inference_forward`) over ``loader``: mean
+    cross-entropy, accuracy and the ``(K, K)`` confusion matrix (rows: true class)."""
     if loader is None:
         raise TypeError(f"evaluate: loader must be a DataLoader, got {describe(loader)}")
+    forward = inference_forward(model)
     total_loss, n = 0.0, 0
     cm = np.zeros((num_classes, num_classes), dtype=np.int64)
     for x, y in loader:
-        logits = model.forward(x)  # (N, K)
+        logits = forward(x)  # (N, K)
         loss, _ = ops.cross_entropy_forward(logits, y, reduction="sum")
         total_loss += float(loss)
         n += len(y)
