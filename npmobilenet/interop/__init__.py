@@ -69,8 +69,11 @@ def load(path, source: str = "auto"):
     return _LOADERS[source](path)
 
 
+from npmobilenet.interop.convert import convert  # noqa: E402 (uses load)
+
 __all__ = [
     "SOURCES",
+    "convert",
     "decode_predictions",
     "detect_source",
     "export_onnx",

@@ -258,10 +258,12 @@ def read_safetensors_header(path) -> dict:
 
 
 _MAX_HEADER = 100_000_000  # safetensors' own limit on the header size
-# MobileNetV1 arguments a weights file records (``model.config``), rebuilt by load_model.
+# The header entry holding ``model.config`` (JSON), as in a training run's model.safetensors,
+# and the MobileNetV1 arguments load_model rebuilds from it.
+MODEL_CONFIG = "npmobilenet.model_config"
 MODEL_CONFIG_KEYS = (
     "alpha", "num_classes", "in_channels", "dropout", "activation", "dtype", "conv", "padding",
-    "bn_eps",
+    "bn_eps", "global_pool",
 )  # fmt: skip
 
 
@@ -269,7 +271,8 @@ def save_weights(model, path, overwrite: bool = False) -> None:
     """Save ``model.state_dict()`` to ``path`` (safetensors, atomic; a read-only file is
     replaced only with ``overwrite=True``, see :func:`atomic_write_bytes`).
 
-    The header metadata records the model: ``config`` is ``model.config`` as JSON (alpha,
+    The header metadata records the model: ``npmobilenet.model_config`` is ``model.config`` as
+    JSON (alpha,
     classes, in_channels, activation, padding, bn_eps ...), each entry is also stored as text
     under its own name, and ``labels`` holds ``model.labels`` (class names) as a JSON list when
     the model has them. :func:`load_model` rebuilds the model from the file alone.
@@ -277,7 +280,7 @@ def save_weights(model, path, overwrite: bool = False) -> None:
     from npmobilenet import __version__
 
     config = dict(getattr(model, "config", {}))
-    metadata = {"producer": f"npmobilenet {__version__}", "config": json.dumps(config)}
+    metadata = {"producer": f"npmobilenet {__version__}", MODEL_CONFIG: json.dumps(config)}
     for k, v in config.items():
         metadata[str(k)] = str(v)
     labels = getattr(model, "labels", None)
@@ -304,7 +307,7 @@ def saved_config(path) -> dict | None:
     """The model config a weights file records (None for a file without one)."""
     meta = read_safetensors_header(path).get("__metadata__") or {}
     try:
-        config = json.loads(meta["config"]) if "config" in meta else None
+        config = json.loads(meta[MODEL_CONFIG]) if MODEL_CONFIG in meta else None
     except ValueError:
         config = None
     if config is None:
