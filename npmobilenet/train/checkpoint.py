@@ -41,7 +41,9 @@ from npmobilenet.optim import join_arrays, split_arrays
 FORMAT = "npmobilenet.checkpoint"
 FORMAT_VERSION = 1
 # Architecture settings that must agree between a checkpoint and the model it is loaded into.
-ARCHITECTURE_KEYS = ("alpha", "num_classes", "in_channels", "conv", "activation", "dtype")
+ARCHITECTURE_KEYS = (
+    "alpha", "num_classes", "in_channels", "conv", "activation", "dtype", "padding", "bn_eps",
+)  # fmt: skip
 # Test hook: when set to N, the N-th checkpoint write of this process writes half of its bytes
 # to the temporary file and then kills the process (SIGKILL), as a power cut mid-save would.
 KILL_HOOK_ENV = "NPMOBILENET_TEST_KILL_DURING_SAVE"

@@ -66,6 +66,7 @@ from npmobilenet.train.trainer import Trainer, evaluate
 CHECKPOINT = "checkpoint.safetensors"
 MODEL = "model.safetensors"
 CONFIG_KEY = "npmobilenet.config"
+CONVENTION_KEYS = ("activation", "padding", "bn_eps")
 # MobileNetV1 divides the input size by 32 (five stride-2 stages).
 MIN_RESOLUTION = 32
 SCHEDULES = ("onecycle", "cosine", "constant")
@@ -104,6 +105,11 @@ DEFAULTS = {
     # finetune.py), train only the classifier.
     "init": None,
     "freeze_features": False,
+    # The model's conventions, taken from the --init weights (a converted Keras or TF model
+    # trains with its own padding rule, batch-norm epsilon and activation).
+    "activation": "relu",
+    "padding": "torch",
+    "bn_eps": 1e-5,
     # The epoch the learning-rate schedule started at: 0, or the epochs of a finished run that
     # ``--resume --epochs N`` extended (the extra epochs get a schedule of their own).
     "schedule_start": 0,
@@ -351,8 +357,13 @@ def _fit_images(data: ArrayDataset, r: int, c: int) -> ArrayDataset:
 def build_model(config: dict) -> MobileNetV1:
     return MobileNetV1(
         alpha=config["alpha"], num_classes=len(config["classes"]), in_channels=config["channels"],
-        dropout=config["dropout"], seed=config["seed"],
+        dropout=config["dropout"], seed=config["seed"], **conventions(config),
     )  # fmt: skip
+
+
+def conventions(config: dict) -> dict:
+    """The model conventions of a run (those of its --init weights; PyTorch's by default)."""
+    return {k: config.get(k, DEFAULTS[k]) for k in CONVENTION_KEYS}
 
 
 def build_optimizer(config: dict, model):
@@ -449,6 +460,8 @@ def train_run(config: dict, out_dir, resume=None, progress="auto", log=print, ov
             init = read_weights(config["init"])
             if config.get("alpha") is None:  # the weights' width, not the recipe's
                 config = {**config, "alpha": weights_alpha(*init)}
+            saved = init[1] or {}
+            config = {**config, **{k: saved[k] for k in CONVENTION_KEYS if k in saved}}
         config = make_config(**config)
         _check_out_dir(out_dir, overwrite)
     check_run_fits(config)
