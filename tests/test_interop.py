@@ -232,3 +232,65 @@ def test_fused_engine_refuses_what_it_cannot_run():
         model = MobileNetV1(alpha=0.25, num_classes=3, padding=padding, seed=0)
         with pytest.raises(UnsupportedModuleError, match="padding"):
             model.fuse()
+
+
+# ------------------------------------------------------------------------------ the CLI
+@pytest.mark.parametrize(
+    "path, ref", [(p, r) for _, p, r, *_ in LOADS], ids=[p for _, p, *_ in LOADS]
+)
+def test_cli_convert_writes_a_file_that_rebuilds_the_model(tmp_path, path, ref, x, capsys):
+    from npmobilenet.cli import main
+    from npmobilenet.train import load_run
+
+    if path.endswith((".h5", ".keras")):
+        need("h5py")
+    if path.endswith(".onnx"):
+        need("onnx")
+    out = tmp_path / "converted.safetensors"
+    assert main(["convert", fixture(path), str(out)]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    assert max_error(load_model(out), x, ref) <= TOL
+    model, run = load_run(out)  # what predict, evaluate and export-onnx read
+    assert max_error(model, x, ref) <= TOL and len(run["classes"]) == model.config["num_classes"]
+
+
+def test_cli_convert_refuses_bad_input_and_writes_nothing(tmp_path, capsys):
+    from npmobilenet.cli import main
+
+    out = tmp_path / "out.safetensors"
+    for src, source in (
+        (fixture("timm_mobilenetv2_050.safetensors"), "auto"),
+        (fixture("timm_mobilenetv1_100h.safetensors"), "timm"),
+        (fixture("input.npy"), "auto"),
+        (str(tmp_path / "missing.onnx"), "auto"),
+    ):
+        assert main(["convert", src, str(out), "--from", source]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("npmobilenet convert: error:") and len(err) < 600
+        assert not out.exists()
+
+
+def test_cli_export_onnx_matches_in_onnxruntime(tmp_path, x, capsys):
+    from test_onnx import run_ort
+
+    from npmobilenet.cli import main
+
+    need("onnx")
+    converted, onnx_path = tmp_path / "m.safetensors", tmp_path / "m.onnx"
+    assert main(["convert", fixture("keras_mobilenet.weights.h5"), str(converted)]) == 0
+    assert main(["export-onnx", str(converted), str(onnx_path)]) == 0
+    out = run_ort(onnx_path, x)
+    assert np.abs(out - reference("keras_mobilenet")).max() <= TOL
+
+
+def test_labels_come_from_the_file_or_imagenet():
+    hf = interop.load_hf(fixture("hf_mobilenet_v1"))
+    assert hf.labels == [f"class {i}" for i in range(10)]  # config.json's id2label
+    names = interop.imagenet_labels(1001)
+    assert names[0] == "background" and names[1] == interop.imagenet_labels()[0]
+    assert names[1].startswith("tench") and len(set(interop.imagenet_wnids())) == 1000
+    scores = np.zeros((1, 1000), np.float32)
+    scores[0, 1] = 2.0
+    scores[0, 2] = 1.0
+    top = interop.decode_predictions(scores, top=2)[0]
+    assert [(i, n.split(",")[0]) for i, n, _ in top] == [(1, "goldfish"), (2, "great white shark")]
