@@ -224,14 +224,17 @@ def test_unknown_source_and_undetectable_file(tmp_path):
         interop.load(path)
 
 
-def test_fused_engine_refuses_what_it_cannot_run():
-    from npmobilenet.fast import UnsupportedModuleError
-    from npmobilenet.models import MobileNetV1
-
-    for padding in ("tf_same", "keras"):
-        model = MobileNetV1(alpha=0.25, num_classes=3, padding=padding, seed=0)
-        with pytest.raises(UnsupportedModuleError, match="padding"):
-            model.fuse()
+@pytest.mark.parametrize(
+    "path, ref", [(p, r) for _, p, r, *_ in LOADS], ids=[p for _, p, *_ in LOADS]
+)
+def test_fused_engine_reproduces_the_libraries_logits(path, ref, x):
+    """model.fuse() runs every padding convention (TF "SAME", Keras, PyTorch)."""
+    if path.endswith((".h5", ".keras")):
+        need("h5py")
+    if path.endswith(".onnx"):
+        need("onnx")
+    engine = interop.load(fixture(path)).fuse()
+    assert np.abs(engine(x) - reference(ref)).max() <= TOL
 
 
 # ------------------------------------------------------------------------------ the CLI
