@@ -135,7 +135,8 @@ class FusedMobileNetV1:
         ``plan[i]`` holds layer i's arrays: ``a`` its GEMM's left operand (im2col rows
         (N, OH, OW, 9*C) or the depthwise output (N, OH, OW, C)), ``y`` its GEMM output
         (N*OH*OW, K), ``dst`` where its epilogue writes (the next 3x3 conv's zero-bordered input
-        (N, OH+2, OW+2, K), or the pooled features (N, K) after the last layer).
+        (N, OH+top+bottom, OW+left+right, K), its border that conv's padding), or the pooled
+        features (N, K) after the last layer).
         """
         layers, head = weights
         src = x
@@ -295,7 +296,7 @@ def _run_layer(layer: Layer, src, arrays, pool, clock):
 def im2col3x3_padded(xp: np.ndarray, stride: int, cols: np.ndarray) -> np.ndarray:
     """3x3 patches of a zero-bordered NHWC input as GEMM rows, in place.
 
-    xp (N, H+2, W+2, C) -> cols (N, OH, OW, 9*C) with
+    xp (N, H+top+bottom, W+left+right, C) -> cols (N, OH, OW, 9*C) with
     ``cols[n, oh, ow, (kh*3 + kw)*C + c] = xp[n, oh*s + kh, ow*s + kw, c]``.
     """
     n, oh, ow, c9 = cols.shape
