@@ -297,3 +297,35 @@ def test_labels_come_from_the_file_or_imagenet():
     scores[0, 2] = 1.0
     top = interop.decode_predictions(scores, top=2)[0]
     assert [(i, n.split(",")[0]) for i, n, _ in top] == [(1, "goldfish"), (2, "great white shark")]
+
+
+def test_fine_tuning_starts_from_a_converted_file_with_its_conventions(tmp_path, capsys):
+    """train --init takes padding, epsilon and activation from the converted Keras weights,
+    trains only the new classifier with --freeze-features, and predict reads the run."""
+    from PIL import Image
+
+    from npmobilenet.cli import main
+
+    need("h5py")
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        (tmp_path / "imgs" / name).mkdir(parents=True)
+        for i in range(4):
+            colour = tuple(int(v) for v in rng.integers(0, 256, 3))
+            Image.new("RGB", (40, 36), colour).save(tmp_path / "imgs" / name / f"{i}.png")
+    converted = tmp_path / "keras.safetensors"
+    assert main(["convert", fixture("keras_mobilenet.keras"), str(converted)]) == 0
+    run = tmp_path / "run"
+    args = ["train", "--data", str(tmp_path / "imgs"), "--init", str(converted), "--epochs", "1",
+            "--freeze-features", "--resolution", "32", "--batch-size", "4", "--out", str(run),
+            "--progress", "none"]  # fmt: skip
+    assert main(args) == 0
+    tuned, start = load_model(run / "model.safetensors"), load_model(converted)
+    assert {k: tuned.config[k] for k in ("padding", "bn_eps", "activation")} == {
+        "padding": "keras", "bn_eps": 1e-3, "activation": "relu6"
+    }  # fmt: skip
+    w = "depthwise_sep_conv5.dwconv.weight"
+    np.testing.assert_array_equal(tuned.state_dict()[w], start.state_dict()[w])
+    capsys.readouterr()
+    assert main(["predict", "--checkpoint", str(run), str(tmp_path / "imgs" / "a" / "0.png")]) == 0
+    assert "0.png" in capsys.readouterr().out
