@@ -329,3 +329,25 @@ def test_fine_tuning_starts_from_a_converted_file_with_its_conventions(tmp_path,
     capsys.readouterr()
     assert main(["predict", "--checkpoint", str(run), str(tmp_path / "imgs" / "a" / "0.png")]) == 0
     assert "0.png" in capsys.readouterr().out
+
+
+def test_predict_and_export_take_a_plain_weights_file(tmp_path, capsys):
+    """A save_weights file (model config and labels, no training run) is enough for predict
+    and export-onnx: the model is rebuilt from the file alone."""
+    from PIL import Image
+
+    from npmobilenet.cli import main
+    from npmobilenet.models import MobileNetV1
+
+    model = MobileNetV1(alpha=0.25, num_classes=3, padding="keras", bn_eps=1e-3, seed=0)
+    model.labels = ["red", "green", "blue"]
+    save_weights(model, tmp_path / "w.safetensors")
+    Image.new("RGB", (50, 40), (10, 200, 30)).save(tmp_path / "img.png")
+    argv = ["predict", "--checkpoint", str(tmp_path / "w.safetensors"), str(tmp_path / "img.png")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in model.labels)
+    need("onnx")
+    argv = ["export-onnx", str(tmp_path / "w.safetensors"), str(tmp_path / "w.onnx")]
+    assert main(argv) == 0
+    assert interop.load_onnx(tmp_path / "w.onnx").config["padding"] == "keras"

@@ -47,12 +47,18 @@ from npmobilenet.data import (
 from npmobilenet.data.dataset import resize_bilinear, to_channels
 from npmobilenet.data.digits import stratified_test_indices
 from npmobilenet.data.presets import eval_steps
-from npmobilenet.io.weights import load_state_dict_file, safetensors_metadata, save_state_dict
+from npmobilenet.io.weights import (
+    MODEL_CONFIG,
+    load_model,
+    load_state_dict_file,
+    safetensors_metadata,
+    save_state_dict,
+)
 from npmobilenet.memory import check_fits, estimate_bytes
 from npmobilenet.models import MobileNetV1
 from npmobilenet.optim import OPTIMIZERS, make_optimizer, paper_param_groups
 from npmobilenet.optim.lr_scheduler import CosineAnnealingLR, OneCycleLR
-from npmobilenet.train.checkpoint import check_architecture, load_checkpoint
+from npmobilenet.train.checkpoint import FORMAT, check_architecture, load_checkpoint
 from npmobilenet.train.finetune import (
     freeze_features,
     load_init_weights,
@@ -630,7 +636,11 @@ def save_model(path, model, config: dict) -> None:
 
 
 def load_run(path):
-    """``(model in eval mode, config)`` from a run folder, a checkpoint or a model file."""
+    """``(model in eval mode, config)`` from a run folder, a checkpoint or a model file.
+
+    A weights file of :func:`npmobilenet.io.save_weights` (a model config, no run) gets a run
+    configuration with its class names (``model.labels``) at 224x224 with ImageNet's
+    normalisation (``predict --preset`` chooses another)."""
     path = os.fspath(path)
     if os.path.isdir(path):
         for name in (MODEL, CHECKPOINT):
@@ -651,6 +661,11 @@ def load_run(path):
         config = json.loads(meta[CONFIG_KEY])
         state = load_state_dict_file(path)
         saved_model = json.loads(meta.get("npmobilenet.model_config", "{}"))
+    elif MODEL_CONFIG in meta and FORMAT not in meta:  # save_weights: the model, no run
+        from npmobilenet.interop.convert import run_config
+
+        model = load_model(path)
+        return model, run_config(model, "torchvision")
     else:
         ckpt = load_checkpoint(path)
         config, state, saved_model = ckpt.get("config"), ckpt["model"], ckpt["model_config"]
