@@ -351,3 +351,21 @@ def test_predict_and_export_take_a_plain_weights_file(tmp_path, capsys):
     argv = ["export-onnx", str(tmp_path / "w.safetensors"), str(tmp_path / "w.onnx")]
     assert main(argv) == 0
     assert interop.load_onnx(tmp_path / "w.onnx").config["padding"] == "keras"
+
+
+def test_loaders_import_no_framework():
+    """Reading every format imports neither torch, tensorflow, keras nor transformers."""
+    import subprocess
+    import sys
+
+    need("h5py")
+    code = (
+        "import sys; from npmobilenet import interop\n"
+        f"for p in {[p for _, p, *_ in LOADS if not p.endswith('.onnx')]!r}:\n"
+        f"    interop.load({FIX!r} + '/' + p)\n"
+        "bad = [m for m in ('torch', 'tensorflow', 'keras', 'transformers', 'timm')"
+        " if m in sys.modules]\n"
+        "print(bad)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
