@@ -512,3 +512,42 @@ def test_run_on_a_grey_folder(tmp_path):
     with pytest.raises(ValueError, match=r"differ: augment: checkpoint 'standard', given 'none'"):
         train_run({"augment": "none"}, tmp_path / "run", progress="none", log=quiet,
                   resume=tmp_path / "run" / "checkpoint.safetensors")  # fmt: skip
+
+
+def test_ctrl_c_in_a_training_step_stops_the_prefetch_threads(small_folder):
+    from npmobilenet.models import MobileNetV1
+    from npmobilenet.optim import SGD
+    from npmobilenet.train import Trainer
+
+    model = MobileNetV1(alpha=0.25, num_classes=2, seed=0)
+    loader = DataLoader(LazyImageFolder(small_folder), 2, shuffle=True,
+                        transform=train_transform(32), workers=2, prefetch=4)  # fmt: skip
+    trainer = Trainer(model, SGD(list(model.parameters()), lr=0.01), loader, progress="none")
+    calls = []
+
+    def interrupted(x, y):
+        calls.append(len(y))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return 0.0, 0
+
+    trainer.train_step = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train_epoch()
+    assert not _data_threads()  # stopped at once, not at interpreter exit
+    assert loader.state_dict()["batch"] == 2
+
+
+def test_predict_with_a_preset_uses_the_preset_preprocessing(saved_model, small_folder, tmp_path):
+    from npmobilenet.cli import main
+
+    path, model, _ = saved_model
+    image = sorted(small_folder.rglob("*.jpg"))[3]
+    out = tmp_path / "p.jsonl"
+    args = ["predict", "--checkpoint", str(path), str(image), "--preset", "timm", "--out", str(out)]
+    assert main(args) == 0
+    [row] = [json.loads(line) for line in open(out)]
+    x = preprocess(Image.open(image), "timm", size=32)  # bicubic 36, crop 32, mean = std = 0.5
+    p = model.predict_proba(x)[0]
+    assert row["top"][0]["class"] == ["c0", "c1"][int(np.argmax(p))]
+    np.testing.assert_allclose(row["top"][0]["probability"], p.max(), rtol=1e-5)

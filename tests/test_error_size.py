@@ -62,6 +62,68 @@ CALLS = {
 }
 
 
+def _params():
+    from npmobilenet.nn import Parameter
+
+    return [Parameter(np.zeros(3))]
+
+
+# Outside ops: settings of the optimizers, schedules, trainer, model and data loaders.
+API_CALLS = {
+    "SGD nesterov": lambda: _optim().SGD(_params(), 0.1, nesterov=BIG_LIST),
+    "Adam betas": lambda: _optim().Adam(_params(), betas=BIG_LIST),
+    "Adam betas item": lambda: _optim().Adam(_params(), betas=(BIG_STR, 0.9)),
+    "Adam amsgrad": lambda: _optim().Adam(_params(), amsgrad=BIG_STR),
+    "RMSprop centered": lambda: _optim().RMSprop(_params(), centered=BIG_LIST),
+    "OneCycleLR optimizer": lambda: _sched().OneCycleLR(BIG_LIST, 0.1, total_steps=5),
+    "OneCycleLR anneal": lambda: _sched().OneCycleLR(
+        _optim().SGD(_params(), 0.1), 0.1, total_steps=5, anneal_strategy=BIG_STR
+    ),
+    "clip_grad_norm_ norm_type": lambda: _train().clip_grad_norm_(_params(), 1.0, BIG_STR),
+    "summarize input_size": lambda: _models().summarize(_models().MobileNetV1(), BIG_LIST),
+    "MobileNetV1 dtype": lambda: _models().MobileNetV1(dtype=BIG_STR),
+    "load_npz layout": lambda: _data().load_npz("x.npz", layout=BIG_STR),
+}
+
+
+def _optim():
+    from npmobilenet import optim
+
+    return optim
+
+
+def _sched():
+    from npmobilenet.optim import lr_scheduler
+
+    return lr_scheduler
+
+
+def _train():
+    from npmobilenet.train import trainer
+
+    return trainer
+
+
+def _models():
+    from npmobilenet import models
+
+    return models
+
+
+def _data():
+    from npmobilenet import data
+
+    return data
+
+
+@pytest.mark.parametrize("name", API_CALLS)
+def test_api_error_messages_for_huge_values_stay_short(name):
+    with pytest.raises((TypeError, ValueError)) as info:
+        API_CALLS[name]()
+    msg = str(info.value)
+    assert len(msg) < 300, f"{len(msg)} characters: {msg[:400]}"
+
+
 @pytest.mark.parametrize("name", CALLS)
 def test_error_messages_for_huge_values_stay_short(name):
     with pytest.raises((TypeError, ValueError)) as info:

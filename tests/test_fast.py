@@ -45,6 +45,7 @@ from npmobilenet.nn import (
     ModuleList,
     ReLU,
     ReLU6,
+    Sequential,
 )
 
 DTYPES = [np.float32, np.float64]
@@ -298,6 +299,7 @@ def _randomise_bn(model, rng):
 
 
 def _model(rng, alpha=0.25, classes=6, in_ch=3, activation="relu", dtype=np.float64, **kw):
+    kw = {k: v for k, v in kw.items() if v is not None}
     model = MobileNetV1(alpha, classes, in_ch, activation=activation, dtype=dtype, seed=3, **kw)
     _randomise_bn(model, rng)
     return model.eval()
@@ -319,6 +321,52 @@ def test_fuse_matches_model_eval_forward(alpha, activation, in_ch, dtype, conv, 
     out = model.fuse()(x)
     assert out.dtype == dtype
     np.testing.assert_allclose(out, model.forward(x), **TOL[dtype])
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_max_pooling_and_headless_models(dtype, rng):
+    """global_pool="max", num_classes=0 and reset_classifier: what the model's forward returns."""
+    x = rng.standard_normal((3, 3, 40, 36)).astype(dtype)
+    for kwargs in (dict(global_pool="max"), dict(num_classes=0), dict(global_pool="max",
+                                                                     num_classes=0)):  # fmt: skip
+        classes = kwargs.get("num_classes", 6)
+        model = _model(rng, classes=classes, dtype=dtype, global_pool=kwargs.get("global_pool"))
+        engine = model.fuse()
+        out = engine(x)
+        assert out.shape == model.forward(x).shape and out.dtype == dtype
+        np.testing.assert_allclose(out, model.forward(x), **TOL[dtype])
+        assert engine.head.pool == kwargs.get("global_pool", "avg")
+        assert engine.num_classes == classes
+    model.reset_classifier(4, seed=1)
+    np.testing.assert_allclose(model.fuse()(x), model.forward(x), **TOL[dtype])
+
+
+@pytest.mark.kernels
+def test_blocks_in_a_sequential_are_walked_in_order(rng):
+    model = _model(rng)
+    blocks = list(model.depthwise_sep_conv6)
+    model.depthwise_sep_conv6 = Sequential(*blocks[:2])  # three blocks fewer, as a Sequential
+    x = rng.standard_normal((2, 3, 40, 40))
+    np.testing.assert_allclose(model.fuse()(x), model.forward(x), **TOL[np.float64])
+    assert [layer.path for layer in model.fuse().layers[13:17]] == [
+        "depthwise_sep_conv6.0", "depthwise_sep_conv6.0", "depthwise_sep_conv6.1",
+        "depthwise_sep_conv6.1",
+    ]  # fmt: skip
+
+
+def test_the_engine_splits_over_the_models_runner(rng, monkeypatch):
+    model = _model(rng)
+    assert model.fuse().runner is model.runner
+    serial = threads.Runner(1)
+    engine = model.fuse()
+    engine.runner = serial
+    monkeypatch.setattr(threads, "MIN_SLICE_ELEMENTS", 1)
+    calls = []
+    monkeypatch.setattr(serial, "session", lambda: calls.append(1))  # never entered at 1 thread
+    x = rng.standard_normal((4, 3, 32, 32))
+    np.testing.assert_allclose(engine(x), model.forward(x), **TOL[np.float64])
+    assert calls == []
 
 
 def test_full_conv_im2col_is_the_convolution(rng):

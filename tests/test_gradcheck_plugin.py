@@ -14,7 +14,7 @@ from importlib.metadata import entry_points
 
 pytest_plugins = ["pytester"]
 
-PLUGIN = "npmobilenet.gradcheck.pytest_plugin"
+PLUGIN = "npmobilenet_pytest"
 
 # A user's layer, in the test files below: y = scale * x over the channel axis of (N, C).
 LAYER = """
@@ -59,21 +59,13 @@ def test_the_plugin_is_registered_by_the_installed_entry_point(pytestconfig):
     assert pytestconfig.pluginmanager.has_plugin(PLUGIN)
 
 
-def test_importing_the_plugin_loads_no_torch_and_compiles_nothing():
-    code = textwrap.dedent(
-        """
-        import sys
-        import npmobilenet.gradcheck.pytest_plugin
-        from numba.core.registry import CPUDispatcher
-        compiled = [
-            f"{m}.{n}" for m, mod in list(sys.modules.items()) if m.startswith("npmobilenet")
-            for n, v in vars(mod).items() if isinstance(v, CPUDispatcher) and v.signatures
-        ]
-        print("torch" in sys.modules, compiled)
-        """
-    )
+def test_loading_the_plugin_imports_neither_the_library_nor_numba_nor_torch():
+    """Every pytest run in the environment loads the plugin: it must stay cheap and must not
+    break anyone's tests when the library itself cannot be imported."""
+    code = "import sys, npmobilenet_pytest; print(sorted({m.split('.')[0] for m in sys.modules}"
+    code += " & {'npmobilenet', 'numba', 'torch', 'hypothesis'}))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False []"
+    assert out.stdout.strip() == "[]"
 
 
 def test_fixture_defaults_come_from_the_ini_options_and_the_flag(pytester):

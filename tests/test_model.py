@@ -248,6 +248,7 @@ def _gradcheck_model(seed, activation="relu"):
     return m
 
 
+@pytest.mark.slow
 @pytest.mark.kernels
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_whole_model_gradient_check(mode):

@@ -413,3 +413,26 @@ def test_layers_reuse_the_arrays_of_a_workspace_their_owner_passes(rng):
     assert y2 is y1 and len(ws) == arrays  # reused, nothing new allocated
     np.testing.assert_array_equal(y2, want[0])
     np.testing.assert_array_equal(dx2, want[1])
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: nn.Conv2d(3, 4, 3, bias="False"), "Conv2d: bias must be True or False, got str"),
+        (lambda: nn.Linear(3, 4, bias="no"), "Linear: bias must be True or False, got str"),
+        (lambda: nn.AvgPool2d(2, ceil_mode="False"), "AvgPool2d: ceil_mode must be True or"),
+        (lambda: nn.AvgPool2d(2, count_include_pad="0"), "AvgPool2d: count_include_pad must be"),
+        (lambda: nn.Parameter(np.zeros(2), requires_grad="False"), "requires_grad must be True"),
+        (lambda: nn.ReLU().train("False"), "ReLU.train: mode must be True or False, got str"),
+        (lambda: nn.ReLU().train(0), "ReLU.train: mode must be True or False, got int"),
+    ],
+)
+def test_string_booleans_are_refused(make, match):
+    """A string such as "False" is truthy: read as a flag it would silently mean True."""
+    with pytest.raises(TypeError, match=match):
+        make()
+
+
+def test_numpy_booleans_are_flags():
+    assert nn.Conv2d(3, 4, 3, bias=np.bool_(False)).bias is None
+    assert nn.ReLU().train(np.bool_(False)).training is False

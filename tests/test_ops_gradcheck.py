@@ -318,6 +318,7 @@ def test_a_chain_of_ops(rng):
 # the whole model, in fast mode
 
 
+@pytest.mark.slow
 def test_whole_mobilenet_fast_mode():
     """Every parameter of a (narrow) MobileNetV1 in one fast check: about 350 forward passes.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from npmobilenet import ops
 from npmobilenet.models import MobileNetV1
@@ -64,6 +65,7 @@ def _step(model, x, y, input_grad=True):
     return logits, dx, {n: p.grad.copy() for n, p in model.named_parameters()}
 
 
+@pytest.mark.slow
 def test_model_steps_with_reused_buffers_equal_fresh_models_and_keep_held_outputs():
     """Steps 2 and 3 of a model (arrays reused from its workspace) give exactly what a fresh model
     gives on the same weights; logits and dx the caller kept from step 1 are not overwritten."""

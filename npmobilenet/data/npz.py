@@ -18,7 +18,7 @@ import zipfile
 
 import numpy as np
 
-from npmobilenet._checks import integer
+from npmobilenet._checks import integer, short_repr
 from npmobilenet.data.dataset import ArrayDataset, check_label_range, labels
 
 OP = "load_npz"
@@ -30,7 +30,7 @@ def load_npz(path, num_classes=None, layout=None):
     arrays), ``"nchw"`` or ``"nhwc"``."""
     path = os.fspath(path)
     if layout not in (None, "nchw", "nhwc"):
-        raise ValueError(f"{OP}: layout must be None, 'nchw' or 'nhwc', got {layout!r}")
+        raise ValueError(f"{OP}: layout must be None, 'nchw' or 'nhwc', got {short_repr(layout)}")
     arrays = _read_arrays(path)
     missing = [k for k in ("x", "y") if k not in arrays]
     if missing:

@@ -46,7 +46,8 @@ class FusedMobileNetV1:
     """Eval-mode inference with BN folded and conv + bias + activation fused.
 
     ``FusedMobileNetV1(model)`` (what ``model.fuse()`` returns) snapshots the model's current
-    modules, weights and running statistics; rebuild it after changing the model. Calling it on
+    modules, weights and running statistics; rebuild it after changing the model. A batch is
+    split over ``runner``'s threads (default: the model's ``runner``). Calling it on
     an NCHW batch ``x`` (N, C, H, W), float32 or float64, returns what ``model.eval();
     model(x)`` returns, in x's dtype: logits (N, classes), or the pooled features (N, K) of a
     model without a classifier. A module the engine does not know raises
@@ -55,8 +56,10 @@ class FusedMobileNetV1:
     Calls are serialised by a lock (the activation buffers are shared between calls).
     """
 
-    def __init__(self, model):
+    def __init__(self, model, runner: threads.Runner | None = None):
         layers, head = fused_layers(model)
+        # the threads a batch is split over: the model's runner unless one is given
+        self.runner = runner or getattr(model, "runner", None) or threads.Runner()
         self.layers: tuple[Layer, ...] = layers  # float64, in forward order
         self.head: Head = head
         self._by_dtype = {np.dtype(np.float64): (layers, head)}
@@ -94,9 +97,9 @@ class FusedMobileNetV1:
             n = x.shape[0]
             per_image = self._largest_per_image(x.shape)  # decides whether to split
             min_images = -(-threads.MIN_SLICE_ELEMENTS // per_image)
-            if threads.num_threads() == 1 or n < 2 * min_images:  # BLAS's threads, one slice
+            if self.runner.threads == 1 or n < 2 * min_images:  # BLAS's threads, one slice
                 return self._forward(x, self._plan(x.shape, x.dtype), weights)
-            with threads.Runner().session() as runner:
+            with self.runner.session() as runner:
                 slices = runner.slices(n, min_images)
                 if len(slices) == 1:  # splitting declined (BLAS could not be limited)
                     return self._forward(x, self._plan(x.shape, x.dtype), weights)

@@ -34,11 +34,11 @@ OP = "FusedMobileNetV1"
 # activation module type -> the clamp (lo, hi) the fused kernels apply
 CLAMPS = {layer: ACTIVATIONS[name].clamp for name, layer in ACTIVATION_LAYERS.items()}
 
-_IDENTITIES = tuple(
-    getattr(nn, name) for name in ("Flatten", "Dropout", "Identity") if hasattr(nn, name)
-)
-_POOL_NAMES = (("AdaptiveAvgPool2d", "avg"), ("AdaptiveMaxPool2d", "max"))
-_POOLS = {getattr(nn, name): kind for name, kind in _POOL_NAMES if hasattr(nn, name)}
+_IDENTITIES = (nn.Flatten, nn.Dropout, nn.Identity)
+_POOLS = {nn.AdaptiveAvgPool2d: "avg", nn.AdaptiveMaxPool2d: "max"}
+
+
+_IN_ORDER = (nn.ModuleList.forward, nn.Sequential.forward)  # containers' forwards: in order
 
 
 class UnsupportedModuleError(TypeError):
@@ -121,10 +121,12 @@ def fused_layers(model) -> tuple[tuple[Layer, ...], Head]:
 
 
 def _leaves(module, blocks, prefix=""):
-    """(path, module) of the children in order; containers are opened, ``blocks`` are not."""
+    """(path, module) of the children in order; containers that run their children in order
+    (``ModuleList``, ``Sequential``) are opened, ``blocks`` and any other module are not."""
     for name, child in module._modules.items():
         path = f"{prefix}{name}"
-        if isinstance(child, (nn.ModuleList, nn.Sequential)) and not isinstance(child, blocks):
+        in_order = isinstance(child, nn.ModuleList) and type(child).forward in _IN_ORDER
+        if in_order and not isinstance(child, blocks):
             yield from _leaves(child, blocks, path + ".")
         else:
             yield path, child

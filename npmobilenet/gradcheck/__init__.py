@@ -12,7 +12,7 @@ following this library's ``(out, cache)`` / ``backward(dout, cache)`` convention
 :func:`check_module` (a :class:`npmobilenet.nn.Module`: ``dx``, every ``Parameter.grad``,
 accumulation); ``print(format_results(check_every_op()))`` checks every op of
 :mod:`npmobilenet.ops`. Installing npmobilenet also installs a pytest plugin
-(:mod:`npmobilenet.gradcheck.pytest_plugin`): a ``gradcheck`` fixture with these checks.
+(the top-level module ``npmobilenet_pytest``): a ``gradcheck`` fixture with these checks.
 """
 
 from npmobilenet.gradcheck.core import (

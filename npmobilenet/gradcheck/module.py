@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from npmobilenet._checks import describe
+from npmobilenet._checks import describe, short_repr
 from npmobilenet.gradcheck.core import (
     ATOL,
     DIRECTIONS,
@@ -209,7 +209,9 @@ def _modes(base, x, modes) -> list[str]:
     if modes is not None:
         modes = (modes,) if isinstance(modes, str) else tuple(modes)
         if not modes or any(m not in ("train", "eval") for m in modes):
-            raise ValueError(f"{_OP}: modes must be 'train', 'eval' or both, got {modes!r}")
+            raise ValueError(
+                f"{_OP}: modes must be 'train', 'eval' or both, got {short_repr(modes)}"
+            )
         return list(dict.fromkeys(modes))
     current = "train" if base.training else "eval"
     other = "eval" if current == "train" else "train"

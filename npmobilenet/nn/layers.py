@@ -40,8 +40,8 @@ def float_dtype(op: str, dtype) -> np.dtype:
         dt = np.dtype(dtype)
     except TypeError:
         dt = None
-    if dt not in chk.FLOAT_DTYPES:
-        raise TypeError(f"{op}: dtype must be float32 or float64, got {dtype!r}")
+    if dt is None or dt not in chk.FLOAT_DTYPES:  # (np.dtype compares equal to None)
+        raise TypeError(f"{op}: dtype must be float32 or float64, got {chk.short_repr(dtype)}")
     return dt
 
 

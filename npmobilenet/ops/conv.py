@@ -8,7 +8,8 @@ Semantics are exactly ``torch.nn.functional.conv2d`` in 2-D (a cross-correlation
     out[n, k, oh, ow] = bias[k] + sum over c < Cg, i < kH, j < kW of
         weight[k, c, i, j] * x_padded[n, (k // Kg)*Cg + c, oh*sh + i*dil_h, ow*sw + j*dil_w]
 
-    OH = (H + pad_top + pad_bottom - dil_h*(kH - 1) - 1) // sh + 1     (OW likewise)
+    OH = (H + pad_top + pad_bottom - dil_h*(kH - 1) - 1) // sh + 1     (OW likewise;
+                                                 npmobilenet._geometry.output_size)
 
 Three implementations sit behind one API (``method=``):
 
@@ -485,7 +486,7 @@ def _backward_im2col_batched(
     for n in range(N):
         im2col(x[n], kH, kW, sh, sw, pad[0], pad[2], dil_h, dil_w, OH, OW, cols[n])
     # forward: out[n] = w3 @ cols[n], so dW = sum_n dout[n] @ cols[n].T, dcols = W.T @ dout
-    dw3 = _pointwise_dweight(d4, cols.reshape(N, groups, -1, L))  # (G, Kg, Cg*kH*kW)
+    dw3 = _pointwise_dweight(d4, cols.reshape(N, groups, C // groups * kH * kW, L))
     if not input_grad:
         return None, dw3.reshape(weight.shape)
     dcols = np.matmul(w3.transpose(0, 2, 1), d4).reshape(N, C * kH * kW, L)

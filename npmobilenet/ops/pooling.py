@@ -1,7 +1,8 @@
 """2-D max, average and adaptive average pooling (``torch.nn.functional`` semantics).
 
 Input is (N, C, H, W) or unbatched (C, H, W); the output keeps the batch-ness of the input.
-Output size along each axis (PyTorch's rule, with ``//`` rounding down)::
+Output size along each axis (PyTorch's rule, with ``//`` rounding down; computed by
+``npmobilenet._geometry.output_size``)::
 
     O = (H + 2 * p - d * (k - 1) - 1 + (s - 1 if ceil_mode else 0)) // s + 1
     if ceil_mode and (O - 1) * s >= H + p:  O -= 1   # the last window must start inside

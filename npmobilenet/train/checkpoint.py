@@ -26,9 +26,6 @@ architecture raises a ``ValueError`` naming every differing setting.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import tempfile
 
 import numpy as np
 import safetensors
@@ -44,10 +41,6 @@ FORMAT_VERSION = 1
 ARCHITECTURE_KEYS = (
     "alpha", "num_classes", "in_channels", "conv", "activation", "dtype", "padding", "bn_eps",
 )  # fmt: skip
-# Test hook: when set to N, the N-th checkpoint write of this process writes half of its bytes
-# to the temporary file and then kills the process (SIGKILL), as a power cut mid-save would.
-KILL_HOOK_ENV = "NPMOBILENET_TEST_KILL_DURING_SAVE"
-_writes = 0
 
 
 def save_checkpoint(path, model, state: dict, overwrite: bool = False) -> None:
@@ -116,21 +109,8 @@ def check_architecture(saved: dict, model_config: dict, source: str = "the check
 
 
 def atomic_write(path, data: bytes, overwrite: bool = False) -> None:
-    """Write ``data`` atomically (:func:`npmobilenet.io.weights.atomic_write_bytes`).
-
-    Under the test hook ``NPMOBILENET_TEST_KILL_DURING_SAVE=k`` the k-th write of the process
-    instead writes half of the bytes to a temporary file beside ``path`` and kills the process,
-    as a power cut in the middle of a save would.
-    """
-    global _writes
-    _writes += 1
-    if os.environ.get(KILL_HOOK_ENV) == str(_writes):
-        directory = os.path.dirname(os.path.abspath(os.fspath(path)))
-        fd, _ = tempfile.mkstemp(prefix=".tmp-", suffix=".partial", dir=directory)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data[: len(data) // 2])
-            f.flush()
-        os.kill(os.getpid(), signal.SIGKILL)
+    """Write ``data`` atomically (:func:`npmobilenet.io.weights.atomic_write_bytes`): every
+    file a run writes (checkpoint, metrics) goes through here."""
     atomic_write_bytes(path, data, overwrite=overwrite)
 
 

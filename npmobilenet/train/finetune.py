@@ -93,9 +93,5 @@ def load_init_weights(model, state: dict, source, log=print) -> list[str]:
 def freeze_features(model) -> list[str]:
     """``requires_grad = False`` for every parameter outside the classifier; returns the names
     of the parameters left trainable."""
-    trainable = []
-    for name, p in model.named_parameters():
-        p.requires_grad = name.startswith(CLASSIFIER)
-        if p.requires_grad:
-            trainable.append(name)
-    return trainable
+    model.freeze()
+    return model.unfreeze(CLASSIFIER.rstrip("."))

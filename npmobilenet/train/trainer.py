@@ -30,7 +30,7 @@ from numbers import Real
 import numpy as np
 
 from npmobilenet import ops
-from npmobilenet._checks import describe, number
+from npmobilenet._checks import describe, number, short_repr
 from npmobilenet.fast import UnsupportedModuleError
 from npmobilenet.optim.lr_scheduler import OneCycleLR
 from npmobilenet.train.checkpoint import (
@@ -58,7 +58,7 @@ def clip_grad_norm_(parameters, max_norm: float, norm_type: float = 2.0) -> floa
     op = "clip_grad_norm_"
     max_norm = number(op, "max_norm", max_norm, low=0)
     if norm_type not in (2, 2.0, math.inf):
-        raise ValueError(f"{op}: norm_type must be 2 or inf, got {norm_type!r}")
+        raise ValueError(f"{op}: norm_type must be 2 or inf, got {short_repr(norm_type)}")
     grads = [p.grad for p in parameters]
     if not grads:
         return 0.0
@@ -115,11 +115,13 @@ class Trainer:
             scheduler_interval = "batch" if isinstance(scheduler, OneCycleLR) else "epoch"
         if scheduler_interval not in ("batch", "epoch"):
             raise ValueError(
-                f"{op}: scheduler_interval must be 'batch' or 'epoch', got {scheduler_interval!r}"
+                f"{op}: scheduler_interval must be 'batch' or 'epoch',"
+                f" got {short_repr(scheduler_interval)}"
             )
         if progress not in ("auto", "bar", "plain", "none"):
             raise ValueError(
-                f"{op}: progress must be 'auto', 'bar', 'plain' or 'none', got {progress!r}"
+                f"{op}: progress must be 'auto', 'bar', 'plain' or 'none',"
+                f" got {short_repr(progress)}"
             )
         self.scheduler_interval = scheduler_interval
         self.label_smoothing = number(op, "label_smoothing", label_smoothing, 0, 1)

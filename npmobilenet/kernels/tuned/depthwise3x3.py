@@ -50,8 +50,8 @@ def plane3x3_flat(taps, cols, wk, dst, fo):
     With output and scratch rows of the same length ``cols``, output pixel (oh, ow) is flat
     position q = oh*cols + ow and its tap (i, j) is a constant i*cols + j further on, so the
     whole plane is one vectorised loop into ``fo`` (the columns past OW are junk, dropped when
-    adding into dst). On 7x7 planes rows of 7 would be mostly loop
-    overhead. Same sums, same order as ``_add_row``.
+    adding into dst). On 7x7 planes, rows of 7 would be mostly loop overhead. Same sums, same
+    order as ``_add_row``.
     """
     ws = (wk[0, 0], wk[0, 1], wk[0, 2], wk[1, 0], wk[1, 1], wk[1, 2], wk[2, 0], wk[2, 1], wk[2, 2])
     t0, t1, t2, t3, t4, t5, t6, t7, t8 = taps

@@ -1,4 +1,4 @@
-"""The pytest plugin: a ``gradcheck`` fixture, its ini options, ``--gradcheck-full``, a marker.
+"""npmobilenet's pytest plugin: the ``gradcheck`` fixture, ini options, a flag and a marker.
 
 Installing npmobilenet registers this module through the ``pytest11`` entry point, so every
 pytest run in that environment has:
@@ -7,31 +7,31 @@ pytest run in that environment has:
   ``gradcheck.check_module``: the functions of :mod:`npmobilenet.gradcheck` with their
   ``rtol``, ``atol``, ``eps`` and ``fast`` defaults taken from the ini options below (arguments
   given in a call win);
-* ini options ``gradcheck_rtol`` (1e-5), ``gradcheck_atol`` (1e-8), ``gradcheck_eps`` (1e-6)
-  and ``gradcheck_fast`` (true: random directional derivatives, a cost independent of the
-  sizes);
+* ini options ``gradcheck_rtol``, ``gradcheck_atol``, ``gradcheck_eps`` (unset: the defaults
+  of :func:`npmobilenet.gradcheck.check_grad`) and ``gradcheck_fast`` (true: random
+  directional derivatives, a cost independent of the sizes);
 * ``--gradcheck-full``: full mode (every element) as the default, whatever ``gradcheck_fast``
   says;
 * the marker ``gradcheck``, put on every test that uses the fixture, so ``-m gradcheck`` or
   ``-m "not gradcheck"`` selects or deselects the gradient checks.
 
 A failing check shows the test's own line and the checker's report (the checker's frames are
-hidden). Disable the plugin with ``-p no:npmobilenet.gradcheck.pytest_plugin``.
+hidden). Disable the plugin with ``-p no:npmobilenet_pytest``.
 
-Importing this module loads neither torch nor any compiled kernel.
+The plugin is a module of its own, outside the ``npmobilenet`` package, so that pytest's start
+imports nothing of npmobilenet (nor Numba, nor torch): every pytest run in the environment loads
+it, and only a test that uses the fixture imports the library.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import sys
 
 import pytest
 
-from npmobilenet.gradcheck.core import ATOL, EPS, RTOL, GradcheckError, check_grad, check_op
-from npmobilenet.gradcheck.module import check_module
-
-_FLOATS = {"gradcheck_rtol": RTOL, "gradcheck_atol": ATOL, "gradcheck_eps": EPS}
+_FLOATS = ("gradcheck_rtol", "gradcheck_atol", "gradcheck_eps")
 
 
 def pytest_addoption(parser) -> None:
@@ -42,9 +42,9 @@ def pytest_addoption(parser) -> None:
         default=False,
         help="gradcheck fixture: check every element (full mode) instead of random directions",
     )
-    parser.addini("gradcheck_rtol", f"gradcheck fixture: default rtol ({RTOL:g})", default=None)
-    parser.addini("gradcheck_atol", f"gradcheck fixture: default atol ({ATOL:g})", default=None)
-    parser.addini("gradcheck_eps", f"gradcheck fixture: default eps ({EPS:g})", default=None)
+    for name in _FLOATS:
+        setting = name.removeprefix("gradcheck_")
+        parser.addini(name, f"gradcheck fixture: default {setting} (check_grad's)", default=None)
     parser.addini(
         "gradcheck_fast",
         "gradcheck fixture: random directional derivatives by default (true)",
@@ -72,24 +72,25 @@ def pytest_runtest_makereport(item, call):
     generated wrapper frame (the test's signature shown a second time), and the checker's own
     lines in Hypothesis's "lines always and only run by failing test cases" note (the lines
     that build the report, which only failing checks run)."""
+    core = sys.modules.get("npmobilenet.gradcheck.core")  # no check ran if it is not imported
     exc = call.excinfo.value if call.excinfo is not None else None
-    if isinstance(exc, GradcheckError):
+    if core is not None and isinstance(exc, core.GradcheckError):
         tb = call.excinfo.traceback
         kept = tb.filter(lambda entry: not entry.frame.f_globals.get("__hypothesistracebackhide__"))
         if len(kept):
             call.excinfo.traceback = kept
         if getattr(exc, "__notes__", None):
-            exc.__notes__ = _without_checker_lines(exc.__notes__)
+            checker = os.path.dirname(os.path.abspath(core.__file__)) + os.sep
+            exc.__notes__ = _without_checker_lines(exc.__notes__, checker)
     yield
 
 
-_HERE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _EXPLANATION = "These lines were always and only run by failing test cases:"
 
 
-def _without_checker_lines(notes: list) -> list:
+def _without_checker_lines(notes: list, checker: str) -> list:
     lines = [line for note in notes for line in str(note).split("\n")]
-    lines = [line for line in lines if not line.strip().startswith(_HERE)]
+    lines = [line for line in lines if not line.strip().startswith(checker)]
     for i, line in enumerate(lines):  # an explanation left with no locations goes too
         following = lines[i + 1] if i + 1 < len(lines) else ""
         if line.strip() == _EXPLANATION and not following.startswith(" " * 8):
@@ -106,9 +107,12 @@ class Gradcheck:
 
     @classmethod
     def from_config(cls, config) -> Gradcheck:
+        from npmobilenet.gradcheck import core  # the defaults are the checks' own
+
         settings = {}
-        for name, default in _FLOATS.items():
+        for name in _FLOATS:
             raw = config.getini(name)
+            default = getattr(core, name.removeprefix("gradcheck_").upper())
             try:
                 value = default if raw in (None, "") else float(raw)
             except ValueError:
@@ -124,16 +128,22 @@ class Gradcheck:
     def check_op(self, forward, backward, inputs, **kwargs):
         """:func:`npmobilenet.gradcheck.check_op` with this session's defaults."""
         __tracebackhide__ = True
+        from npmobilenet.gradcheck.core import check_op
+
         return check_op(forward, backward, inputs, **{**self.defaults, **kwargs})
 
     def check_grad(self, fn, inputs, analytic, **kwargs):
         """:func:`npmobilenet.gradcheck.check_grad` with this session's defaults."""
         __tracebackhide__ = True
+        from npmobilenet.gradcheck.core import check_grad
+
         return check_grad(fn, inputs, analytic, **{**self.defaults, **kwargs})
 
     def check_module(self, module, x, **kwargs):
         """:func:`npmobilenet.gradcheck.check_module` with this session's defaults."""
         __tracebackhide__ = True
+        from npmobilenet.gradcheck.module import check_module
+
         return check_module(module, x, **{**self.defaults, **kwargs})
 
     def __repr__(self) -> str:
