@@ -81,8 +81,11 @@ class Conv2d(Module):
     """2-D convolution. weight ``(K, C/G, kH, kW)``, bias ``(K,)`` or None.
 
     ``(N, C, H, W) -> (N, K, OH, OW)``. ``groups=C`` with ``K=C`` is a depthwise convolution.
-    ``method`` is passed to :func:`npmobilenet.ops.conv2d_forward` (``"auto"``, ``"direct"``,
-    ``"im2col"``). Default init is PyTorch's: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+    ``padding``: an int or (h, w) pair (symmetric), a (top, bottom, left, right) 4-tuple,
+    ``"valid"``, ``"same"`` (PyTorch's, stride 1) or ``"tf_same"`` (TensorFlow's "SAME" at any
+    stride), as :func:`npmobilenet.ops.conv2d_forward`. ``method`` is passed to that op
+    (``"auto"``, ``"direct"``, ``"im2col"``). Default init is PyTorch's:
+    U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
     """
 
     def __init__(
