@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from npmobilenet.models.mobilenet import FIRST_CONV, TABLE_1, MobileNetV1
+from npmobilenet.models.mobilenet import FIRST_CONV, TABLE_1, MobileNetV1, stages
 
 
 class ConvLayer(NamedTuple):
@@ -50,12 +50,14 @@ def layer_names() -> list[tuple[str, str]]:
 
 
 def expected_shapes(alpha: float, in_channels: int) -> list[tuple[int, ...]]:
-    """The 27 conv weight shapes of ``MobileNetV1(alpha, in_channels=...)``."""
-    shapes = [(int(FIRST_CONV.out_channels * alpha), in_channels, 3, 3)]
-    for _, c_in, c_out, _, repeats in TABLE_1:
-        for i in range(repeats):
-            c = int((c_in if i == 0 else c_out) * alpha)
-            shapes += [(c, 1, 3, 3), (int(c_out * alpha), c, 1, 1)]
+    """The 27 conv weight shapes of ``MobileNetV1(alpha, in_channels=...)`` (from
+    :func:`npmobilenet.models.mobilenet.stages`, the model's own channel arithmetic)."""
+    stem, *rows = stages(alpha, in_channels)
+    shapes = [(stem.out_channels, stem.in_channels, 3, 3)]
+    for st in rows:
+        for i in range(st.repeats):
+            c = st.in_channels if i == 0 else st.out_channels
+            shapes += [(c, 1, 3, 3), (st.out_channels, c, 1, 1)]
     return shapes
 
 
