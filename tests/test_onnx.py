@@ -175,3 +175,58 @@ def test_torch_fixture_dynamo_names_are_not_trusted():
     assert not any(n.op_type == "BatchNormalization" for n in proto.graph.node)
     model = interop.load_onnx(fixture("torch_onnx_dynamo.onnx"))
     np.testing.assert_allclose(model.first_conv.bn.running_mean, 0)
+
+
+def _torch_with_explicit_pads(torch, model, size):
+    """``model`` (npmobilenet) as a torch Sequential for inputs of ``size`` (H, W): convs
+    without padding, each 3x3 one preceded by a ``ZeroPad2d`` of TensorFlow's SAME padding at
+    its input size (what an exporter writes for a fixed size: Pad nodes with constant pads)."""
+    from npmobilenet._geometry import output_size
+    from npmobilenet.interop._assemble import layer_names
+    from npmobilenet.ops.conv import tf_same_total
+
+    modules, state, layers = dict(model.named_modules()), model.state_dict(), []
+    (h, w) = size
+    for conv_name, bn_name in layer_names():
+        conv = modules[conv_name]
+        k, cg = conv.weight.shape[:2]
+        s = conv.stride[0]
+        tconv = torch.nn.Conv2d(cg * conv.groups, k, conv.kernel_size, s, groups=conv.groups,
+                                bias=False)  # fmt: skip
+        tconv.weight.data = torch.from_numpy(state[f"{conv_name}.weight"])
+        tbn = torch.nn.BatchNorm2d(k, eps=modules[bn_name].eps)
+        for key in ("weight", "bias", "running_mean", "running_var"):
+            getattr(tbn, key).data = torch.from_numpy(state[f"{bn_name}.{key}"])
+        pad = []
+        if conv.kernel_size == (3, 3):
+            th, tw = tf_same_total(h, 3, s), tf_same_total(w, 3, s)
+            pad = [torch.nn.ZeroPad2d((tw // 2, tw - tw // 2, th // 2, th - th // 2))]
+            h, w = (
+                output_size(h, 3, s, (th // 2, th - th // 2)),
+                output_size(w, 3, s, (tw // 2, tw - tw // 2)),
+            )
+        layers += [*pad, tconv, tbn, torch.nn.ReLU6()]
+    fc = torch.nn.Linear(*model.fc.weight.shape[::-1])
+    fc.weight.data, fc.bias.data = (torch.from_numpy(state[f"fc.{k}"]) for k in ("weight", "bias"))
+    layers += [torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), fc]
+    return torch.nn.Sequential(*layers).eval()
+
+
+@pytest.mark.torch
+def test_imports_tf_same_padding_written_as_pad_nodes(tmp_path, torch):
+    """A fixed-size graph whose TF "SAME" padding is explicit Pad nodes loads as tf_same."""
+    need("onnx")
+    model = random_model("tf_same")
+    reference = _torch_with_explicit_pads(torch, model, (67, 45))
+    x = np.random.default_rng(4).uniform(-1, 1, (2, 3, 67, 45)).astype(np.float32)
+    with torch.no_grad():
+        ref = reference(torch.from_numpy(x)).numpy()
+    assert np.abs(ref - model(x)).max() <= 1e-4  # the torch model is the same network
+    path = tmp_path / "pads.onnx"
+    torch.onnx.export(reference, (torch.from_numpy(x),), str(path), dynamo=False,
+                      input_names=["input"])  # fmt: skip
+    proto = need("onnx").load(path)
+    assert sum(n.op_type == "Pad" for n in proto.graph.node) == 14
+    loaded = interop.load_onnx(path)
+    assert loaded.config["padding"] == "tf_same"
+    assert np.abs(loaded(x) - ref).max() <= 1e-4

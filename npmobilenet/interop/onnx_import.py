@@ -8,8 +8,11 @@ op's constant operands:
 
 ``[Pad] -> Conv [-> BatchNormalization] -> Relu | Clip(0, 6)`` 27 times, then
 ``GlobalAveragePool | ReduceMean`` -> ``Flatten | Reshape | Squeeze`` -> ``Gemm | MatMul + Add``
-(``Identity``, ``Dropout`` and ``Cast`` to the same type are passed through). Any other op,
-a branch, or a layer that does not fit MobileNetV1 is a ValueError naming the file.
+(``Identity``, ``Dropout`` and a ``Cast`` to float or double are passed through; nodes whose
+inputs are all constants are evaluated first, with onnx's reference evaluator). A ``Pad`` of
+zeros adds to the next conv's padding; in a graph of a fixed input size, explicit paddings
+that equal a convention's at that size (TensorFlow's "SAME" written out) select it. Any other
+op, a branch, or a layer that does not fit MobileNetV1 is a ValueError naming the file.
 
 A folded conv (weight W', bias b') loads as the conv W' with a batch norm that only adds b'
 (mean 0, variance 1 - eps, gamma 1); the logits are the same up to rounding.
@@ -22,9 +25,11 @@ import os
 
 import numpy as np
 
+from npmobilenet._geometry import output_size
 from npmobilenet.interop._assemble import ConvLayer, assemble, folded
 from npmobilenet.interop.onnx_export import import_onnx
 from npmobilenet.models.mobilenet import PADDINGS, TABLE_1, conv_padding
+from npmobilenet.ops.conv import resolve_padding
 
 _PASS = ("Identity", "Dropout", "Flatten", "Reshape", "Squeeze", "Cast")
 
@@ -36,12 +41,15 @@ class _Graph:
         self.source, g = source, proto.graph
         self.const = {t.name: numpy_helper.to_array(t) for t in g.initializer}
         self.nodes = []
-        for node in g.node:
+        for node in g.node:  # in topological order, as ONNX requires
             if node.op_type == "Constant" and node.attribute:
                 attr = node.attribute[0]
                 if attr.name == "value":
                     self.const[node.output[0]] = numpy_helper.to_array(attr.t)
                     continue
+            if node.input and all(not n or n in self.const for n in node.input):
+                self._fold(node)  # e.g. the Cast / Concat an exporter leaves before Pad's pads
+                continue
             self.nodes.append(node)
         self.consumers: dict[str, list] = {}
         for node in self.nodes:
@@ -55,6 +63,20 @@ class _Graph:
                 f" {len(inputs)} inputs and {len(g.output)} outputs"
             )
         self.input, self.output = inputs[0], g.output[0].name
+
+    def _fold(self, node) -> None:
+        """Evaluate a node whose inputs are all constants (onnx's reference evaluator)."""
+        from onnx.reference import ReferenceEvaluator
+
+        inputs = {n: self.const[n] for n in node.input if n}
+        try:
+            outputs = ReferenceEvaluator(node).run(None, inputs)
+        except Exception as e:  # noqa: BLE001 - any failure is this file's problem
+            raise ValueError(
+                f"{self.source}: cannot evaluate the constant {node.op_type} node"
+                f" {node.name!r}: {type(e).__name__}: {str(e)[:200]}"
+            ) from None
+        self.const.update(zip(node.output, outputs))
 
     def next(self, value: str):
         users = self.consumers.get(value, [])
@@ -111,7 +133,17 @@ def load_onnx(path, dtype=None):
     layers, fc = _walk(graph, helper)
     meta = {p.key: p.value for p in proto.metadata_props}
     labels = json.loads(meta["npmobilenet.labels"]) if "npmobilenet.labels" in meta else None
-    return _build(path, layers, fc, labels, dtype)
+    return _build(path, layers, fc, labels, dtype, _static_size(proto, graph.input))
+
+
+def _static_size(proto, name: str):
+    """The input's (H, W) when the graph fixes them, else None."""
+    for value in proto.graph.input:
+        if value.name == name:
+            dims = value.type.tensor_type.shape.dim
+            if len(dims) == 4 and all(d.HasField("dim_value") for d in dims[2:]):
+                return (dims[2].dim_value, dims[3].dim_value)
+    return None
 
 
 def _walk(graph: _Graph, helper):
@@ -133,7 +165,7 @@ def _walk(graph: _Graph, helper):
             layers[-1].act = _activation(graph, node, a)
         elif op in ("GlobalAveragePool", "ReduceMean") and not pooled:
             pooled = True
-        elif op in _PASS:
+        elif op in _PASS and (op != "Cast" or a.get("to") in (1, 11)):  # FLOAT, DOUBLE
             pass
         elif op in ("Gemm", "MatMul") and pooled and fc is None:
             fc, node = _fc(graph, node, a)
@@ -212,7 +244,7 @@ def _fc(graph, node, a):
     return (w.T, np.broadcast_to(b, (w.shape[1],)).copy()), add
 
 
-def _build(path, layers, fc, labels, dtype):
+def _build(path, layers, fc, labels, dtype, size=None):
     if len(layers) != 27:
         raise ValueError(
             f"{path}: {len(layers)} Conv nodes, a MobileNetV1 has 27: another architecture?"
@@ -227,8 +259,9 @@ def _build(path, layers, fc, labels, dtype):
     _check_strides(path, layers)
     convs = [_conv_layer(layer, eps) for layer in layers]
     dtype = dtype or (np.float64 if layers[0].weight.dtype == np.float64 else np.float32)
-    return assemble(path, convs, *fc, activation=acts.pop(), padding=_convention(path, layers),
-                    bn_eps=eps, labels=labels, dtype=dtype)  # fmt: skip
+    padding = _convention(path, layers, size)
+    return assemble(path, convs, *fc, activation=acts.pop(), padding=padding, bn_eps=eps,
+                    labels=labels, dtype=dtype)  # fmt: skip
 
 
 def _conv_layer(layer: _Layer, eps: float) -> ConvLayer:
@@ -264,8 +297,10 @@ def _same(a, b, stride) -> bool:
     return norm.get(a, a) == norm.get(b, b)
 
 
-def _convention(path, layers) -> str:
-    """The padding convention whose rule gives every conv's padding."""
+def _convention(path, layers, size=None) -> str:
+    """The padding convention whose rule gives every conv's padding; for a graph of a fixed
+    input ``size`` (H, W), also one whose paddings at that size are the graph's (explicit
+    ``Pad`` nodes computed for one size, as exporters write TensorFlow's "SAME")."""
     roles = _roles()
     for conv in PADDINGS:
         ok = all(
@@ -273,9 +308,25 @@ def _convention(path, layers) -> str:
             if role != "pointwise" else layer.padding == (0, 0, 0, 0)
             for layer, (role, stride, _) in zip(layers, roles)
         )  # fmt: skip
-        if ok:
+        if ok or (size is not None and _matches_at(conv, layers, roles, size)):
             return conv
     got = sorted({str(layer.padding) for layer in layers})
     raise ValueError(
         f"{path}: the convs' paddings {got} match none of MobileNetV1's conventions {PADDINGS}"
     )
+
+
+def _matches_at(conv, layers, roles, size) -> bool:
+    """Whether convention ``conv`` pads every 3x3 conv as the graph does for input ``size``."""
+    h, w = size
+    for layer, (role, stride, _) in zip(layers, roles):
+        if role == "pointwise":
+            if layer.padding != (0, 0, 0, 0):
+                return False
+            continue
+        geometry = ((3, 3), (1, 1), (stride, stride), (h, w))
+        want = resolve_padding("load_onnx", conv_padding(conv, role, stride), *geometry)
+        if resolve_padding("load_onnx", layer.padding, *geometry) != want:
+            return False
+        h, w = output_size(h, 3, stride, want[:2]), output_size(w, 3, stride, want[2:])
+    return True
