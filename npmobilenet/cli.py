@@ -211,7 +211,8 @@ def add_train_command(subparsers) -> None:
         "--freeze-features",
         action="store_true",
         default=None,
-        help="train only the classifier (fc); the other weights stay as loaded",
+        help="train only the classifier (fc); the other weights stay as loaded (batch-norm"
+        " running statistics still follow the new data, as in PyTorch)",
     )
     p.add_argument(
         "--threads",

@@ -20,6 +20,7 @@ from npmobilenet.train import load_checkpoint
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a child is POSIX")
 def test_sigint_mid_training_names_checkpoint_and_resume_command(tmp_path):
     train, test = load_digits_dataset(32, channels=1)

@@ -71,8 +71,9 @@ def _writable_like(a, shape, dtype) -> bool:
             and a.flags.c_contiguous and a.flags.writeable)  # fmt: skip
 
 
-def _uniform_init(rng, shape, fan_in: int, dtype) -> np.ndarray:
+def _uniform_init(rng, shape, fan_in: int, dtype, op: str = "layer") -> np.ndarray:
     """PyTorch's default layer init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), drawn in float64."""
+    chk.output_fits(op, shape, np.float64, "weight")  # refuse a weight no machine could hold
     bound = 1.0 / math.sqrt(fan_in)
     return rng.uniform(-bound, bound, size=shape).astype(dtype)
 
@@ -127,7 +128,7 @@ class Conv2d(Module):
         kh, kw = self.kernel_size
         fan_in = in_channels // groups * kh * kw
         self.weight = Parameter(
-            _uniform_init(rng, (out_channels, in_channels // groups, kh, kw), fan_in, dtype)
+            _uniform_init(rng, (out_channels, in_channels // groups, kh, kw), fan_in, dtype, op)
         )
         bias = chk.flag(op, "bias", bias)
         self.bias = Parameter(_uniform_init(rng, (out_channels,), fan_in, dtype)) if bias else None
@@ -210,6 +211,7 @@ class BatchNorm2d(Module):
         self.eps = chk.number(op, "eps", eps, low=0.0, low_open=True)
         self.momentum = None if momentum is None else chk.number(op, "momentum", momentum, 0, 1)
         dtype = float_dtype(op, dtype)
+        chk.output_fits(op, (4, num_features), dtype, "parameters and statistics")
         self.weight = Parameter(np.ones(num_features, dtype))
         self.bias = Parameter(np.zeros(num_features, dtype))
         self.register_buffer("running_mean", np.zeros(num_features, dtype))
@@ -492,7 +494,8 @@ class Linear(Module):
         dtype = float_dtype("Linear", dtype)
         bias = chk.flag("Linear", "bias", bias)
         rng = as_generator(rng)
-        self.weight = Parameter(_uniform_init(rng, (out_features, in_features), in_features, dtype))
+        w = _uniform_init(rng, (out_features, in_features), in_features, dtype, "Linear")
+        self.weight = Parameter(w)
         self.bias = (
             Parameter(_uniform_init(rng, (out_features,), in_features, dtype)) if bias else None
         )

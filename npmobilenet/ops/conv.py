@@ -157,6 +157,10 @@ def tf_same_total(size: int, kernel: int, stride: int, dilation: int = 1) -> int
     return max((-(-size // stride) - 1) * stride + window_span(kernel, dilation) - size, 0)
 
 
+# Largest stride, dilation or padding accepted (kernels compute int64 products of them).
+MAX_GEOMETRY = 2**31 - 1
+
+
 def _output_size(op, size, pads, kernel, dilation, stride, axis):
     """One output extent; errors if the dilated kernel is larger than the padded input."""
     span, pad_total = window_span(kernel, dilation), pads[0] + pads[1]
@@ -246,6 +250,9 @@ def _geometry(op, x4, weight, stride, padding, dilation, groups, method):
     kernel = weight.shape[2:]
     N, _, H, W = x4.shape
     pad = resolve_padding(op, padding, kernel, dilation, stride, (H, W))
+    for name, v in (("stride", stride), ("dilation", dilation), ("padding", pad)):
+        if max(v) > MAX_GEOMETRY:  # the kernels index with int64 products of these
+            raise ValueError(f"{op}: {name} must be at most {MAX_GEOMETRY}, got {max(v)}")
     _checks.choice(op, "method", method, METHODS)
     OH = _output_size(op, H, pad[0:2], kernel[0], dilation[0], stride[0], "height")
     OW = _output_size(op, W, pad[2:4], kernel[1], dilation[1], stride[1], "width")
@@ -253,7 +260,9 @@ def _geometry(op, x4, weight, stride, padding, dilation, groups, method):
         method = choose_method(x4.shape, weight.shape, stride, pad, groups)
     elif method == "im2col" and _is_pointwise(weight.shape, stride, pad):
         method = "pointwise"
-    return (stride, pad, dilation, groups), method, (N, weight.shape[0], OH, OW)
+    out_shape = (N, weight.shape[0], OH, OW)
+    _checks.output_fits(op, out_shape, x4.dtype)
+    return (stride, pad, dilation, groups), method, out_shape
 
 
 def conv2d_backward(dout, cache, *, dx=None, input_grad=True, weight_grad=True, runner=None):
