@@ -22,6 +22,7 @@ from npmobilenet import ops
 from npmobilenet._geometry import output_size
 from npmobilenet.nn.module import SPENT, Module
 from npmobilenet.nn.parameter import Parameter
+from npmobilenet.ops import conv as conv_ops
 
 
 def as_generator(rng) -> np.random.Generator:
@@ -81,8 +82,11 @@ class Conv2d(Module):
     """2-D convolution. weight ``(K, C/G, kH, kW)``, bias ``(K,)`` or None.
 
     ``(N, C, H, W) -> (N, K, OH, OW)``. ``groups=C`` with ``K=C`` is a depthwise convolution.
-    ``method`` is passed to :func:`npmobilenet.ops.conv2d_forward` (``"auto"``, ``"direct"``,
-    ``"im2col"``). Default init is PyTorch's: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+    ``padding``: an int or (h, w) pair (symmetric), a (top, bottom, left, right) 4-tuple,
+    ``"valid"``, ``"same"`` (PyTorch's, stride 1) or ``"tf_same"`` (TensorFlow's "SAME" at any
+    stride), as :func:`npmobilenet.ops.conv2d_forward`. ``method`` is passed to that op
+    (``"auto"``, ``"direct"``, ``"im2col"``). Default init is PyTorch's:
+    U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
     """
 
     def __init__(
@@ -112,11 +116,12 @@ class Conv2d(Module):
         self.kernel_size = chk.pair(op, "kernel_size", kernel_size, 1)
         self.stride = chk.pair(op, "stride", stride, 1)
         self.dilation = chk.pair(op, "dilation", dilation, 1)
-        self.padding = (
-            padding
-            if isinstance(padding, str) and padding in ("same", "valid")
-            else chk.pair(op, "padding", padding, 0)
-        )
+        if isinstance(padding, str):
+            self.padding = chk.choice(op, "padding", padding, conv_ops.PADDING_MODES)
+        elif isinstance(padding, (tuple, list)) and len(padding) == 4:  # (top, bottom, left, right)
+            self.padding = tuple(chk.integer(op, "padding", p, 0) for p in padding)
+        else:
+            self.padding = chk.pair(op, "padding", padding, 0)
         self.method = method
         dtype = float_dtype(op, dtype)
         rng = as_generator(rng)
@@ -171,12 +176,14 @@ class Conv2d(Module):
 
     def output_shape(self, in_shape: tuple) -> tuple:
         n, _, h, w = in_shape
-        if self.padding == "same":
-            return (n, self.out_channels, h, w)
-        pad = (0, 0) if self.padding == "valid" else self.padding
+        pad = conv_ops.resolve_padding(
+            "Conv2d", self.padding, self.kernel_size, self.dilation, self.stride, (h, w)
+        )
         sizes = [
-            output_size(size, k, s, p, d)
-            for size, k, s, p, d in zip((h, w), self.kernel_size, self.stride, pad, self.dilation)
+            output_size(size, k, s, p, d)  # p: (before, after) along the axis
+            for size, k, s, p, d in zip(
+                (h, w), self.kernel_size, self.stride, (pad[0:2], pad[2:4]), self.dilation
+            )
         ]
         return (n, self.out_channels, *sizes)
 
