@@ -1,111 +1,126 @@
-"""Step-by-step variants of fused inference, to measure what each optimisation buys.
+"""What each optimisation of the fused engine buys: the same inference with one fewer each step.
 
-Used by ``bench_model.py --ablation``. Each variant computes the same logits as
-``FusedMobileNetV1`` (checked by the benchmark before timing) with one optimisation fewer:
+Run from the repository root::
 
-* ``unfused_forward(spec, x, fold=False)``: NHWC and one GEMM per pointwise conv, but conv, BN
-  and activation as separate NumPy passes, padding by ``np.pad`` copies, fresh arrays per call.
-* ``unfused_forward(spec, x, fold=True)``: the same with BN folded into the weights (one bias add
-  left instead of the BN multiply-add).
-* The engine with ``reuse_buffers = False``: fused epilogues, but buffers allocated per call.
-* The engine as shipped.
+    python benchmarks/ablation.py                  # batch 1, 224x224, alpha 1
+    python benchmarks/ablation.py --batch 8 --quick
 
-``parallel_depthwise`` is the anti-pattern the thread rule exists for: a Numba ``prange`` copy of
-the depthwise kernel, swapped into the engine to run a Numba parallel region beside a
-multi-threaded BLAS. It lives here, not in the package, on purpose.
+Variants, all computing the same logits (checked against the engine before timing):
+
+* ``module path``: ``model.eval(); model(x)``, NCHW, one op per layer;
+* ``unfused passes``: the engine's folded weights, NHWC and one GEMM per 1x1 conv, but the bias,
+  the activation and the padding as separate NumPy passes into fresh arrays;
+* ``fresh buffers``: the engine's fused epilogues writing the stored zero padding, with its
+  activation buffers allocated on every call (:class:`FreshBuffers`);
+* ``engine``: ``model.fuse()`` as shipped.
+
+All variants are npmobilenet, so they share one process; they alternate (A B C D A B C D ...)
+and each reports the median of its calls. Results go to ``benchmarks/results/ablation.json``.
 """
 
 from __future__ import annotations
 
-import numpy as np
-from numba import njit, prange
+import argparse
+import statistics
+import time
 
-from npmobilenet.fast.engine import BLOCKS, STEM_STRIDE
+import cases
+import numpy as np
+import timing
+
+from npmobilenet.fast import FusedMobileNetV1
+from npmobilenet.fast.engine import im2col3x3_padded, make_plan
 from npmobilenet.kernels.fused_conv3x3 import conv_out_size, depthwise3x3_nhwc, im2col3x3_nchw
 
 
-def layer_spec(state, eps=1e-5):
-    """Per conv: (weight in the kernel layout, BN scale, BN shift), unfolded, float64.
+class FreshBuffers(FusedMobileNetV1):
+    """The engine with its activation buffers allocated on every call, never reused."""
 
-    Returns dict(stem=(w (C*9, K), scale, shift), blocks=[(dw, pw), ...], fc=(w, b)) where dw is
-    (w (3, 3, C), scale, shift) and pw is (w (C, K), scale, shift).
-    """
-
-    def conv_bn(conv, bn):
-        w = np.asarray(state[f"{conv}.weight"], np.float64)
-        scale = np.asarray(state[f"{bn}.weight"], np.float64) / np.sqrt(
-            np.asarray(state[f"{bn}.running_var"], np.float64) + eps
-        )
-        shift = state[f"{bn}.bias"] - state[f"{bn}.running_mean"] * scale  # as fold_batch_norm
-        return w, scale, shift
-
-    w, s, b = conv_bn("first_conv.conv", "first_conv.bn")
-    spec = dict(stem=(w.reshape(w.shape[0], -1).T, s, b), blocks=[])
-    for prefix, _stride in BLOCKS:
-        w, s, b = conv_bn(f"{prefix}.dwconv", f"{prefix}.bn0")
-        dw = (w[:, 0].transpose(1, 2, 0), s, b)
-        w, s, b = conv_bn(f"{prefix}.pwconv", f"{prefix}.bn1")
-        spec["blocks"].append((dw, (w[:, :, 0, 0].T, s, b)))
-    spec["fc"] = (np.asarray(state["fc.weight"]), np.asarray(state["fc.bias"]))
-    return spec
+    def _plan(self, shape, dtype, part: int = 0) -> list:
+        return make_plan(self.layers, tuple(shape), np.dtype(dtype))
 
 
-def cast_spec(spec, dtype, fold):
-    """The spec in ``dtype``; ``fold`` multiplies the BN scale into the weights (scale=None)."""
-
-    def one(w, s, b):
-        if fold:
-            w, s = w * s, None  # the output channel is the last axis in every kernel layout
-        return (w.astype(dtype), None if s is None else s.astype(dtype), b.astype(dtype))
-
-    return dict(
-        stem=one(*spec["stem"]),
-        blocks=[(one(*dw), one(*pw)) for dw, pw in spec["blocks"]],
-        fc=tuple(a.astype(dtype) for a in spec["fc"]),
-    )
-
-
-def unfused_forward(spec, x, activation="relu"):
-    """NHWC inference with separate passes (conv, BN or bias, activation, padding), no reuse."""
-    hi = 6.0 if activation == "relu6" else np.inf
-
-    def bn_act(y, scale, shift):  # separate NumPy passes, in place
-        if scale is not None:
-            y *= scale
-        y += shift
-        np.maximum(y, 0, out=y)
-        if hi != np.inf:
-            np.minimum(y, hi, out=y)
-        return y
-
-    n, c, h, w = x.shape
-    oh, ow = conv_out_size(h, STEM_STRIDE), conv_out_size(w, STEM_STRIDE)
-    cols = np.empty((n, oh, ow, c * 9), x.dtype)
-    im2col3x3_nchw(x, STEM_STRIDE, cols)
-    wt, s, b = spec["stem"]
-    y = bn_act(cols.reshape(-1, c * 9) @ wt, s, b).reshape(n, oh, ow, -1)
-    none = (x.dtype.type(-np.inf), x.dtype.type(np.inf))
-    for ((dw_w, dw_s, dw_b), (pw_w, pw_s, pw_b)), (_p, stride) in zip(spec["blocks"], BLOCKS):
-        xp = np.pad(y, ((0, 0), (1, 1), (1, 1), (0, 0)))
-        oh, ow = conv_out_size(y.shape[1], stride), conv_out_size(y.shape[2], stride)
-        d = np.empty((n, oh, ow, y.shape[3]), x.dtype)
-        depthwise3x3_nhwc(xp, dw_w, np.zeros_like(dw_b), stride, *none, d)  # conv only
-        d = bn_act(d, dw_s, dw_b)
-        y = bn_act(d.reshape(n * oh * ow, -1) @ pw_w, pw_s, pw_b).reshape(n, oh, ow, -1)
-    fc_w, fc_b = spec["fc"]
-    return y.mean(axis=(1, 2)) @ fc_w.T + fc_b
+def unfused_forward(engine: FusedMobileNetV1, x: np.ndarray) -> np.ndarray:
+    """The engine's layers (folded, float32) with bias, clamp and padding as separate passes."""
+    layers, head = engine._weights(x.dtype)
+    a = x
+    for layer in layers:
+        lo, hi = x.dtype.type(layer.lo), x.dtype.type(layer.hi)
+        if layer.kind == "depthwise":  # (N, H+2, W+2, C) -> (N, OH, OW, C), conv only
+            n, h, w, c = a.shape
+            out = np.empty((n, conv_out_size(h - 2, layer.stride),
+                            conv_out_size(w - 2, layer.stride), c), x.dtype)  # fmt: skip
+            depthwise3x3_nhwc(a, layer.weight, np.zeros_like(layer.bias), layer.stride,
+                              x.dtype.type(-np.inf), x.dtype.type(np.inf), out)  # fmt: skip
+            a = np.minimum(np.maximum(out + layer.bias, lo), hi)
+            continue
+        a = _gemm_input(layer, a, x.dtype)
+        y = a @ layer.weight  # (N, OH, OW, K)
+        y = np.minimum(np.maximum(y + layer.bias, lo), hi)
+        a = np.pad(y, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    interior = a[:, 1:-1, 1:-1]  # (N, H, W, K) without the padding
+    features = interior.mean(axis=(1, 2)) if head.pool == "avg" else interior.max(axis=(1, 2))
+    return features if head.weight is None else features @ head.weight.T + head.bias
 
 
-@njit(cache=True, parallel=True)
-def parallel_depthwise(xp, w, b, stride, lo, hi, out):
-    """``depthwise3x3_nhwc`` with ``prange`` over output rows (the anti-pattern; see module doc)."""
-    N, OH, OW, C = out.shape
-    for n in range(N):
-        for oh in prange(OH):
-            for ow in range(OW):
-                for c in range(C):
-                    acc = b[c]
-                    for kh in range(3):
-                        for kw in range(3):
-                            acc += xp[n, oh * stride + kh, ow * stride + kw, c] * w[kh, kw, c]
-                    out[n, oh, ow, c] = min(max(acc, lo), hi)
+def _gemm_input(layer, a, dtype):
+    """The left GEMM operand (N, OH, OW, C or 9C) of a stem, full or pointwise layer."""
+    if layer.kind == "pointwise":
+        return a
+    if layer.kind == "stem":
+        n, c, h, w = a.shape
+        cols = np.empty((n, conv_out_size(h, layer.stride), conv_out_size(w, layer.stride),
+                         9 * c), dtype)  # fmt: skip
+        im2col3x3_nchw(a, layer.stride, cols)
+        return cols
+    n, h, w, c = a.shape
+    cols = np.empty((n, conv_out_size(h - 2, layer.stride), conv_out_size(w - 2, layer.stride),
+                     9 * c), dtype)  # fmt: skip
+    return im2col3x3_padded(a, layer.stride, cols)
+
+
+def variants(model, x) -> dict:
+    engine = model.fuse()
+    fresh = FreshBuffers(model)
+    return {
+        "module path": lambda: model(x),
+        "unfused passes": lambda: unfused_forward(engine, x),
+        "fresh buffers": lambda: fresh(x),
+        "engine": lambda: engine(x),
+    }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--res", type=int, default=224)
+    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--reps", type=int, default=10)
+    p.add_argument("--quick", action="store_true", help="2 rounds of 2 calls")
+    args = p.parse_args(argv)
+    rounds, reps = (2, 2) if args.quick else (args.rounds, args.reps)
+    case = cases.Case("ablation", "inference", args.batch, args.res)
+    model = cases.seeded_model(case).eval()
+    x = cases.batch(case)[0]
+    fns = variants(model, x)
+    ref = fns["engine"]()
+    for name, fn in fns.items():  # warm-up, and the check
+        err = np.abs(fn() - ref).max() / np.abs(ref).max()
+        assert err < 1e-4, f"{name} disagrees with the engine: relative {err:.2e}"
+    times = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            time.sleep(0.2)
+            times[name] += timing.time_calls(fn, reps)
+    result = {name: statistics.median(t) for name, t in times.items()}
+    for name, seconds in result.items():
+        print(f"{name:<16}{seconds * 1e3:9.2f} ms")
+    name = "ablation_quick.json" if args.quick else "ablation.json"
+    timing.write_json(timing.ROOT / "benchmarks" / "results" / name,
+                      {"machine": timing.machine(), "batch": args.batch, "res": args.res,
+                       "seconds": result})  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -39,30 +39,32 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from npmobilenet.ops.conv import conv2d_backward, conv2d_forward  # noqa: E402
 
-# (C, H, stride) of MobileNetV1's 13 depthwise layers (alpha 1, 224 input); 512x14 occurs 5x.
-LAYERS = [
-    (32, 112, 1),
-    (64, 112, 2),
-    (128, 56, 1),
-    (128, 56, 2),
-    (256, 28, 1),
-    (256, 28, 2),
-    (512, 14, 1),
-    (512, 14, 2),
-    (1024, 7, 1),
-]
+
+def depthwise_layers(res: int = 224) -> list[tuple[int, int, int]]:
+    """(C, H, stride) of each distinct depthwise layer of MobileNetV1 (alpha 1) at ``res``,
+    read off the model's fused layers."""
+    from npmobilenet import MobileNetV1
+    from npmobilenet.kernels.fused_conv3x3 import conv_out_size
+
+    layers = MobileNetV1(seed=0).fuse().layers
+    h, out = conv_out_size(res, layers[0].stride), []
+    for layer in layers[1:]:
+        if layer.kind == "depthwise":
+            out.append((layer.weight.shape[-1], h, layer.stride))
+            h = conv_out_size(h, layer.stride)
+    return list(dict.fromkeys(out))
 
 
 def ours(method, x, w, dout, stride):
     """Forward and backward closures for one of our methods."""
+    from npmobilenet.ops import conv2d_backward, conv2d_forward
+
     C = x.shape[1]
 
     def fwd():
@@ -136,7 +138,7 @@ def bench(batches, torch_threads, rounds, torch):
     worst = {}
     for N in batches:
         r = rounds if N == 1 else max(3, rounds // 3)
-        for C, H, s in LAYERS:
+        for C, H, s in depthwise_layers():
             OH = (H - 1) // s + 1
             x = rng.standard_normal((N, C, H, H)).astype(np.float32)
             w = (rng.standard_normal((C, 1, 3, 3)) / 3).astype(np.float32)
@@ -180,14 +182,14 @@ def _time_pairs(torch, torch_threads, pairs, which, rounds):
     return times
 
 
-COMPILE_SNIPPET = textwrap.dedent(
-    """
-    import time, numpy as np
+def first_call_probe() -> None:
+    """Print the seconds of the import and of each first conv call (run in a fresh process by
+    :func:`compile_latency`, with ``--first-call-probe``)."""
     t0 = time.perf_counter()
-    from npmobilenet.ops.conv import conv2d_forward, conv2d_backward
-    t1 = time.perf_counter()
-    x = np.ones((1, 8, 9, 9), np.float32); w = np.ones((8, 1, 3, 3), np.float32)
-    res = [t1 - t0]
+    from npmobilenet.ops import conv2d_backward, conv2d_forward
+
+    res = [time.perf_counter() - t0]
+    x, w = np.ones((1, 8, 9, 9), np.float32), np.ones((8, 1, 3, 3), np.float32)
     for method in ("direct", "im2col"):
         t = time.perf_counter()
         out, cache = conv2d_forward(x, w, stride=1, padding=1, groups=8, method=method)
@@ -195,8 +197,6 @@ COMPILE_SNIPPET = textwrap.dedent(
         conv2d_backward(np.ones_like(out), cache)
         res += [t2 - t, time.perf_counter() - t2]
     print(" ".join(f"{v:.3f}" for v in res))
-    """
-)
 
 
 def compile_latency():
@@ -209,7 +209,10 @@ def compile_latency():
         env["NUMBA_CACHE_DIR"] = cache_dir
         for label in ("cold", "warm"):
             res = subprocess.run(
-                [sys.executable, "-c", COMPILE_SNIPPET], env=env, capture_output=True, text=True
+                [sys.executable, os.path.abspath(__file__), "--first-call-probe"],
+                env=env,
+                capture_output=True,
+                text=True,
             )
             if res.returncode:
                 print(f"{label:>6} | failed: {res.stderr.strip().splitlines()[-1]}")
@@ -226,7 +229,10 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=15, help="timing rounds at batch 1")
     p.add_argument("--no-compile", action="store_true", help="skip the compile-latency runs")
     p.add_argument("--no-torch", action="store_true", help="do not compare with torch")
+    p.add_argument("--first-call-probe", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.first_call_probe:
+        return first_call_probe()
     torch = None
     if not args.no_torch:
         try:

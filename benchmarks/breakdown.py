@@ -1,6 +1,6 @@
-"""Per-layer-type time of MobileNetV1 in npmobilenet and PyTorch, for ``bench_model.py``.
+"""Per-layer-type time of MobileNetV1 in npmobilenet and PyTorch (run by ``worker.py``).
 
-Layer types (the issue's): first conv, depthwise, pointwise, BN, activation, pooling, linear.
+Layer types: first conv, depthwise, pointwise, BN, activation, pooling, linear.
 
 * **Batch-1 inference forward.** npmobilenet: the fused engine's own ``profile()`` (its steps
   mapped onto the layer types: BN is folded away, activations are fused into the depthwise
@@ -40,8 +40,8 @@ OURS_STEP_CATEGORY = {
     "first conv": "first conv",
     "depthwise": "depthwise",
     "pointwise GEMM": "pointwise",
-    "pointwise bias+act": "activation",
-    "pointwise bias+act+pool": "pooling",
+    "bias+act": "activation",
+    "bias+act+pool": "pooling",
     "linear": "linear",
 }
 
@@ -62,7 +62,7 @@ def category(nn, name, m):
         return "BN"
     if isinstance(m, (nn.ReLU, nn.ReLU6)):
         return "activation"
-    if isinstance(m, nn.AdaptiveAvgPool2d):
+    if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
         return "pooling"
     if isinstance(m, nn.Linear):
         return "linear"

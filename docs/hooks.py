@@ -9,6 +9,9 @@ with its file and line numbers. The docs therefore quote the code that runs, nev
 drift. Numba dispatchers are unwrapped to the Python function they compile. An unknown name fails
 the build.
 
+Docstrings in the package use Sphinx roles (``:func:`name```), which Markdown renders as the
+role's text before a code span; ``on_page_content`` drops the role and keeps the code span.
+
 The quoted blocks are not executed by ``tests/test_docs.py`` (they are definitions, not examples):
 the test reads the raw Markdown, where only the directive appears.
 """
@@ -25,6 +28,8 @@ from pathlib import Path
 DIRECTIVE = re.compile(
     r'^(?P<indent>[ \t]*)\{\{\s*source\("(?P<name>[\w.]+)"\)\s*\}\}[ \t]*$', re.M
 )
+# A Sphinx role as Markdown renders it: ":func:" then the code span (Sphinx's "~" shortens it).
+ROLE = re.compile(r":(?:mod|class|func|meth|attr|data|exc|obj):(<code>)~?\.?")
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -59,3 +64,7 @@ def quote(name: str, indent: str) -> str:
 
 def on_page_markdown(markdown: str, **kwargs) -> str:
     return DIRECTIVE.sub(lambda m: quote(m["name"], m["indent"]), markdown)
+
+
+def on_page_content(html: str, **kwargs) -> str:
+    return ROLE.sub(r"\1", html)

@@ -24,7 +24,6 @@ from npmobilenet import (  # noqa: E402,F401
     nn,
     ops,
     optim,
-    parallel,
     threads,
     train,
 )
@@ -40,7 +39,6 @@ __all__ = [
     "nn",
     "ops",
     "optim",
-    "parallel",
     "threads",
     "train",
 ]

@@ -11,17 +11,57 @@ from __future__ import annotations
 
 import numbers
 import os
+import reprlib
 
 import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
+# How to get the optional dependencies of the demos (scikit-learn, Pillow, matplotlib): the
+# "demo" extra, installed from the npmobilenet source folder.
+INSTALL_HINT = 'pip install ".[demo]" (in the npmobilenet source folder)'
+
+
+# Limits for the reprs inside error messages: a value of any size is described in a line.
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 2, 40, 40
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = _REPR.maxfrozenset = 4
+
+
+def short_repr(x) -> str:
+    """``repr(x)`` clipped to a few dozen characters (nested containers and strings elided)."""
+    try:
+        return _REPR.repr(x)
+    except ValueError:  # an int too long to convert to text
+        return f"<{type(x).__name__} too large to print>"
+
 
 def describe(x) -> str:
-    """A short description of a value for an error message."""
+    """A short description of a value for an error message: its type, and its shape or a
+    clipped repr. At most ~150 characters whatever the size of ``x``."""
     if isinstance(x, np.ndarray):
         return f"array of shape {x.shape} and dtype {x.dtype}"
-    return f"{type(x).__name__} {x!r}"
+    kind = type(x).__name__
+    if isinstance(x, tuple) and hasattr(x, "_fields"):  # a NamedTuple, e.g. another op's cache
+        return f"{kind} (fields {', '.join(x._fields)})"
+    if isinstance(x, (list, tuple)):
+        shape = _nested_lengths(x)
+        size = f"of length {len(x)}" if len(shape) == 1 else f"of nested lengths {shape}"
+        return f"{kind} {size}: {short_repr(x)}"
+    if isinstance(x, (str, bytes)) and len(x) > _REPR.maxstring:
+        return f"{kind} of length {len(x)}: {short_repr(x)}"
+    return f"{kind} {short_repr(x)}"
+
+
+def _nested_lengths(x, depth=6) -> tuple[int, ...]:
+    """Lengths of ``x``, its first item, that item's first item... while they are lists/tuples."""
+    lengths = []
+    while isinstance(x, (list, tuple)) and len(lengths) < depth:
+        lengths.append(len(x))
+        if not x:
+            break
+        x = x[0]
+    return tuple(lengths)
 
 
 def float_array(op: str, name: str, x, ndim=None) -> np.ndarray:
@@ -62,7 +102,7 @@ def integer(op: str, name: str, v, minimum=None) -> int:
         raise TypeError(f"{op}: {name} must be an int, got {describe(v)}")
     v = int(v)
     if minimum is not None and v < minimum:
-        raise ValueError(f"{op}: {name} must be >= {minimum}, got {v}")
+        raise ValueError(f"{op}: {name} must be >= {minimum}, got {short_repr(v)}")
     return v
 
 
@@ -77,7 +117,7 @@ def pair(op: str, name: str, v, minimum=None) -> tuple[int, int]:
     """Turn an int or a pair of ints into a ``(h, w)`` tuple, each at least ``minimum``."""
     if isinstance(v, (tuple, list)):
         if len(v) != 2:
-            raise ValueError(f"{op}: {name} must be an int or a pair of ints, got {v!r}")
+            raise ValueError(f"{op}: {name} must be an int or a pair of ints, got {short_repr(v)}")
         return (integer(op, f"{name}[0]", v[0], minimum), integer(op, f"{name}[1]", v[1], minimum))
     v = integer(op, name, v, minimum)
     return (v, v)
@@ -100,9 +140,17 @@ def number(op: str, name: str, v, low=None, high=None, low_open=False, high_open
 def choice(op: str, name: str, v, options) -> str:
     """Check that ``v`` is one of ``options`` (compared as plain values: an array is not one)."""
     if not any(type(v) is type(o) and v == o for o in options):
-        got = repr(v) if isinstance(v, str) else describe(v)
-        raise ValueError(f"{op}: {name} must be one of {sorted(options)!r}, got {got}")
+        raise ValueError(f"{op}: {name} must be one of {sorted(options)!r}, got {short_repr(v)}")
     return v
+
+
+def cache_of(op: str, cache, cache_type: type, forward: str):
+    """Check that ``cache`` is the ``cache_type`` NamedTuple that ``forward`` returns."""
+    if not isinstance(cache, cache_type):
+        raise TypeError(
+            f"{op}: cache must be the cache returned by {forward}, got {describe(cache)}"
+        )
+    return cache
 
 
 def dout_like(op: str, dout, shape, dtype) -> np.ndarray:
@@ -136,3 +184,22 @@ def output_fits(op: str, shape, dtype, what: str = "output") -> None:
             f"{op}: the {what} would have shape {tuple(shape)} ({n:.3g} elements), more than"
             f" this machine's memory holds"
         )
+
+
+def out_array(op: str, name: str, out, shape, dtype, *inputs) -> np.ndarray | None:
+    """Check an array a caller passes to be written (``out=``, ``dx=``): None, or a writeable
+    C-contiguous array of exactly ``shape`` and ``dtype`` that overlaps none of ``inputs``."""
+    if out is None:
+        return None
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{op}: {name} must be a numpy array or None, got {describe(out)}")
+    if out.shape != tuple(shape) or out.dtype != dtype:
+        raise ValueError(
+            f"{op}: {name} must have shape {tuple(shape)} and dtype {np.dtype(dtype)}, got"
+            f" {describe(out)}"
+        )
+    if not (out.flags.c_contiguous and out.flags.writeable):
+        raise ValueError(f"{op}: {name} must be C-contiguous and writeable")
+    if any(a is not None and np.may_share_memory(out, a) for a in inputs):
+        raise ValueError(f"{op}: {name} must not share memory with the op's inputs")
+    return out

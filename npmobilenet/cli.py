@@ -11,6 +11,7 @@ import argparse
 import math
 import sys
 
+from npmobilenet.exercises.command import add_exercise_command
 from npmobilenet.gradcheck.command import add_gradcheck_command
 
 
@@ -142,7 +143,7 @@ def summary_command(args) -> int:
 def add_train_command(subparsers) -> None:
     p = subparsers.add_parser(
         "train",
-        help="train MobileNetV1 (default: the built-in digits, about a minute)",
+        help="train MobileNetV1 (default: the built-in digits, about 10 s; 30 s the first time)",
         description="Train MobileNetV1 without autograd. With no arguments: the built-in"
         " handwritten digits, alpha 0.25, 32x32, the default recipe. Writes <out>/metrics.json,"
         " metrics.csv, model.safetensors, checkpoint.safetensors (every epoch) and, with"
@@ -170,9 +171,21 @@ def add_train_command(subparsers) -> None:
     p.add_argument("--max-grad-norm", type=_positive_float, help="clip gradients to this norm")
     p.add_argument(
         "--augment",
-        action="store_true",
-        default=None,
-        help="random crops (and flips, except for digits)",
+        choices=("standard", "none"),
+        help="standard: for image folders RandomResizedCrop + flips (their default), for arrays"
+        " padded random crops + flips (no flips for digits); none (the default for arrays)",
+    )
+    p.add_argument(
+        "--workers", type=int, help="threads decoding image-folder batches ahead (2; 0: none)"
+    )
+    p.add_argument(
+        "--cache-mb", type=int, help="keep decoded folder images (uint8) up to this many MB (0)"
+    )
+    p.add_argument("--channels", type=int, choices=(1, 3), help="1 or 3 (default: from the data)")
+    p.add_argument(
+        "--layout",
+        choices=("nchw", "nhwc"),
+        help=".npz image layout of x (default: nchw, refusing arrays that look channels-last)",
     )
     p.add_argument(
         "--seed", type=_non_negative_int, help="seed for init, split, shuffling, dropout (0)"
@@ -183,9 +196,23 @@ def add_train_command(subparsers) -> None:
         nargs="?",
         const=True,
         metavar="CHECKPOINT",
-        help="continue the run in --out (or from CHECKPOINT) exactly",
+        help="continue the run in --out (or from CHECKPOINT) exactly; with --epochs N larger"
+        " than a finished run's epochs, extend it by a new schedule over the extra epochs",
     )
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    p.add_argument(
+        "--init",
+        metavar="WEIGHTS",
+        help="start from saved weights: a run folder or a safetensors file (as converted from"
+        " PyTorch); a classifier for another number of classes is re-initialised, and --alpha"
+        " defaults to the weights' width",
+    )
+    p.add_argument(
+        "--freeze-features",
+        action="store_true",
+        default=None,
+        help="train only the classifier (fc); the other weights stay as loaded",
+    )
     p.add_argument(
         "--threads",
         type=_positive_int,
@@ -206,7 +233,9 @@ _TRAIN_SETTINGS = {  # argparse dest -> run configuration key
     "batch_size": "batch_size", "optimizer": "optimizer", "lr": "lr", "momentum": "momentum",
     "weight_decay": "weight_decay", "schedule": "schedule", "warmup": "warmup",
     "label_smoothing": "label_smoothing", "max_grad_norm": "max_grad_norm",
-    "augment": "augment", "seed": "seed", "threads": "threads",
+    "augment": "augment", "seed": "seed", "threads": "threads", "workers": "workers",
+    "cache_mb": "cache_mb", "channels": "channels", "layout": "layout", "init": "init",
+    "freeze_features": "freeze_features",
 }  # fmt: skip
 
 
@@ -340,29 +369,64 @@ def evaluate_command(args) -> int:
 def add_predict_command(subparsers) -> None:
     p = subparsers.add_parser(
         "predict",
-        help="top-k classes of image files",
-        description="Classify image files with a trained run: each image is resized and"
-        " cropped like the training data and normalised with the run's statistics.",
+        help="top-k classes of image files or folders",
+        description="Classify images with a trained run, in batches: each image is resized"
+        " (shorter side to resolution / 0.875), centre-cropped and normalised with the run's"
+        " statistics (or a --preset). Missing or unreadable files are reported, not fatal.",
     )
     p.add_argument("--checkpoint", required=True, help="run folder or .safetensors file")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG ...)")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of them")
     p.add_argument("--top-k", type=_positive_int, default=3, help="classes to show (3)")
+    p.add_argument("--out", help="write the results to this .csv or .jsonl instead of printing")
+    p.add_argument("--batch-size", type=_positive_int, default=32, help="images per batch (32)")
+    p.add_argument("--workers", type=int, default=2, help="threads decoding ahead (2)")
+    p.add_argument(
+        "--preset",
+        choices=("timm", "torchvision", "keras", "tf"),
+        help="the preprocessing of published weights instead of the run's own",
+    )
     p.set_defaults(func=predict_command)
 
 
 def predict_command(args) -> int:
-    from npmobilenet.train import predict_images
+    from npmobilenet.train import load_run
+    from npmobilenet.train.predict import predict_files, write_predictions
 
     try:
-        results = predict_images(args.checkpoint, args.images, top_k=args.top_k)
+        model, config = load_run(args.checkpoint)
+        k = min(args.top_k, len(config["classes"]))
+        preds = predict_files(model, config, args.images, top_k=k, batch_size=args.batch_size,
+                              preset=args.preset, workers=max(args.workers, 0),
+                              progress=args.out is not None)  # fmt: skip
+        if args.out is not None:
+            rows, errors = write_predictions(preds, args.out, k)
+        else:
+            rows, errors = _print_predictions(preds)
     except (ValueError, TypeError, OSError, ImportError) as e:
         print(f"npmobilenet predict: error: {e}", file=sys.stderr)
         return 2
-    for image, top in results:
-        print(image)
-        for name, p in top:
-            print(f"  {name:<20} {100 * p:6.2f}%")
+    if args.out is not None:
+        print(f"wrote {rows} prediction(s) to {args.out}")
+    if errors == rows:
+        print(f"npmobilenet predict: error: none of the {rows} file(s) could be read",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    if errors:
+        print(f"npmobilenet predict: {errors} of {rows} file(s) could not be read (reported in"
+              " the output)", file=sys.stderr)  # fmt: skip
     return 0
+
+
+def _print_predictions(preds) -> tuple[int, int]:
+    rows = errors = 0
+    for pred in preds:
+        print(pred.path)
+        if pred.error is not None:
+            print(f"  error: {pred.error}")
+        for name, p in pred.top:
+            print(f"  {name:<20} {100 * p:6.2f}%")
+        rows, errors = rows + 1, errors + (pred.error is not None)
+    return rows, errors
 
 
 COMMANDS = [
@@ -371,6 +435,7 @@ COMMANDS = [
     add_predict_command,
     add_summary_command,
     add_gradcheck_command,
+    add_exercise_command,
 ]
 
 
@@ -400,8 +465,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None and not args.version:
             parser.print_help()
         return 0
+    from npmobilenet.compile_notice import announce_compilation
+
     try:
-        return args.func(args)
+        with announce_compilation():  # says so when Numba compiles (a first run), silent otherwise
+            return args.func(args)
     except (ValueError, TypeError, OSError) as e:  # a command without its own error handling
         print(f"npmobilenet {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 
 from npmobilenet._checks import machine_ram
-from npmobilenet.models.mobilenet import FIRST_CONV_CHANNELS, TABLE_1
+from npmobilenet.models.mobilenet import FIRST_CONV, TABLE_1
 
 # Arrays kept per layer output during a training step: the convolution's output, the batch
 # norm's normalised input, the activation's output, and one gradient of that size.
@@ -35,7 +35,7 @@ def layer_sizes(alpha, in_channels, height, width, conv="separable", op="MobileN
     """``(weights, outputs)``: the weight count and the per-image output elements of every
     convolution (first_conv, then each block's depthwise and pointwise parts), from TABLE_1."""
     h, w = -(-height // 2), -(-width // 2)  # first_conv has stride 2
-    c = _width(op, FIRST_CONV_CHANNELS, alpha)
+    c = _width(op, FIRST_CONV.out_channels, alpha)
     weights, outputs = in_channels * c * 9 + 4 * c, [c * h * w]
     for _, c_in, c_out, stride, repeats in TABLE_1:
         for i in range(repeats):

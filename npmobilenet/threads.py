@@ -1,43 +1,189 @@
-"""Thread control between Numba kernels and BLAS.
+"""Threads: BLAS's thread count, and splitting a batch over npmobilenet's own threads.
 
 npmobilenet computes with two engines: BLAS (through NumPy's ``matmul``) for every GEMM, and
 Numba kernels for the rest (depthwise convolution, im2col, fused epilogues). Both can use
-threads, and on a small machine they must not both do so: a prototype ran 15x slower (147 ms
-instead of 9 ms per image) with a Numba parallel region beside a 2-thread BLAS, because idle
-threads of one pool spin while the other pool wants the cores.
+threads, and on a small machine they must not both do so: with a Numba parallel region beside a
+multi-threaded BLAS, idle threads of one pool spin while the other pool wants the cores.
 
 The rule this project follows:
 
 * **Numba kernels are serial** (no ``parallel=True`` anywhere), so Numba starts no threads;
-* **for one image, BLAS owns the cores**: it runs the GEMMs, ~95% of MobileNetV1's
-  arithmetic, with as many threads as it was given (by default one per core);
-* **for a batch, npmobilenet owns the cores** (``npmobilenet.parallel``: a model's training
-  step, and ``FusedMobileNetV1`` on several images): its own threads each take a slice of the
-  batch and run the serial kernels and one-thread BLAS calls on it, with BLAS set to one thread
-  meanwhile. One pool of threads, so none spins while another wants the core.
+  every op is a serial function of its arguments.
+* **For one image, BLAS owns the cores**: it runs the GEMMs, ~95% of MobileNetV1's arithmetic,
+  with as many threads as it was given (by default one per core).
+* **For a batch, a** :class:`Runner` **owns the cores**: it runs a function on contiguous slices
+  of the batch, one slice per thread, with BLAS at one thread meanwhile (:meth:`Runner.session`).
+  Nothing spins while another pool wants the core. An op splits its batch only when it is
+  *passed* a runner (the ``runner=`` keyword of ``ops.conv2d_forward`` and friends); a model
+  owns one (``MobileNetV1.runner``) and hands it to its layers for a training step.
 
-This module lets you see and change BLAS's thread count at run time through ``threadpoolctl``
-(a dependency of npmobilenet; if an install lacks it, these functions warn and change nothing).
-Without it, set the thread count with an environment variable *before* Python imports NumPy::
+Sums over the batch (weight gradients, batch-norm statistics) are added slice by slice in slice
+order: the result is deterministic for a given thread count, and differs from the serial one
+only by float rounding (like a different BLAS thread count).
+
+There is one knob: :func:`set_threads` sets how many threads a :class:`Runner` built without an
+explicit count uses (default: the machine's cores, at most 4), and :func:`blas_threads` /
+:func:`set_blas_threads` set BLAS's own count, through ``threadpoolctl`` (a dependency of
+npmobilenet; if an install lacks it, they warn and change nothing, and a runner stays serial).
+Without threadpoolctl, set BLAS's count with an environment variable *before* Python imports
+NumPy::
 
     OPENBLAS_NUM_THREADS=1 python my_script.py   # OpenBLAS (NumPy's wheels)
     MKL_NUM_THREADS=1 python my_script.py        # MKL builds of NumPy
     OMP_NUM_THREADS=1 python my_script.py        # OpenMP-threaded BLAS builds
 
-When to use fewer BLAS threads: when the cores are shared (other processes, several workers
-each running a model, or PyTorch in the same process, whose OpenMP threads also spin), one BLAS
-thread per process is often faster than two fighting for a busy core. Measure with
-``benchmarks/bench_model.py``.
+When the cores are shared (other processes, several workers each running a model, or PyTorch
+in the same process, whose OpenMP threads also spin), one thread per process is often faster
+than two fighting for a busy core.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import warnings
+from concurrent.futures import ThreadPoolExecutor
+
+__all__ = [
+    "Runner", "SERIAL", "num_threads", "set_threads", "blas_info", "blas_num_threads",
+    "blas_threads", "set_blas_threads", "describe", "MIN_SLICE_ELEMENTS", "MACS_PER_ELEMENT",
+]  # fmt: skip
 
 _ENV_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS",
              "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")  # fmt: skip
+
+# A slice of fewer elements (of the largest array an op touches) is not worth a thread: handing
+# work to another thread costs tens of microseconds, more than small arrays take to process.
+MIN_SLICE_ELEMENTS = 2**18
+# A GEMM's multiply-adds per element of memory-bound work taking about as long (~100 GFLOP/s
+# per core against ~1 ns per element): ops weigh their GEMMs' work in elements with it.
+MACS_PER_ELEMENT = 20
+
+_default_threads = max(1, min(os.cpu_count() or 1, 4))
+_executors: dict[int, ThreadPoolExecutor] = {}
+_executors_lock = threading.Lock()
+_blas_controllers = None  # threadpoolctl's per-library controllers for BLAS, found once
+
+
+def _check_count(name, n):
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"{name}: n must be an int >= 1, got {n!r}")
+
+
+def num_threads() -> int:
+    """How many threads a :class:`Runner` built without an explicit count splits work over."""
+    return _default_threads
+
+
+def set_threads(n: int) -> None:
+    """Make runners built without an explicit count (a model's default) use ``n`` threads
+    (1: serial, the kernels' own order of sums)."""
+    global _default_threads
+    _check_count("set_threads", n)
+    _default_threads = n
+
+
+def _executor(workers: int) -> ThreadPoolExecutor:
+    """A shared pool of ``workers`` threads (the caller's thread is the last slice's)."""
+    with _executors_lock:
+        if workers not in _executors:
+            _executors[workers] = ThreadPoolExecutor(workers, thread_name_prefix="npmobilenet")
+        return _executors[workers]
+
+
+class Runner:
+    """Runs ``fn(lo, hi)`` on contiguous slices of a batch, one slice per thread.
+
+    ``threads``: an int >= 1, or None for :func:`num_threads` at the time of each call.
+    Pass a runner to an op (``runner=``) to split its batch loop; call ops inside
+    :meth:`session` so that BLAS runs one thread per slice. :data:`SERIAL` is ``Runner(1)``:
+    it calls ``fn(0, n_items)`` once, in the calling thread.
+    """
+
+    def __init__(self, threads: int | None = None) -> None:
+        if threads is not None:
+            _check_count("Runner", threads)
+        self._threads = threads
+
+    @property
+    def threads(self) -> int:
+        return num_threads() if self._threads is None else self._threads
+
+    def __repr__(self) -> str:
+        return f"Runner(threads={self._threads!r})"
+
+    def slices(self, n_items: int, min_items: int = 1) -> list[tuple[int, int]]:
+        """``n_items`` cut into contiguous ``(lo, hi)`` ranges, at most one per thread, each at
+        least ``min_items`` long (fewer ranges when the work is too small to be worth it)."""
+        k = max(1, min(self.threads, n_items // max(min_items, 1)))
+        bounds = [n_items * i // k for i in range(k + 1)]
+        return [(bounds[i], bounds[i + 1]) for i in range(k)]
+
+    def map(self, fn, n_items: int, item_size: int = MIN_SLICE_ELEMENTS) -> list:
+        """``[fn(lo, hi) for (lo, hi) in slices]``, the slices in parallel, results in order.
+
+        ``item_size``: elements per item (per image) of the largest array the work touches;
+        slices hold at least :data:`MIN_SLICE_ELEMENTS` elements, so small work is not split.
+        The calling thread runs the last slice itself; an exception in any slice is raised here
+        after every slice has finished (so no thread still writes into the caller's arrays).
+        """
+        ranges = self.slices(n_items, -(-MIN_SLICE_ELEMENTS // max(int(item_size), 1)))
+        if len(ranges) == 1:
+            return [fn(*ranges[0])]
+        return _run_ranges(fn, ranges)
+
+    @contextlib.contextmanager
+    def session(self):
+        """``with runner.session() as r:`` BLAS runs one thread inside the block (restored after)
+        and ``r`` is this runner; or ``r`` is :data:`SERIAL` when there is nothing to split
+        (one thread) or BLAS did not take the limit (OpenBLAS takes a thread count only from
+        the program's main thread), since slices beside a multi-threaded BLAS oversubscribe."""
+        if self.threads == 1:
+            yield SERIAL
+            return
+        saved = [(c, c.num_threads) for c in _blas()]
+        for c, _ in saved:
+            c.set_num_threads(1)
+        limited = all(c.num_threads == 1 for c, _ in saved)
+        try:
+            yield self if limited else SERIAL
+        finally:
+            for c, num in saved:
+                c.set_num_threads(num)
+
+
+def _run_ranges(fn, ranges) -> list:
+    pool = _executor(len(ranges) - 1)
+    futures = [pool.submit(fn, lo, hi) for lo, hi in ranges[:-1]]
+    try:
+        last = fn(*ranges[-1])
+    finally:
+        results = []
+        for f in futures:
+            try:
+                results.append(f.result())
+            except BaseException as e:  # noqa: BLE001 - re-raised below
+                results.append(e)
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
+    return [*results, last]
+
+
+SERIAL = Runner(1)
+
+
+def _blas():
+    global _blas_controllers
+    if _blas_controllers is None:
+        tpc = _threadpoolctl()
+        if tpc is None:
+            _blas_controllers = []
+        else:
+            libs = tpc.ThreadpoolController().lib_controllers
+            _blas_controllers = [c for c in libs if c.user_api == "blas"]
+    return _blas_controllers
 
 
 def _threadpoolctl():
@@ -65,11 +211,6 @@ def blas_num_threads() -> int | None:
     """BLAS's current thread count (the largest over loaded BLAS libraries), or None if unknown."""
     counts = [lib["num_threads"] for lib in blas_info()]
     return max(counts) if counts else None
-
-
-def _check_count(name, n):
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"{name}: n must be an int >= 1, got {n!r}")
 
 
 @contextlib.contextmanager
@@ -115,15 +256,9 @@ def describe() -> str:
     env = ", ".join(f"{k}={os.environ[k]}" for k in _ENV_VARS if k in os.environ) or "none set"
     return (
         f"cores: {os.cpu_count()}; BLAS: {blas}; Numba kernels: serial (no parallel regions);"
-        f" training steps split over {_parallel_threads()} npmobilenet threads (BLAS at 1"
+        f" batches split over {num_threads()} npmobilenet threads by default (BLAS at 1"
         f" thread inside them); thread env vars: {env}"
     )
-
-
-def _parallel_threads() -> int:
-    from npmobilenet import parallel
-
-    return parallel.threads()
 
 
 _NO_TPC = (

@@ -69,7 +69,10 @@ def test_kernels_match_naive(dtype):
     x = (rng.integers(-4, 17, 300) * 0.5).astype(dtype)
     x[::37] = np.nan
     dout = rng.standard_normal(300).astype(dtype)
-    for fast, naive in [(K.relu_bwd, K.relu_bwd_naive), (K.relu6_bwd, K.relu6_bwd_naive)]:
+    for fast, naive in [
+        (K.relu_backward_input, K.relu_backward_input_naive),
+        (K.relu6_backward_input, K.relu6_backward_input_naive),
+    ]:
         a, b = np.empty_like(x), np.empty_like(x)
         fast(dout, x, a)
         naive(dout, x, b)
@@ -82,3 +85,18 @@ def test_non_contiguous_input():
     dx = relu6_backward(np.ones((3, 4)).T, cache)  # a transposed (non-contiguous) dout
     np.testing.assert_array_equal(out, np.clip(x, 0, 6))
     np.testing.assert_array_equal(dx, ((x > 0) & (x < 6)).astype(float))
+
+
+def test_activation_table_is_the_one_every_layer_and_engine_reads():
+    """ACTIVATIONS' clamp equals its forward op; the layers and the model use the same names."""
+    from npmobilenet.models import mobilenet
+    from npmobilenet.nn.layers import ACTIVATION_LAYERS
+    from npmobilenet.ops.activations import ACTIVATIONS
+
+    x = np.linspace(-10, 10, 41)
+    for name, act in ACTIVATIONS.items():
+        lo, hi = act.clamp
+        np.testing.assert_array_equal(act.forward(x)[0], np.minimum(np.maximum(x, lo), hi))
+        layer = ACTIVATION_LAYERS[name]()
+        np.testing.assert_array_equal(layer(x), act.forward(x)[0])
+    assert set(ACTIVATION_LAYERS) == set(ACTIVATIONS) == set(mobilenet.ACTIVATIONS)

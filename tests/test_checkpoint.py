@@ -21,7 +21,6 @@ from npmobilenet.models import MobileNetV1
 from npmobilenet.optim import SGD
 from npmobilenet.optim.lr_scheduler import OneCycleLR
 from npmobilenet.train import Trainer, load_checkpoint, save_checkpoint, train_run
-from npmobilenet.train.checkpoint import KILL_HOOK_ENV
 from npmobilenet.train.metrics import without_timings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,11 +44,16 @@ def digest(path) -> str:
         return hashlib.sha256(f.read()).hexdigest()
 
 
-def run_cli(args, env_extra=None):
-    env = {**os.environ, "PYTHONPATH": ROOT, **(env_extra or {})}
-    code = "import sys; from npmobilenet.cli import main; sys.exit(main(sys.argv[1:]))"
+def run_cli(args, kill_at_write=None):
+    """``npmobilenet ARGS`` in a fresh process; killed mid-way through its ``kill_at_write``-th
+    file write when that is given (``tests/kill_during_save.py``)."""
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    if kill_at_write is None:
+        code = ["-c", "import sys; from npmobilenet.cli import main; sys.exit(main(sys.argv[1:]))"]
+    else:
+        code = [os.path.join(ROOT, "tests", "kill_during_save.py"), str(kill_at_write)]
     return subprocess.run(
-        [sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, *code, *args], env=env, capture_output=True, text=True, timeout=300
     )
 
 
@@ -67,6 +71,7 @@ def tiny_trainer(seed=0, dropout=0.3):
     return Trainer(model, opt, loader, None, sched, progress="none", log=None)
 
 
+@pytest.mark.slow
 def test_trainer_resume_equals_uninterrupted(tmp_path):
     full = tiny_trainer()
     full.fit(3)
@@ -107,6 +112,7 @@ def test_checkpoint_round_trip_holds_every_part(tmp_path):
     assert all(isinstance(s["momentum_buffer"], np.ndarray) for s in buffers.values())
 
 
+@pytest.mark.slow
 def test_cli_killed_mid_save_then_resume_is_exact(tmp_path, small_npz):
     """Kill the process half-way through writing epoch 3's checkpoint: epoch 2's survives,
     and --resume from it ends with the uninterrupted run's exact weights and metrics."""
@@ -116,7 +122,7 @@ def test_cli_killed_mid_save_then_resume_is_exact(tmp_path, small_npz):
     assert res.returncode == 0, res.stderr
 
     part = tmp_path / "part"
-    res = run_cli(["train", *common, "--out", str(part)], {KILL_HOOK_ENV: "3"})
+    res = run_cli(["train", *common, "--out", str(part)], kill_at_write=3)
     assert res.returncode == -9, (res.returncode, res.stderr)  # SIGKILL
     assert any(n.startswith(".tmp-") for n in os.listdir(part))  # the half-written temp file
     assert not (part / "model.safetensors").exists()
@@ -135,6 +141,7 @@ def test_cli_killed_mid_save_then_resume_is_exact(tmp_path, small_npz):
         assert without_timings(json.load(g)) == without_timings(json.load(f))
 
 
+@pytest.mark.slow
 def test_truncated_checkpoint_is_refused_and_nothing_overwritten(tmp_path, small_npz):
     out = tmp_path / "run"
     train_run({"data": small_npz, "epochs": 1, "batch_size": 80}, out, progress="none", log=quiet)

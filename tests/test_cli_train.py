@@ -123,3 +123,47 @@ def test_default_out_never_reuses_a_run(tmp_path, monkeypatch):
     open("runs/digits/metrics.json", "w").close()
     assert _default_out("digits") == os.path.join("runs", "digits-2")
     assert _default_out("/data/flowers/") == os.path.join("runs", "flowers")
+
+
+def test_evaluate_and_predict_equal_the_module_path(trained, tmp_path):
+    """evaluate_run / predict_images run the fused engine; their numbers are the module path's."""
+    from npmobilenet.data import DataLoader
+    from npmobilenet.data.transforms import Normalize
+    from npmobilenet.train import evaluate
+    from npmobilenet.train.run import evaluate_run, load_run, predict_images
+
+    out, _ = trained
+    model, config = load_run(out)
+    _, test = load_digits_dataset(32, channels=1)
+    with open(out / "metrics.json") as f:
+        m = json.load(f)
+    model.fuse = None  # no engine: evaluate falls back to the module path
+    normalize = Normalize(config["mean"], config["std"])
+    loader = DataLoader(_test_split(config), 256, transform=normalize)
+    module_path = evaluate(model, loader, 10)
+    fused = evaluate_run(out, log=lambda line: None)
+    assert fused["loss"] == pytest.approx(module_path["loss"], rel=1e-5)
+    assert fused["loss"] == pytest.approx(m["test_loss"], rel=1e-5)
+    np.testing.assert_array_equal(fused["confusion"], module_path["confusion"])
+    from PIL import Image
+
+    p = tmp_path / "digit.png"
+    Image.fromarray((255 * test.x[3, 0]).astype(np.uint8)).save(p)
+    ((_, top),) = predict_images(out, [str(p)], top_k=10)
+    from npmobilenet.data.decode import decode
+    from npmobilenet.train.predict import input_transform
+
+    x = input_transform(config)([decode(str(p), 1)])  # (1, 1, 32, 32), as predict prepares it
+    model, _ = load_run(out)
+    logits = model.forward(x.astype(model.dtype))[0]
+    probs = np.exp(logits - logits.max())
+    probs /= probs.sum()
+    got = {name: prob for name, prob in top}
+    np.testing.assert_allclose([got[c] for c in config["classes"]], probs, rtol=1e-4, atol=1e-6)
+
+
+def _test_split(config):
+    from npmobilenet.train.run import load_data
+
+    _, test, _ = load_data(config, warn=lambda line: None)
+    return test

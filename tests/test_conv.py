@@ -8,21 +8,29 @@ from conftest import TOL
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from npmobilenet.kernels import tuned
 from npmobilenet.kernels.conv_depthwise import (
     depthwise3x3_backward_input,
-    depthwise3x3_backward_input_stride2,
-    depthwise3x3_backward_small,
     depthwise3x3_backward_weight,
     depthwise3x3_forward,
-    depthwise3x3_forward_small,
 )
 from npmobilenet.kernels.conv_direct import (
+    conv2d_backward_naive,
     conv2d_direct_backward_input,
     conv2d_direct_backward_weight,
     conv2d_direct_forward,
-    conv2d_naive_backward,
-    conv2d_naive_forward,
+    conv2d_forward_naive,
     valid_range,
+)
+from npmobilenet.kernels.tuned.depthwise3x3 import (
+    depthwise3x3_backward_input_flat,
+    depthwise3x3_backward_input_skip_padding,
+    depthwise3x3_backward_input_stride2,
+    depthwise3x3_backward_small,
+    depthwise3x3_backward_weight_flat,
+    depthwise3x3_forward_cols2,
+    depthwise3x3_forward_flat,
+    depthwise3x3_forward_small,
 )
 from npmobilenet.ops import conv as conv_ops
 from npmobilenet.ops.conv import choose_method, conv2d_backward, conv2d_forward
@@ -103,7 +111,7 @@ def test_backward_without_input_grad_matches_torch(torch, cfg, method, batched_i
     threshold = conv_ops.IM2COL_BATCHED_MAX_BYTES
     conv_ops.IM2COL_BATCHED_MAX_BYTES = threshold if batched_im2col else -1
     try:
-        dx, dw, db = conv_ops.conv2d_backward_run(dout, cache, input_grad=False)
+        dx, dw, db = conv_ops.conv2d_backward(dout, cache, input_grad=False)
     finally:
         conv_ops.IM2COL_BATCHED_MAX_BYTES = threshold
     assert dx is None
@@ -142,14 +150,14 @@ def test_fast_direct_kernels_match_naive_loops(cfg, seed):
     geom = (sh, sw, pt, pl, dh, dw, cfg["groups"])
     fast, naive = np.zeros(cfg["out_shape"]), np.zeros(cfg["out_shape"])
     conv2d_direct_forward(x, w, fast, *geom)
-    conv2d_naive_forward(x, w, naive, *geom)
+    conv2d_forward_naive(x, w, naive, *geom)
     np.testing.assert_allclose(fast, naive, rtol=1e-12, atol=1e-12)
 
     dout = np.random.default_rng(seed).standard_normal(cfg["out_shape"])
     dx, dwt, dx_n, dw_n = np.zeros_like(x), np.zeros_like(w), np.zeros_like(x), np.zeros_like(w)
     conv2d_direct_backward_input(dout, w, dx, *geom)
     conv2d_direct_backward_weight(dout, x, dwt, *geom)
-    conv2d_naive_backward(dout, x, w, dx_n, dw_n, *geom)
+    conv2d_backward_naive(dout, x, w, dx_n, dw_n, *geom)
     np.testing.assert_allclose(dx, dx_n, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(dwt, dw_n, rtol=1e-12, atol=1e-12)
 
@@ -169,23 +177,35 @@ def test_depthwise3x3_kernels_match_naive_loops(shape, size, stride, pads, seed)
     x, w = rng.standard_normal((N, C, H, W)), rng.standard_normal((C * m, 1, 3, 3))
     dout = rng.standard_normal((N, C * m, OH, OW))
     geom = (sh, sw, pt, pl, 1, 1, C)
-    fast, naive = np.zeros((N, C * m, OH, OW)), np.zeros((N, C * m, OH, OW))
-    depthwise3x3_forward(x, w, fast, sh, sw, pt, pl)
-    conv2d_naive_forward(x, w, naive, *geom)
-    np.testing.assert_allclose(fast, naive, rtol=1e-12, atol=1e-12)
+    naive = np.zeros((N, C * m, OH, OW))
+    conv2d_forward_naive(x, w, naive, *geom)
+    forward = [depthwise3x3_forward]
+    forward += [depthwise3x3_forward_flat] if (sh, sw) == (1, 1) else []
+    forward += [depthwise3x3_forward_cols2] if sw == 2 else []
+    for kernel in forward:
+        fast = np.zeros((N, C * m, OH, OW))
+        kernel(x, w, fast, sh, sw, pt, pl)
+        np.testing.assert_allclose(fast, naive, rtol=1e-12, atol=1e-12, err_msg=kernel.__name__)
 
-    dx_n, dw_n, dw = np.zeros_like(x), np.zeros_like(w), np.zeros_like(w)
-    conv2d_naive_backward(dout, x, w, dx_n, dw_n, *geom)
-    depthwise3x3_backward_weight(dout, x, dw, sh, sw, pt, pl)
-    np.testing.assert_allclose(dw, dw_n, rtol=1e-12, atol=1e-12)
-    dx = np.zeros_like(x)
+    dx_n, dw_n = np.zeros_like(x), np.zeros_like(w)
+    conv2d_backward_naive(dout, x, w, dx_n, dw_n, *geom)
+    weight_grad = [depthwise3x3_backward_weight]
+    weight_grad += [depthwise3x3_backward_weight_flat] if (sh, sw) == (1, 1) else []
+    for kernel in weight_grad:
+        dw = np.zeros_like(w)
+        kernel(dout, x, dw, sh, sw, pt, pl)
+        np.testing.assert_allclose(dw, dw_n, rtol=1e-12, atol=1e-12, err_msg=kernel.__name__)
     w_flipped = np.ascontiguousarray(w[:, :, ::-1, ::-1])
-    depthwise3x3_backward_input(dout, w_flipped, dx, sh, sw, pt, pl)
-    np.testing.assert_allclose(dx, dx_n, rtol=1e-12, atol=1e-12)
-    if (sh, sw) == (2, 2):
+    input_grad = [
+        depthwise3x3_backward_input,
+        depthwise3x3_backward_input_flat,
+        depthwise3x3_backward_input_skip_padding,
+    ]
+    input_grad += [depthwise3x3_backward_input_stride2] if (sh, sw) == (2, 2) else []
+    for kernel in input_grad:
         dx = np.zeros_like(x)
-        depthwise3x3_backward_input_stride2(dout, w_flipped, dx, pt, pl)
-        np.testing.assert_allclose(dx, dx_n, rtol=1e-12, atol=1e-12)
+        kernel(dout, w_flipped, dx, sh, sw, pt, pl)
+        np.testing.assert_allclose(dx, dx_n, rtol=1e-12, atol=1e-12, err_msg=kernel.__name__)
 
     if m == 1:  # the channels-innermost kernels for tiny planes (depth multiplier 1 only)
         small = np.zeros_like(naive)
@@ -199,24 +219,28 @@ def test_depthwise3x3_kernels_match_naive_loops(shape, size, stride, pads, seed)
 
 @pytest.mark.parametrize("stride", [1, 2])
 def test_depthwise3x3_wide_planes_match_naive_loops(stride):
-    """Planes wider than FLAT_MAX_WIDTH take the row-by-row stride-1 path."""
-    from npmobilenet.kernels.conv_depthwise import FLAT_MAX_WIDTH
-
+    """Planes wider than the flat variants' 32 columns: the readable kernels and the table."""
     rng = np.random.default_rng(stride)
-    H, W = 5, FLAT_MAX_WIDTH + 9
+    H, W = 5, 41
     x, w = rng.standard_normal((2, 3, H, W)), rng.standard_normal((3, 1, 3, 3))
     OH, OW = (H - 1) // stride + 1, (W - 1) // stride + 1
     dout = rng.standard_normal((2, 3, OH, OW))
     geom = (stride, stride, 1, 1, 1, 1, 3)
-    fast, naive = np.zeros((2, 3, OH, OW)), np.zeros((2, 3, OH, OW))
-    depthwise3x3_forward(x, w, fast, stride, stride, 1, 1)
-    conv2d_naive_forward(x, w, naive, *geom)
-    np.testing.assert_allclose(fast, naive, rtol=1e-12, atol=1e-12)
-    dx, dx_n, dw_n = np.zeros_like(x), np.zeros_like(x), np.zeros_like(w)
-    conv2d_naive_backward(dout, x, w, dx_n, dw_n, *geom)
+    naive = np.zeros((2, 3, OH, OW))
+    conv2d_forward_naive(x, w, naive, *geom)
+    dx_n, dw_n = np.zeros_like(x), np.zeros_like(w)
+    conv2d_backward_naive(dout, x, w, dx_n, dw_n, *geom)
+    shape = tuned.DepthwiseShape(3, 3, (H, W), (OH, OW), (stride, stride))
+    for forward in (depthwise3x3_forward, tuned.depthwise3x3_kernel("forward", shape)):
+        fast = np.zeros((2, 3, OH, OW))
+        forward(x, w, fast, stride, stride, 1, 1)
+        np.testing.assert_allclose(fast, naive, rtol=1e-12, atol=1e-12)
     w_flipped = np.ascontiguousarray(w[:, :, ::-1, ::-1])
-    depthwise3x3_backward_input(dout, w_flipped, dx, stride, stride, 1, 1)
-    np.testing.assert_allclose(dx, dx_n, rtol=1e-12, atol=1e-12)
+    tuned_input_grad = tuned.depthwise3x3_kernel("backward_input", shape)
+    for input_grad in (depthwise3x3_backward_input, tuned_input_grad):
+        dx = np.zeros_like(x)
+        input_grad(dout, w_flipped, dx, stride, stride, 1, 1)
+        np.testing.assert_allclose(dx, dx_n, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("size", [(7, 7), (8, 8), (7, 10), (12, 5), (1, 2)])
@@ -230,9 +254,10 @@ def test_depthwise3x3_stride2_input_grad_matches_naive_loops(size, pads, multipl
     x, w = rng.standard_normal((N, C, H, W)), rng.standard_normal((C * multiplier, 1, 3, 3))
     dout = rng.standard_normal((N, C * multiplier, OH, OW))
     dx, dx_n, dw_n = np.zeros_like(x), np.zeros_like(x), np.zeros_like(w)
-    conv2d_naive_backward(dout, x, w, dx_n, dw_n, 2, 2, pt, pl, 1, 1, C)
+    conv2d_backward_naive(dout, x, w, dx_n, dw_n, 2, 2, pt, pl, 1, 1, C)
     dx[:] = 0.5  # the kernel adds into dx
-    depthwise3x3_backward_input_stride2(dout, np.ascontiguousarray(w[:, :, ::-1, ::-1]), dx, pt, pl)
+    w_flipped = np.ascontiguousarray(w[:, :, ::-1, ::-1])
+    depthwise3x3_backward_input_stride2(dout, w_flipped, dx, 2, 2, pt, pl)
     np.testing.assert_allclose(dx - 0.5, dx_n, rtol=1e-12, atol=1e-12)
 
 
@@ -383,3 +408,71 @@ def test_strategy_out_shape_is_the_shape_conv2d_returns(cfg):
     out, _ = conv2d_forward(**arrays, **conv2d_kwargs(cfg))
     assert out.shape == cfg["out_shape"] and out.dtype == cfg["dtype"]
     assert (arrays["bias"] is not None) == cfg["bias"]
+
+
+def test_every_tuned_depthwise_kernel_is_tested_against_the_naive_loops():
+    """The dispatch table holds exactly the kernels the naive-loop tests above exercise."""
+    tested = {
+        depthwise3x3_forward, depthwise3x3_forward_flat, depthwise3x3_forward_cols2,
+        depthwise3x3_forward_small, depthwise3x3_backward_small,
+        depthwise3x3_backward_weight, depthwise3x3_backward_weight_flat,
+        depthwise3x3_backward_input, depthwise3x3_backward_input_flat,
+        depthwise3x3_backward_input_stride2, depthwise3x3_backward_input_skip_padding,
+    }  # fmt: skip
+    assert {v.kernel for v in tuned.DEPTHWISE3X3} == tested
+    assert {v.op for v in tuned.DEPTHWISE3X3} == set(tuned.OPS)
+
+
+@pytest.mark.parametrize(
+    "shape, want",
+    [
+        ((32, 32, (112, 112), (112, 112), (1, 1)), ("forward", "backward_weight_flat", "input")),
+        ((64, 64, (112, 112), (56, 56), (2, 2)), ("forward_cols2", "backward_weight", "stride2")),
+        ((512, 512, (14, 14), (14, 14), (1, 1)), ("forward_flat", "weight_flat", "input_flat")),
+        ((1024, 1024, (2, 2), (2, 2), (1, 1)), ("forward_small", None, None)),
+    ],
+)
+def test_depthwise_dispatch_picks_the_documented_variant(shape, want):
+    s = tuned.DepthwiseShape(*shape)
+    if want[1] is None:
+        assert tuned.depthwise3x3_kernel("backward", s) is depthwise3x3_backward_small
+    else:
+        assert tuned.depthwise3x3_kernel("backward", s) is None
+    ops = ("forward", "backward_weight", "backward_input")
+    names = [tuned.depthwise3x3_kernel(op, s).__name__ for op in ops]
+    assert names[0] == "depthwise3x3_" + want[0]
+    if want[1] is not None:
+        assert names[1].endswith(want[1]) and names[2].endswith(want[2])
+
+
+@pytest.mark.torch
+@pytest.mark.filterwarnings("ignore:invalid value encountered")
+@pytest.mark.parametrize("method", ["direct", "im2col"])
+@pytest.mark.parametrize("depthwise", [False, True])
+@pytest.mark.parametrize(
+    "size, stride",
+    [((1, 1), 1), ((4, 4), 1), ((9, 9), 1), ((9, 9), 2), ((40, 40), 1), ((7, 40), 2)],
+)
+def test_nonfinite_weight_at_padded_taps_gives_ieee_nan_as_torch(
+    torch, method, depthwise, size, stride
+):
+    """0 * inf = NaN at padded taps: every method and kernel variant gives PyTorch's output."""
+    rng = np.random.default_rng(size[1] + stride)
+    C = 3
+    x = rng.standard_normal((2, C, *size))
+    w = rng.standard_normal((C, 1 if depthwise else C, 3, 3))
+    w[0, 0, 0, 0] = np.inf  # reads the top-left padding (the only tap left for a 1x1 input)
+    w[1, 0, 2, 1] = -np.inf
+    w[2, 0, 1, 0] = np.nan
+    kw = dict(stride=stride, padding=1, groups=C if depthwise else 1)
+    out, cache = conv2d_forward(x, w, method=method, **kw)
+    tx, tw = (torch.tensor(a, requires_grad=True) for a in (x, w))
+    ref = torch.nn.functional.conv2d(tx, tw, **kw)
+    assert np.isnan(ref.detach().numpy()).any()  # the case under test: NaN from the padding
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(ref.detach().numpy()))
+    np.testing.assert_allclose(out, ref.detach().numpy(), rtol=1e-12, atol=1e-12, equal_nan=True)
+    # the input gradient: padded taps receive nothing, so they multiply nothing either
+    dout = rng.standard_normal(out.shape)
+    ref.backward(torch.from_numpy(dout))
+    dx, _, _ = conv2d_backward(dout, cache)
+    np.testing.assert_allclose(dx, tx.grad.numpy(), rtol=1e-12, atol=1e-12, equal_nan=True)

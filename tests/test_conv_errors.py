@@ -259,7 +259,7 @@ def test_cache_of_wrong_kind():
     with pytest.raises(
         TypeError,
         match=re.escape(
-            "conv2d_backward: cache must be the Conv2dCache returned by conv2d_forward, got tuple"
+            "conv2d_backward: cache must be the cache returned by conv2d_forward, got tuple"
         ),
     ):
         conv2d_backward(out, (1, 2))

@@ -123,6 +123,8 @@ def test_image_folder_resizes_the_shorter_side_then_crops_the_centre(tmp_path):
     stripes = np.zeros((20, 60), dtype=np.uint8)  # h 20, w 60: black | white | black thirds
     stripes[:, 20:40] = 255
     Image.fromarray(stripes).save(tmp_path / "only" / "s.png")
+    (tmp_path / "other").mkdir()
+    Image.fromarray(stripes).save(tmp_path / "other" / "t.png")
     img = ImageFolder(tmp_path, resolution=10, channels=1).x[0, 0]  # 20x60 -> 10x30 -> crop 10..20
     np.testing.assert_allclose(img[:, 1:9], 1.0, atol=1e-6)  # the centre third is white
     assert img[:, 0].max() < 1 and img[:, 9].max() < 1  # blurred edges of the white band

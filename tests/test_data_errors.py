@@ -26,7 +26,7 @@ from npmobilenet.data import (
 def test_digits_without_scikit_learn_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "sklearn", None)
     monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
-    with pytest.raises(ImportError, match=r'scikit-learn.*pip install "npmobilenet\[demo\]"'):
+    with pytest.raises(ImportError, match=r'scikit-learn.*pip install "\.\[demo\]"'):
         load_digits_dataset()
 
 
@@ -50,7 +50,7 @@ def test_digits_bad_arguments(kw, exc, match):
 
 def test_image_folder_without_pillow_names_the_extra(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "PIL", None)
-    with pytest.raises(ImportError, match=r'needs Pillow; .*pip install "npmobilenet\[demo\]"'):
+    with pytest.raises(ImportError, match=r'needs Pillow; .*pip install "\.\[demo\]"'):
         ImageFolder(tmp_path)
 
 
@@ -83,6 +83,8 @@ def test_image_folder_with_an_empty_class(tmp_path):
 def test_image_folder_class_of_only_corrupt_files(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "bad.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    (tmp_path / "b").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "b" / "good.png")
     with pytest.warns(UserWarning, match=r"skipped .*bad\.jpg"):
         with pytest.raises(ValueError, match=r"has no readable images \(all 1 files were skipped"):
             ImageFolder(tmp_path)
@@ -91,12 +93,14 @@ def test_image_folder_class_of_only_corrupt_files(tmp_path):
 def test_image_folder_truncated_image_is_skipped_with_a_warning(tmp_path):
     (tmp_path / "a").mkdir()
     Image.new("RGB", (4, 4)).save(tmp_path / "a" / "good.png")
+    (tmp_path / "b").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "b" / "good.png")
     Image.effect_noise((64, 64), 50).save(tmp_path / "a" / "cut.png")
     data = (tmp_path / "a" / "cut.png").read_bytes()
     (tmp_path / "a" / "cut.png").write_bytes(data[: len(data) // 2])
     with pytest.warns(UserWarning, match=r"ImageFolder: skipped .*cut\.png"):
         ds = ImageFolder(tmp_path, resolution=4)
-    assert len(ds) == 1 and ds.skipped[0].endswith("cut.png")
+    assert len(ds) == 2 and ds.skipped[0].endswith("cut.png")
 
 
 def test_image_folder_bad_channels(tmp_path):
@@ -226,3 +230,39 @@ def _ds(n=5):
 def test_loader_and_transform_bad_arguments(make, exc, match):
     with pytest.raises(exc, match=match):
         make()
+
+
+# ----- odd .npz files: one line naming the file ------------------------------------------------
+
+
+def test_npz_empty_file_npy_renamed_and_zero_images(tmp_path):
+    empty = tmp_path / "empty.npz"
+    empty.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"load_npz: '.*empty\.npz' is empty \(0 bytes\)"):
+        load_npz(empty)
+    renamed = tmp_path / "array.npz"
+    with open(renamed, "wb") as f:
+        np.save(f, np.zeros((2, 1, 4, 4), np.float32))
+    with pytest.raises(ValueError, match=r"'.*array\.npz' holds a single array \(a \.npy file\)"):
+        load_npz(renamed)
+    none = tmp_path / "none.npz"
+    np.savez(none, x=np.zeros((0, 1, 4, 4), np.float32), y=np.zeros(0, np.int64))
+    with pytest.raises(ValueError, match=r"'.*none\.npz': x holds zero images"):
+        load_npz(none)
+    for path in (empty, renamed, none):
+        with pytest.raises(ValueError) as err:
+            load_npz(path)
+        assert "\n" not in str(err.value) and str(path) in str(err.value)
+
+
+def test_npz_channels_last_is_refused_or_transposed_when_told(tmp_path):
+    x = np.random.default_rng(0).random((4, 32, 32, 3)).astype(np.float32)  # (N, H, W, C)
+    path = tmp_path / "nhwc.npz"
+    np.savez(path, x=x, y=np.array([0, 1, 0, 1]))
+    with pytest.raises(ValueError, match=r"looks channels-last .*x\.transpose\(0, 3, 1, 2\)"):
+        load_npz(path)
+    train, _ = load_npz(path, layout="nhwc")
+    assert train.x.shape == (4, 3, 32, 32)
+    np.testing.assert_array_equal(train.x[2, 1], x[2, :, :, 1])
+    train, _ = load_npz(path, layout="nchw")  # explicitly as stored: 32 channels of 32x3
+    assert train.x.shape == (4, 32, 32, 3)

@@ -197,7 +197,7 @@ def test_function_writing_its_input_is_rejected(rng):
         return np.sum(x)
 
     x = rng.standard_normal(3)
-    with pytest.raises(ValueError, match=r"fn modified inputs\['x'\] in place"):
+    with pytest.raises(GradcheckError, match="check_grad: fn modified its input 'x' in place"):
         check_grad(fn, {"x": x}, {"x": np.full(3, 2.0)})
 
 
@@ -309,8 +309,9 @@ def test_check_op_single_gradient_maps_to_first_input(rng):
     x = rng.standard_normal((2, 5))
     report = check_op(tanh_forward, tanh_backward, {"x": x}, config={"scale": 1.5})
     assert [r.name for r in report.inputs] == ["x"]
-    # a non-array setting may also follow the checked entries in inputs
-    check_op(tanh_forward, tanh_backward, {"x": x, "scale": 1.5})
+    # inputs holds only what the backward differentiates: a setting there is refused
+    with pytest.raises(TypeError, match=r"inputs\['scale'\] must be a floating-point array"):
+        check_op(tanh_forward, tanh_backward, {"x": x, "scale": 1.5})
 
 
 def test_check_op_float32_runs_in_float64(rng):
@@ -350,8 +351,8 @@ def test_check_op_keeps_state_and_rng_fixed(rng):
     state0 = state.copy()
     gen = np.random.default_rng(7)
     gen_state = gen.bit_generator.state
-    check_op(noisy_state_forward, noisy_state_backward, {"x": x, "state": state},
-             config={"rng": gen})  # fmt: skip
+    check_op(noisy_state_forward, noisy_state_backward, {"x": x},
+             config={"state": state, "rng": gen})  # fmt: skip
     np.testing.assert_array_equal(state, state0)
     assert gen.bit_generator.state == gen_state
 
@@ -390,6 +391,52 @@ def test_check_op_bad_backwards_fail_clearly(affine_inputs):
             check_op(affine_forward, backward, affine_inputs)
 
 
+def test_check_op_refuses_a_missing_gradient(affine_inputs):
+    """A backward that forgets a gradient fails; it never passes on the gradients it returned."""
+
+    def forgot_db(dout, cache):
+        return affine_backward(dout, cache)[:2]
+
+    def only_dx(dout, cache):
+        return affine_backward(dout, cache)[0]
+
+    with pytest.raises(GradcheckError, match=r"check_op: backward returned 2 gradient\(s\) for "
+                       r"the 3 inputs \['x', 'w', 'b'\]: no gradient for 'b'"):  # fmt: skip
+        check_op(affine_forward, forgot_db, affine_inputs)
+    with pytest.raises(GradcheckError, match="no gradient for 'w'"):
+        check_op(affine_forward, only_dx, affine_inputs)
+    with pytest.raises(GradcheckError, match="no gradient for 'w'"):
+        check_op(affine_forward, only_dx, affine_inputs, fast=True)
+
+
+def test_check_op_names_gradients_in_the_wrong_order(affine_inputs):
+    def swapped(dout, cache):
+        dx, dw, db = affine_backward(dout, cache)
+        return dw, dx, db
+
+    with pytest.raises(GradcheckError, match=r"gradient of 'x' must be .* it has the shape of "
+                       r"'w': are the gradients returned in the order of inputs\?"):  # fmt: skip
+        check_op(affine_forward, swapped, affine_inputs)
+
+
+def test_errors_name_the_function_called(affine_inputs):
+    def wrong(dout, cache):
+        dx, dw, db = affine_backward(dout, cache)
+        return dx, dw, -db
+
+    with pytest.raises(GradcheckError, match=r"^check_op \(full mode\): gradient of 'b'"):
+        check_op(affine_forward, wrong, affine_inputs)
+    with pytest.raises(ValueError, match="^check_op: eps must be finite"):
+        check_op(affine_forward, affine_backward, affine_inputs, eps=0.0)
+
+    def writes_its_input(x, w, b=None):
+        x[0, 0] += 1.0
+        return affine_forward(x, w, b)
+
+    with pytest.raises(GradcheckError, match="^check_op: forward modified its input 'x' in place"):
+        check_op(writes_its_input, affine_backward, affine_inputs)
+
+
 def test_check_op_bad_arguments(affine_inputs):
     with pytest.raises(TypeError, match="check_op: forward must be callable"):
         check_op(None, affine_backward, affine_inputs)
@@ -400,7 +447,7 @@ def test_check_op_bad_arguments(affine_inputs):
     with pytest.raises(ValueError, match=r"\['b'\] given in both inputs and config"):
         check_op(affine_forward, affine_backward, affine_inputs, config={"b": None})
     # a setting placed where the backward returns a gradient
-    with pytest.raises(TypeError, match=r"inputs\['scale'\] gets a gradient .* in config"):
+    with pytest.raises(TypeError, match=r"inputs\['scale'\] must be a floating-point array"):
         check_op(tanh_forward, tanh_backward, {"scale": 1.5, "x": affine_inputs["x"]})
 
 

@@ -132,7 +132,8 @@ def test_npz_file_is_rejected(tmp_path):
 
 
 def test_missing_file():
-    with pytest.raises(FileNotFoundError, match="load_state_dict_file: no such file: /nope"):
+    match = "load_state_dict_file: no safetensors file at /nope"
+    with pytest.raises(FileNotFoundError, match=match):
         load_state_dict_file("/nope/w.safetensors")
 
 

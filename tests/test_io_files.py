@@ -122,11 +122,13 @@ def test_killed_save_then_next_save_leaves_one_clean_file(tmp_path):
     """A real save killed mid-write (the checkpoint test hook), then a successful save."""
     path = tmp_path / "c.safetensors"
     code = (
-        "import sys; from npmobilenet.models import MobileNetV1;"
-        " from npmobilenet.train import save_checkpoint;"
-        " save_checkpoint(sys.argv[1], MobileNetV1(alpha=0.25, num_classes=3, seed=0), {})"
+        "import sys; from kill_during_save import killing_writer;"
+        " from npmobilenet.models import MobileNetV1; from npmobilenet.train import checkpoint;"
+        " checkpoint.atomic_write_bytes = killing_writer(1, checkpoint.atomic_write_bytes);"
+        " checkpoint.save_checkpoint(sys.argv[1], MobileNetV1(alpha=0.25, num_classes=3, seed=0),"
+        " {})"
     )
-    env = {**os.environ, "PYTHONPATH": ROOT, "NPMOBILENET_TEST_KILL_DURING_SAVE": "1"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.path.join(ROOT, "tests")])}
     r = subprocess.run([sys.executable, "-c", code, str(path)], env=env, timeout=120)
     assert r.returncode == -9
     (partial,) = os.listdir(tmp_path)

@@ -194,9 +194,9 @@ def _freeze_activation_patterns(model) -> dict:
 def _record_then_replay(bn, state):
     real_forward_act = bn.forward_act
 
-    def forward_act(x, activation):
+    def forward_act(x, activation, **kw):
         if not state["frozen"]:
-            out = real_forward_act(x, activation)
+            out = real_forward_act(x, activation, **kw)
             bn.pattern = (out <= 0, out >= (6.0 if activation == "relu6" else np.inf))
             return out
         low, high = bn.pattern
@@ -248,6 +248,7 @@ def _gradcheck_model(seed, activation="relu"):
     return m
 
 
+@pytest.mark.slow
 @pytest.mark.kernels
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_whole_model_gradient_check(mode):
@@ -273,8 +274,8 @@ def test_whole_model_gradient_check_catches_a_wrong_backward(monkeypatch):
     m = _gradcheck_model(11, activation="relu6").eval()
     real = Conv2d.backward
 
-    def halved(self, dout, input_grad=True):
-        dx = real(self, dout, input_grad)
+    def halved(self, dout, *, consume=False, input_grad=True):
+        dx = real(self, dout, consume=consume, input_grad=input_grad)
         if self is m.depthwise_sep_conv3.dwconv:
             self.weight.grad *= 0.5
         return dx

@@ -22,7 +22,8 @@ def tiny():
         (dict(alpha=float("nan")), ValueError, r"MobileNetV1: alpha must be finite"),
         (dict(alpha="1"), TypeError, r"MobileNetV1: alpha must be a real number, got str"),
         (dict(alpha=0.03), ValueError, r"int\(32 \* alpha\) = 0 channels; alpha must be at least"),
-        (dict(num_classes=0), ValueError, r"MobileNetV1: num_classes must be >= 1, got 0"),
+        (dict(num_classes=-1), ValueError, r"MobileNetV1: num_classes must be >= 0, got -1"),
+        (dict(global_pool="mean"), ValueError, r"global_pool must be one of \['avg', 'max'\]"),
         (dict(num_classes=2.0), TypeError, r"MobileNetV1: num_classes must be an int, got float"),
         (dict(num_classes=True), TypeError, r"MobileNetV1: num_classes must be an int, got bool"),
         (dict(in_channels=0), ValueError, r"MobileNetV1: in_channels must be >= 1, got 0"),
@@ -108,8 +109,10 @@ def test_bad_backward_input():
         m.first_conv.conv.backward(np.ones((2, 8, 16, 16), np.float32), input_grad=1)
     dx = m.backward(np.ones((2, 5), np.float32))  # the checks consumed nothing
     assert dx.shape == (2, 3, 32, 32)
-    with pytest.raises(RuntimeError, match="backward called before forward"):
+    with pytest.raises(RuntimeError, match="MobileNetV1.backward: backward called twice after"):
         m.backward(np.ones((2, 5), np.float32))  # the caches were used up
+    with pytest.raises(RuntimeError, match="backward called before forward"):
+        MobileNetV1(alpha=0.25, num_classes=5, seed=0).backward(np.ones((2, 5), np.float32))
 
 
 @pytest.mark.kernels

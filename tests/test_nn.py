@@ -176,7 +176,7 @@ def test_backward_needs_a_fresh_forward(rng):
         seq.backward(np.ones((2, 3), np.float32))
     seq.forward(rng.standard_normal((2, 4)).astype(np.float32))
     seq.backward(np.ones((2, 3), np.float32))
-    with pytest.raises(RuntimeError, match="backward called before forward"):
+    with pytest.raises(RuntimeError, match="ReLU.backward: backward called twice after one"):
         seq.backward(np.ones((2, 3), np.float32))
 
 
@@ -360,27 +360,79 @@ def test_batchnorm_forward_act_is_bn_then_activation_module(rng, act):
         np.testing.assert_array_equal(fused.state_dict()[k], v)
 
 
-def test_layers_reuse_buffers_only_when_nobody_holds_them(rng):
-    """Conv2d and BatchNorm2d write a step's output into last step's array, unless the caller
-    still holds that array: a kept result is never overwritten."""
+def test_plain_layer_calls_never_overwrite_what_they_returned(rng):
+    """Called without a workspace, Conv2d and BatchNorm2d return fresh arrays: outputs and
+    gradients a caller kept from one call are intact after the next, and the caller's dout is
+    never written over unless it passes consume=True."""
     conv, bn = nn.Conv2d(3, 4, 1, bias=False, rng=0), nn.BatchNorm2d(4)
     x1, x2 = (rng.standard_normal((2, 3, 5, 5)).astype(np.float32) for _ in range(2))
     dout = rng.standard_normal((2, 4, 5, 5)).astype(np.float32)
+    saved_dout = dout.copy()
 
     def step(x):
         y = bn.forward_act(conv.forward(x), "relu")
         return y, conv.backward(bn.backward(dout))
 
-    step(x1)  # the first call checks and allocates
     y1, dx1 = step(x1)
     kept = y1.copy(), dx1.copy()
     y2, dx2 = step(x2)
     assert not np.shares_memory(y1, y2) and not np.shares_memory(dx1, dx2)
     np.testing.assert_array_equal(y1, kept[0])
     np.testing.assert_array_equal(dx1, kept[1])
-    address = y2.__array_interface__["data"][0], dx2.__array_interface__["data"][0]
-    del y1, dx1, y2, dx2
-    y3, dx3 = step(x1)  # nobody holds step 2's arrays: they are reused
-    assert y3.__array_interface__["data"][0] == address[0]  # dx arrays are not kept (peak)
+    np.testing.assert_array_equal(dout, saved_dout)
+    y3, dx3 = step(x1)
     np.testing.assert_array_equal(y3, kept[0])
     np.testing.assert_array_equal(dx3, kept[1])
+    bn.forward_act(conv.forward(x1), "relu")
+    owned = dout.copy()
+    dx_bn = bn.backward(owned, consume=True)  # the caller gives dout away: dx written over it
+    assert np.shares_memory(dx_bn, owned)
+
+
+def test_layers_reuse_the_arrays_of_a_workspace_their_owner_passes(rng):
+    """With a Workspace, a layer's output is the owner's array until the layer's backward
+    releases it; the owner's new_step() makes every array free again, so step 2 writes into
+    step 1's arrays and gives the same numbers as plain calls."""
+    conv, bn = nn.Conv2d(3, 4, 1, bias=False, rng=0), nn.BatchNorm2d(4)
+    ws = nn.Workspace()
+    x = rng.standard_normal((2, 3, 5, 5)).astype(np.float32)
+    dout = rng.standard_normal((2, 4, 5, 5)).astype(np.float32)
+
+    def step(workspace):
+        y = bn.forward_act(conv.forward(x, workspace=workspace), "relu", workspace=workspace)
+        dx = conv.backward(bn.backward(dout.copy(), consume=True))
+        return y, dx
+
+    want = [a.copy() for a in step(None)]
+    ws.new_step()
+    y1, dx1 = step(ws)
+    assert ws.owns(y1) and ws.owns(dx1)
+    arrays = len(ws)
+    ws.new_step()
+    y2, dx2 = step(ws)
+    assert y2 is y1 and len(ws) == arrays  # reused, nothing new allocated
+    np.testing.assert_array_equal(y2, want[0])
+    np.testing.assert_array_equal(dx2, want[1])
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: nn.Conv2d(3, 4, 3, bias="False"), "Conv2d: bias must be True or False, got str"),
+        (lambda: nn.Linear(3, 4, bias="no"), "Linear: bias must be True or False, got str"),
+        (lambda: nn.AvgPool2d(2, ceil_mode="False"), "AvgPool2d: ceil_mode must be True or"),
+        (lambda: nn.AvgPool2d(2, count_include_pad="0"), "AvgPool2d: count_include_pad must be"),
+        (lambda: nn.Parameter(np.zeros(2), requires_grad="False"), "requires_grad must be True"),
+        (lambda: nn.ReLU().train("False"), "ReLU.train: mode must be True or False, got str"),
+        (lambda: nn.ReLU().train(0), "ReLU.train: mode must be True or False, got int"),
+    ],
+)
+def test_string_booleans_are_refused(make, match):
+    """A string such as "False" is truthy: read as a flag it would silently mean True."""
+    with pytest.raises(TypeError, match=match):
+        make()
+
+
+def test_numpy_booleans_are_flags():
+    assert nn.Conv2d(3, 4, 3, bias=np.bool_(False)).bias is None
+    assert nn.ReLU().train(np.bool_(False)).training is False

@@ -179,6 +179,44 @@ def test_frozen_parameter_is_not_updated_and_zero_grad_clears():
     assert not frozen.grad.any() and not live.grad.any()
 
 
+@pytest.mark.torch
+@pytest.mark.parametrize("name,hp,split", CONFIGS)
+def test_frozen_parameters_are_skipped_entirely_like_torch(torch, name, hp, split):
+    """Parameters 1 and 3 frozen for the middle steps: no update, no weight decay, no state
+    change (momentum, averages, step count), while torch skips them (their grad is None)."""
+    params = [Parameter(w) for w in _weights()]
+    tparams = [torch.tensor(w, requires_grad=True) for w in _weights()]
+    ours = make_optimizer(name, _groups(params, split), **hp)
+    theirs = _torch_optimizer(torch, name, tparams, hp, split)
+    noise = _noise()[:STEPS]
+    for step, noise_t in enumerate(noise):
+        frozen = 2 <= step < 6
+        for i in (1, 3):
+            params[i].requires_grad = not frozen
+        before = [(p.data.copy(), _copied(ours.state.get(id(p), {}))) for p in params]
+        _set_grads(params, noise_t)  # frozen parameters get a gradient too: it must be ignored
+        _set_torch_grads(torch, tparams, noise_t)
+        if frozen:
+            tparams[1].grad = tparams[3].grad = None
+        ours.step()
+        theirs.step()
+        for i, (p, t) in enumerate(zip(params, tparams)):
+            np.testing.assert_allclose(p.data, t.detach().numpy(), **TOL64)
+            if frozen and i in (1, 3):
+                np.testing.assert_array_equal(p.data, before[i][0])  # bit-identical
+                _assert_same_state(ours.state.get(id(p), {}), before[i][1])
+
+
+def _copied(state: dict) -> dict:
+    return {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in state.items()}
+
+
+def _assert_same_state(state: dict, before: dict) -> None:
+    assert state.keys() == before.keys()
+    for k, v in state.items():
+        np.testing.assert_array_equal(v, before[k])
+
+
 def test_paper_param_groups_split_by_shape():
     named = {
         "stem.weight": Parameter(np.zeros((8, 3, 3, 3))),

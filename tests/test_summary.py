@@ -53,6 +53,7 @@ def test_table_7_resolution_multiplier(resolution):
     assert s.total_params == 4_231_976  # the resolution does not change the parameters
 
 
+@pytest.mark.slow
 def test_table_4_full_convolution_baseline():
     s = MobileNetV1(conv="full").summary(input_size=(3, 224, 224))
     assert round(s.total_params / 1e6, 1) == 29.3
@@ -144,6 +145,7 @@ def test_cli_summary_prints_table_and_totals(capsys):
     assert "depthwise_sep_conv6" in out and "Conv DW 3x3" in out
 
 
+@pytest.mark.slow
 def test_cli_summary_full_convolution(capsys):
     assert main(["summary", "--conv", "full"]) == 0
     out = capsys.readouterr().out

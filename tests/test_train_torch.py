@@ -55,6 +55,7 @@ def one_thread_each(torch):
     torch.set_num_threads(before)
 
 
+@pytest.mark.slow
 @pytest.mark.torch
 @pytest.mark.filterwarnings(r"ignore:Detected call of `lr_scheduler.step\(\)` before")
 def test_npmobilenet_and_torch_train_to_the_same_accuracy(torch, one_thread_each):

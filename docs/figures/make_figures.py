@@ -5,7 +5,9 @@ Run from anywhere (CI runs it before ``mkdocs build --strict``)::
     python docs/figures/make_figures.py            # everything
     python docs/figures/make_figures.py im2col     # only the named figures
 
-Every figure is computed by the library itself: parameter counts from its layers, the im2col
+The concept pictures (filter blocks, the sliding window, the 1x1 matrix multiply, the backward
+data flow, the network's shapes) are drawn in ``diagrams.py`` beside this file. Every figure is
+computed by the library itself: parameter counts from its layers, the im2col
 matrix from its Numba kernel, the per-layer chart from ``MobileNetV1.summary()``, the timings from
 its convolution op, the schedules from its schedulers. One is only copied: the per-layer-type
 timing breakdown that ``benchmarks/bench_model.py`` draws (a run of minutes) is published from
@@ -31,6 +33,9 @@ import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from diagrams import DIAGRAMS  # noqa: E402  (the concept pictures, beside this file)
+
 ASSETS = ROOT / "docs" / "assets"
 PNG_META = {"Software": None}  # no matplotlib version or date: reproducible bytes
 
@@ -171,6 +176,7 @@ def _best_times(fns: dict, reps: int = TIMED_REPS, budget: float = 2.0) -> dict:
 
 def _generic_direct_step(x, w, s, pad, G):
     """Forward + backward through the generic direct kernels, bypassing the 3x3 fast path."""
+    from npmobilenet._geometry import output_size
     from npmobilenet.kernels.conv_direct import (
         conv2d_direct_backward_input,
         conv2d_direct_backward_weight,
@@ -178,7 +184,7 @@ def _generic_direct_step(x, w, s, pad, G):
     )
 
     N, K, k = x.shape[0], w.shape[0], w.shape[2]
-    OH = (x.shape[2] + 2 * pad - k) // s + 1
+    OH = output_size(x.shape[2], k, s, pad)
     out = np.zeros((N, K, OH, OH), dtype=x.dtype)
     conv2d_direct_forward(x, w, out, s, s, pad, pad, 1, 1, G)
     dx, dw = np.zeros_like(x), np.zeros_like(w)
@@ -400,7 +406,13 @@ def benchmark_breakdown() -> None:
         print(f"wrote docs/assets/{name} (from benchmarks/results/)")
 
 
+def _diagram(draw):
+    """Wrap a concept picture of ``diagrams.py`` (which takes the save function) as a figure."""
+    return lambda: draw(save)
+
+
 FIGURES = {
+    **{name: _diagram(draw) for name, draw in DIAGRAMS.items()},
     "cost_ratio": cost_ratio,
     "im2col": im2col_matrix,
     "conv_timing": conv_timing,

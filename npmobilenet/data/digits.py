@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from npmobilenet._checks import integer, number
+from npmobilenet._checks import INSTALL_HINT, integer, number
 from npmobilenet.data.dataset import (
     ArrayDataset,
     check_channels,
@@ -24,8 +24,6 @@ from npmobilenet.data.dataset import (
     resize_bilinear,
     to_channels,
 )
-
-INSTALL_HINT = 'pip install "npmobilenet[demo]"'
 
 
 def load_digits_dataset(resolution=32, channels=3, test_fraction=0.2, seed=0):

@@ -7,9 +7,20 @@ gives the same batches on every run, and a loader restored from :meth:`DataLoade
 continues with exactly the batches an uninterrupted run would have produced.
 
 Only one batch is gathered at a time (``dataset[indices]``); the dataset is never copied.
+
+With ``workers > 0``, batches are gathered and transformed ahead of time by that many threads
+(Pillow and NumPy release the GIL while decoding and resizing, so this overlaps with the
+training step), at most ``prefetch`` batches ahead. Each batch still uses its own
+``(seed, epoch, batch)`` generator and is yielded in order, so the batches are the same with
+or without workers. Leaving the loop early (``break``, an error, Ctrl-C) cancels the batches
+not yet started and waits for the running ones; an error in a worker is raised when its batch
+is due.
 """
 
 from __future__ import annotations
+
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -17,18 +28,25 @@ from npmobilenet._checks import describe, integer
 
 
 class DataLoader:
-    """``DataLoader(dataset, batch_size, shuffle=False, drop_last=False, seed=0, transform=None)``.
+    """``DataLoader(dataset, batch_size, shuffle=False, drop_last=False, seed=0, transform=None,
+    workers=0, prefetch=None)``.
 
     ``dataset``: anything with ``len()`` whose ``dataset[indices]`` returns ``(x, y)`` batches
-    (e.g. :class:`~npmobilenet.data.dataset.ArrayDataset`). Yields ``x`` ``(B, C, H, W)`` (the
-    dataset's float dtype, transformed by ``transform(x, rng)``) and ``y`` ``(B,)`` int64.
+    (e.g. :class:`~npmobilenet.data.dataset.ArrayDataset`, or a lazy image folder whose ``x``
+    is a list of images). Yields ``x`` ``(B, C, H, W)`` (transformed by ``transform(x, rng)``)
+    and ``y`` ``(B,)`` int64. ``workers``: threads preparing batches ahead (0: in the loop);
+    ``prefetch``: how many batches ahead at most (default ``2 * workers``).
     """
 
-    def __init__(self, dataset, batch_size, shuffle=False, drop_last=False, seed=0, transform=None):
+    def __init__(self, dataset, batch_size, shuffle=False, drop_last=False, seed=0,
+                 transform=None, workers=0, prefetch=None):  # fmt: skip
         _check_args(dataset, batch_size, shuffle, drop_last, seed, transform)
         self.dataset, self.batch_size, self.seed = dataset, int(batch_size), int(seed)
         self.shuffle, self.drop_last = shuffle, drop_last
         self.transform = transform
+        self.workers = integer("DataLoader", "workers", workers, minimum=0)
+        prefetch = 2 * self.workers if prefetch is None else prefetch
+        self.prefetch = integer("DataLoader", "prefetch", prefetch, minimum=self.workers)
         self.epoch = 0  # the epoch the next batch belongs to
         self.batch = 0  # the index of the next batch within it
 
@@ -44,16 +62,50 @@ class DataLoader:
             return np.arange(n)
         return np.random.default_rng([self.seed, epoch]).permutation(n)
 
+    def make_batch(self, epoch: int, order: np.ndarray, b: int):
+        """Batch ``b`` of ``epoch``: gathered, transformed with its own generator."""
+        bs = self.batch_size
+        x, y = self.dataset[order[b * bs : (b + 1) * bs]]
+        if self.transform is not None:
+            x = self.transform(x, np.random.default_rng([self.seed, epoch, b]))
+        return x, y.astype(np.int64, copy=False)
+
     def __iter__(self):
         """One epoch (the rest of it, after a mid-epoch resume)."""
-        epoch, order, bs = self.epoch, self.order(self.epoch), self.batch_size
-        for b in range(self.batch, len(self)):
-            x, y = self.dataset[order[b * bs : (b + 1) * bs]]
-            if self.transform is not None:
-                x = self.transform(x, np.random.default_rng([self.seed, epoch, b]))
-            last = b + 1 == len(self)
-            self.epoch, self.batch = (epoch + 1, 0) if last else (epoch, b + 1)
-            yield x, y.astype(np.int64, copy=False)
+        epoch, order = self.epoch, self.order(self.epoch)
+        batches = range(self.batch, len(self))
+        if self.workers == 0:
+            made = (self.make_batch(epoch, order, b) for b in batches)
+        else:
+            made = self._prefetched(epoch, order, batches)
+        try:
+            for b in batches:
+                batch = next(made)
+                last = b + 1 == len(self)
+                self.epoch, self.batch = (epoch + 1, 0) if last else (epoch, b + 1)
+                yield batch
+        finally:
+            made.close()  # stops the workers when the loop is left early
+
+    def _prefetched(self, epoch: int, order: np.ndarray, batches: range):
+        """The batches, made by ``workers`` threads at most ``prefetch`` ahead, in order."""
+        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="npmobilenet-data")
+        pending, todo = deque(), iter(batches)
+        try:
+            for b in todo:
+                pending.append(pool.submit(self.make_batch, epoch, order, b))
+                if len(pending) >= self.prefetch:
+                    break
+            while pending:
+                batch = pending.popleft().result()
+                for b in todo:
+                    pending.append(pool.submit(self.make_batch, epoch, order, b))
+                    break
+                yield batch
+        finally:
+            for future in pending:
+                future.cancel()
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def state_dict(self) -> dict:
         """``{"seed", "epoch", "batch"}``: where the next batch comes from (plain ints)."""

@@ -1,30 +1,27 @@
-"""``FusedMobileNetV1``: a fast eval-mode inference engine for MobileNetV1.
+"""``FusedMobileNetV1``: a fast eval-mode inference engine for MobileNetV1-shaped models.
 
-It computes exactly what the model computes in eval mode (up to float rounding), in fewer and
-faster passes:
+``model.fuse()`` (or ``FusedMobileNetV1(model)``) walks the model's modules
+(``npmobilenet.fast.walk``) and computes exactly what the model computes in eval mode (up to
+float rounding), in fewer and faster passes:
 
 1. **BN folded** into each conv's weight and a bias once, at construction (``folding.py``).
 2. **Channels-last (NHWC) inside**: the stem's im2col reads the public NCHW input and writes
    pixel-major rows; from then on every activation is ``(N, H, W, C)``, so
 3. **a 1x1 conv is one GEMM** over all pixels of the batch, ``(N*H*W, C) @ (C, K)``, handed to
-   BLAS by ``np.matmul(..., out=buffer)`` (the stem too, after im2col);
+   BLAS by ``np.matmul(..., out=buffer)`` (the stem and full 3x3 convs too, after im2col);
 4. **bias + activation fused**: the depthwise 3x3 kernel adds the bias and clamps in the same
    pass; every GEMM is followed by one fused bias+clamp pass that writes straight into the next
-   depthwise conv's zero-bordered input (so padding is never tested), and the last one also does
-   the global average pool (``npmobilenet.kernels.fused_*``);
-5. **buffers reused**: three activation buffers per input shape (im2col/depthwise outputs, GEMM
-   outputs, zero-bordered depthwise inputs), allocated on the first call with that shape and
-   reused afterwards;
+   3x3 conv's zero-bordered input (so padding is never tested), and the last one also does the
+   global pooling (``npmobilenet.kernels.fused_*``);
+5. **buffers reused**: three activation buffers per input shape (GEMM left operands, GEMM
+   outputs, zero-bordered 3x3 inputs), allocated on the first call with that shape and reused;
 6. **a batch split over threads**: several images are cut into slices that npmobilenet's threads
    run through the whole network side by side, each slice with its own buffers and BLAS at one
-   thread (``npmobilenet.parallel``): one hand-off per call, and the depthwise kernels and
-   epilogues run on every core too (batch 8 at 224: 80 -> 65 ms; batch 32: 320 -> 253 ms).
+   thread (``npmobilenet.threads``): one hand-off per call, and the depthwise kernels and
+   epilogues run on every core too.
 
 Numba kernels here are serial. One image runs on BLAS's threads (see ``npmobilenet.threads``).
-
-The network is the seed article's (and ``npmobilenet.MobileNetV1``'s): a 3x3 stride-2 stem conv,
-13 depthwise-separable blocks (strides below), global average pool, linear classifier. Dropout is
-the identity in eval mode.
+Dropout is the identity in eval mode.
 """
 
 from __future__ import annotations
@@ -32,224 +29,91 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
-from dataclasses import dataclass
 
 import numpy as np
 
-from npmobilenet import _checks, parallel
-from npmobilenet.fast.folding import fold_batch_norm
+from npmobilenet import _checks, threads
+from npmobilenet.fast.walk import OP, Head, Layer, fused_layers
 from npmobilenet.kernels.fused_conv3x3 import conv_out_size, depthwise3x3_nhwc, im2col3x3_nchw
 from npmobilenet.kernels.fused_epilogue import bias_clamp_mean, bias_clamp_pad
 
-OP = "FusedMobileNetV1"
-
-# The 13 depthwise-separable blocks: state_dict prefix and depthwise stride.
-BLOCKS = (
-    ("depthwise_sep_conv0", 1),
-    ("depthwise_sep_conv1", 2),
-    ("depthwise_sep_conv2", 1),
-    ("depthwise_sep_conv3", 2),
-    ("depthwise_sep_conv4", 1),
-    ("depthwise_sep_conv5", 2),
-    *((f"depthwise_sep_conv6.{i}", 1) for i in range(5)),
-    ("depthwise_sep_conv7", 2),
-    ("depthwise_sep_conv8", 1),
-)
-STEM_STRIDE = 2
-
-# Activation -> the clamp (lo, hi) the fused kernels apply.
-ACTIVATIONS = {"relu": (0.0, np.inf), "relu6": (0.0, 6.0)}
-
-_BN_FIELDS = ("weight", "bias", "running_mean", "running_var")
 _MAX_PLANS = 8  # input shapes whose buffers are kept (least recently used dropped first)
 
 
-@dataclass(frozen=True)
-class _Params:
-    """Folded weights in the kernels' layouts, for one dtype.
-
-    stem_w (C*9, K0) (the im2col GEMM's right operand), stem_b (K0,); per block: dw_w (3, 3, C),
-    dw_b (C,), pw_w (C, K) (the GEMM's right operand), pw_b (K,); fc_w (classes, K_last),
-    fc_b (classes,).
-    """
-
-    stem_w: np.ndarray
-    stem_b: np.ndarray
-    dw_w: tuple
-    dw_b: tuple
-    pw_w: tuple
-    pw_b: tuple
-    fc_w: np.ndarray
-    fc_b: np.ndarray
-
-    def astype(self, dtype) -> _Params:
-        def cast(a):
-            return np.ascontiguousarray(a, dtype=dtype)
-
-        return _Params(
-            cast(self.stem_w),
-            cast(self.stem_b),
-            tuple(map(cast, self.dw_w)),
-            tuple(map(cast, self.dw_b)),
-            tuple(map(cast, self.pw_w)),
-            tuple(map(cast, self.pw_b)),
-            cast(self.fc_w),
-            cast(self.fc_b),
-        )
-
-
-@dataclass(frozen=True)
-class _Plan:
-    """Preallocated activations for one input shape and dtype (views into three flat buffers).
-
-    cols (N, OH, OW, C*9): the stem's im2col rows.  stem_y (N*OH*OW, K0): the stem GEMM output.
-    padded[i] (N, H+2, W+2, C): block i's depthwise input with its zero border.
-    dw_out[i] (N, OH, OW, C): block i's depthwise output = pointwise GEMM input.
-    pw_out[i] (N*OH*OW, K): block i's pointwise GEMM output.  pooled (N, K_last).
-    Buffer sharing: cols and dw_out in one buffer, stem_y and pw_out in another, padded in a
-    third; every step reads one buffer and writes another.
-    """
-
-    cols: np.ndarray
-    stem_y: np.ndarray
-    padded: tuple
-    dw_out: tuple
-    pw_out: tuple
-    pooled: np.ndarray
-
-
 class FusedMobileNetV1:
-    """Eval-mode MobileNetV1 inference with BN folded and conv + bias + activation fused.
+    """Eval-mode inference with BN folded and conv + bias + activation fused.
 
-    Build it with :meth:`from_state_dict` (the seed's / ``npmobilenet.MobileNetV1``'s key names)
-    or :meth:`from_model`; call it on an NCHW batch ``x`` of shape (N, C, H, W), float32 or
-    float64, to get logits (N, num_classes) in the same dtype. The weights are frozen at
-    construction: rebuild the engine after changing the model.
+    ``FusedMobileNetV1(model)`` (what ``model.fuse()`` returns) snapshots the model's current
+    modules, weights and running statistics; rebuild it after changing the model. A batch is
+    split over ``runner``'s threads (default: the model's ``runner``). Calling it on
+    an NCHW batch ``x`` (N, C, H, W), float32 or float64, returns what ``model.eval();
+    model(x)`` returns, in x's dtype: logits (N, classes), or the pooled features (N, K) of a
+    model without a classifier. A module the engine does not know raises
+    :class:`npmobilenet.fast.UnsupportedModuleError` naming the module's path and type.
 
     Calls are serialised by a lock (the activation buffers are shared between calls).
     """
 
-    def __init__(self, params: _Params, activation: str = "relu"):
-        _checks.choice(OP, "activation", activation, ACTIVATIONS)
-        self.activation = activation
-        self._clamp = ACTIVATIONS[activation]
-        self._params64 = params.astype(np.float64)
-        self._params_by_dtype = {np.dtype(np.float64): self._params64}
+    def __init__(self, model, runner: threads.Runner | None = None):
+        layers, head = fused_layers(model)
+        # the threads a batch is split over: the model's runner unless one is given
+        self.runner = runner or getattr(model, "runner", None) or threads.Runner()
+        self.layers: tuple[Layer, ...] = layers  # float64, in forward order
+        self.head: Head = head
+        self._by_dtype = {np.dtype(np.float64): (layers, head)}
         self._plans: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
-        self.reuse_buffers = True  # False re-allocates every call (used to measure what it buys)
-
-    # ------------------------------------------------------------------ construction
-
-    @classmethod
-    def from_state_dict(cls, state, activation="relu", eps=1e-5) -> FusedMobileNetV1:
-        """Fold a MobileNetV1 state_dict (arrays keyed as in the seed article) into an engine.
-
-        state: mapping from the seed's key names (``first_conv.conv.weight``, ``first_conv.bn.*``,
-        ``depthwise_sep_conv{i}.{dwconv,bn0,pwconv,bn1}.*``, ``fc.weight``, ``fc.bias``) to
-        arrays; ``num_batches_tracked`` entries are ignored. ``eps`` is BN's epsilon.
-        """
-        _checks.choice(OP, "activation", activation, ACTIVATIONS)
-        eps = _checks.number(OP, "eps", eps, low=0.0, low_open=True)
-        arrays = _read_state(state)
-
-        def conv_bn(conv, bn, shape):
-            w = _expect_shape(arrays, f"{conv}.weight", shape)
-            k = w.shape[0]
-            bn_arrays = [_expect_shape(arrays, f"{bn}.{f}", (k,)) for f in _BN_FIELDS]
-            return fold_batch_norm(w, *bn_arrays, eps=eps)
-
-        w, stem_b = conv_bn("first_conv.conv", "first_conv.bn", (None, None, 3, 3))
-        stem_w = w.reshape(w.shape[0], -1).T  # (K, C, 3, 3) -> (C*9, K), im2col's column order
-        channels = stem_w.shape[1]
-        dw_w, dw_b, pw_w, pw_b = [], [], [], []
-        for prefix, _stride in BLOCKS:
-            w, b = conv_bn(f"{prefix}.dwconv", f"{prefix}.bn0", (channels, 1, 3, 3))
-            dw_w.append(w[:, 0].transpose(1, 2, 0))  # (C, 1, 3, 3) -> (3, 3, C)
-            dw_b.append(b)
-            w, b = conv_bn(f"{prefix}.pwconv", f"{prefix}.bn1", (None, channels, 1, 1))
-            pw_w.append(w[:, :, 0, 0].T)  # (K, C, 1, 1) -> (C, K)
-            pw_b.append(b)
-            channels = w.shape[0]
-        fc_w = _expect_shape(arrays, "fc.weight", (None, channels))
-        fc_b = _expect_shape(arrays, "fc.bias", (fc_w.shape[0],))
-        params = _Params(stem_w, stem_b, tuple(dw_w), tuple(dw_b), tuple(pw_w), tuple(pw_b),
-                         fc_w, fc_b)  # fmt: skip
-        return cls(params, activation)
-
-    @classmethod
-    def from_model(cls, model) -> FusedMobileNetV1:
-        """Fold an ``npmobilenet.MobileNetV1`` (its current weights and running statistics).
-
-        Takes the activation from ``model.config`` and BN's epsilon from the model's first
-        BatchNorm2d. The engine is a snapshot: rebuild it after training the model further.
-        """
-        state, config = getattr(model, "state_dict", None), getattr(model, "config", None)
-        if not callable(state) or not isinstance(config, Mapping):
-            raise TypeError(
-                f"{OP}.from_model: model must be an npmobilenet MobileNetV1,"
-                f" got {type(model).__name__}"
-            )
-        if config.get("conv", "separable") != "separable":
-            raise ValueError(
-                f"{OP}.from_model: only the depthwise-separable MobileNetV1 can be fused,"
-                f" got conv={config.get('conv')!r}"
-            )
-        eps = float(getattr(getattr(model.first_conv, "bn", None), "eps", 1e-5))
-        return cls.from_state_dict(state(), activation=config["activation"], eps=eps)
 
     # ------------------------------------------------------------------ properties
 
     @property
     def in_channels(self) -> int:
-        return self._params64.stem_w.shape[0] // 9
+        return self.layers[0].weight.shape[0] // 9
+
+    @property
+    def num_features(self) -> int:
+        """Channels of the last feature map (the pooled features)."""
+        return self.layers[-1].weight.shape[1]
 
     @property
     def num_classes(self) -> int:
-        return self._params64.fc_w.shape[0]
-
-    @property
-    def channels(self) -> tuple[int, ...]:
-        """Output channels of the stem and of each block's pointwise conv."""
-        return (self._params64.stem_w.shape[1], *(w.shape[1] for w in self._params64.pw_w))
+        """Classifier outputs; 0 for a model without a classifier."""
+        return 0 if self.head.weight is None else self.head.weight.shape[0]
 
     # ------------------------------------------------------------------ inference
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        """Logits (N, num_classes) for an NCHW batch x (N, C, H, W), in x's dtype.
+        """Logits (N, classes) (pooled features (N, K) when headless) for x (N, C, H, W).
 
         A batch of several images is split into slices that npmobilenet's threads run through
-        the whole network side by side, BLAS at one thread each (``npmobilenet.parallel``);
+        the whole network side by side, BLAS at one thread each (``npmobilenet.threads``);
         one image runs on BLAS's threads.
         """
         x = self._check_input(x)
         with self._lock:
-            params = self._params(x.dtype)
-            # the stem's arrays are a forward's largest: they decide whether to split
-            n, _, h, w = x.shape
-            oh, ow = conv_out_size(h, STEM_STRIDE), conv_out_size(w, STEM_STRIDE)
-            per_image = oh * ow * self.in_channels * 9 + (oh + 2) * (ow + 2) * self.channels[0]
-            min_images = -(-parallel.MIN_SLICE_ELEMENTS // per_image)
-            if parallel.threads() == 1 or n < 2 * min_images:  # BLAS's threads, one slice
-                return self._forward(x, self._plan(x.shape, x.dtype), params)
-            with parallel.splitting():
-                slices = parallel.slices(n, min_images)
+            weights = self._weights(x.dtype)
+            n = x.shape[0]
+            per_image = self._largest_per_image(x.shape)  # decides whether to split
+            min_images = -(-threads.MIN_SLICE_ELEMENTS // per_image)
+            if self.runner.threads == 1 or n < 2 * min_images:  # BLAS's threads, one slice
+                return self._forward(x, self._plan(x.shape, x.dtype), weights)
+            with self.runner.session() as runner:
+                slices = runner.slices(n, min_images)
                 if len(slices) == 1:  # splitting declined (BLAS could not be limited)
-                    return self._forward(x, self._plan(x.shape, x.dtype), params)
+                    return self._forward(x, self._plan(x.shape, x.dtype), weights)
                 # each slice its own buffers (one plan per slice: a plan's layers share memory)
                 plans = {lo: self._plan(x[lo:hi].shape, x.dtype, part=i)
                          for i, (lo, hi) in enumerate(slices)}  # fmt: skip
-                parts = parallel.run(
-                    lambda lo, hi: self._forward(x[lo:hi], plans[lo], params), n, per_image
+                parts = runner.map(
+                    lambda lo, hi: self._forward(x[lo:hi], plans[lo], weights), n, per_image
                 )
             return np.concatenate(parts)
 
     def profile(self, x: np.ndarray) -> dict[str, float]:
         """Run one forward and return seconds spent per step kind.
 
-        Kinds: ``first conv``, ``depthwise``, ``pointwise GEMM``, ``pointwise bias+act``,
-        ``pointwise bias+act+pool`` (the last block), ``linear``.
+        Kinds: ``first conv``, ``full conv`` (im2col + GEMM), ``depthwise``, ``pointwise GEMM``,
+        ``bias+act`` (the GEMM epilogues), ``bias+act+pool`` (the last one), ``linear``.
         """
         x = self._check_input(x)
         times: dict[str, float] = {}
@@ -261,40 +125,26 @@ class FusedMobileNetV1:
             last[0] = now
 
         with self._lock:
-            plan, params = self._plan(x.shape, x.dtype), self._params(x.dtype)
+            plan, weights = self._plan(x.shape, x.dtype), self._weights(x.dtype)
             last[0] = time.perf_counter()
-            self._forward(x, plan, params, clock)
+            self._forward(x, plan, weights, clock)
         return times
 
-    def _forward(self, x, plan: _Plan, p: _Params, clock=None):
-        """x (N, C, H, W) -> logits (N, classes), through the preallocated ``plan``."""
-        lo, hi = (x.dtype.type(v) for v in self._clamp)
-        im2col3x3_nchw(x, STEM_STRIDE, plan.cols)  # (N, OH, OW, C*9)
-        n, oh, ow, c9 = plan.cols.shape
-        np.matmul(plan.cols.reshape(n * oh * ow, c9), p.stem_w, out=plan.stem_y)  # the stem conv
-        bias_clamp_pad(plan.stem_y.reshape(n, oh, ow, -1), p.stem_b, lo, hi, plan.padded[0])
-        if clock:
-            clock("first conv")
-        last = len(BLOCKS) - 1
-        for i, (_prefix, stride) in enumerate(BLOCKS):
-            dw = plan.dw_out[i]  # (N, OH, OW, C)
-            depthwise3x3_nhwc(plan.padded[i], p.dw_w[i], p.dw_b[i], stride, lo, hi, dw)
-            if clock:
-                clock("depthwise")
-            n, oh, ow, c = dw.shape
-            y = plan.pw_out[i]  # (N*OH*OW, K)
-            np.matmul(dw.reshape(n * oh * ow, c), p.pw_w[i], out=y)  # the 1x1 conv: one GEMM
-            if clock:
-                clock("pointwise GEMM")
-            if i < last:  # bias + activation, written into the next depthwise input's interior
-                bias_clamp_pad(y.reshape(n, oh, ow, -1), p.pw_b[i], lo, hi, plan.padded[i + 1])
-                if clock:
-                    clock("pointwise bias+act")
-            else:  # the last block: bias + activation + global average pool in one pass
-                bias_clamp_mean(y.reshape(n, oh * ow, -1), p.pw_b[i], lo, hi, plan.pooled)
-                if clock:
-                    clock("pointwise bias+act+pool")
-        logits = plan.pooled @ p.fc_w.T + p.fc_b  # (N, K_last) @ (K_last, classes): a new array
+    def _forward(self, x, plan: list, weights, clock=None):
+        """x (N, C, H, W) -> logits (N, classes) through the preallocated ``plan``.
+
+        ``plan[i]`` holds layer i's arrays: ``a`` its GEMM's left operand (im2col rows
+        (N, OH, OW, 9*C) or the depthwise output (N, OH, OW, C)), ``y`` its GEMM output
+        (N*OH*OW, K), ``dst`` where its epilogue writes (the next 3x3 conv's zero-bordered input
+        (N, OH+2, OW+2, K), or the pooled features (N, K) after the last layer).
+        """
+        layers, head = weights
+        src = x
+        for layer, arrays in zip(layers, plan):
+            src = _run_layer(layer, src, arrays, head.pool, clock or _no_clock)
+        if head.weight is None:
+            return src.copy()  # the pooled features, a new array (the buffer is reused)
+        logits = src @ head.weight.T + head.bias  # (N, K) @ (K, classes): a new array
         if clock:
             clock("linear")
         return logits
@@ -313,86 +163,115 @@ class FusedMobileNetV1:
             raise ValueError(f"{OP}: x must have N, H and W >= 1, got shape {x.shape}")
         return np.ascontiguousarray(x)
 
-    def _params(self, dtype) -> _Params:
+    def _weights(self, dtype) -> tuple[tuple[Layer, ...], Head]:
         dtype = np.dtype(dtype)
-        if dtype not in self._params_by_dtype:
-            self._params_by_dtype[dtype] = self._params64.astype(dtype)
-        return self._params_by_dtype[dtype]
+        if dtype not in self._by_dtype:
+            self._by_dtype[dtype] = (
+                tuple(layer.astype(dtype) for layer in self.layers),
+                self.head.astype(dtype),
+            )
+        return self._by_dtype[dtype]
 
-    def _plan(self, shape, dtype, part: int = 0) -> _Plan:
+    def _largest_per_image(self, shape) -> int:
+        """Elements per image of the stem's arrays (its im2col rows and output), a forward's
+        largest."""
+        _, c, h, w = shape
+        stride, k = self.layers[0].stride, self.layers[0].weight.shape[1]
+        oh, ow = conv_out_size(h, stride), conv_out_size(w, stride)
+        return oh * ow * c * 9 + (oh + 2) * (ow + 2) * k
+
+    def _plan(self, shape, dtype, part: int = 0) -> list:
         """The buffers for inputs of ``shape``; ``part``: which slice of a split batch."""
         key = (tuple(shape), np.dtype(dtype), part)
-        if not self.reuse_buffers:
-            return self._make_plan(*key[:2])
         if key in self._plans:
             self._plans.move_to_end(key)
         else:
-            self._plans[key] = self._make_plan(*key[:2])
+            self._plans[key] = make_plan(self.layers, key[0], key[1])
             if len(self._plans) > _MAX_PLANS:
                 self._plans.popitem(last=False)
         return self._plans[key]
 
-    def _make_plan(self, shape, dtype) -> _Plan:
-        n, c_in, h, w = shape
-        channels = self.channels
-        h, w = conv_out_size(h, STEM_STRIDE), conv_out_size(w, STEM_STRIDE)
-        cols_shape, stem_y_shape = (n, h, w, c_in * 9), (n * h * w, channels[0])
-        padded_shapes, dw_shapes, pw_shapes = [], [], []
-        for i, (_prefix, stride) in enumerate(BLOCKS):
-            padded_shapes.append((n, h + 2, w + 2, channels[i]))
-            h, w = conv_out_size(h, stride), conv_out_size(w, stride)
-            dw_shapes.append((n, h, w, channels[i]))
-            pw_shapes.append((n * h * w, channels[i + 1]))
 
-        def views(shapes):  # views of one flat buffer big enough for the largest shape
-            buf = np.empty(max(int(np.prod(s)) for s in shapes), dtype)
-            return [buf[: int(np.prod(s))].reshape(s) for s in shapes]
-
-        cols, *dw_out = views([cols_shape, *dw_shapes])
-        stem_y, *pw_out = views([stem_y_shape, *pw_shapes])
-        return _Plan(
-            cols=cols,
-            stem_y=stem_y,
-            padded=tuple(views(padded_shapes)),
-            dw_out=tuple(dw_out),
-            pw_out=tuple(pw_out),
-            pooled=np.empty((n, channels[-1]), dtype),
-        )
-
-
-def _read_state(state) -> dict[str, np.ndarray]:
-    """Check the state_dict's keys (all required ones, no foreign ones) and return float arrays."""
-    if not isinstance(state, Mapping):
-        raise TypeError(
-            f"{OP}.from_state_dict: state must be a mapping, got {_checks.describe(state)}"
-        )
-    required = {"fc.weight", "fc.bias", "first_conv.conv.weight"}
-    required |= {f"first_conv.bn.{f}" for f in _BN_FIELDS}
-    for prefix, _stride in BLOCKS:
-        for conv, bn in (("dwconv", "bn0"), ("pwconv", "bn1")):
-            required.add(f"{prefix}.{conv}.weight")
-            required |= {f"{prefix}.{bn}.{f}" for f in _BN_FIELDS}
-    present = {k for k in state if not str(k).endswith("num_batches_tracked")}
-    missing, unexpected = sorted(required - present), sorted(present - required)
-    if missing or unexpected:
-        raise ValueError(
-            f"{OP}.from_state_dict: state is not a MobileNetV1 state_dict:"
-            f" missing keys {missing}, unexpected keys {unexpected}"
-        )
-    arrays = {}
-    for k in required:
-        a = np.asarray(state[k])
-        if a.dtype.kind != "f":
-            raise TypeError(f"{OP}.from_state_dict: {k} must be a float array, got dtype {a.dtype}")
-        arrays[k] = a
-    return arrays
+def make_plan(layers, shape, dtype) -> list[dict]:
+    """Per layer, views ``a``, ``y``, ``dst`` (see ``FusedMobileNetV1._forward``) into three
+    flat buffers: GEMM left operands, GEMM outputs, zero-bordered 3x3 inputs. Every layer reads
+    one buffer and writes another, so one of each is enough."""
+    n, _, h, w = shape
+    shapes = []
+    for i, layer in enumerate(layers):
+        if layer.kind in ("stem", "full", "depthwise"):
+            h, w = conv_out_size(h, layer.stride), conv_out_size(w, layer.stride)
+        c_in = layer.weight.shape[-1] if layer.kind == "depthwise" else layer.weight.shape[0]
+        k = layer.weight.shape[-1]
+        one = {"a": (n, h, w, c_in)} if layer.kind != "pointwise" else {}
+        if layer.kind != "depthwise":
+            one["y"] = (n * h * w, k)
+            last = i == len(layers) - 1
+            one["dst"] = (n, k) if last else (n, h + 2, w + 2, k)
+        shapes.append(one)
+    flat = {}
+    for role in ("a", "y", "dst"):  # one flat buffer per role, big enough for its largest view
+        sizes = [int(np.prod(s[role])) for s in shapes if role in s]
+        flat[role] = np.empty(max(sizes), dtype)
+    pooled = np.empty(shapes[-1]["dst"], dtype)  # the last epilogue's output stays separate
+    plan = []
+    for i, one in enumerate(shapes):
+        views = {r: flat[r][: int(np.prod(s))].reshape(s) for r, s in one.items()}
+        if i == len(shapes) - 1:
+            views["dst"] = pooled
+        plan.append(views)
+    return plan
 
 
-def _expect_shape(arrays, key, shape) -> np.ndarray:
-    """arrays[key], checked against ``shape`` (None matches any length)."""
-    a = arrays[key]
-    ok = a.ndim == len(shape) and all(s is None or s == d for s, d in zip(shape, a.shape))
-    if not ok or a.size == 0:
-        want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
-        raise ValueError(f"{OP}.from_state_dict: {key} must have shape {want}, got {a.shape}")
-    return a
+def _no_clock(kind):
+    pass
+
+
+def _run_layer(layer: Layer, src, arrays, pool, clock):
+    """One layer: ``src`` (NCHW input for the stem, else NHWC) -> what the next one reads."""
+    dtype = src.dtype.type
+    lo, hi = dtype(layer.lo), dtype(layer.hi)
+    if layer.kind == "depthwise":
+        depthwise3x3_nhwc(src, layer.weight, layer.bias, layer.stride, lo, hi, arrays["a"])
+        clock("depthwise")
+        return arrays["a"]
+    if layer.kind == "stem":
+        im2col3x3_nchw(src, layer.stride, arrays["a"])
+        a = arrays["a"]
+    elif layer.kind == "full":
+        a = im2col3x3_padded(src, layer.stride, arrays["a"])
+    else:  # pointwise: the depthwise output is the GEMM's left operand
+        a = src
+    n, oh, ow, c = a.shape
+    y = np.matmul(a.reshape(n * oh * ow, c), layer.weight, out=arrays["y"])  # (N*OH*OW, K)
+    clock({"stem": "first conv", "full": "full conv"}.get(layer.kind, "pointwise GEMM"))
+    dst = arrays["dst"]
+    if dst.ndim == 4:  # bias + activation, written into the next 3x3 conv's input interior
+        bias_clamp_pad(y.reshape(n, oh, ow, -1), layer.bias, lo, hi, dst)
+        clock("bias+act")
+    elif pool == "avg":  # bias + activation + global average pool in one pass
+        bias_clamp_mean(y.reshape(n, oh * ow, -1), layer.bias, lo, hi, dst)
+        clock("bias+act+pool")
+    else:  # max: clamp(. + b) is non-decreasing, so max_p clamp(y_p + b) = clamp(max_p y_p + b)
+        np.clip(y.reshape(n, oh * ow, -1).max(axis=1) + layer.bias, lo, hi, out=dst)
+        clock("bias+act+pool")
+    return dst
+
+
+def im2col3x3_padded(xp: np.ndarray, stride: int, cols: np.ndarray) -> np.ndarray:
+    """3x3 patches of a zero-bordered NHWC input as GEMM rows, in place.
+
+    xp (N, H+2, W+2, C) -> cols (N, OH, OW, 9*C) with
+    ``cols[n, oh, ow, (kh*3 + kw)*C + c] = xp[n, oh*s + kh, ow*s + kw, c]``.
+    """
+    n, oh, ow, c9 = cols.shape
+    c = c9 // 9
+    for kh in range(3):
+        for kw in range(3):
+            t = kh * 3 + kw
+            cols[..., t * c : (t + 1) * c] = xp[
+                :,
+                kh : kh + stride * (oh - 1) + 1 : stride,
+                kw : kw + stride * (ow - 1) + 1 : stride,
+            ]
+    return cols

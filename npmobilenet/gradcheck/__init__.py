@@ -7,9 +7,12 @@
 >>> report.passed
 True
 
-See :func:`check_grad` (any scalar function) and :func:`check_op` (a forward/backward pair
-following this library's ``(out, cache)`` / ``backward(dout, cache)`` convention);
-``print(format_results(check_every_op()))`` checks every op of :mod:`npmobilenet.ops`.
+See :func:`check_grad` (any scalar function), :func:`check_op` (a forward/backward pair
+following this library's ``(out, cache)`` / ``backward(dout, cache)`` convention) and
+:func:`check_module` (a :class:`npmobilenet.nn.Module`: ``dx``, every ``Parameter.grad``,
+accumulation); ``print(format_results(check_every_op()))`` checks every op of
+:mod:`npmobilenet.ops`. Installing npmobilenet also installs a pytest plugin
+(the top-level module ``npmobilenet_pytest``): a ``gradcheck`` fixture with these checks.
 """
 
 from npmobilenet.gradcheck.core import (
@@ -19,6 +22,7 @@ from npmobilenet.gradcheck.core import (
     check_grad,
     check_op,
 )
+from npmobilenet.gradcheck.module import ModuleReport, check_module
 from npmobilenet.gradcheck.suite import check_every_op, format_results
 
 __all__ = [
@@ -27,6 +31,8 @@ __all__ = [
     "InputReport",
     "check_grad",
     "check_op",
+    "check_module",
+    "ModuleReport",
     "check_every_op",
     "format_results",
 ]

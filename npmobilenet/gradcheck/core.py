@@ -31,6 +31,24 @@ from npmobilenet._checks import describe
 
 __all__ = ["GradcheckError", "GradcheckReport", "InputReport", "check_grad", "check_op"]
 
+# pytest leaves this module's frames out of a failure's traceback: a failing check shows the
+# test's own line and the report, not the checker's source (``--fulltrace`` shows them).
+__tracebackhide__ = True
+
+# The random upstream gradient and fast mode's directions come from their own streams of the
+# seed: not from ``default_rng(seed)`` itself, which a test may well have used to draw x (with
+# dout equal to x, ``dout.T @ x`` is symmetric and a transposed weight gradient would pass).
+_UPSTREAM_STREAM, _DIRECTIONS_STREAM = 0x6772, 0x6164
+
+
+def upstream_gradient(seed: int, shape: tuple) -> np.ndarray:
+    """The seeded standard-normal upstream gradient ``g`` of a check, float64."""
+    return np.random.default_rng([seed, _UPSTREAM_STREAM]).standard_normal(shape)
+
+
+# Default settings of every check (check_grad, check_op, check_module and the pytest plugin).
+EPS, RTOL, ATOL, DIRECTIONS = 1e-6, 1e-5, 1e-8, 2
+
 
 class GradcheckError(AssertionError):
     """An analytic gradient disagrees with the numerical one (raised by the check functions).
@@ -43,6 +61,9 @@ class GradcheckError(AssertionError):
     def __init__(self, message: str, report: GradcheckReport | None = None):
         super().__init__(message)
         self.report = report
+
+
+GradcheckError.__module__ = "npmobilenet.gradcheck"  # the public name, in tracebacks
 
 
 @dataclass
@@ -118,8 +139,7 @@ class GradcheckReport:
 # validation
 
 
-def _validate_settings(eps, rtol, atol, fast, seed, directions) -> None:
-    op = "check_grad"
+def _validate_settings(eps, rtol, atol, fast, seed, directions, op="check_grad") -> None:
     for name, v, positive in (("eps", eps, True), ("rtol", rtol, False), ("atol", atol, False)):
         if isinstance(v, bool) or not isinstance(v, numbers.Real):
             raise TypeError(f"{op}: {name} must be a real number, got {describe(v)}")
@@ -136,8 +156,7 @@ def _validate_settings(eps, rtol, atol, fast, seed, directions) -> None:
         raise ValueError(f"{op}: directions must be >= 1, got {directions}")
 
 
-def _validate_dicts(fn, inputs, analytic) -> None:
-    op = "check_grad"
+def _validate_dicts(fn, inputs, analytic, op="check_grad") -> None:
     if not callable(fn):
         raise TypeError(f"{op}: fn must be callable, got {describe(fn)}")
     for name, d in (("inputs", inputs), ("analytic", analytic)):
@@ -168,15 +187,15 @@ def _validate_dicts(fn, inputs, analytic) -> None:
             )
 
 
-def _scalar(out) -> float:
+def _scalar(out, op="check_grad") -> float:
     """``fn``'s output as a Python float, or a clear error if it is not a finite real scalar."""
     if isinstance(out, np.ndarray) and out.ndim == 0:
         out = out[()]
     if isinstance(out, bool) or not isinstance(out, numbers.Real):
-        raise TypeError(f"check_grad: fn must return a real scalar, got {describe(out)}")
+        raise TypeError(f"{op}: fn must return a real scalar, got {describe(out)}")
     out = float(out)
     if not np.isfinite(out):
-        raise ValueError(f"check_grad: fn returned {out}; it must be finite")
+        raise ValueError(f"{op}: fn returned {out}; it must be finite")
     return out
 
 
@@ -217,7 +236,7 @@ def _compare(name, shape, a, n, rtol, atol, index_of) -> InputReport:
     )
 
 
-def _failure_message(report: GradcheckReport) -> str:
+def _failure_message(report: GradcheckReport, op: str = "check_grad") -> str:
     failed = [r for r in report.inputs if not r.passed]
     # name an input when one fails on its own; the joint row only when none does
     own = [r for r in failed if r.name != "(joint)"] or failed
@@ -243,8 +262,10 @@ def _failure_message(report: GradcheckReport) -> str:
         )
         count = f"{worst.n_failed} of {worst.checked} directions of {worst.name!r} fail"
     others = [f"{r.name!r} (relative error {r.max_rel_err:.3g})" for r in failed if r is not worst]
+    # "check_op (full mode)", or "check_module (Conv2d in train mode; full mode)"
+    head = f"{op[:-1]}; {report.mode} mode)" if op.endswith(")") else f"{op} ({report.mode} mode)"
     msg = (
-        f"check_grad ({report.mode} mode): {where}: analytic {a:.10g}, numeric {n:.10g}, "
+        f"{head}: {where}: analytic {a:.10g}, numeric {n:.10g}, "
         f"|a - n| = {diff:.3g}, relative error {rel:.3g} "
         f"(pass needs |a - n| <= atol + rtol * max(|a|, |n|) = {tol:.3g}). {count}."
     )
@@ -257,7 +278,7 @@ def _failure_message(report: GradcheckReport) -> str:
 # the two modes
 
 
-def _full(fn, xs, grads, eps, rtol, atol):
+def _full(fn, xs, grads, eps, rtol, atol, op):
     """Central difference for every element of every input; returns (reports, evaluations)."""
     reports, evals = [], 0
     for name, x in xs.items():
@@ -266,9 +287,9 @@ def _full(fn, xs, grads, eps, rtol, atol):
         for i in range(flat.size):
             orig = flat[i]
             flat[i] = orig + eps
-            f_plus = _scalar(fn(**xs))
+            f_plus = _scalar(fn(**xs), op)
             flat[i] = orig - eps
-            f_minus = _scalar(fn(**xs))
+            f_minus = _scalar(fn(**xs), op)
             flat[i] = orig  # restore before the next element
             numeric[i] = (f_plus - f_minus) / (2.0 * eps)
         evals += 2 * flat.size
@@ -283,13 +304,13 @@ def _index(k: int, shape: tuple) -> tuple:
     return tuple(int(i) for i in np.unravel_index(k, shape)) if shape else ()
 
 
-def _directional(fn, xs, base, direction, eps) -> float:
+def _directional(fn, xs, base, direction, eps, op) -> float:
     """(f(x + eps v) - f(x - eps v)) / 2 eps for a direction ``v`` given per input."""
     f = []
     for sign in (1.0, -1.0):
         for name, v in direction.items():
             np.add(base[name], sign * eps * v, out=xs[name])
-        f.append(_scalar(fn(**xs)))
+        f.append(_scalar(fn(**xs), op))
     for name in direction:
         xs[name][...] = base[name]  # restore
     return (f[0] - f[1]) / (2.0 * eps)
@@ -302,9 +323,9 @@ def _unit(rng, shapes: dict) -> dict:
     return {name: a / norm for name, a in v.items()} if norm > 0 else v
 
 
-def _fast(fn, xs, grads, eps, rtol, atol, seed, directions):
+def _fast(fn, xs, grads, eps, rtol, atol, seed, directions, op):
     """``directions`` random directions per input and ``directions`` across all inputs jointly."""
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng([seed, _DIRECTIONS_STREAM])
     base = {name: x.copy() for name, x in xs.items()}
     reports, evals = [], 0
     for name, x in xs.items():
@@ -315,7 +336,7 @@ def _fast(fn, xs, grads, eps, rtol, atol, seed, directions):
         for k in range(directions):
             v = _unit(rng, {name: x.shape})
             a[k] = float(np.sum(v[name] * grads[name]))
-            n[k] = _directional(fn, xs, base, v, eps)
+            n[k] = _directional(fn, xs, base, v, eps, op)
         evals += 2 * directions
         reports.append(_compare(name, x.shape, a, n, rtol, atol, lambda k: (k,)))
     if len(xs) > 1:
@@ -324,7 +345,7 @@ def _fast(fn, xs, grads, eps, rtol, atol, seed, directions):
         for k in range(directions):
             v = _unit(rng, shapes)
             a[k] = sum(float(np.sum(v[name] * grads[name])) for name in xs)
-            n[k] = _directional(fn, xs, base, v, eps)
+            n[k] = _directional(fn, xs, base, v, eps, op)
         evals += 2 * directions
         reports.append(_compare("(joint)", (), a, n, rtol, atol, lambda k: (k,)))
     return reports, evals
@@ -339,12 +360,12 @@ def check_grad(
     inputs: dict,
     analytic: dict,
     *,
-    eps: float = 1e-6,
-    rtol: float = 1e-5,
-    atol: float = 1e-8,
+    eps: float = EPS,
+    rtol: float = RTOL,
+    atol: float = ATOL,
     fast: bool = False,
     seed: int = 0,
-    directions: int = 2,
+    directions: int = DIRECTIONS,
 ) -> GradcheckReport:
     """Check ``analytic`` gradients of the scalar ``fn(**inputs)`` against central differences.
 
@@ -381,63 +402,86 @@ def check_grad(
         A :class:`GradcheckReport` (``print`` it for a table) when every comparison passes.
 
     Raises:
-        GradcheckError: (an ``AssertionError``) when a comparison fails. The message names the
-            input, the index of the worst element (full mode) or direction (fast mode), the
-            analytic and numeric values, ``|a - n|`` and the relative error, then the table.
+        GradcheckError: (an ``AssertionError``) when a comparison fails, or when ``fn``
+            writes to its arguments. The message names the input, the index of the worst
+            element (full mode) or direction (fast mode), the analytic and numeric values,
+            ``|a - n|`` and the relative error, then the table.
         TypeError, ValueError: bad arguments (missing or extra keys, shape mismatch, a
-            non-scalar or non-finite output of ``fn``, a function that modifies its inputs).
+            non-scalar or non-finite output of ``fn``).
     """
-    _validate_settings(eps, rtol, atol, fast, seed, directions)
-    _validate_dicts(fn, inputs, analytic)
+    return _check(fn, inputs, analytic, "check_grad", eps, rtol, atol, fast, seed, directions)
+
+
+def _check(fn, inputs, analytic, op, eps, rtol, atol, fast, seed, directions, what="fn"):
+    """:func:`check_grad` with ``op`` (the public function called) naming it in every message,
+    and ``what`` naming the code that evaluates ``fn`` (for the in-place-write check)."""
+    _validate_settings(eps, rtol, atol, fast, seed, directions, op)
+    _validate_dicts(fn, inputs, analytic, op)
     xs = {k: np.array(x, dtype=np.float64, order="C", copy=True) for k, x in inputs.items()}
     grads = {k: np.asarray(a, dtype=np.float64) for k, a in analytic.items()}
     pristine = {k: x.copy() for k, x in xs.items()}
-    _scalar(fn(**xs))  # validates the output once at the input point
-    _check_unmodified(xs, pristine)
+    _scalar(fn(**xs), op)  # validates the output once at the input point
+    _check_unmodified(xs, pristine, op, what)
     if fast:
-        reports, evals = _fast(fn, xs, grads, eps, rtol, atol, seed, directions)
+        reports, evals = _fast(fn, xs, grads, eps, rtol, atol, seed, directions, op)
     else:
-        reports, evals = _full(fn, xs, grads, eps, rtol, atol)
-    _check_unmodified(xs, pristine)
+        reports, evals = _full(fn, xs, grads, eps, rtol, atol, op)
+    _check_unmodified(xs, pristine, op, what)
     report = GradcheckReport("fast" if fast else "full", evals + 1, eps, rtol, atol, reports)
     if not report.passed:
-        raise GradcheckError(_failure_message(report), report)
+        raise GradcheckError(_failure_message(report, op), report)
     return report
 
 
-def _check_unmodified(xs: dict, pristine: dict) -> None:
+def _check_unmodified(xs: dict, pristine: dict, op: str, what: str) -> None:
+    """A function under a check that writes to its arguments is a bug: it would also corrupt
+    the arrays a network keeps for its backward pass."""
     for k, x in xs.items():
         if not np.array_equal(x, pristine[k], equal_nan=True):
-            raise ValueError(
-                f"check_grad: fn modified inputs[{k!r}] in place; a function under a gradient"
+            raise GradcheckError(
+                f"{op}: {what} modified its input {k!r} in place; a function under a gradient"
                 " check must not write to its arguments (work on a copy)"
             )
 
 
-def check_op(forward, backward, inputs: dict, *, config: dict | None = None, seed: int = 0, **kw):
+def check_op(
+    forward,
+    backward,
+    inputs: dict,
+    *,
+    config: dict | None = None,
+    eps: float = EPS,
+    rtol: float = RTOL,
+    atol: float = ATOL,
+    fast: bool = False,
+    seed: int = 0,
+    directions: int = DIRECTIONS,
+) -> GradcheckReport:
     """Check a forward/backward pair of this library's convention, in float64.
 
     The scalar checked is ``loss = sum(forward(**inputs, **config)[0] * g)`` with a seeded
     random upstream gradient ``g`` (standard normal, the shape of the forward's output); the
     analytic gradients are ``backward(g, cache)``.
 
-    Matching gradients to inputs: the backward's gradients are matched IN ORDER to the entries
-    of ``inputs`` (dict order): the first gradient belongs to the first entry, and so on. A
-    backward that returns a single array (not a tuple) gives the gradient of the first entry.
-    An entry whose gradient is None must itself be None (an absent bias) and is skipped; a None
-    gradient for an array is an error. Trailing None gradients need no entry at all, so
-    ``{"x": x, "weight": w}`` works for a bias-free conv. Entries after the last gradient (say
-    batch norm's ``running_mean`` and ``running_var``, or cross-entropy's ``target``) are passed
-    to ``forward`` but not checked. For conv: ``inputs={"x": x, "weight": w, "bias": b}``.
+    ``inputs`` holds exactly the arguments the backward differentiates, in the order of its
+    gradients (dict order): the first gradient belongs to the first entry, and so on. A backward
+    that returns a single array (not a tuple) gives the gradient of the only entry. Every array
+    entry must get a gradient: a missing one, an extra one, or None for an array all fail and
+    name the input. An entry may be None (an absent bias); its gradient must then be None or
+    absent. Trailing None gradients need no entry, so ``{"x": x, "weight": w}`` works for a
+    bias-free conv whose backward returns ``(dx, dw, None)``. For conv:
+    ``inputs={"x": x, "weight": w, "bias": b}``.
 
-    Settings: ``config`` is a dict of further keyword arguments for ``forward`` (``stride``,
-    ``groups``, ``training``, ``rng``...), passed through and never checked.
+    Everything else the forward takes goes in ``config``, a dict of further keyword arguments
+    passed through and never differentiated: settings (``stride``, ``groups``, ``training``,
+    ``rng``...) and arrays without a gradient (batch norm's ``running_mean`` and
+    ``running_var``, cross-entropy's ``target``).
 
     State: every call of ``forward`` (the analytic pass and each numerical evaluation) gets
-    fresh deep copies of everything that is not checked, so an op that mutates state cannot
-    drift between evaluations: batch norm's running statistics start from the same values each
-    time, and a ``np.random.Generator`` in ``config`` starts from the same state, so dropout
-    draws the same mask every time. Your own objects are never modified.
+    fresh deep copies of ``config``, so an op that mutates state cannot drift between
+    evaluations: batch norm's running statistics start from the same values each time, and a
+    ``np.random.Generator`` in ``config`` starts from the same state, so dropout draws the same
+    mask every time. Your own objects are never modified.
 
     Precision: every floating-point array in ``inputs`` and ``config`` is copied to float64
     first (integer arrays such as class targets are left as they are).
@@ -445,21 +489,39 @@ def check_op(forward, backward, inputs: dict, *, config: dict | None = None, see
     Args:
         forward: ``forward(**inputs, **config) -> (out, cache)``.
         backward: ``backward(dout, cache) -> grad`` or a tuple of gradients.
-        inputs: name -> array (or None), in the order of the backward's gradients.
-        config: further keyword arguments for ``forward``, not checked.
-        seed: seeds ``g`` (and fast mode's directions).
-        **kw: passed to :func:`check_grad` (``eps``, ``rtol``, ``atol``, ``fast``,
-            ``directions``).
+        inputs: name -> float array (or None), in the order of the backward's gradients.
+        config: further keyword arguments for ``forward``, not differentiated.
+        eps, rtol, atol, fast, seed, directions: as for :func:`check_grad`; ``seed`` also
+            seeds ``g``.
 
     Returns:
         The :class:`GradcheckReport` of the checked inputs.
 
     Raises:
-        GradcheckError: a gradient is wrong, or the backward returns the wrong number of
-            gradients, a gradient of the wrong shape or dtype, or None for an array input.
+        GradcheckError: a gradient is wrong; the backward returns a gradient too few or too
+            many, one of the wrong shape or dtype, or None for an array input; the forward
+            writes to an input.
         TypeError, ValueError: bad arguments.
     """
     op = "check_op"
+    _validate_settings(eps, rtol, atol, fast, seed, directions, op)
+    inputs, config = _validate_op_args(op, forward, backward, inputs, config, seed)
+    out, cache = forward(**copy.deepcopy(inputs), **copy.deepcopy(config))
+    out = np.asarray(out)
+    g = upstream_gradient(seed, out.shape).astype(out.dtype)
+    grads = backward(g.copy(), cache)
+    checked, analytic = _match(inputs, grads, op)
+
+    def loss(**xs):
+        rest = {k: v for k, v in inputs.items() if k not in xs}  # the None entries
+        out, _ = forward(**xs, **rest, **copy.deepcopy(config))
+        return float(np.sum(np.asarray(out, dtype=np.float64) * g))
+
+    return _check(loss, checked, analytic, op, eps, rtol, atol, fast, seed, directions, "forward")
+
+
+def _validate_op_args(op, forward, backward, inputs, config, seed):
+    """Check check_op's arguments; return float64 copies of ``inputs`` and ``config``."""
     for name, f in (("forward", forward), ("backward", backward)):
         if not callable(f):
             raise TypeError(f"{op}: {name} must be callable, got {describe(f)}")
@@ -475,21 +537,19 @@ def check_op(forward, backward, inputs: dict, *, config: dict | None = None, see
         raise ValueError(f"{op}: {both} given in both inputs and config")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise TypeError(f"{op}: seed must be an int, got {describe(seed)}")
-    inputs = {k: _to_float64(v) for k, v in inputs.items()}
-    config = {k: _to_float64(v) for k, v in config.items()}
-
-    out, cache = forward(**copy.deepcopy(inputs), **copy.deepcopy(config))
-    out = np.asarray(out)
-    g = np.random.default_rng(seed).standard_normal(out.shape).astype(out.dtype)
-    grads = backward(g.copy(), cache)
-    checked, analytic = _match(inputs, grads)
-
-    def loss(**xs):
-        rest = copy.deepcopy({k: v for k, v in inputs.items() if k not in xs})
-        out, _ = forward(**xs, **rest, **copy.deepcopy(config))
-        return float(np.sum(np.asarray(out, dtype=np.float64) * g))
-
-    return check_grad(loss, checked, analytic, seed=seed, **kw)
+    for name, x in inputs.items():
+        if x is not None and not (isinstance(x, np.ndarray) and x.dtype.kind == "f"):
+            raise TypeError(
+                f"{op}: inputs[{name!r}] must be a floating-point array (or None): inputs holds"
+                f" the arguments the backward differentiates; got {describe(x)}. Put settings"
+                " and arrays without a gradient in config=..."
+            )
+    if all(x is None for x in inputs.values()):
+        raise ValueError(f"{op}: nothing to check: every entry of inputs is None")
+    return (
+        {k: _to_float64(v) for k, v in inputs.items()},
+        {k: _to_float64(v) for k, v in config.items()},
+    )
 
 
 def _to_float64(v):
@@ -498,11 +558,10 @@ def _to_float64(v):
     return v
 
 
-def _match(inputs: dict, grads):
-    """Pair the backward's gradients with the entries of ``inputs`` in order."""
-    op = "check_op"
-    if not isinstance(grads, tuple):
-        grads = (grads,)
+def _match(inputs: dict, grads, op: str):
+    """Pair the backward's gradients with the entries of ``inputs`` in order; every array entry
+    needs exactly one gradient."""
+    grads = tuple(grads) if isinstance(grads, (tuple, list)) else (grads,)
     names = list(inputs)
     while len(grads) > len(names) and grads[-1] is None:
         grads = grads[:-1]  # a trailing None (dbias without bias) needs no entry in inputs
@@ -510,6 +569,12 @@ def _match(inputs: dict, grads):
         raise GradcheckError(
             f"{op}: backward returned {len(grads)} gradients but inputs has only "
             f"{len(names)} entries {names}; list the inputs in the backward's order"
+        )
+    missing = [k for k in names[len(grads) :] if inputs[k] is not None]
+    if missing:
+        raise GradcheckError(
+            f"{op}: backward returned {len(grads)} gradient(s) for the {len(names)} inputs "
+            f"{names}: no gradient for {missing[0]!r}"
         )
     checked, analytic = {}, {}
     for name, gr in zip(names, grads):
@@ -520,20 +585,24 @@ def _match(inputs: dict, grads):
                     f"{op}: backward returned a gradient for {name!r}, which is None"
                 )
             continue
-        if not isinstance(x, np.ndarray) or x.dtype.kind != "f":
-            raise TypeError(
-                f"{op}: inputs[{name!r}] gets a gradient from backward (position "
-                f"{names.index(name)}) so it must be a floating-point array, got {describe(x)};"
-                " put settings in config=..."
-            )
         if gr is None:
             raise GradcheckError(f"{op}: backward returned None as the gradient of {name!r}")
         if not isinstance(gr, np.ndarray) or gr.shape != x.shape or gr.dtype != x.dtype:
             raise GradcheckError(
                 f"{op}: the gradient of {name!r} must be an array of shape {x.shape} and dtype "
-                f"{x.dtype} like the input, got {describe(gr)}"
+                f"{x.dtype} like the input, got {describe(gr)}" + _order_hint(inputs, name, gr)
             )
         checked[name], analytic[name] = x, gr
-    if not checked:
-        raise ValueError(f"{op}: nothing to check: every gradient-bearing input is None")
     return checked, analytic
+
+
+def _order_hint(inputs: dict, name: str, gr) -> str:
+    """A hint when a misplaced gradient has the shape of another input."""
+    shape = getattr(gr, "shape", None)
+    for other, x in inputs.items():
+        if other != name and x is not None and x.shape == shape:
+            return (
+                f"; it has the shape of {other!r}: are the gradients returned in the order of"
+                " inputs?"
+            )
+    return ""

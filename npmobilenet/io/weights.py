@@ -14,6 +14,7 @@ model (see :meth:`npmobilenet.nn.Module.load_state_dict`).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import stat
@@ -200,20 +201,38 @@ def load_state_dict_file(path) -> dict[str, np.ndarray]:
     Raises FileNotFoundError for a missing file and ValueError, naming the file, for anything
     that is not a complete safetensors file (truncated, foreign format, unsupported dtype).
     """
-    op = "load_state_dict_file"
+    return read_safetensors("load_state_dict_file", path, "safetensors file")[0]
+
+
+def read_safetensors(op: str, path, kind: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Read and validate a whole safetensors file: ``({name: array}, metadata)``.
+
+    The arrays are owned copies; ``metadata`` is the header's ``__metadata__`` (``{}`` if none).
+    ``kind`` names what the file should be in messages ("safetensors file", "checkpoint"):
+    FileNotFoundError if ``path`` is not a file, ValueError naming it if it is not a complete
+    safetensors file (truncated, corrupt, another format, a dtype numpy lacks).
+    """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{op}: no such file: {path}")
+        raise FileNotFoundError(f"{op}: no {kind} at {path}")
     try:
         with open(path, "rb") as f:
             data = f.read()
-        arrays = safetensors.numpy.load(data)
+        arrays = safetensors.numpy.load(data)  # validates the whole file
+        metadata = safetensors_metadata(data)
     except (safetensors.SafetensorError, ValueError, TypeError, KeyError, OverflowError) as e:
         raise ValueError(
-            f"{op}: {path} is not a readable safetensors file (truncated, corrupt, another"
-            f" format, or a dtype numpy lacks such as bfloat16?): {e}"
+            f"{op}: {path} is not a readable {kind} (truncated or corrupt, another format, or a"
+            f" dtype numpy lacks such as bfloat16?): {str(e)[:200]}"
         ) from None
-    return {k: np.array(v, copy=True) for k, v in arrays.items()}
+    return {k: np.array(v, copy=True) for k, v in arrays.items()}, metadata
+
+
+def safetensors_metadata(data: bytes) -> dict:
+    """The ``__metadata__`` of safetensors bytes: an 8-byte little-endian header size, then
+    the JSON header. Raises ValueError (or UnicodeDecodeError) for bytes that are not one."""
+    size = int.from_bytes(data[:8], "little")
+    return json.loads(data[8 : 8 + size]).get("__metadata__") or {}
 
 
 def save_weights(model, path, overwrite: bool = False) -> None:

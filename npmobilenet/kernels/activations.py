@@ -12,7 +12,7 @@ from numba import njit
 
 
 @njit(cache=True)
-def relu_bwd(dout, out, dx):
+def relu_backward_input(dout, out, dx):
     """dx[i] = 0 if out[i] <= 0 else dout[i] (so a NaN passes its gradient, as in PyTorch).
 
     All three: (size,) of one dtype; writes dx.
@@ -21,13 +21,13 @@ def relu_bwd(dout, out, dx):
         dx[i] = 0 if out[i] <= 0 else dout[i]
 
 
-def relu_bwd_naive(dout, out, dx):
-    """NumPy reference for :func:`relu_bwd`."""
+def relu_backward_input_naive(dout, out, dx):
+    """NumPy reference for :func:`relu_backward_input`."""
     dx[...] = np.where(out <= 0, 0, dout)
 
 
 @njit(cache=True)
-def relu6_bwd(dout, x, dx):
+def relu6_backward_input(dout, x, dx):
     """dx[i] = 0 if x[i] <= 0 or x[i] >= 6 else dout[i] (NaN passes, as in PyTorch).
 
     All three: (size,) of one dtype; writes dx.
@@ -37,6 +37,6 @@ def relu6_bwd(dout, x, dx):
         dx[i] = 0 if v <= 0 or v >= 6 else dout[i]
 
 
-def relu6_bwd_naive(dout, x, dx):
-    """NumPy reference for :func:`relu6_bwd`."""
+def relu6_backward_input_naive(dout, x, dx):
+    """NumPy reference for :func:`relu6_backward_input`."""
     dx[...] = np.where((x <= 0) | (x >= 6), 0, dout)

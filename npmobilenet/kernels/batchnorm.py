@@ -5,7 +5,7 @@ tests run both on the same inputs. Sums are accumulated in float64 whatever the 
 PyTorch's CPU kernels do), so a float32 batch of millions of pixels keeps its precision.
 
 The kernels are serial on purpose (``nogil``): a model's training step runs them on slices of the
-batch from its own threads (``npmobilenet.parallel``); see ``npmobilenet.threads``.
+batch on a ``npmobilenet.threads.Runner``; see that module.
 """
 
 from __future__ import annotations
@@ -13,11 +13,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-# Reassociation lets LLVM vectorise the float64 sums; NaN/inf semantics stay IEEE.
-_FAST = {"reassoc", "contract"}
+from npmobilenet.kernels.fastmath import REASSOC
 
 
-@njit(cache=True, nogil=True, inline="always", fastmath=_FAST)
+@njit(cache=True, nogil=True, inline="always", fastmath=REASSOC)
 def channel_sums(x):
     """Sum of each channel over images and pixels, float64. x: (N, C, L) -> (C,)."""
     N, C, L = x.shape
@@ -31,7 +30,7 @@ def channel_sums(x):
     return total
 
 
-@njit(cache=True, nogil=True, inline="always", fastmath=_FAST)
+@njit(cache=True, nogil=True, inline="always", fastmath=REASSOC)
 def channel_sq_dev(x, mean):
     """Sum of squared deviations from ``mean`` (C,) of each channel, float64. -> (C,)."""
     N, C, L = x.shape
@@ -47,7 +46,7 @@ def channel_sq_dev(x, mean):
     return total
 
 
-@njit(cache=True, nogil=True, fastmath=_FAST)
+@njit(cache=True, nogil=True, fastmath=REASSOC)
 def channel_stats(x):
     """Mean and biased variance of each channel, two passes, float64 accumulation.
 
@@ -67,7 +66,7 @@ def channel_stats_naive(x):
     return x64.mean(axis=(0, 2)), x64.var(axis=(0, 2))
 
 
-@njit(cache=True, nogil=True, fastmath=_FAST)
+@njit(cache=True, nogil=True, fastmath=REASSOC)
 def scale_shift(x, scale, shift, out):
     """out[n, c, i] = x[n, c, i] * scale[c] + shift[c].
 
@@ -88,7 +87,7 @@ def scale_shift_naive(x, scale, shift, out):
     out[...] = x * scale[None, :, None] + shift[None, :, None]
 
 
-@njit(cache=True, nogil=True, fastmath=_FAST)
+@njit(cache=True, nogil=True, fastmath=REASSOC)
 def grad_sums(dout, x, mean):
     """Per-channel sums the backward needs, in one pass: sum(dout) and sum(dout * (x - mean)).
 
@@ -118,7 +117,7 @@ def grad_sums_naive(dout, x, mean):
     return d64.sum(axis=(0, 2)), (d64 * xmu).sum(axis=(0, 2))
 
 
-@njit(cache=True, nogil=True, inline="always", fastmath=_FAST)
+@njit(cache=True, nogil=True, inline="always", fastmath=REASSOC)
 def train_dx(dout, x, mean, k, a, b, dx):
     """dx[n, c, i] = k[c] * dout[n, c, i] - a[c] * (x[n, c, i] - mean[c]) - b[c].
 
@@ -152,7 +151,7 @@ def train_dx_naive(dout, x, mean, k, a, b, dx):
 # --------------------------------------------------------------------------------------------
 
 
-@njit(cache=True, nogil=True, fastmath=_FAST)
+@njit(cache=True, nogil=True, fastmath=REASSOC)
 def scale_shift_act(x, scale, shift, out, six):
     """out = act(x * scale[c] + shift[c]): :func:`scale_shift` then ReLU (ReLU6 if ``six``).
 
@@ -183,7 +182,7 @@ def scale_shift_act_naive(x, scale, shift, out, six):
     out[...] = np.clip(out, 0, 6) if six else np.maximum(out, 0)
 
 
-@njit(cache=True, nogil=True, fastmath=_FAST)
+@njit(cache=True, nogil=True, fastmath=REASSOC)
 def grad_sums_act(dout, out, x, mean, six):
     """:func:`grad_sums` of the gradient that reaches BN through the activation.
 
@@ -228,7 +227,7 @@ def grad_sums_act_naive(dout, out, x, mean, six):
     return grad_sums_naive(_act_grad_naive(dout, out, six), x, mean)
 
 
-@njit(cache=True, nogil=True, inline="always", fastmath=_FAST)
+@njit(cache=True, nogil=True, inline="always", fastmath=REASSOC)
 def train_dx_act(dout, out, x, mean, k, a, b, dx, six):
     """:func:`train_dx` of the gradient through the activation (masked as in ``grad_sums_act``).
 
@@ -259,13 +258,13 @@ def train_dx_act(dout, out, x, mean, k, a, b, dx, six):
 # slower); with one array read and written at the same index it vectorises as usual.
 
 
-@njit(cache=True, nogil=True, fastmath=_FAST)
+@njit(cache=True, nogil=True, fastmath=REASSOC)
 def train_dx_inplace(d, x, mean, k, a, b):
     """:func:`train_dx` with ``dout`` = ``dx`` = ``d`` (N, C, L): d becomes dx."""
     train_dx(d, x, mean, k, a, b, d)
 
 
-@njit(cache=True, nogil=True, fastmath=_FAST)
+@njit(cache=True, nogil=True, fastmath=REASSOC)
 def train_dx_act_inplace(d, out, x, mean, k, a, b, six):
     """:func:`train_dx_act` with ``dout`` = ``dx`` = ``d`` (N, C, L): d becomes dx."""
     train_dx_act(d, out, x, mean, k, a, b, d, six)

@@ -20,7 +20,7 @@ The activation is a clamp ``min(max(v, lo), hi)``: ReLU is ``lo=0, hi=inf``, ReL
 ``lo=0, hi=6``. A clamp has no branch, so it vectorizes too. Pass ``lo``/``hi`` as scalars of
 the arrays' dtype (a float64 bound would promote float32 arithmetic).
 
-Each kernel has a plain NumPy reference beside it (``*_reference``); the tests compare them.
+Each kernel has a plain NumPy reference beside it (``*_naive``); the tests compare them.
 
 Shape legend: N batch, C input channels, K output channels, H, W input size, OH, OW output size.
 All arrays share one float dtype; the engine in ``npmobilenet.fast`` validates and allocates,
@@ -32,16 +32,16 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-# "contract" lets LLVM fuse a*b+c into one FMA instruction; nothing is reassociated.
-_FASTMATH = {"contract"}
+from npmobilenet._geometry import output_size
+from npmobilenet.kernels.fastmath import CONTRACT
 
 
 def conv_out_size(size: int, stride: int) -> int:
-    """Output length of a 3x3 convolution with padding 1: ``(size + 2 - 3) // stride + 1``."""
-    return (size - 1) // stride + 1
+    """Output length of a 3x3 convolution with padding 1 (``(size - 1) // stride + 1``)."""
+    return output_size(size, 3, stride, 1)
 
 
-@njit(cache=True, nogil=True, fastmath=_FASTMATH)
+@njit(cache=True, nogil=True, fastmath=CONTRACT)
 def im2col3x3_nchw(x, stride, cols):
     """Gather 3x3 patches (padding 1) of an NCHW image batch into pixel-major rows.
 
@@ -66,7 +66,7 @@ def im2col3x3_nchw(x, stride, cols):
                             q += 1
 
 
-def im2col3x3_nchw_reference(x, stride):
+def im2col3x3_nchw_naive(x, stride):
     """NumPy reference for :func:`im2col3x3_nchw`: (N, C, H, W) -> (N, OH, OW, C*9)."""
     N, C, H, W = x.shape
     OH, OW = conv_out_size(H, stride), conv_out_size(W, stride)
@@ -80,7 +80,7 @@ def im2col3x3_nchw_reference(x, stride):
     return cols.transpose(0, 3, 4, 1, 2).reshape(N, OH, OW, C * 9)
 
 
-@njit(cache=True, nogil=True, fastmath=_FASTMATH)
+@njit(cache=True, nogil=True, fastmath=CONTRACT)
 def depthwise3x3_nhwc(xp, w, b, stride, lo, hi, out):
     """Depthwise 3x3 conv on a zero-bordered NHWC input, bias and clamp fused.
 
@@ -118,7 +118,7 @@ def depthwise3x3_nhwc(xp, w, b, stride, lo, hi, out):
                     o[c] = min(max(acc, lo), hi)
 
 
-def depthwise3x3_nhwc_reference(xp, w, b, stride, lo, hi):
+def depthwise3x3_nhwc_naive(xp, w, b, stride, lo, hi):
     """NumPy reference for :func:`depthwise3x3_nhwc`: sum of 9 strided slices.
 
     xp (N, H+2, W+2, C) zero-bordered, w (3, 3, C), b (C,) -> (N, OH, OW, C).

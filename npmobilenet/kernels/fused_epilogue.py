@@ -22,10 +22,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-_FASTMATH = {"contract"}
+from npmobilenet.kernels.fastmath import CONTRACT
 
 
-@njit(cache=True, nogil=True, fastmath=_FASTMATH)
+@njit(cache=True, nogil=True, fastmath=CONTRACT)
 def bias_clamp_pad(y, b, lo, hi, out):
     """``out[n, 1+h, 1+w, k] = clamp(y[n, h, w, k] + b[k])``, and 0 on out's one-pixel border.
 
@@ -46,12 +46,12 @@ def bias_clamp_pad(y, b, lo, hi, out):
                     orow[w + 1, k] = min(max(yrow[w, k] + b[k], lo), hi)
 
 
-def bias_clamp_pad_reference(y, b, lo, hi):
+def bias_clamp_pad_naive(y, b, lo, hi):
     """NumPy reference for :func:`bias_clamp_pad`: (N, H, W, K) -> (N, H+2, W+2, K)."""
     return np.pad(np.clip(y + b, lo, hi), ((0, 0), (1, 1), (1, 1), (0, 0)))
 
 
-@njit(cache=True, nogil=True, fastmath=_FASTMATH)
+@njit(cache=True, nogil=True, fastmath=CONTRACT)
 def bias_clamp_mean(y, b, lo, hi, pooled):
     """``pooled[n, k] = mean_p clamp(y[n, p, k] + b[k])``.  y (N, P, K), b (K,), pooled (N, K).
 
@@ -69,6 +69,6 @@ def bias_clamp_mean(y, b, lo, hi, pooled):
             acc[k] /= P
 
 
-def bias_clamp_mean_reference(y, b, lo, hi):
+def bias_clamp_mean_naive(y, b, lo, hi):
     """NumPy reference for :func:`bias_clamp_mean`: (N, P, K) -> (N, K)."""
     return np.clip(y + b, lo, hi).mean(axis=1)

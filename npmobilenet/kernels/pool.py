@@ -13,7 +13,7 @@ from numba import njit
 
 
 @njit(cache=True)
-def max_pool2d_fwd(x, kH, kW, sH, sW, pH, pW, dH, dW, OH, OW):
+def max_pool2d_forward(x, kH, kW, sH, sW, pH, pW, dH, dW, OH, OW):
     """Max over each (dilated) window; ties keep the first in scan order, NaN wins.
 
     x: (N, C, H, W). Returns out (N, C, OH, OW) and argmax (N, C, OH, OW) int64, the flat
@@ -48,7 +48,7 @@ def max_pool2d_fwd(x, kH, kW, sH, sW, pH, pW, dH, dW, OH, OW):
 
 
 @njit(cache=True)
-def max_pool2d_bwd(dout, argmax, H, W):
+def max_pool2d_backward_input(dout, argmax, H, W):
     """Route each dout[n, c, oh, ow] to the input pixel that won its window (adding up).
 
     dout, argmax: (N, C, OH, OW). Returns dx (N, C, H, W).
@@ -84,7 +84,7 @@ def _avg_divisor(h0, h1, lh, w0, w1, lw, count_include_pad):
 
 
 @njit(cache=True)
-def avg_pool2d_fwd(x, kH, kW, sH, sW, pH, pW, OH, OW, count_include_pad):
+def avg_pool2d_forward(x, kH, kW, sH, sW, pH, pW, OH, OW, count_include_pad):
     """Mean over each window; the divisor counts padding iff ``count_include_pad``.
 
     x: (N, C, H, W). Returns out (N, C, OH, OW). A window lying entirely in padding (possible
@@ -110,7 +110,7 @@ def avg_pool2d_fwd(x, kH, kW, sH, sW, pH, pW, OH, OW, count_include_pad):
 
 
 @njit(cache=True)
-def avg_pool2d_bwd(dout, H, W, kH, kW, sH, sW, pH, pW, count_include_pad):
+def avg_pool2d_backward_input(dout, H, W, kH, kW, sH, sW, pH, pW, count_include_pad):
     """Spread each dout[n, c, oh, ow] / divisor evenly over its window (adding up).
 
     dout: (N, C, OH, OW). Returns dx (N, C, H, W).
@@ -140,7 +140,7 @@ def _adaptive_window(o, out_size, in_size):
 
 
 @njit(cache=True)
-def adaptive_avg_pool2d_fwd(x, OH, OW):
+def adaptive_avg_pool2d_forward(x, OH, OW):
     """Mean over each adaptive window. x: (N, C, H, W). Returns out (N, C, OH, OW)."""
     N, C, H, W = x.shape
     out = np.empty((N, C, OH, OW), dtype=x.dtype)
@@ -159,7 +159,7 @@ def adaptive_avg_pool2d_fwd(x, OH, OW):
 
 
 @njit(cache=True)
-def adaptive_avg_pool2d_bwd(dout, H, W):
+def adaptive_avg_pool2d_backward_input(dout, H, W):
     """Spread each dout[n, c, oh, ow] evenly over its adaptive window (windows may overlap).
 
     dout: (N, C, OH, OW). Returns dx (N, C, H, W).

@@ -1,10 +1,13 @@
 """Models built from :mod:`npmobilenet.nn`: MobileNetV1 and its summary."""
 
 from npmobilenet.models.mobilenet import (
+    FIRST_CONV,
     TABLE_1,
     ConvBlock,
     DepthwiseSeparableConv,
     MobileNetV1,
+    Stage,
+    stages,
 )
 from npmobilenet.models.summary import LayerRow, ModelSummary, TypeRow, summarize
 
@@ -13,6 +16,9 @@ __all__ = [
     "ConvBlock",
     "DepthwiseSeparableConv",
     "TABLE_1",
+    "FIRST_CONV",
+    "Stage",
+    "stages",
     "ModelSummary",
     "LayerRow",
     "TypeRow",

@@ -1,14 +1,16 @@
-"""MobileNetV1 (Howard et al. 2017), built like the paper's Table 1 and the seed article's code.
+"""MobileNetV1 (Howard et al. 2017), built from the paper's Table 1 with the reference
+implementation's module names.
 
-Architecture (alpha = width multiplier; channel counts are ``int(c * alpha)`` as in the seed)::
+Architecture (alpha = width multiplier; channel counts are ``int(c * alpha)``), one row of
+:data:`TABLE_1` per stage::
 
     first_conv            3x3 conv, stride 2, in_channels -> 32     + BN + activation
     depthwise_sep_conv0   dw 3x3 s1 + BN + act, pw 1x1 32 -> 64     + BN + act
-    depthwise_sep_conv1   ... s2, 64 -> 128      (the table below drives the construction)
+    depthwise_sep_conv1   ... s2, 64 -> 128
     ...
     depthwise_sep_conv6   five blocks 512 -> 512 (a ModuleList: keys depthwise_sep_conv6.0 ...)
     ...
-    avgpool               global average pooling           (N, C, OH, OW) -> (N, C, 1, 1)
+    avgpool               global average pooling (maxpool with global_pool="max")
     flatten                                                 -> (N, C)
     dropout               (p=0 by default)
     fc                    linear                            -> (N, num_classes)
@@ -16,9 +18,13 @@ Architecture (alpha = width multiplier; channel counts are ``int(c * alpha)`` as
 ``conv="full"`` gives the paper's Table 4 baseline: each depthwise-separable block becomes one
 full 3x3 convolution + BN + activation (module names ``full_conv0`` ... ``full_conv8``).
 
-The state_dict keys are exactly the seed article's PyTorch module names, so weights move to and
-from PyTorch with no renaming (``first_conv.conv.weight``, ``depthwise_sep_conv6.0.dwconv.weight``,
-``fc.bias`` ...).
+The state_dict keys are exactly the reference implementation's PyTorch module names, so weights
+move to and from PyTorch with no renaming (``first_conv.conv.weight``,
+``depthwise_sep_conv6.0.dwconv.weight``, ``fc.bias`` ...).
+
+The model is its current children: ``forward`` runs them in registration order (a ModuleList's
+items one by one), so assigning ``m.fc = Linear(256, 3)`` or a block of your own takes effect,
+in ``forward``, ``backward``, ``trace``, ``summary`` and ``output_shape`` alike.
 
 Resolution: the resolution multiplier is simply the input size. Every 3x3 convolution has
 padding 1, so a stride-2 stage maps H to ceil(H / 2) and any H, W >= 1 survives the five
@@ -30,69 +36,125 @@ from __future__ import annotations
 
 import math
 import sys
+from typing import NamedTuple
 
 import numpy as np
 
 from npmobilenet import _checks as chk
-from npmobilenet import ops, parallel
+from npmobilenet import ops, threads
 from npmobilenet.nn import (
     AdaptiveAvgPool2d,
+    AdaptiveMaxPool2d,
     BatchNorm2d,
     Conv2d,
     Dropout,
     Flatten,
+    Identity,
     Linear,
     Module,
     ModuleList,
     ReLU,
     ReLU6,
-    buffers,
+    Workspace,
 )
-from npmobilenet.nn.layers import float_dtype
+from npmobilenet.nn.layers import ACTIVATION_LAYERS, float_dtype
+from npmobilenet.nn.module import SPENT, run_backward, run_forward
 
-FIRST_CONV_CHANNELS = 32  # Table 1, row 1: "Conv / s2, 3x3x3x32"
 
-# Table 1 after the first convolution: one row per stage, with the seed article's module names.
-# (name, in_channels, out_channels, stride, repeats); a stage with repeats > 1 is a ModuleList.
+class Stage(NamedTuple):
+    """One stage of the network: ``repeats`` blocks named ``name`` (a ModuleList when
+    ``repeats > 1``), the first mapping ``in_channels`` to ``out_channels`` with ``stride``, the
+    others ``out_channels`` to ``out_channels`` with stride 1."""
+
+    name: str
+    in_channels: int
+    out_channels: int
+    stride: int
+    repeats: int
+
+
+# Table 1, row 1: "Conv / s2, 3x3x3x32" (the input channels are the images').
+FIRST_CONV = Stage("first_conv", 3, 32, 2, 1)
+# Table 1 after the first convolution, with the reference implementation's module names.
 TABLE_1 = (
-    ("depthwise_sep_conv0", 32, 64, 1, 1),
-    ("depthwise_sep_conv1", 64, 128, 2, 1),
-    ("depthwise_sep_conv2", 128, 128, 1, 1),
-    ("depthwise_sep_conv3", 128, 256, 2, 1),
-    ("depthwise_sep_conv4", 256, 256, 1, 1),
-    ("depthwise_sep_conv5", 256, 512, 2, 1),
-    ("depthwise_sep_conv6", 512, 512, 1, 5),
-    ("depthwise_sep_conv7", 512, 1024, 2, 1),
-    ("depthwise_sep_conv8", 1024, 1024, 1, 1),
+    Stage("depthwise_sep_conv0", 32, 64, 1, 1),
+    Stage("depthwise_sep_conv1", 64, 128, 2, 1),
+    Stage("depthwise_sep_conv2", 128, 128, 1, 1),
+    Stage("depthwise_sep_conv3", 128, 256, 2, 1),
+    Stage("depthwise_sep_conv4", 256, 256, 1, 1),
+    Stage("depthwise_sep_conv5", 256, 512, 2, 1),
+    Stage("depthwise_sep_conv6", 512, 512, 1, 5),
+    Stage("depthwise_sep_conv7", 512, 1024, 2, 1),
+    Stage("depthwise_sep_conv8", 1024, 1024, 1, 1),
 )
-ACTIVATIONS = {"relu": ReLU, "relu6": ReLU6}
+ACTIVATIONS = ACTIVATION_LAYERS  # activation name -> layer class
 CONV_KINDS = ("separable", "full")
+GLOBAL_POOLS = {"avg": ("avgpool", AdaptiveAvgPool2d), "max": ("maxpool", AdaptiveMaxPool2d)}
 
 
-def _checked_config(alpha, num_classes, in_channels, dropout, activation, dtype, seed, conv):
-    """Validate MobileNetV1's arguments (section 7 of the issue); return them as a dict."""
+def stages(alpha: float = 1.0, in_channels: int = 3, conv: str = "separable") -> tuple:
+    """The stem and every Table 1 stage at width ``alpha``: channel counts ``int(c * alpha)``
+    (the stem's input is ``in_channels``), names ``full_conv*`` for ``conv="full"``."""
+    first = FIRST_CONV._replace(in_channels=in_channels,
+                                out_channels=int(FIRST_CONV.out_channels * alpha))  # fmt: skip
+    rows = [first]
+    for st in TABLE_1:
+        name = st.name.replace("depthwise_sep_conv", "full_conv") if conv == "full" else st.name
+        rows.append(st._replace(name=name, in_channels=int(st.in_channels * alpha),
+                                out_channels=int(st.out_channels * alpha)))  # fmt: skip
+    return tuple(rows)
+
+
+def _checked_config(alpha, num_classes, in_channels, dropout, activation, dtype, seed, conv,
+                    global_pool):  # fmt: skip
+    """Validate MobileNetV1's arguments; return them as a dict."""
     op = "MobileNetV1"
     alpha = chk.number(op, "alpha", alpha, low=0.0, low_open=True)
-    if int(FIRST_CONV_CHANNELS * alpha) < 1:  # the narrowest layer; int(c * alpha) grows with c
+    if int(FIRST_CONV.out_channels * alpha) < 1:  # the narrowest layer; int(c * alpha) grows
         raise ValueError(
             f"{op}: alpha={alpha} leaves first_conv with int(32 * alpha) = 0 channels;"
             " alpha must be at least 1/32 = 0.03125"
         )
     return dict(
         alpha=alpha,
-        num_classes=chk.integer(op, "num_classes", num_classes, 1),
+        num_classes=chk.integer(op, "num_classes", num_classes, 0),
         in_channels=chk.integer(op, "in_channels", in_channels, 1),
         dropout=chk.number(op, "dropout", dropout, 0.0, 1.0, high_open=True),
         activation=chk.choice(op, "activation", activation, ACTIVATIONS),
         dtype=float_dtype(op, dtype).name,
         seed=None if seed is None else chk.integer(op, "seed", seed, 0),
         conv=chk.choice(op, "conv", conv, CONV_KINDS),
+        global_pool=chk.choice(op, "global_pool", global_pool, GLOBAL_POOLS),
     )
 
 
+def _bn_act_forward(bn, act, x, workspace):
+    """``act(bn(x))``: one fused op (``BatchNorm2d.forward_act``) when ``bn`` is a BatchNorm2d
+    and ``act`` a ReLU / ReLU6, else the two modules in turn. Returns (out, fused)."""
+    if type(bn) is BatchNorm2d and type(act) in (ReLU, ReLU6):
+        return bn.forward_act(x, act.name, workspace=workspace), True
+    return run_forward(act, run_forward(bn, x, workspace), workspace), False
+
+
+def _bn_act_backward(bn, act, dout, consume: bool, fused: bool):
+    """The backward of :func:`_bn_act_forward` (bn's backward covers the fused activation)."""
+    if fused:
+        return bn.backward(dout, consume=consume)
+    d = run_backward(act, dout, consume)
+    return run_backward(bn, d, _owned(d, dout, consume))
+
+
+def _owned(d, given, consume: bool) -> bool:
+    """Whether a block may let its next backward write over ``d``, a gradient one of its
+    modules returned: yes unless it shares memory with ``given``, the caller's ``dout``, and
+    the caller did not pass ``consume=True``."""
+    return consume or not np.may_share_memory(d, given)
+
+
 class ConvBlock(Module):
-    """3x3 convolution (no bias) + BatchNorm + activation: the seed's ``FirstConv``, and each
-    block of the full-convolution baseline. ``(N, C, H, W) -> (N, K, OH, OW)``."""
+    """3x3 convolution (no bias) + BatchNorm + activation: the reference implementation's
+    ``FirstConv``, and each block of the full-convolution baseline.
+    ``(N, C, H, W) -> (N, K, OH, OW)``."""
 
     def __init__(self, in_ch: int, out_ch: int, stride: int, activation: str, dtype) -> None:
         super().__init__()
@@ -100,22 +162,27 @@ class ConvBlock(Module):
         self.bn = BatchNorm2d(out_ch, dtype=dtype)
         self.relu = ACTIVATIONS[activation]()
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        # relu(bn(conv(x))), with BN and the activation fused into one op (same numbers)
-        return self.bn.forward_act(self.conv.forward(x), self.relu.name)
+    def forward(self, x: np.ndarray, *, workspace=None) -> np.ndarray:
+        """relu(bn(conv(x))), with BN and the activation fused into one op (same numbers)."""
+        out, self._cache = _bn_act_forward(self.bn, self.relu, run_forward(self.conv, x, workspace),
+                                           workspace)  # fmt: skip
+        return out
 
-    def backward(self, dout: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
-        """The forward's calls, differentiated in reverse (bn's backward covers the activation).
+    def backward(self, dout: np.ndarray, *, consume: bool = False, input_grad: bool = True):
+        """The forward's calls, differentiated in reverse; ``consume`` as in ``Module``.
 
         ``input_grad=False`` skips the input's gradient and returns None."""
-        return self.conv.backward(self.bn.backward(dout), input_grad=input_grad)
+        fused = self._take_cache("ConvBlock.backward")
+        d = _bn_act_backward(self.bn, self.relu, dout, consume, fused)
+        self._cache = SPENT
+        return run_backward(self.conv, d, _owned(d, dout, consume), input_grad)
 
 
 class DepthwiseSeparableConv(Module):
-    """3x3 depthwise conv + BN + act, then 1x1 pointwise conv + BN + act (the seed's block).
+    """3x3 depthwise conv + BN + act, then 1x1 pointwise conv + BN + act (the reference block).
 
     ``(N, C, H, W) -> (N, C, OH, OW) -> (N, K, OH, OW)``; the stride sits on the depthwise conv.
-    Each activation is its own module (the seed shares one ReLU), which the forward applies
+    Each activation is its own module (the reference implementation shares one ReLU), applied
     fused into the batch norm before it: ``bn0.forward_act(x, relu0.name)`` computes
     ``relu0(bn0(x))`` in one pass (the same numbers), and ``bn0.backward`` differentiates both.
     """
@@ -132,14 +199,24 @@ class DepthwiseSeparableConv(Module):
         self.bn1 = BatchNorm2d(out_ch, dtype=dtype)
         self.relu1 = act()
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        x = self.bn0.forward_act(self.dwconv.forward(x), self.relu0.name)  # depthwise
-        return self.bn1.forward_act(self.pwconv.forward(x), self.relu1.name)  # pointwise
+    def forward(self, x: np.ndarray, *, workspace=None) -> np.ndarray:
+        x = run_forward(self.dwconv, x, workspace)  # depthwise
+        x, fused0 = _bn_act_forward(self.bn0, self.relu0, x, workspace)
+        x = run_forward(self.pwconv, x, workspace)  # pointwise
+        x, fused1 = _bn_act_forward(self.bn1, self.relu1, x, workspace)
+        self._cache = (fused0, fused1)
+        return x
 
-    def backward(self, dout: np.ndarray) -> np.ndarray:
-        """The forward's two lines, differentiated in reverse (pointwise first)."""
-        dout = self.pwconv.backward(self.bn1.backward(dout))
-        return self.dwconv.backward(self.bn0.backward(dout))
+    def backward(self, dout: np.ndarray, *, consume: bool = False) -> np.ndarray:
+        """The forward's lines, differentiated in reverse (pointwise first). The gradients
+        between them are this block's own, so each backward may write over its dout."""
+        fused0, fused1 = self._take_cache("DepthwiseSeparableConv.backward")
+        d = _bn_act_backward(self.bn1, self.relu1, dout, consume, fused1)
+        d = run_backward(self.pwconv, d, _owned(d, dout, consume))
+        d = _bn_act_backward(self.bn0, self.relu0, d, _owned(d, dout, consume), fused0)
+        d = run_backward(self.dwconv, d, _owned(d, dout, consume))
+        self._cache = SPENT
+        return d
 
 
 class MobileNetV1(Module):
@@ -148,17 +225,25 @@ class MobileNetV1(Module):
     Args:
         alpha: width multiplier (> 0); every channel count c becomes ``int(c * alpha)``, so
             alpha must be at least 1/32 (the first convolution keeps >= 1 channel).
-        num_classes: outputs of the classifier (>= 1).
+        num_classes: outputs of the classifier (>= 1), or 0 for a headless model whose
+            forward returns the pooled features (N, C) (``fc`` is then an ``Identity``).
         in_channels: channels of the input images (3 for RGB, 1 for grayscale).
-        dropout: dropout probability before ``fc`` (0 = none, as in the seed).
-        activation: ``"relu"`` (paper, seed) or ``"relu6"`` (TF/Keras flavour).
+        dropout: dropout probability before ``fc`` (0 = none, as in the reference).
+        activation: ``"relu"`` (paper, reference) or ``"relu6"`` (TF/Keras flavour).
         dtype: float32 or float64 for every parameter; inputs must match.
         seed: seeds the initialisation and the dropout masks (None: fresh entropy).
         conv: ``"separable"`` (MobileNet) or ``"full"`` (the paper's Table 4 baseline).
+        global_pool: ``"avg"`` (module ``avgpool``) or ``"max"`` (module ``maxpool``).
 
     ``forward(x)``: ``(N, in_channels, H, W) -> (N, num_classes)`` logits.
     ``backward(dlogits)``: ``(N, num_classes) -> (N, in_channels, H, W)``, filling every
-    ``.grad`` (accumulating, until ``zero_grad()``).
+    ``.grad`` of a parameter that requires one (accumulating, until ``zero_grad()``).
+
+    Dataflow: the model owns the arrays handed between its children. It runs them with its
+    :class:`npmobilenet.nn.Workspace` (arrays reused from step to step) and splits each batch
+    with ``self.runner`` (a :class:`npmobilenet.threads.Runner`; ``Runner(1)`` for serial), passing
+    both, and ``consume=True`` in the backward, by the rule of :mod:`npmobilenet.nn.module`.
+    What it returns (logits, features, dx) is always a fresh array.
     """
 
     def __init__(
@@ -171,54 +256,54 @@ class MobileNetV1(Module):
         dtype=np.float32,
         seed=None,
         conv: str = "separable",
+        global_pool: str = "avg",
     ) -> None:
         super().__init__()
         self.config = _checked_config(
-            alpha, num_classes, in_channels, dropout, activation, dtype, seed, conv
+            alpha, num_classes, in_channels, dropout, activation, dtype, seed, conv, global_pool
         )
         self.dtype = np.dtype(self.config["dtype"])
         init_seed, dropout_seed = np.random.SeedSequence(self.config["seed"]).spawn(2)
-        stages = self._build_features()
-        self.avgpool = AdaptiveAvgPool2d(1)
+        self._build_features()
+        pool_name, pool = GLOBAL_POOLS[global_pool]
+        setattr(self, pool_name, pool(1))
         self.flatten = Flatten(1)
         self.dropout = Dropout(dropout, rng=np.random.default_rng(dropout_seed))
-        self.fc = Linear(int(1024 * alpha), num_classes, dtype=self.dtype)
-        stages += [(n, getattr(self, n)) for n in ("avgpool", "flatten", "dropout", "fc")]
-        self._stages = tuple(stages)  # forward order, with the seed's trace labels
-        self._out_meta = None
-        # activations and gradients reused from step to step (npmobilenet.nn.buffers)
-        object.__setattr__(self, "_buffers_pool", buffers.BufferPool())
+        self.fc = self._classifier(num_classes)
+        self.runner = threads.Runner()  # threads.set_threads() decides its count
+        object.__setattr__(self, "_workspace", Workspace())
+        object.__setattr__(self, "_ran", None)  # what the last forward ran (see _backward)
         self.reset_parameters(init_seed)
 
-    def _build_features(self) -> list:
-        """first_conv and one module per Table 1 row; returns the (trace label, module) list."""
-        alpha, act, dtype = self.config["alpha"], self.config["activation"], self.dtype
-        full = self.config["conv"] == "full"
-        self.first_conv = ConvBlock(self.config["in_channels"], int(32 * alpha), 2, act, dtype)
-        stages = [("first_conv", self.first_conv)]
-        for name, c_in, c_out, stride, repeats in TABLE_1:
-            name = name.replace("depthwise_sep_conv", "full_conv") if full else name
-            block = ConvBlock if full else DepthwiseSeparableConv
+    def _build_features(self) -> None:
+        """first_conv and one module per Table 1 row (:func:`stages`)."""
+        cfg = self.config
+        act, dtype = cfg["activation"], self.dtype
+        first, *rows = stages(cfg["alpha"], cfg["in_channels"], cfg["conv"])
+        self.first_conv = ConvBlock(first.in_channels, first.out_channels, first.stride, act,
+                                    dtype)  # fmt: skip
+        block = ConvBlock if cfg["conv"] == "full" else DepthwiseSeparableConv
+        for st in rows:
             blocks = [
-                block(int((c_in if i == 0 else c_out) * alpha), int(c_out * alpha),
-                      stride if i == 0 else 1, act, dtype)
-                for i in range(repeats)
+                block(st.in_channels if i == 0 else st.out_channels, st.out_channels,
+                      st.stride if i == 0 else 1, act, dtype)
+                for i in range(st.repeats)
             ]  # fmt: skip
-            if repeats == 1:
-                setattr(self, name, blocks[0])
-                stages.append((name, blocks[0]))
-            else:  # a ModuleList, as in the seed: keys depthwise_sep_conv6.0.dwconv.weight ...
-                setattr(self, name, ModuleList(blocks))
-                stages += [(f"{name} #{i}", b) for i, b in enumerate(blocks)]
-        return stages
+            # a stage of several blocks is a ModuleList, as in the reference implementation
+            setattr(self, st.name, blocks[0] if st.repeats == 1 else ModuleList(blocks))
+
+    def _classifier(self, num_classes: int) -> Module:
+        if num_classes == 0:
+            return Identity()
+        return Linear(self.num_features, num_classes, dtype=self.dtype)
 
     def reset_parameters(self, seed=None) -> None:
-        """The issue's initialisation, reproducible from ``seed`` (int, SeedSequence or None).
+        """Initialise every layer, reproducibly from ``seed`` (int, SeedSequence or None).
 
         Convolutions: Kaiming normal, fan_out mode, N(0, 2 / (K * kH * kW)) (torchvision's
         choice for MobileNets); batch norm: weight 1, bias 0, fresh running statistics;
-        fc: weight N(0, 0.01^2), bias 0. Drawn in float64 then cast, so float32 and float64
-        models from one seed hold the same weights up to rounding.
+        linear layers: weight N(0, 0.01^2), bias 0. Drawn in float64 then cast, so float32 and
+        float64 models from one seed hold the same weights up to rounding.
         """
         rng = np.random.default_rng(seed)
         for _, m in self.named_modules():
@@ -233,8 +318,22 @@ class MobileNetV1(Module):
                 m.running_var.fill(1)
                 m.num_batches_tracked.fill(0)
             elif isinstance(m, Linear):
-                m.weight.data[...] = rng.normal(0.0, 0.01, m.weight.shape)
-                m.bias.data.fill(0)
+                _init_linear(m, rng)
+
+    def reset_classifier(self, num_classes: int, seed=None) -> None:
+        """Replace ``fc`` with a fresh classifier for ``num_classes`` outputs (0: headless,
+        an ``Identity``), initialised as :meth:`reset_parameters` does, in ``fc``'s place."""
+        num_classes = chk.integer("MobileNetV1.reset_classifier", "num_classes", num_classes, 0)
+        fc = self._classifier(num_classes)
+        if isinstance(fc, Linear):
+            _init_linear(fc, np.random.default_rng(seed))
+        self.fc = fc
+        self.config["num_classes"] = num_classes
+
+    @property
+    def num_features(self) -> int:
+        """Channels of the feature map (the classifier's input), from the current children."""
+        return self.output_shape_features((1, self.config["in_channels"], 32, 32))[1]
 
     # ----------------------------------------------------------------- checks
     def _check_input(self, op: str, x) -> None:
@@ -274,61 +373,129 @@ class MobileNetV1(Module):
                 " 32x32, or model.eval()"
             )
 
+    # ----------------------------------------------------------------- walking the children
+    def units(self, features_only: bool = False) -> list[tuple[str, Module]]:
+        """``(label, module)`` in the order forward runs them: the current children in
+        registration order, a ModuleList's items one by one (labels ``"name #i"``).
+        ``features_only``: stop before the global pool (``avgpool`` / ``maxpool``)."""
+        out = []
+        for name, child in self._modules.items():
+            if features_only and name in _POOL_NAMES:
+                break
+            if isinstance(child, ModuleList) and type(child).forward is Module.forward:
+                out += [(f"{name} #{i}", m) for i, m in enumerate(child)]
+            else:
+                out.append((name, child))
+        return out
+
     # ----------------------------------------------------------------- forward / backward
     def forward(self, x: np.ndarray) -> np.ndarray:
         """``(N, in_channels, H, W) -> (N, num_classes)`` logits (no softmax)."""
-        return self._run(x, "MobileNetV1.forward", None)
+        return self._forward(x, "MobileNetV1.forward", self.units(), None)
 
-    def _run(self, x: np.ndarray, op: str, file) -> np.ndarray:
+    def forward_features(self, x: np.ndarray) -> np.ndarray:
+        """The last feature map, before pooling: ``(N, in_channels, H, W) -> (N, C,
+        ceil(H/32), ceil(W/32))``; differentiate it with :meth:`backward_features`."""
+        return self._forward(x, "MobileNetV1.forward_features", self.units(True), None)
+
+    def _forward(self, x: np.ndarray, op: str, units, file) -> np.ndarray:
         self._check_input(op, x)
-        self._buffers_pool.new_step()
-        with buffers.active(self._buffers_pool), parallel.splitting():
-            return self._run_stages(x, file)
-
-    def _run_stages(self, x: np.ndarray, file) -> np.ndarray:
-        if file is not None:
-            print(f"{'input':<30}: {x.shape}", file=file)
-        for label, stage in self._stages:
-            x = stage.forward(x)
-            if file is not None:
-                print(f"after {label:<24}: {x.shape}", file=file)
-        self._out_meta = (x.shape, x.dtype)
-        return x
+        ws = self._workspace
+        ws.new_step()
+        with self.runner.session() as runner:
+            ws.runner = runner
+            try:
+                if file is not None:
+                    print(f"{'input':<30}: {x.shape}", file=file)
+                for label, module in units:
+                    x = run_forward(module, x, ws)
+                    if file is not None:
+                        print(f"after {label:<24}: {x.shape}", file=file)
+            finally:
+                ws.runner = threads.SERIAL
+        object.__setattr__(self, "_ran", ([m for _, m in units], x.shape, x.dtype))
+        return x.copy() if ws.owns(x) else x  # never hand out an array the next step rewrites
 
     def backward(self, dlogits: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
-        """``(N, num_classes) -> (N, in_channels, H, W)``: every stage's backward in reverse.
+        """``(N, num_classes) -> (N, in_channels, H, W)``: the backward of every module the
+        last forward ran, in reverse.
 
         Adds each parameter's gradient into its ``.grad`` and returns dx, the gradient with
         respect to the input images. Training needs only the parameter gradients:
-        ``input_grad=False`` skips dx (the first conv's input gradient, ~5% of a 224x224
-        step) and returns None, as PyTorch does for an input that does not require grad.
+        ``input_grad=False`` skips dx and returns None, as PyTorch does for an input that does
+        not require grad; then the backward also stops after the first module (in forward
+        order) that holds a parameter requiring a gradient, so a model frozen up to its
+        classifier runs the classifier's backward only.
         """
-        op = "MobileNetV1.backward"
+        return self._backward(dlogits, "MobileNetV1.backward", input_grad)
+
+    def backward_features(self, dfeat: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        """The backward of :meth:`forward_features`: ``dfeat`` (N, C, h, w) -> dx, filling
+        the ``.grad`` of every feature parameter; ``input_grad`` as in :meth:`backward`."""
+        return self._backward(dfeat, "MobileNetV1.backward_features", input_grad)
+
+    def _backward(self, dout, op: str, input_grad) -> np.ndarray | None:
         input_grad = chk.flag(op, "input_grad", input_grad)
-        if self._out_meta is None:
+        if self._ran is _SPENT_RUN:
+            raise RuntimeError(f"{op}: backward called twice after one forward (run forward"
+                               " again first)")  # fmt: skip
+        if self._ran is None:
             raise RuntimeError(f"{op}: backward called before forward (no cached activations)")
-        dout = chk.dout_like(op, dlogits, *self._out_meta)
-        self._out_meta = None
-        first, *rest = self._stages
-        with buffers.active(self._buffers_pool), parallel.splitting():
-            for _, stage in reversed(rest):
-                dout = stage.backward(dout)
-            return first[1].backward(dout, input_grad=input_grad)
+        modules, shape, dtype = self._ran
+        given = dout = chk.dout_like(op, dout, shape, dtype)
+        first = 0 if input_grad else _first_trainable(modules)
+        object.__setattr__(self, "_ran", _SPENT_RUN)
+        ws = self._workspace
+        with self.runner.session() as runner:
+            ws.runner = runner
+            try:
+                for i in range(len(modules) - 1, first - 1, -1):
+                    own = i < len(modules) - 1 and not np.may_share_memory(dout, given)
+                    dout = run_backward(modules[i], dout, own, input_grad or i > first)
+            finally:
+                ws.runner = threads.SERIAL
+        if not input_grad or first == len(modules):
+            return None
+        return dout.copy() if ws.owns(dout) else dout
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         """Softmax of the logits: ``(N, in_channels, H, W) -> (N, num_classes)``.
 
-        Runs in the current mode: call ``eval()`` first for inference.
+        Runs in the current mode: call ``eval()`` first for inference. In eval mode the fused
+        engine (:meth:`fuse`) computes the logits (the same up to float rounding), unless the
+        model holds a module it does not know.
         """
-        return ops.softmax(self.forward(x), axis=1)
+        if self.training:
+            return ops.softmax(self.forward(x), axis=1)
+        from npmobilenet.fast import UnsupportedModuleError
+
+        self._check_input("MobileNetV1.predict_proba", x)
+        try:
+            engine = self.fuse()
+        except UnsupportedModuleError:
+            return ops.softmax(self.forward(x), axis=1)
+        return ops.softmax(engine(x), axis=1)
+
+    def fuse(self):
+        """The fused eval-mode inference engine for the current modules and weights.
+
+        Returns a :class:`npmobilenet.fast.FusedMobileNetV1`: calling it on x gives what
+        ``eval()`` then ``forward(x)`` gives (up to float rounding), faster. It is a snapshot:
+        call ``fuse()`` again after changing the weights. Raises
+        :class:`npmobilenet.fast.UnsupportedModuleError` for a module it cannot compute.
+        """
+        from npmobilenet.fast import FusedMobileNetV1
+
+        return FusedMobileNetV1(self)
 
     def trace(self, x: np.ndarray, file=None) -> np.ndarray:
-        """Run ``forward(x)``, printing each stage's output shape (the seed's Codeblock 9).
+        """Run ``forward(x)``, printing each module's output shape as it runs.
 
         It is a real forward pass (in training mode it updates batch norm statistics); returns
         the logits. ``file`` defaults to stdout.
         """
-        return self._run(x, "MobileNetV1.trace", sys.stdout if file is None else file)
+        file = sys.stdout if file is None else file
+        return self._forward(x, "MobileNetV1.trace", self.units(), file)
 
     def summary(self, input_size=(3, 224, 224), batch_size: int = 1):
         """Parameter and mult-add counts per layer, in total and by layer type (no ops run).
@@ -342,9 +509,35 @@ class MobileNetV1(Module):
 
     def output_shape(self, in_shape: tuple) -> tuple:
         """Shape arithmetic only: ``(N, C, H, W) -> (N, num_classes)``."""
-        for _, stage in self._stages:
-            in_shape = stage.output_shape(in_shape)
-        return in_shape
+        for _, module in self.units():
+            in_shape = module.output_shape(in_shape)
+        return tuple(in_shape)
+
+    def output_shape_features(self, in_shape: tuple) -> tuple:
+        """Shape arithmetic only: ``(N, C, H, W) -> (N, C', ceil(H/32), ceil(W/32))``."""
+        for _, module in self.units(True):
+            in_shape = module.output_shape(in_shape)
+        return tuple(in_shape)
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.config.items())
+
+
+_POOL_NAMES = tuple(name for name, _ in GLOBAL_POOLS.values())
+_SPENT_RUN = "spent"  # _ran after a backward used it
+
+
+def _init_linear(m: Linear, rng) -> None:
+    """A classifier's initialisation: weight N(0, 0.01^2), bias 0."""
+    m.weight.data[...] = rng.normal(0.0, 0.01, m.weight.shape)
+    if m.bias is not None:
+        m.bias.data.fill(0)
+
+
+def _first_trainable(modules) -> int:
+    """Index of the first module holding a parameter that requires a gradient (len if none):
+    the backward need not go further when the input's gradient is not wanted."""
+    for i, m in enumerate(modules):
+        if any(p.requires_grad for p in m.parameters()):
+            return i
+    return len(modules)

@@ -149,7 +149,7 @@ def summarize(model: Module, input_size=(3, 224, 224), batch_size: int = 1) -> M
     """Summarise ``model`` for inputs of shape ``(batch_size, *input_size)`` (``(C, H, W)``)."""
     op = "summary"
     if not isinstance(input_size, (tuple, list)) or len(input_size) != 3:
-        raise ValueError(f"{op}: input_size must be (C, H, W), got {input_size!r}")
+        raise ValueError(f"{op}: input_size must be (C, H, W), got {chk.short_repr(input_size)}")
     c, h, w = (chk.integer(op, f"input_size[{i}]", v, 1) for i, v in enumerate(input_size))
     n = chk.integer(op, "batch_size", batch_size, 1)
     expected = getattr(model, "config", {}).get("in_channels", c)

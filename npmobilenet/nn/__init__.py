@@ -2,11 +2,13 @@
 
 from npmobilenet.nn.layers import (
     AdaptiveAvgPool2d,
+    AdaptiveMaxPool2d,
     AvgPool2d,
     BatchNorm2d,
     Conv2d,
     Dropout,
     Flatten,
+    Identity,
     Linear,
     MaxPool2d,
     ReLU,
@@ -14,6 +16,7 @@ from npmobilenet.nn.layers import (
 )
 from npmobilenet.nn.module import IncompatibleKeys, Module, ModuleList, Sequential
 from npmobilenet.nn.parameter import Parameter
+from npmobilenet.nn.workspace import Workspace
 
 __all__ = [
     "Module",
@@ -28,6 +31,9 @@ __all__ = [
     "MaxPool2d",
     "AvgPool2d",
     "AdaptiveAvgPool2d",
+    "AdaptiveMaxPool2d",
+    "Identity",
+    "Workspace",
     "Linear",
     "Dropout",
     "Flatten",

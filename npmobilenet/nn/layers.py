@@ -19,11 +19,9 @@ import numpy as np
 
 from npmobilenet import _checks as chk
 from npmobilenet import ops
-from npmobilenet.nn import buffers
-from npmobilenet.nn.module import Module
+from npmobilenet._geometry import output_size
+from npmobilenet.nn.module import SPENT, Module
 from npmobilenet.nn.parameter import Parameter
-from npmobilenet.ops import batchnorm as bn_ops
-from npmobilenet.ops import conv as conv_ops
 
 
 def as_generator(rng) -> np.random.Generator:
@@ -41,8 +39,8 @@ def float_dtype(op: str, dtype) -> np.dtype:
         dt = np.dtype(dtype)
     except TypeError:
         dt = None
-    if dt not in chk.FLOAT_DTYPES:
-        raise TypeError(f"{op}: dtype must be float32 or float64, got {dtype!r}")
+    if dt is None or dt not in chk.FLOAT_DTYPES:  # (np.dtype compares equal to None)
+        raise TypeError(f"{op}: dtype must be float32 or float64, got {chk.short_repr(dtype)}")
     return dt
 
 
@@ -51,20 +49,32 @@ def _accumulate(p: Parameter | None, g: np.ndarray | None) -> None:
         p.accumulate(g)
 
 
+def _workspace_out(workspace, owner, x, output_shape) -> np.ndarray | None:
+    """The workspace array for ``owner``'s output given input ``x``, or None (no workspace,
+    or an input the op will refuse: it then reports the problem itself)."""
+    if workspace is None or not isinstance(x, np.ndarray) or x.ndim != 4 \
+            or x.dtype not in chk.FLOAT_DTYPES:  # fmt: skip
+        return None
+    try:
+        shape = output_shape(x.shape)
+    except (ValueError, TypeError, ZeroDivisionError):
+        return None
+    if min(shape) < 0:
+        return None
+    return workspace.output(owner, shape, x.dtype)
+
+
+def _writable_like(a, shape, dtype) -> bool:
+    """Whether ``a`` can take a result of ``shape`` and ``dtype`` in place."""
+    return (isinstance(a, np.ndarray) and a.shape == tuple(shape) and a.dtype == dtype
+            and a.flags.c_contiguous and a.flags.writeable)  # fmt: skip
+
+
 def _uniform_init(rng, shape, fan_in: int, dtype, op: str = "layer") -> np.ndarray:
     """PyTorch's default layer init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), drawn in float64."""
     chk.output_fits(op, shape, np.float64, "weight")  # refuse a weight no machine could hold
     bound = 1.0 / math.sqrt(fan_in)
     return rng.uniform(-bound, bound, size=shape).astype(dtype)
-
-
-def _pool_size(size: int, k: int, s: int, p: int, d: int = 1, ceil_mode: bool = False) -> int:
-    """Output length of a conv/pool along one axis: floor((size + 2p - d(k-1) - 1) / s) + 1."""
-    span = size + 2 * p - d * (k - 1) - 1
-    out = (-(-span // s) if ceil_mode else span // s) + 1
-    if ceil_mode and (out - 1) * s >= size + p:  # PyTorch: the last window must start inside
-        out -= 1
-    return out
 
 
 class Conv2d(Module):
@@ -115,47 +125,48 @@ class Conv2d(Module):
         self.weight = Parameter(
             _uniform_init(rng, (out_channels, in_channels // groups, kh, kw), fan_in, dtype, op)
         )
+        bias = chk.flag(op, "bias", bias)
         self.bias = Parameter(_uniform_init(rng, (out_channels,), fan_in, dtype)) if bias else None
-        self._plan_key = self._plan = None  # see forward
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
+    def forward(self, x: np.ndarray, *, workspace=None) -> np.ndarray:
+        """``ops.conv2d_forward`` with this layer's weights: ``(N, C, H, W) -> (N, K, OH, OW)``.
+
+        ``workspace``: write the output into an array of the caller's
+        :class:`npmobilenet.nn.workspace.Workspace` and split the batch with its runner.
+        """
         w, b = self.weight.data, None if self.bias is None else self.bias.data
-        # Checked and planned on the first call with each input signature (``conv2d_plan``,
-        # what ``ops.conv2d_forward`` runs every call); later calls only run the plan.
-        key = (type(x), getattr(x, "shape", None), getattr(x, "dtype", None), id(w), w.shape,
-               w.dtype, None if b is None else (id(b), b.shape, b.dtype),
-               self.stride, self.padding, self.dilation, self.groups, self.method)  # fmt: skip
-        if key != self._plan_key:
-            self._plan = conv_ops.conv2d_plan(
-                x, w, b, self.stride, self.padding, self.dilation, self.groups, self.method
-            )
-            self._plan_key = key
-        buf = (
-            None
-            if self._plan.unbatched
-            else buffers.scratch(self, "_out", self._plan.out_shape, w.dtype)
-        )
-        out, self._cache = conv_ops.conv2d_run(x, w, b, self._plan, out=buf)
+        out = _workspace_out(workspace, self, x, self.output_shape)
+        runner = None if workspace is None else workspace.runner
+        out, cache = ops.conv2d_forward(
+            x, w, b, self.stride, self.padding, self.dilation, self.groups, self.method,
+            out=out, runner=runner,
+        )  # fmt: skip
+        self._cache = (cache, workspace)
         return out
 
-    def backward(self, dout: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+    def backward(self, dout: np.ndarray, *, consume: bool = False, input_grad: bool = True):
         """Differentiates ``ops.conv2d_forward`` in forward: returns dx, accumulates dW, db.
 
         ``input_grad=False``: dx is not computed and None is returned (a first layer's input
-        is data; its gradient is not needed).
+        is data; its gradient is not needed). A frozen weight or bias (``requires_grad``
+        False) gets no gradient work. ``consume`` is accepted for the container rule; dx is
+        never written over dout (both are read to the end).
         """
         input_grad = chk.flag("Conv2d.backward", "input_grad", input_grad)
-        cache = self._take_cache("Conv2d.backward")
-        dout = chk.dout_like("conv2d_backward", dout, cache.out_shape, cache.x.dtype)
-        dx_buf = None
-        if input_grad and not cache.unbatched:
-            dx_buf = buffers.from_pool(cache.x.shape, cache.x.dtype)
-        dx, dw, db = conv_ops.conv2d_backward_run(dout, cache, dx_buf, input_grad)
-        if dx_buf is not None:
-            dx = dx_buf  # the array itself, not a reshaped view of it (see buffers.overwritable)
-        self._cache = None
+        cache, workspace = self._take_cache("Conv2d.backward")
+        dx = None
+        if workspace is not None and input_grad:
+            dx = workspace.gradient(cache.x.shape, cache.x.dtype) if not cache.unbatched else None
+        dx, dw, db = ops.conv2d_backward(
+            dout, cache, dx=dx, input_grad=input_grad, weight_grad=self.weight.requires_grad,
+            runner=None if workspace is None else workspace.runner,
+        )  # fmt: skip
+        if workspace is not None:
+            workspace.release(self)
+        self._cache = SPENT
         _accumulate(self.weight, dw)
-        _accumulate(self.bias, db)
+        if self.bias is not None and self.bias.requires_grad:
+            self.bias.accumulate(db)
         return dx
 
     def output_shape(self, in_shape: tuple) -> tuple:
@@ -164,7 +175,7 @@ class Conv2d(Module):
             return (n, self.out_channels, h, w)
         pad = (0, 0) if self.padding == "valid" else self.padding
         sizes = [
-            _pool_size(size, k, s, p, d)
+            output_size(size, k, s, p, d)
             for size, k, s, p, d in zip((h, w), self.kernel_size, self.stride, pad, self.dilation)
         ]
         return (n, self.out_channels, *sizes)
@@ -199,55 +210,56 @@ class BatchNorm2d(Module):
         self.register_buffer("running_mean", np.zeros(num_features, dtype))
         self.register_buffer("running_var", np.ones(num_features, dtype))
         self.register_buffer("num_batches_tracked", np.zeros((), np.int64))
-        object.__setattr__(self, "_checked_key", None)  # see _forward
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        return self._forward(x, None)
+    def forward(self, x: np.ndarray, *, workspace=None) -> np.ndarray:
+        """``ops.batch_norm_forward`` with this layer's parameters and statistics (batch
+        statistics in training mode); ``workspace`` as in :meth:`Conv2d.forward`."""
+        return self._forward(x, None, workspace)
 
-    def forward_act(self, x: np.ndarray, activation: str) -> np.ndarray:
+    def forward_act(self, x: np.ndarray, activation: str, *, workspace=None) -> np.ndarray:
         """``relu(self.forward(x))`` (``activation="relu"`` or ``"relu6"``) in one fused op.
 
         The same numbers as this layer then a ReLU / ReLU6 layer, one pass less each way
         (``ops.batch_norm_act_forward``); ``backward`` then differentiates both.
         """
-        return self._forward(x, activation)
+        return self._forward(x, activation, workspace)
 
-    def _forward(self, x: np.ndarray, act) -> np.ndarray:
+    def _forward(self, x: np.ndarray, act, workspace) -> np.ndarray:
         momentum = self.momentum
         if momentum is None:  # cumulative average; unused in eval mode
             momentum = 1.0 / float(self.num_batches_tracked + 1) if self.training else 0.0
-        args = (self.weight.data, self.bias.data, self.running_mean, self.running_var)
-        # The op validates the first call with each input signature; later calls with the same
-        # one go straight to the computation (the arrays are this layer's own).
-        key = (type(x), getattr(x, "shape", None), getattr(x, "dtype", None), self.training, act,
-               momentum, self.eps, *(id(a) for a in args))  # fmt: skip
-        if key == self._checked_key:
-            buf = buffers.scratch(self, "_out", x.shape, x.dtype)
-            out, self._cache = bn_ops._forward(
-                x, *args, self.training, momentum, self.eps, act, out=buf
-            )
-        elif act is None:
-            out, self._cache = ops.batch_norm_forward(x, *args, self.training, momentum, self.eps)
+        args = (x, self.weight.data, self.bias.data, self.running_mean, self.running_var,
+                self.training, momentum, self.eps)  # fmt: skip
+        kw = dict(out=_workspace_out(workspace, self, x, self.output_shape),
+                  runner=None if workspace is None else workspace.runner)  # fmt: skip
+        if act is None:
+            out, cache = ops.batch_norm_forward(*args, **kw)
         else:
-            out, self._cache = bn_ops.batch_norm_act_forward(
-                x, *args, self.training, momentum, self.eps, activation=act
-            )
-        object.__setattr__(self, "_checked_key", key)
+            out, cache = ops.batch_norm_act_forward(*args, activation=act, **kw)
+        self._cache = (cache, workspace)
         if self.training:
             self.num_batches_tracked += 1  # in place: a 0-d array, shared with state_dict()
         return out
 
-    def backward(self, dout: np.ndarray) -> np.ndarray:
+    def backward(self, dout: np.ndarray, *, consume: bool = False) -> np.ndarray:
         """Differentiates ``ops.batch_norm_forward`` in forward (batch or running statistics,
         as in that forward), or ``ops.batch_norm_act_forward`` after ``forward_act``: returns
-        dx, accumulates dweight, dbias."""
-        cache = self._take_cache("BatchNorm2d.backward")
-        op = "batch_norm_backward" if cache.act is None else "batch_norm_act_backward"
-        dout = chk.dout_like(op, dout, cache.shape, cache.x3.dtype)
-        # dx is elementwise in dout: written over it when it is the model's own intermediate
-        buf = dout if buffers.overwritable(dout) else buffers.from_pool(cache.shape, cache.x3.dtype)
-        dx, dw, db = bn_ops._backward(dout, cache, buf)
-        self._cache = None
+        dx, accumulates dweight, dbias (unless frozen).
+
+        ``consume=True``: the caller will not read ``dout`` again, so dx is computed in place
+        over it (when it is a C-contiguous array of the right dtype)."""
+        cache, workspace = self._take_cache("BatchNorm2d.backward")
+        backward = ops.batch_norm_backward if cache.act is None else ops.batch_norm_act_backward
+        dx = None
+        if consume and _writable_like(dout, cache.shape, cache.x3.dtype):
+            dx = dout
+        elif workspace is not None:
+            dx = workspace.gradient(cache.shape, cache.x3.dtype)
+        runner = None if workspace is None else workspace.runner
+        dx, dw, db = backward(dout, cache, dx=dx, runner=runner)
+        if workspace is not None:
+            workspace.release(self)
+        self._cache = SPENT
         _accumulate(self.weight, dw)
         _accumulate(self.bias, db)
         return dx
@@ -278,7 +290,7 @@ class ReLU(_Elementwise):
     def backward(self, dout: np.ndarray) -> np.ndarray:
         """Differentiates ``ops.relu_forward``: dout where the input was positive, else 0."""
         dx = ops.relu_backward(dout, self._take_cache("ReLU.backward"))
-        self._cache = None
+        self._cache = SPENT
         return dx
 
 
@@ -294,8 +306,12 @@ class ReLU6(_Elementwise):
     def backward(self, dout: np.ndarray) -> np.ndarray:
         """Differentiates ``ops.relu6_forward``: dout where 0 < input < 6, else 0."""
         dx = ops.relu6_backward(dout, self._take_cache("ReLU6.backward"))
-        self._cache = None
+        self._cache = SPENT
         return dx
+
+
+# The layer of each activation in ``ops.activations.ACTIVATIONS``, under the same names.
+ACTIVATION_LAYERS = {layer.name: layer for layer in (ReLU, ReLU6)}
 
 
 class Dropout(_Elementwise):
@@ -314,7 +330,7 @@ class Dropout(_Elementwise):
     def backward(self, dout: np.ndarray) -> np.ndarray:
         """Differentiates ``ops.dropout_forward`` with the same mask and scale."""
         dx = ops.dropout_backward(dout, self._take_cache("Dropout.backward"))
-        self._cache = None
+        self._cache = SPENT
         return dx
 
     def extra_repr(self) -> str:
@@ -339,13 +355,13 @@ class MaxPool2d(Module):
     def backward(self, dout: np.ndarray) -> np.ndarray:
         """Differentiates ``ops.max_pool2d_forward``: dout routed to each window's argmax."""
         dx = ops.max_pool2d_backward(dout, self._take_cache("MaxPool2d.backward"))
-        self._cache = None
+        self._cache = SPENT
         return dx
 
     def output_shape(self, in_shape: tuple) -> tuple:
         n, c, h, w = in_shape
         ks, ss, ps = self.kernel_size, self.stride, self.padding
-        return (n, c, *(_pool_size(sz, k, s, p) for sz, k, s, p in zip((h, w), ks, ss, ps)))
+        return (n, c, *(output_size(sz, k, s, p) for sz, k, s, p in zip((h, w), ks, ss, ps)))
 
 
 class AvgPool2d(Module):
@@ -361,8 +377,8 @@ class AvgPool2d(Module):
             self.kernel_size if stride is None else chk.pair("AvgPool2d", "stride", stride, 1)
         )
         self.padding = chk.pair("AvgPool2d", "padding", padding, 0)
-        self.ceil_mode = bool(ceil_mode)
-        self.count_include_pad = bool(count_include_pad)
+        self.ceil_mode = chk.flag("AvgPool2d", "ceil_mode", ceil_mode)
+        self.count_include_pad = chk.flag("AvgPool2d", "count_include_pad", count_include_pad)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         out, self._cache = ops.avg_pool2d_forward(
@@ -373,14 +389,14 @@ class AvgPool2d(Module):
     def backward(self, dout: np.ndarray) -> np.ndarray:
         """Differentiates ``ops.avg_pool2d_forward``: dout spread evenly over each window."""
         dx = ops.avg_pool2d_backward(dout, self._take_cache("AvgPool2d.backward"))
-        self._cache = None
+        self._cache = SPENT
         return dx
 
     def output_shape(self, in_shape: tuple) -> tuple:
         n, c, h, w = in_shape
         ks, ss, ps = self.kernel_size, self.stride, self.padding
         sizes = (
-            _pool_size(sz, k, s, p, 1, self.ceil_mode) for sz, k, s, p in zip((h, w), ks, ss, ps)
+            output_size(sz, k, s, p, 1, self.ceil_mode) for sz, k, s, p in zip((h, w), ks, ss, ps)
         )
         return (n, c, *sizes)
 
@@ -401,11 +417,61 @@ class AdaptiveAvgPool2d(Module):
     def backward(self, dout: np.ndarray) -> np.ndarray:
         """Differentiates ``ops.adaptive_avg_pool2d_forward``: dout spread over each bin."""
         dx = ops.adaptive_avg_pool2d_backward(dout, self._take_cache("AdaptiveAvgPool2d.backward"))
-        self._cache = None
+        self._cache = SPENT
         return dx
 
     def output_shape(self, in_shape: tuple) -> tuple:
         return (*in_shape[:2], *self.output_size)
+
+
+class AdaptiveMaxPool2d(Module):
+    """Maximum over each of ``output_size`` ``(OH, OW)`` equal bins: ``(N, C, H, W) ->
+    (N, C, OH, OW)``; H and W must be multiples of OH and OW (then the bins are PyTorch's).
+
+    ``AdaptiveMaxPool2d(1)`` is global max pooling: ``ops.max_pool2d_forward`` with one window
+    the size of the image."""
+
+    def __init__(self, output_size) -> None:
+        super().__init__()
+        self.output_size = chk.pair("AdaptiveMaxPool2d", "output_size", output_size, 1)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        x = chk.float_array("AdaptiveMaxPool2d", "x", x, ndim=(3, 4))
+        (h, w), (oh, ow) = x.shape[-2:], self.output_size
+        if h % oh or w % ow:
+            raise ValueError(
+                f"AdaptiveMaxPool2d: input {h}x{w} is not a multiple of output_size {oh}x{ow}"
+            )
+        kernel = (h // oh, w // ow)
+        out, self._cache = ops.max_pool2d_forward(x, kernel, kernel)
+        return out
+
+    def backward(self, dout: np.ndarray) -> np.ndarray:
+        """Differentiates ``ops.max_pool2d_forward``: dout routed to each bin's argmax."""
+        dx = ops.max_pool2d_backward(dout, self._take_cache("AdaptiveMaxPool2d.backward"))
+        self._cache = SPENT
+        return dx
+
+    def output_shape(self, in_shape: tuple) -> tuple:
+        return (*in_shape[:-2], *self.output_size)
+
+    def extra_repr(self) -> str:
+        return f"output_size={self.output_size}"
+
+
+class Identity(_Elementwise):
+    """``x -> x``: a placeholder, e.g. the classifier of a headless model (``num_classes=0``).
+
+    Forward returns ``x`` itself and backward ``dout`` itself (nothing is computed)."""
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        self._cache = True
+        return x
+
+    def backward(self, dout: np.ndarray) -> np.ndarray:
+        self._take_cache("Identity.backward")
+        self._cache = SPENT
+        return dout
 
 
 class Linear(Module):
@@ -419,6 +485,7 @@ class Linear(Module):
         self.in_features = chk.integer("Linear", "in_features", in_features, 1)
         self.out_features = chk.integer("Linear", "out_features", out_features, 1)
         dtype = float_dtype("Linear", dtype)
+        bias = chk.flag("Linear", "bias", bias)
         rng = as_generator(rng)
         w = _uniform_init(rng, (out_features, in_features), in_features, dtype, "Linear")
         self.weight = Parameter(w)
@@ -434,7 +501,7 @@ class Linear(Module):
     def backward(self, dout: np.ndarray) -> np.ndarray:
         """Differentiates ``ops.linear_forward`` in forward: returns dx, accumulates dW, db."""
         dx, dw, db = ops.linear_backward(dout, self._take_cache("Linear.backward"))
-        self._cache = None
+        self._cache = SPENT
         _accumulate(self.weight, dw)
         _accumulate(self.bias, db)
         return dx
@@ -470,6 +537,6 @@ class Flatten(Module):
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
         in_shape, dtype = self._take_cache("Flatten.backward")
-        self._cache = None
+        self._cache = SPENT
         dout = chk.dout_like("Flatten.backward", dout, self.output_shape(in_shape), dtype)
         return dout.reshape(in_shape)  # the chain rule through a reshape is the reverse reshape

@@ -8,20 +8,42 @@ calls ``out, cache = op_forward(...)``, keeps the cache, and returns ``out``; it
 
 Attributes register themselves, as in PyTorch: assigning a :class:`Parameter` makes a parameter,
 assigning a :class:`Module` makes a child, and :meth:`Module.register_buffer` makes a buffer
-(state that is saved but not trained, such as batch norm's running statistics). Names join with
-dots, so a state_dict key reads like the attribute path: ``depthwise_sep_conv6.0.dwconv.weight``.
+(state that is saved but not trained, such as batch norm's running statistics). Replacing an
+existing child or parameter keeps its place in the order. Names join with dots, so a state_dict
+key reads like the attribute path: ``depthwise_sep_conv6.0.dwconv.weight``.
+
+Dataflow is explicit. A plain ``forward(x)`` returns a fresh array and a plain ``backward(dout)``
+leaves ``dout`` intact. The library's own modules accept two keyword arguments that a caller
+who owns the arrays may pass:
+
+* ``forward(x, workspace=ws)``: write outputs into (and split the batch with the runner of) a
+  :class:`npmobilenet.nn.workspace.Workspace` the caller owns;
+* ``backward(dout, consume=True)``: the caller will not read ``dout`` again, so the module may
+  write over it (batch norm computes its dx in place).
+
+A container (``Sequential``, ``MobileNetV1``) passes them on by one rule (:func:`run_forward`,
+:func:`run_backward`): a child gets ``workspace=`` when its ``forward`` has a parameter of that
+name, and ``consume=True`` when its ``backward`` has a ``consume`` parameter and the gradient is
+the container's own (what a later child's backward returned, not an array the caller passed
+in). A user's module with plain ``forward(x)`` / ``backward(dout)`` gets neither, so it may read
+``x`` and ``dout`` as often as it likes (a skip connection does). Its backward must return a
+gradient the caller may own (a new array, or its ``dout`` passed through).
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from typing import NamedTuple
 
 import numpy as np
 
-from npmobilenet._checks import describe
+from npmobilenet._checks import describe, flag
 from npmobilenet.nn.parameter import Parameter
+
+SPENT = "spent"  # a module's cache after its backward used it (see Module._take_cache)
 
 
 class IncompatibleKeys(NamedTuple):
@@ -52,14 +74,17 @@ class Module:
                 f"{type(self).__name__}: call super().__init__() before assigning attributes"
             )
         is_buffer = name in self._buffers and isinstance(value, np.ndarray)
-        for table in (self._parameters, self._buffers, self._modules):
-            table.pop(name, None)
         if isinstance(value, Parameter):
-            self._parameters[name] = value
+            table = self._parameters
         elif isinstance(value, Module):
-            self._modules[name] = value
-        elif is_buffer:
-            self._buffers[name] = value
+            table = self._modules
+        else:
+            table = self._buffers if is_buffer else None
+        for other in (self._parameters, self._buffers, self._modules):
+            if other is not table:
+                other.pop(name, None)
+        if table is not None:
+            table[name] = value  # an existing key keeps its place, as in PyTorch
         object.__setattr__(self, name, value)
 
     def register_buffer(self, name: str, array: np.ndarray) -> None:
@@ -92,7 +117,12 @@ class Module:
         return tuple(in_shape)
 
     def _take_cache(self, op: str):
-        """The cache of the last forward; a clear error if there was none."""
+        """The cache of the last forward; a clear error if there was none, or if a backward
+        already used it (a backward sets ``self._cache = SPENT``)."""
+        if self._cache is SPENT:
+            raise RuntimeError(
+                f"{op}: backward called twice after one forward (run forward again first)"
+            )
         if self._cache is None:
             raise RuntimeError(f"{op}: backward called before forward (no cached activations)")
         return self._cache
@@ -125,13 +155,55 @@ class Module:
     # ----------------------------------------------------------------- modes and gradients
     def train(self, mode: bool = True) -> Module:
         """Set training mode here and in every child (batch statistics, active dropout)."""
+        mode = flag(f"{type(self).__name__}.train", "mode", mode)
         for _, mod in self.named_modules():
-            object.__setattr__(mod, "training", bool(mode))
+            object.__setattr__(mod, "training", mode)
         return self
 
     def eval(self) -> Module:
         """Evaluation mode: running statistics, dropout off. Same as ``train(False)``."""
         return self.train(False)
+
+    def requires_grad_(self, requires_grad: bool = True) -> Module:
+        """Set ``requires_grad`` on every parameter here and below; returns ``self``.
+
+        A parameter with ``requires_grad=False`` is frozen: backward does no work for its
+        gradient and leaves its ``.grad`` as it is, and the optimizers skip it.
+        """
+        requires_grad = flag(f"{type(self).__name__}.requires_grad_", "requires_grad",
+                             requires_grad)  # fmt: skip
+        for p in self.parameters():
+            p.requires_grad = requires_grad
+        return self
+
+    def freeze(self, prefix: str = "") -> list[str]:
+        """Freeze the parameters whose dotted name is ``prefix`` or starts with ``prefix.``
+        (every parameter for ``""``); returns their names.
+
+        ``model.freeze("first_conv")`` freezes the stem; ``model.freeze()`` then
+        ``model.fc.requires_grad_(True)`` trains only the classifier. A prefix that names no
+        parameter is an error (a typo would otherwise freeze nothing).
+        """
+        return self._set_requires_grad("freeze", prefix, False)
+
+    def unfreeze(self, prefix: str = "") -> list[str]:
+        """The reverse of :meth:`freeze`: train the parameters under ``prefix`` again."""
+        return self._set_requires_grad("unfreeze", prefix, True)
+
+    def _set_requires_grad(self, op: str, prefix, value: bool) -> list[str]:
+        op = f"{type(self).__name__}.{op}"
+        if not isinstance(prefix, str):
+            raise TypeError(f"{op}: prefix must be a str, got {describe(prefix)}")
+        names = [n for n, _ in self.named_parameters()
+                 if not prefix or n == prefix or n.startswith(prefix + ".")]  # fmt: skip
+        if not names:
+            top = sorted({n.split(".")[0] for n, _ in self.named_parameters()})
+            raise ValueError(f"{op}: no parameter is named {prefix!r} or below it; top-level"
+                             f" names: {top[:12]}")  # fmt: skip
+        params = dict(self.named_parameters())
+        for n in names:
+            params[n].requires_grad = value
+        return names
 
     def zero_grad(self) -> None:
         """Fill every parameter's ``.grad`` with zeros (gradients accumulate until then)."""
@@ -255,13 +327,56 @@ class Sequential(ModuleList):
     def __init__(self, *modules: Module) -> None:
         super().__init__(modules)
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
+    def forward(self, x: np.ndarray, *, workspace=None) -> np.ndarray:
+        """Each child's forward in order (``workspace`` passed on by :func:`run_forward`)."""
         for m in self._modules.values():
-            x = m.forward(x)
+            x = run_forward(m, x, workspace)
         return x
 
-    def backward(self, dout: np.ndarray) -> np.ndarray:
-        """Each child's backward in reverse order: the chain rule through ``forward``'s loop."""
-        for m in reversed(self._modules.values()):
-            dout = m.backward(dout)
-        return dout
+    def backward(self, dout: np.ndarray, *, consume: bool = False) -> np.ndarray:
+        """Each child's backward in reverse order: the chain rule through ``forward``'s loop.
+
+        ``consume=True``: the caller will not read ``dout`` again (see :func:`run_backward`)."""
+        return backward_chain(reversed(self._modules.values()), dout, consume)
+
+
+@functools.cache
+def _accepts(method, name: str) -> bool:
+    """Whether the function ``method`` has a parameter ``name`` (by name, not ``**kwargs``)."""
+    try:
+        param = inspect.signature(method).parameters.get(name)
+    except (TypeError, ValueError):
+        return False
+    return param is not None and param.kind in (param.KEYWORD_ONLY, param.POSITIONAL_OR_KEYWORD)
+
+
+def run_forward(module: Module, x, workspace=None):
+    """``module.forward(x)``, with ``workspace=`` when given and the forward takes one."""
+    if workspace is not None and _accepts(type(module).forward, "workspace"):
+        return module.forward(x, workspace=workspace)
+    return module.forward(x)
+
+
+def run_backward(module: Module, dout, consume: bool = False, input_grad: bool = True):
+    """``module.backward(dout)``, with ``consume=True`` when asked and the backward takes it.
+
+    ``input_grad=False``: the caller does not need dx; it is passed on to a backward that takes
+    ``input_grad`` (which then skips dx), and None is returned either way."""
+    backward = type(module).backward
+    kw = {"consume": True} if consume and _accepts(backward, "consume") else {}
+    if not input_grad and _accepts(backward, "input_grad"):
+        kw["input_grad"] = False
+    dx = module.backward(dout, **kw)
+    return dx if input_grad else None
+
+
+def backward_chain(modules, dout, consume: bool = False):
+    """Run ``modules``' backwards in the given order, each on the gradient the previous one
+    returned. The first gets ``consume`` as given; the later ones get ``consume=True`` (the
+    chain owns the gradients its modules return) unless the gradient shares memory with the
+    ``dout`` the caller passed, which a pass-through module (a reshape) returns a view of."""
+    given = dout
+    for i, m in enumerate(modules):
+        own = consume or (i > 0 and not np.may_share_memory(dout, given))
+        dout = run_backward(m, dout, own)
+    return dout

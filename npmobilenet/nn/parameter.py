@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from npmobilenet._checks import describe
+
 
 class Parameter:
     """A trainable array with its gradient.
@@ -14,7 +16,7 @@ class Parameter:
     every step.
     """
 
-    __slots__ = ("data", "grad", "requires_grad")
+    __slots__ = ("data", "grad", "_requires_grad")
 
     def __init__(self, data: np.ndarray, requires_grad: bool = True):
         if not isinstance(data, np.ndarray):
@@ -22,6 +24,20 @@ class Parameter:
         self.data = data
         self.grad = np.zeros_like(data)
         self.requires_grad = requires_grad
+
+    @property
+    def requires_grad(self) -> bool:
+        """Whether backward computes and accumulates this parameter's gradient (False: frozen,
+        no gradient work, ``grad`` left as it is, and the optimizers skip it)."""
+        return self._requires_grad
+
+    @requires_grad.setter
+    def requires_grad(self, value: bool) -> None:
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(
+                f"Parameter: requires_grad must be True or False, got {describe(value)}"
+            )
+        self._requires_grad = bool(value)
 
     @property
     def shape(self) -> tuple[int, ...]:

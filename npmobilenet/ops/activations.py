@@ -8,10 +8,26 @@ Any shape works; the output has x's shape and dtype.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
 import numpy as np
 
 from npmobilenet import _checks
 from npmobilenet.kernels import activations as K
+
+
+class ReLUCache(NamedTuple):
+    """What ``relu_forward`` keeps: out, the output (the gradient flows where out > 0)."""
+
+    out: np.ndarray
+
+
+class ReLU6Cache(NamedTuple):
+    """What ``relu6_forward`` keeps: x, the input (the gradient flows where 0 < x < 6)."""
+
+    x: np.ndarray
 
 
 def _masked(kernel, dout, ref):
@@ -32,18 +48,20 @@ def relu_forward(x):
         x: any shape, float32 or float64.
 
     Returns:
-        out: x's shape and dtype. cache: out (gradient flows except where it is <= 0).
+        out: x's shape and dtype. cache: a ``ReLUCache`` (out; the gradient flows except where
+            it is <= 0).
     """
     _checks.float_array("relu_forward", "x", x)
     out = np.asarray(np.maximum(x, 0))  # propagates NaN, as torch.relu does; 0-D stays array
-    return out, out
+    return out, ReLUCache(out)
 
 
 def relu_backward(dout, cache):
     """dx = 0 where out <= 0, else dout (differentiates ``out = max(x, 0)``)."""
-    out = cache
-    dout = _checks.dout_like("relu_backward", dout, out.shape, out.dtype)
-    return _masked(K.relu_bwd, dout, out)
+    op = "relu_backward"
+    (out,) = _checks.cache_of(op, cache, ReLUCache, "relu_forward")
+    dout = _checks.dout_like(op, dout, out.shape, out.dtype)
+    return _masked(K.relu_backward_input, dout, out)
 
 
 def relu6_forward(x):
@@ -53,15 +71,33 @@ def relu6_forward(x):
         x: any shape, float32 or float64.
 
     Returns:
-        out: x's shape and dtype. cache: x (the gradient is blocked where x <= 0 or x >= 6).
+        out: x's shape and dtype. cache: a ``ReLU6Cache`` (x; the gradient is blocked where
+            x <= 0 or x >= 6).
     """
     _checks.float_array("relu6_forward", "x", x)
     out = np.asarray(np.clip(x, 0, 6))  # one pass; NaN propagates
-    return out, x
+    return out, ReLU6Cache(x)
 
 
 def relu6_backward(dout, cache):
     """dx = 0 where x <= 0 or x >= 6, else dout (differentiates ``out = min(max(x, 0), 6)``)."""
-    x = cache
-    dout = _checks.dout_like("relu6_backward", dout, x.shape, x.dtype)
-    return _masked(K.relu6_bwd, dout, x)
+    op = "relu6_backward"
+    (x,) = _checks.cache_of(op, cache, ReLU6Cache, "relu6_forward")
+    dout = _checks.dout_like(op, dout, x.shape, x.dtype)
+    return _masked(K.relu6_backward_input, dout, x)
+
+
+class Activation(NamedTuple):
+    """One entry of ``ACTIVATIONS``: the op pair, and the clamp ``(lo, hi)`` it computes,
+    ``min(max(x, lo), hi)`` (what the fused kernels of batch norm and inference apply)."""
+
+    forward: Callable
+    backward: Callable
+    clamp: tuple[float, float]
+
+
+# Every activation a model, batch norm's fused op or the inference engine accepts, by name.
+ACTIVATIONS = {
+    "relu": Activation(relu_forward, relu_backward, (0.0, math.inf)),
+    "relu6": Activation(relu6_forward, relu6_backward, (0.0, 6.0)),
+}

@@ -23,16 +23,17 @@ from typing import NamedTuple
 
 import numpy as np
 
-from npmobilenet import _checks, parallel
+from npmobilenet import _checks
 from npmobilenet.kernels import batchnorm as K
+from npmobilenet.ops.activations import ACTIVATIONS
+from npmobilenet.threads import SERIAL
 
 _FWD = "batch_norm_forward"
 _BWD = "batch_norm_backward"
-ACTIVATIONS = ("relu", "relu6")
 
 
 class BatchNormCache(NamedTuple):
-    """What the batch-norm forward keeps for its backward.
+    """What ``batch_norm_forward`` and ``batch_norm_act_forward`` keep for their backwards.
 
     x3: the (N, C, L) contiguous view of x. w, mean, invstd: (C,) float64 copies of the weight
     (ones without one) and of the statistics used. has_weight, has_bias: whether they were given.
@@ -96,12 +97,13 @@ def _validate_forward(x, weight, bias, running_mean, running_var, training, mome
 
 
 def batch_norm_forward(
-    x, weight, bias, running_mean, running_var, training, momentum=0.1, eps=1e-5
-):
+    x, weight, bias, running_mean, running_var, training, momentum=0.1, eps=1e-5, *,
+    out=None, runner=None,
+):  # fmt: skip
     """Normalise each channel of ``x``, then scale by ``weight`` and shift by ``bias``.
 
     Args:
-        x: (N, C) or (N, C, *), float32 or float64.
+        x: (N, C) or (N, C, *), float32 or float64 (N may be 0 in eval mode).
         weight, bias: (C,) of x's dtype, or None (affine=False: scale 1, shift 0).
         running_mean, running_var: (C,) of x's dtype, updated in place when ``training``; read
             when not. May be None in training mode (track_running_stats=False).
@@ -109,20 +111,24 @@ def batch_norm_forward(
             running statistics.
         momentum: weight of the new batch statistic in the running average, in [0, 1].
         eps: added to the variance before the square root, > 0.
+        out (keyword): None, or a C-contiguous array of x's shape and dtype to write the
+            output into (old contents ignored).
+        runner (keyword): None (serial), or a ``npmobilenet.threads.Runner`` that splits the
+            batch into slices run on its threads.
 
     Returns:
         out: same shape and dtype as x.
         cache: a ``BatchNormCache``.
     """
-    momentum, eps = _validate_forward(
-        x, weight, bias, running_mean, running_var, training, momentum, eps
-    )
-    return _forward(x, weight, bias, running_mean, running_var, training, momentum, eps, None)
+    args = (x, weight, bias, running_mean, running_var, training, momentum, eps)
+    momentum, eps = _validate_forward(*args)
+    out = _checks.out_array(_FWD, "out", out, x.shape, x.dtype, *args[:5])
+    return _forward(*args[:6], momentum, eps, None, out, runner or SERIAL)
 
 
 def batch_norm_act_forward(
     x, weight, bias, running_mean, running_var, training, momentum=0.1, eps=1e-5,
-    activation="relu",
+    activation="relu", *, out=None, runner=None,
 ):  # fmt: skip
     """``relu(batch_norm_forward(x, ...))`` (or relu6) in one op: the same numbers, one pass less.
 
@@ -131,22 +137,19 @@ def batch_norm_act_forward(
     """
     op = "batch_norm_act_forward"
     _checks.choice(op, "activation", activation, ACTIVATIONS)
-    momentum, eps = _validate_forward(
-        x, weight, bias, running_mean, running_var, training, momentum, eps, op=op
-    )
-    return _forward(x, weight, bias, running_mean, running_var, training, momentum, eps, activation)
+    args = (x, weight, bias, running_mean, running_var, training, momentum, eps)
+    momentum, eps = _validate_forward(*args, op=op)
+    out = _checks.out_array(op, "out", out, x.shape, x.dtype, *args[:5])
+    return _forward(*args[:6], momentum, eps, activation, out, runner or SERIAL)
 
 
-def _forward(x, weight, bias, running_mean, running_var, training, momentum, eps, act, out=None):
-    """Batch norm (then ``act`` if not None) on already validated arguments; see above.
-
-    ``out``: None, or a C-contiguous array of x's size and dtype to write the output into.
-    """
+def _forward(x, weight, bias, running_mean, running_var, training, momentum, eps, act, out, runner):
+    """Batch norm (then ``act`` if not None) on validated arguments (``out`` checked too)."""
     N, C = x.shape[:2]
     L = math.prod(x.shape[2:])  # 1 for (N, C) input
     x3 = np.ascontiguousarray(x).reshape(N, C, L)  # (N, C, L)
     if training:
-        mean, var = _channel_stats(x3)  # (C,), (C,) float64, biased variance
+        mean, var = _channel_stats(x3, runner)  # (C,), (C,) float64, biased variance
         if running_mean is not None:
             M = x3.shape[0] * x3.shape[2]
             running_mean[...] = (1.0 - momentum) * running_mean + momentum * mean
@@ -159,33 +162,34 @@ def _forward(x, weight, bias, running_mean, running_var, training, momentum, eps
     b = np.zeros(C) if bias is None else bias.astype(np.float64)
     scale = w * invstd  # out = x * scale + shift  ==  w * (x - mean) * invstd + b
     shift = b - mean * scale
+    given = out
     out = np.empty_like(x3) if out is None else out.reshape(x3.shape)  # a view of out
 
-    def images(lo, hi):  # a slice of the batch (the whole batch unless a model splits it)
+    def images(lo, hi):  # a slice of the batch (the whole batch unless a runner splits it)
         if act is None:  # float64 coefficients, one rounding per element
             K.scale_shift(x3[lo:hi], scale, shift, out[lo:hi])
         else:  # the same, then the activation on the rounded value
             K.scale_shift_act(x3[lo:hi], scale, shift, out[lo:hi], act == "relu6")
 
-    parallel.run(images, N, x3[0].size)
+    runner.map(images, N, C * L)
     cache = BatchNormCache(
         x3, w, weight is not None, bias is not None, mean, invstd, bool(training), x.shape, act,
         None if act is None else out,
     )  # fmt: skip
-    return out.reshape(x.shape), cache
+    return (out.reshape(x.shape) if given is None else given), cache
 
 
-def _channel_stats(x3):
-    """``K.channel_stats``, each pass split over slices of the batch when a model splits work."""
-    N, _, L = x3.shape
-    if parallel.parts() == 1:
+def _channel_stats(x3, runner):
+    """``K.channel_stats``, each pass split over slices of the batch by ``runner``."""
+    N, C, L = x3.shape
+    if runner.threads == 1:
         return K.channel_stats(x3)
-    mean = sum(parallel.run(lambda lo, hi: K.channel_sums(x3[lo:hi]), N, x3[0].size)) / (N * L)
-    sq_dev = parallel.run(lambda lo, hi: K.channel_sq_dev(x3[lo:hi], mean), N, x3[0].size)
+    mean = sum(runner.map(lambda lo, hi: K.channel_sums(x3[lo:hi]), N, C * L)) / (N * L)
+    sq_dev = runner.map(lambda lo, hi: K.channel_sq_dev(x3[lo:hi], mean), N, C * L)
     return mean, sum(sq_dev) / (N * L)
 
 
-def batch_norm_backward(dout, cache):
+def batch_norm_backward(dout, cache, *, dx=None, runner=None):
     """Gradients of ``batch_norm_forward`` with respect to x, weight and bias.
 
     Differentiates ``out = weight * (x - mean) * invstd + bias``. With the per-channel sums
@@ -199,6 +203,10 @@ def batch_norm_backward(dout, cache):
     Args:
         dout: same shape and dtype as the forward output.
         cache: from ``batch_norm_forward``.
+        dx (keyword): None, or a C-contiguous array of x's shape and dtype to write dx into.
+            ``dx=dout`` computes dx in place over dout: for a caller that owns dout and does
+            not read it again (dx is elementwise in dout once the per-channel sums are taken).
+        runner (keyword): as in the forward.
 
     Returns:
         dx (shape of x), dweight (C,) and dbias (C,); dweight and dbias are None when the
@@ -206,20 +214,30 @@ def batch_norm_backward(dout, cache):
     """
     _check_cache(_BWD, cache, None)
     dout = _checks.dout_like(_BWD, dout, cache.shape, cache.x3.dtype)
-    return _backward(dout, cache)
+    return _backward(dout, cache, _check_dx(_BWD, dx, dout, cache), runner or SERIAL)
 
 
-def batch_norm_act_backward(dout, cache):
+def batch_norm_act_backward(dout, cache, *, dx=None, runner=None):
     """Gradients of ``batch_norm_act_forward``: returns ``(dx, dweight, dbias)``.
 
     Differentiates its two steps in reverse: the activation passes ``dout`` where the output is
     positive (and below 6 for ReLU6) and blocks it elsewhere, as ``relu_backward`` does; what
     passes goes through ``batch_norm_backward``'s formula. Both happen in the same two passes.
+    Keywords ``dx`` (``dx=dout``: in place) and ``runner`` as in :func:`batch_norm_backward`.
     """
     op = "batch_norm_act_backward"
     _check_cache(op, cache, ACTIVATIONS)
     dout = _checks.dout_like(op, dout, cache.shape, cache.x3.dtype)
-    return _backward(dout, cache)
+    return _backward(dout, cache, _check_dx(op, dx, dout, cache), runner or SERIAL)
+
+
+def _check_dx(op, dx, dout, cache):
+    """``dx``: None, dout itself (C-contiguous, writeable: in place), or a separate array."""
+    if dx is not None and dx is dout:
+        if not (dout.flags.c_contiguous and dout.flags.writeable):
+            raise ValueError(f"{op}: dx=dout (in place) needs a C-contiguous, writeable dout")
+        return dx
+    return _checks.out_array(op, "dx", dx, cache.shape, cache.x3.dtype, dout, cache.x3, cache.out3)
 
 
 def _check_cache(op, cache, acts):
@@ -234,11 +252,10 @@ def _check_cache(op, cache, acts):
         )
 
 
-def _backward(dout, cache, dx=None):
-    """batch_norm_backward / batch_norm_act_backward on an already checked dout; ``dx``: None or
-    a C-contiguous array of x's size and dtype to write dx into. ``dx is dout`` (C-contiguous)
-    computes dx in place, over dout: for a caller that no longer needs dout."""
-    inplace = dx is not None and dx is dout and dout.flags.c_contiguous
+def _backward(dout, cache, dx, runner):
+    """batch_norm_backward / batch_norm_act_backward on a checked dout and dx (None, a separate
+    array, or dout itself: in place)."""
+    inplace = dx is not None and dx is dout
     x3, w, has_weight, has_bias, mean, invstd, training, shape, act, out3 = cache
     d3 = np.ascontiguousarray(dout).reshape(x3.shape)  # (N, C, L)
     six = act == "relu6"
@@ -248,7 +265,8 @@ def _backward(dout, cache, dx=None):
             return K.grad_sums(d3[lo:hi], x3[lo:hi], mean)
         return K.grad_sums_act(d3[lo:hi], out3[lo:hi], x3[lo:hi], mean, six)  # what act passes
 
-    S, T = (sum(parts) for parts in zip(*parallel.run(sums, x3.shape[0], x3[0].size)))
+    per_image = x3.shape[1] * x3.shape[2]
+    S, T = (sum(parts) for parts in zip(*runner.map(sums, x3.shape[0], per_image)))
     k = w * invstd  # (C,)
     dx = np.empty_like(x3) if dx is None else dx.reshape(x3.shape)  # a view of dx (or dout)
     if training:
@@ -272,7 +290,7 @@ def _backward(dout, cache, dx=None):
         else:
             K.train_dx_act(d, o, xs, mean, k, a, b, dx[lo:hi], six)
 
-    parallel.run(images, x3.shape[0], x3[0].size)
+    runner.map(images, x3.shape[0], per_image)
     dweight = (T * invstd).astype(dt) if has_weight else None
     dbias = S.astype(dt) if has_bias else None
     return dx.reshape(shape), dweight, dbias

@@ -8,7 +8,8 @@ Semantics are exactly ``torch.nn.functional.conv2d`` in 2-D (a cross-correlation
     out[n, k, oh, ow] = bias[k] + sum over c < Cg, i < kH, j < kW of
         weight[k, c, i, j] * x_padded[n, (k // Kg)*Cg + c, oh*sh + i*dil_h, ow*sw + j*dil_w]
 
-    OH = (H + pad_top + pad_bottom - dil_h*(kH - 1) - 1) // sh + 1     (OW likewise)
+    OH = (H + pad_top + pad_bottom - dil_h*(kH - 1) - 1) // sh + 1     (OW likewise;
+                                                 npmobilenet._geometry.output_size)
 
 Three implementations sit behind one API (``method=``):
 
@@ -16,7 +17,8 @@ Three implementations sit behind one API (``method=``):
   holds the naive textbook loops it is tested against). The fast path for depthwise
   convolution, where there is no matrix product to hand to BLAS: 3x3 depthwise weights
   (K, 1, 3, 3) with dilation 1, MobileNet's case, run specialised kernels
-  (``kernels/conv_depthwise.py``) that sum all nine taps in one vectorised pass.
+  (``kernels/conv_depthwise.py``, and the variants of ``kernels/tuned/`` chosen by its dispatch
+  table) that sum all nine taps in one vectorised pass.
 * ``"im2col"``: copy each image's receptive fields into a (C*kH*kW, L) matrix
   (``kernels/im2col.py``) and multiply by the (K, C*kH*kW) weight, one GEMM per group. A 1x1,
   stride-1, unpadded convolution (a *pointwise* convolution) needs no copy at all: the image
@@ -26,29 +28,29 @@ Three implementations sit behind one API (``method=``):
 Padding is never materialised for a whole tensor (no ``np.pad``): the general kernels skip the
 taps that land in the padding, and the depthwise 3x3 kernels copy one plane at a time into a
 small zero-bordered scratch buffer.
+
+Padding is zeros under IEEE arithmetic, in every method: a weight of inf or NaN at a tap that
+reads padding contributes ``inf * 0 = NaN`` there, as in ``torch.nn.functional.conv2d``. The
+kernels that skip padded taps add those products back when the weight has a non-finite value.
 """
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
 
-from npmobilenet import _checks, parallel
-from npmobilenet.kernels.conv_depthwise import (
-    depthwise3x3_backward_input,
-    depthwise3x3_backward_input_stride2,
-    depthwise3x3_backward_small,
-    depthwise3x3_backward_weight,
-    depthwise3x3_forward,
-    depthwise3x3_forward_small,
-)
+from npmobilenet import _checks
+from npmobilenet._geometry import output_size, window_span
 from npmobilenet.kernels.conv_direct import (
     conv2d_direct_backward_input,
     conv2d_direct_backward_weight,
     conv2d_direct_forward,
 )
 from npmobilenet.kernels.im2col import col2im, im2col
+from npmobilenet.kernels.tuned import DepthwiseShape, depthwise3x3_kernel
+from npmobilenet.threads import MACS_PER_ELEMENT, SERIAL
 
 METHODS = ("auto", "direct", "im2col")
 
@@ -144,15 +146,15 @@ def _resolve_padding(op, padding, kernel, dilation, stride):
 MAX_GEOMETRY = 2**31 - 1
 
 
-def _output_size(op, size, pad_total, kernel, dilation, stride, axis):
+def _output_size(op, size, pads, kernel, dilation, stride, axis):
     """One output extent; errors if the dilated kernel is larger than the padded input."""
-    span = dilation * (kernel - 1) + 1
+    span, pad_total = window_span(kernel, dilation), pads[0] + pads[1]
     if size + pad_total < span:
         raise ValueError(
             f"{op}: the kernel (size {kernel}, dilation {dilation}, so it spans {span}) is larger"
             f" than the padded input {axis} {size} + padding {pad_total} = {size + pad_total}"
         )
-    return (size + pad_total - span) // stride + 1
+    return output_size(size, kernel, stride, pads, dilation)
 
 
 def choose_method(x_shape, w_shape, stride, padding, groups):
@@ -181,10 +183,13 @@ def _is_pointwise(w_shape, stride, padding):
 # --------------------------------------------------------------------------------------------
 
 
-def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, method="auto"):
+def conv2d_forward(
+    x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, method="auto", *,
+    out=None, runner=None,
+):  # fmt: skip
     """2-D convolution, as ``torch.nn.functional.conv2d``. Returns ``(out, cache)``.
 
-    x: (N, C, H, W) or unbatched (C, H, W), float32 or float64.
+    x: (N, C, H, W) or unbatched (C, H, W), float32 or float64; N may be 0.
     weight: (K, C/groups, kH, kW), same dtype as x. bias: (K,) or None.
     stride, dilation: int or (h, w) pair, >= 1. padding: int or (h, w) pair >= 0, or "valid"
     (no padding) or "same" (output size = input size; stride must be 1; an odd total padding puts
@@ -193,34 +198,36 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
     convolution, and K = m*C with groups = C a depth multiplier m.
     method: "direct", "im2col" or "auto" (see ``choose_method``). All give the same result to
     float rounding.
+    out (keyword): None, or a C-contiguous array of the output's shape and x's dtype to write
+    the output into (its old contents are ignored); it is the ``out`` returned.
+    runner (keyword): None (serial), or a ``npmobilenet.threads.Runner`` that splits the batch
+    into slices run on its threads.
 
     out: (N, K, OH, OW), or (K, OH, OW) for an unbatched x, in x's dtype.
     cache: a ``Conv2dCache``.
     """
-    plan = conv2d_plan(x, weight, bias, stride, padding, dilation, groups, method)
-    return conv2d_run(x, weight, bias, plan)
-
-
-class Conv2dPlan(NamedTuple):
-    """The checked, resolved geometry of one ``conv2d_forward`` call (see ``conv2d_plan``)."""
-
-    stride: tuple[int, int]
-    padding: tuple[int, int, int, int]
-    dilation: tuple[int, int]
-    groups: int
-    method: str
-    unbatched: bool
-    out_shape: tuple[int, int, int, int]  # (N, K, OH, OW), N = 1 for an unbatched x
-
-
-def conv2d_plan(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, method="auto"):
-    """Validate ``conv2d_forward``'s arguments and resolve its geometry: a ``Conv2dPlan``.
-
-    ``conv2d_forward`` is ``conv2d_run(x, weight, bias, conv2d_plan(...))``. A caller that runs
-    the same geometry many times (a ``Conv2d`` layer) plans once and then only runs.
-    """
     op = "conv2d"
     x4, weight, bias, groups, unbatched = _check_arrays(op, x, weight, bias, groups)
+    geom, method, out_shape = _geometry(op, x4, weight, stride, padding, dilation, groups, method)
+    shape = out_shape[1:] if unbatched else out_shape
+    out = _checks.out_array(op, "out", out, shape, x4.dtype, x4, weight, bias)
+    x4 = np.ascontiguousarray(x4)  # (N, C, H, W)
+    weight = np.ascontiguousarray(weight)
+    out4 = None if out is None else out.reshape(out_shape)  # a view
+    out4 = _FORWARD[method](x4, weight, out_shape, *geom, out=out4, runner=runner or SERIAL)
+    if bias is not None:
+        out4 += bias.reshape(1, -1, 1, 1)  # out (N, K, OH, OW) + bias (1, K, 1, 1)
+    result = out4[0] if unbatched else out4
+    if out is not None:
+        result = out
+    cache = Conv2dCache(x4, weight, bias is not None, *geom, method, unbatched, result.shape)
+    return result, cache
+
+
+def _geometry(op, x4, weight, stride, padding, dilation, groups, method):
+    """Check and resolve the geometry: ((stride, padding, dilation, groups), method, out_shape).
+
+    out_shape is (N, K, OH, OW); padding is (top, bottom, left, right)."""
     stride = _checks.pair(op, "stride", stride, minimum=1)
     dilation = _checks.pair(op, "dilation", dilation, minimum=1)
     kernel = weight.shape[2:]
@@ -230,71 +237,56 @@ def conv2d_plan(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
             raise ValueError(f"{op}: {name} must be at most {MAX_GEOMETRY}, got {max(v)}")
     _checks.choice(op, "method", method, METHODS)
     N, _, H, W = x4.shape
-    OH = _output_size(op, H, pad[0] + pad[1], kernel[0], dilation[0], stride[0], "height")
-    OW = _output_size(op, W, pad[2] + pad[3], kernel[1], dilation[1], stride[1], "width")
+    OH = _output_size(op, H, pad[0:2], kernel[0], dilation[0], stride[0], "height")
+    OW = _output_size(op, W, pad[2:4], kernel[1], dilation[1], stride[1], "width")
     if method == "auto":
         method = choose_method(x4.shape, weight.shape, stride, pad, groups)
     elif method == "im2col" and _is_pointwise(weight.shape, stride, pad):
         method = "pointwise"
-    out_shape = (N, weight.shape[0], OH, OW)
-    _checks.output_fits(op, out_shape, x4.dtype)
-    return Conv2dPlan(stride, pad, dilation, groups, method, unbatched, out_shape)
+    _checks.output_fits(op, (N, weight.shape[0], OH, OW), x4.dtype)
+    return (stride, pad, dilation, groups), method, (N, weight.shape[0], OH, OW)
 
 
-def conv2d_run(x, weight, bias, plan, out=None):
-    """``conv2d_forward`` on arguments ``plan`` (from ``conv2d_plan``) was made for: no checks.
-
-    ``out``: None, or a C-contiguous (N, K, OH, OW) array of x's dtype to write the output into
-    (its old contents are ignored), so that a layer can reuse its buffer from the last step.
-    """
-    x4 = np.ascontiguousarray(x[None] if plan.unbatched else x)  # (N, C, H, W)
-    weight = np.ascontiguousarray(weight)
-    geom = (plan.stride, plan.padding, plan.dilation, plan.groups)
-    out = _FORWARD[plan.method](x4, weight, plan.out_shape, *geom, out=out)
-    if bias is not None:
-        out += bias.reshape(1, -1, 1, 1)  # out (N, K, OH, OW) + bias (1, K, 1, 1)
-    if plan.unbatched:
-        out = out[0]
-    cache = Conv2dCache(x4, weight, bias is not None, *geom, plan.method, plan.unbatched, out.shape)
-    return out, cache
-
-
-def conv2d_backward(dout, cache):
+def conv2d_backward(dout, cache, *, dx=None, input_grad=True, weight_grad=True, runner=None):
     """Gradients of ``conv2d_forward``. Returns ``(dx, dweight, dbias)``.
 
     dout: the gradient of the loss with respect to ``out``, same shape and dtype.
     dx: shaped like the forward's x ((N, C, H, W) or (C, H, W)). dweight: (K, Cg, kH, kW).
     dbias: (K,), or None when the forward had no bias.
     Uses the same implementation the forward ran (``cache.method``).
+
+    Keywords: ``dx``: None, or a C-contiguous array shaped and typed like x to write dx into
+    (old contents ignored; it must not overlap dout). ``input_grad=False`` skips dx (returned
+    as None): a network's first layer, whose input is data, needs none (PyTorch skips it too).
+    ``weight_grad=False`` returns dweight as None (a frozen weight; the direct and pointwise
+    methods skip its work). ``runner``: as in the forward.
     """
     op = "conv2d_backward"
-    if not isinstance(cache, Conv2dCache):
-        raise TypeError(
-            f"{op}: cache must be the Conv2dCache returned by conv2d_forward, got "
-            f"{_checks.describe(cache)}"
-        )
+    _checks.cache_of(op, cache, Conv2dCache, "conv2d_forward")
+    input_grad = _checks.flag(op, "input_grad", input_grad)
+    weight_grad = _checks.flag(op, "weight_grad", weight_grad)
     dout = _checks.dout_like(op, dout, cache.out_shape, cache.x.dtype)
-    return conv2d_backward_run(dout, cache)
-
-
-def conv2d_backward_run(dout, cache, dx=None, input_grad=True):
-    """``conv2d_backward`` on a checked ``dout``; ``dx``: None, or a C-contiguous array shaped
-    and typed like the cached (N, C, H, W) input to write dx into (old contents ignored).
-
-    ``input_grad=False`` skips dx (returned as None) and computes only the parameter
-    gradients: a network's first layer, whose input is data, needs no dx (PyTorch skips it
-    too, as the input does not require grad).
-    """
+    x_shape = cache.x.shape[1:] if cache.unbatched else cache.x.shape
+    dx = _checks.out_array(op, "dx", dx, x_shape, cache.x.dtype, dout, cache.x, cache.weight)
     dout4 = np.ascontiguousarray(dout[None] if cache.unbatched else dout)  # (N, K, OH, OW)
+    dx4 = None if dx is None else dx.reshape(cache.x.shape)  # a view
     geom = (cache.stride, cache.padding, cache.dilation, cache.groups)
-    dx, dweight = _BACKWARD[cache.method](
-        dout4, cache.x, cache.weight, *geom, dx=dx, input_grad=input_grad
-    )
+    dx4, dweight = _BACKWARD[cache.method](
+        dout4, cache.x, cache.weight, *geom, dx=dx4, input_grad=input_grad,
+        weight_grad=weight_grad, runner=runner or SERIAL,
+    )  # fmt: skip
     # out = conv + bias.reshape(1, K, 1, 1): the bias gradient sums dout over N, OH, OW.
     dbias = dout4.sum(axis=(0, 2, 3)) if cache.has_bias else None
-    if cache.unbatched and dx is not None:
-        dx = dx[0]
+    if not input_grad:
+        return None, dweight, dbias
+    if dx is None:
+        dx = dx4[0] if cache.unbatched else dx4
     return dx, dweight, dbias
+
+
+def _per_image(a):
+    """Elements per image of a (N, ...) array (also when N is 0)."""
+    return math.prod(a.shape[1:])
 
 
 # --------------------------------------------------------------------------------------------
@@ -303,18 +295,14 @@ def conv2d_backward_run(dout, cache, dx=None, input_grad=True):
 
 
 def _is_depthwise3x3(weight, dilation):
-    """(K, 1, 3, 3) weight, dilation 1: MobileNet's depthwise layers, run by conv_depthwise.py."""
+    """(K, 1, 3, 3) weight, dilation 1: MobileNet's depthwise layers, run by conv_depthwise.py
+    or one of its tuned variants (``npmobilenet.kernels.tuned``)."""
     return weight.shape[1:] == (1, 3, 3) and dilation == (1, 1)
 
 
-# Output planes of at most this many pixels run the channels-innermost depthwise kernels
-# (``depthwise3x3_*_small``). Measured at N=64: C=256 1x1 backward 0.19 ms instead of 8.7 ms,
-# C=128 2x2 0.28 instead of 1.44 ms; at 8x8 / 7x7 planes the per-plane kernels win.
-DEPTHWISE_SMALL_MAX_PIXELS = 16
-
-
-def _depthwise_small(x, weight, out_hw):
-    return weight.shape[0] == x.shape[1] and out_hw[0] * out_hw[1] <= DEPTHWISE_SMALL_MAX_PIXELS
+def _depthwise_shape(x, weight, out_hw, stride):
+    finite = bool(np.isfinite(weight).all())
+    return DepthwiseShape(x.shape[1], weight.shape[0], x.shape[2:], tuple(out_hw), stride, finite)
 
 
 def _zeroed(shape, dtype, buf):
@@ -325,45 +313,53 @@ def _zeroed(shape, dtype, buf):
     return buf
 
 
-def _forward_direct(x, weight, out_shape, stride, pad, dilation, groups, out=None):
+def _forward_direct(x, weight, out_shape, stride, pad, dilation, groups, out, runner):
     out = np.empty(out_shape, dtype=x.dtype) if out is None else out
     (sh, sw), (dil_h, dil_w) = stride, dilation
-    if _is_depthwise3x3(weight, dilation) and _depthwise_small(x, weight, out_shape[2:]):
-        kernel, args = depthwise3x3_forward_small, (sh, sw, pad[0], pad[2])
-    elif _is_depthwise3x3(weight, dilation):
-        kernel, args = depthwise3x3_forward, (sh, sw, pad[0], pad[2])
+    if _is_depthwise3x3(weight, dilation):
+        shape = _depthwise_shape(x, weight, out_shape[2:], stride)
+        kernel, args = depthwise3x3_kernel("forward", shape), (sh, sw, pad[0], pad[2])
     else:
         kernel = conv2d_direct_forward
         args = (sh, sw, pad[0], pad[2], dil_h, dil_w, groups)
 
-    def images(lo, hi):  # a slice of the batch (the whole batch unless a model splits it)
+    def images(lo, hi):  # a slice of the batch (the whole batch unless a runner splits it)
         out[lo:hi].fill(0)  # the kernels accumulate into it
         kernel(x[lo:hi], weight, out[lo:hi], *args)
 
-    parallel.run(images, x.shape[0], max(x[0].size, out[0].size))
+    runner.map(images, x.shape[0], max(_per_image(x), _per_image(out)))
     return out
 
 
-def _backward_direct(dout, x, weight, stride, pad, dilation, groups, dx=None, input_grad=True):
+def _backward_direct(
+    dout, x, weight, stride, pad, dilation, groups, dx, input_grad, weight_grad, runner
+):
+    if not (input_grad or weight_grad):
+        return None, None
     (sh, sw), (dil_h, dil_w) = stride, dilation
     if input_grad and dx is None:
         dx = np.empty(x.shape, dtype=x.dtype)
-    small = _is_depthwise3x3(weight, dilation) and _depthwise_small(x, weight, dout.shape[2:])
-    if _is_depthwise3x3(weight, dilation) and not small:
+    depthwise = _is_depthwise3x3(weight, dilation)
+    both = dw_kernel = dx_kernel = w_flipped = None
+    if depthwise:
+        shape = _depthwise_shape(x, weight, dout.shape[2:], stride)
+        both = depthwise3x3_kernel("backward", shape)  # one kernel for dx and dW, or None
+        dw_kernel = depthwise3x3_kernel("backward_weight", shape)
+        dx_kernel = depthwise3x3_kernel("backward_input", shape)
         # dx is a correlation of (zero-spread) dout with the 180-degree rotated filter
-        w_flipped = np.ascontiguousarray(weight[:, :, ::-1, ::-1])
+        w_flipped = None if both else np.ascontiguousarray(weight[:, :, ::-1, ::-1])
 
     def images(lo, hi):  # a slice of the batch: adds its dW into a zeroed array of its own
         dweight = np.zeros_like(weight)
         d, xs = dout[lo:hi], x[lo:hi]
-        if small:  # one kernel computes both; dx is cheap here, computed even if not wanted
+        if both is not None:  # dx is cheap here, computed even if not wanted
             dxs = dx[lo:hi] if input_grad else np.empty_like(xs)
             dxs.fill(0)
-            depthwise3x3_backward_small(d, xs, weight, dxs, dweight, sh, sw, pad[0], pad[2])
+            both(d, xs, weight, dxs, dweight, sh, sw, pad[0], pad[2])
             return dweight
-        if _is_depthwise3x3(weight, dilation):
-            depthwise3x3_backward_weight(d, xs, dweight, sh, sw, pad[0], pad[2])
-        else:
+        if weight_grad and depthwise:
+            dw_kernel(d, xs, dweight, sh, sw, pad[0], pad[2])
+        elif weight_grad:
             conv2d_direct_backward_weight(
                 d, xs, dweight, sh, sw, pad[0], pad[2], dil_h, dil_w, groups
             )
@@ -371,18 +367,16 @@ def _backward_direct(dout, x, weight, stride, pad, dilation, groups, dx=None, in
             return dweight
         dxs = dx[lo:hi]
         dxs.fill(0)  # the kernels accumulate into it
-        if not _is_depthwise3x3(weight, dilation):
+        if depthwise:
+            dx_kernel(d, w_flipped, dxs, sh, sw, pad[0], pad[2])
+        else:
             conv2d_direct_backward_input(
                 d, weight, dxs, sh, sw, pad[0], pad[2], dil_h, dil_w, groups
             )
-        elif (sh, sw) == (2, 2):  # half the spread plane's rows are zero: skipped
-            depthwise3x3_backward_input_stride2(d, w_flipped, dxs, pad[0], pad[2])
-        else:
-            depthwise3x3_backward_input(d, w_flipped, dxs, sh, sw, pad[0], pad[2])
         return dweight
 
-    slices = parallel.run(images, x.shape[0], max(x[0].size, dout[0].size))
-    return (dx if input_grad else None), _sum_slices(slices)
+    slices = runner.map(images, x.shape[0], max(_per_image(x), _per_image(dout)))
+    return (dx if input_grad else None), (_sum_slices(slices) if weight_grad else None)
 
 
 def _sum_slices(parts):
@@ -398,7 +392,7 @@ def _sum_slices(parts):
 # --------------------------------------------------------------------------------------------
 
 
-def _forward_im2col(x, weight, out_shape, stride, pad, dilation, groups, out=None):
+def _forward_im2col(x, weight, out_shape, stride, pad, dilation, groups, out, runner):
     N, K, OH, OW = out_shape
     C, kH, kW = x.shape[1], weight.shape[2], weight.shape[3]
     (sh, sw), (dil_h, dil_w) = stride, dilation
@@ -406,18 +400,20 @@ def _forward_im2col(x, weight, out_shape, stride, pad, dilation, groups, out=Non
     out = np.empty(out_shape, dtype=x.dtype) if out is None else out  # fully written below
     out4 = out.reshape(N, groups, K // groups, OH * OW)  # (N, G, Kg, L) view
 
-    def images(lo, hi):  # a slice of the batch (the whole batch unless a model splits it)
+    def images(lo, hi):  # a slice of the batch (the whole batch unless a runner splits it)
         cols = np.empty((C * kH * kW, OH * OW), dtype=x.dtype)  # (C*kH*kW, L), per image
         cols3 = cols.reshape(groups, -1, OH * OW)  # (G, Cg*kH*kW, L)
         for n in range(lo, hi):
             im2col(x[n], kH, kW, sh, sw, pad[0], pad[2], dil_h, dil_w, OH, OW, cols)
             np.matmul(w3, cols3, out=out4[n])  # (G, Kg, Cg*kH*kW) @ (G, Cg*kH*kW, L)
 
-    parallel.run(images, N, max(x[0].size, C * kH * kW * OH * OW))
+    runner.map(images, N, max(_per_image(x), C * kH * kW * OH * OW))
     return out
 
 
-def _backward_im2col(dout, x, weight, stride, pad, dilation, groups, dx=None, input_grad=True):
+def _backward_im2col(
+    dout, x, weight, stride, pad, dilation, groups, dx, input_grad, weight_grad, runner
+):
     if input_grad and dx is None:
         dx = np.empty(x.shape, dtype=x.dtype)
     geom = (stride, pad, dilation, groups)
@@ -426,9 +422,11 @@ def _backward_im2col(dout, x, weight, stride, pad, dilation, groups, dx=None, in
         sub_dx = dx[lo:hi] if input_grad else None
         return _backward_im2col_images(dout[lo:hi], x[lo:hi], weight, *geom, sub_dx, input_grad)[1]
 
+    if not (input_grad or weight_grad):
+        return None, None
     cols = x.shape[1] * weight.shape[2] * weight.shape[3] * dout.shape[2] * dout.shape[3]
-    slices = parallel.run(images, x.shape[0], max(x[0].size, cols))
-    return (dx if input_grad else None), _sum_slices(slices)
+    slices = runner.map(images, x.shape[0], max(_per_image(x), cols))
+    return (dx if input_grad else None), (_sum_slices(slices) if weight_grad else None)
 
 
 def _backward_im2col_images(dout, x, weight, stride, pad, dilation, groups, dx, input_grad):
@@ -479,7 +477,7 @@ def _backward_im2col_batched(
     for n in range(N):
         im2col(x[n], kH, kW, sh, sw, pad[0], pad[2], dil_h, dil_w, OH, OW, cols[n])
     # forward: out[n] = w3 @ cols[n], so dW = sum_n dout[n] @ cols[n].T, dcols = W.T @ dout
-    dw3 = _pointwise_dweight(d4, cols.reshape(N, groups, -1, L))  # (G, Kg, Cg*kH*kW)
+    dw3 = _pointwise_dweight(d4, cols.reshape(N, groups, C // groups * kH * kW, L))
     if not input_grad:
         return None, dw3.reshape(weight.shape)
     dcols = np.matmul(w3.transpose(0, 2, 1), d4).reshape(N, C * kH * kW, L)
@@ -494,7 +492,7 @@ def _backward_im2col_batched(
 # --------------------------------------------------------------------------------------------
 
 
-def _forward_pointwise(x, weight, out_shape, stride, pad, dilation, groups, out=None):
+def _forward_pointwise(x, weight, out_shape, stride, pad, dilation, groups, out, runner):
     N, C, H, W = x.shape
     K = weight.shape[0]
     x4 = x.reshape(N, groups, C // groups, H * W)  # (N, G, Cg, H*W) view, no copy
@@ -505,16 +503,20 @@ def _forward_pointwise(x, weight, out_shape, stride, pad, dilation, groups, out=
     def images(lo, hi):  # (n, G, Kg, H*W): one GEMM per image and group
         np.matmul(w3, x4[lo:hi], out=out4[lo:hi])
 
-    parallel.run(images, N, _pointwise_work(x4, out4))
+    runner.map(images, N, _pointwise_work(x4, out4))
     return out
 
 
-def _backward_pointwise(dout, x, weight, stride, pad, dilation, groups, dx=None, input_grad=True):
+def _backward_pointwise(
+    dout, x, weight, stride, pad, dilation, groups, dx, input_grad, weight_grad, runner
+):
     N, C, H, W = x.shape
     K = weight.shape[0]
     x4 = x.reshape(N, groups, C // groups, H * W)  # (N, G, Cg, H*W)
     d4 = dout.reshape(N, groups, K // groups, H * W)  # (N, G, Kg, H*W)
     w3 = weight.reshape(groups, K // groups, C // groups)  # (G, Kg, Cg)
+    if not (input_grad or weight_grad):
+        return None, None
     # forward: out = w3 @ x4, so dx = w3.T @ dout and dW = sum over images of dout @ x.T.
     # The transposes are views: BLAS reads them with its transpose flag, nothing is copied.
     if input_grad and dx is None:
@@ -524,19 +526,19 @@ def _backward_pointwise(dout, x, weight, stride, pad, dilation, groups, dx=None,
     def images(lo, hi):  # a slice of the batch: its dx, and its part of dW
         if input_grad:
             np.matmul(w3.transpose(0, 2, 1), d4[lo:hi], out=dx4[lo:hi])  # (n, G, Cg, H*W)
-        return _pointwise_dweight(d4[lo:hi], x4[lo:hi])
+        return _pointwise_dweight(d4[lo:hi], x4[lo:hi]) if weight_grad else None
 
-    dweight = _sum_slices(parallel.run(images, N, _pointwise_work(x4, d4)))
-    dweight = dweight.reshape(weight.shape)
+    slices = runner.map(images, N, _pointwise_work(x4, d4))
+    dweight = _sum_slices(slices).reshape(weight.shape) if weight_grad else None
     return (dx if input_grad else None), dweight
 
 
 def _pointwise_work(x4, y4):
-    """Per-image work of a pointwise GEMM in ``parallel.run``'s units (array elements): a 7x7
+    """Per-image work of a pointwise GEMM in ``Runner.map``'s units (array elements): a 7x7
     1024x1024 layer has few elements but 51 M multiply-adds per image, worth a thread each.
     """
-    macs = x4[0].size * y4.shape[2]  # H*W * Cg * Kg * G: one image's multiply-adds
-    return max(x4[0].size, y4[0].size, macs // parallel.MACS_PER_ELEMENT)
+    macs = _per_image(x4) * y4.shape[2]  # H*W * Cg * Kg * G: one image's multiply-adds
+    return max(_per_image(x4), _per_image(y4), macs // MACS_PER_ELEMENT)
 
 
 # Below this many pixels per image, dW is one GEMM over the whole batch (a small transposing

@@ -8,9 +8,23 @@ In eval mode (or with p = 0) the op is the identity. Randomness comes only from 
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from npmobilenet import _checks
+
+
+class DropoutCache(NamedTuple):
+    """What ``dropout_forward`` keeps for ``dropout_backward``.
+
+    mask: the per-element factor (0 or 1 / (1 - p)) of x's shape and dtype, or None when the op
+    was the identity (eval mode or p = 0). shape, dtype: x's.
+    """
+
+    mask: np.ndarray | None
+    shape: tuple[int, ...]
+    dtype: np.dtype
 
 
 def dropout_forward(x, p, training, rng):
@@ -24,8 +38,7 @@ def dropout_forward(x, p, training, rng):
 
     Returns:
         out: x's shape and dtype.
-        cache: (mask, x.shape, x.dtype) with mask the per-element factor (0 or 1 / (1 - p)) of
-            x's dtype, or None when the op was the identity.
+        cache: a ``DropoutCache``.
     """
     op = "dropout_forward"
     _checks.float_array(op, "x", x)
@@ -38,11 +51,11 @@ def dropout_forward(x, p, training, rng):
             f" got {_checks.describe(rng)}"
         )
     if not training or p == 0.0:
-        return x.copy(), (None, x.shape, x.dtype)
+        return x.copy(), DropoutCache(None, x.shape, x.dtype)
     keep = np.asarray(rng.random(x.shape, dtype=x.dtype)) >= p  # True with probability 1 - p
     scale = 0.0 if p == 1.0 else 1.0 / (1.0 - p)
     mask = np.asarray(keep * x.dtype.type(scale))  # (shape of x), values 0 or 1 / (1 - p)
-    return np.asarray(x * mask), (mask, x.shape, x.dtype)
+    return np.asarray(x * mask), DropoutCache(mask, x.shape, x.dtype)
 
 
 def dropout_backward(dout, cache):
@@ -51,6 +64,7 @@ def dropout_backward(dout, cache):
 
     dout: the shape and dtype of x. Returns dx of that shape and dtype.
     """
-    mask, shape, dtype = cache
-    dout = _checks.dout_like("dropout_backward", dout, shape, dtype)
+    op = "dropout_backward"
+    mask, shape, dtype = _checks.cache_of(op, cache, DropoutCache, "dropout_forward")
+    dout = _checks.dout_like(op, dout, shape, dtype)
     return dout.copy() if mask is None else np.asarray(dout * mask)

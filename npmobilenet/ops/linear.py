@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
+import numpy as np
+
 from npmobilenet import _checks
 
 _FWD = "linear_forward"
+
+
+class LinearCache(NamedTuple):
+    """What ``linear_forward`` keeps for ``linear_backward``.
+
+    x: the (..., in) input. weight: the (out, in) weight. has_bias: whether a bias was given.
+    """
+
+    x: np.ndarray
+    weight: np.ndarray
+    has_bias: bool
 
 
 def linear_forward(x, weight, bias=None):
@@ -16,7 +31,7 @@ def linear_forward(x, weight, bias=None):
         bias: (out,) of x's dtype, or None.
 
     Returns:
-        out: (..., out), x's dtype. cache: (x, weight, has_bias).
+        out: (..., out), x's dtype. cache: a ``LinearCache``.
     """
     _checks.float_array(_FWD, "x", x)
     _checks.float_array(_FWD, "weight", weight, ndim=2)
@@ -38,7 +53,7 @@ def linear_forward(x, weight, bias=None):
     out = x @ weight.T  # (..., in) @ (in, out) -> (..., out)
     if bias is not None:
         out += bias
-    return out, (x, weight, bias is not None)
+    return out, LinearCache(x, weight, bias is not None)
 
 
 def linear_backward(dout, cache):
@@ -49,7 +64,7 @@ def linear_backward(dout, cache):
         flattened ((B, out) and (B, in)); dbias (out,) = dout summed over the leading axes, or
         None without bias.
     """
-    x, weight, has_bias = cache
+    x, weight, has_bias = _checks.cache_of("linear_backward", cache, LinearCache, _FWD)
     out_shape = x.shape[:-1] + (weight.shape[0],)
     dout = _checks.dout_like("linear_backward", dout, out_shape, x.dtype)
     dx = dout @ weight  # (..., out) @ (out, in) -> (..., in)

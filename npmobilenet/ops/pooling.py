@@ -1,7 +1,8 @@
 """2-D max, average and adaptive average pooling (``torch.nn.functional`` semantics).
 
 Input is (N, C, H, W) or unbatched (C, H, W); the output keeps the batch-ness of the input.
-Output size along each axis (PyTorch's rule, with ``//`` rounding down)::
+Output size along each axis (PyTorch's rule, with ``//`` rounding down; computed by
+``npmobilenet._geometry.output_size``)::
 
     O = (H + 2 * p - d * (k - 1) - 1 + (s - 1 if ceil_mode else 0)) // s + 1
     if ceil_mode and (O - 1) * s >= H + p:  O -= 1   # the last window must start inside
@@ -14,10 +15,43 @@ input itself (False).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from npmobilenet import _checks
+from npmobilenet._geometry import output_size
 from npmobilenet.kernels import pool as K
+
+
+class MaxPool2dCache(NamedTuple):
+    """What ``max_pool2d_forward`` keeps: argmax (N, C, OH, OW) int64, the flat h * W + w index
+    of each window's winner (-1 for a window of padding only); x's dtype and shape."""
+
+    argmax: np.ndarray
+    dtype: np.dtype
+    shape: tuple[int, ...]
+
+
+class AvgPool2dCache(NamedTuple):
+    """What ``avg_pool2d_forward`` keeps: x's dtype and shape, the resolved (h, w) pairs
+    kernel, stride and padding, count_include_pad, and the output size out_hw (OH, OW)."""
+
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    count_include_pad: bool
+    out_hw: tuple[int, int]
+
+
+class AdaptiveAvgPool2dCache(NamedTuple):
+    """What ``adaptive_avg_pool2d_forward`` keeps: x's dtype and shape, out_hw (OH, OW)."""
+
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    out_hw: tuple[int, int]
 
 
 def _as_batched(op, x):
@@ -27,14 +61,6 @@ def _as_batched(op, x):
     if 0 in x4.shape[1:]:
         raise ValueError(f"{op}: x must have non-zero C, H and W, got shape {x.shape}")
     return np.ascontiguousarray(x4), x.ndim == 4
-
-
-def _out_size(size, k, s, p, d, ceil_mode):
-    """PyTorch's pooling output length along one axis (may be < 1: the caller rejects it)."""
-    o = (size + 2 * p - d * (k - 1) - 1 + (s - 1 if ceil_mode else 0)) // s + 1
-    if ceil_mode and (o - 1) * s >= size + p:
-        o -= 1
-    return o
 
 
 def _window_params(op, x4, kernel_size, stride, padding, dilation, ceil_mode):
@@ -51,8 +77,8 @@ def _window_params(op, x4, kernel_size, stride, padding, dilation, ceil_mode):
             f" got padding={p} with kernel_size={k}"
         )
     H, W = x4.shape[2:]
-    OH = _out_size(H, k[0], s[0], p[0], d[0], ceil_mode)
-    OW = _out_size(W, k[1], s[1], p[1], d[1], ceil_mode)
+    OH = output_size(H, k[0], s[0], p[0], d[0], ceil_mode)  # may be < 1: rejected below
+    OW = output_size(W, k[1], s[1], p[1], d[1], ceil_mode)
     if OH < 1 or OW < 1:
         raise ValueError(
             f"{op}: the kernel (size {k}, dilation {d}) is larger than the padded input"
@@ -75,14 +101,13 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, ceil_
 
     Returns:
         out: (N, C, OH, OW) (or (C, OH, OW)), x's dtype.
-        cache: (argmax, x.dtype, x.shape) with argmax (N, C, OH, OW) the flat h * W + w index
-            of each window's winner.
+        cache: a ``MaxPool2dCache``.
     """
     op = "max_pool2d_forward"
     x4, batched = _as_batched(op, x)
     k, s, p, d, (OH, OW) = _window_params(op, x4, kernel_size, stride, padding, dilation, ceil_mode)
-    out, argmax = K.max_pool2d_fwd(x4, *k, *s, *p, *d, OH, OW)
-    return _unbatch(out, batched), (argmax, x.dtype, x.shape)
+    out, argmax = K.max_pool2d_forward(x4, *k, *s, *p, *d, OH, OW)
+    return _unbatch(out, batched), MaxPool2dCache(argmax, x.dtype, x.shape)
 
 
 def max_pool2d_backward(dout, cache):
@@ -91,11 +116,12 @@ def max_pool2d_backward(dout, cache):
 
     dout: the shape and dtype of the forward output. Returns dx of x's shape.
     """
-    argmax, dtype, shape = cache
+    op = "max_pool2d_backward"
+    argmax, dtype, shape = _checks.cache_of(op, cache, MaxPool2dCache, "max_pool2d_forward")
     out_shape = argmax.shape if len(shape) == 4 else argmax.shape[1:]
-    dout = _checks.dout_like("max_pool2d_backward", dout, out_shape, dtype)
+    dout = _checks.dout_like(op, dout, out_shape, dtype)
     d4 = np.ascontiguousarray(dout).reshape(argmax.shape)
-    dx = K.max_pool2d_bwd(d4, argmax, shape[-2], shape[-1])
+    dx = K.max_pool2d_backward_input(d4, argmax, shape[-2], shape[-1])
     return dx.reshape(shape)
 
 
@@ -113,7 +139,7 @@ def avg_pool2d_forward(
 
     Returns:
         out: (N, C, OH, OW) (or (C, OH, OW)), x's dtype.
-        cache: (x.dtype, x.shape, k, s, p, count_include_pad, (OH, OW)).
+        cache: an ``AvgPool2dCache``.
     """
     op = "avg_pool2d_forward"
     x4, batched = _as_batched(op, x)
@@ -122,8 +148,9 @@ def avg_pool2d_forward(
         raise TypeError(
             f"{op}: count_include_pad must be a bool, got {_checks.describe(count_include_pad)}"
         )
-    out = K.avg_pool2d_fwd(x4, *k, *s, *p, *osz, bool(count_include_pad))
-    return _unbatch(out, batched), (x.dtype, x.shape, k, s, p, bool(count_include_pad), osz)
+    out = K.avg_pool2d_forward(x4, *k, *s, *p, *osz, bool(count_include_pad))
+    cache = AvgPool2dCache(x.dtype, x.shape, k, s, p, bool(count_include_pad), osz)
+    return _unbatch(out, batched), cache
 
 
 def avg_pool2d_backward(dout, cache):
@@ -132,11 +159,13 @@ def avg_pool2d_backward(dout, cache):
 
     dout: the shape and dtype of the forward output. Returns dx of x's shape.
     """
-    dtype, shape, k, s, p, cip, osz = cache
-    out_shape = shape[:-2] + osz
-    dout = _checks.dout_like("avg_pool2d_backward", dout, out_shape, dtype)
+    op = "avg_pool2d_backward"
+    dtype, shape, k, s, p, cip, osz = _checks.cache_of(
+        op, cache, AvgPool2dCache, "avg_pool2d_forward"
+    )
+    dout = _checks.dout_like(op, dout, shape[:-2] + osz, dtype)
     d4 = np.ascontiguousarray(dout).reshape((-1, shape[-3]) + osz)  # (N, C, OH, OW)
-    dx = K.avg_pool2d_bwd(d4, shape[-2], shape[-1], *k, *s, *p, cip)
+    dx = K.avg_pool2d_backward_input(d4, shape[-2], shape[-1], *k, *s, *p, cip)
     return dx.reshape(shape)
 
 
@@ -151,7 +180,7 @@ def adaptive_avg_pool2d_forward(x, output_size):
         output_size: int or (OH, OW) pair; a None element keeps that input size.
 
     Returns:
-        out: (N, C, OH, OW) (or (C, OH, OW)), x's dtype. cache: (x.dtype, x.shape, (OH, OW)).
+        out: (N, C, OH, OW) (or (C, OH, OW)), x's dtype. cache: an ``AdaptiveAvgPool2dCache``.
     """
     op = "adaptive_avg_pool2d_forward"
     x4, batched = _as_batched(op, x)
@@ -159,8 +188,8 @@ def adaptive_avg_pool2d_forward(x, output_size):
         output_size = tuple(x4.shape[2 + i] if v is None else v for i, v in enumerate(output_size))
     OH, OW = _checks.pair(op, "output_size", output_size, minimum=1)
     _checks.output_fits(op, (*x4.shape[:2], OH, OW), x4.dtype)
-    out = K.adaptive_avg_pool2d_fwd(x4, OH, OW)
-    return _unbatch(out, batched), (x.dtype, x.shape, (OH, OW))
+    out = K.adaptive_avg_pool2d_forward(x4, OH, OW)
+    return _unbatch(out, batched), AdaptiveAvgPool2dCache(x.dtype, x.shape, (OH, OW))
 
 
 def adaptive_avg_pool2d_backward(dout, cache):
@@ -168,8 +197,10 @@ def adaptive_avg_pool2d_backward(dout, cache):
 
     dout: (N, C, OH, OW) (or (C, OH, OW)) of the forward's dtype. Returns dx of x's shape.
     """
-    dtype, shape, osz = cache
-    dout = _checks.dout_like("adaptive_avg_pool2d_backward", dout, shape[:-2] + osz, dtype)
+    op = "adaptive_avg_pool2d_backward"
+    fwd = "adaptive_avg_pool2d_forward"
+    dtype, shape, osz = _checks.cache_of(op, cache, AdaptiveAvgPool2dCache, fwd)
+    dout = _checks.dout_like(op, dout, shape[:-2] + osz, dtype)
     d4 = np.ascontiguousarray(dout).reshape((-1, shape[-3]) + osz)  # (N, C, OH, OW)
-    dx = K.adaptive_avg_pool2d_bwd(d4, shape[-2], shape[-1])
+    dx = K.adaptive_avg_pool2d_backward_input(d4, shape[-2], shape[-1])
     return dx.reshape(shape)

@@ -8,6 +8,7 @@ targets ``(N,)`` or probability targets ``(N, C)``, like ``F.cross_entropy``.
 from __future__ import annotations
 
 import numbers
+from typing import NamedTuple
 
 import numpy as np
 
@@ -15,6 +16,21 @@ from npmobilenet import _checks
 
 _FWD = "cross_entropy_forward"
 _BWD = "cross_entropy_backward"
+
+
+class CrossEntropyCache(NamedTuple):
+    """What ``cross_entropy_forward`` keeps for ``cross_entropy_backward``.
+
+    logp: (N, C) log-softmax of the logits. q: (N, C) target distributions (zero rows for
+    ignored samples). reduction: "mean", "sum" or "none". count: the divisor of "mean" (samples
+    not ignored). shape: the logits' shape ((N, C) or (C,)).
+    """
+
+    logp: np.ndarray
+    q: np.ndarray
+    reduction: str
+    count: int
+    shape: tuple[int, ...]
 
 
 def _axis(op, x, axis):
@@ -125,8 +141,7 @@ def cross_entropy_forward(logits, target, reduction="mean", label_smoothing=0.0,
 
     Returns:
         loss: a logits-dtype scalar for "mean"/"sum", or (N,) (() when unbatched) for "none".
-        cache: dict with logp, q (the (N, C) target distributions, zero rows for ignored
-            samples), the per-sample weight of dloss and the shapes.
+        cache: a ``CrossEntropyCache``.
     """
     eps, ignore_index = _validate(logits, target, reduction, label_smoothing, ignore_index)
     batched = logits.ndim == 2
@@ -156,27 +171,27 @@ def cross_entropy_forward(logits, target, reduction="mean", label_smoothing=0.0,
     else:
         with np.errstate(invalid="ignore", divide="ignore"):  # all ignored -> nan, like torch
             loss = losses.sum() / logits.dtype.type(count)
-    cache = dict(logp=logp, q=q, reduction=reduction, count=count, shape=logits.shape)
+    cache = CrossEntropyCache(logp, q, reduction, count, logits.shape)
     return logits.dtype.type(loss) if reduction != "none" else loss, cache
 
 
 def _dloss(dloss, cache, dtype):
     """Upstream gradient of the loss as an (N,) array of per-sample weights."""
-    N = cache["q"].shape[0]
-    if cache["reduction"] == "none":
-        want = (N,) if len(cache["shape"]) == 2 else ()
+    N = cache.q.shape[0]
+    if cache.reduction == "none":
+        want = (N,) if len(cache.shape) == 2 else ()
         g = _checks.dout_like(_BWD, dloss, want, dtype)
         return g.reshape(N)
     if isinstance(dloss, np.ndarray):
         if dloss.shape != ():
             raise ValueError(
-                f"{_BWD}: dloss must be a scalar for reduction={cache['reduction']!r}, got"
+                f"{_BWD}: dloss must be a scalar for reduction={cache.reduction!r}, got"
                 f" shape {dloss.shape}"
             )
         dloss = dloss.item()
     g = _checks.number(_BWD, "dloss", dloss)
-    if cache["reduction"] == "mean":
-        g = g / cache["count"] if cache["count"] else 0.0  # all ignored: torch's grad is 0
+    if cache.reduction == "mean":
+        g = g / cache.count if cache.count else 0.0  # all ignored: torch's grad is 0
     return np.full(N, g, dtype=dtype)
 
 
@@ -194,8 +209,9 @@ def cross_entropy_backward(dloss, cache):
     Returns:
         dlogits: the shape and dtype of the logits.
     """
-    logp, q = cache["logp"], cache["q"]
+    _checks.cache_of(_BWD, cache, CrossEntropyCache, _FWD)
+    logp, q = cache.logp, cache.q
     g = _dloss(dloss, cache, logp.dtype)  # (N,)
     p = np.exp(logp)  # softmax, (N, C)
     dlogits = g[:, None] * (p * q.sum(axis=1, keepdims=True) - q)  # (N, C)
-    return dlogits.reshape(cache["shape"])
+    return dlogits.reshape(cache.shape)

@@ -18,7 +18,7 @@ import numbers
 
 import numpy as np
 
-from npmobilenet._checks import number
+from npmobilenet._checks import number, short_repr
 from npmobilenet.optim.optimizer import Optimizer
 from npmobilenet.optim.rmsprop import lerp_
 
@@ -89,15 +89,15 @@ class Adam(Optimizer):
         number(op, "lr", group["lr"], low=0)
         betas = group["betas"]
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-            raise TypeError(f"{op}: betas must be a pair (beta1, beta2), got {betas!r}")
+            raise TypeError(f"{op}: betas must be a pair (beta1, beta2), got {short_repr(betas)}")
         for i, b in enumerate(betas):
             if isinstance(b, bool) or not isinstance(b, numbers.Real) or not 0 <= b < 1:
-                raise ValueError(f"{op}: betas[{i}] must be in [0, 1), got {b!r}")
+                raise ValueError(f"{op}: betas[{i}] must be in [0, 1), got {short_repr(b)}")
         group["betas"] = tuple(float(b) for b in betas)
         number(op, "eps", group["eps"], low=0)
         number(op, "weight_decay", group["weight_decay"], low=0)
         if not isinstance(group["amsgrad"], bool):
-            raise TypeError(f"{op}: amsgrad must be a bool, got {group['amsgrad']!r}")
+            raise TypeError(f"{op}: amsgrad must be a bool, got {short_repr(group['amsgrad'])}")
 
     def _update(self, p, state, group):
         adam_update(

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_right
 
-from npmobilenet._checks import describe, integer, number
+from npmobilenet._checks import describe, integer, number, short_repr
 from npmobilenet.optim.optimizer import Optimizer
 
 
@@ -289,7 +289,9 @@ class OneCycleLR(LRScheduler):
     ):
         op = "OneCycleLR"
         if not isinstance(optimizer, Optimizer):
-            raise TypeError(f"{op}: optimizer must be an npmobilenet optimizer, got {optimizer!r}")
+            raise TypeError(
+                f"{op}: optimizer must be an npmobilenet optimizer, got {describe(optimizer)}"
+            )
         if total_steps is not None:
             self.total_steps = integer(op, "total_steps", total_steps, minimum=1)
         elif epochs is not None and steps_per_epoch is not None:
@@ -300,7 +302,8 @@ class OneCycleLR(LRScheduler):
         pct_start = number(op, "pct_start", pct_start, 0, 1)
         if anneal_strategy not in ("cos", "linear"):
             raise ValueError(
-                f"{op}: anneal_strategy must be 'cos' or 'linear', got {anneal_strategy!r}"
+                f"{op}: anneal_strategy must be 'cos' or 'linear',"
+                f" got {short_repr(anneal_strategy)}"
             )
         self.anneal_strategy = anneal_strategy
         self._schedule_phases = _one_cycle_phases(pct_start, self.total_steps, three_phase)

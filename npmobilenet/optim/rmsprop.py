@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from npmobilenet._checks import number
+from npmobilenet._checks import number, short_repr
 from npmobilenet.optim.optimizer import Optimizer
 
 
@@ -106,7 +106,8 @@ class RMSprop(Optimizer):
         number("RMSprop", "weight_decay", group["weight_decay"], low=0)
         number("RMSprop", "momentum", group["momentum"], low=0)
         if not isinstance(group["centered"], bool):
-            raise TypeError(f"RMSprop: centered must be a bool, got {group['centered']!r}")
+            got = short_repr(group["centered"])
+            raise TypeError(f"RMSprop: centered must be a bool, got {got}")
 
     def _update(self, p, state, group):
         if group["centered"] and state and "grad_avg" not in state:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from npmobilenet._checks import number
+from npmobilenet._checks import number, short_repr
 from npmobilenet.optim.optimizer import Optimizer
 
 
@@ -72,7 +72,7 @@ class SGD(Optimizer):
         number("SGD", "dampening", group["dampening"])
         number("SGD", "weight_decay", group["weight_decay"], low=0)
         if not isinstance(group["nesterov"], bool):
-            raise TypeError(f"SGD: nesterov must be a bool, got {group['nesterov']!r}")
+            raise TypeError(f"SGD: nesterov must be a bool, got {short_repr(group['nesterov'])}")
         if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
             raise ValueError(
                 "SGD: nesterov=True requires momentum > 0 and dampening == 0, got"

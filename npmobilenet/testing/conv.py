@@ -22,6 +22,8 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import strategies as st
 
+from npmobilenet._geometry import output_size
+
 
 def _pair_or_int(values):
     """An int, or an (h, w) pair, drawn from ``values``: both forms are legal conv2d arguments."""
@@ -85,7 +87,7 @@ def conv2d_configs(
     min_h, min_w = max(1, span_h - pad_h), max(1, span_w - pad_w)
     H = draw(st.integers(min_h, max(min_h, max_size)))
     W = draw(st.integers(min_w, max(min_w, max_size)))
-    OH, OW = (H + pad_h - span_h) // sh + 1, (W + pad_w - span_w) // sw + 1
+    OH, OW = output_size(H, kh, sh, (pad_h, 0), dh), output_size(W, kw, sw, (pad_w, 0), dw)
 
     unbatched = allow_unbatched and draw(st.booleans()) and draw(st.booleans())  # ~1 in 4
     N = None if unbatched else draw(st.integers(1, max_batch))

@@ -24,6 +24,8 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import strategies as st
 
+from npmobilenet._geometry import output_size
+
 
 def _as_pair(v):
     return tuple(v) if isinstance(v, tuple) else (v, v)
@@ -31,10 +33,7 @@ def _as_pair(v):
 
 def pool2d_output_size(size, k, s, p, d, ceil_mode):
     """PyTorch's pooling output length along one axis (``pooling_output_shape``)."""
-    o = (size + 2 * p - d * (k - 1) - 1 + (s - 1 if ceil_mode else 0)) // s + 1
-    if ceil_mode and (o - 1) * s >= size + p:  # the last window must start inside the input
-        o -= 1
-    return o
+    return output_size(size, k, s, p, d, ceil_mode)
 
 
 def _every_window_hits_input(size, k, s, p, d, ceil_mode):

@@ -26,26 +26,19 @@ architecture raises a ``ValueError`` naming every differing setting.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import tempfile
 
 import numpy as np
 import safetensors
 import safetensors.numpy
 
 from npmobilenet._checks import describe
-from npmobilenet.io.weights import atomic_write_bytes
+from npmobilenet.io.weights import atomic_write_bytes, read_safetensors
 from npmobilenet.optim import join_arrays, split_arrays
 
 FORMAT = "npmobilenet.checkpoint"
 FORMAT_VERSION = 1
 # Architecture settings that must agree between a checkpoint and the model it is loaded into.
 ARCHITECTURE_KEYS = ("alpha", "num_classes", "in_channels", "conv", "activation", "dtype")
-# Test hook: when set to N, the N-th checkpoint write of this process writes half of its bytes
-# to the temporary file and then kills the process (SIGKILL), as a power cut mid-save would.
-KILL_HOOK_ENV = "NPMOBILENET_TEST_KILL_DURING_SAVE"
-_writes = 0
 
 
 def save_checkpoint(path, model, state: dict, overwrite: bool = False) -> None:
@@ -72,18 +65,7 @@ def load_checkpoint(path) -> dict:
     corrupt, or not an npmobilenet checkpoint (e.g. a bare weights file).
     """
     op = "load_checkpoint"
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{op}: no checkpoint at {path}")
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-        arrays = safetensors.numpy.load(data)  # validates the whole file
-        meta = _metadata(data)
-    except (safetensors.SafetensorError, ValueError, TypeError, KeyError, OverflowError) as e:
-        raise ValueError(
-            f"{op}: {path} is not a readable checkpoint (truncated or corrupt?): {e}"
-        ) from None
+    arrays, meta = read_safetensors(op, path, "checkpoint")
     if FORMAT not in meta:
         raise ValueError(
             f"{op}: {path} is a safetensors file but not an npmobilenet checkpoint (no"
@@ -91,11 +73,11 @@ def load_checkpoint(path) -> dict:
         )
     try:
         header = json.loads(meta[FORMAT])
-        state = join_arrays(header["state"], {k: np.array(v) for k, v in arrays.items()})
+        state = join_arrays(header["state"], arrays)
         model_config = header["model_config"]
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{op}: {path} has a damaged checkpoint header: {e}") from None
-    model = {k[len("model.") :]: np.array(v) for k, v in arrays.items() if k.startswith("model.")}
+    model = {k[len("model.") :]: v for k, v in arrays.items() if k.startswith("model.")}
     return {**state, "model": model, "model_config": model_config}
 
 
@@ -109,12 +91,6 @@ def checkpoint_epoch(path):
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None
-
-
-def _metadata(data: bytes) -> dict:
-    """The ``__metadata__`` of a safetensors file: 8-byte little-endian header size, JSON header."""
-    size = int.from_bytes(data[:8], "little")
-    return json.loads(data[8 : 8 + size]).get("__metadata__") or {}
 
 
 def check_architecture(saved: dict, model_config: dict, source: str = "the checkpoint") -> None:
@@ -131,21 +107,8 @@ def check_architecture(saved: dict, model_config: dict, source: str = "the check
 
 
 def atomic_write(path, data: bytes, overwrite: bool = False) -> None:
-    """Write ``data`` atomically (:func:`npmobilenet.io.weights.atomic_write_bytes`).
-
-    Under the test hook ``NPMOBILENET_TEST_KILL_DURING_SAVE=k`` the k-th write of the process
-    instead writes half of the bytes to a temporary file beside ``path`` and kills the process,
-    as a power cut in the middle of a save would.
-    """
-    global _writes
-    _writes += 1
-    if os.environ.get(KILL_HOOK_ENV) == str(_writes):
-        directory = os.path.dirname(os.path.abspath(os.fspath(path)))
-        fd, _ = tempfile.mkstemp(prefix=".tmp-", suffix=".partial", dir=directory)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data[: len(data) // 2])
-            f.flush()
-        os.kill(os.getpid(), signal.SIGKILL)
+    """Write ``data`` atomically (:func:`npmobilenet.io.weights.atomic_write_bytes`): every
+    file a run writes (checkpoint, metrics) goes through here."""
     atomic_write_bytes(path, data, overwrite=overwrite)
 
 

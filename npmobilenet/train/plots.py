@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-HINT = 'pip install "npmobilenet[demo]"'
+from npmobilenet._checks import INSTALL_HINT as HINT
 
 
 def _pyplot():

@@ -10,7 +10,8 @@ One optimisation step on a batch ``x`` ``(N, C, H, W)`` with labels ``y`` ``(N,)
 
 An epoch is that step over every training batch (model in train mode: batch statistics,
 dropout on), then one pass over the test batches in eval mode (running statistics, no
-gradients). :class:`Trainer` adds the practical parts around it: label smoothing, gradient
+gradients; the fused engine of ``model.fuse()`` computes it, see :func:`evaluate`).
+:class:`Trainer` adds the practical parts around it: label smoothing, gradient
 clipping by global norm, the learning-rate schedule (stepped per batch for one-cycle, per epoch
 otherwise), a progress bar, a per-epoch history, checkpoints, and a stop with a clear message
 when the loss stops being finite.
@@ -29,7 +30,8 @@ from numbers import Real
 import numpy as np
 
 from npmobilenet import ops
-from npmobilenet._checks import describe, number
+from npmobilenet._checks import describe, number, short_repr
+from npmobilenet.fast import UnsupportedModuleError
 from npmobilenet.optim.lr_scheduler import OneCycleLR
 from npmobilenet.train.checkpoint import (
     check_architecture,
@@ -56,7 +58,7 @@ def clip_grad_norm_(parameters, max_norm: float, norm_type: float = 2.0) -> floa
     op = "clip_grad_norm_"
     max_norm = number(op, "max_norm", max_norm, low=0)
     if norm_type not in (2, 2.0, math.inf):
-        raise ValueError(f"{op}: norm_type must be 2 or inf, got {norm_type!r}")
+        raise ValueError(f"{op}: norm_type must be 2 or inf, got {short_repr(norm_type)}")
     grads = [p.grad for p in parameters]
     if not grads:
         return 0.0
@@ -113,11 +115,13 @@ class Trainer:
             scheduler_interval = "batch" if isinstance(scheduler, OneCycleLR) else "epoch"
         if scheduler_interval not in ("batch", "epoch"):
             raise ValueError(
-                f"{op}: scheduler_interval must be 'batch' or 'epoch', got {scheduler_interval!r}"
+                f"{op}: scheduler_interval must be 'batch' or 'epoch',"
+                f" got {short_repr(scheduler_interval)}"
             )
         if progress not in ("auto", "bar", "plain", "none"):
             raise ValueError(
-                f"{op}: progress must be 'auto', 'bar', 'plain' or 'none', got {progress!r}"
+                f"{op}: progress must be 'auto', 'bar', 'plain' or 'none',"
+                f" got {short_repr(progress)}"
             )
         self.scheduler_interval = scheduler_interval
         self.label_smoothing = number(op, "label_smoothing", label_smoothing, 0, 1)
@@ -341,15 +345,28 @@ def _checked_history(saved, mine: dict, epoch: int) -> dict:
     return out
 
 
+def inference_forward(model):
+    """What runs a model for evaluation: ``model.fuse()`` (the fused engine, the same logits up
+    to float rounding) when the model is in eval mode and can be fused, otherwise
+    ``model.forward`` (training mode, or a module the engine does not know)."""
+    if model.training or not callable(getattr(model, "fuse", None)):
+        return model.forward
+    try:
+        return model.fuse()
+    except UnsupportedModuleError:
+        return model.forward
+
+
 def evaluate(model, loader, num_classes: int) -> dict:
-    """Run ``model`` (in its current mode) over ``loader``: mean cross-entropy, accuracy and the
-    ``(K, K)`` confusion matrix (rows: true class)."""
+    """Run ``model`` (in its current mode; see :func:`inference_forward`) over ``loader``: mean
+    cross-entropy, accuracy and the ``(K, K)`` confusion matrix (rows: true class)."""
     if loader is None:
         raise TypeError(f"evaluate: loader must be a DataLoader, got {describe(loader)}")
+    forward = inference_forward(model)
     total_loss, n = 0.0, 0
     cm = np.zeros((num_classes, num_classes), dtype=np.int64)
     for x, y in loader:
-        logits = model.forward(x)  # (N, K)
+        logits = forward(x)  # (N, K)
         loss, _ = ops.cross_entropy_forward(logits, y, reduction="sum")
         total_loss += float(loss)
         n += len(y)

@@ -1,38 +1,37 @@
-"""Splitting a training step over slices of the batch (npmobilenet.parallel) against serial runs."""
+"""Splitting work over slices of the batch (npmobilenet.threads.Runner) against serial runs."""
 
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from npmobilenet import ops, parallel, threads
+from npmobilenet import ops, threads
 from npmobilenet.models import MobileNetV1
 from npmobilenet.ops.batchnorm import batch_norm_act_backward, batch_norm_act_forward
 from npmobilenet.ops.conv import conv2d_backward, conv2d_forward
 from npmobilenet.testing.conv import conv2d_configs, conv2d_kwargs, make_conv2d_inputs
+from npmobilenet.threads import SERIAL, Runner
 
 pytestmark = pytest.mark.kernels  # also run under NUMBA_BOUNDSCHECK=1 in CI: kernels on slices
 
 
 @pytest.fixture
 def split_everything(monkeypatch):
-    """Three threads, and every array worth splitting (tiny test arrays included)."""
-    saved = parallel.threads()
-    parallel.set_threads(3)
-    monkeypatch.setattr(parallel, "MIN_SLICE_ELEMENTS", 1)
+    """Every array worth splitting (tiny test arrays included); BLAS restored afterwards."""
+    monkeypatch.setattr(threads, "MIN_SLICE_ELEMENTS", 1)
+    before = threads.blas_num_threads()
     yield
-    parallel.set_threads(saved)
+    if before is not None:
+        threads.set_blas_threads(before)
 
 
 @given(n=st.integers(0, 50), parts=st.integers(1, 5), min_items=st.integers(1, 7))
 def test_slices_cover_the_items_in_order(n, parts, min_items):
-    parallel._local.parts = parts
-    try:
-        ranges = parallel.slices(n, min_items)
-    finally:
-        parallel._local.parts = 1
+    ranges = Runner(parts).slices(n, min_items)
     assert ranges[0][0] == 0 and ranges[-1][1] == n
     assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
     assert 1 <= len(ranges) <= parts
@@ -40,15 +39,29 @@ def test_slices_cover_the_items_in_order(n, parts, min_items):
         assert all(hi - lo >= min_items for lo, hi in ranges)
 
 
-def test_run_is_serial_outside_splitting_and_ordered_inside(split_everything):
-    assert parallel.run(lambda lo, hi: (lo, hi), 10) == [(0, 10)]
-    with parallel.splitting():
-        assert parallel.parts() == 3
-        assert parallel.run(lambda lo, hi: (lo, hi), 10) == [(0, 3), (3, 6), (6, 10)]
-    assert parallel.parts() == 1
+def test_serial_runs_once_and_a_runner_splits_in_order(split_everything):
+    assert SERIAL.map(lambda lo, hi: (lo, hi), 10) == [(0, 10)]
+    assert Runner(3).map(lambda lo, hi: (lo, hi), 10) == [(0, 3), (3, 6), (6, 10)]
+    assert Runner(3).map(lambda lo, hi: (lo, hi), 0) == [(0, 0)]  # an empty batch: one call
+    seen = []
+    Runner(3).map(lambda lo, hi: seen.append(threading.current_thread().name), 9)
+    caller = threading.current_thread().name  # runs one slice itself, the pool the others
+    assert len(seen) == 3 and seen.count(caller) == 1
+    assert all(name.startswith("npmobilenet") for name in seen if name != caller)
 
 
-def test_run_raises_a_slice_error_after_every_slice_finished(split_everything):
+def test_a_runner_without_a_count_follows_set_threads():
+    saved = threads.num_threads()
+    try:
+        threads.set_threads(2)
+        assert Runner().threads == 2 and Runner(3).threads == 3
+        threads.set_threads(1)
+        assert Runner().threads == 1
+    finally:
+        threads.set_threads(saved)
+
+
+def test_map_raises_a_slice_error_after_every_slice_finished(split_everything):
     done = []
 
     def fn(lo, hi):
@@ -56,43 +69,46 @@ def test_run_raises_a_slice_error_after_every_slice_finished(split_everything):
             raise ZeroDivisionError("first slice")
         done.append(lo)
 
-    with parallel.splitting(), pytest.raises(ZeroDivisionError, match="first slice"):
-        parallel.run(fn, 9)
+    with pytest.raises(ZeroDivisionError, match="first slice"):
+        Runner(3).map(fn, 9)
     assert sorted(done) == [3, 6]
 
 
-def test_splitting_runs_blas_on_one_thread_and_restores_it(split_everything):
+def test_session_runs_blas_on_one_thread_and_restores_it(split_everything):
     if threads.blas_num_threads() is None:
         pytest.fail("threadpoolctl should be installed with npmobilenet")
     threads.set_blas_threads(2)
-    with parallel.splitting():
-        assert threads.blas_num_threads() == 1
+    runner = Runner(3)
+    with runner.session() as r:
+        assert r is runner and threads.blas_num_threads() == 1
     assert threads.blas_num_threads() == 2
+    with Runner(1).session() as r:
+        assert r is SERIAL and threads.blas_num_threads() == 2
 
 
-def test_splitting_never_runs_beside_a_multithreaded_blas(split_everything):
-    """In a thread other than the main one OpenBLAS may ignore a new thread count: splitting
-    must then fall back to serial rather than run its slices beside a 2-thread BLAS."""
-    import threading
-
+def test_session_never_splits_beside_a_multithreaded_blas(split_everything):
+    """In a thread other than the main one OpenBLAS may ignore a new thread count: the session
+    must then hand out the serial runner rather than split beside a 2-thread BLAS."""
     threads.set_blas_threads(2)
     seen = {}
 
     def worker():
-        with parallel.splitting():
-            seen["parts"], seen["blas"] = parallel.parts(), threads.blas_num_threads()
+        with Runner(3).session() as r:
+            seen["threads"], seen["blas"] = r.threads, threads.blas_num_threads()
 
     t = threading.Thread(target=worker)
     t.start()
     t.join(30)
-    assert seen["parts"] == 1 or seen["blas"] == 1, seen
+    assert seen["threads"] == 1 or seen["blas"] == 1, seen
     assert threads.blas_num_threads() == 2
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
-def test_set_threads_rejects_bad_counts(bad):
+def test_thread_counts_are_checked(bad):
     with pytest.raises(ValueError, match="set_threads: n must be an int >= 1"):
-        parallel.set_threads(bad)
+        threads.set_threads(bad)
+    with pytest.raises(ValueError, match="Runner: n must be an int >= 1"):
+        Runner(bad)
 
 
 @pytest.mark.filterwarnings("ignore:Using padding='same'")
@@ -107,9 +123,9 @@ def test_conv_split_over_the_batch_equals_serial(split_everything, cfg, method, 
     dout = np.random.default_rng(seed + 1).standard_normal(cfg["out_shape"])
     out, cache = conv2d_forward(**arrays, **conv2d_kwargs(cfg), method=method)
     grads = conv2d_backward(dout, cache)
-    with parallel.splitting():
-        out_s, cache_s = conv2d_forward(**arrays, **conv2d_kwargs(cfg), method=method)
-        grads_s = conv2d_backward(dout, cache_s)
+    runner = Runner(3)
+    out_s, cache_s = conv2d_forward(**arrays, **conv2d_kwargs(cfg), method=method, runner=runner)
+    grads_s = conv2d_backward(dout, cache_s, runner=runner)
     np.testing.assert_array_equal(out_s, out)  # per image: the same sums
     for g, g_s in zip(grads, grads_s):  # dW, db: the slices' sums added (rounding only)
         if g is None:
@@ -131,9 +147,11 @@ def test_batch_norm_split_over_the_batch_equals_serial(split_everything, activat
     )
     out, cache = batch_norm_act_forward(x, w, b, *stats, True, activation=activation)
     grads = batch_norm_act_backward(dout, cache)
-    with parallel.splitting():
-        out_s, cache_s = batch_norm_act_forward(x, w, b, *stats_s, True, activation=activation)
-        grads_s = batch_norm_act_backward(dout, cache_s)
+    r = Runner(3)
+    out_s, cache_s = batch_norm_act_forward(
+        x, w, b, *stats_s, True, activation=activation, runner=r
+    )
+    grads_s = batch_norm_act_backward(dout, cache_s, runner=r)
     tol = dict(rtol=1e-12, atol=1e-12) if dtype == np.float64 else dict(rtol=1e-5, atol=1e-6)
     for got, want in zip((out_s, *grads_s, *stats_s), (out, *grads, *stats)):
         np.testing.assert_allclose(got, want, **tol)
@@ -146,8 +164,8 @@ def test_model_training_step_split_equals_serial(split_everything):
     y = np.array([0, 1, 2, 3, 4])
 
     def step(n_threads):
-        parallel.set_threads(n_threads)
         model = MobileNetV1(alpha=0.25, num_classes=5, dtype=np.float64, seed=1).train()
+        model.runner = Runner(n_threads)
         loss, cache = ops.cross_entropy_forward(model.forward(x), y)
         dx = model.backward(ops.cross_entropy_backward(1.0, cache))
         return [float(loss), dx, *(p.grad for p in model.parameters()),

@@ -1,0 +1,1 @@
+"""Skeleton files of the exercises: copy one with ``npmobilenet exercise start NAME DIR``."""

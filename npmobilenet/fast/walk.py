@@ -1,0 +1,200 @@
+"""Turn a model's modules into the fused engine's layer list, by walking the model.
+
+:func:`fused_layers` visits the model's children in the order the model holds them (its forward
+order) and recognises:
+
+* ``ConvBlock`` (3x3 conv, padding 1, + BN + activation): the model's first block reads the
+  NCHW input (``kind="stem"``); any later one reads the previous layer's NHWC output
+  (``kind="full"``, the ``conv="full"`` baseline);
+* ``DepthwiseSeparableConv``: a ``"depthwise"`` layer then a ``"pointwise"`` layer;
+* ``ModuleList`` / ``Sequential`` of those: walked in order;
+* global pooling, ``AdaptiveAvgPool2d(1)`` (``"avg"``) or ``AdaptiveMaxPool2d(1)`` (``"max"``);
+* ``Flatten``, ``Dropout`` (the identity in eval mode) and ``Identity``: nothing to compute;
+* the classifier ``Linear``, or none (a headless model returns the pooled features).
+
+Every conv's batch norm is folded into its weight and a bias (``folding.fold_batch_norm``), in
+float64, and its activation becomes a clamp ``(lo, hi)``. Any other module raises
+:class:`UnsupportedModuleError` naming its path and type: the engine computes only what it
+knows the module computes, and the module path (``model.eval(); model(x)``) runs any model.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from npmobilenet import nn
+from npmobilenet.fast.folding import fold_batch_norm
+from npmobilenet.nn.layers import ACTIVATION_LAYERS
+from npmobilenet.ops.activations import ACTIVATIONS
+
+OP = "FusedMobileNetV1"
+
+# activation module type -> the clamp (lo, hi) the fused kernels apply
+CLAMPS = {layer: ACTIVATIONS[name].clamp for name, layer in ACTIVATION_LAYERS.items()}
+
+_IDENTITIES = (nn.Flatten, nn.Dropout, nn.Identity)
+_POOLS = {nn.AdaptiveAvgPool2d: "avg", nn.AdaptiveMaxPool2d: "max"}
+
+
+_IN_ORDER = (nn.ModuleList.forward, nn.Sequential.forward)  # containers' forwards: in order
+
+
+class UnsupportedModuleError(TypeError):
+    """A module the fused engine cannot compute; the message names its path and type."""
+
+
+class Layer(NamedTuple):
+    """One conv with its batch norm folded in and its activation as a clamp.
+
+    kind: ``"stem"`` (3x3 on the NCHW input, by im2col + GEMM), ``"full"`` (3x3 on the
+    NHWC activations, by im2col + GEMM), ``"depthwise"`` (3x3 per channel) or ``"pointwise"``
+    (1x1, one GEMM). weight: ``(9*C, K)`` for stem (rows in ``c*9 + kh*3 + kw`` order, as
+    ``im2col3x3_nchw`` writes) and full (rows in ``(kh*3 + kw)*C + c`` order), ``(3, 3, C)``
+    for depthwise, ``(C, K)`` for pointwise; bias ``(K,)``; lo, hi: the activation's clamp.
+    """
+
+    kind: str
+    path: str
+    stride: int
+    weight: np.ndarray
+    bias: np.ndarray
+    lo: float
+    hi: float
+
+    def astype(self, dtype) -> Layer:
+        return self._replace(
+            weight=np.ascontiguousarray(self.weight, dtype), bias=self.bias.astype(dtype)
+        )
+
+
+class Head(NamedTuple):
+    """Global pooling (``"avg"`` or ``"max"``) and the classifier: weight (classes, K) and bias
+    (classes,), or None for a headless model."""
+
+    pool: str
+    weight: np.ndarray | None
+    bias: np.ndarray | None
+
+    def astype(self, dtype) -> Head:
+        if self.weight is None:
+            return self
+        return self._replace(weight=self.weight.astype(dtype), bias=self.bias.astype(dtype))
+
+
+def fused_layers(model) -> tuple[tuple[Layer, ...], Head]:
+    """Walk ``model``'s children: its conv layers (folded, float64) and its head."""
+    from npmobilenet.models.mobilenet import ConvBlock, DepthwiseSeparableConv
+
+    layers, pool, fc = [], None, None
+    for path, module in _leaves(model, (ConvBlock, DepthwiseSeparableConv)):
+        if pool is None and isinstance(module, ConvBlock):
+            layers.append(_conv_block(path, module, "full" if layers else "stem"))
+        elif pool is None and isinstance(module, DepthwiseSeparableConv) and layers:
+            layers += _separable(path, module)
+        elif pool is None and layers and type(module) in _POOLS:
+            pool = _pool(path, module)
+        elif isinstance(module, _IDENTITIES):
+            continue
+        elif pool is not None and fc is None and isinstance(module, nn.Linear):
+            fc = module
+        else:
+            raise UnsupportedModuleError(
+                f"{OP}: cannot fuse {path} ({type(module).__name__}) at this place: the engine"
+                " computes a ConvBlock stem, then ConvBlocks and DepthwiseSeparableConvs, one"
+                " global pooling (AdaptiveAvgPool2d(1) or AdaptiveMaxPool2d(1)), Flatten,"
+                " Dropout, and one Linear classifier; run the model's own forward instead"
+                " (model.eval(); model(x))"
+            )
+    if pool is None:
+        raise UnsupportedModuleError(f"{OP}: {type(model).__name__} has no global pooling")
+    if fc is None:
+        return tuple(layers), Head(pool, None, None)
+    w = np.array(fc.weight.data, np.float64)  # copies: the engine is a snapshot
+    b = np.zeros(w.shape[0]) if fc.bias is None else np.array(fc.bias.data, np.float64)
+    return tuple(layers), Head(pool, w, b)
+
+
+def _leaves(module, blocks, prefix=""):
+    """(path, module) of the children in order; containers that run their children in order
+    (``ModuleList``, ``Sequential``) are opened, ``blocks`` and any other module are not."""
+    for name, child in module._modules.items():
+        path = f"{prefix}{name}"
+        in_order = isinstance(child, nn.ModuleList) and type(child).forward in _IN_ORDER
+        if in_order and not isinstance(child, blocks):
+            yield from _leaves(child, blocks, path + ".")
+        else:
+            yield path, child
+
+
+def _unsupported(path, module, why) -> UnsupportedModuleError:
+    return UnsupportedModuleError(f"{OP}: cannot fuse {path} ({type(module).__name__}): {why}")
+
+
+def _clamp(path, module):
+    for kind, clamp in CLAMPS.items():
+        if type(module) is kind:
+            return clamp
+    names = ", ".join(k.__name__ for k in CLAMPS)
+    raise _unsupported(path, module, f"the fused kernels apply {names} only")
+
+
+def _folded(path, conv, bn, kernel, groups):
+    """conv + eval-mode bn -> (weight (K, C/G, kh, kw), bias (K,)) in float64, checked."""
+    if type(conv) is not nn.Conv2d or type(bn) is not nn.BatchNorm2d:
+        raise _unsupported(path, conv, "expected a Conv2d followed by a BatchNorm2d")
+    if (
+        conv.kernel_size != (kernel, kernel)
+        or conv.padding != (kernel // 2, kernel // 2)
+        or conv.dilation != (1, 1)
+        or conv.stride[0] != conv.stride[1]
+        or conv.groups != groups
+    ):
+        raise _unsupported(
+            path, conv, f"the engine needs a {kernel}x{kernel} conv with padding {kernel // 2},"
+            f" groups {'C' if groups != 1 else 1}, equal strides and no dilation, got"
+            f" kernel {conv.kernel_size}, padding {conv.padding}, groups {conv.groups},"
+            f" stride {conv.stride}, dilation {conv.dilation}",
+        )  # fmt: skip
+    w, b = fold_batch_norm(conv.weight.data, bn.weight.data, bn.bias.data, bn.running_mean,
+                           bn.running_var, eps=bn.eps)  # fmt: skip
+    if conv.bias is not None:  # bn(z + c) = scale * z + (shift + scale * c)
+        b = b + np.asarray(conv.bias.data, np.float64) * _scale(bn)
+    return w, b
+
+
+def _scale(bn) -> np.ndarray:
+    """BN's eval-mode per-channel scale gamma / sqrt(var + eps), float64."""
+    var = np.asarray(bn.running_var, np.float64)
+    return np.asarray(bn.weight.data, np.float64) / np.sqrt(var + bn.eps)
+
+
+def _conv_block(path, block, kind) -> Layer:
+    w, b = _folded(f"{path}.conv", block.conv, block.bn, 3, 1)
+    if kind == "stem":
+        weight = w.reshape(w.shape[0], -1).T  # (K, C, 3, 3) -> (C*9, K): im2col3x3_nchw's rows
+    else:
+        weight = w.transpose(2, 3, 1, 0).reshape(-1, w.shape[0])  # -> (3*3*C, K), tap-major
+    lo, hi = _clamp(f"{path}.relu", block.relu)
+    return Layer(kind, path, block.conv.stride[0], weight, b, lo, hi)
+
+
+def _separable(path, block) -> tuple[Layer, Layer]:
+    channels = block.dwconv.in_channels
+    w, b = _folded(f"{path}.dwconv", block.dwconv, block.bn0, 3, channels)
+    lo, hi = _clamp(f"{path}.relu0", block.relu0)
+    dw = Layer("depthwise", path, block.dwconv.stride[0], w[:, 0].transpose(1, 2, 0), b, lo, hi)
+    w, b = _folded(f"{path}.pwconv", block.pwconv, block.bn1, 1, 1)
+    lo, hi = _clamp(f"{path}.relu1", block.relu1)
+    pw = Layer("pointwise", path, 1, w[:, :, 0, 0].T, b, lo, hi)  # (K, C, 1, 1) -> (C, K)
+    if block.pwconv.stride != (1, 1):
+        raise _unsupported(f"{path}.pwconv", block.pwconv, "a pointwise conv must have stride 1")
+    return dw, pw
+
+
+def _pool(path, module) -> str:
+    if tuple(module.output_size) != (1, 1):
+        raise _unsupported(path, module, f"only global pooling (output_size 1) is fused, got"
+                                         f" output_size {module.output_size}")  # fmt: skip
+    return _POOLS[type(module)]

@@ -1,0 +1,370 @@
+"""Gradient checks of a whole :class:`npmobilenet.nn.Module`: ``dx`` and every ``Parameter.grad``.
+
+:func:`check_module` runs a module the way training does (``forward(x)``, then
+``backward(dout)`` adding into each ``Parameter.grad``) and checks, in float64 on an upcast copy:
+
+* ``dx`` and the gradient of every parameter against central differences (as :func:`check_grad`);
+* that a backward *adds* to ``.grad`` (gradients accumulate until ``zero_grad()``, as in
+  PyTorch) and that ``zero_grad()`` clears it;
+* that ``forward`` leaves its input alone, ``backward`` leaves ``dout`` alone, and two forwards
+  from the same state give the same output;
+* both train and eval mode when the module behaves differently in each.
+
+Every forward (the analytic pass and each numerical evaluation) runs on a fresh deep copy of the
+module, so state a forward changes (batch norm's running statistics, a dropout generator) starts
+from the same values each time, and your module is never modified.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from npmobilenet._checks import describe, short_repr
+from npmobilenet.gradcheck.core import (
+    ATOL,
+    DIRECTIONS,
+    EPS,
+    RTOL,
+    GradcheckError,
+    GradcheckReport,
+    _check,
+    _validate_settings,
+    upstream_gradient,
+)
+
+__all__ = ["ModuleReport", "check_module"]
+
+__tracebackhide__ = True  # pytest shows the test's line and the report, not this module
+
+_OP = "check_module"
+
+
+@dataclass
+class ModuleReport:
+    """What :func:`check_module` checked; ``str(report)`` prints one table per mode.
+
+    ``reports`` maps each checked mode (``"train"``, ``"eval"``) to the
+    :class:`GradcheckReport` of ``dx`` (row ``"x"``) and the parameters (rows named by their
+    dotted names); ``checks`` lists the other properties that held.
+    """
+
+    module: str
+    reports: dict[str, GradcheckReport] = field(default_factory=dict)
+    checks: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed for r in self.reports.values())
+
+    def __getitem__(self, mode: str) -> GradcheckReport:
+        return self.reports[mode]
+
+    def __str__(self) -> str:
+        parts = [f"{self.module} in {mode} mode: {report}" for mode, report in self.reports.items()]
+        return "\n".join(parts + [f"also checked: {', '.join(self.checks)}"])
+
+
+def check_module(
+    module,
+    x: np.ndarray,
+    *,
+    dout: np.ndarray | None = None,
+    params=True,
+    input_grad: bool = True,
+    accumulate: bool = True,
+    modes=None,
+    eps: float = EPS,
+    rtol: float = RTOL,
+    atol: float = ATOL,
+    fast: bool = False,
+    seed: int = 0,
+    directions: int = DIRECTIONS,
+) -> ModuleReport:
+    """Check a module's backward: ``dx`` and every ``Parameter.grad``, in float64.
+
+    The scalar checked is ``loss = sum(module.forward(x) * dout)``; ``dout`` defaults to a
+    seeded standard-normal array of the output's shape. A float32 module is checked through a
+    float64 copy (parameters and floating-point buffers upcast); your module and ``x`` are
+    never modified.
+
+    Args:
+        module: any :class:`npmobilenet.nn.Module` (your own subclasses included): it needs
+            ``forward(x)``, ``backward(dout) -> dx``, ``named_parameters()``, ``zero_grad()``
+            and ``train()``/``eval()``.
+        x: the input, a floating-point array.
+        dout: the upstream gradient (the output's shape), or None for a seeded random one.
+        params: True checks every parameter that requires a gradient, False none, or an
+            iterable of dotted names (``["0.weight", "1.bias"]``) checks those.
+        input_grad: check ``dx`` (False when the backward returns None for a data input).
+        accumulate: check that a backward adds to ``.grad`` and that ``zero_grad()`` clears it.
+        modes: ``"train"``, ``"eval"`` or both in a tuple; None checks the module's current
+            mode, and the other one too when the module's output differs between them.
+        eps, rtol, atol, fast, seed, directions: as for :func:`check_grad`.
+
+    Returns:
+        A :class:`ModuleReport` (``print`` it for the tables) when everything passes.
+
+    Raises:
+        GradcheckError: a gradient is wrong (named by the parameter's dotted name, with the
+            worst element, both values and the relative error), ``.grad`` is overwritten
+            instead of accumulated or not cleared by ``zero_grad()``, ``forward`` writes to
+            ``x`` or is not deterministic, ``backward`` writes to ``dout`` or returns a ``dx``
+            of the wrong shape or dtype.
+        TypeError, ValueError: bad arguments.
+    """
+    _validate_settings(eps, rtol, atol, fast, seed, directions, _OP)
+    _validate_args(module, x, dout, input_grad, accumulate)
+    base = _upcast(module)
+    names = _param_names(base, params)
+    if not names and not input_grad:
+        raise ValueError(f"{_OP}: nothing to check: params selects no parameter and input_grad "
+                         "is False")  # fmt: skip
+    x = np.array(x, dtype=np.float64)
+    dout = None if dout is None else np.array(dout, dtype=np.float64)
+    settings = dict(eps=eps, rtol=rtol, atol=atol, fast=fast, seed=seed, directions=directions)
+    report = ModuleReport(type(module).__name__)
+    current = "train" if base.training else "eval"
+    for mode in _modes(base, x, modes):
+        # the current mode keeps each child's own flag (a frozen batch norm stays in eval)
+        snap = (
+            copy.deepcopy(base) if mode == current else copy.deepcopy(base).train(mode == "train")
+        )
+        where = f"{_OP} ({report.module} in {mode} mode)"
+        case = _Case(snap, x, dout, names, where, seed)
+        report.reports[mode] = case.check_gradients(input_grad, settings)
+        if accumulate and names:
+            case.check_accumulation()
+    report.checks = ["forward leaves x alone", "backward leaves dout alone", "deterministic"]
+    if accumulate and names:
+        report.checks += [".grad accumulates", "zero_grad() clears"]
+    return report
+
+
+# --------------------------------------------------------------------------------------------
+# arguments
+
+
+def _validate_args(module, x, dout, input_grad, accumulate) -> None:
+    from npmobilenet.nn.module import Module  # here: importing nn loads the Numba kernels
+
+    if not isinstance(module, Module):
+        raise TypeError(f"{_OP}: module must be an npmobilenet.nn.Module, got {describe(module)}")
+    for name, v in (("x", x), ("dout", dout)):
+        if (v is not None or name == "x") and not (
+            isinstance(v, np.ndarray) and v.dtype.kind == "f"
+        ):
+            raise TypeError(f"{_OP}: {name} must be a floating-point numpy array, got "
+                            f"{describe(v)}")  # fmt: skip
+    for name, v in (("input_grad", input_grad), ("accumulate", accumulate)):
+        if not isinstance(v, bool):
+            raise TypeError(f"{_OP}: {name} must be True or False, got {describe(v)}")
+
+
+def _upcast(module):
+    """A deep copy of ``module`` with float64 parameters (zeroed grads) and float buffers."""
+    m = copy.deepcopy(module)
+    for _, p in _unique_parameters(m):
+        p.data = np.array(p.data, dtype=np.float64)
+        p.grad = np.zeros_like(p.data)
+    owners = dict(m.named_modules())
+    for name, buf in list(m.named_buffers()):
+        if buf.dtype.kind == "f":
+            owner, _, attr = name.rpartition(".")
+            setattr(owners[owner], attr, buf.astype(np.float64))  # stays a registered buffer
+    return m
+
+
+def _unique_parameters(m):
+    """``(dotted name, Parameter)`` once per Parameter (a shared one under its first name)."""
+    seen = set()
+    for name, p in m.named_parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            yield name, p
+
+
+def _param_names(m, params) -> list[str]:
+    """The dotted names of the parameters to check."""
+    available = {name: p for name, p in _unique_parameters(m)}
+    if isinstance(params, bool):
+        if not params:
+            return []
+        return [n for n, p in available.items() if getattr(p, "requires_grad", True)]
+    if isinstance(params, str) or not hasattr(params, "__iter__"):
+        raise TypeError(f"{_OP}: params must be True, False or a list of parameter names, got "
+                        f"{describe(params)}")  # fmt: skip
+    names = list(params)
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        raise ValueError(f"{_OP}: no parameter named {unknown[0]!r}; the module has "
+                         f"{list(available)[:8]}")  # fmt: skip
+    return names
+
+
+def _modes(base, x, modes) -> list[str]:
+    """The modes to check: the given ones, or the current one and the other if they differ."""
+    if modes is not None:
+        modes = (modes,) if isinstance(modes, str) else tuple(modes)
+        if not modes or any(m not in ("train", "eval") for m in modes):
+            raise ValueError(
+                f"{_OP}: modes must be 'train', 'eval' or both, got {short_repr(modes)}"
+            )
+        return list(dict.fromkeys(modes))
+    current = "train" if base.training else "eval"
+    other = "eval" if current == "train" else "train"
+    outs = []
+    for m in (copy.deepcopy(base), copy.deepcopy(base).train(other == "train")):
+        try:
+            outs.append(np.array(m.forward(x.copy()), dtype=np.float64))
+        except Exception:  # noqa: BLE001 - e.g. batch norm training on one value per channel
+            return [current]
+    same = outs[0].shape == outs[1].shape and np.array_equal(outs[0], outs[1], equal_nan=True)
+    return [current] if same else [current, other]
+
+
+# --------------------------------------------------------------------------------------------
+# one mode
+
+
+class _Case:
+    """One module state (a snapshot never run itself), input and upstream gradient."""
+
+    def __init__(self, snap, x, dout, names, where, seed):
+        self.snap, self.x, self.names, self.where = snap, x, names, where
+        self.label = type(snap).__name__
+        out = self._forward(copy.deepcopy(snap), x)
+        again = self._forward(copy.deepcopy(snap), x)
+        if not np.array_equal(out, again, equal_nan=True):
+            raise GradcheckError(
+                f"{where}: two forwards from the same state on the same input differ; the "
+                "module draws random numbers that are not part of its state (keep a "
+                "np.random.Generator on the module), so no gradient check can hold"
+            )
+        if dout is None:
+            dout = upstream_gradient(seed, out.shape)
+        elif dout.shape != out.shape:
+            raise ValueError(f"{_OP}: dout has shape {dout.shape} but the output has shape "
+                             f"{out.shape}")  # fmt: skip
+        self.g = dout
+
+    def _forward(self, m, x) -> np.ndarray:
+        """``m.forward`` on a copy of ``x``: checks x is left alone, returns a float64 copy."""
+        x_in = x.copy()
+        out = m.forward(x_in)
+        if not np.array_equal(x_in, x, equal_nan=True):
+            raise GradcheckError(
+                f"{self.where}: {self.label}.forward modified its input x in place; a layer "
+                "must not write to x (the previous layer keeps it for its backward)"
+            )
+        if not isinstance(out, np.ndarray) or out.dtype != np.float64:
+            raise GradcheckError(
+                f"{self.where}: {self.label}.forward returned {describe(out)} for a float64 "
+                "input; the output must be an array of the input's dtype"
+            )
+        return out.copy()  # a layer may reuse its output array on the next call
+
+    def _backward(self, m, prefill: dict | None = None):
+        """Forward and backward on ``m`` with the grads set first; returns (dx, {name: grad})."""
+        params = dict(_unique_parameters(m))
+        for name, p in params.items():
+            p.grad[...] = 0.0 if prefill is None else prefill.get(name, 0.0)
+        self._forward(m, self.x)
+        dout = self.g.copy()
+        dx = m.backward(dout)
+        if not np.array_equal(dout, self.g):
+            raise GradcheckError(
+                f"{self.where}: {self.label}.backward modified dout in place; a gradient "
+                "passed in belongs to the caller"
+            )
+        for name in self.names:
+            g = params[name].grad
+            if not isinstance(g, np.ndarray) or g.shape != params[name].data.shape:
+                raise GradcheckError(
+                    f"{self.where}: {name!r}.grad must be an array of the parameter's shape "
+                    f"{params[name].data.shape}, got {describe(g)}"
+                )
+        return dx, {name: params[name].grad.copy() for name in self.names}
+
+    def check_gradients(self, input_grad: bool, settings: dict) -> GradcheckReport:
+        """dx and the parameters' grads against central differences."""
+        dx, grads = self._backward(copy.deepcopy(self.snap))
+        xname = "input" if "x" in self.names else "x"
+        inputs, analytic = {}, {}
+        if input_grad:
+            if not isinstance(dx, np.ndarray) or dx.shape != self.x.shape or dx.dtype != np.float64:
+                raise GradcheckError(
+                    f"{self.where}: {self.label}.backward must return dx of shape {self.x.shape}"
+                    f" and dtype float64 like x, got {describe(dx)}"
+                    + (" (pass input_grad=False if it returns None on purpose)" if dx is None
+                       else "")
+                )  # fmt: skip
+            inputs[xname], analytic[xname] = self.x, dx
+        for name in self.names:
+            inputs[name] = self.snap_params[name].data
+            analytic[name] = grads[name]
+        try:
+            return _check(self._loss(xname), inputs, analytic, self.where, what=f"{self.label}"
+                          ".forward", **settings)  # fmt: skip
+        except GradcheckError as err:
+            hint = _untouched_hint(err.report, analytic)
+            raise GradcheckError(str(err) + hint, err.report) from None
+
+    @property
+    def snap_params(self) -> dict:
+        return dict(_unique_parameters(self.snap))
+
+    def _loss(self, xname: str):
+        def loss(**arrays):
+            m = copy.deepcopy(self.snap)
+            params = dict(_unique_parameters(m))
+            for name in self.names:
+                np.copyto(params[name].data, arrays[name])
+            x = arrays[xname] if xname in arrays else self.x.copy()
+            out = m.forward(x)
+            return float(np.sum(np.asarray(out, dtype=np.float64) * self.g))
+
+        return loss
+
+    def check_accumulation(self) -> None:
+        """A backward adds to whatever .grad holds; zero_grad() then clears every .grad."""
+        _, grads = self._backward(copy.deepcopy(self.snap))
+        rng = np.random.default_rng(1)
+        prefill = {n: rng.standard_normal(g.shape) for n, g in grads.items()}
+        m = copy.deepcopy(self.snap)
+        _, after = self._backward(m, prefill)
+        for name in self.names:
+            want = prefill[name] + grads[name]
+            err = np.abs(after[name] - want)
+            if not np.all(err <= 1e-9 * (np.abs(prefill[name]) + np.abs(grads[name])) + 1e-12):
+                k = np.unravel_index(int(np.argmax(err)), err.shape)
+                how = (
+                    "overwrote it instead of adding to it"
+                    if np.allclose(after[name], grads[name])
+                    else "did not add its gradient"
+                )
+                raise GradcheckError(
+                    f"{self.where}: backward must add to {name!r}.grad (gradients accumulate "
+                    f"until zero_grad()), but {how}: at index {tuple(int(i) for i in k)} .grad "
+                    f"held {prefill[name][k]:.6g} and this backward's gradient is "
+                    f"{grads[name][k]:.6g}, so {want[k]:.6g} was expected; got {after[name][k]:.6g}"
+                )  # fmt: skip
+        m.zero_grad()
+        for name, p in _unique_parameters(m):
+            if not (isinstance(p.grad, np.ndarray) and p.grad.shape == p.data.shape
+                    and not np.any(p.grad)):  # fmt: skip
+                raise GradcheckError(f"{self.where}: zero_grad() did not clear {name!r}.grad")
+
+
+def _untouched_hint(report, analytic) -> str:
+    """A hint for parameters whose .grad the backward never wrote (all zeros, but wrong)."""
+    if report is None:
+        return ""
+    names = [r.name for r in report.inputs if not r.passed and r.name in analytic
+             and r.name not in ("x", "input") and not np.any(analytic[r.name])]  # fmt: skip
+    if not names:
+        return ""
+    return (f"\n{names[0]!r}.grad stayed all zeros: does backward add the gradient of "
+            f"{names[0]!r} into its .grad?")  # fmt: skip

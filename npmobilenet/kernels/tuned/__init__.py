@@ -1,0 +1,98 @@
+"""Kernels tuned for particular shapes, and the one table that decides when each runs.
+
+``kernels/`` teaches: one naive reference and one readable fast kernel per op. This package holds
+the special cases that were measured faster on MobileNet's shapes, kept apart so that the
+readable kernels stay readable. Each variant computes the same sums as the readable kernel it
+replaces and is tested against the naive reference (``tests/test_conv.py``).
+
+``DEPTHWISE3X3`` lists, per operation, ``Variant(op, when, kernel, reason)`` entries in order;
+``depthwise3x3_kernel(op, shape)`` returns the first kernel whose ``when(shape)`` holds. The
+measured thresholds live in the ``when`` conditions, nowhere else. The last entry of
+"forward", "backward_input" and "backward_weight" is the readable kernel of
+``kernels/conv_depthwise.py`` (always applicable); "backward" (both gradients from one kernel)
+has no general entry, and ``None`` means: run "backward_weight" and "backward_input".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+from npmobilenet.kernels import conv_depthwise as readable
+from npmobilenet.kernels.tuned import depthwise3x3 as tuned
+
+OPS = ("forward", "backward_input", "backward_weight", "backward")
+
+
+class DepthwiseShape(NamedTuple):
+    """The geometry a depthwise 3x3 call is dispatched on (weight (K, 1, 3, 3), dilation 1).
+
+    channels C, out_channels K (= m*C), in_hw (H, W), out_hw (OH, OW), stride (sh, sw);
+    finite_weight: no inf or NaN in the weight.
+    """
+
+    channels: int
+    out_channels: int
+    in_hw: tuple[int, int]
+    out_hw: tuple[int, int]
+    stride: tuple[int, int]
+    finite_weight: bool = True
+
+
+class Variant(NamedTuple):
+    """One entry of the dispatch table: run ``kernel`` for ``op`` when ``when(shape)`` holds."""
+
+    op: str
+    when: Callable[[DepthwiseShape], bool]
+    kernel: Callable
+    reason: str
+
+
+def _tiny_planes(s: DepthwiseShape) -> bool:
+    return s.out_channels == s.channels and s.out_hw[0] * s.out_hw[1] <= 16
+
+
+def _always(s: DepthwiseShape) -> bool:
+    return True
+
+
+DEPTHWISE3X3: tuple[Variant, ...] = (
+    Variant("forward", _tiny_planes, tuned.depthwise3x3_forward_small,
+            "depth multiplier 1, at most 16 output pixels (MobileNet's last stages at small "
+            "resolutions): channels innermost beats the per-plane set-up cost"),
+    Variant("forward", lambda s: s.stride == (1, 1) and s.out_hw[1] <= 32,
+            tuned.depthwise3x3_forward_flat,
+            "stride 1, output at most 32 wide: one flat loop per plane (rows of 7 are all "
+            "loop overhead; at 56 columns the two are even)"),
+    Variant("forward", lambda s: s.stride[1] == 2, tuned.depthwise3x3_forward_cols2,
+            "column stride 2: every column computed, every second kept (vectorises)"),
+    Variant("forward", _always, readable.depthwise3x3_forward, "the readable kernel"),
+    Variant("backward", _tiny_planes, tuned.depthwise3x3_backward_small,
+            "as the tiny-plane forward; both gradients in one pass over the channels-last copy"),
+    Variant("backward_weight", lambda s: s.stride == (1, 1),
+            tuned.depthwise3x3_backward_weight_flat,
+            "stride 1: one flat loop per plane"),
+    Variant("backward_weight", _always, readable.depthwise3x3_backward_weight,
+            "the readable kernel"),
+    Variant("backward_input", lambda s: not s.finite_weight,
+            tuned.depthwise3x3_backward_input_skip_padding,
+            "an inf or NaN weight: the padding's zeros must not be multiplied (0 * inf = NaN)"),
+    Variant("backward_input", lambda s: s.stride == (2, 2),
+            tuned.depthwise3x3_backward_input_stride2,
+            "stride 2: the all-zero rows of the spread-out gradient are skipped"),
+    Variant("backward_input", lambda s: s.in_hw[1] <= 32, tuned.depthwise3x3_backward_input_flat,
+            "input at most 32 wide: one flat loop per plane"),
+    Variant("backward_input", _always, readable.depthwise3x3_backward_input,
+            "the readable kernel"),
+)  # fmt: skip
+
+
+def depthwise3x3_kernel(op: str, shape: DepthwiseShape):
+    """The kernel of the first ``DEPTHWISE3X3`` entry for ``op`` whose condition holds (or None).
+
+    Signatures: see ``npmobilenet.kernels.tuned.depthwise3x3``.
+    """
+    for variant in DEPTHWISE3X3:
+        if variant.op == op and variant.when(shape):
+            return variant.kernel
+    return None

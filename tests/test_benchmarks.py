@@ -1,0 +1,47 @@
+"""The benchmark scripts' arithmetic and variants (not their timings): FLOP counts against the
+paper's mult-adds, the ablation's variants against the model's own forward."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import TOL
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import ablation  # noqa: E402
+import cases  # noqa: E402
+from bench_model import agreement  # noqa: E402
+
+
+def test_flops_are_the_papers_mult_adds():
+    """Table 8 of the paper: 1.0 MobileNet-224 has 569 million mult-adds."""
+    infer = cases.CASES["infer-b32-224"]
+    assert infer.flops() / (2 * 32) == pytest.approx(569e6, rel=1e-3)
+    train = cases.CASES["train-b16-224"]
+    assert train.flops() == pytest.approx(3 * 16 / 32 * infer.flops())
+
+
+def test_agreement_refuses_a_variant_that_differs_from_torch():
+    raw = {"torch": [{"check": [1.0, 2.0]}], "fused": [{"check": [1.0, 2.0 + 1e-6]}]}
+    assert agreement(raw)["fused"] == pytest.approx(5e-7)
+    raw["eval"] = [{"check": [1.0, 2.1]}]
+    with pytest.raises(AssertionError, match="eval disagrees with torch"):
+        agreement(raw)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_ablation_variants_compute_the_models_logits(dtype):
+    case = cases.Case("small", "inference", 2, 40, alpha=0.25, classes=7)
+    model = cases.seeded_model(case).eval()
+    x = cases.batch(case)[0]
+    if dtype == np.float64:
+        model = cases.MobileNetV1(0.25, 7, dtype=np.float64, seed=0).eval()
+        model.load_state_dict(cases.seeded_model(case).state_dict())
+        x = x.astype(np.float64)
+    expected = model.forward(x)
+    for name, fn in ablation.variants(model, x).items():
+        np.testing.assert_allclose(fn(), expected, **TOL[dtype], err_msg=name)

@@ -1,0 +1,289 @@
+"""check_module and check_op against deliberately buggy user layers: every bug is caught.
+
+Each buggy layer is a small ``npmobilenet.nn.Module`` (or forward/backward pair) written here
+the way a user would, with one bug switched on by name; the same layer without the bug must
+pass. The reference is always central differences in float64, computed by the checker from the
+forward alone.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from npmobilenet import nn
+from npmobilenet.gradcheck import GradcheckError, ModuleReport, check_module, check_op
+from npmobilenet.nn import Parameter
+
+
+class Dense(nn.Module):
+    """``y = x @ weight.T + bias``: x (N, D), weight (D, D), bias (D,).
+
+    The weight is square, so a transposed weight gradient still has the right shape.
+    """
+
+    def __init__(self, d: int = 3, bug: str | None = None):
+        super().__init__()
+        r = np.random.default_rng(0)
+        self.weight = Parameter(r.standard_normal((d, d)))
+        self.bias = Parameter(r.standard_normal(d))
+        self.bug = bug
+
+    def forward(self, x):
+        if self.bug == "mutates input":
+            np.multiply(x, 1.5, out=x)  # scales the caller's array in place
+            self.saved = x
+            return x @ self.weight.data.T + self.bias.data
+        self.saved = x
+        return x @ self.weight.data.T + self.bias.data
+
+    def backward(self, dout):
+        x = self.saved
+        dw, db = dout.T @ x, dout.sum(axis=0)  # (D, D), (D,)
+        if self.bug == "transposed weight grad":
+            dw = dw.T
+        if self.bug == "wrong sign in one element":
+            dw[1, 0] = -dw[1, 0]
+        if self.bug == "overwrites grad":
+            self.weight.grad[...] = dw
+        else:
+            self.weight.grad += dw
+        if self.bug != "missing bias grad":
+            self.bias.grad += db
+        return dout @ self.weight.data
+
+
+class UserBatchNorm(nn.Module):
+    """Batch norm over the batch of an (N, C) input, written by hand."""
+
+    def __init__(self, c: int = 3, ignore_mean_term: bool = False):
+        super().__init__()
+        r = np.random.default_rng(1)
+        self.weight = Parameter(r.uniform(0.5, 1.5, c))
+        self.bias = Parameter(r.standard_normal(c))
+        self.register_buffer("running_mean", r.standard_normal(c))
+        self.register_buffer("running_var", r.uniform(0.5, 2.0, c))
+        self.ignore_mean_term = ignore_mean_term
+
+    def forward(self, x):
+        if self.training:
+            mean, var = x.mean(axis=0), x.var(axis=0)
+            self.running_mean[...] = 0.9 * self.running_mean + 0.1 * mean
+            self.running_var[...] = 0.9 * self.running_var + 0.1 * var
+        else:
+            mean, var = self.running_mean, self.running_var
+        invstd = 1.0 / np.sqrt(var + 1e-5)
+        xhat = (x - mean) * invstd
+        self.saved = (xhat, invstd)
+        return xhat * self.weight.data + self.bias.data
+
+    def backward(self, dout):
+        xhat, invstd = self.saved
+        self.weight.grad += (dout * xhat).sum(axis=0)
+        self.bias.grad += dout.sum(axis=0)
+        dxhat = dout * self.weight.data
+        if not self.training:
+            return dxhat * invstd
+        mean_term = 0.0 if self.ignore_mean_term else dxhat.mean(axis=0)
+        return invstd * (dxhat - mean_term - xhat * (dxhat * xhat).mean(axis=0))
+
+
+@pytest.fixture
+def x(rng):
+    return rng.standard_normal((4, 3))
+
+
+def test_correct_layers_pass(x):
+    report = check_module(Dense(), x)
+    assert isinstance(report, ModuleReport) and report.passed
+    assert [r.name for r in report["train"].inputs] == ["x", "weight", "bias"]
+    assert ".grad accumulates" in report.checks
+    report = check_module(UserBatchNorm(), x)
+    assert list(report.reports) == ["train", "eval"]  # batch norm differs between the modes
+    check_module(Dense(), x, fast=True)
+    check_module(UserBatchNorm(), x, fast=True)
+
+
+@pytest.mark.parametrize("fast", [False, True])
+@pytest.mark.parametrize(
+    "bug, match",
+    [
+        ("missing bias grad", r"of 'bias' is wrong.*\n(.*\n)*'bias'.grad stayed all zeros"),
+        ("transposed weight grad", "gradient of 'weight' is wrong"),
+        ("wrong sign in one element", "gradient of 'weight' is wrong"),
+        ("overwrites grad", "backward must add to 'weight'.grad .* overwrote it"),
+        ("mutates input", r"Dense.forward modified its input x in place"),
+    ],
+)  # fmt: skip
+def test_buggy_dense_layers_are_caught(x, bug, match, fast):
+    with pytest.raises(GradcheckError, match=match) as info:
+        check_module(Dense(bug=bug), x, fast=fast)
+    assert str(info.value).startswith("check_module (Dense in train mode")
+
+
+def test_wrong_sign_in_one_element_is_pinpointed(x):
+    with pytest.raises(GradcheckError) as info:
+        check_module(Dense(bug="wrong sign in one element"), x)
+    first = str(info.value).splitlines()[0]
+    assert "gradient of 'weight' is wrong at index (1, 0)" in first
+    assert "1 of 9 elements of 'weight' fail" in first
+    row = info.value.report["weight"]
+    assert row.worst_analytic == pytest.approx(-row.worst_numeric, rel=1e-6)
+
+
+def test_x_drawn_with_the_checks_seed_does_not_hide_a_transposed_gradient():
+    """With dout equal to x, ``dout.T @ x`` is symmetric and its transpose would pass: the
+    checker's upstream gradient must not be ``default_rng(seed).standard_normal``."""
+    x = np.random.default_rng(0).standard_normal((4, 3))  # what a test might well write
+    for fast in (False, True):
+        with pytest.raises(GradcheckError, match="gradient of 'weight' is wrong"):
+            check_module(Dense(bug="transposed weight grad"), x, seed=0, fast=fast)
+
+
+def test_batch_norm_ignoring_the_mean_term_is_caught_in_train_mode(x):
+    with pytest.raises(GradcheckError, match=r"BatchNorm in train mode.*gradient of 'x' is wrong"):
+        check_module(UserBatchNorm(ignore_mean_term=True), x)
+    # the mean term only exists in train mode: eval mode alone cannot see the bug, which is
+    # why check_module checks both modes when they differ
+    check_module(UserBatchNorm(ignore_mean_term=True), x, modes="eval")
+
+
+def test_the_same_bugs_through_check_op(rng):
+    def forward(x, w):
+        return x * w, (x, w)
+
+    def backward(dout, cache):
+        x, w = cache
+        return dout * w, dout * x
+
+    def wrong_order(dout, cache):
+        return backward(dout, cache)[::-1]
+
+    def mutating_forward(x, w):
+        x *= w
+        return x.copy(), (x / w, w)
+
+    def one_sign(dout, cache):
+        dx, dw = backward(dout, cache)
+        dw[2] = -dw[2]
+        return dx, dw
+
+    inputs = {"x": rng.standard_normal(5), "w": rng.standard_normal(5)}
+    check_op(forward, backward, inputs)
+    for fast in (False, True):
+        with pytest.raises(GradcheckError, match="^check_op .*gradient of '[xw]' is wrong"):
+            check_op(forward, wrong_order, inputs, fast=fast)
+        with pytest.raises(GradcheckError, match="gradient of 'w' is wrong"):
+            check_op(forward, one_sign, inputs, fast=fast)
+        with pytest.raises(GradcheckError, match="forward modified its input 'x' in place"):
+            check_op(mutating_forward, backward, inputs, fast=fast)
+        with pytest.raises(GradcheckError, match="no gradient for 'w'"):
+            check_op(forward, lambda dout, cache: backward(dout, cache)[0], inputs, fast=fast)
+
+
+# ------------------------------------------------------------------------------------------
+# the library's own layers, and the module-level properties
+
+
+def test_library_layers_pass_in_float32_through_a_float64_copy(rng):
+    conv = nn.Conv2d(2, 4, 3, padding=1, groups=2, rng=0)  # float32
+    w0 = conv.weight.data.copy()
+    x = rng.standard_normal((2, 2, 4, 4)).astype(np.float32)
+    x0 = x.copy()
+    report = check_module(conv, x)
+    assert list(report.reports) == ["train"]  # a convolution is the same in both modes
+    np.testing.assert_array_equal(conv.weight.data, w0)  # the module itself is untouched
+    np.testing.assert_array_equal(x, x0)
+    assert conv.weight.dtype == np.float32 and not np.any(conv.weight.grad)
+    bn = nn.BatchNorm2d(3)
+    bn.running_mean[...] = rng.standard_normal(3)
+    report = check_module(bn, rng.standard_normal((2, 3, 2, 2)).astype(np.float32))
+    assert list(report.reports) == ["train", "eval"]
+    assert [r.name for r in report["eval"].inputs] == ["x", "weight", "bias"]
+    np.testing.assert_array_equal(bn.num_batches_tracked, 0)
+
+
+def test_a_model_with_dropout_is_checked_in_both_modes(rng):
+    """Each evaluation starts from the same generator state, so dropout keeps one mask."""
+    model = nn.Sequential(nn.Linear(4, 3, rng=0), nn.Dropout(0.5, rng=1), nn.Linear(3, 2, rng=2))
+    report = check_module(model, rng.standard_normal((5, 4)))
+    assert list(report.reports) == ["train", "eval"]
+    assert [r.name for r in report["train"].inputs] == [
+        "x", "0.weight", "0.bias", "2.weight", "2.bias"
+    ]  # fmt: skip
+    report = check_module(model.eval(), rng.standard_normal((5, 4)), modes=("eval",))
+    assert list(report.reports) == ["eval"]
+
+
+def test_params_selects_and_frozen_parameters_are_skipped(rng):
+    model = nn.Sequential(nn.Linear(4, 3, rng=0), nn.Linear(3, 2, rng=2))
+    x = rng.standard_normal((2, 4))
+    report = check_module(model, x, params=["1.bias"], input_grad=False)
+    assert [r.name for r in report["train"].inputs] == ["1.bias"]
+    model[0].weight.requires_grad = False
+    report = check_module(model, x)
+    assert "0.weight" not in [r.name for r in report["train"].inputs]
+    with pytest.raises(ValueError, match="check_module: no parameter named '2.weight'"):
+        check_module(model, x, params=["2.weight"])
+
+
+class NoisyLayer(nn.Module):
+    """Draws from NumPy's global generator: not reproducible from the module's state."""
+
+    def forward(self, x):
+        return x * np.random.random(x.shape)
+
+    def backward(self, dout):
+        raise AssertionError("never reached")
+
+
+class WritesDout(nn.Module):
+    def forward(self, x):
+        return 2 * x
+
+    def backward(self, dout):
+        dout *= 2  # in place: the caller's array
+        return dout
+
+
+class ReturnsNone(nn.Module):
+    def forward(self, x):
+        return 2 * x
+
+    def backward(self, dout):
+        return None
+
+
+class LeavesGradAfterZeroGrad(Dense):
+    def zero_grad(self):
+        self.weight.zero_grad()  # forgets the bias
+
+
+def test_module_contract_violations_are_caught(x):
+    with pytest.raises(GradcheckError, match="two forwards from the same state .* differ"):
+        check_module(NoisyLayer(), x)
+    with pytest.raises(GradcheckError, match="WritesDout.backward modified dout in place"):
+        check_module(WritesDout(), x)
+    with pytest.raises(GradcheckError, match="must return dx of shape .* input_grad=False"):
+        check_module(ReturnsNone(), x)
+    with pytest.raises(ValueError, match="nothing to check"):
+        check_module(ReturnsNone(), x, input_grad=False)
+    with pytest.raises(GradcheckError, match=r"zero_grad\(\) did not clear 'bias'.grad"):
+        check_module(LeavesGradAfterZeroGrad(), x)
+    check_module(LeavesGradAfterZeroGrad(), x, accumulate=False)
+
+
+def test_check_module_bad_arguments(x):
+    cases = [
+        (dict(module="layer"), TypeError, "module must be an npmobilenet.nn.Module, got str"),
+        (dict(x=[1.0]), TypeError, "x must be a floating-point numpy array, got list"),
+        (dict(dout=np.ones(2)), ValueError, r"dout has shape \(2,\) but the output has shape"),
+        (dict(params="weight"), TypeError, "params must be True, False or a list"),
+        (dict(modes="test"), ValueError, "modes must be 'train', 'eval' or both"),
+        (dict(accumulate=1), TypeError, "accumulate must be True or False"),
+        (dict(rtol=-1.0), ValueError, "rtol must be finite"),
+    ]
+    for kwargs, error, match in cases:
+        args = {"module": Dense(), "x": x, **kwargs}
+        with pytest.raises(error, match=f"check_module: {match}"):
+            check_module(args.pop("module"), args.pop("x"), **args)
