@@ -10,6 +10,7 @@ Messages follow one pattern: ``"<op>: <argument> <what was expected>, got <what 
 from __future__ import annotations
 
 import numbers
+import os
 import reprlib
 
 import numpy as np
@@ -137,9 +138,10 @@ def number(op: str, name: str, v, low=None, high=None, low_open=False, high_open
 
 
 def choice(op: str, name: str, v, options) -> str:
-    """Check that ``v`` is one of ``options``."""
-    if v not in options:
-        raise ValueError(f"{op}: {name} must be one of {sorted(options)!r}, got {short_repr(v)}")
+    """Check that ``v`` is one of ``options`` (compared as plain values: an array is not one)."""
+    if not any(type(v) is type(o) and v == o for o in options):
+        got = short_repr(v) if isinstance(v, str) else describe(v)
+        raise ValueError(f"{op}: {name} must be one of {sorted(options)!r}, got {got}")
     return v
 
 
@@ -181,3 +183,24 @@ def out_array(op: str, name: str, out, shape, dtype, *inputs) -> np.ndarray | No
     if any(a is not None and np.may_share_memory(out, a) for a in inputs):
         raise ValueError(f"{op}: {name} must not share memory with the op's inputs")
     return out
+
+
+def machine_ram():
+    """Physical RAM in bytes, or None where the platform does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def output_fits(op: str, shape, dtype, what: str = "output") -> None:
+    """Refuse an array of ``shape`` (Python ints) that could not fit in this machine's RAM."""
+    n = 1
+    for s in shape:
+        n *= int(s)
+    ram = machine_ram()
+    if ram is not None and n * np.dtype(dtype).itemsize > ram:
+        raise ValueError(
+            f"{op}: the {what} would have shape {tuple(shape)} ({n:.3g} elements), more than"
+            f" this machine's memory holds"
+        )

@@ -211,7 +211,8 @@ def add_train_command(subparsers) -> None:
         "--freeze-features",
         action="store_true",
         default=None,
-        help="train only the classifier (fc); the other weights stay as loaded",
+        help="train only the classifier (fc); the other weights stay as loaded (batch-norm"
+        " running statistics still follow the new data, as in PyTorch)",
     )
     p.add_argument(
         "--threads",
@@ -429,10 +430,76 @@ def _print_predictions(preds) -> tuple[int, int]:
     return rows, errors
 
 
+# --------------------------------------------------------------------------- convert
+def add_convert_command(subparsers) -> None:
+    p = subparsers.add_parser(
+        "convert",
+        help="convert timm / Keras / Hugging Face / TF-Slim / ONNX MobileNetV1 weights",
+        description="Read a MobileNetV1 written by another library and save it as npmobilenet"
+        " weights (safetensors, PyTorch key names) that record the model's conventions, class"
+        " names and preprocessing: predict, evaluate and train --init take the result directly.",
+    )
+    p.add_argument("src", metavar="SRC", help="file, folder (Hugging Face) or TF checkpoint prefix")
+    p.add_argument("out", metavar="OUT.safetensors", help="the weights file to write")
+    p.add_argument(
+        "--from",
+        dest="source",
+        default="auto",
+        choices=("auto", "timm", "keras", "hf", "tf", "onnx"),
+        help="the library that wrote SRC (auto: from the path and tensor names)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace a read-only OUT")
+    p.set_defaults(func=convert_command)
+
+
+def convert_command(args) -> int:
+    from npmobilenet.interop import convert
+
+    try:
+        model = convert(args.src, args.out, args.source, overwrite=args.overwrite)
+    except (ValueError, TypeError, OSError, ImportError) as e:
+        print(f"npmobilenet convert: error: {e}", file=sys.stderr)
+        return 2
+    cfg = model.config
+    print(f"wrote {args.out}: MobileNetV1 alpha {cfg['alpha']:g}, {cfg['num_classes']} classes,"
+          f" {cfg['activation']}, padding {cfg['padding']}, bn_eps {cfg['bn_eps']:g}")  # fmt: skip
+    return 0
+
+
+# --------------------------------------------------------------------------- export-onnx
+def add_export_onnx_command(subparsers) -> None:
+    p = subparsers.add_parser(
+        "export-onnx",
+        help="write a model as ONNX (for onnxruntime and other ONNX engines)",
+        description="Export weights (a run folder or a .safetensors file that records its model,"
+        " such as convert's output) as an ONNX graph with inputs (N, C, H, W) of any size.",
+    )
+    p.add_argument("weights", metavar="WEIGHTS", help="run folder or .safetensors file")
+    p.add_argument("out", metavar="OUT.onnx", help="the ONNX file to write")
+    p.add_argument("--opset", type=_positive_int, default=17, help="ONNX opset (17)")
+    p.set_defaults(func=export_onnx_command)
+
+
+def export_onnx_command(args) -> int:
+    from npmobilenet.interop import export_onnx
+    from npmobilenet.train import load_run
+
+    try:
+        model, _ = load_run(args.weights)
+        export_onnx(model, args.out, opset=args.opset)
+    except (ValueError, TypeError, OSError, ImportError) as e:
+        print(f"npmobilenet export-onnx: error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.out}")
+    return 0
+
+
 COMMANDS = [
     add_train_command,
     add_evaluate_command,
     add_predict_command,
+    add_convert_command,
+    add_export_onnx_command,
     add_summary_command,
     add_gradcheck_command,
     add_exercise_command,

@@ -11,8 +11,8 @@ within a small factor, which is all a refusal at 10x or 1000x the RAM needs.
 from __future__ import annotations
 
 import math
-import os
 
+from npmobilenet._checks import machine_ram
 from npmobilenet.models.mobilenet import FIRST_CONV, TABLE_1
 
 # Arrays kept per layer output during a training step: the convolution's output, the batch
@@ -61,14 +61,6 @@ def estimate_bytes(
     weights += _width(op, 1024, alpha) * num_classes + num_classes  # fc
     copies = (WEIGHT_COPIES, TRAIN_COPIES) if training else (1, EVAL_COPIES)
     return itemsize * (copies[0] * weights + copies[1] * batch_size * sum(outputs))
-
-
-def machine_ram():
-    """Physical RAM in bytes, or None where the platform does not say."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return None
 
 
 def human(n: int) -> str:

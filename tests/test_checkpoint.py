@@ -92,6 +92,7 @@ def test_trainer_resume_equals_uninterrupted(tmp_path):
     assert second.optimizer.param_groups[0]["lr"] == full.optimizer.param_groups[0]["lr"]
 
 
+@pytest.mark.slow
 def test_checkpoint_round_trip_holds_every_part(tmp_path):
     t = tiny_trainer()
     t.fit(1)

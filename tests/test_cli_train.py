@@ -104,6 +104,7 @@ def test_predict_prints_top_k_class_names_and_probabilities(trained, tmp_path, c
     assert all(line.split()[0] in CLASSES for line in lines[1:4])
 
 
+@pytest.mark.slow
 def test_same_seed_same_metrics(tmp_path, small_npz):
     args = ["--data", small_npz, "--epochs", "1", "--batch-size", "64", "--progress", "none"]
     runs = []

@@ -93,7 +93,9 @@ def test_negative_or_malformed_padding(value, pattern):
 
 def test_unknown_padding_string():
     raises(
-        ValueError, "conv2d: padding must be one of ['same', 'valid'], got 'full'", padding="full"
+        ValueError,
+        "conv2d: padding must be one of ['same', 'tf_same', 'valid'], got 'full'",
+        padding="full",
     )
 
 

@@ -394,6 +394,7 @@ for line in open("/proc/self/status"):
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux /proc")
 def test_peak_memory_does_not_grow_with_the_folder(tmp_path):
     rng = np.random.default_rng(0)

@@ -130,6 +130,7 @@ def test_init_errors_are_clear(finished, ten, tmp_path, args, words):
         assert word in stderr
 
 
+@pytest.mark.slow
 def test_resume_with_more_epochs_extends_a_finished_run(finished, ten, tmp_path):
     import shutil
 

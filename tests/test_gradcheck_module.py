@@ -131,6 +131,19 @@ def test_wrong_sign_in_one_element_is_pinpointed(x):
     assert row.worst_analytic == pytest.approx(-row.worst_numeric, rel=1e-6)
 
 
+def test_a_parameter_inside_a_container_is_named_by_its_dotted_name(x):
+    model = nn.Sequential(Dense(), Dense(bug="wrong sign in one element"))
+    with pytest.raises(GradcheckError) as info:
+        check_module(model, x)
+    first = str(info.value).splitlines()[0]
+    assert first.startswith("check_module (Sequential in train mode; full mode): gradient of "
+                            "'1.weight' is wrong at index (1, 0): analytic ")  # fmt: skip
+    assert "relative error 2 " in first  # a flipped sign: |a - n| / max(|a|, |n|) = 2
+    rows = {r.name: r.passed for r in info.value.report.inputs}
+    assert rows == {"x": True, "0.weight": True, "0.bias": True, "1.weight": False,
+                    "1.bias": True}  # fmt: skip
+
+
 def test_x_drawn_with_the_checks_seed_does_not_hide_a_transposed_gradient():
     """With dout equal to x, ``dout.T @ x`` is symmetric and its transpose would pass: the
     checker's upstream gradient must not be ``default_rng(seed).standard_normal``."""

@@ -207,3 +207,18 @@ def test_a_failing_hypothesis_check_prints_a_short_shrunk_report(pytester):
     assert "E           n=2," in lines
     assert any(line.startswith("E           c=1,") for line in lines)
     assert "gradcheck/core.py" not in text and "gradcheck/module.py" not in text
+
+
+def test_hypothesis_explanations_lose_the_checkers_own_lines():
+    from npmobilenet_pytest import _without_checker_lines
+
+    checker = "/site/npmobilenet/gradcheck/"
+    notes = [
+        "Failing test case: test_op(n=2)",
+        "Explanation:",
+        "    These lines were always and only run by failing test cases:",
+        "        /site/npmobilenet/gradcheck/core.py:240",
+        "        /home/me/my_layer.py:12",
+    ]
+    assert _without_checker_lines(notes, checker) == notes[:3] + notes[4:]
+    assert _without_checker_lines(notes[:4], checker) == notes[:1]  # nothing left to explain

@@ -436,3 +436,36 @@ def test_string_booleans_are_refused(make, match):
 def test_numpy_booleans_are_flags():
     assert nn.Conv2d(3, 4, 3, bias=np.bool_(False)).bias is None
     assert nn.ReLU().train(np.bool_(False)).training is False
+
+
+def test_containers_pass_consume_only_where_taken_and_never_over_the_callers_dout():
+    """The rule of npmobilenet.nn.module: consume=True goes to a backward with a ``consume``
+    parameter, for a gradient the container owns (not the caller's dout, nor a view of it)."""
+    seen = []
+
+    class Plain(nn.Module):
+        def __init__(self, copy):
+            super().__init__()
+            self.copy = copy
+
+        def forward(self, x):
+            return x
+
+        def backward(self, dout):
+            seen.append("plain")
+            return dout.copy() if self.copy else dout[:]  # a new array, or a view of dout
+
+    class Taker(Plain):
+        def backward(self, dout, *, consume=False):
+            seen.append(consume)
+            return dout.copy() if self.copy else dout
+
+    dout = np.ones((2, 3))
+    nn.Sequential(Taker(False), Plain(False), Taker(False)).backward(dout)
+    assert seen == [False, "plain", False]  # every gradient here is the caller's dout
+    seen.clear()
+    nn.Sequential(Taker(False), Plain(True), Taker(False)).backward(dout)
+    assert seen == [False, "plain", True]  # Plain returned a new array: the container's own
+    seen.clear()
+    nn.Sequential(Taker(False), Plain(False)).backward(dout, consume=True)
+    assert seen == ["plain", True]

@@ -10,11 +10,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import TOL
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from npmobilenet import nn, ops
 from npmobilenet.gradcheck import check_module
+from npmobilenet.models import MobileNetV1
 from npmobilenet.testing import (
     batch_norm_configs,
     batch_norm_kwargs,
@@ -133,6 +134,17 @@ def test_module_inputs_run_forward_and_backward(name, data):
     assert x.dtype == dtype
     out = module.forward(x)
     assert module.backward(np.ones_like(out)).shape == x.shape
+
+
+@settings(max_examples=5)  # a whole model per example
+@given(data=st.data())
+def test_module_inputs_for_a_whole_model(data):
+    model = MobileNetV1(alpha=0.25, num_classes=3, seed=0)
+    x = data.draw(module_inputs(model, max_size=4))
+    assert x.shape[1] == 3 and x.shape[0] >= 2 and x.dtype == np.float32
+    out = model.forward(x)
+    assert out.shape == (x.shape[0], 3)
+    assert model.backward(np.ones_like(out)).shape == x.shape
 
 
 @given(data=st.data())

@@ -336,6 +336,93 @@ def mobilenet_shapes(save) -> None:
     save(fig, "mobilenet_shapes.png")
 
 
+# ---------------------------------------------------------------------------------------------
+# One sum, two ways: the direct loop and im2col + GEMM (kernels.md)
+# ---------------------------------------------------------------------------------------------
+
+
+def conv_two_ways(save) -> None:
+    """The same 2x2 output from a sliding window and from a (1 x 9) @ (9 x 4) matrix product."""
+    from npmobilenet import ops
+    from npmobilenet.kernels.im2col import im2col
+
+    x, w = WORKED_X0, WORKED_W0
+    out = ops.conv2d_forward(x[None, None], w[None, None])[0][0, 0]
+    cols = np.empty((9, 4))
+    im2col(x[None], 3, 3, 1, 1, 0, 0, 1, 1, 2, 2, cols)
+    assert np.allclose(w.reshape(1, 9) @ cols, out.reshape(1, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.9), gridspec_kw={"width_ratios": [1, 1.5]})
+    ax = axes[0]
+    blank(ax, (-0.2, 6.6), (-3.0, 0.7))
+    grid_values(ax, x, 0, 0, title="input", window=(0, 1, 3, 3))
+    ax.text(2.35, -1.0, "x", fontsize=12, ha="center", va="center")
+    grid_values(ax, w, 2.7, -0.25, title="kernel", cmap="Oranges")
+    arrow(ax, (4.35, -1.0), (5.2, -1.0))
+    grid_values(ax, out, 5.4, -0.5, cmap="Greens", title="output", hi={(0, 1)})
+    ax.set_title("direct: slide the window, multiply, add (one output cell at a time)", fontsize=9)
+    ax = axes[1]
+    blank(ax, (-0.3, 10.2), (-5.0, 0.8))
+    grid_values(ax, w.reshape(1, 9), 0, -1.8, size=0.45, cmap="Oranges",
+                title="kernel as a row (1 x 9)")  # fmt: skip
+    ax.text(4.3, -2.05, "@", fontsize=12, ha="center", va="center")
+    grid_values(ax, cols, 4.8, 0.1, size=0.5, title="im2col: one window per column (9 x 4)",
+                window=(0, 1, 9, 1))  # fmt: skip
+    ax.text(7.15, -2.05, "=", fontsize=12, ha="center", va="center")
+    grid_values(ax, out.reshape(1, 4), 7.6, -1.8, size=0.5, cmap="Greens",
+                title="output (1 x 4)", hi={(0, 1)})  # fmt: skip
+    ax.set_title("im2col + GEMM: copy every window into a column, then one matrix multiply",
+                 fontsize=9)  # fmt: skip
+    fig.suptitle("The same sum two ways (numbers from the library's im2col kernel and "
+                 "conv2d_forward): the red window is the red column", fontsize=10)  # fmt: skip
+    save(fig, "conv_two_ways.png")
+
+
+# ---------------------------------------------------------------------------------------------
+# What a gradient check compares (gradcheck.md)
+# ---------------------------------------------------------------------------------------------
+
+
+def gradcheck_secant(save) -> None:
+    """A loss along one weight: the numeric secant, the right tangent and a wrong one."""
+    from npmobilenet import ops
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((1, 1, 4, 4))
+    w = rng.standard_normal((1, 1, 3, 3))
+    g = rng.standard_normal((1, 1, 2, 2))
+
+    def loss(t):
+        wt = w.copy()
+        wt[0, 0, 0, 0] += t
+        return float((ops.conv2d_forward(x, wt)[0] * g).sum() ** 2)
+
+    out, cache = ops.conv2d_forward(x, w)
+    dw = ops.conv2d_backward(2 * (out * g).sum() * g, cache)[1]  # d(s^2) = 2 s ds
+    right = dw[0, 0, 0, 0]
+    wrong = 2 * (out * g).sum() * (g[0, 0, ::-1, ::-1] * x[0, 0, :2, :2]).sum()  # flipped dout
+    eps = 0.4  # drawn large so the secant is visible; the checker uses 1e-6
+    ts = np.linspace(-1.2, 1.2, 121)
+    fig, ax = plt.subplots(figsize=(7.2, 3.8))
+    ax.plot(ts, [loss(t) for t in ts], color="black", lw=1.5, label="loss along w[0,0,0,0]")
+    f0 = loss(0.0)
+    numeric = (loss(eps) - loss(-eps)) / (2 * eps)
+    for slope, colour, text in ((numeric, "tab:blue", f"numeric secant, slope {numeric:.3f}"),
+                                (right, "tab:green", f"analytic (right), slope {right:.3f}"),
+                                (wrong, "tab:red", f"analytic (wrong), slope {wrong:.3f}")):
+        ax.plot(ts, f0 + slope * ts, color=colour, lw=1, ls="--" if colour == "tab:blue" else "-",
+                label=text)  # fmt: skip
+    ax.plot([-eps, eps], [loss(-eps), loss(eps)], "o", color="tab:blue")
+    ax.set_ylim(min(loss(t) for t in ts) - 0.5, max(loss(t) for t in ts) + 0.5)
+    ax.set_xlabel("change of one weight")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    ax.set_title("A gradient check compares slopes: the secant through x - eps and x + eps "
+                 "(blue dots)\nagrees with the right gradient's tangent, not with a wrong one",
+                 fontsize=9)  # fmt: skip
+    save(fig, "gradcheck_secant.png")
+
+
 DIAGRAMS = {
     "conv_kinds": conv_kinds,
     "grouped_split": grouped_split,
@@ -343,4 +430,6 @@ DIAGRAMS = {
     "pointwise_matmul": pointwise_matmul,
     "depthwise_backward": depthwise_backward_flow,
     "mobilenet_shapes": mobilenet_shapes,
+    "conv_two_ways": conv_two_ways,
+    "gradcheck_secant": gradcheck_secant,
 }

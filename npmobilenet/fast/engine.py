@@ -33,9 +33,11 @@ from collections import OrderedDict
 import numpy as np
 
 from npmobilenet import _checks, threads
-from npmobilenet.fast.walk import OP, Head, Layer, fused_layers
+from npmobilenet._geometry import output_size
+from npmobilenet.fast.walk import OP, Head, Layer, fused_layers, stem_reads_nchw
 from npmobilenet.kernels.fused_conv3x3 import conv_out_size, depthwise3x3_nhwc, im2col3x3_nchw
 from npmobilenet.kernels.fused_epilogue import bias_clamp_mean, bias_clamp_pad
+from npmobilenet.ops.conv import resolve_padding
 
 _MAX_PLANS = 8  # input shapes whose buffers are kept (least recently used dropped first)
 
@@ -136,7 +138,8 @@ class FusedMobileNetV1:
         ``plan[i]`` holds layer i's arrays: ``a`` its GEMM's left operand (im2col rows
         (N, OH, OW, 9*C) or the depthwise output (N, OH, OW, C)), ``y`` its GEMM output
         (N*OH*OW, K), ``dst`` where its epilogue writes (the next 3x3 conv's zero-bordered input
-        (N, OH+2, OW+2, K), or the pooled features (N, K) after the last layer).
+        (N, OH+top+bottom, OW+left+right, K), its border that conv's padding), or the pooled
+        features (N, K) after the last layer).
         """
         layers, head = weights
         src = x
@@ -194,33 +197,62 @@ class FusedMobileNetV1:
 
 def make_plan(layers, shape, dtype) -> list[dict]:
     """Per layer, views ``a``, ``y``, ``dst`` (see ``FusedMobileNetV1._forward``) into three
-    flat buffers: GEMM left operands, GEMM outputs, zero-bordered 3x3 inputs. Every layer reads
-    one buffer and writes another, so one of each is enough."""
-    n, _, h, w = shape
-    shapes = []
+    flat buffers: GEMM left operands, GEMM outputs, zero-bordered 3x3 inputs (bordered by the
+    next 3x3 conv's padding at that size, ``pads``). Every layer reads one buffer and writes
+    another, so one of each is enough. A stem whose padding is not 1 also gets ``xpad``, the
+    input copied into a zero-bordered NHWC buffer."""
+    n, c, h, w = shape
+    shapes, pads = [], []
     for i, layer in enumerate(layers):
+        one = {}
         if layer.kind in ("stem", "full", "depthwise"):
-            h, w = conv_out_size(h, layer.stride), conv_out_size(w, layer.stride)
+            p = _pads(layer, h, w)
+            if layer.kind == "stem" and not stem_reads_nchw(layer.padding):
+                one["xpad"] = (n, h + p[0] + p[1], w + p[2] + p[3], c)
+            h, w = (output_size(s, 3, layer.stride, q) for s, q in ((h, p[:2]), (w, p[2:])))
         c_in = layer.weight.shape[-1] if layer.kind == "depthwise" else layer.weight.shape[0]
         k = layer.weight.shape[-1]
-        one = {"a": (n, h, w, c_in)} if layer.kind != "pointwise" else {}
+        if layer.kind != "pointwise":
+            one["a"] = (n, h, w, c_in)
+        nxt = _pads(layers[i + 1], h, w) if i + 1 < len(layers) else None
         if layer.kind != "depthwise":
             one["y"] = (n * h * w, k)
-            last = i == len(layers) - 1
-            one["dst"] = (n, k) if last else (n, h + 2, w + 2, k)
+            one["dst"] = (n, k) if nxt is None else (n, h + nxt[0] + nxt[1], w + nxt[2] + nxt[3], k)
         shapes.append(one)
+        pads.append(nxt)
     flat = {}
-    for role in ("a", "y", "dst"):  # one flat buffer per role, big enough for its largest view
+    for role in ("a", "y", "dst", "xpad"):  # one flat buffer per role, big enough for any view
         sizes = [int(np.prod(s[role])) for s in shapes if role in s]
-        flat[role] = np.empty(max(sizes), dtype)
+        if sizes:
+            flat[role] = np.empty(max(sizes), dtype)
     pooled = np.empty(shapes[-1]["dst"], dtype)  # the last epilogue's output stays separate
     plan = []
     for i, one in enumerate(shapes):
         views = {r: flat[r][: int(np.prod(s))].reshape(s) for r, s in one.items()}
         if i == len(shapes) - 1:
             views["dst"] = pooled
-        plan.append(views)
+        plan.append({**views, "pads": pads[i]})
     return plan
+
+
+def _pads(layer: Layer, h: int, w: int) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) of a 3x3 layer's input of size h x w (the conv op's rule)."""
+    s = layer.stride
+    return resolve_padding(OP, layer.padding, (3, 3), (1, 1), (s, s), (h, w))
+
+
+def _bordered(y, b, lo, hi, dst, pads) -> None:
+    """``clamp(y + b)`` into ``dst``'s interior at offset (top, left), zeros around it: the
+    padding of the next 3x3 conv. A one-pixel border on every side runs the fused kernel."""
+    if pads == (1, 1, 1, 1):
+        bias_clamp_pad(y, b, lo, hi, dst)
+        return
+    top, _, left, _ = pads
+    n, oh, ow, _ = y.shape
+    dst.fill(0)
+    inner = dst[:, top : top + oh, left : left + ow]
+    np.add(y, b, out=inner)
+    np.clip(inner, lo, hi, out=inner)
 
 
 def _no_clock(kind):
@@ -235,7 +267,13 @@ def _run_layer(layer: Layer, src, arrays, pool, clock):
         depthwise3x3_nhwc(src, layer.weight, layer.bias, layer.stride, lo, hi, arrays["a"])
         clock("depthwise")
         return arrays["a"]
-    if layer.kind == "stem":
+    if layer.kind == "stem" and "xpad" in arrays:  # padding other than 1: copy, then im2col
+        xp = arrays["xpad"]  # (N, H + top + bottom, W + left + right, C)
+        top, left = _pads(layer, src.shape[2], src.shape[3])[::2]
+        xp.fill(0)
+        xp[:, top : top + src.shape[2], left : left + src.shape[3]] = src.transpose(0, 2, 3, 1)
+        a = im2col3x3_padded(xp, layer.stride, arrays["a"])
+    elif layer.kind == "stem":
         im2col3x3_nchw(src, layer.stride, arrays["a"])
         a = arrays["a"]
     elif layer.kind == "full":
@@ -247,7 +285,7 @@ def _run_layer(layer: Layer, src, arrays, pool, clock):
     clock({"stem": "first conv", "full": "full conv"}.get(layer.kind, "pointwise GEMM"))
     dst = arrays["dst"]
     if dst.ndim == 4:  # bias + activation, written into the next 3x3 conv's input interior
-        bias_clamp_pad(y.reshape(n, oh, ow, -1), layer.bias, lo, hi, dst)
+        _bordered(y.reshape(n, oh, ow, -1), layer.bias, lo, hi, dst, arrays["pads"])
         clock("bias+act")
     elif pool == "avg":  # bias + activation + global average pool in one pass
         bias_clamp_mean(y.reshape(n, oh * ow, -1), layer.bias, lo, hi, dst)
@@ -261,7 +299,7 @@ def _run_layer(layer: Layer, src, arrays, pool, clock):
 def im2col3x3_padded(xp: np.ndarray, stride: int, cols: np.ndarray) -> np.ndarray:
     """3x3 patches of a zero-bordered NHWC input as GEMM rows, in place.
 
-    xp (N, H+2, W+2, C) -> cols (N, OH, OW, 9*C) with
+    xp (N, H+top+bottom, W+left+right, C) -> cols (N, OH, OW, 9*C) with
     ``cols[n, oh, ow, (kh*3 + kw)*C + c] = xp[n, oh*s + kh, ow*s + kw, c]``.
     """
     n, oh, ow, c9 = cols.shape

@@ -3,7 +3,7 @@
 :func:`fused_layers` visits the model's children in the order the model holds them (its forward
 order) and recognises:
 
-* ``ConvBlock`` (3x3 conv, padding 1, + BN + activation): the model's first block reads the
+* ``ConvBlock`` (3x3 conv + BN + activation): the model's first block reads the
   NCHW input (``kind="stem"``); any later one reads the previous layer's NHWC output
   (``kind="full"``, the ``conv="full"`` baseline);
 * ``DepthwiseSeparableConv``: a ``"depthwise"`` layer then a ``"pointwise"`` layer;
@@ -51,8 +51,11 @@ class Layer(NamedTuple):
     kind: ``"stem"`` (3x3 on the NCHW input, by im2col + GEMM), ``"full"`` (3x3 on the
     NHWC activations, by im2col + GEMM), ``"depthwise"`` (3x3 per channel) or ``"pointwise"``
     (1x1, one GEMM). weight: ``(9*C, K)`` for stem (rows in ``c*9 + kh*3 + kw`` order, as
-    ``im2col3x3_nchw`` writes) and full (rows in ``(kh*3 + kw)*C + c`` order), ``(3, 3, C)``
+    ``im2col3x3_nchw`` writes, when its padding is 1; else in full's order, see
+    :func:`stem_reads_nchw`) and full (rows in ``(kh*3 + kw)*C + c`` order), ``(3, 3, C)``
     for depthwise, ``(C, K)`` for pointwise; bias ``(K,)``; lo, hi: the activation's clamp.
+    padding: the conv's ``Conv2d`` padding (an (h, w) pair, a (top, bottom, left, right)
+    4-tuple, or a rule such as ``"tf_same"``), resolved for each input size by the plan.
     """
 
     kind: str
@@ -62,6 +65,7 @@ class Layer(NamedTuple):
     bias: np.ndarray
     lo: float
     hi: float
+    padding: object = (1, 1)
 
     def astype(self, dtype) -> Layer:
         return self._replace(
@@ -146,14 +150,15 @@ def _folded(path, conv, bn, kernel, groups):
         raise _unsupported(path, conv, "expected a Conv2d followed by a BatchNorm2d")
     if (
         conv.kernel_size != (kernel, kernel)
-        or conv.padding != (kernel // 2, kernel // 2)
+        or (kernel == 1 and conv.padding not in ((0, 0), (0, 0, 0, 0), "valid"))
         or conv.dilation != (1, 1)
         or conv.stride[0] != conv.stride[1]
         or conv.groups != groups
     ):
         raise _unsupported(
-            path, conv, f"the engine needs a {kernel}x{kernel} conv with padding {kernel // 2},"
-            f" groups {'C' if groups != 1 else 1}, equal strides and no dilation, got"
+            path, conv, f"the engine needs a {kernel}x{kernel} conv"
+            f"{' without padding' if kernel == 1 else ''}, groups {'C' if groups != 1 else 1},"
+            " equal strides and no dilation, got"
             f" kernel {conv.kernel_size}, padding {conv.padding}, groups {conv.groups},"
             f" stride {conv.stride}, dilation {conv.dilation}",
         )  # fmt: skip
@@ -172,22 +177,30 @@ def _scale(bn) -> np.ndarray:
 
 def _conv_block(path, block, kind) -> Layer:
     w, b = _folded(f"{path}.conv", block.conv, block.bn, 3, 1)
-    if kind == "stem":
+    padding = block.conv.padding
+    if kind == "stem" and stem_reads_nchw(padding):
         weight = w.reshape(w.shape[0], -1).T  # (K, C, 3, 3) -> (C*9, K): im2col3x3_nchw's rows
     else:
         weight = w.transpose(2, 3, 1, 0).reshape(-1, w.shape[0])  # -> (3*3*C, K), tap-major
     lo, hi = _clamp(f"{path}.relu", block.relu)
-    return Layer(kind, path, block.conv.stride[0], weight, b, lo, hi)
+    return Layer(kind, path, block.conv.stride[0], weight, b, lo, hi, padding)
+
+
+def stem_reads_nchw(padding) -> bool:
+    """Whether the stem runs ``im2col3x3_nchw`` on the NCHW input (padding 1 on every side);
+    any other padding copies the input into a zero-bordered NHWC buffer first."""
+    return padding in ((1, 1), (1, 1, 1, 1))
 
 
 def _separable(path, block) -> tuple[Layer, Layer]:
     channels = block.dwconv.in_channels
     w, b = _folded(f"{path}.dwconv", block.dwconv, block.bn0, 3, channels)
     lo, hi = _clamp(f"{path}.relu0", block.relu0)
-    dw = Layer("depthwise", path, block.dwconv.stride[0], w[:, 0].transpose(1, 2, 0), b, lo, hi)
+    dw = Layer("depthwise", path, block.dwconv.stride[0], w[:, 0].transpose(1, 2, 0), b, lo, hi,
+               block.dwconv.padding)  # fmt: skip
     w, b = _folded(f"{path}.pwconv", block.pwconv, block.bn1, 1, 1)
     lo, hi = _clamp(f"{path}.relu1", block.relu1)
-    pw = Layer("pointwise", path, 1, w[:, :, 0, 0].T, b, lo, hi)  # (K, C, 1, 1) -> (C, K)
+    pw = Layer("pointwise", path, 1, w[:, :, 0, 0].T, b, lo, hi, (0, 0))  # (K, C, 1, 1) -> (C, K)
     if block.pwconv.stride != (1, 1):
         raise _unsupported(f"{path}.pwconv", block.pwconv, "a pointwise conv must have stride 1")
     return dw, pw

@@ -235,18 +235,57 @@ def safetensors_metadata(data: bytes) -> dict:
     return json.loads(data[8 : 8 + size]).get("__metadata__") or {}
 
 
+def read_safetensors_header(path) -> dict:
+    """The JSON header of a safetensors file: ``{name: {dtype, shape, data_offsets}}`` and
+    ``"__metadata__"`` (absent if the file has none). Reads only the header's bytes."""
+    op = "read_safetensors_header"
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{op}: no such file: {path}")
+    with open(path, "rb") as f:
+        head = f.read(8)
+        size = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if not 0 < size <= _MAX_HEADER:
+            raise ValueError(f"{op}: {path} is not a safetensors file (bad header length)")
+        text = f.read(size)
+    try:
+        header = json.loads(text)
+    except (ValueError, UnicodeDecodeError):
+        header = None
+    if not isinstance(header, dict) or len(text) != size:
+        raise ValueError(f"{op}: {path} is not a safetensors file (truncated or corrupt header)")
+    return header
+
+
+_MAX_HEADER = 100_000_000  # safetensors' own limit on the header size
+# The header entry holding ``model.config`` (JSON), as in a training run's model.safetensors,
+# and the MobileNetV1 arguments load_model rebuilds from it.
+MODEL_CONFIG = "npmobilenet.model_config"
+MODEL_CONFIG_KEYS = (
+    "alpha", "num_classes", "in_channels", "dropout", "activation", "dtype", "conv", "padding",
+    "bn_eps", "global_pool",
+)  # fmt: skip
+
+
 def save_weights(model, path, overwrite: bool = False) -> None:
     """Save ``model.state_dict()`` to ``path`` (safetensors, atomic; a read-only file is
     replaced only with ``overwrite=True``, see :func:`atomic_write_bytes`).
 
-    The model's ``config`` (alpha, classes ...), if it has one, goes into the header metadata
-    as text; it is informative only, the keys and shapes are what loading checks.
+    The header metadata records the model: ``npmobilenet.model_config`` is ``model.config`` as
+    JSON (alpha,
+    classes, in_channels, activation, padding, bn_eps ...), each entry is also stored as text
+    under its own name, and ``labels`` holds ``model.labels`` (class names) as a JSON list when
+    the model has them. :func:`load_model` rebuilds the model from the file alone.
     """
     from npmobilenet import __version__
 
-    metadata = {"producer": f"npmobilenet {__version__}"}
-    for k, v in getattr(model, "config", {}).items():
+    config = dict(getattr(model, "config", {}))
+    metadata = {"producer": f"npmobilenet {__version__}", MODEL_CONFIG: json.dumps(config)}
+    for k, v in config.items():
         metadata[str(k)] = str(v)
+    labels = getattr(model, "labels", None)
+    if labels is not None:
+        metadata["labels"] = json.dumps([str(x) for x in labels])
     save_state_dict(model.state_dict(), path, metadata, overwrite=overwrite)
 
 
@@ -255,5 +294,57 @@ def load_weights(model, path, strict: bool = True):
 
     All checks run before anything is copied: on any error the model is unchanged. Returns
     ``model.load_state_dict``'s result (missing and unexpected keys when ``strict=False``).
+    Class names recorded in the file become ``model.labels``.
     """
-    return model.load_state_dict(load_state_dict_file(path), strict=strict)
+    result = model.load_state_dict(load_state_dict_file(path), strict=strict)
+    labels = saved_labels(path)
+    if labels is not None and len(labels) == getattr(model, "config", {}).get("num_classes"):
+        model.labels = labels
+    return result
+
+
+def saved_config(path) -> dict | None:
+    """The model config a weights file records (None for a file without one)."""
+    meta = read_safetensors_header(path).get("__metadata__") or {}
+    try:
+        config = json.loads(meta[MODEL_CONFIG]) if MODEL_CONFIG in meta else None
+    except ValueError:
+        config = None
+    if config is None:
+        return None
+    return {k: config[k] for k in MODEL_CONFIG_KEYS if k in config}
+
+
+def saved_labels(path) -> list[str] | None:
+    """The class names a weights file records (None if it has none)."""
+    meta = read_safetensors_header(path).get("__metadata__") or {}
+    try:
+        labels = json.loads(meta["labels"]) if "labels" in meta else None
+    except ValueError:
+        return None
+    return [str(x) for x in labels] if isinstance(labels, list) else None
+
+
+def load_model(path, **config):
+    """A ``MobileNetV1`` rebuilt from a weights file: its recorded config, then its weights.
+
+    ``config`` (MobileNetV1 keyword arguments) overrides what the file records; a file without
+    a recorded config (written by PyTorch, or by an older npmobilenet) needs at least the
+    arguments that differ from MobileNetV1's defaults (alpha, num_classes ...). Returns the
+    model in eval mode; nothing is half-loaded (a mismatch raises and no model is returned).
+    """
+    from npmobilenet.models import MobileNetV1
+
+    saved = saved_config(path)
+    kwargs = {**(saved or {}), **{k: v for k, v in config.items() if v is not None}}
+    model = MobileNetV1(**kwargs)
+    try:
+        load_weights(model, path)
+    except ValueError as e:
+        if saved is not None:
+            raise
+        raise ValueError(
+            f"load_model: {path} records no model config, and MobileNetV1({kwargs}) does not"
+            f" fit its weights: pass the arguments it was made with. {str(e)[:300]}"
+        ) from None
+    return model.eval()

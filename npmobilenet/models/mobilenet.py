@@ -26,10 +26,12 @@ The model is its current children: ``forward`` runs them in registration order (
 items one by one), so assigning ``m.fc = Linear(256, 3)`` or a block of your own takes effect,
 in ``forward``, ``backward``, ``trace``, ``summary`` and ``output_shape`` alike.
 
-Resolution: the resolution multiplier is simply the input size. Every 3x3 convolution has
-padding 1, so a stride-2 stage maps H to ceil(H / 2) and any H, W >= 1 survives the five
-stride-2 stages (the final map is ceil(H/32) x ceil(W/32)). In training mode batch norm needs
-more than one value per channel, so there N * ceil(H/32) * ceil(W/32) must exceed 1.
+Resolution: the resolution multiplier is simply the input size. With the default padding
+("torch": 1 on every side of every 3x3 convolution) or "tf_same", a stride-2 stage maps H to
+ceil(H / 2) and any H, W >= 1 survives the five stride-2 stages (the final map is
+ceil(H/32) x ceil(W/32)); with "keras" the stride-2 blocks map H to floor(H / 2), so H and W
+must be at least 31. In training mode batch norm needs more than one value per channel, so
+there N * OH * OW of the final map must exceed 1.
 """
 
 from __future__ import annotations
@@ -90,6 +92,30 @@ TABLE_1 = (
 ACTIVATIONS = ACTIVATION_LAYERS  # activation name -> layer class
 CONV_KINDS = ("separable", "full")
 GLOBAL_POOLS = {"avg": ("avgpool", AdaptiveAvgPool2d), "max": ("maxpool", AdaptiveMaxPool2d)}
+# Padding conventions: each 3x3 conv's ``Conv2d`` padding, by (convention, role, stride).
+# "torch": 1 on every side (PyTorch, timm). "tf_same": TensorFlow's "SAME" (TF-Slim, Hugging
+# Face): asymmetric at stride 2 on an even size (0 above/left, 1 below/right). "keras":
+# keras.applications.MobileNet: "SAME" in the stem, and before each stride-2 depthwise conv a
+# ZeroPadding2D((0, 1), (0, 1)) then no padding, so a stride-2 block maps H to floor(H / 2).
+PADDINGS = ("torch", "tf_same", "keras")
+
+
+def conv_padding(convention: str, role: str, stride: int):
+    """The ``Conv2d`` padding of a 3x3 conv (``role`` "stem" or "block") under ``convention``."""
+    if convention == "tf_same" or (convention == "keras" and role == "stem"):
+        return "tf_same"
+    if convention == "keras" and stride == 2:
+        return (0, 1, 0, 1)  # (top, bottom, left, right)
+    return 1
+
+
+def final_size(size: int, convention: str) -> int:
+    """One side of the last feature map for an input side ``size`` (0: too small)."""
+    size = -(-size // FIRST_CONV.stride)  # the stem: ceil(H / 2) under every convention
+    for st in TABLE_1:
+        if st.stride == 2:
+            size = size // 2 if convention == "keras" else -(-size // 2)
+    return size
 
 
 def stages(alpha: float = 1.0, in_channels: int = 3, conv: str = "separable") -> tuple:
@@ -106,7 +132,7 @@ def stages(alpha: float = 1.0, in_channels: int = 3, conv: str = "separable") ->
 
 
 def _checked_config(alpha, num_classes, in_channels, dropout, activation, dtype, seed, conv,
-                    global_pool):  # fmt: skip
+                    global_pool, padding, bn_eps):  # fmt: skip
     """Validate MobileNetV1's arguments; return them as a dict."""
     op = "MobileNetV1"
     alpha = chk.number(op, "alpha", alpha, low=0.0, low_open=True)
@@ -125,6 +151,8 @@ def _checked_config(alpha, num_classes, in_channels, dropout, activation, dtype,
         seed=None if seed is None else chk.integer(op, "seed", seed, 0),
         conv=chk.choice(op, "conv", conv, CONV_KINDS),
         global_pool=chk.choice(op, "global_pool", global_pool, GLOBAL_POOLS),
+        padding=chk.choice(op, "padding", padding, PADDINGS),
+        bn_eps=chk.number(op, "bn_eps", bn_eps, low=0.0, low_open=True),
     )
 
 
@@ -156,10 +184,14 @@ class ConvBlock(Module):
     ``FirstConv``, and each block of the full-convolution baseline.
     ``(N, C, H, W) -> (N, K, OH, OW)``."""
 
-    def __init__(self, in_ch: int, out_ch: int, stride: int, activation: str, dtype) -> None:
+    def __init__(
+        self, in_ch: int, out_ch: int, stride: int, activation: str, dtype, padding=1, eps=1e-5
+    ) -> None:
         super().__init__()
-        self.conv = Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False, dtype=dtype)
-        self.bn = BatchNorm2d(out_ch, dtype=dtype)
+        self.conv = Conv2d(
+            in_ch, out_ch, 3, stride=stride, padding=padding, bias=False, dtype=dtype
+        )
+        self.bn = BatchNorm2d(out_ch, eps=eps, dtype=dtype)
         self.relu = ACTIVATIONS[activation]()
 
     def forward(self, x: np.ndarray, *, workspace=None) -> np.ndarray:
@@ -187,16 +219,18 @@ class DepthwiseSeparableConv(Module):
     ``relu0(bn0(x))`` in one pass (the same numbers), and ``bn0.backward`` differentiates both.
     """
 
-    def __init__(self, in_ch: int, out_ch: int, stride: int, activation: str, dtype) -> None:
+    def __init__(
+        self, in_ch: int, out_ch: int, stride: int, activation: str, dtype, padding=1, eps=1e-5
+    ) -> None:
         super().__init__()
         act = ACTIVATIONS[activation]
         self.dwconv = Conv2d(
-            in_ch, in_ch, 3, stride=stride, padding=1, groups=in_ch, bias=False, dtype=dtype
+            in_ch, in_ch, 3, stride=stride, padding=padding, groups=in_ch, bias=False, dtype=dtype
         )
-        self.bn0 = BatchNorm2d(in_ch, dtype=dtype)
+        self.bn0 = BatchNorm2d(in_ch, eps=eps, dtype=dtype)
         self.relu0 = act()
         self.pwconv = Conv2d(in_ch, out_ch, 1, bias=False, dtype=dtype)
-        self.bn1 = BatchNorm2d(out_ch, dtype=dtype)
+        self.bn1 = BatchNorm2d(out_ch, eps=eps, dtype=dtype)
         self.relu1 = act()
 
     def forward(self, x: np.ndarray, *, workspace=None) -> np.ndarray:
@@ -234,6 +268,13 @@ class MobileNetV1(Module):
         seed: seeds the initialisation and the dropout masks (None: fresh entropy).
         conv: ``"separable"`` (MobileNet) or ``"full"`` (the paper's Table 4 baseline).
         global_pool: ``"avg"`` (module ``avgpool``) or ``"max"`` (module ``maxpool``).
+        padding: ``"torch"`` (1 on every side; PyTorch, timm), ``"tf_same"`` (TensorFlow's
+            "SAME"; TF-Slim, Hugging Face) or ``"keras"`` (keras.applications.MobileNet); see
+            :func:`conv_padding`.
+        bn_eps: batch norm's epsilon (1e-5 in PyTorch, 1e-3 in TensorFlow and Keras).
+
+    ``labels``: the class names, when known (a converted pretrained model), else None; saved
+    with the weights by :func:`npmobilenet.io.save_weights`.
 
     ``forward(x)``: ``(N, in_channels, H, W) -> (N, num_classes)`` logits.
     ``backward(dlogits)``: ``(N, num_classes) -> (N, in_channels, H, W)``, filling every
@@ -257,11 +298,15 @@ class MobileNetV1(Module):
         seed=None,
         conv: str = "separable",
         global_pool: str = "avg",
+        padding: str = "torch",
+        bn_eps: float = 1e-5,
     ) -> None:
         super().__init__()
         self.config = _checked_config(
-            alpha, num_classes, in_channels, dropout, activation, dtype, seed, conv, global_pool
+            alpha, num_classes, in_channels, dropout, activation, dtype, seed, conv, global_pool,
+            padding, bn_eps,
         )
+        self.labels = None
         self.dtype = np.dtype(self.config["dtype"])
         init_seed, dropout_seed = np.random.SeedSequence(self.config["seed"]).spawn(2)
         self._build_features()
@@ -278,15 +323,17 @@ class MobileNetV1(Module):
     def _build_features(self) -> None:
         """first_conv and one module per Table 1 row (:func:`stages`)."""
         cfg = self.config
-        act, dtype = cfg["activation"], self.dtype
+        act, dtype, pad, eps = cfg["activation"], self.dtype, cfg["padding"], cfg["bn_eps"]
         first, *rows = stages(cfg["alpha"], cfg["in_channels"], cfg["conv"])
+        stem_pad = conv_padding(pad, "stem", first.stride)
         self.first_conv = ConvBlock(first.in_channels, first.out_channels, first.stride, act,
-                                    dtype)  # fmt: skip
+                                    dtype, stem_pad, eps)  # fmt: skip
         block = ConvBlock if cfg["conv"] == "full" else DepthwiseSeparableConv
         for st in rows:
             blocks = [
                 block(st.in_channels if i == 0 else st.out_channels, st.out_channels,
-                      st.stride if i == 0 else 1, act, dtype)
+                      st.stride if i == 0 else 1, act, dtype,
+                      conv_padding(pad, "block", st.stride if i == 0 else 1), eps)
                 for i in range(st.repeats)
             ]  # fmt: skip
             # a stage of several blocks is a ModuleList, as in the reference implementation
@@ -364,7 +411,12 @@ class MobileNetV1(Module):
                 f"{op}: x must hold at least one image of at least 1x1 pixels (MobileNetV1"
                 f" takes any H, W >= 1), got shape {x.shape}"
             )
-        fh, fw = -(-h // 32), -(-w // 32)  # five stride-2 stages: H -> ceil(H / 32)
+        fh, fw = (final_size(s, self.config["padding"]) for s in (h, w))
+        if fh < 1 or fw < 1:
+            raise ValueError(
+                f"{op}: x of shape {x.shape} is too small for padding='keras': each stride-2"
+                " block maps H to floor(H / 2), so H and W must be at least 31"
+            )
         if self.training and n * fh * fw <= 1:
             raise ValueError(
                 f"{op}: in training mode batch norm needs more than one value per channel, but x"

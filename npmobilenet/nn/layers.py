@@ -22,6 +22,7 @@ from npmobilenet import ops
 from npmobilenet._geometry import output_size
 from npmobilenet.nn.module import SPENT, Module
 from npmobilenet.nn.parameter import Parameter
+from npmobilenet.ops import conv as conv_ops
 from npmobilenet.ops.activations import ACTIVATIONS
 
 
@@ -78,8 +79,9 @@ def _writable_like(a, shape, dtype) -> bool:
             and a.flags.c_contiguous and a.flags.writeable)  # fmt: skip
 
 
-def _uniform_init(rng, shape, fan_in: int, dtype) -> np.ndarray:
+def _uniform_init(rng, shape, fan_in: int, dtype, op: str = "layer") -> np.ndarray:
     """PyTorch's default layer init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), drawn in float64."""
+    chk.output_fits(op, shape, np.float64, "weight")  # refuse a weight no machine could hold
     bound = 1.0 / math.sqrt(fan_in)
     return rng.uniform(-bound, bound, size=shape).astype(dtype)
 
@@ -88,8 +90,11 @@ class Conv2d(Module):
     """2-D convolution. weight ``(K, C/G, kH, kW)``, bias ``(K,)`` or None.
 
     ``(N, C, H, W) -> (N, K, OH, OW)``. ``groups=C`` with ``K=C`` is a depthwise convolution.
-    ``method`` is passed to :func:`npmobilenet.ops.conv2d_forward` (``"auto"``, ``"direct"``,
-    ``"im2col"``). Default init is PyTorch's: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+    ``padding``: an int or (h, w) pair (symmetric), a (top, bottom, left, right) 4-tuple,
+    ``"valid"``, ``"same"`` (PyTorch's, stride 1) or ``"tf_same"`` (TensorFlow's "SAME" at any
+    stride), as :func:`npmobilenet.ops.conv2d_forward`. ``method`` is passed to that op
+    (``"auto"``, ``"direct"``, ``"im2col"``). Default init is PyTorch's:
+    U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
     """
 
     def __init__(
@@ -119,16 +124,19 @@ class Conv2d(Module):
         self.kernel_size = chk.pair(op, "kernel_size", kernel_size, 1)
         self.stride = chk.pair(op, "stride", stride, 1)
         self.dilation = chk.pair(op, "dilation", dilation, 1)
-        self.padding = (
-            padding if padding in ("same", "valid") else chk.pair(op, "padding", padding, 0)
-        )
+        if isinstance(padding, str):
+            self.padding = chk.choice(op, "padding", padding, conv_ops.PADDING_MODES)
+        elif isinstance(padding, (tuple, list)) and len(padding) == 4:  # (top, bottom, left, right)
+            self.padding = tuple(chk.integer(op, "padding", p, 0) for p in padding)
+        else:
+            self.padding = chk.pair(op, "padding", padding, 0)
         self.method = method
         dtype = float_dtype(op, dtype)
         rng = as_generator(rng)
         kh, kw = self.kernel_size
         fan_in = in_channels // groups * kh * kw
         self.weight = Parameter(
-            _uniform_init(rng, (out_channels, in_channels // groups, kh, kw), fan_in, dtype)
+            _uniform_init(rng, (out_channels, in_channels // groups, kh, kw), fan_in, dtype, op)
         )
         bias = chk.flag(op, "bias", bias)
         self.bias = Parameter(_uniform_init(rng, (out_channels,), fan_in, dtype)) if bias else None
@@ -176,12 +184,14 @@ class Conv2d(Module):
 
     def output_shape(self, in_shape: tuple) -> tuple:
         n, _, h, w = in_shape
-        if self.padding == "same":
-            return (n, self.out_channels, h, w)
-        pad = (0, 0) if self.padding == "valid" else self.padding
+        pad = conv_ops.resolve_padding(
+            "Conv2d", self.padding, self.kernel_size, self.dilation, self.stride, (h, w)
+        )
         sizes = [
-            output_size(size, k, s, p, d)
-            for size, k, s, p, d in zip((h, w), self.kernel_size, self.stride, pad, self.dilation)
+            output_size(size, k, s, p, d)  # p: (before, after) along the axis
+            for size, k, s, p, d in zip(
+                (h, w), self.kernel_size, self.stride, (pad[0:2], pad[2:4]), self.dilation
+            )
         ]
         return (n, self.out_channels, *sizes)
 
@@ -209,6 +219,7 @@ class BatchNorm2d(Module):
         self.eps = chk.number(op, "eps", eps, low=0.0, low_open=True)
         self.momentum = None if momentum is None else chk.number(op, "momentum", momentum, 0, 1)
         dtype = float_dtype(op, dtype)
+        chk.output_fits(op, (4, num_features), dtype, "parameters and statistics")
         self.weight = Parameter(np.ones(num_features, dtype))
         self.bias = Parameter(np.zeros(num_features, dtype))
         self.register_buffer("running_mean", np.zeros(num_features, dtype))
@@ -474,7 +485,8 @@ class Linear(Module):
         dtype = float_dtype("Linear", dtype)
         bias = chk.flag("Linear", "bias", bias)
         rng = as_generator(rng)
-        self.weight = Parameter(_uniform_init(rng, (out_features, in_features), in_features, dtype))
+        w = _uniform_init(rng, (out_features, in_features), in_features, dtype, "Linear")
+        self.weight = Parameter(w)
         self.bias = (
             Parameter(_uniform_init(rng, (out_features,), in_features, dtype)) if bias else None
         )
@@ -486,8 +498,7 @@ class Linear(Module):
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
         """Differentiates ``ops.linear_forward`` in forward: returns dx, accumulates dW, db."""
-        dx, dw, db = ops.linear_backward(dout, self._take_cache("Linear.backward"))
-        self._cache = SPENT
+        dx, dw, db = _op_backward(self, ops.linear_backward, dout)
         _accumulate(self.weight, dw)
         _accumulate(self.bias, db)
         return dx

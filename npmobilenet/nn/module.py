@@ -232,7 +232,8 @@ class Module:
 
         Every problem is found first and reported in ONE ``ValueError`` (missing and unexpected
         keys when ``strict``; wrong shapes, non-array or non-numeric values always), and then
-        nothing is changed: there is no partial load. Values are cast to the model's dtype
+        nothing is changed: there is no partial load. A missing batch-norm
+        ``num_batches_tracked`` loads as 0 (as in PyTorch). Values are cast to the model's dtype
         (float64 weights load into a float32 model, like ``torch.Tensor.copy_``); a float
         array cannot fill an integer buffer such as ``num_batches_tracked``.
 
@@ -244,6 +245,9 @@ class Module:
                 f"{op}: state must be a mapping of name -> array, got {describe(state)}"
             )
         own = self.state_dict()
+        # A missing batch-norm counter loads as 0, as in PyTorch (files from other libraries)
+        counters = [k for k in own if k not in state and k.endswith(".num_batches_tracked")]
+        state = {**state, **{k: np.zeros((), np.int64) for k in counters}} if counters else state
         missing = [k for k in own if k not in state]
         unexpected = [k for k in state if k not in own]
         problems = []

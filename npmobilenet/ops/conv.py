@@ -53,6 +53,7 @@ from npmobilenet.kernels.tuned import DepthwiseShape, depthwise3x3_kernel
 from npmobilenet.threads import MACS_PER_ELEMENT, SERIAL
 
 METHODS = ("auto", "direct", "im2col")
+PADDING_MODES = ("same", "valid", "tf_same")
 
 
 class Conv2dCache(NamedTuple):
@@ -121,25 +122,43 @@ def _check_arrays(op, x, weight, bias, groups):
     return x4, weight, bias, groups, unbatched
 
 
-def _resolve_padding(op, padding, kernel, dilation, stride):
-    """Turn ``padding`` (int, pair, "same" or "valid") into (top, bottom, left, right).
+def resolve_padding(op, padding, kernel, dilation, stride, size):
+    """Turn ``padding`` into (top, bottom, left, right) for an input of ``size`` (H, W).
 
-    "same" follows PyTorch: the total padding per axis is dilation*(k - 1); an odd total puts
-    the extra pixel at the bottom/right (left = total // 2, right = total - left).
+    int or (h, w) pair: symmetric. 4-tuple: (top, bottom, left, right) as given.
+    "valid": none. "same" follows PyTorch: stride 1 only, total padding per axis
+    dilation*(k - 1), an odd total puts the extra pixel at the bottom/right.
+    "tf_same" is TensorFlow's stride-aware "SAME": the output is ceil(H / s) and the total
+    padding is max((ceil(H/s) - 1)*s + dilation*(k - 1) + 1 - H, 0), the smaller half on
+    top/left (so a stride-2 3x3 conv on an even H pads 0 above and 1 below).
     """
     if isinstance(padding, str):
-        _checks.choice(op, "padding", padding, ("same", "valid"))
+        _checks.choice(op, "padding", padding, PADDING_MODES)
         if padding == "valid":
             return (0, 0, 0, 0)
-        if stride != (1, 1):
+        if padding == "same" and stride != (1, 1):
             raise ValueError(
-                f"{op}: padding='same' needs stride 1 (as in PyTorch), got stride={stride}"
+                f"{op}: padding='same' needs stride 1 (as in PyTorch), got stride={stride};"
+                " padding='tf_same' is TensorFlow's stride-aware rule"
             )
-        (kh, kw), (dil_h, dil_w) = kernel, dilation
-        th, tw = dil_h * (kh - 1), dil_w * (kw - 1)
+        th, tw = (tf_same_total(*a) for a in zip(size, kernel, stride, dilation))
         return (th // 2, th - th // 2, tw // 2, tw - tw // 2)
+    if isinstance(padding, (tuple, list)) and len(padding) == 4:
+        return tuple(_checks.integer(op, f"padding[{i}]", p, 0) for i, p in enumerate(padding))
     ph, pw = _checks.pair(op, "padding", padding, minimum=0)
     return (ph, ph, pw, pw)
+
+
+def tf_same_total(size: int, kernel: int, stride: int, dilation: int = 1) -> int:
+    """TensorFlow "SAME": total padding so that one axis of ``size`` gives ceil(size / stride).
+
+    At stride 1 this is dilation*(k - 1), PyTorch's padding="same".
+    """
+    return max((-(-size // stride) - 1) * stride + window_span(kernel, dilation) - size, 0)
+
+
+# Largest stride, dilation or padding accepted (kernels compute int64 products of them).
+MAX_GEOMETRY = 2**31 - 1
 
 
 def _output_size(op, size, pads, kernel, dilation, stride, axis):
@@ -187,9 +206,11 @@ def conv2d_forward(
 
     x: (N, C, H, W) or unbatched (C, H, W), float32 or float64; N may be 0.
     weight: (K, C/groups, kH, kW), same dtype as x. bias: (K,) or None.
-    stride, dilation: int or (h, w) pair, >= 1. padding: int or (h, w) pair >= 0, or "valid"
-    (no padding) or "same" (output size = input size; stride must be 1; an odd total padding puts
-    the extra row/column at the bottom/right, as PyTorch does).
+    stride, dilation: int or (h, w) pair, >= 1. padding: int or (h, w) pair >= 0, a 4-tuple
+    (top, bottom, left, right), "valid" (no padding), "same" (output size = input size; stride
+    must be 1; an odd total padding puts the extra row/column at the bottom/right, as PyTorch
+    does) or "tf_same" (TensorFlow's "SAME" at any stride: output ceil(H / stride), the extra
+    row/column at the bottom/right).
     groups: splits C and K into groups convolved separately; groups == C gives depthwise
     convolution, and K = m*C with groups = C a depth multiplier m.
     method: "direct", "im2col" or "auto" (see ``choose_method``). All give the same result to
@@ -227,16 +248,21 @@ def _geometry(op, x4, weight, stride, padding, dilation, groups, method):
     stride = _checks.pair(op, "stride", stride, minimum=1)
     dilation = _checks.pair(op, "dilation", dilation, minimum=1)
     kernel = weight.shape[2:]
-    pad = _resolve_padding(op, padding, kernel, dilation, stride)
-    _checks.choice(op, "method", method, METHODS)
     N, _, H, W = x4.shape
+    pad = resolve_padding(op, padding, kernel, dilation, stride, (H, W))
+    for name, v in (("stride", stride), ("dilation", dilation), ("padding", pad)):
+        if max(v) > MAX_GEOMETRY:  # the kernels index with int64 products of these
+            raise ValueError(f"{op}: {name} must be at most {MAX_GEOMETRY}, got {max(v)}")
+    _checks.choice(op, "method", method, METHODS)
     OH = _output_size(op, H, pad[0:2], kernel[0], dilation[0], stride[0], "height")
     OW = _output_size(op, W, pad[2:4], kernel[1], dilation[1], stride[1], "width")
     if method == "auto":
         method = choose_method(x4.shape, weight.shape, stride, pad, groups)
     elif method == "im2col" and _is_pointwise(weight.shape, stride, pad):
         method = "pointwise"
-    return (stride, pad, dilation, groups), method, (N, weight.shape[0], OH, OW)
+    out_shape = (N, weight.shape[0], OH, OW)
+    _checks.output_fits(op, out_shape, x4.dtype)
+    return (stride, pad, dilation, groups), method, out_shape
 
 
 def conv2d_backward(dout, cache, *, dx=None, input_grad=True, weight_grad=True, runner=None):

@@ -189,6 +189,7 @@ def adaptive_avg_pool2d_forward(x, output_size):
     if isinstance(output_size, (tuple, list)) and len(output_size) == 2:
         output_size = tuple(x4.shape[2 + i] if v is None else v for i, v in enumerate(output_size))
     OH, OW = _checks.pair(op, "output_size", output_size, minimum=1)
+    _checks.output_fits(op, (*x4.shape[:2], OH, OW), x4.dtype)
     out = K.window_mean_forward(x4, *K.adaptive_avg_pool2d_windows(*x4.shape[2:], OH, OW))
     return _unbatch(out, batched), AdaptiveAvgPool2dCache(x.dtype, x.shape, (OH, OW))
 

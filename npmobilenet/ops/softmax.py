@@ -80,6 +80,11 @@ def _class_target(target, N, C, ignore_index, batched):
     """Validate integer class targets; return them as an (N,) int64 array."""
     if isinstance(target, numbers.Integral) and not isinstance(target, bool) and not batched:
         target = np.array(target)
+    if not isinstance(target, np.ndarray) or target.dtype.kind not in "iu":
+        raise TypeError(
+            f"{_FWD}: target must be an integer array of class indices or a float array of"
+            f" probabilities, got {_checks.describe(target)}"
+        )
     want = (N,) if batched else ()
     if target.shape != want:
         raise ValueError(

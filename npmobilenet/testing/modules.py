@@ -31,8 +31,9 @@ def module_inputs(module, *, max_batch=3, max_size=8, dtype=None):
     ``Linear`` takes (N, in_features), pooling takes (N, C, H, W); a module made only of
     elementwise layers (ReLU, ReLU6, Dropout) gets (N, C, H, W). Spatial sizes run from 1 to
     ``max_size`` and are kept only when the module's forward runs on them (a deep copy is
-    tried once per size, on the first draw), so a kernel larger than the input or a Flatten
-    feeding a Linear of fixed width only gets sizes that fit. A module with batch norm in
+    tried once per size, on the first draw; the 16 smallest that run are kept), so a kernel
+    larger than the input or a Flatten feeding a Linear of fixed width only gets sizes that
+    fit. A module with batch norm in
     training mode gets N >= 2 (batch statistics need more than one value per channel).
 
     Args:
@@ -67,15 +68,18 @@ def module_inputs(module, *, max_batch=3, max_size=8, dtype=None):
     )
 
 
+_MAX_SIZES = 16  # enough variety for a gradient check; keeps the scan of a whole model short
+
+
 def _image_shapes(module, n, channels, c, max_size, dtype):
-    """(N, C, H, W) with (H, W) among the sizes the module's forward runs on (tried once, on
-    the first draw, with a batch of 2)."""
-    sizes = [
-        (h, w)
-        for h in range(1, max_size + 1)
-        for w in range(1, max_size + 1)
-        if _forward_runs(module, np.zeros((2, c or 1, h, w), dtype))
-    ]
+    """(N, C, H, W) with (H, W) among the smallest sizes the module's forward runs on (tried
+    once, on the first draw, with a batch of 2, smallest area first, up to 16 sizes)."""
+    sizes = []
+    pairs = sorted(((h, w) for h in range(1, max_size + 1) for w in range(1, max_size + 1)),
+                   key=lambda hw: (hw[0] * hw[1], hw))  # fmt: skip
+    for h, w in pairs:
+        if len(sizes) < _MAX_SIZES and _forward_runs(module, np.zeros((2, c or 1, h, w), dtype)):
+            sizes.append((h, w))
     if not sizes:
         raise ValueError(
             f"module_inputs: {type(module).__name__} runs on no input of size up to "

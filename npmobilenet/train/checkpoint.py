@@ -38,7 +38,9 @@ from npmobilenet.optim import join_arrays, split_arrays
 FORMAT = "npmobilenet.checkpoint"
 FORMAT_VERSION = 1
 # Architecture settings that must agree between a checkpoint and the model it is loaded into.
-ARCHITECTURE_KEYS = ("alpha", "num_classes", "in_channels", "conv", "activation", "dtype")
+ARCHITECTURE_KEYS = (
+    "alpha", "num_classes", "in_channels", "conv", "activation", "dtype", "padding", "bn_eps",
+)  # fmt: skip
 
 
 def save_checkpoint(path, model, state: dict, overwrite: bool = False) -> None:

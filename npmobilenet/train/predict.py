@@ -90,8 +90,9 @@ class _Readable:
 
 def input_transform(config: dict, preset=None):
     """The run's evaluation transform (its resolution and normalisation), or a named preset's
-    at the run's resolution."""
+    (``preset``, else the one a converted file records) at the run's resolution."""
     r = config["resolution"]
+    preset = preset or config.get("preset")  # a converted file records its source's preset
     if preset is None:
         return eval_transform(r, config["mean"], config["std"])
     if config["channels"] != 3:

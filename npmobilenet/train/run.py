@@ -47,12 +47,18 @@ from npmobilenet.data import (
 from npmobilenet.data.dataset import resize_bilinear, to_channels
 from npmobilenet.data.digits import stratified_test_indices
 from npmobilenet.data.presets import eval_steps
-from npmobilenet.io.weights import load_state_dict_file, safetensors_metadata, save_state_dict
+from npmobilenet.io.weights import (
+    MODEL_CONFIG,
+    load_model,
+    load_state_dict_file,
+    safetensors_metadata,
+    save_state_dict,
+)
 from npmobilenet.memory import check_fits, estimate_bytes
 from npmobilenet.models import MobileNetV1
 from npmobilenet.optim import OPTIMIZERS, make_optimizer, paper_param_groups
 from npmobilenet.optim.lr_scheduler import CosineAnnealingLR, OneCycleLR
-from npmobilenet.train.checkpoint import check_architecture, load_checkpoint
+from npmobilenet.train.checkpoint import FORMAT, check_architecture, load_checkpoint
 from npmobilenet.train.finetune import (
     freeze_features,
     load_init_weights,
@@ -66,6 +72,7 @@ from npmobilenet.train.trainer import Trainer, evaluate
 CHECKPOINT = "checkpoint.safetensors"
 MODEL = "model.safetensors"
 CONFIG_KEY = "npmobilenet.config"
+CONVENTION_KEYS = ("activation", "padding", "bn_eps")
 # MobileNetV1 divides the input size by 32 (five stride-2 stages).
 MIN_RESOLUTION = 32
 SCHEDULES = ("onecycle", "cosine", "constant")
@@ -104,6 +111,11 @@ DEFAULTS = {
     # finetune.py), train only the classifier.
     "init": None,
     "freeze_features": False,
+    # The model's conventions, taken from the --init weights (a converted Keras or TF model
+    # trains with its own padding rule, batch-norm epsilon and activation).
+    "activation": "relu",
+    "padding": "torch",
+    "bn_eps": 1e-5,
     # The epoch the learning-rate schedule started at: 0, or the epochs of a finished run that
     # ``--resume --epochs N`` extended (the extra epochs get a schedule of their own).
     "schedule_start": 0,
@@ -351,8 +363,13 @@ def _fit_images(data: ArrayDataset, r: int, c: int) -> ArrayDataset:
 def build_model(config: dict) -> MobileNetV1:
     return MobileNetV1(
         alpha=config["alpha"], num_classes=len(config["classes"]), in_channels=config["channels"],
-        dropout=config["dropout"], seed=config["seed"],
+        dropout=config["dropout"], seed=config["seed"], **conventions(config),
     )  # fmt: skip
+
+
+def conventions(config: dict) -> dict:
+    """The model conventions of a run (those of its --init weights; PyTorch's by default)."""
+    return {k: config.get(k, DEFAULTS[k]) for k in CONVENTION_KEYS}
 
 
 def build_optimizer(config: dict, model):
@@ -449,6 +466,8 @@ def train_run(config: dict, out_dir, resume=None, progress="auto", log=print, ov
             init = read_weights(config["init"])
             if config.get("alpha") is None:  # the weights' width, not the recipe's
                 config = {**config, "alpha": weights_alpha(*init)}
+            saved = init[1] or {}
+            config = {**config, **{k: saved[k] for k in CONVENTION_KEYS if k in saved}}
         config = make_config(**config)
         _check_out_dir(out_dir, overwrite)
     check_run_fits(config)
@@ -617,7 +636,11 @@ def save_model(path, model, config: dict) -> None:
 
 
 def load_run(path):
-    """``(model in eval mode, config)`` from a run folder, a checkpoint or a model file."""
+    """``(model in eval mode, config)`` from a run folder, a checkpoint or a model file.
+
+    A weights file of :func:`npmobilenet.io.save_weights` (a model config, no run) gets a run
+    configuration with its class names (``model.labels``) at 224x224 with ImageNet's
+    normalisation (``predict --preset`` chooses another)."""
     path = os.fspath(path)
     if os.path.isdir(path):
         for name in (MODEL, CHECKPOINT):
@@ -638,6 +661,11 @@ def load_run(path):
         config = json.loads(meta[CONFIG_KEY])
         state = load_state_dict_file(path)
         saved_model = json.loads(meta.get("npmobilenet.model_config", "{}"))
+    elif MODEL_CONFIG in meta and FORMAT not in meta:  # save_weights: the model, no run
+        from npmobilenet.interop.convert import run_config
+
+        model = load_model(path)
+        return model, run_config(model, "torchvision")
     else:
         ckpt = load_checkpoint(path)
         config, state, saved_model = ckpt.get("config"), ckpt["model"], ckpt["model_config"]
