@@ -148,7 +148,8 @@ def avg_pool2d_forward(
         raise TypeError(
             f"{op}: count_include_pad must be a bool, got {_checks.describe(count_include_pad)}"
         )
-    out = K.avg_pool2d_forward(x4, *k, *s, *p, *osz, bool(count_include_pad))
+    windows = K.avg_pool2d_windows(*x4.shape[2:], *k, *s, *p, *osz, bool(count_include_pad))
+    out = K.window_mean_forward(x4, *windows)
     cache = AvgPool2dCache(x.dtype, x.shape, k, s, p, bool(count_include_pad), osz)
     return _unbatch(out, batched), cache
 
@@ -165,7 +166,8 @@ def avg_pool2d_backward(dout, cache):
     )
     dout = _checks.dout_like(op, dout, shape[:-2] + osz, dtype)
     d4 = np.ascontiguousarray(dout).reshape((-1, shape[-3]) + osz)  # (N, C, OH, OW)
-    dx = K.avg_pool2d_backward_input(d4, shape[-2], shape[-1], *k, *s, *p, cip)
+    windows = K.avg_pool2d_windows(*shape[-2:], *k, *s, *p, *osz, cip)
+    dx = K.window_mean_backward_input(d4, *windows, *shape[-2:])
     return dx.reshape(shape)
 
 
@@ -188,7 +190,7 @@ def adaptive_avg_pool2d_forward(x, output_size):
         output_size = tuple(x4.shape[2 + i] if v is None else v for i, v in enumerate(output_size))
     OH, OW = _checks.pair(op, "output_size", output_size, minimum=1)
     _checks.output_fits(op, (*x4.shape[:2], OH, OW), x4.dtype)
-    out = K.adaptive_avg_pool2d_forward(x4, OH, OW)
+    out = K.window_mean_forward(x4, *K.adaptive_avg_pool2d_windows(*x4.shape[2:], OH, OW))
     return _unbatch(out, batched), AdaptiveAvgPool2dCache(x.dtype, x.shape, (OH, OW))
 
 
@@ -202,5 +204,6 @@ def adaptive_avg_pool2d_backward(dout, cache):
     dtype, shape, osz = _checks.cache_of(op, cache, AdaptiveAvgPool2dCache, fwd)
     dout = _checks.dout_like(op, dout, shape[:-2] + osz, dtype)
     d4 = np.ascontiguousarray(dout).reshape((-1, shape[-3]) + osz)  # (N, C, OH, OW)
-    dx = K.adaptive_avg_pool2d_backward_input(d4, shape[-2], shape[-1])
+    windows = K.adaptive_avg_pool2d_windows(*shape[-2:], *osz)
+    dx = K.window_mean_backward_input(d4, *windows, *shape[-2:])
     return dx.reshape(shape)

@@ -49,9 +49,9 @@ from npmobilenet.data.digits import stratified_test_indices
 from npmobilenet.data.presets import eval_steps
 from npmobilenet.io.weights import (
     MODEL_CONFIG,
+    file_metadata,
     load_model,
     load_state_dict_file,
-    safetensors_metadata,
     save_state_dict,
 )
 from npmobilenet.memory import check_fits, estimate_bytes
@@ -651,12 +651,7 @@ def load_run(path):
             raise FileNotFoundError(f"{path} holds neither {MODEL} nor {CHECKPOINT}")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint at {path}")
-    with open(path, "rb") as f:
-        head = f.read(1 << 20)
-    try:
-        meta = safetensors_metadata(head)
-    except (ValueError, UnicodeDecodeError):
-        meta = {}
+    meta = file_metadata(path)
     if CONFIG_KEY in meta:
         config = json.loads(meta[CONFIG_KEY])
         state = load_state_dict_file(path)
