@@ -2,7 +2,7 @@
 
 * Each fused kernel against a plain NumPy reference of the same math (no torch).
 * BN folding against conv-then-BN computed the long way.
-* The whole engine (``model.fuse()``) against the seed-shaped PyTorch model in eval mode, with
+* The whole engine (``model.fuse()``) against the reference PyTorch model in eval mode, with
   randomised BN running statistics, float32 and float64, several widths, resolutions,
   activations and input channel counts; and against the model's own eval forward (the module
   path) for what torch's seed model does not cover: ``conv="full"``, per-block activations.
@@ -165,7 +165,7 @@ def test_fold_batch_norm_equals_conv_then_bn(rng):
 
 
 def _seed_model(torch, alpha, classes, in_channels, activation, dtype, seed=0):
-    """The seed-shaped torch model in eval mode with non-trivial BN statistics and affine."""
+    """The reference torch model in eval mode with non-trivial BN statistics and affine."""
     torch.manual_seed(seed)
     model = build_seed_mobilenet(torch, alpha, classes, in_channels, activation)
     model = randomize_batch_norm(torch, model, seed + 1).eval()

@@ -1,7 +1,7 @@
 """Weights on disk in the safetensors format (no pickle anywhere).
 
 A file holds the state_dict: one tensor per key, named exactly as in PyTorch, so a file written
-here loads into the seed-shaped PyTorch model with ``safetensors.torch.load_file`` and a file
+here loads into the reference PyTorch model with ``safetensors.torch.load_file`` and a file
 written from PyTorch with ``safetensors.torch.save_file(model.state_dict(), path)`` loads here.
 
 Writes are atomic: the bytes go to a temporary file in the destination's directory, are flushed
