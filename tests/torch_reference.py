@@ -1,8 +1,8 @@
 """The reference implementation (MobileNetV1 in PyTorch): the independent check of model parity.
 
-Module names are exactly the reference implementation's (`first_conv`,
-`depthwise_sep_conv0..8`, with `depthwise_sep_conv6` a ModuleList of five blocks, `fc`), so its
-state_dict keys are the ones npmobilenet must produce. Differences from the article, all parameter-free: the final softmax is
+Module names are exactly the reference implementation's (`first_conv`, `depthwise_sep_conv0..8`,
+with `depthwise_sep_conv6` a ModuleList of five blocks, `fc`), so its state_dict keys are the ones
+npmobilenet must produce. Differences from the article, all parameter-free: the final softmax is
 left out (the model returns logits, as npmobilenet's does), the debugging prints are gone, and the
 width multiplier, class count, input channels, activation and dropout are arguments instead of
 globals. Dropout (default off) sits between pooling and ``fc``.
