@@ -5,7 +5,7 @@
 For each HTML page of the built site it asserts:
 
 * the maths is rendered: no KaTeX error, and no raw TeX (``\\sum``, ``\\[``, ``\\(``, ``\\frac``)
-  in the visible text outside code blocks;
+  in the visible text outside code blocks; nor a raw Sphinx role (``:func:``) from a docstring;
 * no console error and no uncaught page error;
 * no request that failed or answered >= 400, no image that did not decode, and no same-site link
   (``href``) that answers >= 400;
@@ -34,6 +34,7 @@ from urllib.parse import urljoin, urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 RAW_TEX = ("\\sum", "\\[", "\\(", "\\frac", "\\begin{")
+RAW_ROLES = (":func:", ":class:", ":mod:", ":meth:", ":attr:", ":data:")  # unrendered Sphinx roles
 WIDTH_SLACK = 2  # pixels of rounding allowed at the column's right edge
 
 # Runs in the page: visible text outside code, and elements that stick out of the column
@@ -108,6 +109,7 @@ def check_page(page, url: str, shot: Path, link_status: dict, request) -> list[s
     page.wait_for_timeout(150)  # KaTeX renders on Material's document$ event
     probe = page.evaluate(PAGE_PROBE)
     problems += [f"raw TeX {t!r} in the text" for t in RAW_TEX if t in probe["text"]]
+    problems += [f"raw docstring role {r!r} in the text" for r in RAW_ROLES if r in probe["text"]]
     if probe["katexErrors"] or probe["rawMath"]:
         problems.append(f"{probe['katexErrors']} KaTeX errors, {probe['rawMath']} unrendered")
     problems += [f"image did not load: {src}" for src in probe["badImages"]]

@@ -6,7 +6,7 @@ compilation (not a load from the cache) prints one line to stderr saying so, pro
 most every few seconds, and leaving the block prints the total. A warm run prints nothing.
 
 The announced duration is the compile time measured for the default ``npmobilenet train`` with
-an empty cache on a quiet 2-core machine; the printed total is what this run took.
+an empty cache on a 2-core machine (9 s); the printed total is what this run took.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from contextlib import contextmanager
 
 from numba.core import event
 
-FIRST_RUN_SECONDS = 20  # about: cold-cache compile time of the default `npmobilenet train`
+FIRST_RUN_SECONDS = 10  # about: cold-cache compile time of the default `npmobilenet train`
 PROGRESS_EVERY_S = 3.0
 
 

@@ -68,13 +68,15 @@ def pytest_collection_modifyitems(items) -> None:
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
-    """Before pytest renders a failed check, trim what does not locate the bug: Hypothesis's
-    generated wrapper frame (the test's signature shown a second time), and the checker's own
-    lines in Hypothesis's "lines always and only run by failing test cases" note (the lines
-    that build the report, which only failing checks run)."""
+    """Trim what does not locate the bug from a failed check's report: Hypothesis's generated
+    wrapper frame (the test's signature shown a second time); the checker's own lines in
+    Hypothesis's "lines always and only run by failing test cases" note (the lines that build
+    the report, which only failing checks run); and, in the one-line summary, everything after
+    the message's first line (pytest prints the whole message there under CI)."""
     core = sys.modules.get("npmobilenet.gradcheck.core")  # no check ran if it is not imported
     exc = call.excinfo.value if call.excinfo is not None else None
-    if core is not None and isinstance(exc, core.GradcheckError):
+    failed_check = core is not None and isinstance(exc, core.GradcheckError)
+    if failed_check:
         tb = call.excinfo.traceback
         kept = tb.filter(lambda entry: not entry.frame.f_globals.get("__hypothesistracebackhide__"))
         if len(kept):
@@ -82,7 +84,10 @@ def pytest_runtest_makereport(item, call):
         if getattr(exc, "__notes__", None):
             checker = os.path.dirname(os.path.abspath(core.__file__)) + os.sep
             exc.__notes__ = _without_checker_lines(exc.__notes__, checker)
-    yield
+    outcome = yield
+    crash = getattr(outcome.get_result().longrepr, "reprcrash", None) if failed_check else None
+    if crash is not None and crash.message:
+        crash.message = crash.message.split("\n", 1)[0]
 
 
 _EXPLANATION = "These lines were always and only run by failing test cases:"

@@ -5,6 +5,8 @@
   fails the run (a CI that silently skipped every reference test would prove nothing).
 * Hypothesis profiles: ``ci`` (thorough) under ``CI=true``, ``dev`` (quick) otherwise; override
   with ``HYPOTHESIS_PROFILE``.
+* ``TOL``: tolerances against PyTorch by dtype; ``Residual``: a user-defined block;
+  ``digits_npz``: a small digits ``.npz`` for training runs.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import os
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
+
+from npmobilenet.nn import Module
 
 # CI draws the same examples every run (derandomize), so a red CI is reproducible; locally each
 # run explores new ones (and remembers failures in .hypothesis/).
@@ -61,3 +65,26 @@ TOL = {
     np.float64: dict(rtol=1e-10, atol=1e-12),
     np.float32: dict(rtol=1e-4, atol=1e-5),
 }
+
+
+class Residual(Module):
+    """A user's block that no library code knows: ``x + block(x)``."""
+
+    def __init__(self, block):
+        super().__init__()
+        self.block = block
+
+    def forward(self, x):
+        return x + self.block.forward(x)
+
+
+def digits_npz(folder, n_train, n_test):
+    """The first n_train training and n_test test digits at 32x32, grey, saved as
+    ``folder/digits.npz`` (the arrays ``x, y, x_test, y_test``); returns its path as a str."""
+    from npmobilenet.data import load_digits_dataset
+
+    train, test = load_digits_dataset(32, channels=1)
+    path = folder / "digits.npz"
+    x, y = train.x[:n_train], train.y[:n_train]
+    np.savez(path, x=x, y=y, x_test=test.x[:n_test], y_test=test.y[:n_test])
+    return str(path)

@@ -14,6 +14,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import digits_npz
 
 from npmobilenet.data import DataLoader, load_digits_dataset
 from npmobilenet.io import load_state_dict_file
@@ -29,10 +30,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="module")
 def small_npz(tmp_path_factory):
     """160 train / 40 test digits at 32x32, grey, saved as an .npz."""
-    train, test = load_digits_dataset(32, channels=1)
-    path = tmp_path_factory.mktemp("data") / "digits_small.npz"
-    np.savez(path, x=train.x[:160], y=train.y[:160], x_test=test.x[:40], y_test=test.y[:40])
-    return str(path)
+    return digits_npz(tmp_path_factory.mktemp("data"), 160, 40)
 
 
 def quiet(*_):

@@ -20,7 +20,6 @@ from npmobilenet.kernels.conv_direct import (
     conv2d_direct_backward_weight,
     conv2d_direct_forward,
     conv2d_forward_naive,
-    valid_range,
 )
 from npmobilenet.kernels.tuned.depthwise3x3 import (
     depthwise3x3_backward_input_flat,
@@ -259,18 +258,6 @@ def test_depthwise3x3_stride2_input_grad_matches_naive_loops(size, pads, multipl
     w_flipped = np.ascontiguousarray(w[:, :, ::-1, ::-1])
     depthwise3x3_backward_input_stride2(dout, w_flipped, dx, 2, 2, pt, pl)
     np.testing.assert_allclose(dx - 0.5, dx_n, rtol=1e-12, atol=1e-12)
-
-
-@given(
-    offset=st.integers(-12, 12),
-    stride=st.integers(1, 4),
-    size=st.integers(1, 10),
-    out_size=st.integers(0, 12),
-)
-def test_valid_range_is_exactly_the_in_bounds_outputs(offset, stride, size, out_size):
-    lo, hi = valid_range(offset, stride, size, out_size)
-    inside = [o for o in range(out_size) if 0 <= o * stride + offset < size]
-    assert list(range(lo, hi)) == inside
 
 
 @pytest.mark.parametrize("method", METHODS)

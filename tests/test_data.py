@@ -11,17 +11,19 @@ from PIL import Image
 
 from npmobilenet.data import (
     ArrayDataset,
-    Compose,
     DataLoader,
     ImageFolder,
-    Normalize,
-    RandomCrop,
-    RandomHorizontalFlip,
-    channel_stats,
     load_cifar10,
     load_digits_dataset,
     load_npz,
     resize_bilinear,
+)
+from npmobilenet.data.transforms import (
+    Compose,
+    Normalize,
+    RandomCrop,
+    RandomHorizontalFlip,
+    channel_stats,
 )
 
 # ----- digits ---------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """The exercise checker passes right learner answers and catches wrong ones.
 
 The answers in ``tests/exercise_solutions/`` are written independently of the library (plain
-loops, or the computation graph step by step); each wrong one makes a single typical mistake.
+loops, or the computation graph step by step); each wrong one makes a single typical mistake,
+either as a file of its own or as one edit of a right answer (``exercise_solutions/mistakes.py``).
 """
 
 from __future__ import annotations
@@ -9,23 +10,24 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from exercise_solutions.mistakes import MISTAKES, write_wrong
 
 from npmobilenet import cli, exercises
 
 SOLUTIONS = Path(__file__).resolve().parent / "exercise_solutions"
 RIGHT = sorted(SOLUTIONS.glob("right_*.py"))
-WRONG = sorted(SOLUTIONS.glob("wrong_*.py"))
+WRONG = sorted(p.stem for p in SOLUTIONS.glob("wrong_*.py")) + [f"wrong_{m}" for m in MISTAKES]
 
 
-def exercise_of(path: Path) -> str:
-    stem = path.stem.split("_", 1)[1]
+def exercise_of(path) -> str:
+    stem = Path(path).stem.split("_", 1)[1]
     return next(name for name in exercises.EXERCISES if stem.startswith(name))
 
 
 def test_every_exercise_has_right_and_wrong_answers_and_a_skeleton():
     names = set(exercises.EXERCISES)
     assert {exercise_of(p) for p in RIGHT} == names
-    assert {exercise_of(p) for p in WRONG} == names
+    assert {exercise_of(stem) for stem in WRONG} == names
     assert {p.stem for p in exercises.SKELETONS.glob("*.py")} - {"__init__"} == names
 
 
@@ -36,8 +38,16 @@ def test_checker_passes_a_right_answer(path):
     assert result.examples >= 20  # it really drew configurations
 
 
-@pytest.mark.parametrize("path", WRONG, ids=lambda p: p.stem)
-def test_checker_catches_a_wrong_answer(path):
+def wrong_answer(stem: str, directory: Path) -> Path:
+    """The wrong answer ``stem``: its own file, or a right answer with one edit."""
+    if (SOLUTIONS / f"{stem}.py").exists():
+        return SOLUTIONS / f"{stem}.py"
+    return write_wrong(stem.removeprefix("wrong_"), directory)
+
+
+@pytest.mark.parametrize("stem", WRONG)
+def test_checker_catches_a_wrong_answer(stem, tmp_path):
+    path = wrong_answer(stem, tmp_path)
     name = exercise_of(path)
     result = exercises.check(name, path, max_examples=40)
     assert not result.passed
@@ -45,12 +55,13 @@ def test_checker_catches_a_wrong_answer(path):
     assert "FAILED" in str(result) and "smallest failing case" in str(result)
 
 
-def test_failing_case_is_shrunk_to_the_mistake():
+def test_failing_case_is_shrunk_to_the_mistake(tmp_path):
     # Ignoring the stride is only visible with stride > 1; shrinking finds the smallest such case.
-    result = exercises.check("depthwise_forward", SOLUTIONS / "wrong_depthwise_forward_stride.py")
+    wrong = write_wrong("depthwise_forward_stride", tmp_path)
+    result = exercises.check("depthwise_forward", wrong)
     assert result.config["stride"] == 2 and result.config["N"] == 1 and result.config["C"] == 1
     # Overwriting instead of accumulating dx only shows where windows overlap (stride < k).
-    wrong = SOLUTIONS / "wrong_depthwise_backward_overwrite.py"
+    wrong = write_wrong("depthwise_backward_overwrite", tmp_path)
     result = exercises.check("depthwise_backward", wrong)
     assert result.config["stride"] < result.config["k"]
     assert result.problem.startswith("dx")
@@ -90,7 +101,7 @@ def test_cli_list_start_check(tmp_path, capsys):
     assert "exists already" in capsys.readouterr().err
     assert cli.main(["exercise", "check", "fold_bn", str(SOLUTIONS / "right_fold_bn.py")]) == 0
     assert "passed on" in capsys.readouterr().out
-    wrong = SOLUTIONS / "wrong_fold_bn_no_eps.py"
+    wrong = write_wrong("fold_bn_no_eps", tmp_path / "answers")
     assert cli.main(["exercise", "check", "fold_bn", str(wrong)]) == 1
     out = capsys.readouterr().out
     assert "smallest failing case: K=1, Cg=1, k=1" in out and "hint: scale = gamma" in out

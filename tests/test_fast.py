@@ -2,7 +2,7 @@
 
 * Each fused kernel against a plain NumPy reference of the same math (no torch).
 * BN folding against conv-then-BN computed the long way.
-* The whole engine (``model.fuse()``) against the seed-shaped PyTorch model in eval mode, with
+* The whole engine (``model.fuse()``) against the reference PyTorch model in eval mode, with
   randomised BN running statistics, float32 and float64, several widths, resolutions,
   activations and input channel counts; and against the model's own eval forward (the module
   path) for what torch's seed model does not cover: ``conv="full"``, per-block activations.
@@ -15,7 +15,7 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import TOL
+from conftest import TOL, Residual
 from hypothesis import given
 from hypothesis import strategies as st
 from torch_reference import build_seed_mobilenet, randomize_batch_norm
@@ -41,7 +41,6 @@ from npmobilenet.nn import (
     Conv2d,
     Dropout,
     Linear,
-    Module,
     ModuleList,
     ReLU,
     ReLU6,
@@ -166,7 +165,7 @@ def test_fold_batch_norm_equals_conv_then_bn(rng):
 
 
 def _seed_model(torch, alpha, classes, in_channels, activation, dtype, seed=0):
-    """The seed-shaped torch model in eval mode with non-trivial BN statistics and affine."""
+    """The reference torch model in eval mode with non-trivial BN statistics and affine."""
     torch.manual_seed(seed)
     model = build_seed_mobilenet(torch, alpha, classes, in_channels, activation)
     model = randomize_batch_norm(torch, model, seed + 1).eval()
@@ -401,21 +400,12 @@ def test_each_block_keeps_its_own_activation(rng):
     assert np.abs(model.fuse()(x) - relu_everywhere).max() > 1e-6  # the clamp changed the logits
 
 
-class _Residual(Module):
-    def __init__(self, block):
-        super().__init__()
-        self.block = block
-
-    def forward(self, x):
-        return x + self.block.forward(x)
-
-
 def test_unknown_module_is_named_with_its_path_and_type(rng):
     model = _model(rng)
     inner = model.depthwise_sep_conv6[2]
     model.depthwise_sep_conv6 = ModuleList([*list(model.depthwise_sep_conv6)[:2],
-                                            _Residual(inner)])  # fmt: skip
-    with pytest.raises(UnsupportedModuleError, match=r"depthwise_sep_conv6\.2 \(_Residual\)"):
+                                            Residual(inner)])  # fmt: skip
+    with pytest.raises(UnsupportedModuleError, match=r"depthwise_sep_conv6\.2 \(Residual\)"):
         model.fuse()
     model = _model(rng)
     model.depthwise_sep_conv2.relu0 = Dropout(0.0)

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import TOL
+from conftest import TOL, Residual
 
 from npmobilenet import ops
 from npmobilenet.data import ArrayDataset, DataLoader, load_digits_dataset
 from npmobilenet.models import MobileNetV1
-from npmobilenet.nn import BatchNorm2d, Module
+from npmobilenet.nn import BatchNorm2d
 from npmobilenet.optim import SGD
 from npmobilenet.train import Trainer, evaluate
 
@@ -92,20 +92,9 @@ def test_predict_proba_in_training_mode_uses_the_module_path(monkeypatch):
         model.predict_proba(data.x)
 
 
-class _Residual(Module):
-    """A user's block the engine does not know: ``x + block(x)``."""
-
-    def __init__(self, block):
-        super().__init__()
-        self.block = block
-
-    def forward(self, x):
-        return x + self.block.forward(x)
-
-
 def test_a_model_the_engine_cannot_fuse_is_evaluated_by_its_own_forward():
     model, data = _model(), _data()
-    model.depthwise_sep_conv4 = _Residual(model.depthwise_sep_conv4)
+    model.depthwise_sep_conv4 = Residual(model.depthwise_sep_conv4)
     calls = []
     forward = model.forward
     model.forward = lambda x: calls.append(len(x)) or forward(x)

@@ -104,6 +104,17 @@ def test_saved_file_has_ordinary_permissions_and_its_folder_is_created(tmp_path)
     assert (path.stat().st_mode & 0o777) == (reference.stat().st_mode & 0o777) == 0o644
 
 
+def _assert_load_fails_and_changes_nothing(path, match):
+    """load_weights(model, path) raises a ValueError matching ``match`` and leaves every
+    parameter and buffer of the model as it was."""
+    model = _model(seed=3)
+    before = {k: v.copy() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=match):
+        load_weights(model, path)
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+
+
 @pytest.mark.parametrize(
     "content",
     [b"", b"not a safetensors file at all", b"\x00" * 7, "truncated"],
@@ -115,13 +126,9 @@ def test_unreadable_file_is_a_clear_error_and_changes_nothing(tmp_path, content)
         save_weights(_model(seed=1), path)
         content = path.read_bytes()[:-100]
     path.write_bytes(content)
-    model = _model(seed=3)
-    before = {k: v.copy() for k, v in model.state_dict().items()}
-    with pytest.raises(ValueError, match=r"load_state_dict_file: .*bad.safetensors is not a"
-                       r" readable safetensors file"):  # fmt: skip
-        load_weights(model, path)
-    for k, v in model.state_dict().items():
-        np.testing.assert_array_equal(v, before[k])
+    _assert_load_fails_and_changes_nothing(
+        path, r"load_state_dict_file: .*bad.safetensors is not a readable safetensors file"
+    )
 
 
 def test_npz_file_is_rejected(tmp_path):
@@ -140,13 +147,11 @@ def test_missing_file():
 def test_weights_of_another_architecture_load_nothing(tmp_path):
     path = tmp_path / "w.safetensors"
     save_weights(MobileNetV1(alpha=0.5, num_classes=6), path)
-    model = _model(seed=3)
-    before = {k: v.copy() for k, v in model.state_dict().items()}
-    with pytest.raises(ValueError, match=r"(?s)problem\(s\), nothing was loaded.*fc.weight: shape"
-                       r" \(6, 512\) in the state, \(6, 256\) in the model"):  # fmt: skip
-        load_weights(model, path)
-    for k, v in model.state_dict().items():
-        np.testing.assert_array_equal(v, before[k])
+    _assert_load_fails_and_changes_nothing(
+        path,
+        r"(?s)problem\(s\), nothing was loaded.*fc.weight: shape"
+        r" \(6, 512\) in the state, \(6, 256\) in the model",
+    )
 
 
 def test_non_strict_load_reports_keys(tmp_path):

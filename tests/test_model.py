@@ -1,6 +1,6 @@
-"""MobileNetV1 without torch: architecture and trace against the seed article, initialisation,
-reproducibility, dtypes, predict_proba, dropout, gradient accumulation, and the whole-model
-gradient check (gradcheck fast mode, float64) in train and in eval mode."""
+"""MobileNetV1 without torch: architecture and trace against the reference implementation,
+initialisation, reproducibility, dtypes, predict_proba, dropout, gradient accumulation, and the
+whole-model gradient check (gradcheck fast mode, float64) in train and in eval mode."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from npmobilenet.gradcheck import GradcheckError, check_grad
 from npmobilenet.models import MobileNetV1
 from npmobilenet.nn import BatchNorm2d, Conv2d
 
-# The seed article's Codeblock 9 output at alpha 1, 224x224, batch 1 (softmax row dropped: our
-# model returns logits; our dropout stage is the identity here).
+# The reference implementation's printed shapes at alpha 1, 224x224, batch 1 (softmax row
+# dropped: our model returns logits; our dropout stage is the identity here).
 SEED_TRACE = [
     ("first_conv", (1, 32, 112, 112)),
     ("depthwise_sep_conv0", (1, 64, 112, 112)),

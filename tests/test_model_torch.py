@@ -1,4 +1,4 @@
-"""Whole-model parity with the seed-shaped PyTorch MobileNetV1 (tests/torch_reference.py):
+"""Whole-model parity with the reference PyTorch MobileNetV1 (tests/torch_reference.py):
 identical state_dict keys, weights exchanged both ways, eval forward, and a training step
 (forward, cross-entropy, backward: dx, every named gradient, updated running statistics)."""
 

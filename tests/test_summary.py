@@ -1,5 +1,5 @@
-"""The summary against the MobileNets paper's tables, the seed article's torchinfo output and
-PyTorch's own layer shapes; and the ``npmobilenet summary`` command line.
+"""The summary against the MobileNets paper's tables, the reference implementation's torchinfo
+output and PyTorch's own layer shapes; and the ``npmobilenet summary`` command line.
 
 Paper figures (Howard et al. 2017): Table 6 (width multiplier), Table 7 (resolution), Table 4
 (full convolutions), Table 2 (share of each layer type). Counting convention: mult-adds of
@@ -32,7 +32,7 @@ TABLE_2 = {
 
 def test_seed_total_params_at_alpha_1():
     s = MobileNetV1().summary(input_size=(3, 224, 224))
-    assert s.total_params == 4_231_976  # the seed article's torchinfo total
+    assert s.total_params == 4_231_976  # the reference implementation's torchinfo total
     assert s.trainable_params == 4_231_976 and s.non_trainable_params == 0
     assert "Total params: 4,231,976" in str(s)
 
@@ -78,7 +78,7 @@ def test_table_2_share_by_layer_type():
 
 def test_rows_match_the_seed_articles_torchinfo_table():
     rows = {r.name: r for r in MobileNetV1().summary().rows}
-    # (name, output shape, params) copied from the seed article's Codeblock 10 output.
+    # (name, output shape, params) copied from the reference implementation's torchinfo output.
     expected = [
         ("first_conv.conv", (1, 32, 112, 112), 864),
         ("first_conv.bn", (1, 32, 112, 112), 64),

@@ -9,9 +9,9 @@ import os
 
 import numpy as np
 import pytest
+from conftest import digits_npz
 
 from npmobilenet.cli import main
-from npmobilenet.data import load_digits_dataset
 from npmobilenet.train import make_config, train_run
 
 
@@ -39,10 +39,7 @@ def fails(args, capsys, match):
 
 @pytest.fixture(scope="module")
 def small_npz(tmp_path_factory):
-    train, test = load_digits_dataset(32, channels=1)
-    path = tmp_path_factory.mktemp("data") / "small.npz"
-    np.savez(path, x=train.x[:96], y=train.y[:96], x_test=test.x[:30], y_test=test.y[:30])
-    return str(path)
+    return digits_npz(tmp_path_factory.mktemp("data"), 96, 30)
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
-"""The seed article's MobileNetV1 in PyTorch: the independent reference for model parity.
+"""The reference implementation (MobileNetV1 in PyTorch): the independent check of model parity.
 
-Module names are exactly the seed article's (`first_conv`, `depthwise_sep_conv0..8`, with
-`depthwise_sep_conv6` a ModuleList of five blocks, `fc`), so its state_dict keys are the ones
+Module names are exactly the reference implementation's (`first_conv`, `depthwise_sep_conv0..8`,
+with `depthwise_sep_conv6` a ModuleList of five blocks, `fc`), so its state_dict keys are the ones
 npmobilenet must produce. Differences from the article, all parameter-free: the final softmax is
 left out (the model returns logits, as npmobilenet's does), the debugging prints are gone, and the
 width multiplier, class count, input channels, activation and dropout are arguments instead of
@@ -16,7 +16,7 @@ from __future__ import annotations
 def build_seed_mobilenet(
     torch, alpha=1.0, num_classes=1000, in_channels=3, activation="relu", dropout=0.0
 ):
-    """Return the seed-shaped ``torch.nn.Module`` (in train mode, torch's default init)."""
+    """Return the reference ``torch.nn.Module`` (in train mode, torch's default init)."""
     nn = torch.nn
 
     def act():

@@ -13,7 +13,18 @@ import numpy as np
 from npmobilenet._checks import describe, float_array, integer
 
 
-class ArrayDataset:
+class Labelled:
+    """Shared by the datasets: ``y``, the int64 labels ``(N,)``, and ``classes``, their names."""
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+class ArrayDataset(Labelled):
     """``ArrayDataset(x, y, classes=None)``: images ``(N, C, H, W)`` and labels ``(N,)``.
 
     ``classes`` (names, one per class) defaults to ``["0", "1", ...]`` up to the largest label.
@@ -28,13 +39,6 @@ class ArrayDataset:
         classes = [str(c) for c in classes]
         check_label_range(name, "y", y, len(classes))
         self.x, self.y, self.classes = x, y, classes
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    def __len__(self) -> int:
-        return len(self.y)
 
     def __getitem__(self, idx):
         """``(x[idx], y[idx])``; ``idx`` an int, slice or integer array."""

@@ -24,7 +24,7 @@ import warnings
 import numpy as np
 
 from npmobilenet._checks import integer
-from npmobilenet.data.dataset import ArrayDataset, check_channels, check_resolution
+from npmobilenet.data.dataset import ArrayDataset, Labelled, check_channels, check_resolution
 from npmobilenet.data.decode import decode, header_mode, is_grey, pil, unreadable
 
 OP = "ImageFolder"
@@ -51,7 +51,7 @@ class ImageCache:
                 self.used += array.nbytes
 
 
-class ImageFiles:
+class ImageFiles(Labelled):
     """Image files with labels, decoded on demand: ``files`` (paths), ``y`` ``(N,)`` int64,
     ``classes``, ``channels`` (1 or 3).
 
@@ -67,13 +67,6 @@ class ImageFiles:
         self.channels = check_channels(OP, channels)
         self.cache, self.warn = cache, warn
         self.skipped = skipped if skipped is not None else []
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    def __len__(self) -> int:
-        return len(self.files)
 
     def __getitem__(self, idx):
         if isinstance(idx, slice):

@@ -20,6 +20,7 @@ import numpy as np
 
 from npmobilenet._checks import choice, describe, integer, number
 from npmobilenet.data.decode import pil
+from npmobilenet.data.transforms import callables
 
 INTERPOLATIONS = ("bilinear", "bicubic")
 
@@ -195,10 +196,7 @@ class ImageTransform:
     """
 
     def __init__(self, steps):
-        self.steps = list(steps)
-        for i, t in enumerate(self.steps):
-            if not callable(t):
-                raise TypeError(f"ImageTransform: steps[{i}] must be callable, got {describe(t)}")
+        self.steps = callables("ImageTransform", "steps", steps)
 
     def __call__(self, images, rng=None):
         Image = pil("ImageTransform")

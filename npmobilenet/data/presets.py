@@ -30,14 +30,7 @@ from typing import NamedTuple
 import numpy as np
 
 from npmobilenet._checks import choice, describe, integer, number
-from npmobilenet.data.image import (
-    CenterCrop,
-    ColorJitter,
-    HorizontalFlip,
-    ImageTransform,
-    RandomResizedCrop,
-    Resize,
-)
+from npmobilenet.data import image
 from npmobilenet.data.transforms import Compose, Normalize
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -65,24 +58,25 @@ def resize_size(size: int, crop_pct: float = CROP_PCT) -> int:
     return int(math.floor(size / crop_pct))
 
 
-def eval_steps(size, crop_pct=CROP_PCT, interpolation="bilinear") -> ImageTransform:
+def eval_steps(size, crop_pct=CROP_PCT, interpolation="bilinear") -> image.ImageTransform:
     """``Resize(floor(size / crop_pct))`` then ``CenterCrop(size)``: images to ``(N, C, size,
     size)`` float32 in [0, 1], not yet normalised."""
     size = integer("eval_transform", "size", size, minimum=1)
     crop_pct = number("eval_transform", "crop_pct", crop_pct, 0, 1, low_open=True)
-    return ImageTransform([Resize(resize_size(size, crop_pct), interpolation), CenterCrop(size)])
+    steps = [image.Resize(resize_size(size, crop_pct), interpolation), image.CenterCrop(size)]
+    return image.ImageTransform(steps)
 
 
-def train_transform(size, interpolation="bilinear", flip=True, jitter=0.0) -> ImageTransform:
+def train_transform(size, interpolation="bilinear", flip=True, jitter=0.0) -> image.ImageTransform:
     """``RandomResizedCrop(size)``, a horizontal flip (if ``flip``) and, if ``jitter`` > 0,
     ``ColorJitter(jitter, jitter, jitter)``: images to ``(N, C, size, size)`` float32 in
     [0, 1], not yet normalised."""
-    steps = [RandomResizedCrop(size, interpolation=interpolation)]
+    steps = [image.RandomResizedCrop(size, interpolation=interpolation)]
     if flip:
-        steps.append(HorizontalFlip())
+        steps.append(image.HorizontalFlip())
     if jitter:
-        steps.append(ColorJitter(jitter, jitter, jitter))
-    return ImageTransform(steps)
+        steps.append(image.ColorJitter(jitter, jitter, jitter))
+    return image.ImageTransform(steps)
 
 
 def eval_transform(size, mean, std, crop_pct=CROP_PCT, interpolation="bilinear") -> Compose:

@@ -12,14 +12,20 @@ import numpy as np
 from npmobilenet._checks import describe, float_array, integer, number, pair
 
 
+def callables(op, name, values):
+    """``values`` as a list, checked to hold only callables (the steps of a pipeline)."""
+    values = list(values)
+    for i, t in enumerate(values):
+        if not callable(t):
+            raise TypeError(f"{op}: {name}[{i}] must be callable, got {describe(t)}")
+    return values
+
+
 class Compose:
     """Apply ``transforms`` in order, all with the same generator."""
 
     def __init__(self, transforms):
-        self.transforms = list(transforms)
-        for i, t in enumerate(self.transforms):
-            if not callable(t):
-                raise TypeError(f"Compose: transforms[{i}] must be callable, got {describe(t)}")
+        self.transforms = callables("Compose", "transforms", transforms)
 
     def __call__(self, x, rng=None):
         for t in self.transforms:

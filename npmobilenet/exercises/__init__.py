@@ -22,6 +22,17 @@ from pathlib import Path
 from npmobilenet.exercises import catalog
 from npmobilenet.exercises.catalog import Exercise
 
+__all__ = [
+    "EXERCISES",
+    "CheckResult",
+    "check",
+    "check_function",
+    "get",
+    "load_function",
+    "reference",
+    "start",
+]
+
 SKELETONS = Path(__file__).resolve().parent / "skeletons"
 
 EXERCISES = {

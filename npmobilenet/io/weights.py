@@ -1,7 +1,7 @@
 """Weights on disk in the safetensors format (no pickle anywhere).
 
 A file holds the state_dict: one tensor per key, named exactly as in PyTorch, so a file written
-here loads into the seed-shaped PyTorch model with ``safetensors.torch.load_file`` and a file
+here loads into the reference PyTorch model with ``safetensors.torch.load_file`` and a file
 written from PyTorch with ``safetensors.torch.save_file(model.state_dict(), path)`` loads here.
 
 Writes are atomic: the bytes go to a temporary file in the destination's directory, are flushed
@@ -257,6 +257,15 @@ def read_safetensors_header(path) -> dict:
     return header
 
 
+def file_metadata(path) -> dict:
+    """The ``__metadata__`` of a safetensors file's header; ``{}`` when the file has none or
+    is not a readable safetensors file (its loader then says what is wrong with it)."""
+    try:
+        return read_safetensors_header(path).get("__metadata__") or {}
+    except (OSError, ValueError):
+        return {}
+
+
 _MAX_HEADER = 100_000_000  # safetensors' own limit on the header size
 # The header entry holding ``model.config`` (JSON), as in a training run's model.safetensors,
 # and the MobileNetV1 arguments load_model rebuilds from it.
@@ -305,7 +314,7 @@ def load_weights(model, path, strict: bool = True):
 
 def saved_config(path) -> dict | None:
     """The model config a weights file records (None for a file without one)."""
-    meta = read_safetensors_header(path).get("__metadata__") or {}
+    meta = file_metadata(path)
     try:
         config = json.loads(meta[MODEL_CONFIG]) if MODEL_CONFIG in meta else None
     except ValueError:
@@ -317,7 +326,7 @@ def saved_config(path) -> dict | None:
 
 def saved_labels(path) -> list[str] | None:
     """The class names a weights file records (None if it has none)."""
-    meta = read_safetensors_header(path).get("__metadata__") or {}
+    meta = file_metadata(path)
     try:
         labels = json.loads(meta["labels"]) if "labels" in meta else None
     except ValueError:

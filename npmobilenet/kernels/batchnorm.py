@@ -66,6 +66,13 @@ def channel_stats_naive(x):
     return x64.mean(axis=(0, 2)), x64.var(axis=(0, 2))
 
 
+@njit(cache=True, nogil=True, inline="always", fastmath=REASSOC)
+def _affine_row(x, out, n, c, a, b):
+    """out[n, c, i] = x[n, c, i] * a + b for every i: one (image, channel) row."""
+    for i in range(x.shape[2]):
+        out[n, c, i] = x[n, c, i] * a + b
+
+
 @njit(cache=True, nogil=True, fastmath=REASSOC)
 def scale_shift(x, scale, shift, out):
     """out[n, c, i] = x[n, c, i] * scale[c] + shift[c].
@@ -76,15 +83,56 @@ def scale_shift(x, scale, shift, out):
     N, C, L = x.shape
     for n in range(N):
         for c in range(C):
-            a = scale[c]
-            b = shift[c]
-            for i in range(L):
-                out[n, c, i] = x[n, c, i] * a + b
+            _affine_row(x, out, n, c, scale[c], shift[c])
 
 
 def scale_shift_naive(x, scale, shift, out):
     """NumPy reference for :func:`scale_shift`."""
     out[...] = x * scale[None, :, None] + shift[None, :, None]
+
+
+# The gradient that reaches batch norm at element (n, c, i): dout itself, or, for a BN fused with
+# the ReLU / ReLU6 after it, 0 where ``out <= 0`` (or ``out >= 6`` for ReLU6) and dout elsewhere
+# (PyTorch's convention: a NaN passes). The mask is a select between two values of dout's dtype
+# so that LLVM vectorises the loops using it (a branch or a mixed-type zero made them 2-4x
+# slower). ``out`` is the activation's output and ``zero`` a 0 of dout's dtype (both None
+# where nothing masks dout).
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _grad(dout, out, n, c, i, zero):
+    return dout[n, c, i]
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _grad_relu(dout, out, n, c, i, zero):
+    return zero if out[n, c, i] <= 0 else dout[n, c, i]
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _grad_relu6(dout, out, n, c, i, zero):
+    o = out[n, c, i]
+    return zero if (o <= 0) | (o >= 6) else dout[n, c, i]
+
+
+@njit(cache=True, nogil=True, inline="always", fastmath=REASSOC)
+def _grad_sums(grad, dout, out, zero, x, mean):
+    """sum(g) and sum(g * (x - mean)) per channel, (C,) float64 each, g = grad(dout, out, ...)."""
+    N, C, L = x.shape
+    sum_dy = np.zeros(C, dtype=np.float64)
+    sum_dy_xmu = np.zeros(C, dtype=np.float64)
+    for n in range(N):  # memory order: images outer (channel-outer was 1.2-2.3x slower)
+        for c in range(C):
+            mu = mean[c]
+            s = 0.0
+            t = 0.0
+            for i in range(L):
+                g = grad(dout, out, n, c, i, zero)
+                s += g
+                t += g * (x[n, c, i] - mu)
+            sum_dy[c] += s
+            sum_dy_xmu[c] += t
+    return sum_dy, sum_dy_xmu
 
 
 @njit(cache=True, nogil=True, fastmath=REASSOC)
@@ -93,21 +141,7 @@ def grad_sums(dout, x, mean):
 
     dout, x: (N, C, L) of one dtype; mean: (C,) float64. Returns two (C,) float64 arrays.
     """
-    N, C, L = x.shape
-    sum_dy = np.zeros(C, dtype=np.float64)
-    sum_dy_xmu = np.zeros(C, dtype=np.float64)
-    for n in range(N):  # memory order, images outer (as in grad_sums_act)
-        for c in range(C):
-            mu = mean[c]
-            s = 0.0
-            t = 0.0
-            for i in range(L):
-                g = dout[n, c, i]
-                s += g
-                t += g * (x[n, c, i] - mu)
-            sum_dy[c] += s
-            sum_dy_xmu[c] += t
-    return sum_dy, sum_dy_xmu
+    return _grad_sums(_grad, dout, None, None, x, mean)  # nothing masks dout
 
 
 def grad_sums_naive(dout, x, mean):
@@ -118,12 +152,9 @@ def grad_sums_naive(dout, x, mean):
 
 
 @njit(cache=True, nogil=True, inline="always", fastmath=REASSOC)
-def train_dx(dout, x, mean, k, a, b, dx):
-    """dx[n, c, i] = k[c] * dout[n, c, i] - a[c] * (x[n, c, i] - mean[c]) - b[c].
+def _train_dx(grad, dout, out, zero, x, mean, k, a, b, dx):
+    """dx[n, c, i] = k[c] * g - a[c] * (x[n, c, i] - mean[c]) - b[c], g = grad(dout, out, ...).
 
-    The training-mode input gradient once the per-channel sums are folded into k, a, b (see
-    ``batch_norm_backward``); with a = b = 0 it is the eval-mode gradient k * dout.
-    dout, x, dx: (N, C, L) of one dtype; mean, k, a, b: (C,) float64.
     Each element is computed in float64 and rounded once: with few values per channel the three
     terms nearly cancel, and float32 arithmetic would lose digits there.
     """
@@ -135,7 +166,18 @@ def train_dx(dout, x, mean, k, a, b, dx):
             mc = mean[c]
             bc = b[c]
             for i in range(L):
-                dx[n, c, i] = kc * dout[n, c, i] - ac * (x[n, c, i] - mc) - bc
+                dx[n, c, i] = kc * grad(dout, out, n, c, i, zero) - ac * (x[n, c, i] - mc) - bc
+
+
+@njit(cache=True, nogil=True, inline="always", fastmath=REASSOC)
+def train_dx(dout, x, mean, k, a, b, dx):
+    """dx[n, c, i] = k[c] * dout[n, c, i] - a[c] * (x[n, c, i] - mean[c]) - b[c].
+
+    The training-mode input gradient once the per-channel sums are folded into k, a, b (see
+    ``batch_norm_backward``); with a = b = 0 it is the eval-mode gradient k * dout.
+    dout, x, dx: (N, C, L) of one dtype; mean, k, a, b: (C,) float64.
+    """
+    _train_dx(_grad, dout, None, None, x, mean, k, a, b, dx)  # nothing masks dout
 
 
 def train_dx_naive(dout, x, mean, k, a, b, dx):
@@ -163,10 +205,7 @@ def scale_shift_act(x, scale, shift, out, six):
     zero, top = np.zeros(1, dtype=out.dtype)[0], np.full(1, 6, dtype=out.dtype)[0]
     for n in range(N):
         for c in range(C):
-            a = scale[c]
-            b = shift[c]
-            for i in range(L):
-                out[n, c, i] = x[n, c, i] * a + b
+            _affine_row(x, out, n, c, scale[c], shift[c])
             for i in range(L):  # a second, in-cache pass: the clamp vectorises on its own
                 v = out[n, c, i]
                 out[n, c, i] = zero if v < 0 else v
@@ -186,35 +225,14 @@ def scale_shift_act_naive(x, scale, shift, out, six):
 def grad_sums_act(dout, out, x, mean, six):
     """:func:`grad_sums` of the gradient that reaches BN through the activation.
 
-    That gradient is g = 0 where ``out <= 0`` (or ``out >= 6`` for ReLU6) and dout elsewhere
-    (PyTorch's convention: a NaN passes). dout, out, x: (N, C, L); mean (C,) float64.
-    Returns sum(g) and sum(g * (x - mean)), (C,) float64 each.
-    The mask is a select between two values of dout's dtype, in a loop per activation, so that
-    LLVM vectorises it (a branch or a mixed-type zero made it 2-4x slower).
+    That gradient is 0 where ``out <= 0`` (or ``out >= 6`` for ReLU6) and dout elsewhere.
+    dout, out, x: (N, C, L); mean (C,) float64. Returns sum(g) and sum(g * (x - mean)),
+    (C,) float64 each.
     """
-    N, C, L = x.shape
-    sum_dy = np.zeros(C, dtype=np.float64)
-    sum_dy_xmu = np.zeros(C, dtype=np.float64)
     zero = np.zeros(1, dtype=dout.dtype)[0]
-    for n in range(N):  # memory order: images outer (channel-outer was 1.2-2.3x slower)
-        for c in range(C):
-            mu = mean[c]
-            s = 0.0
-            t = 0.0
-            if six:
-                for i in range(L):
-                    o = out[n, c, i]
-                    g = zero if (o <= 0) | (o >= 6) else dout[n, c, i]
-                    s += g
-                    t += g * (x[n, c, i] - mu)
-            else:
-                for i in range(L):
-                    g = zero if out[n, c, i] <= 0 else dout[n, c, i]
-                    s += g
-                    t += g * (x[n, c, i] - mu)
-            sum_dy[c] += s
-            sum_dy_xmu[c] += t
-    return sum_dy, sum_dy_xmu
+    if six:
+        return _grad_sums(_grad_relu6, dout, out, zero, x, mean)
+    return _grad_sums(_grad_relu, dout, out, zero, x, mean)
 
 
 def _act_grad_naive(dout, out, six):
@@ -233,23 +251,11 @@ def train_dx_act(dout, out, x, mean, k, a, b, dx, six):
 
     dout, out, x, dx: (N, C, L) of one dtype; mean, k, a, b: (C,) float64. Writes dx.
     """
-    N, C, L = x.shape
     zero = np.zeros(1, dtype=dout.dtype)[0]
-    for n in range(N):
-        for c in range(C):
-            kc = k[c]
-            ac = a[c]
-            mc = mean[c]
-            bc = b[c]
-            if six:
-                for i in range(L):
-                    o = out[n, c, i]
-                    g = zero if (o <= 0) | (o >= 6) else dout[n, c, i]
-                    dx[n, c, i] = kc * g - ac * (x[n, c, i] - mc) - bc
-            else:
-                for i in range(L):
-                    g = zero if out[n, c, i] <= 0 else dout[n, c, i]
-                    dx[n, c, i] = kc * g - ac * (x[n, c, i] - mc) - bc
+    if six:
+        _train_dx(_grad_relu6, dout, out, zero, x, mean, k, a, b, dx)
+    else:
+        _train_dx(_grad_relu, dout, out, zero, x, mean, k, a, b, dx)
 
 
 # In place: dx written over dout, for a backward whose incoming gradient is dead after it.

@@ -104,6 +104,20 @@ def depthwise3x3_forward(x, w, out, sh, sw, pt, pl):
                 plane3x3(buf, w[k, 0], out[n, k], sh, sw)
 
 
+@njit(cache=True, nogil=True, inline="always")
+def add_tap_sums(acc, g):
+    """acc (3, 3) += g, the nine per-tap sums of a weight gradient in row-major order."""
+    acc[0, 0] += g[0]
+    acc[0, 1] += g[1]
+    acc[0, 2] += g[2]
+    acc[1, 0] += g[3]
+    acc[1, 1] += g[4]
+    acc[1, 2] += g[5]
+    acc[2, 0] += g[6]
+    acc[2, 1] += g[7]
+    acc[2, 2] += g[8]
+
+
 @njit(cache=True, nogil=True, inline="always", fastmath=REASSOC)
 def _row_weight_grad(d, oh, buf, ih, acc, sw):
     """acc[i, j] += sum_q d[oh, q] * buf[ih + i, q*sw + j]: one output row's contribution.
@@ -123,15 +137,7 @@ def _row_weight_grad(d, oh, buf, ih, acc, sw):
         g20 += dq * buf[ih + 2, p]
         g21 += dq * buf[ih + 2, p + 1]
         g22 += dq * buf[ih + 2, p + 2]
-    acc[0, 0] += g00
-    acc[0, 1] += g01
-    acc[0, 2] += g02
-    acc[1, 0] += g10
-    acc[1, 1] += g11
-    acc[1, 2] += g12
-    acc[2, 0] += g20
-    acc[2, 1] += g21
-    acc[2, 2] += g22
+    add_tap_sums(acc, (g00, g01, g02, g10, g11, g12, g20, g21, g22))
 
 
 @njit(cache=True, nogil=True, inline="always", fastmath=REASSOC)
@@ -165,8 +171,12 @@ def load_plane_upsampled(src, buf, pt, pl, sh, sw):
 
     The zero-stuffed ("dilated") plane that turns a strided convolution's input gradient into a
     stride-1 correlation. Positions between the spread-out values are never written, so they
-    stay zero; values that would land outside buf (a crop) are skipped.
+    stay zero; values that would land outside buf (a crop) are skipped. At stride 1 it is
+    ``load_plane``.
     """
+    if sh == 1 and sw == 1:  # nothing to spread out: the plain (contiguous) copy
+        load_plane(src, buf, pt, pl)
+        return
     rows, cols = buf.shape
     ow_lo, ow_hi = valid_range(pl, sw, cols, src.shape[1])  # ow with 0 <= pl + ow*sw < cols
     for oh in range(src.shape[0]):
@@ -194,8 +204,5 @@ def depthwise3x3_backward_input(dout, w_flipped, dx, sh, sw, pt, pl):
     buf = make_buffer(dx.shape[2], dx.shape[3], 1, 1, dout)
     for n in range(N):
         for k in range(K):
-            if sh == 1 and sw == 1:  # nothing to spread out: the plain (contiguous) copy
-                load_plane(dout[n, k], buf, 2 - pt, 2 - pl)
-            else:
-                load_plane_upsampled(dout[n, k], buf, 2 - pt, 2 - pl, sh, sw)
+            load_plane_upsampled(dout[n, k], buf, 2 - pt, 2 - pl, sh, sw)
             plane3x3(buf, w_flipped[k, 0], dx[n, k // m], 1, 1)

@@ -23,35 +23,42 @@ per-tap column ranges (``valid_range``), never by a padded copy of the input.
 
 from __future__ import annotations
 
+import numpy as np
 from numba import njit
 
 from npmobilenet.kernels.conv_direct import valid_range
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _tap_row(cols, c, i, j, kH, kW, sw, pl, dil_w, W, OW):
+    """Row ``(c*kH + i)*kW + j`` of cols (L,), the one tap (c, i, j) fills, with ``off``, the
+    input column of output column 0 for that tap, and ``[lo, hi)``, the output columns whose
+    input column ``ow*sw + off`` lies inside the image."""
+    off = j * dil_w - pl
+    lo, hi = valid_range(off, sw, W, OW)
+    return cols[(c * kH + i) * kW + j], off, lo, hi
 
 
 @njit(cache=True, nogil=True)
 def im2col(x, kH, kW, sh, sw, pt, pl, dil_h, dil_w, OH, OW, cols):
     """Fill cols (C*kH*kW, OH*OW) from one image x (C, H, W); padded positions become zero."""
     C, H, W = x.shape
-    for c in range(C):
-        for i in range(kH):
-            for j in range(kW):
-                row = cols[(c * kH + i) * kW + j]  # (L,)
-                off = j * dil_w - pl
-                lo, hi = valid_range(off, sw, W, OW)
-                for oh in range(OH):
-                    base = oh * OW
-                    ih = oh * sh - pt + i * dil_h
-                    if ih < 0 or ih >= H:
-                        for ow in range(OW):
-                            row[base + ow] = 0
-                        continue
-                    xrow = x[c, ih]  # (W,)
-                    for ow in range(lo):
-                        row[base + ow] = 0
-                    for ow in range(lo, hi):
-                        row[base + ow] = xrow[ow * sw + off]
-                    for ow in range(hi, OW):
-                        row[base + ow] = 0
+    for c, i, j in np.ndindex(C, kH, kW):
+        row, off, lo, hi = _tap_row(cols, c, i, j, kH, kW, sw, pl, dil_w, W, OW)
+        for oh in range(OH):
+            base = oh * OW
+            ih = oh * sh - pt + i * dil_h
+            if ih < 0 or ih >= H:
+                for ow in range(OW):
+                    row[base + ow] = 0
+                continue
+            xrow = x[c, ih]  # (W,)
+            for ow in range(lo):
+                row[base + ow] = 0
+            for ow in range(lo, hi):
+                row[base + ow] = xrow[ow * sw + off]
+            for ow in range(hi, OW):
+                row[base + ow] = 0
 
 
 @njit(cache=True, nogil=True)
@@ -62,17 +69,13 @@ def col2im(cols, kH, kW, sh, sw, pt, pl, dil_h, dil_w, OH, OW, dx):
     receives the sum of the column entries it was copied to. Padded entries are dropped.
     """
     C, H, W = dx.shape
-    for c in range(C):
-        for i in range(kH):
-            for j in range(kW):
-                row = cols[(c * kH + i) * kW + j]  # (L,)
-                off = j * dil_w - pl
-                lo, hi = valid_range(off, sw, W, OW)
-                for oh in range(OH):
-                    ih = oh * sh - pt + i * dil_h
-                    if ih < 0 or ih >= H:
-                        continue
-                    dxrow = dx[c, ih]  # (W,)
-                    base = oh * OW
-                    for ow in range(lo, hi):
-                        dxrow[ow * sw + off] += row[base + ow]
+    for c, i, j in np.ndindex(C, kH, kW):
+        row, off, lo, hi = _tap_row(cols, c, i, j, kH, kW, sw, pl, dil_w, W, OW)
+        for oh in range(OH):
+            ih = oh * sh - pt + i * dil_h
+            if ih < 0 or ih >= H:
+                continue
+            dxrow = dx[c, ih]  # (W,)
+            base = oh * OW
+            for ow in range(lo, hi):
+                dxrow[ow * sw + off] += row[base + ow]

@@ -65,115 +65,103 @@ def max_pool2d_backward_input(dout, argmax, H, W):
     return dx.reshape((N, C, H, W))
 
 
-@njit(cache=True)
-def _avg_window(o, s, p, k, size):
-    """One axis of an average-pool window: (start, end) clipped to the input, and the length
-    of the window clipped only to the padded input (PyTorch's count_include_pad length)."""
-    start = o * s - p
-    end = min(start + k, size + p)
-    padded_len = end - start
-    return max(start, 0), min(end, size), padded_len
+# Average pooling, plain and adaptive, is one computation over a table of windows: the row
+# bounds [h0, h1) of each output row, the column bounds [w0, w1) of each output column, and the
+# divisor of each window. Only the tables differ between the two.
 
 
 @njit(cache=True)
-def _avg_divisor(h0, h1, lh, w0, w1, lw, count_include_pad):
-    """Divisor of one average-pool window (0 for a window with no input pixel)."""
-    if h0 >= h1 or w0 >= w1:
-        return 0
-    return lh * lw if count_include_pad else (h1 - h0) * (w1 - w0)
+def _avg_bounds(out_size, k, s, p, size):
+    """One axis of an average pool: per output index (out_size, 3), the window [start, end)
+    clipped to the input, and its length clipped only to the padded input (PyTorch's
+    count_include_pad length)."""
+    b = np.empty((out_size, 3), dtype=np.int64)
+    for o in range(out_size):
+        start = o * s - p
+        end = min(start + k, size + p)
+        b[o, 0], b[o, 1], b[o, 2] = max(start, 0), min(end, size), end - start
+    return b
 
 
 @njit(cache=True)
-def avg_pool2d_forward(x, kH, kW, sH, sW, pH, pW, OH, OW, count_include_pad):
-    """Mean over each window; the divisor counts padding iff ``count_include_pad``.
-
-    x: (N, C, H, W). Returns out (N, C, OH, OW). A window lying entirely in padding (possible
-    with ceil_mode) gives 0.
+def avg_pool2d_windows(H, W, kH, kW, sH, sW, pH, pW, OH, OW, count_include_pad):
+    """The window table of ``avg_pool2d``: row bounds (OH, 2), column bounds (OW, 2), divisors
+    (OH, OW). The divisor counts padding iff ``count_include_pad``; a window lying entirely in
+    padding (possible with ceil_mode) gets divisor 1, so its mean is 0 and its gradient empty.
     """
-    N, C, H, W = x.shape
-    out = np.zeros((N, C, OH, OW), dtype=x.dtype)
-    for n in range(N):
-        for c in range(C):
-            for oh in range(OH):
-                h0, h1, lh = _avg_window(oh, sH, pH, kH, H)
-                for ow in range(OW):
-                    w0, w1, lw = _avg_window(ow, sW, pW, kW, W)
-                    div = _avg_divisor(h0, h1, lh, w0, w1, lw, count_include_pad)
-                    if div == 0:
-                        continue
-                    s = 0.0
-                    for h in range(h0, h1):
-                        for w in range(w0, w1):
-                            s += x[n, c, h, w]
-                    out[n, c, oh, ow] = s / div
-    return out
+    hb = _avg_bounds(OH, kH, sH, pH, H)
+    wb = _avg_bounds(OW, kW, sW, pW, W)
+    div = np.ones((OH, OW), dtype=np.int64)
+    for oh in range(OH):
+        h0, h1, lh = hb[oh, 0], hb[oh, 1], hb[oh, 2]
+        for ow in range(OW):
+            w0, w1, lw = wb[ow, 0], wb[ow, 1], wb[ow, 2]
+            if h0 < h1 and w0 < w1:
+                div[oh, ow] = lh * lw if count_include_pad else (h1 - h0) * (w1 - w0)
+    return hb[:, :2], wb[:, :2], div
 
 
 @njit(cache=True)
-def avg_pool2d_backward_input(dout, H, W, kH, kW, sH, sW, pH, pW, count_include_pad):
-    """Spread each dout[n, c, oh, ow] / divisor evenly over its window (adding up).
+def _adaptive_bounds(out_size, in_size):
+    """PyTorch's adaptive windows along one axis (out_size, 2):
+    [floor(o * in / out), ceil((o + 1) * in / out))."""
+    b = np.empty((out_size, 2), dtype=np.int64)
+    for o in range(out_size):
+        b[o, 0] = (o * in_size) // out_size
+        b[o, 1] = ((o + 1) * in_size + out_size - 1) // out_size
+    return b
 
-    dout: (N, C, OH, OW). Returns dx (N, C, H, W).
+
+@njit(cache=True)
+def adaptive_avg_pool2d_windows(H, W, OH, OW):
+    """The window table of ``adaptive_avg_pool2d``: row bounds (OH, 2), column bounds (OW, 2)
+    and divisors (OH, OW), each window's area (windows may overlap)."""
+    hb = _adaptive_bounds(OH, H)
+    wb = _adaptive_bounds(OW, W)
+    div = np.empty((OH, OW), dtype=np.int64)
+    for oh in range(OH):
+        for ow in range(OW):
+            div[oh, ow] = (hb[oh, 1] - hb[oh, 0]) * (wb[ow, 1] - wb[ow, 0])
+    return hb, wb, div
+
+
+@njit(cache=True)
+def window_mean_forward(x, hb, wb, div):
+    """Mean over each window of a table (``avg_pool2d_windows`` / ``adaptive_avg_pool2d_windows``).
+
+    x: (N, C, H, W); hb (OH, 2), wb (OW, 2): [start, end) of each window's rows and columns;
+    div (OH, OW). Returns out (N, C, OH, OW), out = sum(window) / div.
     """
-    N, C, OH, OW = dout.shape
-    dx = np.zeros((N, C, H, W), dtype=dout.dtype)
-    for n in range(N):
-        for c in range(C):
-            for oh in range(OH):
-                h0, h1, lh = _avg_window(oh, sH, pH, kH, H)
-                for ow in range(OW):
-                    w0, w1, lw = _avg_window(ow, sW, pW, kW, W)
-                    div = _avg_divisor(h0, h1, lh, w0, w1, lw, count_include_pad)
-                    if div == 0:
-                        continue
-                    g = dout[n, c, oh, ow] / div
-                    for h in range(h0, h1):
-                        for w in range(w0, w1):
-                            dx[n, c, h, w] += g
-    return dx
-
-
-@njit(cache=True)
-def _adaptive_window(o, out_size, in_size):
-    """PyTorch's adaptive window: [floor(o * in / out), ceil((o + 1) * in / out))."""
-    return (o * in_size) // out_size, ((o + 1) * in_size + out_size - 1) // out_size
-
-
-@njit(cache=True)
-def adaptive_avg_pool2d_forward(x, OH, OW):
-    """Mean over each adaptive window. x: (N, C, H, W). Returns out (N, C, OH, OW)."""
-    N, C, H, W = x.shape
+    N, C = x.shape[0], x.shape[1]
+    OH, OW = div.shape
     out = np.empty((N, C, OH, OW), dtype=x.dtype)
     for n in range(N):
         for c in range(C):
             for oh in range(OH):
-                h0, h1 = _adaptive_window(oh, OH, H)
                 for ow in range(OW):
-                    w0, w1 = _adaptive_window(ow, OW, W)
                     s = 0.0
-                    for h in range(h0, h1):
-                        for w in range(w0, w1):
+                    for h in range(hb[oh, 0], hb[oh, 1]):
+                        for w in range(wb[ow, 0], wb[ow, 1]):
                             s += x[n, c, h, w]
-                    out[n, c, oh, ow] = s / ((h1 - h0) * (w1 - w0))
+                    out[n, c, oh, ow] = s / div[oh, ow]
     return out
 
 
 @njit(cache=True)
-def adaptive_avg_pool2d_backward_input(dout, H, W):
-    """Spread each dout[n, c, oh, ow] evenly over its adaptive window (windows may overlap).
+def window_mean_backward_input(dout, hb, wb, div, H, W):
+    """Spread each dout[n, c, oh, ow] / div[oh, ow] evenly over its window (adding up, as
+    windows may overlap). Differentiates ``out = sum(window) / div`` of ``window_mean_forward``.
 
-    dout: (N, C, OH, OW). Returns dx (N, C, H, W).
+    dout: (N, C, OH, OW); the window table as in ``window_mean_forward``. Returns dx (N, C, H, W).
     """
     N, C, OH, OW = dout.shape
     dx = np.zeros((N, C, H, W), dtype=dout.dtype)
     for n in range(N):
         for c in range(C):
             for oh in range(OH):
-                h0, h1 = _adaptive_window(oh, OH, H)
                 for ow in range(OW):
-                    w0, w1 = _adaptive_window(ow, OW, W)
-                    g = dout[n, c, oh, ow] / ((h1 - h0) * (w1 - w0))
-                    for h in range(h0, h1):
-                        for w in range(w0, w1):
+                    g = dout[n, c, oh, ow] / div[oh, ow]
+                    for h in range(hb[oh, 0], hb[oh, 1]):
+                        for w in range(wb[ow, 0], wb[ow, 1]):
                             dx[n, c, h, w] += g
     return dx

@@ -23,6 +23,7 @@ from npmobilenet._geometry import output_size
 from npmobilenet.nn.module import SPENT, Module
 from npmobilenet.nn.parameter import Parameter
 from npmobilenet.ops import conv as conv_ops
+from npmobilenet.ops.activations import ACTIVATIONS
 
 
 def as_generator(rng) -> np.random.Generator:
@@ -43,6 +44,13 @@ def float_dtype(op: str, dtype) -> np.dtype:
     if dt is None or dt not in chk.FLOAT_DTYPES:  # (np.dtype compares equal to None)
         raise TypeError(f"{op}: dtype must be float32 or float64, got {chk.short_repr(dtype)}")
     return dt
+
+
+def _op_backward(layer: Module, op_backward, dout: np.ndarray) -> np.ndarray:
+    """``op_backward(dout, cache)`` with the cache ``layer``'s forward kept, which it spends."""
+    dx = op_backward(dout, layer._take_cache(f"{type(layer).__name__}.backward"))
+    layer._cache = SPENT
+    return dx
 
 
 def _accumulate(p: Parameter | None, g: np.ndarray | None) -> None:
@@ -285,36 +293,31 @@ class _Elementwise(Module):
         return tuple(in_shape)
 
 
-class ReLU(_Elementwise):
-    """``max(x, 0)``, any shape."""
+class _Activation(_Elementwise):
+    """The layer of the op pair ``ops.activations.ACTIVATIONS[name]``."""
 
-    name = "relu"  # for BatchNorm2d.forward_act
+    name = ""  # the key in ACTIVATIONS (also what BatchNorm2d.forward_act takes)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        out, self._cache = ops.relu_forward(x)
+        out, self._cache = ACTIVATIONS[self.name].forward(x)
         return out
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
-        """Differentiates ``ops.relu_forward``: dout where the input was positive, else 0."""
-        dx = ops.relu_backward(dout, self._take_cache("ReLU.backward"))
-        self._cache = SPENT
-        return dx
+        """Differentiates the forward op: dout where the activation passes it, else 0."""
+        return _op_backward(self, ACTIVATIONS[self.name].backward, dout)
 
 
-class ReLU6(_Elementwise):
-    """``min(max(x, 0), 6)``, any shape (the TF/Keras MobileNet activation)."""
+class ReLU(_Activation):
+    """``max(x, 0)``, any shape (``ops.relu_forward``; the gradient flows where x > 0)."""
 
-    name = "relu6"  # for BatchNorm2d.forward_act
+    name = "relu"
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        out, self._cache = ops.relu6_forward(x)
-        return out
 
-    def backward(self, dout: np.ndarray) -> np.ndarray:
-        """Differentiates ``ops.relu6_forward``: dout where 0 < input < 6, else 0."""
-        dx = ops.relu6_backward(dout, self._take_cache("ReLU6.backward"))
-        self._cache = SPENT
-        return dx
+class ReLU6(_Activation):
+    """``min(max(x, 0), 6)``, any shape (the TF/Keras MobileNet activation,
+    ``ops.relu6_forward``; the gradient flows where 0 < x < 6)."""
+
+    name = "relu6"
 
 
 # The layer of each activation in ``ops.activations.ACTIVATIONS``, under the same names.
@@ -336,24 +339,38 @@ class Dropout(_Elementwise):
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
         """Differentiates ``ops.dropout_forward`` with the same mask and scale."""
-        dx = ops.dropout_backward(dout, self._take_cache("Dropout.backward"))
-        self._cache = SPENT
-        return dx
+        return _op_backward(self, ops.dropout_backward, dout)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
 
 
-class MaxPool2d(Module):
-    """Max pooling ``(N, C, H, W) -> (N, C, OH, OW)``; ``stride`` defaults to ``kernel_size``."""
+class _Pool2d(Module):
+    """Pooling over (kernel_size, stride, padding) windows, each an int or (h, w) pair:
+    ``(N, C, H, W) -> (N, C, OH, OW)``; ``stride`` defaults to ``kernel_size``."""
+
+    ceil_mode = False
 
     def __init__(self, kernel_size, stride=None, padding=0) -> None:
         super().__init__()
-        self.kernel_size = chk.pair("MaxPool2d", "kernel_size", kernel_size, 1)
+        layer = type(self).__name__
+        self.kernel_size = chk.pair(layer, "kernel_size", kernel_size, 1)
         self.stride = (
-            self.kernel_size if stride is None else chk.pair("MaxPool2d", "stride", stride, 1)
+            self.kernel_size if stride is None else chk.pair(layer, "stride", stride, 1)
         )
-        self.padding = chk.pair("MaxPool2d", "padding", padding, 0)
+        self.padding = chk.pair(layer, "padding", padding, 0)
+
+    def output_shape(self, in_shape: tuple) -> tuple:
+        n, c, h, w = in_shape
+        ks, ss, ps = self.kernel_size, self.stride, self.padding
+        sizes = (
+            output_size(sz, k, s, p, 1, self.ceil_mode) for sz, k, s, p in zip((h, w), ks, ss, ps)
+        )
+        return (n, c, *sizes)
+
+
+class MaxPool2d(_Pool2d):
+    """Max pooling ``(N, C, H, W) -> (N, C, OH, OW)``; ``stride`` defaults to ``kernel_size``."""
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         out, self._cache = ops.max_pool2d_forward(x, self.kernel_size, self.stride, self.padding)
@@ -361,29 +378,17 @@ class MaxPool2d(Module):
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
         """Differentiates ``ops.max_pool2d_forward``: dout routed to each window's argmax."""
-        dx = ops.max_pool2d_backward(dout, self._take_cache("MaxPool2d.backward"))
-        self._cache = SPENT
-        return dx
-
-    def output_shape(self, in_shape: tuple) -> tuple:
-        n, c, h, w = in_shape
-        ks, ss, ps = self.kernel_size, self.stride, self.padding
-        return (n, c, *(output_size(sz, k, s, p) for sz, k, s, p in zip((h, w), ks, ss, ps)))
+        return _op_backward(self, ops.max_pool2d_backward, dout)
 
 
-class AvgPool2d(Module):
+class AvgPool2d(_Pool2d):
     """Average pooling ``(N, C, H, W) -> (N, C, OH, OW)``, PyTorch's ``ceil_mode`` and
     ``count_include_pad`` semantics; ``stride`` defaults to ``kernel_size``."""
 
     def __init__(
         self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True
     ) -> None:
-        super().__init__()
-        self.kernel_size = chk.pair("AvgPool2d", "kernel_size", kernel_size, 1)
-        self.stride = (
-            self.kernel_size if stride is None else chk.pair("AvgPool2d", "stride", stride, 1)
-        )
-        self.padding = chk.pair("AvgPool2d", "padding", padding, 0)
+        super().__init__(kernel_size, stride, padding)
         self.ceil_mode = chk.flag("AvgPool2d", "ceil_mode", ceil_mode)
         self.count_include_pad = chk.flag("AvgPool2d", "count_include_pad", count_include_pad)
 
@@ -395,17 +400,7 @@ class AvgPool2d(Module):
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
         """Differentiates ``ops.avg_pool2d_forward``: dout spread evenly over each window."""
-        dx = ops.avg_pool2d_backward(dout, self._take_cache("AvgPool2d.backward"))
-        self._cache = SPENT
-        return dx
-
-    def output_shape(self, in_shape: tuple) -> tuple:
-        n, c, h, w = in_shape
-        ks, ss, ps = self.kernel_size, self.stride, self.padding
-        sizes = (
-            output_size(sz, k, s, p, 1, self.ceil_mode) for sz, k, s, p in zip((h, w), ks, ss, ps)
-        )
-        return (n, c, *sizes)
+        return _op_backward(self, ops.avg_pool2d_backward, dout)
 
 
 class AdaptiveAvgPool2d(Module):
@@ -423,9 +418,7 @@ class AdaptiveAvgPool2d(Module):
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
         """Differentiates ``ops.adaptive_avg_pool2d_forward``: dout spread over each bin."""
-        dx = ops.adaptive_avg_pool2d_backward(dout, self._take_cache("AdaptiveAvgPool2d.backward"))
-        self._cache = SPENT
-        return dx
+        return _op_backward(self, ops.adaptive_avg_pool2d_backward, dout)
 
     def output_shape(self, in_shape: tuple) -> tuple:
         return (*in_shape[:2], *self.output_size)
@@ -455,9 +448,7 @@ class AdaptiveMaxPool2d(Module):
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
         """Differentiates ``ops.max_pool2d_forward``: dout routed to each bin's argmax."""
-        dx = ops.max_pool2d_backward(dout, self._take_cache("AdaptiveMaxPool2d.backward"))
-        self._cache = SPENT
-        return dx
+        return _op_backward(self, ops.max_pool2d_backward, dout)
 
     def output_shape(self, in_shape: tuple) -> tuple:
         return (*in_shape[:-2], *self.output_size)
@@ -507,8 +498,7 @@ class Linear(Module):
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
         """Differentiates ``ops.linear_forward`` in forward: returns dx, accumulates dW, db."""
-        dx, dw, db = ops.linear_backward(dout, self._take_cache("Linear.backward"))
-        self._cache = SPENT
+        dx, dw, db = _op_backward(self, ops.linear_backward, dout)
         _accumulate(self.weight, dw)
         _accumulate(self.bias, db)
         return dx

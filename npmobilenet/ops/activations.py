@@ -30,8 +30,12 @@ class ReLU6Cache(NamedTuple):
     x: np.ndarray
 
 
-def _masked(kernel, dout, ref):
-    """Run a flat backward kernel on contiguous copies/views; dx gets ref's shape and dtype."""
+def _masked_backward(op, dout, cache, cache_type, kernel):
+    """The backward of an elementwise clamp: check the cache and dout, then run the flat
+    ``kernel(dout, ref, dx)`` on contiguous copies/views; dx gets ref's shape and dtype, where
+    ref is the one array the cache holds."""
+    (ref,) = _checks.cache_of(op, cache, cache_type, op.replace("_backward", "_forward"))
+    dout = _checks.dout_like(op, dout, ref.shape, ref.dtype)
     dx = np.empty(ref.shape, dtype=ref.dtype)
     kernel(
         np.ascontiguousarray(dout).reshape(-1),
@@ -58,10 +62,7 @@ def relu_forward(x):
 
 def relu_backward(dout, cache):
     """dx = 0 where out <= 0, else dout (differentiates ``out = max(x, 0)``)."""
-    op = "relu_backward"
-    (out,) = _checks.cache_of(op, cache, ReLUCache, "relu_forward")
-    dout = _checks.dout_like(op, dout, out.shape, out.dtype)
-    return _masked(K.relu_backward_input, dout, out)
+    return _masked_backward("relu_backward", dout, cache, ReLUCache, K.relu_backward_input)
 
 
 def relu6_forward(x):
@@ -81,10 +82,7 @@ def relu6_forward(x):
 
 def relu6_backward(dout, cache):
     """dx = 0 where x <= 0 or x >= 6, else dout (differentiates ``out = min(max(x, 0), 6)``)."""
-    op = "relu6_backward"
-    (x,) = _checks.cache_of(op, cache, ReLU6Cache, "relu6_forward")
-    dout = _checks.dout_like(op, dout, x.shape, x.dtype)
-    return _masked(K.relu6_backward_input, dout, x)
+    return _masked_backward("relu6_backward", dout, cache, ReLU6Cache, K.relu6_backward_input)
 
 
 class Activation(NamedTuple):

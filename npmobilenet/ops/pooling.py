@@ -148,7 +148,8 @@ def avg_pool2d_forward(
         raise TypeError(
             f"{op}: count_include_pad must be a bool, got {_checks.describe(count_include_pad)}"
         )
-    out = K.avg_pool2d_forward(x4, *k, *s, *p, *osz, bool(count_include_pad))
+    windows = K.avg_pool2d_windows(*x4.shape[2:], *k, *s, *p, *osz, bool(count_include_pad))
+    out = K.window_mean_forward(x4, *windows)
     cache = AvgPool2dCache(x.dtype, x.shape, k, s, p, bool(count_include_pad), osz)
     return _unbatch(out, batched), cache
 
@@ -165,7 +166,8 @@ def avg_pool2d_backward(dout, cache):
     )
     dout = _checks.dout_like(op, dout, shape[:-2] + osz, dtype)
     d4 = np.ascontiguousarray(dout).reshape((-1, shape[-3]) + osz)  # (N, C, OH, OW)
-    dx = K.avg_pool2d_backward_input(d4, shape[-2], shape[-1], *k, *s, *p, cip)
+    windows = K.avg_pool2d_windows(*shape[-2:], *k, *s, *p, *osz, cip)
+    dx = K.window_mean_backward_input(d4, *windows, *shape[-2:])
     return dx.reshape(shape)
 
 
@@ -192,7 +194,7 @@ def adaptive_avg_pool2d_forward(x, output_size):
         N, C, H, W = x4.shape
         out = x4.reshape(N, C, H * W).mean(axis=2).reshape(N, C, 1, 1)  # (N, C, 1, 1)
     else:
-        out = K.adaptive_avg_pool2d_forward(x4, OH, OW)
+        out = K.window_mean_forward(x4, *K.adaptive_avg_pool2d_windows(*x4.shape[2:], OH, OW))
     return _unbatch(out, batched), AdaptiveAvgPool2dCache(x.dtype, x.shape, (OH, OW))
 
 
@@ -211,5 +213,6 @@ def adaptive_avg_pool2d_backward(dout, cache):
         dx = np.empty((d4.shape[0], d4.shape[1], H, W), dtype=dtype)
         np.divide(d4, H * W, out=dx)  # (N, C, 1, 1) broadcast over (N, C, H, W)
     else:
-        dx = K.adaptive_avg_pool2d_backward_input(d4, H, W)
+        windows = K.adaptive_avg_pool2d_windows(H, W, *osz)
+        dx = K.window_mean_backward_input(d4, *windows, H, W)
     return dx.reshape(shape)

@@ -33,7 +33,9 @@ class CrossEntropyCache(NamedTuple):
     shape: tuple[int, ...]
 
 
-def _axis(op, x, axis):
+def _checked_axis(op, x, axis):
+    """Check that x is a float array and axis one of its axes; return axis as an int."""
+    _checks.float_array(op, "x", x)
     axis = _checks.integer(op, "axis", axis)
     if not -x.ndim <= axis < x.ndim:
         raise ValueError(f"{op}: axis must be in [{-x.ndim}, {x.ndim}) for x of shape {x.shape}")
@@ -48,10 +50,9 @@ def softmax(x, axis=-1):
         axis: the axis that sums to one.
 
     Returns:
-        An array of x's shape and dtype.
+        Probabilities: an array of x's shape and dtype, summing to one along ``axis``.
     """
-    _checks.float_array("softmax", "x", x)
-    axis = _axis("softmax", x, axis)
+    axis = _checked_axis("softmax", x, axis)
     if x.size == 0:
         return x.copy()
     e = np.exp(x - x.max(axis=axis, keepdims=True))  # every exponent <= 0: no overflow
@@ -66,10 +67,9 @@ def log_softmax(x, axis=-1):
         axis: the axis to normalise.
 
     Returns:
-        An array of x's shape and dtype.
+        Log-probabilities: an array of x's shape and dtype.
     """
-    _checks.float_array("log_softmax", "x", x)
-    axis = _axis("log_softmax", x, axis)
+    axis = _checked_axis("log_softmax", x, axis)
     if x.size == 0:
         return x.copy()
     shifted = x - x.max(axis=axis, keepdims=True)

@@ -14,11 +14,12 @@ moment estimates, t the step count)::
 
 from __future__ import annotations
 
+import functools
 import numbers
 
 import numpy as np
 
-from npmobilenet._checks import number, short_repr
+from npmobilenet._checks import short_repr
 from npmobilenet.optim.optimizer import Optimizer
 from npmobilenet.optim.rmsprop import lerp_
 
@@ -77,7 +78,11 @@ class Adam(Optimizer):
     or parameter-group dicts.
     """
 
-    _decoupled = False
+    update_rule = staticmethod(functools.partial(adam_update, decoupled=False))
+    hyperparameters = ("lr", "betas", "eps", "weight_decay", "amsgrad")
+    work_arrays = 2
+    non_negative = ("lr", "eps", "weight_decay")
+    flags = ("amsgrad",)
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  amsgrad=False):  # fmt: skip
@@ -85,33 +90,14 @@ class Adam(Optimizer):
         super().__init__(params, defaults)
 
     def _check_group(self, group):
-        op = type(self).__name__
-        number(op, "lr", group["lr"], low=0)
-        betas = group["betas"]
+        super()._check_group(group)
+        op, betas = type(self).__name__, group["betas"]
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise TypeError(f"{op}: betas must be a pair (beta1, beta2), got {short_repr(betas)}")
         for i, b in enumerate(betas):
             if isinstance(b, bool) or not isinstance(b, numbers.Real) or not 0 <= b < 1:
                 raise ValueError(f"{op}: betas[{i}] must be in [0, 1), got {short_repr(b)}")
         group["betas"] = tuple(float(b) for b in betas)
-        number(op, "eps", group["eps"], low=0)
-        number(op, "weight_decay", group["weight_decay"], low=0)
-        if not isinstance(group["amsgrad"], bool):
-            raise TypeError(f"{op}: amsgrad must be a bool, got {short_repr(group['amsgrad'])}")
-
-    def _update(self, p, state, group):
-        adam_update(
-            p.data,
-            p.grad,
-            state,
-            self._scratch(p, 2),
-            lr=group["lr"],
-            betas=group["betas"],
-            eps=group["eps"],
-            weight_decay=group["weight_decay"],
-            amsgrad=group["amsgrad"],
-            decoupled=self._decoupled,
-        )
 
 
 class AdamW(Adam):
@@ -121,7 +107,7 @@ class AdamW(Adam):
     outside the moment estimates), as ``torch.optim.AdamW``.
     """
 
-    _decoupled = True
+    update_rule = staticmethod(functools.partial(adam_update, decoupled=True))
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
                  amsgrad=False):  # fmt: skip

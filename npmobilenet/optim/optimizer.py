@@ -26,12 +26,22 @@ import numbers
 
 import numpy as np
 
-from npmobilenet._checks import describe
+from npmobilenet._checks import describe, number, short_repr
 from npmobilenet.nn.parameter import Parameter
 
 
 class Optimizer:
-    """Base class. Subclasses set ``defaults`` and implement ``_check_group`` and ``_update``."""
+    """Base class. A subclass passes its ``defaults`` and names its update rule: the pure
+    function ``update_rule(p, g, state, work, **hyper-parameters)``, the group keys it takes
+    (``hyperparameters``), how many scratch arrays shaped like ``p`` it needs
+    (``work_arrays``), and which group keys must be numbers >= 0 (``non_negative``) or bools
+    (``flags``); ``_check_group`` checks anything else."""
+
+    update_rule = None
+    hyperparameters: tuple[str, ...] = ()
+    work_arrays = 0
+    non_negative: tuple[str, ...] = ()
+    flags: tuple[str, ...] = ()
 
     def __init__(self, params, defaults: dict):
         name = type(self).__name__
@@ -82,8 +92,14 @@ class Optimizer:
         self._check_group(full)
         self.param_groups.append(full)
 
-    def _check_group(self, group: dict) -> None:  # pragma: no cover - overridden
-        raise NotImplementedError
+    def _check_group(self, group: dict) -> None:
+        """The ``non_negative`` numbers and the ``flags`` of a group (subclasses add more)."""
+        op = type(self).__name__
+        for key in self.non_negative:
+            number(op, key, group[key], low=0)
+        for key in self.flags:
+            if not isinstance(group[key], bool):
+                raise TypeError(f"{op}: {key} must be a bool, got {short_repr(group[key])}")
 
     def _params(self):
         for group in self.param_groups:
@@ -103,8 +119,10 @@ class Optimizer:
                 if p.requires_grad:
                     self._update(p, self.state.setdefault(id(p), {}), group)
 
-    def _update(self, p: Parameter, state: dict, group: dict) -> None:  # pragma: no cover
-        raise NotImplementedError
+    def _update(self, p: Parameter, state: dict, group: dict) -> None:
+        """``update_rule`` on ``p`` in place, with the group's hyper-parameters."""
+        hyper = {k: group[k] for k in self.hyperparameters}
+        self.update_rule(p.data, p.grad, state, self._scratch(p, self.work_arrays), **hyper)
 
     def _scratch(self, p: Parameter, k: int) -> list[np.ndarray]:
         """``k`` reusable arrays shaped like ``p`` (allocated once, so a step makes no garbage)."""

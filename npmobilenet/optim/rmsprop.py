@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from npmobilenet._checks import number, short_repr
 from npmobilenet.optim.optimizer import Optimizer
 
 
@@ -99,28 +98,13 @@ class RMSprop(Optimizer):
         )
         super().__init__(params, defaults)
 
-    def _check_group(self, group):
-        number("RMSprop", "lr", group["lr"], low=0)
-        number("RMSprop", "alpha", group["alpha"], low=0)
-        number("RMSprop", "eps", group["eps"], low=0)
-        number("RMSprop", "weight_decay", group["weight_decay"], low=0)
-        number("RMSprop", "momentum", group["momentum"], low=0)
-        if not isinstance(group["centered"], bool):
-            got = short_repr(group["centered"])
-            raise TypeError(f"RMSprop: centered must be a bool, got {got}")
+    update_rule = staticmethod(rmsprop_update)
+    hyperparameters = ("lr", "alpha", "eps", "weight_decay", "momentum", "centered")
+    work_arrays = 3
+    non_negative = ("lr", "alpha", "eps", "weight_decay", "momentum")
+    flags = ("centered",)
 
     def _update(self, p, state, group):
         if group["centered"] and state and "grad_avg" not in state:
             state["grad_avg"] = np.zeros_like(p.data)
-        rmsprop_update(
-            p.data,
-            p.grad,
-            state,
-            self._scratch(p, 3),
-            lr=group["lr"],
-            alpha=group["alpha"],
-            eps=group["eps"],
-            weight_decay=group["weight_decay"],
-            momentum=group["momentum"],
-            centered=group["centered"],
-        )
+        super()._update(p, state, group)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from npmobilenet._checks import number, short_repr
+from npmobilenet._checks import number
 from npmobilenet.optim.optimizer import Optimizer
 
 
@@ -66,28 +66,17 @@ class SGD(Optimizer):
         )
         super().__init__(params, defaults)
 
+    update_rule = staticmethod(sgd_update)
+    hyperparameters = ("lr", "momentum", "dampening", "weight_decay", "nesterov")
+    work_arrays = 2
+    non_negative = ("lr", "momentum", "weight_decay")
+    flags = ("nesterov",)
+
     def _check_group(self, group):
-        number("SGD", "lr", group["lr"], low=0)
-        number("SGD", "momentum", group["momentum"], low=0)
+        super()._check_group(group)
         number("SGD", "dampening", group["dampening"])
-        number("SGD", "weight_decay", group["weight_decay"], low=0)
-        if not isinstance(group["nesterov"], bool):
-            raise TypeError(f"SGD: nesterov must be a bool, got {short_repr(group['nesterov'])}")
         if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
             raise ValueError(
                 "SGD: nesterov=True requires momentum > 0 and dampening == 0, got"
                 f" momentum={group['momentum']} and dampening={group['dampening']}"
             )
-
-    def _update(self, p, state, group):
-        sgd_update(
-            p.data,
-            p.grad,
-            state,
-            self._scratch(p, 2),
-            lr=group["lr"],
-            momentum=group["momentum"],
-            dampening=group["dampening"],
-            weight_decay=group["weight_decay"],
-            nesterov=group["nesterov"],
-        )

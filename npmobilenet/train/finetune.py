@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 
-from npmobilenet.io.weights import load_state_dict_file, safetensors_metadata
+from npmobilenet.io.weights import file_metadata, load_state_dict_file
 from npmobilenet.train.checkpoint import FORMAT, load_checkpoint
 
 RUN_FILES = ("model.safetensors", "checkpoint.safetensors")
@@ -35,12 +35,7 @@ def read_weights(path) -> tuple[dict, dict | None]:
         path = found[0]
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--init: no weights file at {path}")
-    with open(path, "rb") as f:
-        head = f.read(1 << 20)
-    try:
-        meta = safetensors_metadata(head)
-    except (ValueError, UnicodeDecodeError):
-        meta = {}  # load_state_dict_file says what is wrong with the file
+    meta = file_metadata(path)
     if FORMAT in meta:
         ckpt = load_checkpoint(path)
         return ckpt["model"], ckpt["model_config"]

@@ -19,7 +19,12 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from npmobilenet.kernels.conv_depthwise import load_plane, load_plane_upsampled, make_buffer
+from npmobilenet.kernels.conv_depthwise import (
+    add_tap_sums,
+    load_plane,
+    load_plane_upsampled,
+    make_buffer,
+)
 from npmobilenet.kernels.conv_direct import (
     add_padded_taps,
     all_finite,
@@ -108,15 +113,7 @@ def _flat_weight_grad_stride1(buf, dbuf, acc):
         g20 += dq * b20[q]
         g21 += dq * b21[q]
         g22 += dq * b22[q]
-    acc[0, 0] += g00
-    acc[0, 1] += g01
-    acc[0, 2] += g02
-    acc[1, 0] += g10
-    acc[1, 1] += g11
-    acc[1, 2] += g12
-    acc[2, 0] += g20
-    acc[2, 1] += g21
-    acc[2, 2] += g22
+    add_tap_sums(acc, (g00, g01, g02, g10, g11, g12, g20, g21, g22))
 
 
 @njit(cache=True, nogil=True, fastmath=REASSOC)
@@ -157,10 +154,7 @@ def depthwise3x3_backward_input_flat(dout, w_flipped, dx, sh, sw, pt, pl):
     fo = np.empty((H - 1) * cols + W, dtype=dout.dtype)
     for n in range(N):
         for k in range(K):
-            if sh == 1 and sw == 1:  # nothing to spread out: the plain (contiguous) copy
-                load_plane(dout[n, k], buf, 2 - pt, 2 - pl)
-            else:
-                load_plane_upsampled(dout[n, k], buf, 2 - pt, 2 - pl, sh, sw)
+            load_plane_upsampled(dout[n, k], buf, 2 - pt, 2 - pl, sh, sw)
             plane3x3_flat(taps, cols, w_flipped[k, 0], dx[n, k // m], fo)
 
 
