@@ -391,8 +391,8 @@ def test_plain_layer_calls_never_overwrite_what_they_returned(rng):
 
 def test_layers_reuse_the_arrays_of_a_workspace_their_owner_passes(rng):
     """With a Workspace, a layer's output is the owner's array until the layer's backward
-    releases it; the owner's new_step() makes every array free again, so step 2 writes into
-    step 1's arrays and gives the same numbers as plain calls."""
+    releases it (then it may hold a gradient); the owner's new_step() makes every array free
+    again, so step 2 writes into step 1's arrays and gives the same numbers as plain calls."""
     conv, bn = nn.Conv2d(3, 4, 1, bias=False, rng=0), nn.BatchNorm2d(4)
     ws = nn.Workspace()
     x = rng.standard_normal((2, 3, 5, 5)).astype(np.float32)
@@ -400,18 +400,19 @@ def test_layers_reuse_the_arrays_of_a_workspace_their_owner_passes(rng):
 
     def step(workspace):
         y = bn.forward_act(conv.forward(x, workspace=workspace), "relu", workspace=workspace)
+        forward = y.copy()  # y is bn's until bn.backward releases it
         dx = conv.backward(bn.backward(dout.copy(), consume=True))
-        return y, dx
+        return y, forward, dx
 
-    want = [a.copy() for a in step(None)]
+    _, *want = step(None)
     ws.new_step()
-    y1, dx1 = step(ws)
+    y1, _, dx1 = step(ws)
     assert ws.owns(y1) and ws.owns(dx1)
     arrays = len(ws)
     ws.new_step()
-    y2, dx2 = step(ws)
+    y2, forward2, dx2 = step(ws)
     assert y2 is y1 and len(ws) == arrays  # reused, nothing new allocated
-    np.testing.assert_array_equal(y2, want[0])
+    np.testing.assert_array_equal(forward2, want[0])
     np.testing.assert_array_equal(dx2, want[1])
 
 

@@ -236,17 +236,28 @@ class DepthwiseSeparableConv(Module):
     def forward(self, x: np.ndarray, *, workspace=None) -> np.ndarray:
         x = run_forward(self.dwconv, x, workspace)  # depthwise
         x, fused0 = _bn_act_forward(self.bn0, self.relu0, x, workspace)
-        x = run_forward(self.pwconv, x, workspace)  # pointwise
+        # bn0's output is let go once the pointwise conv has read it, and computed again from
+        # bn0's cache for the pointwise backward: one activation of the block is not kept
+        again = fused0 and type(self.pwconv) is Conv2d
+        if again:
+            x = self.pwconv.forward(x, workspace=workspace, keep_input=False)  # pointwise
+            self.bn0.release_output()
+        else:
+            x = run_forward(self.pwconv, x, workspace)  # pointwise
         x, fused1 = _bn_act_forward(self.bn1, self.relu1, x, workspace)
-        self._cache = (fused0, fused1)
+        self._cache = (fused0, fused1, again)
         return x
 
     def backward(self, dout: np.ndarray, *, consume: bool = False) -> np.ndarray:
         """The forward's lines, differentiated in reverse (pointwise first). The gradients
         between them are this block's own, so each backward may write over its dout."""
-        fused0, fused1 = self._take_cache("DepthwiseSeparableConv.backward")
+        fused0, fused1, again = self._take_cache("DepthwiseSeparableConv.backward")
         d = _bn_act_backward(self.bn1, self.relu1, dout, consume, fused1)
-        d = run_backward(self.pwconv, d, _owned(d, dout, consume))
+        if again:  # the pointwise conv's input, bn0's output, computed again
+            x = self.bn0.recompute_output()
+            d = self.pwconv.backward(d, consume=_owned(d, dout, consume), x=x)
+        else:
+            d = run_backward(self.pwconv, d, _owned(d, dout, consume))
         d = _bn_act_backward(self.bn0, self.relu0, d, _owned(d, dout, consume), fused0)
         d = run_backward(self.dwconv, d, _owned(d, dout, consume))
         self._cache = SPENT
