@@ -10,13 +10,16 @@ from npmobilenet.kernels import batchnorm as K
 from npmobilenet.ops import (
     batch_norm_backward,
     batch_norm_forward,
-    batch_norm_output,
     relu6_backward,
     relu6_forward,
     relu_backward,
     relu_forward,
 )
-from npmobilenet.ops.batchnorm import batch_norm_act_backward, batch_norm_act_forward
+from npmobilenet.ops.batchnorm import (
+    batch_norm_act_backward,
+    batch_norm_act_forward,
+    batch_norm_output,
+)
 
 DTYPES = [np.float64, np.float32]
 

@@ -24,6 +24,7 @@ from npmobilenet.nn.module import SPENT, Module
 from npmobilenet.nn.parameter import Parameter
 from npmobilenet.ops import conv as conv_ops
 from npmobilenet.ops.activations import ACTIVATIONS
+from npmobilenet.ops.batchnorm import batch_norm_output
 
 
 def as_generator(rng) -> np.random.Generator:
@@ -329,7 +330,8 @@ class BatchNorm2d(Module):
 
     def recompute_output(self) -> np.ndarray:
         """The output of the last forward, computed again from the cache after
-        :meth:`release_output` (``ops.batch_norm_output``: the same numbers, bit for bit).
+        :meth:`release_output` (``ops.batchnorm.batch_norm_output``: the same numbers, bit for
+        bit).
 
         It is written into an array of the workspace the forward had (this layer's output
         again, until its backward), or a fresh array without one."""
@@ -338,7 +340,7 @@ class BatchNorm2d(Module):
         if workspace is not None:
             out = workspace.output(self, cache.shape, cache.x3.dtype)
             runner = workspace.runner
-        out, cache = ops.batch_norm_output(cache, out=out, runner=runner)
+        out, cache = batch_norm_output(cache, out=out, runner=runner)
         self._cache = (cache, workspace)
         return out
 

@@ -12,7 +12,6 @@ from npmobilenet.ops.batchnorm import (
     batch_norm_act_forward,
     batch_norm_backward,
     batch_norm_forward,
-    batch_norm_output,
 )
 from npmobilenet.ops.conv import conv2d_backward, conv2d_forward
 from npmobilenet.ops.dropout import dropout_backward, dropout_forward
@@ -39,7 +38,6 @@ __all__ = [
     "batch_norm_backward",
     "batch_norm_act_forward",
     "batch_norm_act_backward",
-    "batch_norm_output",
     "relu_forward",
     "relu_backward",
     "relu6_forward",
