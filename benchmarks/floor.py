@@ -289,18 +289,16 @@ def _training_path(g: Gemm, x, y, w, runner) -> dict:
     w3 = w.reshape(1, g.k, g.c)  # (G, K, C)
     work = conv._pointwise_work(x4, y4)
     batched = g.l <= conv.POINTWISE_BATCHED_DW_MAX_HW
-    scratch = {lo: (np.empty((1, g.k, (hi - lo) * g.l), np.float32),
-                    np.empty((1, g.c, (hi - lo) * g.l), np.float32),
-                    np.empty((1, g.k, g.c), np.float32))
+    scratch = {lo: _dw_operands(y4[lo:hi], x4[lo:hi], batched)
                for lo, hi in _ranges(runner, g.n, work)}  # fmt: skip
 
-    def dweight(lo, hi):
+    def dweight(lo, hi):  # returns the slice's dW (batched), or its last image's product
         d2, x2, out = scratch[lo]
         if batched:
-            np.matmul(d2, x2.transpose(0, 2, 1), out=out)
-            return
+            return np.matmul(d2, x2.transpose(0, 2, 1), out=out)
         for i in range(lo, hi):
             np.matmul(y4[i], x4[i].transpose(0, 2, 1), out=out)
+        return out
 
     def forward(lo, hi):
         np.matmul(w3, x4[lo:hi], out=y4[lo:hi])
@@ -416,18 +414,34 @@ def verdict(case, result: dict, peak_gflops: float, measured: dict | None = None
     target_share, target_ratio = TARGETS.get(case.name, (None, None))
     if target_share is not None:
         need = flops / (target_share * peak_gflops * 1e9)
-        fits = "within reach of" if need >= t["floor"] else "below"
-        lines.append(f"{target_share:.0%} of peak needs {_ms(need)} ms, {fits} the floor"
-                     f" ({need / t['floor']:.2f}x it).")  # fmt: skip
+        lines.append(f"{target_share:.0%} of peak needs {_ms(need)} ms, {_against(need, t)}.")
     if target_ratio is not None and "torch" in measured:
         need = target_ratio * measured["torch"]
-        fits = "within reach of" if need >= t["floor"] else "below"
-        lines.append(f"{target_ratio}x torch needs {_ms(need)} ms, {fits} the floor"
-                     f" ({need / t['floor']:.2f}x it).")  # fmt: skip
+        lines.append(f"{target_ratio}x torch needs {_ms(need)} ms, {_against(need, t)}.")
     for name, seconds in measured.items():
         lines.append(f"{name}: {_ms(seconds)} ms = {seconds / t['floor']:.2f}x the floor,"
                      f" {flops / seconds / (peak_gflops * 1e9):.0%} of peak.")  # fmt: skip
     return lines
+
+
+def _against(need: float, t: dict) -> str:
+    """A target's time against the floor ``t`` (:func:`totals`)."""
+    if need < t["floor"]:
+        return f"{need / t['floor']:.2f}x the floor: below it, out of reach of this design"
+    return f"{need / t['floor']:.2f}x the floor: above it, reachable in principle"
+
+
+def _dw_operands(d4, x4, batched: bool):
+    """A slice's dW operands and output: ``dout`` as (G, K, n*L) and ``x`` as (G, C, n*L), laid
+    out as ``ops.conv`` copies them for small planes (None, None otherwise), and (G, K, C)."""
+    n, g, k, l = d4.shape  # noqa: E741
+    c = x4.shape[2]
+    out = np.empty((g, k, c), np.float32)
+    if not batched:
+        return None, None, out
+    d2 = np.ascontiguousarray(d4.transpose(1, 2, 0, 3)).reshape(g, k, n * l)
+    x2 = np.ascontiguousarray(x4.transpose(1, 2, 0, 3)).reshape(g, c, n * l)
+    return d2, x2, out
 
 
 # ---------------------------------------------------------------- running
