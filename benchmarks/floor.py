@@ -472,17 +472,48 @@ def case_breakdowns(bench: dict, name: str) -> dict | None:
     return {("npmobilenet" if k in ("fused", "npmobilenet") else k): v for k, v in bd.items()}
 
 
+def summary_table(floors: dict, bench: dict | None = None) -> list[str]:
+    """Markdown: one row per case, its floor and parts, its targets as times, the measured
+    times (when ``bench``, a ``bench_model.py`` report, has them). Milliseconds."""
+    bench = bench or {}
+    lines = ["| case | floor (share of peak) | pointwise GEMMs | other passes | target: needs |"
+             " npmobilenet | torch |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name, result in floors.items():
+        case, t = cases.CASES[name], totals(result)
+        peak = _peak(bench, result) * 1e9
+        measured = measured_times(bench, name)
+        share, ratio = TARGETS.get(name, (None, None))
+        needs = []
+        if share is not None:
+            needs.append(f"{share:.0%} of peak: {_ms(case.flops() / (share * peak))}")
+        if ratio is not None and "torch" in measured:
+            needs.append(f"{ratio}x torch: {_ms(ratio * measured['torch'])}")
+        cells = [f"{_ms(t['floor'])} ({case.flops() / t['floor'] / peak:.0%})", _ms(t["gemm"]),
+                 _ms(t["memory"]), "; ".join(needs) or "-"]  # fmt: skip
+        cells += [_ms(measured.get(k)) for k in ("npmobilenet", "torch")]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _peak(bench: dict, result: dict) -> float:
+    """The sgemm peak (GFLOP/s) the targets are set against: the benchmark run's, when given,
+    else the floor processes' own."""
+    return bench.get("sgemm_peak", {}).get("gflops") or result["sgemm_gflops"]
+
+
 def print_report(floors: dict, bench: dict | None = None) -> None:
     """The floor of every case as Markdown, against a benchmark report's times when given
     (whose sgemm peak then sets the targets; otherwise the floor processes' own)."""
     bench = bench or {}
     for name, result in floors.items():
         case = cases.CASES[name]
-        peak = bench.get("sgemm_peak", {}).get("gflops") or result["sgemm_gflops"]
+        peak = _peak(bench, result)
         print(f"\n#### {name} (floor at {result['threads']} threads, ms)\n")
         print("\n".join(type_table(case, result, case_breakdowns(bench, name))))
         print()
         print("\n".join(verdict(case, result, peak, measured_times(bench, name))))
+    print("\n#### Every case against its floor (ms)\n")
+    print("\n".join(summary_table(floors, bench)))
 
 
 def main(argv=None) -> int:
