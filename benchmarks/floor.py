@@ -49,7 +49,7 @@ import numba
 import numpy as np
 import timing
 
-from npmobilenet import nn
+from npmobilenet import nn, ops
 from npmobilenet.ops import conv
 from npmobilenet.threads import MIN_SLICE_ELEMENTS, Runner
 
@@ -57,6 +57,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 TYPES = ["first conv", "depthwise", "pointwise", "BN", "activation", "pooling", "linear",
          "optimizer"]  # fmt: skip
 PHASES = ("forward", "backward")
+# Rows beside the floor: the pointwise GEMMs as the package lays them out, and (training) the
+# package's pointwise op timed on the same shapes.
+EXTRA_ROWS = ("pointwise GEMMs, package layout", "pointwise op, ops.conv2d")
 # Each case's targets: a share of the sgemm peak, a ratio to torch (None: no such target).
 TARGETS = {
     "infer-b1-224": (0.75, None),
@@ -234,7 +237,9 @@ def _random(shape, rng) -> np.ndarray:
 def gemm_floor(g: Gemm, training: bool, threads: int, reps: int) -> list[dict]:
     """Seconds of the layer's GEMMs (forward; dx and dW when ``training``) in the package's
     layout and threading (``path_s``) and as one GEMM over the batch in the channel-major and
-    pixel-major layouts at BLAS's thread count; ``floor_s`` is the fastest."""
+    pixel-major layouts at BLAS's thread count; ``floor_s`` is the fastest. Training rows also
+    time the package's op on the same shapes (``op_s``: ``ops.conv2d_forward`` on the forward
+    row, ``ops.conv2d_backward``, dx and dW together, on the dW row, 0 on the dx row)."""
     rng = np.random.default_rng(0)
     x, y = _random(g.n * g.c * g.l, rng), _random(g.n * g.k * g.l, rng)  # X (or dX), Y (or dY)
     w, nl = _random((g.k, g.c), rng), g.n * g.l
@@ -253,12 +258,28 @@ def gemm_floor(g: Gemm, training: bool, threads: int, reps: int) -> list[dict]:
         path = (_training_path(g, x, y, w, runner) if training
                 else {"forward": _engine_path(g, x, y, w, runner)})  # fmt: skip
         path_s = {phase: _median(fn, reps) for phase, fn in path.items()}
+        op_s = _op_seconds(g, x, y, w, runner, reps) if training else {}
     for phase in path:
         channel, pixel = (_median(fn, reps) for fn in single[phase])
         rows.append({"name": g.name, "phase": phase, "flops": g.flops(), "path_s": path_s[phase],
                      "channel_major_s": channel, "pixel_major_s": pixel,
                      "floor_s": min(path_s[phase], channel, pixel)})  # fmt: skip
+        if training:
+            rows[-1]["op_s"] = op_s.get(phase, 0.0)
     return rows
+
+
+def _op_seconds(g: Gemm, x, y, w, runner, reps: int) -> dict:
+    """Median seconds of ``ops.conv2d_forward`` (key "forward") and ``ops.conv2d_backward``
+    (dx and dW, key "dW") on the layer's shapes, with the output arrays and the runner a
+    training step passes them."""
+    x4, out = x.reshape(g.n, g.c, 1, g.l), y.reshape(g.n, g.k, 1, g.l)  # (N, C, 1, L), (N, K, 1, L)
+    w4 = w.reshape(g.k, g.c, 1, 1)
+    dout, dx = np.ones_like(out), np.empty_like(x4)
+    _, cache = ops.conv2d_forward(x4, w4, out=out, runner=runner)
+    forward = _median(lambda: ops.conv2d_forward(x4, w4, out=out, runner=runner), reps)
+    backward = _median(lambda: ops.conv2d_backward(dout, cache, dx=dx, runner=runner), reps)
+    return {"forward": forward, "dW": backward}
 
 
 def _ranges(runner, n: int, item_size: int) -> list[tuple[int, int]]:
@@ -339,23 +360,27 @@ def best_of(results: list[dict]) -> dict:
 
 
 def by_type(result: dict) -> dict:
-    """Floor seconds per layer type and phase; ``"pointwise (package layout)"`` beside."""
-    out = {t: dict.fromkeys(PHASES, 0.0) for t in [*TYPES, "pointwise (package layout)"]}
+    """Floor seconds per layer type and phase; beside them, the pointwise GEMMs in the package's
+    layout and (training) the package's pointwise op on the same shapes."""
+    out = {t: dict.fromkeys(PHASES, 0.0) for t in [*TYPES, *EXTRA_ROWS]}
     for row in result["passes"]:
         out[row["type"]][row["phase"]] += row["floor_s"]
     for row in result["gemms"]:
         phase = "forward" if row["phase"] == "forward" else "backward"
         out["pointwise"][phase] += row["floor_s"]
-        out["pointwise (package layout)"][phase] += row["path_s"]
+        out[EXTRA_ROWS[0]][phase] += row["path_s"]
+        out[EXTRA_ROWS[1]][phase] += row.get("op_s", 0.0)
     return out
 
 
 def totals(result: dict) -> dict:
-    """Seconds: the floor, its GEMM part (best and package layout), its memory-bound part."""
+    """Seconds: the floor, its GEMM part (best layout; the package's layout; the package's op,
+    0 for inference), its memory-bound part."""
     gemm = sum(r["floor_s"] for r in result["gemms"])
     memory = sum(r["floor_s"] for r in result["passes"])
     return {"floor": gemm + memory, "gemm": gemm, "memory": memory,
-            "gemm_package": sum(r["path_s"] for r in result["gemms"])}  # fmt: skip
+            "gemm_package": sum(r["path_s"] for r in result["gemms"]),
+            "pointwise_op": sum(r.get("op_s", 0.0) for r in result["gemms"])}  # fmt: skip
 
 
 def _ms(s) -> str:
@@ -385,8 +410,8 @@ def type_table(case, result: dict, breakdowns: dict | None = None) -> list[str]:
     else:
         lines = ["| layer type | " + " | ".join(f"{h} fwd / bwd" for h in heads) + " |"]
     lines.append("|---" * (len(heads) + 1) + "|")
-    for t in [*TYPES, "pointwise (package layout)"]:
-        if case.kind == "inference" and t == "optimizer":
+    for t in [*TYPES, *EXTRA_ROWS]:
+        if case.kind == "inference" and t in ("optimizer", EXTRA_ROWS[1]):
             continue
         cells = []
         for source in [None, *names]:
@@ -394,7 +419,7 @@ def type_table(case, result: dict, breakdowns: dict | None = None) -> list[str]:
                       else _breakdown_cell(breakdowns[source], case.kind, t, p)
                       for p in phases]  # fmt: skip
             cells.append(" / ".join(_ms(v) for v in values))
-        if t == "pointwise (package layout)":
+        if t in EXTRA_ROWS:
             cells[1:] = [""] * len(names)
         lines.append(f"| {t} | " + " | ".join(cells) + " |")
     return lines
@@ -409,7 +434,8 @@ def verdict(case, result: dict, peak_gflops: float, measured: dict | None = None
         f"{case.name}: {flops / 1e9:.2f} GFLOP per call; sgemm peak {peak_gflops:.0f} GFLOP/s."
         f" Floor {_ms(t['floor'])} ms ({share:.0%} of peak): the pointwise GEMMs at the measured"
         f" rate of their shapes {_ms(t['gemm'])} ms ({_ms(t['gemm_package'])} ms in the"
-        f" package's layout), the memory-bound passes at least {_ms(t['memory'])} ms."
+        f" package's layout{_op_note(t)}), the memory-bound passes at least"
+        f" {_ms(t['memory'])} ms."
     ]
     target_share, target_ratio = TARGETS.get(case.name, (None, None))
     if target_share is not None:
@@ -422,6 +448,10 @@ def verdict(case, result: dict, peak_gflops: float, measured: dict | None = None
         lines.append(f"{name}: {_ms(seconds)} ms = {seconds / t['floor']:.2f}x the floor,"
                      f" {flops / seconds / (peak_gflops * 1e9):.0%} of peak.")  # fmt: skip
     return lines
+
+
+def _op_note(t: dict) -> str:
+    return f"; the package's op on them {_ms(t['pointwise_op'])} ms" if t["pointwise_op"] else ""
 
 
 def _against(need: float, t: dict) -> str:

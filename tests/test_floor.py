@@ -121,8 +121,8 @@ def test_replayed_training_gemms_compute_the_layers_products():
 
 
 def _result(gemm_s, pass_s):
-    gemms = [{"name": "p", "phase": ph, "flops": 1, "path_s": 2 * s, "floor_s": s}
-             for ph, s in zip(("forward", "dx", "dW"), gemm_s)]  # fmt: skip
+    gemms = [{"name": "p", "phase": ph, "flops": 1, "path_s": 2 * s, "floor_s": s, "op_s": op}
+             for ph, s, op in zip(("forward", "dx", "dW"), gemm_s, (0.3, 0.0, 0.9))]  # fmt: skip
     passes = [{"type": "BN", "phase": ph, "floor_s": s} for ph, s in zip(floor.PHASES, pass_s)]
     return {"case": TRAIN.name, "threads": 2, "sgemm_gflops": 100.0, "gemms": gemms,
             "passes": passes}  # fmt: skip
@@ -137,9 +137,12 @@ def test_best_of_sums_and_the_verdict():
     assert best["sgemm_gflops"] == 120.0
     types = floor.by_type(best)
     assert types["pointwise"] == {"forward": 0.1, "backward": pytest.approx(0.4)}
-    assert types["pointwise (package layout)"]["backward"] == pytest.approx(0.8)
+    package_layout, package_op = (types[row] for row in floor.EXTRA_ROWS)
+    assert package_layout == {"forward": 0.2, "backward": pytest.approx(0.8)}
+    assert package_op == {"forward": 0.3, "backward": 0.9}
     t = floor.totals(best)
     assert (t["gemm"], t["memory"], t["floor"]) == pytest.approx((0.5, 0.11, 0.61))
+    assert t["pointwise_op"] == pytest.approx(1.2)
     lines = floor.verdict(TRAIN, best, 250.0, {"npmobilenet": 0.7, "torch": 1.0})
     need = TRAIN.flops() / (0.7 * 250e9)  # 70% of peak
     assert f"70% of peak needs {need * 1e3:.1f} ms" in lines[1]
