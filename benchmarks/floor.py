@@ -548,12 +548,14 @@ def print_report(floors: dict, bench: dict | None = None) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--cases", default=",".join(cases.CASES))
+    p.add_argument("--cases", default=",".join(cases.CASES),
+                   help=f"comma-separated, from: {', '.join(cases.CASES)}")  # fmt: skip
     p.add_argument("--rounds", type=int, default=2, help="processes per case (default 2)")
     p.add_argument("--reps", type=int, default=5, help="timed calls per measurement")
-    p.add_argument("--threads", type=int, default=min(os.cpu_count() or 1, 4))
+    p.add_argument("--threads", type=int, default=min(os.cpu_count() or 1, 4),
+                   help="threads, as bench_model.py (default: the cores, at most 4)")  # fmt: skip
     p.add_argument("--compare", help="a bench_model.py JSON report to set the floor against")
-    p.add_argument("--out", default=str(RESULTS / "floor.json"))
+    p.add_argument("--out", default=str(RESULTS / "floor.json"), help="the JSON results file")
     args = p.parse_args(argv)
     names = args.cases.split(",")
     unknown = sorted(set(names) - set(cases.CASES))
