@@ -148,3 +148,19 @@ def test_best_of_sums_and_the_verdict():
     assert f"70% of peak needs {need * 1e3:.1f} ms" in lines[1]
     assert "0.5x torch needs 500.0 ms, 0.82x the floor: below it" in lines[2]
     assert "npmobilenet: 700.0 ms = 1.15x the floor" in lines[3]
+
+
+def test_type_table_sets_each_library_beside_the_floor():
+    result = _result((0.1, 0.2, 0.3), (0.05, 0.07))
+    phase = {"BN": 0.03, "pointwise": 0.2}
+    ours = {"forward": phase, "backward": {"BN": 0.09, "pointwise": 0.6}, "optimizer": 0.004}
+    lines = floor.type_table(TRAIN, result, {"npmobilenet": ours})
+    assert lines[0] == "| layer type | floor fwd / bwd | npmobilenet fwd / bwd |"
+    rows = {line.split(" | ")[0][2:]: line for line in lines[2:]}
+    assert rows["BN"] == "| BN | 50.0 / 70.0 | 30.0 / 90.0 |"
+    assert rows["pointwise"] == "| pointwise | 100.0 / 500.0 | 200.0 / 600.0 |"
+    assert rows["optimizer"] == "| optimizer | 0.00 / 0.00 | - / 4.00 |"
+    assert rows[floor.EXTRA_ROWS[0]] == f"| {floor.EXTRA_ROWS[0]} | 200.0 / 1000.0 |  |"
+    infer = floor.type_table(cases.CASES["infer-b1-224"], result, {"torch": {"BN": 0.001}})
+    assert "optimizer" not in "".join(infer) and floor.EXTRA_ROWS[1] not in "".join(infer)
+    assert "| BN | 50.0 | 1.00 |" in infer
