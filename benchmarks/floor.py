@@ -68,8 +68,9 @@ TARGETS = {
     "train-a0.25-32px-b64": (None, 0.5),
 }
 ITEM = 4  # bytes per float32 element
-# Seconds for OpenBLAS's idle threads to stop spinning after a multi-threaded call (measured:
-# one-thread GEMMs split over two threads run at half speed for tens of milliseconds after).
+# Seconds to wait after a multi-threaded BLAS call before timing one-thread calls split over
+# the cores: OpenBLAS's idle worker keeps spinning for a while (its THREAD_TIMEOUT), and split
+# GEMMs measured at half speed 50 ms after a two-thread call, at full speed 200 ms after.
 SPIN_DOWN = 0.2
 
 
