@@ -283,8 +283,7 @@ def test_depthwise_equals_per_channel_convolutions(rng, method, multiplier):
 
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-# dW as one batched GEMM (up to 255 pixels) or one per image; 1x1 and 2x2 planes (MobileNet's
-# last stages at 32x32 input) included
+# (1, 1), (2, 2): output and dx as one GEMM over the batch; dW as one GEMM / one per image
 @pytest.mark.parametrize("hw", [(1, 1), (2, 2), (4, 5), (16, 17)])
 def test_pointwise_equals_matmul(rng, method, dtype, hw):
     x = rng.standard_normal((3, 6, *hw)).astype(dtype)
@@ -303,8 +302,8 @@ def test_pointwise_equals_matmul(rng, method, dtype, hw):
 @pytest.mark.torch
 @pytest.mark.parametrize("hw", [(1, 1), (2, 2), (1, 3), (5, 3)])
 def test_grouped_pointwise_small_planes_match_torch(torch, rng, hw):
-    """Pointwise with groups on small planes (dW as one GEMM over the batch): output and all
-    gradients as torch computes them."""
+    """Pointwise with groups, on planes small enough for the one-GEMM path (and one larger):
+    output and all gradients as torch computes them."""
     arrays = dict(x=rng.standard_normal((5, 6, *hw)), weight=rng.standard_normal((4, 3, 1, 1)),
                   bias=rng.standard_normal(4))  # fmt: skip
     dout = rng.standard_normal((5, 4, *hw))
