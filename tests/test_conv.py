@@ -122,17 +122,19 @@ def test_backward_without_input_grad_matches_torch(torch, cfg, method, batched_i
 
 
 @given(cfg=conv2d_configs(dtypes=(np.float64,)), seed=st.integers(0, 2**16))
-def test_im2col_backward_batched_equals_per_image(cfg, seed):
-    """The whole-batch im2col backward (small batches) against the image-by-image one."""
+def test_im2col_batched_equals_per_image(cfg, seed):
+    """The whole-batch im2col forward and backward (small batches) against the image-by-image
+    ones."""
     arrays = make_conv2d_inputs(cfg, seed)
     dout = np.random.default_rng(seed + 1).standard_normal(cfg["out_shape"])
-    _, batched = run_ours(arrays, dout, conv2d_kwargs(cfg), "im2col")
+    out, batched = run_ours(arrays, dout, conv2d_kwargs(cfg), "im2col")
     threshold = conv_ops.IM2COL_BATCHED_MAX_BYTES
     conv_ops.IM2COL_BATCHED_MAX_BYTES = -1
     try:
-        _, per_image = run_ours(arrays, dout, conv2d_kwargs(cfg), "im2col")
+        out_per_image, per_image = run_ours(arrays, dout, conv2d_kwargs(cfg), "im2col")
     finally:
         conv_ops.IM2COL_BATCHED_MAX_BYTES = threshold
+    np.testing.assert_allclose(out, out_per_image, rtol=1e-12, atol=1e-12)
     for got, want in zip(batched, per_image):
         if want is None:
             assert got is None

@@ -48,7 +48,7 @@ from npmobilenet.kernels.conv_direct import (
     conv2d_direct_backward_weight,
     conv2d_direct_forward,
 )
-from npmobilenet.kernels.im2col import col2im, im2col
+from npmobilenet.kernels.im2col import col2im, im2col, im2col_images
 from npmobilenet.kernels.tuned import DepthwiseShape, depthwise3x3_kernel
 from npmobilenet.threads import MACS_PER_ELEMENT, SERIAL
 
@@ -406,7 +406,8 @@ def _sum_slices(parts):
 
 
 # --------------------------------------------------------------------------------------------
-# im2col + GEMM, one image at a time (the column matrix of a whole batch can be gigabytes)
+# im2col + GEMM: a small batch's columns at once, else one image at a time (the column
+# matrix of a whole batch can be gigabytes)
 # --------------------------------------------------------------------------------------------
 
 
@@ -419,6 +420,11 @@ def _forward_im2col(x, weight, out_shape, stride, pad, dilation, groups, out, ru
     out4 = out.reshape(N, groups, K // groups, OH * OW)  # (N, G, Kg, L) view
 
     def images(lo, hi):  # a slice of the batch (the whole batch unless a runner splits it)
+        if (hi - lo) * C * kH * kW * OH * OW * x.itemsize <= IM2COL_BATCHED_MAX_BYTES:
+            cols = np.empty((hi - lo, C * kH * kW, OH * OW), dtype=x.dtype)  # (n, C*kH*kW, L)
+            im2col_images(x[lo:hi], kH, kW, sh, sw, pad[0], pad[2], dil_h, dil_w, OH, OW, cols)
+            np.matmul(w3, cols.reshape(hi - lo, groups, -1, OH * OW), out=out4[lo:hi])
+            return
         cols = np.empty((C * kH * kW, OH * OW), dtype=x.dtype)  # (C*kH*kW, L), per image
         cols3 = cols.reshape(groups, -1, OH * OW)  # (G, Cg*kH*kW, L)
         for n in range(lo, hi):
@@ -476,9 +482,10 @@ def _backward_im2col_images(dout, x, weight, stride, pad, dilation, groups, dx, 
     return dx, dw3.reshape(weight.shape)
 
 
-# When the column matrices of the whole batch fit in this many bytes, the backward builds them
-# all and hands BLAS two calls instead of two per image (alpha 0.25 at 32x32, batch 64: the
-# first layer's 64 small GEMM pairs were ~5 ms of a ~40 ms step).
+# When the column matrices of the whole batch fit in this many bytes, the forward and the
+# backward build them all in one kernel call and hand BLAS one batched product instead of one
+# per image (alpha 0.25 at 32x32, batch 64: the first layer's 64 small GEMM pairs were ~5 ms
+# of a ~40 ms step).
 IM2COL_BATCHED_MAX_BYTES = 32 * 2**20
 
 
@@ -492,8 +499,7 @@ def _backward_im2col_batched(
     w3 = weight.reshape(groups, K // groups, -1)  # (G, Kg, Cg*kH*kW)
     d4 = dout.reshape(N, groups, K // groups, L)  # (N, G, Kg, L)
     cols = np.empty((N, C * kH * kW, L), dtype=x.dtype)  # (N, C*kH*kW, L)
-    for n in range(N):
-        im2col(x[n], kH, kW, sh, sw, pad[0], pad[2], dil_h, dil_w, OH, OW, cols[n])
+    im2col_images(x, kH, kW, sh, sw, pad[0], pad[2], dil_h, dil_w, OH, OW, cols)
     # forward: out[n] = w3 @ cols[n], so dW = sum_n dout[n] @ cols[n].T, dcols = W.T @ dout
     dw3 = _pointwise_dweight(d4, cols.reshape(N, groups, C // groups * kH * kW, L))
     if not input_grad:
