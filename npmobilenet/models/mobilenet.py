@@ -518,6 +518,8 @@ class MobileNetV1(Module):
         slices of ``threads.MIN_SLICE_ELEMENTS``. A batch of small images splits none of its
         ops, and then BLAS is better left its threads for the GEMMs (a module without shape
         arithmetic: True)."""
+        if self.runner.threads == 1:  # nothing to split over
+            return False
         largest, shape = math.prod(in_shape), in_shape
         for _, module in units:
             try:
