@@ -423,7 +423,8 @@ def _forward_im2col(x, weight, out_shape, stride, pad, dilation, groups, out, ru
         if (hi - lo) * C * kH * kW * OH * OW * x.itemsize <= IM2COL_BATCHED_MAX_BYTES:
             cols = np.empty((hi - lo, C * kH * kW, OH * OW), dtype=x.dtype)  # (n, C*kH*kW, L)
             im2col_images(x[lo:hi], kH, kW, sh, sw, pad[0], pad[2], dil_h, dil_w, OH, OW, cols)
-            np.matmul(w3, cols.reshape(hi - lo, groups, -1, OH * OW), out=out4[lo:hi])
+            cols4 = cols.reshape(hi - lo, groups, C // groups * kH * kW, OH * OW)  # a view
+            np.matmul(w3, cols4, out=out4[lo:hi])
             return
         cols = np.empty((C * kH * kW, OH * OW), dtype=x.dtype)  # (C*kH*kW, L), per image
         cols3 = cols.reshape(groups, -1, OH * OW)  # (G, Cg*kH*kW, L)
