@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -206,3 +208,20 @@ def test_model_splits_only_batches_worth_it_and_leaves_blas_its_threads_otherwis
         assert all(runner is model.runner for runner, _ in seen), seen
     else:
         assert seen == [(SERIAL, 2)] * 4
+
+
+def test_session_limits_a_blas_library_loaded_after_its_first_use():
+    # SciPy ships its own OpenBLAS, loaded on import: a session entered before and after that
+    # import must hold every BLAS in the process at one thread (threadpoolctl's own count)
+    code = (
+        "from npmobilenet import threads\n"
+        "threads.set_blas_threads(2)\n"
+        "with threads.Runner(2).session(): pass\n"
+        "import scipy.linalg\n"
+        "threads.set_blas_threads(2)\n"
+        "with threads.Runner(2).session():\n"
+        "    print(len(threads.blas_info()), threads.blas_num_threads())\n"
+        "print(threads.blas_num_threads())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["2", "1", "2"]
