@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import cases  # noqa: E402
 import floor  # noqa: E402
 
+from npmobilenet.ops import conv  # noqa: E402
 from npmobilenet.threads import Runner  # noqa: E402
 
 TRAIN = cases.CASES["train-b16-224"]
@@ -104,20 +105,29 @@ def test_stream_reads_and_writes_what_it_counts(reads, writes):
     assert total == pytest.approx(src[m:].astype(np.float64).sum(), rel=1e-5)
 
 
-def test_replayed_training_gemms_compute_the_layers_products():
-    g = floor.Gemm("p", 4, 6, 5, 9)  # small planes: dW as one GEMM per slice
+# 9 pixels: dW as one GEMM per slice; <= 4 pixels: forward and dx as one GEMM per slice too
+@pytest.mark.parametrize("pixels", [9, 4, 1])
+def test_replayed_training_gemms_compute_the_layers_products(pixels, monkeypatch):
+    g = floor.Gemm("p", 4, 6, 5, pixels)
+    one_gemm_calls = []  # the replay must take the package's route (ops.conv) for this plane
+    package_one_gemm = conv._one_gemm
+    monkeypatch.setattr(conv, "_one_gemm", lambda *a: one_gemm_calls.append(package_one_gemm(*a)))
     rng = np.random.default_rng(0)
-    x, y, w = (rng.random(s, dtype=np.float32) for s in (4 * 6 * 9, 4 * 5 * 9, (5, 6)))
-    x4, y4 = x.reshape(4, 6, 9).copy(), y.reshape(4, 5, 9).copy()  # references
+    x, y, w = (rng.random(s, dtype=np.float32)
+               for s in (4 * 6 * pixels, 4 * 5 * pixels, (5, 6)))  # fmt: skip
+    x4, y4 = x.reshape(4, 6, pixels).copy(), y.reshape(4, 5, pixels).copy()  # references
     runner = Runner(2)
     calls = floor._training_path(g, x, y, w, runner)
     dw = sum(calls["dW"]())  # the slices' partial sums
     np.testing.assert_allclose(dw, np.einsum("nkl,ncl->kc", y4, x4)[None], rtol=1e-5)
     calls["forward"]()  # writes Y = W @ X into y
-    np.testing.assert_allclose(y.reshape(4, 5, 9), np.einsum("kc,ncl->nkl", w, x4), rtol=1e-5)
-    y_now = y.reshape(4, 5, 9).copy()
+    y_now = y.reshape(4, 5, pixels).copy()
+    np.testing.assert_allclose(y_now, np.einsum("kc,ncl->nkl", w, x4), rtol=1e-5)
     calls["dx"]()  # writes dX = W^T @ dY into x
-    np.testing.assert_allclose(x.reshape(4, 6, 9), np.einsum("kc,nkl->ncl", w, y_now), rtol=1e-5)
+    dx = np.einsum("kc,nkl->ncl", w, y_now)
+    np.testing.assert_allclose(x.reshape(4, 6, pixels), dx, rtol=1e-5)
+    package_batches = pixels <= conv.POINTWISE_ONE_GEMM_MAX_HW
+    assert bool(one_gemm_calls) == package_batches
 
 
 def _result(gemm_s, pass_s):
