@@ -44,6 +44,7 @@ split their batch with (the owner sets it).
 from __future__ import annotations
 
 import bisect
+import math
 
 import numpy as np
 
@@ -95,10 +96,11 @@ class _Chunk:
     def view(self, start: int, shape: tuple, dtype: np.dtype) -> np.ndarray:
         """``shape`` array at byte ``start`` (the same object for the same place and shape)."""
         key = (start, shape, dtype)
-        if key not in self.views:
-            n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-            self.views[key] = self.buffer[start : start + n].view(dtype).reshape(shape)
-        return self.views[key]
+        array = self.views.get(key)
+        if array is None:
+            n = math.prod(shape) * dtype.itemsize
+            array = self.views[key] = self.buffer[start : start + n].view(dtype).reshape(shape)
+        return array
 
 
 def _new_chunk(nbytes: int) -> _Chunk:
@@ -123,8 +125,8 @@ class Workspace:
         self._last: list[tuple] = []  # the same for the previous step
 
     def _take(self, shape, dtype) -> np.ndarray:
-        shape, dtype = tuple(int(s) for s in shape), np.dtype(dtype)
-        size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        shape, dtype = tuple(map(int, shape)), np.dtype(dtype)
+        size = math.prod(shape) * dtype.itemsize
         nbytes = max(-(-size // _ALIGN) * _ALIGN, _ALIGN)
         n = len(self._order)
         place = self._last[n] if n < len(self._last) else None
