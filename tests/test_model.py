@@ -284,3 +284,34 @@ def test_whole_model_gradient_check_catches_a_wrong_backward(monkeypatch):
     x = np.random.default_rng(1).standard_normal((2, 3, 32, 32))
     with pytest.raises(GradcheckError, match="gradient of 'depthwise_sep_conv3.dwconv.weight'"):
         _model_gradcheck(m, x, np.array([1, 4]), seed=3)
+
+
+class _Unshaped(npmobilenet.nn.Module):
+    """The identity, without shape arithmetic (``output_shape`` raises NotImplementedError)."""
+
+    def forward(self, x):
+        return x
+
+    def backward(self, dout):
+        return dout
+
+
+def test_split_decision_follows_the_input_shape_and_the_current_children():
+    from npmobilenet import threads
+
+    model = MobileNetV1(alpha=0.25, num_classes=10, seed=0)
+    model.runner = threads.Runner(2)
+    small = np.zeros((2, 3, 32, 32), np.float32)  # no activation holds two slices' elements
+    large = np.zeros((64, 3, 64, 64), np.float32)  # the first conv's output holds 2**19
+    assert 64 * 8 * 32 * 32 >= 2 * threads.MIN_SLICE_ELEMENTS > 2 * 3 * 32 * 32
+    decisions = []
+    for x in (small, large, small, small):
+        model(x)
+        decisions.append(model._ran[4])
+    assert decisions == [False, True, False, False]
+    model.dropout = _Unshaped()  # a child without shape arithmetic: the batch may split
+    model(small)
+    assert model._ran[4] is True
+    model.dropout = npmobilenet.nn.Dropout(0.0)
+    model(small)
+    assert model._ran[4] is False

@@ -396,6 +396,7 @@ class MobileNetV1(Module):
         self.recompute_block_outputs = False
         object.__setattr__(self, "_workspace", Workspace())
         object.__setattr__(self, "_ran", None)  # what the last forward ran (see _backward)
+        object.__setattr__(self, "_split_memo", (None, False))  # see _worth_splitting
         self.reset_parameters(init_seed)
 
     def _build_features(self) -> None:
@@ -592,9 +593,22 @@ class MobileNetV1(Module):
         its largest activation (``output_shape`` arithmetic over ``units``) holds at least two
         slices of ``threads.MIN_SLICE_ELEMENTS``. A batch of small images splits none of its
         ops, and then BLAS is better left its threads for the GEMMs (a module without shape
-        arithmetic: True)."""
+        arithmetic: True).
+
+        The answer is remembered for the last ``(in_shape, units)`` (the modules themselves, so
+        a model whose children change walks them again)."""
         if self.runner.threads == 1:  # nothing to split over
             return False
+        key = (tuple(in_shape), tuple(m for _, m in units))
+        memo_key, answer = self._split_memo
+        if key != memo_key:
+            answer = self._walk_shapes(in_shape, units)
+            object.__setattr__(self, "_split_memo", (key, answer))
+        return answer
+
+    @staticmethod
+    def _walk_shapes(in_shape, units) -> bool:
+        """``_worth_splitting``'s walk of ``output_shape`` over ``units``."""
         largest, shape = math.prod(in_shape), in_shape
         for _, module in units:
             try:
