@@ -216,3 +216,19 @@ def test_cache_of_wrong_kind():
         out,
         (1, 2),
     )
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"stride": True}, {"stride": 1.0}, {"stride": (1, 1.0)}, {"padding": (True, 1)},
+     {"padding": (1, 1.0)}, {"stride": np.float32(1)}],
+)  # fmt: skip
+def test_geometry_equal_to_an_accepted_one_is_still_refused(kwargs):
+    # stride=True == 1 and 1.0 == 1: a remembered geometry for (stride=1, padding=1) must not
+    # be handed to them (each of these is refused naming the argument)
+    x, w = np.zeros((1, 2, 5, 5), np.float32), np.zeros((3, 2, 3, 3), np.float32)
+    out, _ = conv2d_forward(x, w, None, 1, 1)
+    assert out.shape == (1, 3, 5, 5)
+    name = next(iter(kwargs))
+    with pytest.raises(TypeError, match=rf"conv2d.*{name}(\[\d\])? must be an int"):
+        conv2d_forward(x, w, None, **{"stride": 1, "padding": 1, **kwargs})

@@ -36,6 +36,7 @@ kernels that skip padded taps add those products back when the weight has a non-
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -244,11 +245,28 @@ def conv2d_forward(
 def _geometry(op, x4, weight, stride, padding, dilation, groups, method):
     """Check and resolve the geometry: ((stride, padding, dilation, groups), method, out_shape).
 
-    out_shape is (N, K, OH, OW); padding is (top, bottom, left, right)."""
+    out_shape is (N, K, OH, OW); padding is (top, bottom, left, right). A function of the
+    shapes, the dtype and the arguments alone: for arguments of plain Python ints, tuples of
+    them and strings (a layer's own) the answer is remembered (:func:`_geometry_memo`); any
+    other argument is checked afresh on every call."""
+    args = (op, x4.shape, weight.shape, x4.dtype, stride, padding, dilation, groups, method)
+    if all(map(_plain, args[4:])):
+        return _geometry_memo(*args)
+    return _geometry_of(*args)
+
+
+def _plain(v) -> bool:
+    """An int, a str, or a tuple of ints: exactly those types (not bool, NumPy or float)."""
+    t = type(v)
+    return t is int or t is str or (t is tuple and all(type(i) is int for i in v))
+
+
+def _geometry_of(op, x_shape, w_shape, dtype, stride, padding, dilation, groups, method):
+    """:func:`_geometry` on the shapes and dtype of x4 and weight."""
     stride = _checks.pair(op, "stride", stride, minimum=1)
     dilation = _checks.pair(op, "dilation", dilation, minimum=1)
-    kernel = weight.shape[2:]
-    N, _, H, W = x4.shape
+    kernel = w_shape[2:]
+    N, _, H, W = x_shape
     pad = resolve_padding(op, padding, kernel, dilation, stride, (H, W))
     for name, v in (("stride", stride), ("dilation", dilation), ("padding", pad)):
         if max(v) > MAX_GEOMETRY:  # the kernels index with int64 products of these
@@ -257,12 +275,16 @@ def _geometry(op, x4, weight, stride, padding, dilation, groups, method):
     OH = _output_size(op, H, pad[0:2], kernel[0], dilation[0], stride[0], "height")
     OW = _output_size(op, W, pad[2:4], kernel[1], dilation[1], stride[1], "width")
     if method == "auto":
-        method = choose_method(x4.shape, weight.shape, stride, pad, groups)
-    elif method == "im2col" and _is_pointwise(weight.shape, stride, pad):
+        method = choose_method(x_shape, w_shape, stride, pad, groups)
+    elif method == "im2col" and _is_pointwise(w_shape, stride, pad):
         method = "pointwise"
-    out_shape = (N, weight.shape[0], OH, OW)
-    _checks.output_fits(op, out_shape, x4.dtype)
+    out_shape = (N, w_shape[0], OH, OW)
+    _checks.output_fits(op, out_shape, dtype)
     return (stride, pad, dilation, groups), method, out_shape
+
+
+# A call that raises is not remembered: bad arguments are reported on every call.
+_geometry_memo = functools.lru_cache(maxsize=1024)(_geometry_of)
 
 
 def conv2d_backward(dout, cache, *, dx=None, input_grad=True, weight_grad=True, runner=None):
