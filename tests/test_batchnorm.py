@@ -309,3 +309,26 @@ def test_act_bad_inputs():
         batch_norm_backward(x, fused)
     with pytest.raises(ValueError, match=r"batch_norm_act_backward: dout has shape \(2, 3\)"):
         batch_norm_act_backward(np.zeros((2, 3), np.float32), fused)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_coefficient_kernels_round_as_their_numpy_twins(dtype):
+    rng = np.random.default_rng(3)
+    C = 37
+    mean, var = rng.normal(size=C), rng.uniform(0.0, 3.0, C) ** 3  # float64, as from the stats
+    weight, bias = rng.normal(size=C).astype(dtype), rng.normal(size=C).astype(dtype)
+    got = K.forward_coefficients(mean, var, weight, bias, 1e-5)
+    want = K.forward_coefficients_naive(mean, var, weight, bias, 1e-5)
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == np.float64
+        np.testing.assert_array_equal(g, w)
+    np.testing.assert_array_equal(K.affine_coefficients(*got[:2], mean, got[2]), want[3:])
+    rm, rv = rng.normal(size=C).astype(dtype), rng.uniform(0.5, 2.0, C).astype(dtype)
+    rm2, rv2 = rm.copy(), rv.copy()
+    M, momentum = 7, 0.1
+    K.update_running(rm, rv, mean, var, dtype(1.0 - momentum), momentum, M / (M - 1))
+    # the update as written on the arrays: (1 - momentum) * r is rounded in r's dtype (NEP 50)
+    K.update_running_naive(rm2, rv2, mean, var, 1.0 - momentum, momentum, M / (M - 1))
+    np.testing.assert_array_equal(rm, rm2)
+    np.testing.assert_array_equal(rv, rv2)
+    assert rm.dtype == rv.dtype == dtype

@@ -98,6 +98,65 @@ def channel_stats_naive(x):
     return x64.mean(axis=(0, 2)), x64.var(axis=(0, 2))
 
 
+# The per-channel (C,) float64 arithmetic of a forward, in one call each: a few dozen values,
+# where a dozen NumPy calls on (C,) arrays cost more than the arithmetic. No fastmath: each
+# value is rounded as the NumPy twin rounds it, bit for bit.
+
+
+@njit(cache=True, nogil=True)
+def affine_coefficients(w, b, mean, invstd):
+    """``scale = w * invstd`` and ``shift = b - mean * scale``, (C,) float64 each, so that
+    ``w * (x - mean) * invstd + b == x * scale + shift``. All arguments (C,) float64."""
+    scale, shift = np.empty_like(w), np.empty_like(w)
+    for c in range(w.shape[0]):
+        scale[c] = w[c] * invstd[c]
+        shift[c] = b[c] - mean[c] * scale[c]
+    return scale, shift
+
+
+def affine_coefficients_naive(w, b, mean, invstd):
+    """NumPy reference for :func:`affine_coefficients`."""
+    scale = w * invstd
+    return scale, b - mean * scale
+
+
+@njit(cache=True, nogil=True)
+def forward_coefficients(mean, var, weight, bias, eps):
+    """``(w, b, invstd, scale, shift)``, (C,) float64 each: weight and bias as float64,
+    ``invstd = 1 / sqrt(var + eps)`` and :func:`affine_coefficients`. mean, var: (C,) float64;
+    weight, bias: (C,) of one float dtype."""
+    C = mean.shape[0]
+    w, b, invstd = np.empty(C), np.empty(C), np.empty(C)
+    for c in range(C):
+        w[c], b[c] = weight[c], bias[c]
+        invstd[c] = 1.0 / np.sqrt(var[c] + eps)
+    return (w, b, invstd, *affine_coefficients(w, b, mean, invstd))
+
+
+def forward_coefficients_naive(mean, var, weight, bias, eps):
+    """NumPy reference for :func:`forward_coefficients`."""
+    w, b, invstd = weight.astype(np.float64), bias.astype(np.float64), 1.0 / np.sqrt(var + eps)
+    return (w, b, invstd, *affine_coefficients_naive(w, b, mean, invstd))
+
+
+@njit(cache=True, nogil=True)
+def update_running(running_mean, running_var, mean, var, keep, momentum, unbias):
+    """In place: ``running_mean = keep * running_mean + momentum * mean`` and ``running_var =
+    keep * running_var + momentum * var * unbias``. running_*: (C,) float32 or float64; mean,
+    var: (C,) float64; keep: ``1 - momentum`` as a scalar of the running arrays' dtype (its
+    product with them is rounded in that dtype, as NumPy rounds a Python float times a float32
+    array); momentum, unbias (M / (M - 1)): floats."""
+    for c in range(mean.shape[0]):
+        running_mean[c] = keep * running_mean[c] + momentum * mean[c]
+        running_var[c] = keep * running_var[c] + momentum * var[c] * unbias
+
+
+def update_running_naive(running_mean, running_var, mean, var, keep, momentum, unbias):
+    """NumPy reference for :func:`update_running` (``keep`` as a Python float)."""
+    running_mean[...] = keep * running_mean + momentum * mean
+    running_var[...] = keep * running_var + momentum * var * unbias
+
+
 @njit(cache=True, nogil=True, inline="always", fastmath=REASSOC)
 def _affine_row(x, out, n, c, a, b):
     """out[n, c, i] = x[n, c, i] * a + b for every i: one (image, channel) row."""

@@ -152,19 +152,20 @@ def _forward(x, weight, bias, running_mean, running_var, training, momentum, eps
     x3 = np.ascontiguousarray(x).reshape(N, C, L)  # (N, C, L)
     if training:
         mean, var = _channel_stats(x3, runner)  # (C,), (C,) float64, biased variance
-        if running_mean is not None:
+        if running_mean is not None:  # r = (1 - momentum) * r + momentum * statistic
             M = x3.shape[0] * x3.shape[2]
-            running_mean[...] = (1.0 - momentum) * running_mean + momentum * mean
-            running_var[...] = (1.0 - momentum) * running_var + momentum * var * (M / (M - 1))
+            keep = running_mean.dtype.type(1.0 - momentum)  # rounded as NumPy would
+            K.update_running(running_mean, running_var, mean, var, keep, momentum, M / (M - 1))
     else:
         mean = running_mean.astype(np.float64)  # a copy: later in-place updates cannot leak in
         var = running_var.astype(np.float64)
-    invstd = 1.0 / np.sqrt(var + eps)  # (C,) float64
-    w = np.ones(C) if weight is None else weight.astype(np.float64)
-    b = np.zeros(C) if bias is None else bias.astype(np.float64)
+    w = np.ones(C, x.dtype) if weight is None else weight  # no weight: scale 1
+    b = np.zeros(C, x.dtype) if bias is None else bias  # no bias: shift 0
+    # w, b as float64; invstd = 1 / sqrt(var + eps); out = x * scale + shift. (C,) float64 each
+    w, b, invstd, scale, shift = K.forward_coefficients(mean, var, w, b, eps)
     given = out
     out = np.empty_like(x3) if out is None else out.reshape(x3.shape)  # a view of out
-    _apply(x3, w, b, mean, invstd, act, out, runner)
+    _apply(x3, scale, shift, act, out, runner)
     cache = BatchNormCache(
         x3, w, weight is not None, bias is not None, mean, invstd, bool(training), x.shape, act,
         None if act is None else out, b,
@@ -172,11 +173,9 @@ def _forward(x, weight, bias, running_mean, running_var, training, momentum, eps
     return (out.reshape(x.shape) if given is None else given), cache
 
 
-def _apply(x3, w, b, mean, invstd, act, out, runner):
-    """out (N, C, L) = act(w * (x3 - mean) * invstd + b), as ``x3 * scale + shift`` with the
-    (C,) float64 coefficients: one rounding per element, then the activation (if any)."""
-    scale = w * invstd  # out = x * scale + shift  ==  w * (x - mean) * invstd + b
-    shift = b - mean * scale
+def _apply(x3, scale, shift, act, out, runner):
+    """out (N, C, L) = act(x3 * scale + shift) with the (C,) float64 coefficients (see
+    ``K.affine_coefficients``): one rounding per element, then the activation (if any)."""
 
     def images(lo, hi):  # a slice of the batch (the whole batch unless a runner splits it)
         if act is None:
@@ -202,8 +201,8 @@ def batch_norm_output(cache, *, out=None, runner=None):
     _check_cache(op, cache, (None, *ACTIVATIONS))
     out = _checks.out_array(op, "out", out, cache.shape, cache.x3.dtype, cache.x3)
     out3 = np.empty_like(cache.x3) if out is None else out.reshape(cache.x3.shape)  # a view
-    _apply(cache.x3, cache.w, cache.b, cache.mean, cache.invstd, cache.act, out3,
-           runner or SERIAL)  # fmt: skip
+    scale, shift = K.affine_coefficients(cache.w, cache.b, cache.mean, cache.invstd)
+    _apply(cache.x3, scale, shift, cache.act, out3, runner or SERIAL)
     cache = cache._replace(out3=None if cache.act is None else out3)
     return (out3.reshape(cache.shape) if out is None else out), cache
 
