@@ -332,3 +332,14 @@ def test_coefficient_kernels_round_as_their_numpy_twins(dtype):
     np.testing.assert_array_equal(rm, rm2)
     np.testing.assert_array_equal(rv, rv2)
     assert rm.dtype == rv.dtype == dtype
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_backward_coefficient_kernel_rounds_as_its_numpy_twin(training):
+    rng = np.random.default_rng(4)
+    w, invstd, S, T = rng.normal(size=(4, 29))  # (C,) float64 each
+    got = K.backward_coefficients(w, invstd, S, T, 13, training)
+    for g, want in zip(got, K.backward_coefficients_naive(w, invstd, S, T, 13, training),
+                       strict=True):  # fmt: skip
+        np.testing.assert_array_equal(g, want)
+    assert training == bool(np.any(got[1]))  # eval: a = b = 0

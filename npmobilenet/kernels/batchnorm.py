@@ -157,6 +157,30 @@ def update_running_naive(running_mean, running_var, mean, var, keep, momentum, u
     running_var[...] = keep * running_var + momentum * var * unbias
 
 
+@njit(cache=True, nogil=True)
+def backward_coefficients(w, invstd, S, T, M, training):
+    """``(k, a, b)`` of the backward's ``dx = k * grad - a * (x - mean) - b`` (see
+    ``train_dx``), (C,) float64 each: ``k = w * invstd``; training: ``a = k * invstd**2 * T / M``
+    and ``b = k * S / M`` (S, T: the per-channel sums of grad and grad * (x - mean) over M
+    values); eval: a = b = 0. w, invstd, S, T: (C,) float64."""
+    C = w.shape[0]
+    k, a, b = np.empty(C), np.zeros(C), np.zeros(C)
+    for c in range(C):
+        k[c] = w[c] * invstd[c]
+        if training:
+            a[c] = k[c] * invstd[c] ** 2 * T[c] / M
+            b[c] = k[c] * S[c] / M
+    return k, a, b
+
+
+def backward_coefficients_naive(w, invstd, S, T, M, training):
+    """NumPy reference for :func:`backward_coefficients`."""
+    k = w * invstd
+    if not training:
+        return k, np.zeros_like(k), np.zeros_like(k)
+    return k, k * invstd**2 * T / M, k * S / M
+
+
 @njit(cache=True, nogil=True, inline="always", fastmath=REASSOC)
 def _affine_row(x, out, n, c, a, b):
     """out[n, c, i] = x[n, c, i] * a + b for every i: one (image, channel) row."""

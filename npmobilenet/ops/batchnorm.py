@@ -296,14 +296,11 @@ def _backward(dout, cache, dx, runner):
         return K.grad_sums_act(d3[lo:hi], out3[lo:hi], x3[lo:hi], mean, six)  # what act passes
 
     per_image = x3.shape[1] * x3.shape[2]
-    S, T = (sum(parts) for parts in zip(*runner.map(sums, x3.shape[0], per_image)))
-    k = w * invstd  # (C,)
+    parts = runner.map(sums, x3.shape[0], per_image)  # [(S, T) of each slice]
+    S, T = parts[0] if len(parts) == 1 else (sum(p) for p in zip(*parts))
+    M = x3.shape[0] * x3.shape[2]
+    k, a, b = K.backward_coefficients(w, invstd, S, T, M, training)  # (C,) float64 each
     dx = np.empty_like(x3) if dx is None else dx.reshape(x3.shape)  # a view of dx (or dout)
-    if training:
-        M = x3.shape[0] * x3.shape[2]
-        a, b = k * invstd**2 * T / M, k * S / M
-    else:
-        a, b = np.zeros_like(k), np.zeros_like(k)
     dt = x3.dtype
     if inplace:
         dx = d3
