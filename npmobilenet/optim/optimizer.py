@@ -115,20 +115,21 @@ class Optimizer:
     def step(self) -> None:
         """Apply one update to every parameter that requires a gradient, in place."""
         for group in self.param_groups:
+            hyper = {k: group[k] for k in self.hyperparameters}  # read now: schedulers write them
             for p in group["params"]:
                 if p.requires_grad:
-                    self._update(p, self.state.setdefault(id(p), {}), group)
+                    self._update(p, self.state.setdefault(id(p), {}), group, hyper)
 
-    def _update(self, p: Parameter, state: dict, group: dict) -> None:
-        """``update_rule`` on ``p`` in place, with the group's hyper-parameters."""
-        hyper = {k: group[k] for k in self.hyperparameters}
+    def _update(self, p: Parameter, state: dict, group: dict, hyper: dict) -> None:
+        """``update_rule`` on ``p`` in place, with ``hyper``: the group's hyper-parameters."""
         self.update_rule(p.data, p.grad, state, self._scratch(p, self.work_arrays), **hyper)
 
     def _scratch(self, p: Parameter, k: int) -> list[np.ndarray]:
         """``k`` reusable arrays shaped like ``p`` (allocated once, so a step makes no garbage)."""
-        work = self._work.setdefault(id(p), [])
-        while len(work) < k:
-            work.append(np.empty_like(p.data))
+        work = self._work.get(id(p))
+        if work is None or len(work) < k:
+            work = self._work.setdefault(id(p), [])
+            work += [np.empty_like(p.data) for _ in range(k - len(work))]
         return work
 
     # ----- checkpointing ----------------------------------------------------------------------

@@ -104,7 +104,7 @@ class RMSprop(Optimizer):
     non_negative = ("lr", "alpha", "eps", "weight_decay", "momentum")
     flags = ("centered",)
 
-    def _update(self, p, state, group):
+    def _update(self, p, state, group, hyper):
         if group["centered"] and state and "grad_avg" not in state:
             state["grad_avg"] = np.zeros_like(p.data)
-        super()._update(p, state, group)
+        super()._update(p, state, group, hyper)
