@@ -134,6 +134,8 @@ class Runner:
         The calling thread runs the last slice itself; an exception in any slice is raised here
         after every slice has finished (so no thread still writes into the caller's arrays).
         """
+        if self._threads == 1:  # SERIAL: one slice, whatever the sizes
+            return [fn(0, n_items)]
         ranges = self.slices(n_items, -(-MIN_SLICE_ELEMENTS // max(int(item_size), 1)))
         if len(ranges) == 1:
             return [fn(*ranges[0])]
