@@ -202,7 +202,9 @@ def scale_shift_act(x, scale, shift, out, six):
     ``np.maximum`` / ``np.clip`` and PyTorch keep it).
     """
     N, C, L = x.shape
-    zero, top = np.zeros(1, dtype=out.dtype)[0], np.full(1, 6, dtype=out.dtype)[0]
+    bounds = np.zeros(2, dtype=out.dtype)  # 0 and 6 in out's dtype
+    bounds[1] = 6
+    zero, top = bounds[0], bounds[1]
     for n in range(N):
         for c in range(C):
             _affine_row(x, out, n, c, scale[c], shift[c])
