@@ -155,6 +155,8 @@ class Conv2d(Module):
             out=out, runner=runner,
         )  # fmt: skip
         self._cache = (cache, workspace)
+        if self.training:  # on a cold cache, compile the backward's kernels meanwhile
+            conv_ops.conv2d_compile_backward_ahead(cache)
         return out
 
     def backward(self, dout: np.ndarray, *, consume: bool = False, input_grad: bool = True):

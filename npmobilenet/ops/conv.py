@@ -37,11 +37,12 @@ kernels that skip padded taps add those products back when the weight has a non-
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from typing import NamedTuple
 
 import numpy as np
 
-from npmobilenet import _checks
+from npmobilenet import _checks, compile_ahead
 from npmobilenet._geometry import output_size, window_span
 from npmobilenet.kernels.conv_direct import (
     conv2d_direct_backward_input,
@@ -302,6 +303,34 @@ def conv2d_backward(dout, cache, *, dx=None, input_grad=True, weight_grad=True, 
     return dx, dweight, dbias
 
 
+def conv2d_compile_backward_ahead(cache) -> None:
+    """Hand the Numba kernels ``conv2d_backward`` will run for ``cache`` (a training forward's)
+    to :mod:`npmobilenet.compile_ahead`, which compiles them in a second process on a cold
+    cache. Depthwise 3x3 layers only: their backward kernels are the slow ones to compile."""
+    if cache.method != "direct" or not _is_depthwise3x3(cache.weight, cache.dilation):
+        return
+    x = cache.x
+    plan = _depthwise_backward_plan(
+        x.shape[1], cache.weight.shape[0], x.shape[2:], tuple(cache.out_shape[-2:]),
+        cache.stride, x.dtype,
+    )  # fmt: skip
+    for kernel, sig in plan:
+        compile_ahead.submit(kernel, sig)
+
+
+@lru_cache(maxsize=256)
+def _depthwise_backward_plan(channels, out_channels, in_hw, out_hw, stride, dtype):
+    """((kernel, argument types), ...) of a depthwise backward (weights assumed finite)."""
+    shape = DepthwiseShape(channels, out_channels, in_hw, out_hw, stride)
+    both = depthwise3x3_kernel("backward", shape)
+    if both is not None:  # (dout, x, w, dx, dweight, sh, sw, pt, pl)
+        return ((both, compile_ahead.signature(dtype, 5)),)
+    three = compile_ahead.signature(dtype, 3)  # (dout, x or w_flipped, dweight or dx, ...)
+    # the backward runs the weight gradient first: submitted last, it is compiled first
+    ops = ("backward_input", "backward_weight")
+    return tuple((depthwise3x3_kernel(op, shape), three) for op in ops)
+
+
 def _per_image(a):
     """Elements per image of a (N, ...) array (also when N is 0)."""
     return math.prod(a.shape[1:])
@@ -366,6 +395,9 @@ def _backward_direct(
         dx_kernel = depthwise3x3_kernel("backward_input", shape)
         # dx is a correlation of (zero-spread) dout with the 180-degree rotated filter
         w_flipped = None if both else np.ascontiguousarray(weight[:, :, ::-1, ::-1])
+        for kernel, n_arrays in ((both, 5), (dw_kernel, 3), (dx_kernel, 3)):
+            if kernel is not None:  # compiled by the worker, or taken back from it
+                compile_ahead.wait(kernel, compile_ahead.signature(x.dtype, n_arrays))
 
     def images(lo, hi):  # a slice of the batch: adds its dW into a zeroed array of its own
         dweight = np.zeros_like(weight)
