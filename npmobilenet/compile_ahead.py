@@ -154,6 +154,7 @@ class _Worker:
         except OSError:
             self._give_up()
             return False
+        self.busy = True  # until the worker says it is ready: the stack may still change
         threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
         atexit.register(_close, self.proc)
         return True
@@ -182,11 +183,12 @@ class _Worker:
         """The reader thread: mark each kernel the worker reports, send it the next one."""
         for line in proc.stdout:
             try:
-                rid = json.loads(line)["id"]
+                rid = json.loads(line)["id"]  # None: ready, after its imports
             except (ValueError, KeyError, TypeError):
                 break
             with self.cond:
-                self.state[self.sent[rid]] = "done"
+                if rid is not None:
+                    self.state[self.sent[rid]] = "done"
                 self.busy = False
                 self._send_next()
                 self.cond.notify_all()
@@ -246,7 +248,10 @@ def _compile(module: str, name: str, args: list) -> None:
 
 
 def serve(stdin, stdout) -> None:
-    """The worker: compile each requested kernel, then report its id (also on failure)."""
+    """The worker: say it is ready (id None), then compile each requested kernel and report its
+    id (also on failure)."""
+    stdout.write(json.dumps({"id": None}) + "\n")
+    stdout.flush()
     for line in stdin:
         request = json.loads(line)
         try:

@@ -152,11 +152,9 @@ class Conv2d(Module):
         runner = None if workspace is None else workspace.runner
         out, cache = ops.conv2d_forward(
             x, w, b, self.stride, self.padding, self.dilation, self.groups, self.method,
-            out=out, runner=runner,
+            out=out, runner=runner, backward_ahead=self.training,
         )  # fmt: skip
         self._cache = (cache, workspace)
-        if self.training:  # on a cold cache, compile the backward's kernels meanwhile
-            conv_ops.conv2d_compile_backward_ahead(cache)
         return out
 
     def backward(self, dout: np.ndarray, *, consume: bool = False, input_grad: bool = True):

@@ -201,7 +201,7 @@ def _is_pointwise(w_shape, stride, padding):
 
 def conv2d_forward(
     x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, method="auto", *,
-    out=None, runner=None,
+    out=None, runner=None, backward_ahead=False,
 ):  # fmt: skip
     """2-D convolution, as ``torch.nn.functional.conv2d``. Returns ``(out, cache)``.
 
@@ -220,6 +220,9 @@ def conv2d_forward(
     the output into (its old contents are ignored); it is the ``out`` returned.
     runner (keyword): None (serial), or a ``npmobilenet.threads.Runner`` that splits the batch
     into slices run on its threads.
+    backward_ahead (keyword): a backward will follow (a layer in training mode); on a cold
+    Numba cache its kernels are compiled meanwhile in a second process
+    (:mod:`npmobilenet.compile_ahead`).
 
     out: (N, K, OH, OW), or (K, OH, OW) for an unbatched x, in x's dtype.
     cache: a ``Conv2dCache``.
@@ -232,6 +235,8 @@ def conv2d_forward(
     x4 = np.ascontiguousarray(x4)  # (N, C, H, W)
     weight = np.ascontiguousarray(weight)
     out4 = None if out is None else out.reshape(out_shape)  # a view
+    if backward_ahead and method == "direct" and _is_depthwise3x3(weight, geom[2]):
+        _compile_backward_ahead(x4, weight, out_shape, geom[0])
     out4 = _FORWARD[method](x4, weight, out_shape, *geom, out=out4, runner=runner or SERIAL)
     if bias is not None:
         out4 += bias.reshape(1, -1, 1, 1)  # out (N, K, OH, OW) + bias (1, K, 1, 1)
@@ -303,17 +308,12 @@ def conv2d_backward(dout, cache, *, dx=None, input_grad=True, weight_grad=True, 
     return dx, dweight, dbias
 
 
-def conv2d_compile_backward_ahead(cache) -> None:
-    """Hand the Numba kernels ``conv2d_backward`` will run for ``cache`` (a training forward's)
-    to :mod:`npmobilenet.compile_ahead`, which compiles them in a second process on a cold
-    cache. Depthwise 3x3 layers only: their backward kernels are the slow ones to compile."""
-    if cache.method != "direct" or not _is_depthwise3x3(cache.weight, cache.dilation):
-        return
-    x = cache.x
+def _compile_backward_ahead(x4, weight, out_shape, stride) -> None:
+    """Hand the depthwise 3x3 backward kernels ``conv2d_backward`` will run to
+    :mod:`npmobilenet.compile_ahead` (they are the slow ones to compile)."""
     plan = _depthwise_backward_plan(
-        x.shape[1], cache.weight.shape[0], x.shape[2:], tuple(cache.out_shape[-2:]),
-        cache.stride, x.dtype,
-    )  # fmt: skip
+        x4.shape[1], weight.shape[0], x4.shape[2:], out_shape[2:], stride, x4.dtype
+    )
     for kernel, sig in plan:
         compile_ahead.submit(kernel, sig)
 
