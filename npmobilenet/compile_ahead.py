@@ -3,16 +3,17 @@
 With an empty Numba cache a first training step spends most of its time compiling kernels, one
 at a time on one core. The forward of a layer already knows which kernels its backward will run
 and with which argument types, so in training mode it hands them to :func:`submit`. One worker
-process (``python -m npmobilenet.compile_ahead``) compiles them into Numba's on-disk cache, the
-most recently submitted first (the backward visits the layers in reverse; submitting a queued
-kernel again moves it to the front), while this process
-compiles the forward's kernels. Before the backward first calls a submitted kernel it calls
-:func:`wait`: a kernel the worker is compiling is waited for and then loaded from the cache; one
-it has not started is taken back and compiled here as usual.
+process (``python -m npmobilenet.compile_ahead``) compiles them into Numba's on-disk cache
+while this process compiles the forward's kernels, the most recently submitted first (the
+backward visits the layers in reverse; submitting a queued kernel again moves it to the front).
+Before the backward first calls a submitted kernel it calls :func:`wait`: a kernel the worker
+is compiling is waited for and then loaded from the cache; one it has not started is taken back
+and compiled here as usual.
 
 A kernel already compiled in this process or found in the on-disk cache is never submitted, so
 a warm run starts no worker. The worker exits when this process closes its end of the pipe.
-``NPMOBILENET_COMPILE_AHEAD=0`` turns compiling ahead off; on a single core it gains nothing.
+``NPMOBILENET_COMPILE_AHEAD=0`` (read at import) turns compiling ahead off; so does a single
+core, where it would gain nothing.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def signature(dtype, arrays: int, ndim: int = 4, ints: int = 4) -> Signature:
 
 def submit(kernel: Dispatcher, sig: tuple) -> None:
     """Have the worker compile ``kernel`` for the argument types ``sig``, unless it is cached."""
-    if _enabled():
+    if _ENABLED and isinstance(kernel, Dispatcher):  # not a plain function (NUMBA_DISABLE_JIT)
         _WORKER.submit(kernel, sig)
 
 
@@ -70,7 +71,12 @@ def wait(kernel: Dispatcher, sig: tuple) -> None:
 
 
 def _enabled() -> bool:
-    return os.environ.get(ENV, "1") != "0" and bool(sys.executable)
+    """Compiling ahead needs a second core, a Python to start, and not to be turned off."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return os.environ.get(ENV, "1") != "0" and bool(sys.executable) and cores > 1
 
 
 def is_cached(kernel: Dispatcher, sig: tuple) -> bool:
@@ -134,7 +140,7 @@ class _Worker:
         if self.state.get(key, "done") in _SETTLED:
             return
         with self.cond:
-            status = self.state.get(key)
+            status = self.state.get(key) if os.getpid() == self.pid else None
             if status == "queued":
                 self.queued.remove(key)
                 self.state[key] = "taken"
@@ -262,6 +268,7 @@ def serve(stdin, stdout) -> None:
         stdout.flush()
 
 
+_ENABLED = _enabled()
 _WORKER = _Worker()
 
 if __name__ == "__main__":

@@ -106,3 +106,20 @@ def test_cold_step_loads_the_workers_kernels_and_gives_the_same_gradients(tmp_pa
     assert not warm["worker"] and warm["grads"] == alone["grads"]
     assert not any(warm["compiled"].values()), warm["compiled"]
 
+
+
+def test_plain_functions_and_forked_children_are_left_alone(monkeypatch):
+    """Under NUMBA_DISABLE_JIT the kernels are plain functions: nothing to compile. A child
+    forked after the worker started must neither talk to it nor wait for it."""
+    worker = compile_ahead._Worker()
+    monkeypatch.setattr(compile_ahead, "_WORKER", worker)
+    compile_ahead.submit(lambda x: x, compile_ahead.signature("float32", 1))
+    assert worker.state == {} and worker.proc is None
+    from npmobilenet.kernels.conv_direct import all_finite
+
+    sig = compile_ahead.signature("float32", 1, ndim=1, ints=0)
+    worker.state[(all_finite, sig)] = "compiling"  # as a parent's worker left it
+    worker.pid = -1  # this process is not the one that started it
+    compile_ahead.wait(all_finite, sig)  # returns at once instead of waiting
+    compile_ahead.submit(all_finite, compile_ahead.signature("float64", 1, ndim=1, ints=0))
+    assert worker.proc is None and worker.queued == []
