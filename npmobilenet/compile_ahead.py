@@ -7,8 +7,9 @@ process (``python -m npmobilenet.compile_ahead``) compiles them into Numba's on-
 while this process compiles the forward's kernels, the most recently submitted first (the
 backward visits the layers in reverse; submitting a queued kernel again moves it to the front).
 Before the backward first calls a submitted kernel it calls :func:`wait`: a kernel the worker
-is compiling is waited for and then loaded from the cache; one it has not started is taken back
-and compiled here as usual.
+is compiling is waited for and then loaded from the cache (meanwhile this process compiles the
+kernels the worker would take next); one it has not started is taken back and compiled here as
+usual.
 
 A kernel already compiled in this process or found in the on-disk cache is never submitted, so
 a warm run starts no worker. The worker exits when this process closes its end of the pipe.
@@ -28,7 +29,7 @@ import threading
 from functools import cache
 
 import numpy as np
-from numba.core import types
+from numba.core import event, types
 from numba.core.dispatcher import Dispatcher
 from numba.np.numpy_support import from_dtype
 
@@ -62,6 +63,26 @@ def submit(kernel: Dispatcher, sig: tuple) -> None:
     """Have the worker compile ``kernel`` for the argument types ``sig``, unless it is cached."""
     if _ENABLED and isinstance(kernel, Dispatcher):  # not a plain function (NUMBA_DISABLE_JIT)
         _WORKER.submit(kernel, sig)
+
+
+def expect_backward() -> None:
+    """A training forward is starting: from now on, the first compilation of a kernel of this
+    package (so the cache is cold) starts the worker, so that it is ready by the time the
+    depthwise layers submit. Cheap after the first call."""
+    global _armed
+    if _armed or not _ENABLED:
+        return
+    _armed = True
+    event.register("numba:compile", _StartOnCompile())
+
+
+class _StartOnCompile(event.Listener):
+    def on_start(self, ev) -> None:
+        if ev.data["dispatcher"].py_func.__module__.startswith(PACKAGE + "."):
+            _WORKER.start()
+
+    def on_end(self, ev) -> None:
+        pass
 
 
 def wait(kernel: Dispatcher, sig: tuple) -> None:
@@ -135,17 +156,42 @@ class _Worker:
                 return
             self._send_next()
 
+    def start(self) -> None:
+        """Start the worker now if it has not been (it waits for kernels to compile)."""
+        if self.proc is not None or self.dead or os.getpid() != self.pid:
+            return
+        with self.cond:
+            if self.proc is None and not self.dead:
+                self._start()
+
     def wait(self, kernel, sig) -> None:
         key = (kernel, sig)
         if self.state.get(key, "done") in _SETTLED:
             return
+        if os.getpid() != self.pid:  # a forked child: its parent's worker is not its own
+            return
         with self.cond:
-            status = self.state.get(key) if os.getpid() == self.pid else None
+            status = self.state.get(key)
             if status == "queued":
                 self.queued.remove(key)
                 self.state[key] = "taken"
-            elif status == "compiling":
+            while self.state.get(key) == "compiling" and self.queued and not self.dead:
+                self._compile_here(self.queued.pop())  # rather than wait idle
+            if self.state.get(key) == "compiling":
                 self.cond.wait_for(lambda: self.state[key] != "compiling", timeout=WAIT_S)
+
+    def _compile_here(self, key) -> None:
+        """With the lock held: compile a kernel the worker would have taken next, in this
+        process, while the worker compiles the one this process is waiting for."""
+        self.state[key] = "taken"
+        kernel, sig = key
+        self.cond.release()
+        try:
+            kernel.compile(tuple(sig))
+        except Exception:  # compiled (or the error raised) again at its first call
+            pass
+        finally:
+            self.cond.acquire()
 
     def _start(self) -> bool:
         """Start the worker (with this package first on its path); False if it cannot start."""
@@ -269,6 +315,7 @@ def serve(stdin, stdout) -> None:
 
 
 _ENABLED = _enabled()
+_armed = False
 _WORKER = _Worker()
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -21,13 +22,18 @@ from npmobilenet import compile_ahead
 
 STEP = textwrap.dedent(
     """
-    import gc, hashlib, json
+    import gc, hashlib, json, sys
     import numpy as np
     from numba.core.dispatcher import Dispatcher
     from npmobilenet import MobileNetV1, compile_ahead, ops
 
     model = MobileNetV1(alpha=0.25, num_classes=10, seed=0)
     x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
+    if sys.argv[1] == "eval":
+        model.eval()
+        model(x)
+        print(json.dumps({"worker": compile_ahead._WORKER.proc is not None}))
+        sys.exit()
     loss, cache = ops.cross_entropy_forward(model(x), np.arange(4))
     model.backward(ops.cross_entropy_backward(1.0, cache), input_grad=False)
     grads = b"".join(p.grad.tobytes() for p in model.parameters())
@@ -44,11 +50,11 @@ STEP = textwrap.dedent(
 )
 
 
-def _step(cache_dir, ahead: bool) -> dict:
+def _step(cache_dir, ahead: bool, mode: str = "train") -> dict:
     env = {**os.environ, "NUMBA_CACHE_DIR": str(cache_dir)}
     env[compile_ahead.ENV] = "1" if ahead else "0"
     out = subprocess.run(
-        [sys.executable, "-c", STEP], capture_output=True, text=True, timeout=600, env=env
+        [sys.executable, "-c", STEP, mode], capture_output=True, text=True, timeout=600, env=env
     )
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -113,6 +119,7 @@ def test_plain_functions_and_forked_children_are_left_alone(monkeypatch):
     forked after the worker started must neither talk to it nor wait for it."""
     worker = compile_ahead._Worker()
     monkeypatch.setattr(compile_ahead, "_WORKER", worker)
+    monkeypatch.setattr(compile_ahead, "WAIT_S", 5.0)  # a wrong wait fails fast
     compile_ahead.submit(lambda x: x, compile_ahead.signature("float32", 1))
     assert worker.state == {} and worker.proc is None
     from npmobilenet.kernels.conv_direct import all_finite
@@ -120,6 +127,14 @@ def test_plain_functions_and_forked_children_are_left_alone(monkeypatch):
     sig = compile_ahead.signature("float32", 1, ndim=1, ints=0)
     worker.state[(all_finite, sig)] = "compiling"  # as a parent's worker left it
     worker.pid = -1  # this process is not the one that started it
+    started = time.perf_counter()
     compile_ahead.wait(all_finite, sig)  # returns at once instead of waiting
+    assert time.perf_counter() - started < 1.0
     compile_ahead.submit(all_finite, compile_ahead.signature("float64", 1, ndim=1, ints=0))
     assert worker.proc is None and worker.queued == []
+
+
+@pytest.mark.slow
+def test_an_eval_forward_on_a_cold_cache_starts_no_worker(tmp_path):
+    """Only a training forward has a backward to compile ahead for."""
+    assert not _step(tmp_path, ahead=True, mode="eval")["worker"]

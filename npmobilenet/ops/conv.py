@@ -235,8 +235,10 @@ def conv2d_forward(
     x4 = np.ascontiguousarray(x4)  # (N, C, H, W)
     weight = np.ascontiguousarray(weight)
     out4 = None if out is None else out.reshape(out_shape)  # a view
-    if backward_ahead and method == "direct" and _is_depthwise3x3(weight, geom[2]):
-        _compile_backward_ahead(x4, weight, out_shape, geom[0])
+    if backward_ahead:
+        compile_ahead.expect_backward()
+        if method == "direct" and _is_depthwise3x3(weight, geom[2]):
+            _compile_backward_ahead(x4, weight, out_shape, geom[0])
     out4 = _FORWARD[method](x4, weight, out_shape, *geom, out=out4, runner=runner or SERIAL)
     if bias is not None:
         out4 += bias.reshape(1, -1, 1, 1)  # out (N, K, OH, OW) + bias (1, K, 1, 1)
