@@ -15,7 +15,11 @@ from npmobilenet.ops import (
     relu_backward,
     relu_forward,
 )
-from npmobilenet.ops.batchnorm import batch_norm_act_backward, batch_norm_act_forward
+from npmobilenet.ops.batchnorm import (
+    batch_norm_act_backward,
+    batch_norm_act_forward,
+    batch_norm_output,
+)
 
 DTYPES = [np.float64, np.float32]
 
@@ -130,9 +134,11 @@ def test_eval_ignores_later_running_stat_changes():
 
 @pytest.mark.kernels
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_kernels_match_naive(dtype):
+@pytest.mark.parametrize("L", [17, 4, 1])  # per-channel rows; flat rows (below FLAT_MAX_L)
+def test_kernels_match_naive(dtype, L):
+    assert (L < K.FLAT_MAX_L) == (L != 17)
     rng = np.random.default_rng(3)
-    x = (rng.standard_normal((3, 4, 17)) * 5 + 2).astype(dtype)
+    x = (rng.standard_normal((3, 4, L)) * 5 + 2).astype(dtype)
     dout = rng.standard_normal(x.shape).astype(dtype)
     v = [rng.standard_normal(4).astype(dtype) for _ in range(4)]
     for fast, naive in zip(K.channel_stats(x), K.channel_stats_naive(x)):
@@ -153,15 +159,16 @@ def test_kernels_match_naive(dtype):
 
 
 @pytest.mark.kernels
-def test_channel_stats_stable_across_images_with_offsets_and_outliers():
+@pytest.mark.parametrize("L", [40, 2])  # per-channel rows; flat rows
+def test_channel_stats_stable_across_images_with_offsets_and_outliers(L):
     """The per-image merge keeps float64 precision: images with very different offsets, a tiny
     spread, an outlier first value (a one-pass sum of squares would lose every digit here)."""
     rng = np.random.default_rng(5)
-    x = 1e-3 * rng.standard_normal((5, 3, 40)) + np.array([1e6, -3e5, 7.0, 1e6, 2e6])[:, None, None]
+    x = 1e-3 * rng.standard_normal((5, 3, L)) + np.array([1e6, -3e5, 7.0, 1e6, 2e6])[:, None, None]
     x[0, :, 0] = 1e9
     for fast, naive in zip(K.channel_stats(x), K.channel_stats_naive(x)):
         np.testing.assert_allclose(fast, naive, rtol=1e-12)
-    y = 1e6 + 1e-3 * rng.standard_normal((4, 2, 30))  # low variance under a large mean
+    y = 1e6 + 1e-3 * rng.standard_normal((4, 2, L))  # low variance under a large mean
     for fast, naive in zip(K.channel_stats(y), K.channel_stats_naive(y)):
         np.testing.assert_allclose(fast, naive, rtol=1e-9)
 
@@ -200,9 +207,10 @@ def test_act_matches_bn_then_activation(dtype, activation, training):
 
 @pytest.mark.kernels
 @pytest.mark.parametrize("six", [False, True])
-def test_act_kernels_match_naive(six):
+@pytest.mark.parametrize("L", [17, 4, 1])  # per-channel rows; flat rows (below FLAT_MAX_L)
+def test_act_kernels_match_naive(six, L):
     rng = np.random.default_rng(5)
-    x = (rng.standard_normal((3, 4, 17)) * 5 + 2).astype(np.float32)
+    x = (rng.standard_normal((3, 4, L)) * 5 + 2).astype(np.float32)
     dout = rng.standard_normal(x.shape).astype(np.float32)
     scale, shift, mean, k, a, b = (rng.standard_normal(4) for _ in range(6))
     out, out_n = np.empty_like(x), np.empty_like(x)
@@ -244,6 +252,43 @@ def test_backward_in_place_over_dout_equals_out_of_place(activation, dtype):
     assert np.shares_memory(got[0], d)
     for g, want in zip(got, expected):
         np.testing.assert_allclose(g, want, rtol=1e-14 if dtype == np.float64 else 1e-6, atol=0)
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("activation", [None, "relu", "relu6"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("training", [True, False])
+def test_output_computed_again_from_the_cache_is_the_forward_s_bit_for_bit(
+    activation, dtype, training
+):
+    """``batch_norm_output(cache)`` gives the forward's output exactly (into ``out`` or a new
+    array), and its cache gives the backward the forward's cache gives, the output having
+    been let go (overwritten) in between."""
+    rng = np.random.default_rng(7)
+    x = (rng.standard_normal((3, 4, 5, 6)) * 4 + 1).astype(dtype)
+    w, b = (rng.standard_normal(4) * 3).astype(dtype), rng.standard_normal(4).astype(dtype)
+    dout = rng.standard_normal(x.shape).astype(dtype)
+    stats = [rng.standard_normal(4).astype(dtype), rng.uniform(0.5, 2, 4).astype(dtype)]
+    if activation is None:
+        out, cache = batch_norm_forward(x, w, b, *stats, training)
+        backward = batch_norm_backward
+    else:
+        out, cache = batch_norm_act_forward(x, w, b, *stats, training, activation=activation)
+        backward = batch_norm_act_backward
+    kept = out.copy()
+    expected = backward(dout, cache)
+    out[...] = np.nan  # the caller let the output go: its memory holds something else
+    again, cache2 = batch_norm_output(cache)
+    np.testing.assert_array_equal(again, kept)
+    into = np.full_like(x, np.nan)
+    assert batch_norm_output(cache, out=into)[0] is into
+    np.testing.assert_array_equal(into, kept)
+    for g, want in zip(backward(dout, cache2), expected):
+        np.testing.assert_array_equal(g, want)
+    with pytest.raises(TypeError, match="batch_norm_output: cache must be the cache returned by"):
+        batch_norm_output((x,))
+    with pytest.raises(ValueError, match="batch_norm_output: out must have shape"):
+        batch_norm_output(cache, out=np.empty((3, 4), dtype))
 
 
 def test_act_bad_inputs():
