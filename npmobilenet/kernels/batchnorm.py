@@ -297,7 +297,9 @@ def scale_shift_act(x, scale, shift, out, six):
     ``np.maximum`` / ``np.clip`` and PyTorch keep it).
     """
     N, C, L = x.shape
-    zero, top = np.zeros(1, dtype=out.dtype)[0], np.full(1, 6, dtype=out.dtype)[0]
+    bounds = np.zeros(2, dtype=out.dtype)  # 0 and 6 in out's dtype
+    bounds[1] = 6
+    zero, top = bounds[0], bounds[1]
     if L < FLAT_MAX_L:
         _affine_flat(_flat(x), _flat(out), np.repeat(scale, L), np.repeat(shift, L))
         _clamp_flat(_flat(out), zero, top, six)
