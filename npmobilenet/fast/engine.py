@@ -45,9 +45,13 @@ from npmobilenet.kernels.fused_epilogue import bias_clamp_mean, bias_clamp_pad
 from npmobilenet.ops.conv import resolve_padding
 
 _MAX_PLANS = 8  # input shapes whose buffers are kept (least recently used dropped first)
-# A GEMM whose input and output rows of one image take more bytes than this runs in blocks of
-# image rows, each followed by its epilogue while its output is in the core's cache (L2).
+# A layer whose GEMM input and output take more than BLOCKED_ABOVE * BLOCK_BYTES over the batch
+# (far more than the cores' caches) runs in blocks of image rows of about BLOCK_BYTES each,
+# every block's epilogue following its GEMM while the GEMM output is in the core's cache (L2).
+# One image's layers nearly fit in the caches, and blocks would only add hand-offs between
+# BLAS's threads.
 BLOCK_BYTES = 2**20
+BLOCKED_ABOVE = 8
 
 
 class FusedMobileNetV1:
@@ -324,17 +328,19 @@ def _run_layer(layer: Layer, src, arrays, pool, clock):
 
 
 def _block_rows(layer: Layer, src, arrays) -> int:
-    """Image rows per block for a stem or pointwise layer whose GEMM output is bigger than
-    :data:`BLOCK_BYTES` per image and whose epilogue writes a one-pixel zero border; else 0."""
+    """Image rows per block for a stem or pointwise layer whose GEMM input and output are
+    bigger than ``BLOCKED_ABOVE * BLOCK_BYTES`` and whose epilogue writes a one-pixel zero
+    border; else 0."""
     dst = arrays.get("dst")
     if layer.kind not in ("stem", "pointwise") or "xpad" in arrays or dst.ndim != 4:
         return 0
     if arrays["pads"] != (1, 1, 1, 1):
         return 0
-    _, oh, ow, c = arrays["a"].shape if layer.kind == "stem" else src.shape
+    n, oh, ow, c = arrays["a"].shape if layer.kind == "stem" else src.shape
     per_row = ow * (c + layer.weight.shape[1]) * src.itemsize  # a row's GEMM input + output
-    rows = max(1, BLOCK_BYTES // per_row)
-    return rows if rows < oh else 0
+    if n * oh * per_row <= BLOCKED_ABOVE * BLOCK_BYTES:
+        return 0
+    return min(oh, max(1, BLOCK_BYTES // per_row))
 
 
 def _run_blocked(layer: Layer, src, arrays, lo, hi, rows: int, clock) -> None:
