@@ -277,6 +277,23 @@ def test_layers_run_in_blocks_of_rows_match_torch(torch, monkeypatch, dtype, n, 
     np.testing.assert_allclose(out, model.eval().forward(x), **TOL[dtype])
 
 
+@pytest.mark.kernels
+@pytest.mark.parametrize("dtype,n_threads", [(np.float32, 1), (np.float64, 2)])
+def test_a_slice_runs_its_images_in_groups(torch, monkeypatch, dtype, n_threads, rng):
+    """Groups of two images (the last one shorter), in one slice or in two: the same logits."""
+    monkeypatch.setattr(engine_module, "GROUP", 2)
+    monkeypatch.setattr(threads, "MIN_SLICE_ELEMENTS", 1)
+    reference, model = _pair(torch, 0.25, 5, 3, "relu", dtype)
+    engine = engine_module.FusedMobileNetV1(model, runner=threads.Runner(n_threads))
+    seen = []
+    forward = engine._forward
+    monkeypatch.setattr(engine, "_forward", lambda x, *a: seen.append(len(x)) or forward(x, *a))
+    x = rng.standard_normal((5, 3, 35, 29)).astype(dtype)
+    out = engine(x)
+    assert max(seen) == 2 and sum(seen) == 5, seen
+    np.testing.assert_allclose(out, _torch_logits(torch, reference, x), **TOL[dtype])
+
+
 def _counted(fn, calls, kind):
     def counted(*args):
         calls[kind] += 1
