@@ -5,13 +5,16 @@ Run from the repository root::
     python benchmarks/bench_model.py            # every case and both breakdowns
     python benchmarks/bench_model.py --quick    # a smoke run: one round, two calls per process
     python benchmarks/bench_model.py --cases infer-b1-224,train-b16-224 --rounds 6
+    python benchmarks/bench_model.py --floor    # also each case's floor per layer type
 
 It prints one table (per case and variant: the best of the per-process medians, the spread of
 those medians, the ratio to torch, GFLOP/s and the share of the sgemm peak measured in the same
 run) and per-layer-type breakdowns of batch-1 inference and of a batch-16 training step. The
 same numbers, with the machine and its load average, go to ``benchmarks/results/model.json``
 (``model_quick.json`` for ``--quick``), and the breakdown chart to ``model_breakdown.png`` when
-matplotlib is installed.
+matplotlib is installed. ``--floor`` adds each case's floor (``floor.py``): the least time each
+layer type can take on this machine, measured in the same run, set against the targets and the
+breakdowns.
 
 The cases and how each library runs them: ``cases.py``. How it times (each library in its own
 process, alternating, medians): ``timing.py``. Per layer type: ``breakdown.py``.
@@ -27,6 +30,7 @@ from pathlib import Path
 
 import breakdown
 import cases
+import floor
 import numpy as np
 import timing
 
@@ -44,6 +48,7 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=min(os.cpu_count() or 1, 4),
                    help="threads for both libraries (default: the cores, at most 4)")  # fmt: skip
     p.add_argument("--no-breakdown", action="store_true", help="skip the per-layer breakdowns")
+    p.add_argument("--floor", action="store_true", help="measure each case's floor (floor.py)")
     p.add_argument("--out", help="JSON file (default benchmarks/results/model[_quick].json)")
     args = p.parse_args(argv)
     unknown = sorted(set(args.cases.split(",")) - set(cases.CASES))
@@ -130,12 +135,17 @@ def main(argv=None) -> int:
         report["cases"] = {n: run_case(cases.CASES[n], args, folder) for n in names}
         if not args.no_breakdown:
             report["breakdowns"] = run_breakdowns(args, folder)
+    if args.floor:
+        report["floors"] = floor.run(names, args.threads, 1 if args.quick else 2,
+                                     2 if args.quick else 5)  # fmt: skip
     report["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     for v in (v for r in report["cases"].values() for v in r["variants"].values()):
         v["share_of_peak"] = v["gflops"] / report["sgemm_peak"]["gflops"]
     print_table(report["cases"], report["sgemm_peak"])
     if "breakdowns" in report:
         show_breakdowns(report["breakdowns"], args.quick)
+    if "floors" in report:
+        floor.print_report(report["floors"], report)
     out = Path(args.out) if args.out else RESULTS / f"model{'_quick' if args.quick else ''}.json"
     timing.write_json(out, report)
     print(f"load average at the end: {report['load_average_end']}; wrote {out}")

@@ -8,7 +8,8 @@ Run by ``timing.run_worker`` (which sets the thread counts in the environment)::
 
 A case variant is built (``cases.py``), called once untimed (its result is the fingerprint the
 parent compares across libraries, its time the first call's), then timed ``--reps`` times.
-``--breakdown`` times it per layer type instead (``breakdown.py``).
+``--breakdown`` times it per layer type instead (``breakdown.py``); ``--floor`` measures the
+case's floor instead (``floor.py``; no model runs).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import breakdown  # noqa: E402
 import cases  # noqa: E402
+import floor  # noqa: E402
 import timing  # noqa: E402
 
 
@@ -36,6 +38,7 @@ def parse_args(argv=None):
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--threads", type=int, required=True)
     p.add_argument("--breakdown", action="store_true", help="per-layer-type times instead")
+    p.add_argument("--floor", action="store_true", help="the case's floor (floor.py) instead")
     return p.parse_args(argv)
 
 
@@ -68,6 +71,8 @@ def layer_times(case, variant, call, model, torch, reps) -> dict:
 
 def measure(args) -> dict:
     case = cases.CASES[args.case]
+    if args.floor:
+        return {"floor": floor.measure(case, args.threads, args.reps)}
     call, model, torch = build(case, args.variant, args.weights, args.threads)
     t = time.perf_counter()
     first = call()

@@ -15,9 +15,11 @@ import math
 from npmobilenet._checks import machine_ram
 from npmobilenet.models.mobilenet import FIRST_CONV, TABLE_1
 
-# Arrays kept per layer output during a training step: the convolution's output, the batch
-# norm's normalised input, the activation's output, and one gradient of that size.
-TRAIN_COPIES = 4
+# Arrays per layer output during a training step: the convolution's output (batch norm's
+# input, kept for backward; the activation after it is computed again when backward needs it)
+# and room for the gradients and outputs in flight (a model's workspace holds about 1.1 of
+# these copies, a module run without one more).
+TRAIN_COPIES = 2
 # A forward pass without gradients holds about two consecutive outputs at a time.
 EVAL_COPIES = 2
 # Per weight during training: the weight, its gradient, a momentum buffer, one scratch array.

@@ -15,7 +15,11 @@ from npmobilenet.ops import (
     relu_backward,
     relu_forward,
 )
-from npmobilenet.ops.batchnorm import batch_norm_act_backward, batch_norm_act_forward
+from npmobilenet.ops.batchnorm import (
+    batch_norm_act_backward,
+    batch_norm_act_forward,
+    batch_norm_output,
+)
 
 DTYPES = [np.float64, np.float32]
 
@@ -244,6 +248,43 @@ def test_backward_in_place_over_dout_equals_out_of_place(activation, dtype):
     assert np.shares_memory(got[0], d)
     for g, want in zip(got, expected):
         np.testing.assert_allclose(g, want, rtol=1e-14 if dtype == np.float64 else 1e-6, atol=0)
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("activation", [None, "relu", "relu6"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("training", [True, False])
+def test_output_computed_again_from_the_cache_is_the_forward_s_bit_for_bit(
+    activation, dtype, training
+):
+    """``batch_norm_output(cache)`` gives the forward's output exactly (into ``out`` or a new
+    array), and its cache gives the backward the forward's cache gives, the output having
+    been let go (overwritten) in between."""
+    rng = np.random.default_rng(7)
+    x = (rng.standard_normal((3, 4, 5, 6)) * 4 + 1).astype(dtype)
+    w, b = (rng.standard_normal(4) * 3).astype(dtype), rng.standard_normal(4).astype(dtype)
+    dout = rng.standard_normal(x.shape).astype(dtype)
+    stats = [rng.standard_normal(4).astype(dtype), rng.uniform(0.5, 2, 4).astype(dtype)]
+    if activation is None:
+        out, cache = batch_norm_forward(x, w, b, *stats, training)
+        backward = batch_norm_backward
+    else:
+        out, cache = batch_norm_act_forward(x, w, b, *stats, training, activation=activation)
+        backward = batch_norm_act_backward
+    kept = out.copy()
+    expected = backward(dout, cache)
+    out[...] = np.nan  # the caller let the output go: its memory holds something else
+    again, cache2 = batch_norm_output(cache)
+    np.testing.assert_array_equal(again, kept)
+    into = np.full_like(x, np.nan)
+    assert batch_norm_output(cache, out=into)[0] is into
+    np.testing.assert_array_equal(into, kept)
+    for g, want in zip(backward(dout, cache2), expected):
+        np.testing.assert_array_equal(g, want)
+    with pytest.raises(TypeError, match="batch_norm_output: cache must be the cache returned by"):
+        batch_norm_output((x,))
+    with pytest.raises(ValueError, match="batch_norm_output: out must have shape"):
+        batch_norm_output(cache, out=np.empty((3, 4), dtype))
 
 
 def test_act_bad_inputs():

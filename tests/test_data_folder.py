@@ -169,6 +169,49 @@ def test_colour_jitter_brightness_is_a_scale_and_draws_in_torchvision_order():
     np.testing.assert_allclose(out, np.clip(np.asarray(img) * 1.3, 0, 255), atol=1)
 
 
+def _luma(a):
+    return a @ np.array([0.299, 0.587, 0.114])  # ITU-R 601-2, Pillow's "L" conversion
+
+
+@pytest.mark.parametrize("which", ["contrast", "saturation"])
+def test_colour_jitter_contrast_and_saturation_blend_with_the_grey_image(which):
+    img = random_image(8, 8)
+    a = np.asarray(img, dtype=np.float64)
+    # torchvision's definitions: contrast blends with the mean grey level, saturation with
+    # each pixel's own grey level; factor 1.4 pushes away from them, with clipping at 0 and 255
+    grey = (
+        np.full_like(a, np.floor(_luma(a).mean() + 0.5))
+        if which == "contrast"
+        else (np.repeat(_luma(a)[..., None], 3, axis=-1))
+    )
+    rng = Scripted(uniforms=[1.4], permutation=[3, 0, 2, 1])
+    out = np.asarray(ColorJitter(**{which: 0.5})(img, rng), dtype=np.float64)
+    assert rng.asked == [("uniform", 0.5, 1.5)]
+    np.testing.assert_allclose(out, np.clip(grey + 1.4 * (a - grey), 0, 255), atol=1)
+
+
+def test_colour_jitter_hue_rotates_the_hue_and_keeps_saturation_and_value():
+    import colorsys
+
+    img = random_image(8, 8)
+    a = np.asarray(img, dtype=np.float64) / 255
+    shift = 20 / 255  # a whole step of Pillow's 8-bit hue
+    rng = Scripted(uniforms=[shift])
+    out = np.asarray(ColorJitter(hue=0.2)(img, rng), dtype=np.float64)
+    assert rng.asked == [("uniform", -0.2, 0.2)]
+
+    def rotate(p, by):
+        h, s, v = colorsys.rgb_to_hsv(*p)
+        return colorsys.hsv_to_rgb((h + by) % 1, s, v)
+
+    expected = np.array([[rotate(p, shift) for p in row] for row in a]) * 255
+    backwards = np.array([[rotate(p, -shift) for p in row] for row in a]) * 255
+    # Pillow's HSV holds each channel in 8 bits: a few levels of rounding, far from the
+    # 100+ levels that separate the right rotation from the wrong one
+    assert np.abs(out - expected).max() <= 7
+    assert np.abs(out - backwards).max() > 50
+
+
 # ----- decoding: bit depths, bombs, channels ------------------------------------------------------
 
 

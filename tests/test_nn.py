@@ -391,8 +391,8 @@ def test_plain_layer_calls_never_overwrite_what_they_returned(rng):
 
 def test_layers_reuse_the_arrays_of_a_workspace_their_owner_passes(rng):
     """With a Workspace, a layer's output is the owner's array until the layer's backward
-    releases it; the owner's new_step() makes every array free again, so step 2 writes into
-    step 1's arrays and gives the same numbers as plain calls."""
+    releases it (then it may hold a gradient); the owner's new_step() makes every array free
+    again, so step 2 writes into step 1's arrays and gives the same numbers as plain calls."""
     conv, bn = nn.Conv2d(3, 4, 1, bias=False, rng=0), nn.BatchNorm2d(4)
     ws = nn.Workspace()
     x = rng.standard_normal((2, 3, 5, 5)).astype(np.float32)
@@ -400,18 +400,19 @@ def test_layers_reuse_the_arrays_of_a_workspace_their_owner_passes(rng):
 
     def step(workspace):
         y = bn.forward_act(conv.forward(x, workspace=workspace), "relu", workspace=workspace)
+        forward = y.copy()  # y is bn's until bn.backward releases it
         dx = conv.backward(bn.backward(dout.copy(), consume=True))
-        return y, dx
+        return y, forward, dx
 
-    want = [a.copy() for a in step(None)]
+    _, *want = step(None)
     ws.new_step()
-    y1, dx1 = step(ws)
+    y1, _, dx1 = step(ws)
     assert ws.owns(y1) and ws.owns(dx1)
     arrays = len(ws)
     ws.new_step()
-    y2, dx2 = step(ws)
+    y2, forward2, dx2 = step(ws)
     assert y2 is y1 and len(ws) == arrays  # reused, nothing new allocated
-    np.testing.assert_array_equal(y2, want[0])
+    np.testing.assert_array_equal(forward2, want[0])
     np.testing.assert_array_equal(dx2, want[1])
 
 
@@ -469,3 +470,78 @@ def test_containers_pass_consume_only_where_taken_and_never_over_the_callers_dou
     seen.clear()
     nn.Sequential(Taker(False), Plain(False)).backward(dout, consume=True)
     assert seen == ["plain", True]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("groups", [1, 4])
+def test_conv_without_its_input_takes_it_again_in_backward(rng, dtype, groups):
+    """``Conv2d.forward(x, keep_input=False)`` keeps no reference to x; ``backward(dout, x=x)``
+    then gives exactly the gradients of a forward that kept it, which the naive loops of
+    test_conv.py check."""
+    conv = nn.Conv2d(4, 8, 3, padding=1, groups=groups, rng=0, dtype=dtype)
+    x = rng.standard_normal((2, 4, 6, 5)).astype(dtype)
+    dout = rng.standard_normal((2, 8, 6, 5)).astype(dtype)
+    out = conv.forward(x)
+    dx = conv.backward(dout)
+    dw, db = conv.weight.grad.copy(), conv.bias.grad.copy()
+    conv.zero_grad()
+    given = x.copy()
+    np.testing.assert_array_equal(conv.forward(given, keep_input=False), out)
+    given[...] = np.nan  # the caller's memory held something else in between
+    np.testing.assert_array_equal(conv.backward(dout, x=x), dx)
+    np.testing.assert_array_equal(conv.weight.grad, dw)
+    np.testing.assert_array_equal(conv.bias.grad, db)
+    conv.forward(x[0], keep_input=False)  # unbatched: x again as given to the forward
+    conv.backward(dout[0], x=x[0])
+
+
+def test_conv_backward_refuses_a_missing_or_wrong_input(rng):
+    conv = nn.Conv2d(3, 4, 1, rng=0)
+    x = rng.standard_normal((2, 3, 4, 4)).astype(np.float32)
+    dout = np.ones((2, 4, 4, 4), np.float32)
+    conv.forward(x, keep_input=False)
+    with pytest.raises(ValueError, match="Conv2d.backward: the forward ran with keep_input=False"):
+        conv.backward(dout)
+    wrong = r"Conv2d.backward: x must be the forward's input, of shape \(2, 3, 4, 4\) and dtype"
+    with pytest.raises(ValueError, match=wrong):
+        conv.backward(dout, x=x[:1])
+    conv.forward(x)
+    with pytest.raises(ValueError, match="Conv2d.backward: x is only passed for a forward run"):
+        conv.backward(dout, x=x)
+    with pytest.raises(TypeError, match="Conv2d.forward: keep_input must be True or False"):
+        conv.forward(x, keep_input="no")
+
+
+@pytest.mark.parametrize("workspace", [False, True])
+@pytest.mark.parametrize("activation", [None, "relu", "relu6"])
+def test_batch_norm_output_let_go_then_computed_again(rng, workspace, activation):
+    """After ``release_output()`` the output's memory may hold anything; ``recompute_output()``
+    gives the forward's output back exactly, and the backward (which reads the output after
+    ``forward_act``) gives the gradients of a layer that kept it, recomputed or not."""
+    x = (rng.standard_normal((2, 3, 4, 4)) * 3).astype(np.float64)
+    dout = rng.standard_normal(x.shape)
+    bn = nn.BatchNorm2d(3, dtype=np.float64)
+    bn.weight.data[...] = [0.5, -1.5, 2.0]
+    bn.bias.data[...] = [0.3, 0.0, -0.4]
+
+    def forward(ws):
+        stats = bn.running_mean.copy(), bn.running_var.copy()
+        out = bn.forward(x, workspace=ws) if activation is None else bn.forward_act(
+            x, activation, workspace=ws)  # fmt: skip
+        bn.running_mean[...], bn.running_var[...] = stats
+        return out
+
+    want = forward(None).copy()
+    dx = bn.backward(dout)
+    grads = bn.weight.grad.copy(), bn.bias.grad.copy()
+    for recompute in (True, False):
+        ws = nn.Workspace() if workspace else None
+        bn.zero_grad()
+        out = forward(ws)
+        bn.release_output()
+        out[...] = np.nan
+        if recompute:
+            np.testing.assert_array_equal(bn.recompute_output(), want)
+        np.testing.assert_array_equal(bn.backward(dout), dx)
+        np.testing.assert_array_equal(bn.weight.grad, grads[0])
+        np.testing.assert_array_equal(bn.bias.grad, grads[1])

@@ -69,12 +69,17 @@ def threading_mode(request, monkeypatch):
     return None
 
 
-def test_user_residual_block_inside_mobilenet_matches_torch_for_two_steps(torch, threading_mode):
+@pytest.mark.parametrize("recompute", [False, True])
+def test_user_residual_block_inside_mobilenet_matches_torch_for_two_steps(
+    torch, threading_mode, recompute
+):
     """The exact fine-tuning idiom: m.depthwise_sep_conv2 = MyResidualBlock(...), two training
     steps with the model's workspace and threads; every gradient, dx, the running statistics
-    and the logits match PyTorch in float64."""
+    and the logits match PyTorch in float64. With ``recompute_block_outputs`` the library
+    blocks let their outputs go between them, never the output the user's block reads."""
     m = MobileNetV1(alpha=0.25, num_classes=5, dtype=np.float64, seed=0)
     m.depthwise_sep_conv2 = MyResidualBlock(32)
+    m.recompute_block_outputs = recompute
     if threading_mode is not None:
         m.runner = threading_mode
     assert list(m._modules).index("depthwise_sep_conv2") == 3  # kept its place

@@ -10,32 +10,73 @@ from npmobilenet.models import MobileNetV1
 from npmobilenet.nn import Workspace
 
 
-def test_an_output_is_its_owner_s_until_released_and_gradients_never_repeat_in_a_step():
+def test_an_output_is_its_owner_s_until_released_and_a_gradient_until_freed():
     ws = Workspace()
     a, b = object(), object()  # two owners
     out_a = ws.output(a, (2, 3), np.float32)
     out_b = ws.output(b, (2, 3), np.float32)
-    assert out_a is not out_b  # a's output is still a's
+    assert not np.shares_memory(out_a, out_b)  # a's output is still a's
     g1 = ws.gradient((2, 3), np.float32)
-    assert g1 is not out_a and g1 is not out_b  # nothing free yet: a new array
+    assert not np.shares_memory(g1, out_a) and not np.shares_memory(g1, out_b)
     ws.release(a)
-    g2 = ws.gradient((2, 3), np.float32)
-    assert g2 is out_a  # a's backward released it
-    assert ws.gradient((2, 3), np.float32) is not g1  # gradients are not handed out twice
-    assert ws.gradient((2, 3), np.float64).dtype == np.float64  # dtype is part of the key
+    g2 = ws.gradient((3, 2), np.float32)
+    assert np.shares_memory(g2, out_a)  # a's backward released it: any shape that fits
+    g3 = ws.gradient((2, 3), np.float32)
+    assert not any(np.shares_memory(g3, o) for o in (out_b, g1, g2))  # g1, g2 not given back
+    ws.free(g1)
+    assert np.shares_memory(ws.gradient((6,), np.float32), g1)  # given back, handed out again
+    ws.free(out_b)  # an output is not a gradient: free() leaves it alone
+    ws.free(np.zeros((2, 3), np.float32))  # and an array of someone else's
+    assert not np.shares_memory(ws.gradient((2, 3), np.float32), out_b)
+    assert ws.gradient((2, 3), np.float64).dtype == np.float64
     assert ws.owns(out_a[0]) and not ws.owns(np.zeros((2, 3), np.float32))
 
 
-def test_new_step_frees_everything_keeps_owners_arrays_and_drops_unused_ones():
+def test_memory_given_back_merges_with_free_neighbours():
+    """Two released outputs side by side hold one array of twice their size: the workspace
+    grows by the largest set of arrays alive at once, not by the sum of the shapes it saw."""
     ws = Workspace()
-    owner = object()
-    first = ws.output(owner, (4,), np.float32)
-    ws.gradient((5,), np.float32)
+    owners = [object() for _ in range(3)]
+    outs = [ws.output(o, (16,), np.float32) for o in owners]  # 64 bytes each, side by side
+    held = ws.nbytes
+    ws.release(owners[0])
+    ws.release(owners[1])
+    big = ws.gradient((32,), np.float32)
+    assert np.shares_memory(big, outs[0]) and np.shares_memory(big, outs[1])
+    assert not np.shares_memory(big, outs[2]) and ws.nbytes == held
+
+
+def test_each_step_puts_each_request_where_the_previous_step_put_it():
+    """The same requests in the same order land on the same memory (the same array objects),
+    so from the second step on no page is new; all memory is free again at new_step()."""
+    ws = Workspace()
+    conv, bn = object(), object()
+
+    def step():
+        x = ws.output(conv, (4, 8), np.float64)
+        y = ws.output(bn, (4, 8), np.float64)
+        ws.release(bn)
+        dy = ws.gradient((4, 8), np.float64)  # where y was
+        ws.release(conv)
+        dx = ws.gradient((2, 8), np.float64)
+        ws.free(dy)
+        return x, y, dy, dx
+
+    first = step()
+    held = ws.nbytes
     ws.new_step()
-    assert len(ws) == 2
-    assert ws.output(owner, (4,), np.float32) is first  # the same owner gets its array back
-    ws.new_step()  # (5,) was not asked for during that step
-    assert len(ws) == 1 and ws.nbytes == 16
+    again = step()
+    assert all(a is b for a, b in zip(first, again)) and ws.nbytes == held
+    assert np.shares_memory(first[1], first[2])
+
+
+def test_new_step_drops_memory_the_last_step_did_not_use():
+    ws = Workspace()
+    ws.output(object(), (4,), np.float32)
+    ws.new_step()
+    assert len(ws) == 1 and ws.nbytes == 64  # one cache line
+    ws.new_step()  # nothing was asked for during that step
+    assert len(ws) == 0 and ws.nbytes == 0
 
 
 def test_a_layer_never_overwrites_a_gradient_it_was_given():
@@ -101,3 +142,54 @@ def test_model_workspace_holds_one_step_of_arrays():
     for _ in range(2):
         _step(model, rng.standard_normal((2, 3, 32, 32)).astype(np.float32), y[:2], False)
     assert model._workspace.nbytes < 0.75 * steady
+
+
+def _plain_step(model, x, y):
+    """The model's units called one by one as plain ``forward(x)`` / ``backward(dout)``: no
+    workspace, every output kept by its reader, nothing computed twice."""
+    units = [m for _, m in model.units()]
+    for m in units:
+        x = m.forward(x)
+    loss, cache = ops.cross_entropy_forward(x, y)
+    model.zero_grad()
+    d = ops.cross_entropy_backward(1.0, cache)
+    for m in reversed(units):
+        d = m.backward(d)
+    return x, d, {n: p.grad.copy() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize(
+    "conv, activation, dtype, recompute, copies",
+    [("separable", "relu", np.float32, True, 1.1), ("separable", "relu6", np.float64, True, 1.1),
+     ("full", "relu", np.float64, True, 1.35), ("separable", "relu", np.float32, False, 1.7),
+     ("full", "relu6", np.float32, False, 2.2)],
+)  # fmt: skip
+def test_model_step_letting_outputs_go_equals_plain_calls(
+    conv, activation, dtype, recompute, copies
+):
+    """A model step lets batch-norm outputs go once read (inside each block; between blocks
+    with ``recompute_block_outputs``) and computes them again for backward: the same numbers,
+    bit for bit, as the same layers called plainly, which keep everything. Its workspace then
+    holds at most ``copies`` copies of the convolution outputs (the batch-norm inputs, which
+    backward needs), counted from the architecture table: about one with recomputed block
+    outputs."""
+    from npmobilenet import threads
+    from npmobilenet.memory import layer_sizes
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, 3, 64, 64)).astype(dtype)
+    y = np.array([0, 3, 7])
+    model, plain = (MobileNetV1(alpha=0.25, num_classes=10, dtype=dtype, seed=0, conv=conv,
+                                activation=activation) for _ in range(2))  # fmt: skip
+    model.runner = threads.Runner(1)  # the plain calls are serial: the same sums
+    model.recompute_block_outputs = recompute
+    for _ in range(2):
+        logits, dx, grads = _step(model, x, y)
+        want = _plain_step(plain, x, y)
+        np.testing.assert_array_equal(logits, want[0])
+        np.testing.assert_array_equal(dx, want[1])
+        for name in grads:
+            np.testing.assert_array_equal(grads[name], want[2][name], err_msg=name)
+    _, outputs = layer_sizes(0.25, 3, 64, 64, conv)
+    copy = sum(outputs) * len(x) * np.dtype(dtype).itemsize
+    assert model._workspace.nbytes <= copies * copy

@@ -24,6 +24,7 @@ from npmobilenet.nn.module import SPENT, Module
 from npmobilenet.nn.parameter import Parameter
 from npmobilenet.ops import conv as conv_ops
 from npmobilenet.ops.activations import ACTIVATIONS
+from npmobilenet.ops.batchnorm import batch_norm_output
 
 
 def as_generator(rng) -> np.random.Generator:
@@ -77,6 +78,25 @@ def _writable_like(a, shape, dtype) -> bool:
     """Whether ``a`` can take a result of ``shape`` and ``dtype`` in place."""
     return (isinstance(a, np.ndarray) and a.shape == tuple(shape) and a.dtype == dtype
             and a.flags.c_contiguous and a.flags.writeable)  # fmt: skip
+
+
+def _given_input(cache, dropped, x):
+    """``Conv2d.backward``'s op cache with the forward's input: the cached one, or ``x`` when
+    the forward kept none (``dropped`` is then the input's (shape, dtype))."""
+    if dropped is None:
+        if x is not None:
+            raise ValueError("Conv2d.backward: x is only passed for a forward run with"
+                             " keep_input=False; this forward kept its input")  # fmt: skip
+        return cache
+    if x is None:
+        raise ValueError("Conv2d.backward: the forward ran with keep_input=False; pass its input"
+                         " again as x=")  # fmt: skip
+    x4 = x[None] if cache.unbatched and isinstance(x, np.ndarray) else x
+    if not isinstance(x4, np.ndarray) or (x4.shape, x4.dtype) != dropped:
+        raise ValueError(f"Conv2d.backward: x must be the forward's input, of shape"
+                         f" {dropped[0]} and dtype {dropped[1]}, got"
+                         f" {chk.describe(x)}")  # fmt: skip
+    return cache._replace(x=np.ascontiguousarray(x4))
 
 
 def _uniform_init(rng, shape, fan_in: int, dtype, op: str = "layer") -> np.ndarray:
@@ -141,11 +161,14 @@ class Conv2d(Module):
         bias = chk.flag(op, "bias", bias)
         self.bias = Parameter(_uniform_init(rng, (out_channels,), fan_in, dtype)) if bias else None
 
-    def forward(self, x: np.ndarray, *, workspace=None) -> np.ndarray:
+    def forward(self, x: np.ndarray, *, workspace=None, keep_input: bool = True) -> np.ndarray:
         """``ops.conv2d_forward`` with this layer's weights: ``(N, C, H, W) -> (N, K, OH, OW)``.
 
         ``workspace``: write the output into an array of the caller's
         :class:`npmobilenet.nn.workspace.Workspace` and split the batch with its runner.
+        ``keep_input=False``: keep no reference to ``x`` (the backward reads it for the weight
+        gradient, so the caller then passes it again as ``backward(..., x=x)``): for a caller
+        who frees x's memory in between and can compute x again.
         """
         w, b = self.weight.data, None if self.bias is None else self.bias.data
         out = _workspace_out(workspace, self, x, self.output_shape)
@@ -154,19 +177,26 @@ class Conv2d(Module):
             x, w, b, self.stride, self.padding, self.dilation, self.groups, self.method,
             out=out, runner=runner,
         )  # fmt: skip
-        self._cache = (cache, workspace)
+        dropped = None
+        if not chk.flag("Conv2d.forward", "keep_input", keep_input):
+            dropped, cache = (cache.x.shape, cache.x.dtype), cache._replace(x=None)
+        self._cache = (cache, workspace, dropped)
         return out
 
-    def backward(self, dout: np.ndarray, *, consume: bool = False, input_grad: bool = True):
+    def backward(self, dout: np.ndarray, *, consume: bool = False, input_grad: bool = True,
+                 x=None):  # fmt: skip
         """Differentiates ``ops.conv2d_forward`` in forward: returns dx, accumulates dW, db.
 
         ``input_grad=False``: dx is not computed and None is returned (a first layer's input
         is data; its gradient is not needed). A frozen weight or bias (``requires_grad``
-        False) gets no gradient work. ``consume`` is accepted for the container rule; dx is
-        never written over dout (both are read to the end).
+        False) gets no gradient work. ``consume=True``: ``dout`` is this backward's (the caller
+        reads it no more), so a workspace gradient is given back to the workspace when done
+        (dx is never written over dout: both are read to the end). ``x``: the forward's input,
+        passed again when the forward ran with ``keep_input=False`` (and only then).
         """
         input_grad = chk.flag("Conv2d.backward", "input_grad", input_grad)
-        cache, workspace = self._take_cache("Conv2d.backward")
+        cache, workspace, dropped = self._take_cache("Conv2d.backward")
+        cache = _given_input(cache, dropped, x)
         dx = None
         if workspace is not None and input_grad:
             dx = workspace.gradient(cache.x.shape, cache.x.dtype) if not cache.unbatched else None
@@ -176,6 +206,8 @@ class Conv2d(Module):
         )  # fmt: skip
         if workspace is not None:
             workspace.release(self)
+            if consume:
+                workspace.free(dout)
         self._cache = SPENT
         _accumulate(self.weight, dw)
         if self.bias is not None and self.bias.requires_grad:
@@ -264,6 +296,9 @@ class BatchNorm2d(Module):
         ``consume=True``: the caller will not read ``dout`` again, so dx is computed in place
         over it (when it is a C-contiguous array of the right dtype)."""
         cache, workspace = self._take_cache("BatchNorm2d.backward")
+        if cache.act is not None and cache.out3 is None:  # released: its zeros are the mask
+            self.recompute_output()
+            cache, workspace = self._cache
         backward = ops.batch_norm_backward if cache.act is None else ops.batch_norm_act_backward
         dx = None
         if consume and _writable_like(dout, cache.shape, cache.x3.dtype):
@@ -278,6 +313,36 @@ class BatchNorm2d(Module):
         _accumulate(self.weight, dw)
         _accumulate(self.bias, db)
         return dx
+
+    def release_output(self) -> None:
+        """Let the output of the last forward go before this layer's backward.
+
+        For a caller who knows that nothing reads the output any more (its reader kept no
+        reference to it: a ``Conv2d`` run with ``keep_input=False``): its workspace array is
+        free for other arrays, and the cache stops referring to it. :meth:`recompute_output`
+        gives it back; the backward computes it again itself when it needs it (after
+        ``forward_act``, whose backward reads where the activation blocked the gradient).
+        """
+        cache, workspace = self._take_cache("BatchNorm2d.release_output")
+        if workspace is not None:
+            workspace.release(self)
+        self._cache = (cache._replace(out3=None), workspace)
+
+    def recompute_output(self) -> np.ndarray:
+        """The output of the last forward, computed again from the cache after
+        :meth:`release_output` (``ops.batchnorm.batch_norm_output``: the same numbers, bit for
+        bit).
+
+        It is written into an array of the workspace the forward had (this layer's output
+        again, until its backward), or a fresh array without one."""
+        cache, workspace = self._take_cache("BatchNorm2d.recompute_output")
+        out, runner = None, None
+        if workspace is not None:
+            out = workspace.output(self, cache.shape, cache.x3.dtype)
+            runner = workspace.runner
+        out, cache = batch_norm_output(cache, out=out, runner=runner)
+        self._cache = (cache, workspace)
+        return out
 
     def output_shape(self, in_shape: tuple) -> tuple:
         return tuple(in_shape)

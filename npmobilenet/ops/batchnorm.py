@@ -39,7 +39,8 @@ class BatchNormCache(NamedTuple):
     (ones without one) and of the statistics used. has_weight, has_bias: whether they were given.
     training: batch statistics were used. shape: x's shape. act: None, "relu" or "relu6" (the
     fused activation). out3: the (N, C, L) output when act is set (its zeros mark where the
-    activation blocked the gradient), else None.
+    activation blocked the gradient), else None. b: (C,) float64 copy of the bias (zeros
+    without one), with which ``batch_norm_output`` computes the output again.
     """
 
     x3: np.ndarray
@@ -52,6 +53,7 @@ class BatchNormCache(NamedTuple):
     shape: tuple
     act: str | None
     out3: np.ndarray | None
+    b: np.ndarray
 
 
 def _check_vector(name, v, x, allow_none, op=_FWD):
@@ -160,23 +162,50 @@ def _forward(x, weight, bias, running_mean, running_var, training, momentum, eps
     invstd = 1.0 / np.sqrt(var + eps)  # (C,) float64
     w = np.ones(C) if weight is None else weight.astype(np.float64)
     b = np.zeros(C) if bias is None else bias.astype(np.float64)
-    scale = w * invstd  # out = x * scale + shift  ==  w * (x - mean) * invstd + b
-    shift = b - mean * scale
     given = out
     out = np.empty_like(x3) if out is None else out.reshape(x3.shape)  # a view of out
-
-    def images(lo, hi):  # a slice of the batch (the whole batch unless a runner splits it)
-        if act is None:  # float64 coefficients, one rounding per element
-            K.scale_shift(x3[lo:hi], scale, shift, out[lo:hi])
-        else:  # the same, then the activation on the rounded value
-            K.scale_shift_act(x3[lo:hi], scale, shift, out[lo:hi], act == "relu6")
-
-    runner.map(images, N, C * L)
+    _apply(x3, w, b, mean, invstd, act, out, runner)
     cache = BatchNormCache(
         x3, w, weight is not None, bias is not None, mean, invstd, bool(training), x.shape, act,
-        None if act is None else out,
+        None if act is None else out, b,
     )  # fmt: skip
     return (out.reshape(x.shape) if given is None else given), cache
+
+
+def _apply(x3, w, b, mean, invstd, act, out, runner):
+    """out (N, C, L) = act(w * (x3 - mean) * invstd + b), as ``x3 * scale + shift`` with the
+    (C,) float64 coefficients: one rounding per element, then the activation (if any)."""
+    scale = w * invstd  # out = x * scale + shift  ==  w * (x - mean) * invstd + b
+    shift = b - mean * scale
+
+    def images(lo, hi):  # a slice of the batch (the whole batch unless a runner splits it)
+        if act is None:
+            K.scale_shift(x3[lo:hi], scale, shift, out[lo:hi])
+        else:
+            K.scale_shift_act(x3[lo:hi], scale, shift, out[lo:hi], act == "relu6")
+
+    runner.map(images, x3.shape[0], x3.shape[1] * x3.shape[2])
+
+
+def batch_norm_output(cache, *, out=None, runner=None):
+    """The output of the forward that returned ``cache``, computed again from it: the same
+    numbers, bit for bit. Returns ``(out, cache)``: out of x's shape and dtype, and the cache
+    to pass to the backward from now on (after ``batch_norm_act_forward`` its backward reads
+    the output, and the new cache holds the new ``out``).
+
+    For a caller that let the forward's output go to save memory (keeping x, which the
+    backward needs anyway) and needs it back, e.g. as the next layer's input for that layer's
+    backward. Keywords ``out`` (None, or a C-contiguous array of x's shape and dtype to write
+    into) and ``runner`` as in :func:`batch_norm_forward`.
+    """
+    op = "batch_norm_output"
+    _check_cache(op, cache, (None, *ACTIVATIONS))
+    out = _checks.out_array(op, "out", out, cache.shape, cache.x3.dtype, cache.x3)
+    out3 = np.empty_like(cache.x3) if out is None else out.reshape(cache.x3.shape)  # a view
+    _apply(cache.x3, cache.w, cache.b, cache.mean, cache.invstd, cache.act, out3,
+           runner or SERIAL)  # fmt: skip
+    cache = cache._replace(out3=None if cache.act is None else out3)
+    return (out3.reshape(cache.shape) if out is None else out), cache
 
 
 def _channel_stats(x3, runner):
@@ -247,6 +276,8 @@ def _check_cache(op, cache, acts):
     )
     if not ok:
         fwd = "batch_norm_forward" if acts is None else "batch_norm_act_forward"
+        if acts is not None and None in acts:
+            fwd = "batch_norm_forward or batch_norm_act_forward"
         raise TypeError(
             f"{op}: cache must be the cache returned by {fwd}, got {_checks.describe(cache)}"
         )
@@ -256,7 +287,7 @@ def _backward(dout, cache, dx, runner):
     """batch_norm_backward / batch_norm_act_backward on a checked dout and dx (None, a separate
     array, or dout itself: in place)."""
     inplace = dx is not None and dx is dout
-    x3, w, has_weight, has_bias, mean, invstd, training, shape, act, out3 = cache
+    x3, w, has_weight, has_bias, mean, invstd, training, shape, act, out3 = cache[:10]
     d3 = np.ascontiguousarray(dout).reshape(x3.shape)  # (N, C, L)
     six = act == "relu6"
 
