@@ -176,8 +176,7 @@ class FusedMobileNetV1:
         layers, head = weights
         src, i = x, 0
         while i < len(layers):
-            rows = _block_rows(layers[i + 1], plan[i]["a"], plan[i + 1]) if (
-                layers[i].kind == "depthwise" and i + 1 < len(layers)) else 0  # fmt: skip
+            rows = plan[i + 1]["rows"] if layers[i].kind == "depthwise" else 0
             if rows:  # a depthwise layer and its pointwise layer, a block of rows at a time
                 src = _run_separable_blocked(layers[i], layers[i + 1], src, plan[i], plan[i + 1],
                                              rows, clock or _no_clock)  # fmt: skip
@@ -279,6 +278,8 @@ def make_plan(layers, shape, dtype) -> list[dict]:
         if i == len(shapes) - 1:
             views["dst"] = pooled
         plan.append({**views, "pads": pads[i]})
+    for i, layer in enumerate(layers):  # blocks of rows, decided once per shape
+        plan[i]["rows"] = _block_rows(layer, plan[i - 1].get("a") if i else None, plan[i])
     return plan
 
 
@@ -314,7 +315,7 @@ def _run_layer(layer: Layer, src, arrays, pool, clock):
         depthwise3x3_nhwc(src, layer.weight, layer.bias, layer.stride, lo, hi, arrays["a"])
         clock("depthwise")
         return arrays["a"]
-    rows = _block_rows(layer, src, arrays)
+    rows = arrays["rows"]
     if rows:  # bordered output, and a GEMM output larger than a cache: a few rows at a time
         _run_blocked(layer, src, arrays, lo, hi, rows, clock)
         return arrays["dst"]
@@ -347,17 +348,18 @@ def _run_layer(layer: Layer, src, arrays, pool, clock):
     return dst
 
 
-def _block_rows(layer: Layer, src, arrays) -> int:
+def _block_rows(layer: Layer, a, arrays) -> int:
     """Image rows per block for a stem or pointwise layer whose GEMM input and output are
     bigger than ``BLOCKED_ABOVE * BLOCK_BYTES`` and whose epilogue writes a one-pixel zero
-    border; else 0."""
+    border; else 0. ``a``: a pointwise layer's input (the depthwise output, N, H, W, C);
+    ``arrays``: the layer's plan entry."""
     dst = arrays.get("dst")
     if layer.kind not in ("stem", "pointwise") or "xpad" in arrays or dst.ndim != 4:
         return 0
     if arrays["pads"] != (1, 1, 1, 1):
         return 0
-    n, oh, ow, c = arrays["a"].shape if layer.kind == "stem" else src.shape
-    per_row = ow * (c + layer.weight.shape[1]) * src.itemsize  # a row's GEMM input + output
+    n, oh, ow, c = arrays["a"].shape if layer.kind == "stem" else a.shape  # the GEMM's input
+    per_row = ow * (c + layer.weight.shape[1]) * arrays["y"].itemsize  # a row's input + output
     if n * oh * per_row <= BLOCKED_ABOVE * BLOCK_BYTES:
         return 0
     return min(oh, max(1, BLOCK_BYTES // per_row))
