@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -63,7 +64,10 @@ MACS_PER_ELEMENT = 20
 _default_threads = max(1, min(os.cpu_count() or 1, 4))
 _executors: dict[int, ThreadPoolExecutor] = {}
 _executors_lock = threading.Lock()
-_blas_controllers = None  # threadpoolctl's per-library controllers for BLAS, found once
+# threadpoolctl's per-library controllers for BLAS, and len(sys.modules) when they were found:
+# a BLAS library arrives with an extension module (SciPy brings its own OpenBLAS), so the
+# libraries are looked for again only after new imports (a scan takes over a millisecond)
+_blas_controllers: tuple[int, list] = (-1, [])
 
 
 def _check_count(name, n):
@@ -178,14 +182,13 @@ SERIAL = Runner(1)
 
 def _blas():
     global _blas_controllers
-    if _blas_controllers is None:
+    imported, controllers = _blas_controllers
+    if imported != len(sys.modules):
         tpc = _threadpoolctl()
-        if tpc is None:
-            _blas_controllers = []
-        else:
-            libs = tpc.ThreadpoolController().lib_controllers
-            _blas_controllers = [c for c in libs if c.user_api == "blas"]
-    return _blas_controllers
+        libs = [] if tpc is None else tpc.ThreadpoolController().lib_controllers
+        controllers = [c for c in libs if c.user_api == "blas"]
+        _blas_controllers = (len(sys.modules), controllers)
+    return controllers
 
 
 def _threadpoolctl():

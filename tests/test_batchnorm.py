@@ -134,9 +134,11 @@ def test_eval_ignores_later_running_stat_changes():
 
 @pytest.mark.kernels
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_kernels_match_naive(dtype):
+@pytest.mark.parametrize("L", [17, 4, 1])  # per-channel rows; flat rows (below FLAT_MAX_L)
+def test_kernels_match_naive(dtype, L):
+    assert (L < K.FLAT_MAX_L) == (L != 17)
     rng = np.random.default_rng(3)
-    x = (rng.standard_normal((3, 4, 17)) * 5 + 2).astype(dtype)
+    x = (rng.standard_normal((3, 4, L)) * 5 + 2).astype(dtype)
     dout = rng.standard_normal(x.shape).astype(dtype)
     v = [rng.standard_normal(4).astype(dtype) for _ in range(4)]
     for fast, naive in zip(K.channel_stats(x), K.channel_stats_naive(x)):
@@ -157,15 +159,16 @@ def test_kernels_match_naive(dtype):
 
 
 @pytest.mark.kernels
-def test_channel_stats_stable_across_images_with_offsets_and_outliers():
+@pytest.mark.parametrize("L", [40, 2])  # per-channel rows; flat rows
+def test_channel_stats_stable_across_images_with_offsets_and_outliers(L):
     """The per-image merge keeps float64 precision: images with very different offsets, a tiny
     spread, an outlier first value (a one-pass sum of squares would lose every digit here)."""
     rng = np.random.default_rng(5)
-    x = 1e-3 * rng.standard_normal((5, 3, 40)) + np.array([1e6, -3e5, 7.0, 1e6, 2e6])[:, None, None]
+    x = 1e-3 * rng.standard_normal((5, 3, L)) + np.array([1e6, -3e5, 7.0, 1e6, 2e6])[:, None, None]
     x[0, :, 0] = 1e9
     for fast, naive in zip(K.channel_stats(x), K.channel_stats_naive(x)):
         np.testing.assert_allclose(fast, naive, rtol=1e-12)
-    y = 1e6 + 1e-3 * rng.standard_normal((4, 2, 30))  # low variance under a large mean
+    y = 1e6 + 1e-3 * rng.standard_normal((4, 2, L))  # low variance under a large mean
     for fast, naive in zip(K.channel_stats(y), K.channel_stats_naive(y)):
         np.testing.assert_allclose(fast, naive, rtol=1e-9)
 
@@ -204,9 +207,10 @@ def test_act_matches_bn_then_activation(dtype, activation, training):
 
 @pytest.mark.kernels
 @pytest.mark.parametrize("six", [False, True])
-def test_act_kernels_match_naive(six):
+@pytest.mark.parametrize("L", [17, 4, 1])  # per-channel rows; flat rows (below FLAT_MAX_L)
+def test_act_kernels_match_naive(six, L):
     rng = np.random.default_rng(5)
-    x = (rng.standard_normal((3, 4, 17)) * 5 + 2).astype(np.float32)
+    x = (rng.standard_normal((3, 4, L)) * 5 + 2).astype(np.float32)
     dout = rng.standard_normal(x.shape).astype(np.float32)
     scale, shift, mean, k, a, b = (rng.standard_normal(4) for _ in range(6))
     out, out_n = np.empty_like(x), np.empty_like(x)

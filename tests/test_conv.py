@@ -122,17 +122,19 @@ def test_backward_without_input_grad_matches_torch(torch, cfg, method, batched_i
 
 
 @given(cfg=conv2d_configs(dtypes=(np.float64,)), seed=st.integers(0, 2**16))
-def test_im2col_backward_batched_equals_per_image(cfg, seed):
-    """The whole-batch im2col backward (small batches) against the image-by-image one."""
+def test_im2col_batched_equals_per_image(cfg, seed):
+    """The whole-batch im2col forward and backward (small batches) against the image-by-image
+    ones."""
     arrays = make_conv2d_inputs(cfg, seed)
     dout = np.random.default_rng(seed + 1).standard_normal(cfg["out_shape"])
-    _, batched = run_ours(arrays, dout, conv2d_kwargs(cfg), "im2col")
+    out, batched = run_ours(arrays, dout, conv2d_kwargs(cfg), "im2col")
     threshold = conv_ops.IM2COL_BATCHED_MAX_BYTES
     conv_ops.IM2COL_BATCHED_MAX_BYTES = -1
     try:
-        _, per_image = run_ours(arrays, dout, conv2d_kwargs(cfg), "im2col")
+        out_per_image, per_image = run_ours(arrays, dout, conv2d_kwargs(cfg), "im2col")
     finally:
         conv_ops.IM2COL_BATCHED_MAX_BYTES = threshold
+    np.testing.assert_allclose(out, out_per_image, rtol=1e-12, atol=1e-12)
     for got, want in zip(batched, per_image):
         if want is None:
             assert got is None
@@ -283,8 +285,7 @@ def test_depthwise_equals_per_channel_convolutions(rng, method, multiplier):
 
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-# dW as one batched GEMM (up to 255 pixels) or one per image; 1x1 and 2x2 planes (MobileNet's
-# last stages at 32x32 input) included
+# (1, 1), (2, 2): output and dx as one GEMM over the batch; dW as one GEMM / one per image
 @pytest.mark.parametrize("hw", [(1, 1), (2, 2), (4, 5), (16, 17)])
 def test_pointwise_equals_matmul(rng, method, dtype, hw):
     x = rng.standard_normal((3, 6, *hw)).astype(dtype)
@@ -303,8 +304,8 @@ def test_pointwise_equals_matmul(rng, method, dtype, hw):
 @pytest.mark.torch
 @pytest.mark.parametrize("hw", [(1, 1), (2, 2), (1, 3), (5, 3)])
 def test_grouped_pointwise_small_planes_match_torch(torch, rng, hw):
-    """Pointwise with groups on small planes (dW as one GEMM over the batch): output and all
-    gradients as torch computes them."""
+    """Pointwise with groups, on planes small enough for the one-GEMM path (and one larger):
+    output and all gradients as torch computes them."""
     arrays = dict(x=rng.standard_normal((5, 6, *hw)), weight=rng.standard_normal((4, 3, 1, 1)),
                   bias=rng.standard_normal(4))  # fmt: skip
     dout = rng.standard_normal((5, 4, *hw))

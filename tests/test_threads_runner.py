@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -174,3 +176,52 @@ def test_model_training_step_split_equals_serial(split_everything):
     serial, split = step(1), step(3)
     for a, b in zip(split, serial):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("min_slice, split", [(1, True), (10**9, False)])
+def test_model_splits_only_batches_worth_it_and_leaves_blas_its_threads_otherwise(
+    monkeypatch, min_slice, split
+):
+    """A batch whose largest activation holds fewer than two slices of MIN_SLICE_ELEMENTS runs
+    its layers on the serial runner with BLAS at its own thread count; a larger one gets the
+    model's runner (and its session)."""
+    monkeypatch.setattr(threads, "MIN_SLICE_ELEMENTS", min_slice)
+    before = threads.blas_num_threads()
+    threads.set_blas_threads(2)
+    model = MobileNetV1(alpha=0.25, num_classes=3, dtype=np.float64, seed=0).train()
+    model.runner = Runner(2)
+    seen = []
+    for name in ("fc", "first_conv"):  # the last forward and the last backward
+        for method in ("forward", "backward"):
+            bound = getattr(getattr(model, name), method)
+            monkeypatch.setattr(getattr(model, name), method, lambda *a, _f=bound, **kw: (
+                seen.append((model._workspace.runner, threads.blas_num_threads())),
+                _f(*a, **kw))[1])  # fmt: skip
+    try:
+        x = np.random.default_rng(0).standard_normal((4, 3, 32, 32))
+        loss, cache = ops.cross_entropy_forward(model.forward(x), np.arange(4) % 3)
+        model.backward(ops.cross_entropy_backward(1.0, cache))
+    finally:
+        threads.set_blas_threads(before or 2)
+    assert len(seen) == 4
+    if split:
+        assert all(runner is model.runner for runner, _ in seen), seen
+    else:
+        assert seen == [(SERIAL, 2)] * 4
+
+
+def test_session_limits_a_blas_library_loaded_after_its_first_use():
+    # SciPy ships its own OpenBLAS, loaded on import: a session entered before and after that
+    # import must hold every BLAS in the process at one thread (threadpoolctl's own count)
+    code = (
+        "from npmobilenet import threads\n"
+        "threads.set_blas_threads(2)\n"
+        "with threads.Runner(2).session(): pass\n"
+        "import scipy.linalg\n"
+        "threads.set_blas_threads(2)\n"
+        "with threads.Runner(2).session():\n"
+        "    print(len(threads.blas_info()), threads.blas_num_threads())\n"
+        "print(threads.blas_num_threads())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["2", "1", "2"]

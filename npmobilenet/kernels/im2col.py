@@ -62,6 +62,14 @@ def im2col(x, kH, kW, sh, sw, pt, pl, dil_h, dil_w, OH, OW, cols):
 
 
 @njit(cache=True, nogil=True)
+def im2col_images(x, kH, kW, sh, sw, pt, pl, dil_h, dil_w, OH, OW, cols):
+    """:func:`im2col` of every image of x (N, C, H, W) into cols (N, C*kH*kW, OH*OW), in one
+    call (a small batch's images are cheaper to loop over here than from Python)."""
+    for n in range(x.shape[0]):
+        im2col(x[n], kH, kW, sh, sw, pt, pl, dil_h, dil_w, OH, OW, cols[n])
+
+
+@njit(cache=True, nogil=True)
 def col2im(cols, kH, kW, sh, sw, pt, pl, dil_h, dil_w, OH, OW, dx):
     """Add cols (C*kH*kW, OH*OW) back onto one image's gradient dx (C, H, W) (adjoint of im2col).
 

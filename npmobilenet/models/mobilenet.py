@@ -36,6 +36,7 @@ there N * OH * OW of the final map must exceed 1.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 from typing import NamedTuple
@@ -531,7 +532,8 @@ class MobileNetV1(Module):
         self._check_input(op, x)
         ws = self._workspace
         ws.new_step()
-        with self.runner.session() as runner:
+        split = self._worth_splitting(x.shape, units)
+        with self._session(split) as runner:
             ws.runner = runner
             try:
                 if file is not None:
@@ -539,7 +541,7 @@ class MobileNetV1(Module):
                 x, drops = _run_units(x, units, ws, file, self.recompute_block_outputs)
             finally:
                 ws.runner = threads.SERIAL
-        object.__setattr__(self, "_ran", ([m for _, m in units], drops, x.shape, x.dtype))
+        object.__setattr__(self, "_ran", ([m for _, m in units], drops, x.shape, x.dtype, split))
         return x.copy() if ws.owns(x) else x  # never hand out an array the next step rewrites
 
     def backward(self, dlogits: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
@@ -567,12 +569,12 @@ class MobileNetV1(Module):
                                " again first)")  # fmt: skip
         if self._ran is None:
             raise RuntimeError(f"{op}: backward called before forward (no cached activations)")
-        modules, drops, shape, dtype = self._ran
+        modules, drops, shape, dtype, split = self._ran
         given = dout = chk.dout_like(op, dout, shape, dtype)
         first = 0 if input_grad else _first_trainable(modules)
         object.__setattr__(self, "_ran", _SPENT_RUN)
         ws = self._workspace
-        with self.runner.session() as runner:
+        with self._session(split) as runner:
             ws.runner = runner
             try:
                 for i in range(len(modules) - 1, first - 1, -1):
@@ -584,6 +586,28 @@ class MobileNetV1(Module):
         if not input_grad or first == len(modules):
             return None
         return dout.copy() if ws.owns(dout) else dout
+
+    def _worth_splitting(self, in_shape, units) -> bool:
+        """Whether a step on ``in_shape`` may split its batch over ``self.runner``'s threads:
+        its largest activation (``output_shape`` arithmetic over ``units``) holds at least two
+        slices of ``threads.MIN_SLICE_ELEMENTS``. A batch of small images splits none of its
+        ops, and then BLAS is better left its threads for the GEMMs (a module without shape
+        arithmetic: True)."""
+        if self.runner.threads == 1:  # nothing to split over
+            return False
+        largest, shape = math.prod(in_shape), in_shape
+        for _, module in units:
+            try:
+                shape = module.output_shape(shape)
+            except NotImplementedError:  # a user's module without shape arithmetic: may split
+                return True
+            largest = max(largest, math.prod(shape))
+        return largest >= 2 * threads.MIN_SLICE_ELEMENTS
+
+    def _session(self, split: bool):
+        """``self.runner.session()`` (BLAS at one thread while ops split the batch) when
+        ``split``, else the serial runner with BLAS keeping its threads."""
+        return self.runner.session() if split else contextlib.nullcontext(threads.SERIAL)
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         """Softmax of the logits: ``(N, in_channels, H, W) -> (N, num_classes)``.

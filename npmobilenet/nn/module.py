@@ -69,6 +69,9 @@ class Module:
 
     # ----------------------------------------------------------------- registration
     def __setattr__(self, name: str, value) -> None:
+        if name == "_cache":  # what a forward keeps for its backward: never registered, and
+            object.__setattr__(self, name, value)  # set twice per layer and step
+            return
         if "_parameters" not in self.__dict__:
             raise AttributeError(
                 f"{type(self).__name__}: call super().__init__() before assigning attributes"

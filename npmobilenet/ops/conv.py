@@ -48,7 +48,7 @@ from npmobilenet.kernels.conv_direct import (
     conv2d_direct_backward_weight,
     conv2d_direct_forward,
 )
-from npmobilenet.kernels.im2col import col2im, im2col
+from npmobilenet.kernels.im2col import col2im, im2col, im2col_images
 from npmobilenet.kernels.tuned import DepthwiseShape, depthwise3x3_kernel
 from npmobilenet.threads import MACS_PER_ELEMENT, SERIAL
 
@@ -406,7 +406,8 @@ def _sum_slices(parts):
 
 
 # --------------------------------------------------------------------------------------------
-# im2col + GEMM, one image at a time (the column matrix of a whole batch can be gigabytes)
+# im2col + GEMM: a small batch's columns at once, else one image at a time (the column
+# matrix of a whole batch can be gigabytes)
 # --------------------------------------------------------------------------------------------
 
 
@@ -419,6 +420,12 @@ def _forward_im2col(x, weight, out_shape, stride, pad, dilation, groups, out, ru
     out4 = out.reshape(N, groups, K // groups, OH * OW)  # (N, G, Kg, L) view
 
     def images(lo, hi):  # a slice of the batch (the whole batch unless a runner splits it)
+        if (hi - lo) * C * kH * kW * OH * OW * x.itemsize <= IM2COL_BATCHED_MAX_BYTES:
+            cols = np.empty((hi - lo, C * kH * kW, OH * OW), dtype=x.dtype)  # (n, C*kH*kW, L)
+            im2col_images(x[lo:hi], kH, kW, sh, sw, pad[0], pad[2], dil_h, dil_w, OH, OW, cols)
+            cols4 = cols.reshape(hi - lo, groups, C // groups * kH * kW, OH * OW)  # a view
+            np.matmul(w3, cols4, out=out4[lo:hi])
+            return
         cols = np.empty((C * kH * kW, OH * OW), dtype=x.dtype)  # (C*kH*kW, L), per image
         cols3 = cols.reshape(groups, -1, OH * OW)  # (G, Cg*kH*kW, L)
         for n in range(lo, hi):
@@ -476,9 +483,10 @@ def _backward_im2col_images(dout, x, weight, stride, pad, dilation, groups, dx, 
     return dx, dw3.reshape(weight.shape)
 
 
-# When the column matrices of the whole batch fit in this many bytes, the backward builds them
-# all and hands BLAS two calls instead of two per image (alpha 0.25 at 32x32, batch 64: the
-# first layer's 64 small GEMM pairs were ~5 ms of a ~40 ms step).
+# When the column matrices of the whole batch fit in this many bytes, the forward and the
+# backward build them all in one kernel call and hand BLAS one batched product instead of one
+# per image (alpha 0.25 at 32x32, batch 64: the first layer's 64 small GEMM pairs were ~5 ms
+# of a ~40 ms step).
 IM2COL_BATCHED_MAX_BYTES = 32 * 2**20
 
 
@@ -492,8 +500,7 @@ def _backward_im2col_batched(
     w3 = weight.reshape(groups, K // groups, -1)  # (G, Kg, Cg*kH*kW)
     d4 = dout.reshape(N, groups, K // groups, L)  # (N, G, Kg, L)
     cols = np.empty((N, C * kH * kW, L), dtype=x.dtype)  # (N, C*kH*kW, L)
-    for n in range(N):
-        im2col(x[n], kH, kW, sh, sw, pad[0], pad[2], dil_h, dil_w, OH, OW, cols[n])
+    im2col_images(x, kH, kW, sh, sw, pad[0], pad[2], dil_h, dil_w, OH, OW, cols)
     # forward: out[n] = w3 @ cols[n], so dW = sum_n dout[n] @ cols[n].T, dcols = W.T @ dout
     dw3 = _pointwise_dweight(d4, cols.reshape(N, groups, C // groups * kH * kW, L))
     if not input_grad:
@@ -518,8 +525,11 @@ def _forward_pointwise(x, weight, out_shape, stride, pad, dilation, groups, out,
     out = np.empty(out_shape, dtype=x.dtype) if out is None else out
     out4 = out.reshape(N, groups, K // groups, H * W)  # a view
 
-    def images(lo, hi):  # (n, G, Kg, H*W): one GEMM per image and group
-        np.matmul(w3, x4[lo:hi], out=out4[lo:hi])
+    def images(lo, hi):  # (n, G, Kg, H*W): one GEMM per image and group, or one in all
+        if H * W <= POINTWISE_ONE_GEMM_MAX_HW:
+            _one_gemm(w3, x4[lo:hi], out4[lo:hi])
+        else:
+            np.matmul(w3, x4[lo:hi], out=out4[lo:hi])
 
     runner.map(images, N, _pointwise_work(x4, out4))
     return out
@@ -542,7 +552,9 @@ def _backward_pointwise(
     dx4 = dx.reshape(x4.shape) if input_grad else None  # a view
 
     def images(lo, hi):  # a slice of the batch: its dx, and its part of dW
-        if input_grad:
+        if input_grad and H * W <= POINTWISE_ONE_GEMM_MAX_HW:
+            _one_gemm(w3.transpose(0, 2, 1), d4[lo:hi], dx4[lo:hi])
+        elif input_grad:
             np.matmul(w3.transpose(0, 2, 1), d4[lo:hi], out=dx4[lo:hi])  # (n, G, Cg, H*W)
         return _pointwise_dweight(d4[lo:hi], x4[lo:hi]) if weight_grad else None
 
@@ -557,6 +569,23 @@ def _pointwise_work(x4, y4):
     """
     macs = _per_image(x4) * y4.shape[2]  # H*W * Cg * Kg * G: one image's multiply-adds
     return max(_per_image(x4), _per_image(y4), macs // MACS_PER_ELEMENT)
+
+
+# Up to this many pixels per image, a pointwise layer's output (and its dx) is one GEMM over
+# the whole batch instead of one per image: N GEMMs of H*W columns each run at a fraction of
+# BLAS's speed (measured at N=64, 256 -> 256 channels, 2x2 pixels: one GEMM 0.38 ms with its
+# two transposing copies, per image 0.78 ms; at 4x4 pixels per image is already faster).
+POINTWISE_ONE_GEMM_MAX_HW = 4
+
+
+def _one_gemm(w3, x4, out4):
+    """out4 (n, G, Kg, L) = w3 (G, Kg, Cg) @ x4[i] (G, Cg, L) for every image i, as one GEMM
+    ``(G, Kg, Cg) @ (G, Cg, n*L)`` (the batch axis moved next to the pixels: a copy of x4 and
+    of the result, a view and no copy when L is 1)."""
+    n, G, Cg, L = x4.shape
+    x2 = x4.transpose(1, 2, 0, 3).reshape(G, Cg, n * L)  # (G, Cg, n*L)
+    y = np.matmul(w3, x2)  # (G, Kg, n*L)
+    out4[...] = y.reshape(G, -1, n, L).transpose(2, 0, 1, 3)  # (n, G, Kg, L)
 
 
 # Below this many pixels per image, dW is one GEMM over the whole batch (a small transposing

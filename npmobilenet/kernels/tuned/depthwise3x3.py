@@ -249,11 +249,12 @@ def depthwise3x3_forward_cols2(x, w, out, sh, sw, pt, pl):
 
 @njit(cache=True, nogil=True, inline="always")
 def _to_hwc(src, dst):
-    """dst (H, W, C) = src (C, H, W) transposed: one image, channels last."""
+    """dst (H, W, C) = src (C, H, W) transposed: one image, channels last. Channels innermost:
+    a loop over a tiny plane per channel would be all loop overhead (3-6x slower)."""
     C, H, W = src.shape
-    for c in range(C):
-        for h in range(H):
-            for w in range(W):
+    for h in range(H):
+        for w in range(W):
+            for c in range(C):
                 dst[h, w, c] = src[c, h, w]
 
 
@@ -325,9 +326,9 @@ def depthwise3x3_backward_small(dout, x, w, dx, dweight, sh, sw, pt, pl):
                             g = dt[oh, ow, c]
                             dwt[i, j, c] += g * xt[ih, iw, c]
                             dxt[ih, iw, c] += wt[i, j, c] * g
-        for c in range(C):
-            for h in range(H):
-                for w_ in range(W):
+        for h in range(H):  # dx[n] += dxt transposed back, channels innermost as in _to_hwc
+            for w_ in range(W):
+                for c in range(C):
                     dx[n, c, h, w_] += dxt[h, w_, c]
     for c in range(C):
         for i in range(3):
