@@ -126,7 +126,7 @@ def summary_command(args) -> int:
 def add_train_command(subparsers) -> None:
     p = subparsers.add_parser(
         "train",
-        help="train MobileNetV1 (default: the built-in digits, about 8 s; 18 s the first time)",
+        help="train MobileNetV1 (default: the built-in digits, about 8 s; 16 s the first time)",
         description="Train MobileNetV1 without autograd. With no arguments: the built-in"
         " handwritten digits, alpha 0.25, 32x32, the default recipe. Writes <out>/metrics.json,"
         " metrics.csv, model.safetensors, checkpoint.safetensors (every epoch) and, with"

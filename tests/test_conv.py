@@ -22,10 +22,12 @@ from npmobilenet.kernels.conv_direct import (
     conv2d_forward_naive,
 )
 from npmobilenet.kernels.tuned.depthwise3x3 import (
+    STACK_ELEMENTS,
     depthwise3x3_backward_input_flat,
     depthwise3x3_backward_input_skip_padding,
     depthwise3x3_backward_input_stride2,
     depthwise3x3_backward_small,
+    depthwise3x3_backward_stacked,
     depthwise3x3_backward_weight_flat,
     depthwise3x3_forward_cols2,
     depthwise3x3_forward_flat,
@@ -216,6 +218,29 @@ def test_depthwise3x3_kernels_match_naive_loops(shape, size, stride, pads, seed)
         depthwise3x3_backward_small(dout, x, w, dx, dw, sh, sw, pt, pl)
         np.testing.assert_allclose(dx, dx_n, rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(dw, dw_n, rtol=1e-12, atol=1e-12)
+    if m == 1 and (sh, sw) == (1, 1) and (OH, OW) == (H, W):  # both gradients, stacked
+        dx, dw = np.zeros_like(x), np.zeros_like(w)
+        depthwise3x3_backward_stacked(dout, x, w, dx, dw, sh, sw, pt, pl)
+        np.testing.assert_allclose(dx, dx_n, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(dw, dw_n, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("size", [(12, 12), (7, 7), (1, 1), (3, 10)])
+@pytest.mark.parametrize("pads", [(1, 1), (0, 0), (2, 2), (0, 2)])
+def test_depthwise3x3_backward_stacked_matches_naive_loops(size, pads):
+    """Enough images for several stacks (the last one partial), padding on either side; the
+    kernel adds into dx and dweight."""
+    (H, W), (pt, pl) = size, pads
+    N = STACK_ELEMENTS // ((H + 2) * (W + 2)) + 3 if H * W > 1 else 3
+    rng = np.random.default_rng(H * W + pt)
+    x, w = rng.standard_normal((N, 2, H, W)), rng.standard_normal((2, 1, 3, 3))
+    dout = rng.standard_normal((N, 2, H, W))
+    dx_n, dw_n = np.zeros_like(x), np.zeros_like(w)
+    conv2d_backward_naive(dout, x, w, dx_n, dw_n, 1, 1, pt, pl, 1, 1, 2)
+    dx, dw = np.full_like(x, 0.5), np.full_like(w, 0.25)
+    depthwise3x3_backward_stacked(dout, x, w, dx, dw, 1, 1, pt, pl)
+    np.testing.assert_allclose(dx - 0.5, dx_n, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dw - 0.25, dw_n, rtol=1e-12, atol=1e-11)
 
 
 @pytest.mark.parametrize("stride", [1, 2])
@@ -420,7 +445,7 @@ def test_every_tuned_depthwise_kernel_is_tested_against_the_naive_loops():
     """The dispatch table holds exactly the kernels the naive-loop tests above exercise."""
     tested = {
         depthwise3x3_forward, depthwise3x3_forward_flat, depthwise3x3_forward_cols2,
-        depthwise3x3_forward_small, depthwise3x3_backward_small,
+        depthwise3x3_forward_small, depthwise3x3_backward_small, depthwise3x3_backward_stacked,
         depthwise3x3_backward_weight, depthwise3x3_backward_weight_flat,
         depthwise3x3_backward_input, depthwise3x3_backward_input_flat,
         depthwise3x3_backward_input_stride2, depthwise3x3_backward_input_skip_padding,
@@ -436,7 +461,8 @@ def test_every_tuned_depthwise_kernel_is_tested_against_the_naive_loops():
         ((8, 8, (40, 41), (20, 21), (2, 2)), ("forward_cols2", "backward_weight", "stride2")),
         ((8, 8, (40, 41), (40, 14), (1, 3)), ("forward", "backward_weight", "input")),
         ((64, 64, (112, 112), (56, 56), (2, 2)), ("forward_cols2", "backward_weight", "stride2")),
-        ((512, 512, (14, 14), (14, 14), (1, 1)), ("forward_flat", "weight_flat", "input_flat")),
+        ((512, 512, (14, 14), (14, 14), (1, 1)), ("forward_flat", "stacked", "stacked")),
+        ((256, 256, (28, 28), (28, 28), (1, 1)), ("forward_flat", "weight_flat", "input_flat")),
         ((1024, 1024, (2, 2), (2, 2), (1, 1)), ("forward_small", None, None)),
     ],
 )
@@ -444,6 +470,11 @@ def test_depthwise_dispatch_picks_the_documented_variant(shape, want):
     s = tuned.DepthwiseShape(*shape)
     if want[1] is None:
         assert tuned.depthwise3x3_kernel("backward", s) is depthwise3x3_backward_small
+    elif want[1] == "stacked":
+        assert tuned.depthwise3x3_kernel("backward", s) is depthwise3x3_backward_stacked
+        not_finite = tuned.DepthwiseShape(*shape, finite_weight=False)
+        assert tuned.depthwise3x3_kernel("backward", not_finite) is None
+        return
     else:
         assert tuned.depthwise3x3_kernel("backward", s) is None
     ops = ("forward", "backward_weight", "backward_input")

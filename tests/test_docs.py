@@ -21,7 +21,7 @@ Conventions (summarised for readers on ``docs/index.md``):
 * ````bash`` blocks are the only ones not executed, and ``test_bash_blocks_are_setup_only``
   restricts them to set-up commands (``pip install``, ``git clone``, ``cd``, ``mkdocs``, the
   figure script, which CI runs before ``mkdocs build --strict``) and to two long runs that would
-  blow this file's time budget: the full default ``npmobilenet train`` (about 8 s, 18 s with a
+  blow this file's time budget: the full default ``npmobilenet train`` (about 8 s, 16 s with a
   cold kernel cache; the trainer's own tests cover it) and the benchmark scripts
   (``python benchmarks/...``, minutes each). ````text`` blocks hold non-code such as directory
   layouts; any other fence language is an error.

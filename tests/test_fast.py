@@ -22,6 +22,7 @@ from torch_reference import build_seed_mobilenet, randomize_batch_norm
 
 from npmobilenet import threads
 from npmobilenet.fast import UnsupportedModuleError, fold_batch_norm
+from npmobilenet.fast import engine as engine_module
 from npmobilenet.fast.engine import im2col3x3_padded
 from npmobilenet.kernels.fused_conv3x3 import (
     depthwise3x3_nhwc,
@@ -135,6 +136,31 @@ def test_bias_clamp_pad_matches_naive(dtype, activation, rng):
 
 @pytest.mark.kernels
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("row0,rows", [(0, 2), (2, 3), (4, 1)])
+def test_im2col_kernel_computes_a_band_of_rows(dtype, row0, rows, rng):
+    x = rng.standard_normal((2, 3, 9, 7)).astype(dtype)  # 5 x 4 outputs at stride 2
+    cols = np.full((2, rows, 4, 27), np.nan, dtype)
+    im2col3x3_nchw(x, 2, cols, row0)
+    np.testing.assert_array_equal(cols, im2col3x3_nchw_naive(x, 2)[:, row0 : row0 + rows])
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("top,bottom", [(1, 1), (1, 0), (0, 1), (0, 0)])
+def test_bias_clamp_pad_writes_a_band_of_rows(dtype, top, bottom, rng):
+    """Rows from inside an image: a zero row only on the sides given, the left and right
+    border pixels zero."""
+    y = (5 * rng.standard_normal((2, 4, 3, 6))).astype(dtype)
+    b = rng.standard_normal(6).astype(dtype)
+    lo, hi = _clamp(dtype, "relu6")
+    out = np.full((2, top + 4 + bottom, 5, 6), np.nan, dtype)
+    bias_clamp_pad(y, b, lo, hi, out, top)
+    full = bias_clamp_pad_naive(y, b, lo, hi)  # (2, 6, 5, 6): zero rows on both sides
+    np.testing.assert_array_equal(out, full[:, 1 - top : 5 + bottom])
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("activation", ["relu", "relu6"])
 def test_bias_clamp_mean_matches_naive(dtype, activation, rng):
     y = (5 * rng.standard_normal((3, 10, 7))).astype(dtype)
@@ -233,6 +259,50 @@ def test_engine_split_over_the_batch_matches_torch_and_serial(
 
 
 @pytest.mark.kernels
+@pytest.mark.parametrize("dtype,n,budget", [(np.float32, 1, 2048), (np.float64, 3, 9000)])
+def test_layers_run_in_blocks_of_rows_match_torch(torch, monkeypatch, dtype, n, budget, rng):
+    """With a tiny cache budget every large layer runs a block of rows at a time (blocks of
+    one row and of several, ending at the image's bottom edge): the logits do not change."""
+    monkeypatch.setattr(engine_module, "BLOCK_BYTES", budget)
+    calls = {"stem or pointwise": 0, "depthwise + pointwise": 0}
+    for name, kind in (("_run_blocked", "stem or pointwise"),
+                       ("_run_separable_blocked", "depthwise + pointwise")):  # fmt: skip
+        monkeypatch.setattr(engine_module, name, _counted(getattr(engine_module, name), calls,
+                                                          kind))  # fmt: skip
+    reference, model = _pair(torch, 0.25, 5, 3, "relu6", dtype)
+    x = rng.standard_normal((n, 3, 45, 38)).astype(dtype)
+    out = model.fuse()(x)
+    assert all(calls.values()), calls
+    np.testing.assert_allclose(out, _torch_logits(torch, reference, x), **TOL[dtype])
+    np.testing.assert_allclose(out, model.eval().forward(x), **TOL[dtype])
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("dtype,n_threads", [(np.float32, 1), (np.float64, 2)])
+def test_a_slice_runs_its_images_in_groups(torch, monkeypatch, dtype, n_threads, rng):
+    """Groups of two images (the last one shorter), in one slice or in two: the same logits."""
+    monkeypatch.setattr(engine_module, "GROUP", 2)
+    monkeypatch.setattr(threads, "MIN_SLICE_ELEMENTS", 1)
+    reference, model = _pair(torch, 0.25, 5, 3, "relu", dtype)
+    engine = engine_module.FusedMobileNetV1(model, runner=threads.Runner(n_threads))
+    seen = []
+    forward = engine._forward
+    monkeypatch.setattr(engine, "_forward", lambda x, *a: seen.append(len(x)) or forward(x, *a))
+    x = rng.standard_normal((5, 3, 35, 29)).astype(dtype)
+    out = engine(x)
+    assert max(seen) == 2 and sum(seen) == 5, seen
+    np.testing.assert_allclose(out, _torch_logits(torch, reference, x), **TOL[dtype])
+
+
+def _counted(fn, calls, kind):
+    def counted(*args):
+        calls[kind] += 1
+        return fn(*args)
+
+    return counted
+
+
+@pytest.mark.kernels
 def test_engine_matches_torch_at_224(torch, rng):
     reference, model = _pair(torch, 1.0, 1000, 3, "relu", np.float32)
     x = rng.standard_normal((1, 3, 224, 224)).astype(np.float32)
@@ -319,7 +389,7 @@ def test_fuse_matches_model_eval_forward(alpha, activation, in_ch, dtype, conv, 
     x = rng.standard_normal((shape[0], in_ch, *shape[1:])).astype(dtype)
     out = model.fuse()(x)
     assert out.dtype == dtype
-    np.testing.assert_allclose(out, model.forward(x), **TOL[dtype])
+    np.testing.assert_allclose(out, model.eval().forward(x), **TOL[dtype])
 
 
 @pytest.mark.kernels
@@ -334,7 +404,7 @@ def test_max_pooling_and_headless_models(dtype, rng):
         engine = model.fuse()
         out = engine(x)
         assert out.shape == model.forward(x).shape and out.dtype == dtype
-        np.testing.assert_allclose(out, model.forward(x), **TOL[dtype])
+        np.testing.assert_allclose(out, model.eval().forward(x), **TOL[dtype])
         assert engine.head.pool == kwargs.get("global_pool", "avg")
         assert engine.num_classes == classes
     model.reset_classifier(4, seed=1)

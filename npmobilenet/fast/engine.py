@@ -13,12 +13,18 @@ float rounding), in fewer and faster passes:
    pass; every GEMM is followed by one fused bias+clamp pass that writes straight into the next
    3x3 conv's zero-bordered input (so padding is never tested), and the last one also does the
    global pooling (``npmobilenet.kernels.fused_*``);
-5. **buffers reused**: three activation buffers per input shape (GEMM left operands, GEMM
-   outputs, zero-bordered 3x3 inputs), allocated on the first call with that shape and reused;
-6. **a batch split over threads**: several images are cut into slices that npmobilenet's threads
+5. **buffers reused**: activation buffers per input shape (GEMM left operands, GEMM outputs,
+   and two for the zero-bordered 3x3 inputs, used in turn), allocated on the first call with
+   that shape and reused;
+6. **large layers in blocks of rows**: when a layer's GEMM input and output for one image
+   exceed a core's cache (:data:`BLOCK_BYTES`), a depthwise layer and its pointwise layer
+   (or the stem) run a few image rows at a time: depthwise conv (or im2col), GEMM and epilogue
+   on one block while it is in cache, so the GEMM output never goes to memory;
+7. **a batch split over threads**: several images are cut into slices that npmobilenet's threads
    run through the whole network side by side, each slice with its own buffers and BLAS at one
    thread (``npmobilenet.threads``): one hand-off per call, and the depthwise kernels and
-   epilogues run on every core too.
+   epilogues run on every core too; a slice goes through the network :data:`GROUP` images at
+   a time, whose activations stay in the shared cache from layer to layer.
 
 Numba kernels here are serial. One image runs on BLAS's threads (see ``npmobilenet.threads``).
 Dropout is the identity in eval mode.
@@ -40,6 +46,16 @@ from npmobilenet.kernels.fused_epilogue import bias_clamp_mean, bias_clamp_pad
 from npmobilenet.ops.conv import resolve_padding
 
 _MAX_PLANS = 8  # input shapes whose buffers are kept (least recently used dropped first)
+# A layer whose GEMM input and output take more than BLOCKED_ABOVE * BLOCK_BYTES over the batch
+# (far more than the cores' caches) runs in blocks of image rows of about BLOCK_BYTES each,
+# every block's epilogue following its GEMM while the GEMM output is in the core's cache (L2).
+# One image's layers nearly fit in the caches, and blocks would only add hand-offs between
+# BLAS's threads.
+BLOCK_BYTES = 2**20
+BLOCKED_ABOVE = 8
+# Images a slice of a batch runs through the whole network at a time: four 224 x 224 images'
+# activations (a few MB per layer) stay in the shared L3 cache from one layer to the next.
+GROUP = 4
 
 
 class FusedMobileNetV1:
@@ -98,18 +114,34 @@ class FusedMobileNetV1:
             per_image = self._largest_per_image(x.shape)  # decides whether to split
             min_images = -(-threads.MIN_SLICE_ELEMENTS // per_image)
             if self.runner.threads == 1 or n < 2 * min_images:  # BLAS's threads, one slice
-                return self._forward(x, self._plan(x.shape, x.dtype), weights)
+                return self._forward_groups(x, self._group_plans(x.shape, x.dtype), weights)
             with self.runner.session() as runner:
                 slices = runner.slices(n, min_images)
                 if len(slices) == 1:  # splitting declined (BLAS could not be limited)
-                    return self._forward(x, self._plan(x.shape, x.dtype), weights)
-                # each slice its own buffers (one plan per slice: a plan's layers share memory)
-                plans = {lo: self._plan(x[lo:hi].shape, x.dtype, part=i)
+                    return self._forward_groups(x, self._group_plans(x.shape, x.dtype), weights)
+                # each slice its own buffers (its own plans: a plan's layers share memory)
+                plans = {lo: self._group_plans(x[lo:hi].shape, x.dtype, part=i)
                          for i, (lo, hi) in enumerate(slices)}  # fmt: skip
                 parts = runner.map(
-                    lambda lo, hi: self._forward(x[lo:hi], plans[lo], weights), n, per_image
-                )
+                    lambda lo, hi: self._forward_groups(x[lo:hi], plans[lo], weights),
+                    n, per_image,
+                )  # fmt: skip
             return np.concatenate(parts)
+
+    def _forward_groups(self, x, plans: dict, weights) -> np.ndarray:
+        """x (N, C, H, W) -> logits, :data:`GROUP` images at a time through the whole network
+        (``plans``: group size -> plan, from ``_group_plans``)."""
+        n = x.shape[0]
+        if n <= GROUP:
+            return self._forward(x, plans[n], weights)
+        groups = [x[g : g + GROUP] for g in range(0, n, GROUP)]
+        return np.concatenate([self._forward(xg, plans[len(xg)], weights) for xg in groups])
+
+    def _group_plans(self, shape, dtype, part: int = 0) -> dict:
+        """The plans ``_forward_groups`` uses for a batch of ``shape``: group size -> plan."""
+        n = shape[0]
+        sizes = {n} if n <= GROUP else {GROUP, n % GROUP or GROUP}
+        return {k: self._plan((k, *shape[1:]), dtype, part) for k in sizes}
 
     def profile(self, x: np.ndarray) -> dict[str, float]:
         """Run one forward and return seconds spent per step kind.
@@ -142,9 +174,16 @@ class FusedMobileNetV1:
         features (N, K) after the last layer).
         """
         layers, head = weights
-        src = x
-        for layer, arrays in zip(layers, plan):
-            src = _run_layer(layer, src, arrays, head.pool, clock or _no_clock)
+        src, i = x, 0
+        while i < len(layers):
+            rows = plan[i + 1]["rows"] if layers[i].kind == "depthwise" else 0
+            if rows:  # a depthwise layer and its pointwise layer, a block of rows at a time
+                src = _run_separable_blocked(layers[i], layers[i + 1], src, plan[i], plan[i + 1],
+                                             rows, clock or _no_clock)  # fmt: skip
+                i += 2
+            else:
+                src = _run_layer(layers[i], src, plan[i], head.pool, clock or _no_clock)
+                i += 1
         if head.weight is None:
             return src.copy()  # the pooled features, a new array (the buffer is reused)
         logits = src @ head.weight.T + head.bias  # (N, K) @ (K, classes): a new array
@@ -199,8 +238,11 @@ def make_plan(layers, shape, dtype) -> list[dict]:
     """Per layer, views ``a``, ``y``, ``dst`` (see ``FusedMobileNetV1._forward``) into three
     flat buffers: GEMM left operands, GEMM outputs, zero-bordered 3x3 inputs (bordered by the
     next 3x3 conv's padding at that size, ``pads``). Every layer reads one buffer and writes
-    another, so one of each is enough. A stem whose padding is not 1 also gets ``xpad``, the
-    input copied into a zero-bordered NHWC buffer."""
+    another, so one of each is enough, except that consecutive ``dst`` arrays alternate two
+    buffers: a depthwise layer and the pointwise layer after it may run block by block
+    (``_run_separable_blocked``), the pointwise layer writing while the depthwise one still
+    reads. A stem whose padding is not 1 also gets ``xpad``, the input copied into a
+    zero-bordered NHWC buffer."""
     n, c, h, w = shape
     shapes, pads = [], []
     for i, layer in enumerate(layers):
@@ -220,18 +262,24 @@ def make_plan(layers, shape, dtype) -> list[dict]:
             one["dst"] = (n, k) if nxt is None else (n, h + nxt[0] + nxt[1], w + nxt[2] + nxt[3], k)
         shapes.append(one)
         pads.append(nxt)
+    writers = [one for one in shapes if "dst" in one]
+    for j, one in enumerate(writers):  # "dst" then "dst2", in turn
+        one["dst" if j % 2 == 0 else "dst2"] = one.pop("dst")
     flat = {}
-    for role in ("a", "y", "dst", "xpad"):  # one flat buffer per role, big enough for any view
+    for role in ("a", "y", "dst", "dst2", "xpad"):  # a flat buffer per role, big enough for all
         sizes = [int(np.prod(s[role])) for s in shapes if role in s]
         if sizes:
             flat[role] = np.empty(max(sizes), dtype)
-    pooled = np.empty(shapes[-1]["dst"], dtype)  # the last epilogue's output stays separate
+    last = shapes[-1].get("dst", shapes[-1].get("dst2"))
+    pooled = np.empty(last, dtype)  # the last epilogue's output stays separate
     plan = []
     for i, one in enumerate(shapes):
-        views = {r: flat[r][: int(np.prod(s))].reshape(s) for r, s in one.items()}
+        views = {r.rstrip("2"): flat[r][: int(np.prod(s))].reshape(s) for r, s in one.items()}
         if i == len(shapes) - 1:
             views["dst"] = pooled
         plan.append({**views, "pads": pads[i]})
+    for i, layer in enumerate(layers):  # blocks of rows, decided once per shape
+        plan[i]["rows"] = _block_rows(layer, plan[i - 1].get("a") if i else None, plan[i])
     return plan
 
 
@@ -245,7 +293,7 @@ def _bordered(y, b, lo, hi, dst, pads) -> None:
     """``clamp(y + b)`` into ``dst``'s interior at offset (top, left), zeros around it: the
     padding of the next 3x3 conv. A one-pixel border on every side runs the fused kernel."""
     if pads == (1, 1, 1, 1):
-        bias_clamp_pad(y, b, lo, hi, dst)
+        bias_clamp_pad(y, b, lo, hi, dst, 1)
         return
     top, _, left, _ = pads
     n, oh, ow, _ = y.shape
@@ -267,6 +315,10 @@ def _run_layer(layer: Layer, src, arrays, pool, clock):
         depthwise3x3_nhwc(src, layer.weight, layer.bias, layer.stride, lo, hi, arrays["a"])
         clock("depthwise")
         return arrays["a"]
+    rows = arrays["rows"]
+    if rows:  # bordered output, and a GEMM output larger than a cache: a few rows at a time
+        _run_blocked(layer, src, arrays, lo, hi, rows, clock)
+        return arrays["dst"]
     if layer.kind == "stem" and "xpad" in arrays:  # padding other than 1: copy, then im2col
         xp = arrays["xpad"]  # (N, H + top + bottom, W + left + right, C)
         top, left = _pads(layer, src.shape[2], src.shape[3])[::2]
@@ -274,7 +326,7 @@ def _run_layer(layer: Layer, src, arrays, pool, clock):
         xp[:, top : top + src.shape[2], left : left + src.shape[3]] = src.transpose(0, 2, 3, 1)
         a = im2col3x3_padded(xp, layer.stride, arrays["a"])
     elif layer.kind == "stem":
-        im2col3x3_nchw(src, layer.stride, arrays["a"])
+        im2col3x3_nchw(src, layer.stride, arrays["a"], 0)
         a = arrays["a"]
     elif layer.kind == "full":
         a = im2col3x3_padded(src, layer.stride, arrays["a"])
@@ -293,6 +345,72 @@ def _run_layer(layer: Layer, src, arrays, pool, clock):
     else:  # max: clamp(. + b) is non-decreasing, so max_p clamp(y_p + b) = clamp(max_p y_p + b)
         np.clip(y.reshape(n, oh * ow, -1).max(axis=1) + layer.bias, lo, hi, out=dst)
         clock("bias+act+pool")
+    return dst
+
+
+def _block_rows(layer: Layer, a, arrays) -> int:
+    """Image rows per block for a stem or pointwise layer whose GEMM input and output are
+    bigger than ``BLOCKED_ABOVE * BLOCK_BYTES`` and whose epilogue writes a one-pixel zero
+    border; else 0. ``a``: a pointwise layer's input (the depthwise output, N, H, W, C);
+    ``arrays``: the layer's plan entry."""
+    dst = arrays.get("dst")
+    if layer.kind not in ("stem", "pointwise") or "xpad" in arrays or dst.ndim != 4:
+        return 0
+    if arrays["pads"] != (1, 1, 1, 1):
+        return 0
+    n, oh, ow, c = arrays["a"].shape if layer.kind == "stem" else a.shape  # the GEMM's input
+    per_row = ow * (c + layer.weight.shape[1]) * arrays["y"].itemsize  # a row's input + output
+    if n * oh * per_row <= BLOCKED_ABOVE * BLOCK_BYTES:
+        return 0
+    return min(oh, max(1, BLOCK_BYTES // per_row))
+
+
+def _run_blocked(layer: Layer, src, arrays, lo, hi, rows: int, clock) -> None:
+    """A stem or pointwise layer ``rows`` image rows at a time: (im2col,) GEMM and epilogue on
+    one block while its GEMM output is still in cache. Writes ``arrays["dst"]`` (N, OH+2,
+    OW+2, K); ``arrays["a"]`` and ``arrays["y"]`` are the blocks' scratch."""
+    dst, y, w = arrays["dst"], arrays["y"], layer.weight
+    n_images, oh, ow = dst.shape[0], dst.shape[1] - 2, dst.shape[2] - 2
+    for n in range(n_images):
+        for h0 in range(0, oh, rows):
+            h1 = min(oh, h0 + rows)
+            if layer.kind == "stem":  # the block's im2col rows, at the start of ``a``
+                a = arrays["a"][:1, : h1 - h0]  # (1, R, OW, 9*C)
+                im2col3x3_nchw(src[n : n + 1], layer.stride, a, h0)
+            else:
+                a = src[n, h0:h1]  # (R, OW, C): the depthwise output's rows
+            yb = np.matmul(a.reshape(-1, w.shape[0]), w, out=y[: (h1 - h0) * ow])  # (R*OW, K)
+            clock("first conv" if layer.kind == "stem" else "pointwise GEMM")
+            top, bottom = int(h0 == 0), int(h1 == oh)
+            bias_clamp_pad(yb.reshape(1, h1 - h0, ow, -1), layer.bias, lo, hi,
+                           dst[n : n + 1, h0 + 1 - top : h1 + 1 + bottom], top)  # fmt: skip
+            clock("bias+act")
+
+
+def _run_separable_blocked(dw: Layer, pw: Layer, xp, dw_arrays, pw_arrays, rows, clock):
+    """A depthwise layer and the pointwise layer after it, ``rows`` output rows at a time:
+    depthwise conv, GEMM and epilogue on one block while it is in cache (``_block_rows``).
+
+    xp (N, H+top+bottom, W+left+right, C): the depthwise layer's zero-bordered input. Writes
+    ``pw_arrays["dst"]`` (N, OH+2, OW+2, K) and returns it; ``dw_arrays["a"]`` and
+    ``pw_arrays["y"]`` are the blocks' scratch.
+    """
+    dtype, s = xp.dtype.type, dw.stride
+    dst, y = pw_arrays["dst"], pw_arrays["y"]
+    n_images, oh, ow, c = dw_arrays["a"].shape
+    for n in range(n_images):
+        for h0 in range(0, oh, rows):
+            h1 = min(oh, h0 + rows)
+            a = dw_arrays["a"][:1, : h1 - h0]  # (1, R, OW, C), at the start of the buffer
+            depthwise3x3_nhwc(xp[n : n + 1, h0 * s : (h1 - 1) * s + 3], dw.weight, dw.bias, s,
+                              dtype(dw.lo), dtype(dw.hi), a)  # fmt: skip
+            clock("depthwise")
+            yb = np.matmul(a.reshape(-1, c), pw.weight, out=y[: (h1 - h0) * ow])  # (R*OW, K)
+            clock("pointwise GEMM")
+            top, bottom = int(h0 == 0), int(h1 == oh)
+            bias_clamp_pad(yb.reshape(1, h1 - h0, ow, -1), pw.bias, dtype(pw.lo), dtype(pw.hi),
+                           dst[n : n + 1, h0 + 1 - top : h1 + 1 + bottom], top)  # fmt: skip
+            clock("bias+act")
     return dst
 
 

@@ -21,6 +21,15 @@ from npmobilenet.kernels.fastmath import REASSOC
 # values per channel is all loop overhead (measured at 64 images of 128 channels of 2x2 pixels:
 # the backward sums 4x faster flat). Larger planes keep their per-channel rows.
 FLAT_MAX_L = 8
+# The two walks are separate compiled kernels, and each public kernel below is a plain Python
+# function that picks one by the plane size: Numba compiles a kernel on its first call, so a
+# run compiles only the walks its planes use (both walks in one kernel doubled the compile time
+# of a first training step's batch norm, about 4 s).
+
+
+def _is_flat(a) -> bool:
+    """Whether an (N, C, L) array's planes are walked as flat rows."""
+    return a.shape[2] < FLAT_MAX_L
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -35,16 +44,24 @@ def _channel_totals(acc, C, L):
     return acc.reshape(C, L).sum(axis=1)
 
 
-@njit(cache=True, nogil=True, inline="always", fastmath=REASSOC)
 def channel_sums(x):
     """Sum of each channel over images and pixels, float64. x: (N, C, L) -> (C,)."""
+    return _channel_sums_flat(x) if _is_flat(x) else _channel_sums(x)
+
+
+@njit(cache=True, nogil=True, fastmath=REASSOC)
+def _channel_sums_flat(x):
     N, C, L = x.shape
-    if L < FLAT_MAX_L:
-        x2, acc = _flat(x), np.zeros(C * L, dtype=np.float64)
-        for n in range(N):
-            for j in range(C * L):
-                acc[j] += x2[n, j]
-        return _channel_totals(acc, C, L)
+    x2, acc = _flat(x), np.zeros(C * L, dtype=np.float64)
+    for n in range(N):
+        for j in range(C * L):
+            acc[j] += x2[n, j]
+    return _channel_totals(acc, C, L)
+
+
+@njit(cache=True, nogil=True, fastmath=REASSOC)
+def _channel_sums(x):
+    N, C, L = x.shape
     total = np.zeros(C, dtype=np.float64)
     for n in range(N):  # memory order, images outer (faster than channel-outer)
         for c in range(C):
@@ -55,17 +72,25 @@ def channel_sums(x):
     return total
 
 
-@njit(cache=True, nogil=True, inline="always", fastmath=REASSOC)
 def channel_sq_dev(x, mean):
     """Sum of squared deviations from ``mean`` (C,) of each channel, float64. -> (C,)."""
+    return _channel_sq_dev_flat(x, mean) if _is_flat(x) else _channel_sq_dev(x, mean)
+
+
+@njit(cache=True, nogil=True, fastmath=REASSOC)
+def _channel_sq_dev_flat(x, mean):
     N, C, L = x.shape
-    if L < FLAT_MAX_L:
-        x2, mu2, acc = _flat(x), np.repeat(mean, L), np.zeros(C * L, dtype=np.float64)
-        for n in range(N):
-            for j in range(C * L):
-                d = x2[n, j] - mu2[j]
-                acc[j] += d * d
-        return _channel_totals(acc, C, L)
+    x2, mu2, acc = _flat(x), np.repeat(mean, L), np.zeros(C * L, dtype=np.float64)
+    for n in range(N):
+        for j in range(C * L):
+            d = x2[n, j] - mu2[j]
+            acc[j] += d * d
+    return _channel_totals(acc, C, L)
+
+
+@njit(cache=True, nogil=True, fastmath=REASSOC)
+def _channel_sq_dev(x, mean):
+    N, C, L = x.shape
     total = np.zeros(C, dtype=np.float64)
     for n in range(N):
         for c in range(C):
@@ -78,7 +103,6 @@ def channel_sq_dev(x, mean):
     return total
 
 
-@njit(cache=True, nogil=True, fastmath=REASSOC)
 def channel_stats(x):
     """Mean and biased variance of each channel, two passes, float64 accumulation.
 
@@ -86,8 +110,7 @@ def channel_stats(x):
     The two passes are :func:`channel_sums` and :func:`channel_sq_dev` (a model's training step
     runs each on slices of the batch in parallel and adds the slices' sums).
     """
-    N, C, L = x.shape
-    M = N * L
+    M = x.shape[0] * x.shape[2]
     mean = channel_sums(x) / M
     return mean, channel_sq_dev(x, mean) / M
 
@@ -188,17 +211,24 @@ def _affine_row(x, out, n, c, a, b):
         out[n, c, i] = x[n, c, i] * a + b
 
 
-@njit(cache=True, nogil=True, fastmath=REASSOC)
 def scale_shift(x, scale, shift, out):
     """out[n, c, i] = x[n, c, i] * scale[c] + shift[c].
 
     x, out: (N, C, L) of one dtype; scale, shift: (C,) float64 (so the large, nearly cancelling
     x * scale and shift of a low-variance channel are added in float64). Writes ``out`` in place.
     """
+    (_scale_shift_flat if _is_flat(x) else _scale_shift)(x, scale, shift, out)
+
+
+@njit(cache=True, nogil=True, fastmath=REASSOC)
+def _scale_shift_flat(x, scale, shift, out):
+    L = x.shape[2]
+    _affine_flat(_flat(x), _flat(out), np.repeat(scale, L), np.repeat(shift, L))
+
+
+@njit(cache=True, nogil=True, fastmath=REASSOC)
+def _scale_shift(x, scale, shift, out):
     N, C, L = x.shape
-    if L < FLAT_MAX_L:
-        _affine_flat(_flat(x), _flat(out), np.repeat(scale, L), np.repeat(shift, L))
-        return
     for n in range(N):
         for c in range(C):
             _affine_row(x, out, n, c, scale[c], shift[c])
@@ -219,10 +249,12 @@ def scale_shift_naive(x, scale, shift, out):
 
 # The gradient that reaches batch norm at element (n, c, i): dout itself, or, for a BN fused with
 # the ReLU / ReLU6 after it, 0 where ``out <= 0`` (or ``out >= 6`` for ReLU6) and dout elsewhere
-# (PyTorch's convention: a NaN passes). The mask is a select between two values of dout's dtype
-# so that LLVM vectorises the loops using it (a branch or a mixed-type zero made them 2-4x
-# slower). ``out`` is the activation's output and ``zero`` a 0 of dout's dtype (both None
-# where nothing masks dout).
+# (PyTorch's convention: a NaN passes). The mask is a select, so that LLVM vectorises the loops
+# using it (a branch made them 2-4x slower), between 0.0 and dout widened to float64 plus 0.0:
+# the addition makes the load of dout unconditional, where a select on the loaded value itself
+# becomes a masked load, measured 1.6x slower (it turns -0.0 into +0.0, which the float64 sums
+# starting at +0.0 do anyway). ``out`` is the activation's output and ``zero`` a 0 of dout's
+# dtype (both None where nothing masks dout).
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -232,13 +264,14 @@ def _grad(dout, out, n, c, i, zero):
 
 @njit(cache=True, nogil=True, inline="always")
 def _grad_relu(dout, out, n, c, i, zero):
-    return zero if out[n, c, i] <= 0 else dout[n, c, i]
+    g = np.float64(dout[n, c, i]) + 0.0
+    return 0.0 if out[n, c, i] <= 0 else g
 
 
 @njit(cache=True, nogil=True, inline="always")
 def _grad_relu6(dout, out, n, c, i, zero):
-    o = out[n, c, i]
-    return zero if (o <= 0) | (o >= 6) else dout[n, c, i]
+    o, g = out[n, c, i], np.float64(dout[n, c, i]) + 0.0
+    return 0.0 if (o <= 0) | (o >= 6) else g
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -248,13 +281,14 @@ def _grad_flat(d2, o2, n, j, zero):  # the flat-row twins, on (N, C*L) views
 
 @njit(cache=True, nogil=True, inline="always")
 def _grad_relu_flat(d2, o2, n, j, zero):
-    return zero if o2[n, j] <= 0 else d2[n, j]
+    g = np.float64(d2[n, j]) + 0.0
+    return 0.0 if o2[n, j] <= 0 else g
 
 
 @njit(cache=True, nogil=True, inline="always")
 def _grad_relu6_flat(d2, o2, n, j, zero):
-    o = o2[n, j]
-    return zero if (o <= 0) | (o >= 6) else d2[n, j]
+    o, g = o2[n, j], np.float64(d2[n, j]) + 0.0
+    return 0.0 if (o <= 0) | (o >= 6) else g
 
 
 @njit(cache=True, nogil=True, inline="always", fastmath=REASSOC)
@@ -292,15 +326,22 @@ def _grad_sums(grad, dout, out, zero, x, mean):
     return sum_dy, sum_dy_xmu
 
 
-@njit(cache=True, nogil=True, fastmath=REASSOC)
 def grad_sums(dout, x, mean):
     """Per-channel sums the backward needs, in one pass: sum(dout) and sum(dout * (x - mean)).
 
     dout, x: (N, C, L) of one dtype; mean: (C,) float64. Returns two (C,) float64 arrays.
     """
-    if x.shape[2] < FLAT_MAX_L:
-        return _grad_sums_flat(_grad_flat, dout, dout, None, x, mean)  # nothing masks dout
+    return (_grad_sums_plain_flat if _is_flat(x) else _grad_sums_plain)(dout, x, mean)
+
+
+@njit(cache=True, nogil=True, fastmath=REASSOC)
+def _grad_sums_plain(dout, x, mean):
     return _grad_sums(_grad, dout, None, None, x, mean)  # nothing masks dout
+
+
+@njit(cache=True, nogil=True, fastmath=REASSOC)
+def _grad_sums_plain_flat(dout, x, mean):
+    return _grad_sums_flat(_grad_flat, dout, dout, None, x, mean)  # nothing masks dout
 
 
 def grad_sums_naive(dout, x, mean):
@@ -339,7 +380,6 @@ def _train_dx(grad, dout, out, zero, x, mean, k, a, b, dx):
                 dx[n, c, i] = kc * grad(dout, out, n, c, i, zero) - ac * (x[n, c, i] - mc) - bc
 
 
-@njit(cache=True, nogil=True, inline="always", fastmath=REASSOC)
 def train_dx(dout, x, mean, k, a, b, dx):
     """dx[n, c, i] = k[c] * dout[n, c, i] - a[c] * (x[n, c, i] - mean[c]) - b[c].
 
@@ -347,11 +387,18 @@ def train_dx(dout, x, mean, k, a, b, dx):
     ``batch_norm_backward``); with a = b = 0 it is the eval-mode gradient k * dout.
     dout, x, dx: (N, C, L) of one dtype; mean, k, a, b: (C,) float64.
     """
-    if x.shape[2] < FLAT_MAX_L:
-        d2, L = _flat(dout), x.shape[2]  # nothing masks dout
-        _train_dx_flat(_grad_flat, d2, d2, None, _flat(x), mean, k, a, b, _flat(dx), L)
-    else:
-        _train_dx(_grad, dout, None, None, x, mean, k, a, b, dx)  # nothing masks dout
+    (_train_dx_plain_flat if _is_flat(x) else _train_dx_plain)(dout, x, mean, k, a, b, dx)
+
+
+@njit(cache=True, nogil=True, fastmath=REASSOC)
+def _train_dx_plain(dout, x, mean, k, a, b, dx):
+    _train_dx(_grad, dout, None, None, x, mean, k, a, b, dx)  # nothing masks dout
+
+
+@njit(cache=True, nogil=True, fastmath=REASSOC)
+def _train_dx_plain_flat(dout, x, mean, k, a, b, dx):
+    d2, L = _flat(dout), x.shape[2]  # nothing masks dout
+    _train_dx_flat(_grad_flat, d2, d2, None, _flat(x), mean, k, a, b, _flat(dx), L)
 
 
 def train_dx_naive(dout, x, mean, k, a, b, dx):
@@ -367,7 +414,6 @@ def train_dx_naive(dout, x, mean, k, a, b, dx):
 # --------------------------------------------------------------------------------------------
 
 
-@njit(cache=True, nogil=True, fastmath=REASSOC)
 def scale_shift_act(x, scale, shift, out, six):
     """out = act(x * scale[c] + shift[c]): :func:`scale_shift` then ReLU (ReLU6 if ``six``).
 
@@ -375,12 +421,29 @@ def scale_shift_act(x, scale, shift, out, six):
     x's dtype first, exactly as the unfused BN output is, then clamped; a NaN stays NaN (as
     ``np.maximum`` / ``np.clip`` and PyTorch keep it).
     """
+    (_scale_shift_act_flat if _is_flat(x) else _scale_shift_act)(x, scale, shift, out, six)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _bounds(dtype_of):
+    """0 and 6 in the dtype of the array ``dtype_of``."""
+    bounds = np.zeros(2, dtype=dtype_of.dtype)
+    bounds[1] = 6
+    return bounds[0], bounds[1]
+
+
+@njit(cache=True, nogil=True, fastmath=REASSOC)
+def _scale_shift_act_flat(x, scale, shift, out, six):
+    L = x.shape[2]
+    zero, top = _bounds(out)
+    _affine_flat(_flat(x), _flat(out), np.repeat(scale, L), np.repeat(shift, L))
+    _clamp_flat(_flat(out), zero, top, six)
+
+
+@njit(cache=True, nogil=True, fastmath=REASSOC)
+def _scale_shift_act(x, scale, shift, out, six):
     N, C, L = x.shape
-    zero, top = np.zeros(1, dtype=out.dtype)[0], np.full(1, 6, dtype=out.dtype)[0]
-    if L < FLAT_MAX_L:
-        _affine_flat(_flat(x), _flat(out), np.repeat(scale, L), np.repeat(shift, L))
-        _clamp_flat(_flat(out), zero, top, six)
-        return
+    zero, top = _bounds(out)
     for n in range(N):
         for c in range(C):
             _affine_row(x, out, n, c, scale[c], shift[c])
@@ -412,7 +475,6 @@ def scale_shift_act_naive(x, scale, shift, out, six):
     out[...] = np.clip(out, 0, 6) if six else np.maximum(out, 0)
 
 
-@njit(cache=True, nogil=True, fastmath=REASSOC)
 def grad_sums_act(dout, out, x, mean, six):
     """:func:`grad_sums` of the gradient that reaches BN through the activation.
 
@@ -420,11 +482,20 @@ def grad_sums_act(dout, out, x, mean, six):
     dout, out, x: (N, C, L); mean (C,) float64. Returns sum(g) and sum(g * (x - mean)),
     (C,) float64 each.
     """
+    return (_grad_sums_act_flat if _is_flat(x) else _grad_sums_act)(dout, out, x, mean, six)
+
+
+@njit(cache=True, nogil=True, fastmath=REASSOC)
+def _grad_sums_act_flat(dout, out, x, mean, six):
     zero = np.zeros(1, dtype=dout.dtype)[0]
-    if x.shape[2] < FLAT_MAX_L:
-        if six:
-            return _grad_sums_flat(_grad_relu6_flat, dout, out, zero, x, mean)
-        return _grad_sums_flat(_grad_relu_flat, dout, out, zero, x, mean)
+    if six:
+        return _grad_sums_flat(_grad_relu6_flat, dout, out, zero, x, mean)
+    return _grad_sums_flat(_grad_relu_flat, dout, out, zero, x, mean)
+
+
+@njit(cache=True, nogil=True, fastmath=REASSOC)
+def _grad_sums_act(dout, out, x, mean, six):
+    zero = np.zeros(1, dtype=dout.dtype)[0]
     if six:
         return _grad_sums(_grad_relu6, dout, out, zero, x, mean)
     return _grad_sums(_grad_relu, dout, out, zero, x, mean)
@@ -440,16 +511,26 @@ def grad_sums_act_naive(dout, out, x, mean, six):
     return grad_sums_naive(_act_grad_naive(dout, out, six), x, mean)
 
 
-@njit(cache=True, nogil=True, inline="always", fastmath=REASSOC)
 def train_dx_act(dout, out, x, mean, k, a, b, dx, six):
     """:func:`train_dx` of the gradient through the activation (masked as in ``grad_sums_act``).
 
     dout, out, x, dx: (N, C, L) of one dtype; mean, k, a, b: (C,) float64. Writes dx.
     """
+    if _is_flat(x):
+        _train_dx_act_flat_kernel(dout, out, x, mean, k, a, b, dx, six)
+    else:
+        _train_dx_act(dout, out, x, mean, k, a, b, dx, six)
+
+
+@njit(cache=True, nogil=True, fastmath=REASSOC)
+def _train_dx_act_flat_kernel(dout, out, x, mean, k, a, b, dx, six):
+    _train_dx_act_flat(_flat(dout), _flat(out), _flat(x), mean, k, a, b, _flat(dx), six)
+
+
+@njit(cache=True, nogil=True, inline="always", fastmath=REASSOC)
+def _train_dx_act(dout, out, x, mean, k, a, b, dx, six):
     zero = np.zeros(1, dtype=dout.dtype)[0]
-    if x.shape[2] < FLAT_MAX_L:
-        _train_dx_act_flat(_flat(dout), _flat(out), _flat(x), mean, k, a, b, _flat(dx), six)
-    elif six:
+    if six:
         _train_dx(_grad_relu6, dout, out, zero, x, mean, k, a, b, dx)
     else:
         _train_dx(_grad_relu, dout, out, zero, x, mean, k, a, b, dx)
@@ -461,24 +542,39 @@ def train_dx_act(dout, out, x, mean, k, a, b, dx, six):
 # slower); with one array read and written at the same index it vectorises as usual.
 
 
-@njit(cache=True, nogil=True, fastmath=REASSOC)
 def train_dx_inplace(d, x, mean, k, a, b):
     """:func:`train_dx` with ``dout`` = ``dx`` = ``d`` (N, C, L): d becomes dx."""
-    if x.shape[2] < FLAT_MAX_L:
-        d2 = _flat(d)
-        _train_dx_flat(_grad_flat, d2, d2, None, _flat(x), mean, k, a, b, d2, x.shape[2])
-    else:
-        train_dx(d, x, mean, k, a, b, d)
+    (_train_dx_inplace_flat if _is_flat(x) else _train_dx_inplace)(d, x, mean, k, a, b)
 
 
 @njit(cache=True, nogil=True, fastmath=REASSOC)
+def _train_dx_inplace_flat(d, x, mean, k, a, b):
+    d2 = _flat(d)
+    _train_dx_flat(_grad_flat, d2, d2, None, _flat(x), mean, k, a, b, d2, x.shape[2])
+
+
+@njit(cache=True, nogil=True, fastmath=REASSOC)
+def _train_dx_inplace(d, x, mean, k, a, b):
+    _train_dx(_grad, d, None, None, x, mean, k, a, b, d)  # nothing masks d
+
+
 def train_dx_act_inplace(d, out, x, mean, k, a, b, six):
     """:func:`train_dx_act` with ``dout`` = ``dx`` = ``d`` (N, C, L): d becomes dx."""
-    if x.shape[2] < FLAT_MAX_L:
-        d2 = _flat(d)
-        _train_dx_act_flat(d2, _flat(out), _flat(x), mean, k, a, b, d2, six)
+    if _is_flat(x):
+        _train_dx_act_inplace_flat(d, out, x, mean, k, a, b, six)
     else:
-        train_dx_act(d, out, x, mean, k, a, b, d, six)
+        _train_dx_act_inplace(d, out, x, mean, k, a, b, six)
+
+
+@njit(cache=True, nogil=True, fastmath=REASSOC)
+def _train_dx_act_inplace_flat(d, out, x, mean, k, a, b, six):
+    d2 = _flat(d)
+    _train_dx_act_flat(d2, _flat(out), _flat(x), mean, k, a, b, d2, six)
+
+
+@njit(cache=True, nogil=True, fastmath=REASSOC)
+def _train_dx_act_inplace(d, out, x, mean, k, a, b, six):
+    _train_dx_act(d, out, x, mean, k, a, b, d, six)
 
 
 @njit(cache=True, nogil=True, inline="always", fastmath=REASSOC)

@@ -40,7 +40,7 @@ from npmobilenet.kernels.conv_direct import valid_range
 from npmobilenet.kernels.fastmath import REASSOC
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def make_buffer(OH, OW, sh, sw, like):
     """Zeroed scratch (rows, cols) holding every input position an (OH, OW) output reads."""
     return np.zeros(((OH - 1) * sh + 3, (OW - 1) * sw + 3), dtype=like.dtype)

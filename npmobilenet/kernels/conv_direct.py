@@ -40,7 +40,7 @@ from numba import njit
 from npmobilenet.kernels.fastmath import REASSOC
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def valid_range(offset, stride, size, out_size):
     """Output indices ``o`` in ``[lo, hi)`` for which ``o*stride + offset`` is inside ``[0, size)``.
 

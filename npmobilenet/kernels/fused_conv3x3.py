@@ -42,12 +42,13 @@ def conv_out_size(size: int, stride: int) -> int:
 
 
 @njit(cache=True, nogil=True, fastmath=CONTRACT)
-def im2col3x3_nchw(x, stride, cols):
+def im2col3x3_nchw(x, stride, cols, row0=0):
     """Gather 3x3 patches (padding 1) of an NCHW image batch into pixel-major rows.
 
     x:    (N, C, H, W) input.
-    cols: (N, OH, OW, C*9) output, written in place:
-          ``cols[n, oh, ow, c*9 + kh*3 + kw] = x[n, c, oh*s - 1 + kh, ow*s - 1 + kw]``
+    cols: (N, R, OW, C*9) output rows ``row0 .. row0+R-1`` of the convolution (all OH of them
+          by default), written in place:
+          ``cols[n, r, ow, c*9 + kh*3 + kw] = x[n, c, (row0 + r)*s - 1 + kh, ow*s - 1 + kw]``
           (0 outside the image), so ``cols @ weight.reshape(K, C*9).T`` is the convolution.
     """
     N, C, H, W = x.shape
@@ -58,7 +59,7 @@ def im2col3x3_nchw(x, stride, cols):
                 q = 0
                 for c in range(C):
                     for kh in range(3):
-                        ih = oh * stride - 1 + kh
+                        ih = (row0 + oh) * stride - 1 + kh
                         for kw in range(3):
                             iw = ow * stride - 1 + kw
                             inside = 0 <= ih < H and 0 <= iw < W

@@ -26,17 +26,22 @@ from npmobilenet.kernels.fastmath import CONTRACT
 
 
 @njit(cache=True, nogil=True, fastmath=CONTRACT)
-def bias_clamp_pad(y, b, lo, hi, out):
-    """``out[n, 1+h, 1+w, k] = clamp(y[n, h, w, k] + b[k])``, and 0 on out's one-pixel border.
+def bias_clamp_pad(y, b, lo, hi, out, top=1):
+    """``out[n, top+h, 1+w, k] = clamp(y[n, h, w, k] + b[k])``, and 0 on out's zero border.
 
-    y: (N, H, W, K) GEMM output; b: (K,); out: (N, H+2, W+2, K), written in place (all of it).
+    y: (N, H, W, K) GEMM output; b: (K,); out: (N, top+H+bottom, W+2, K), written in place (all
+    of it): ``top`` zero rows above, the rest (``bottom``) below, one zero pixel left and right.
+    By default a one-pixel border on every side; a block of rows from inside an image has zero
+    rows only where it touches the image's top or bottom edge.
     """
     N, H, W, K = y.shape
     for n in range(N):
-        out[n, 0] = 0.0  # top and bottom padding rows
-        out[n, H + 1] = 0.0
+        for r in range(top):  # top and bottom padding rows
+            out[n, r] = 0.0
+        for r in range(top + H, out.shape[1]):
+            out[n, r] = 0.0
         for h in range(H):
-            orow = out[n, h + 1]  # (W+2, K)
+            orow = out[n, h + top]  # (W+2, K)
             yrow = y[n, h]  # (W, K)
             for k in range(K):  # left and right padding pixels
                 orow[0, k] = 0.0

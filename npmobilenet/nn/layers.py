@@ -175,7 +175,7 @@ class Conv2d(Module):
         runner = None if workspace is None else workspace.runner
         out, cache = ops.conv2d_forward(
             x, w, b, self.stride, self.padding, self.dilation, self.groups, self.method,
-            out=out, runner=runner,
+            out=out, runner=runner, backward_ahead=self.training,
         )  # fmt: skip
         dropped = None
         if not chk.flag("Conv2d.forward", "keep_input", keep_input):

@@ -38,11 +38,12 @@ from __future__ import annotations
 
 import functools
 import math
+from functools import lru_cache
 from typing import NamedTuple
 
 import numpy as np
 
-from npmobilenet import _checks
+from npmobilenet import _checks, compile_ahead
 from npmobilenet._geometry import output_size, window_span
 from npmobilenet.kernels.conv_direct import (
     conv2d_direct_backward_input,
@@ -201,7 +202,7 @@ def _is_pointwise(w_shape, stride, padding):
 
 def conv2d_forward(
     x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, method="auto", *,
-    out=None, runner=None,
+    out=None, runner=None, backward_ahead=False,
 ):  # fmt: skip
     """2-D convolution, as ``torch.nn.functional.conv2d``. Returns ``(out, cache)``.
 
@@ -220,6 +221,9 @@ def conv2d_forward(
     the output into (its old contents are ignored); it is the ``out`` returned.
     runner (keyword): None (serial), or a ``npmobilenet.threads.Runner`` that splits the batch
     into slices run on its threads.
+    backward_ahead (keyword): a backward will follow (a layer in training mode); on a cold
+    Numba cache its kernels are compiled meanwhile in a second process
+    (:mod:`npmobilenet.compile_ahead`).
 
     out: (N, K, OH, OW), or (K, OH, OW) for an unbatched x, in x's dtype.
     cache: a ``Conv2dCache``.
@@ -232,6 +236,10 @@ def conv2d_forward(
     x4 = np.ascontiguousarray(x4)  # (N, C, H, W)
     weight = np.ascontiguousarray(weight)
     out4 = None if out is None else out.reshape(out_shape)  # a view
+    if backward_ahead:
+        compile_ahead.expect_backward()
+        if method == "direct" and _is_depthwise3x3(weight, geom[2]):
+            _compile_backward_ahead(x4, weight, out_shape, geom[0])
     out4 = _FORWARD[method](x4, weight, out_shape, *geom, out=out4, runner=runner or SERIAL)
     if bias is not None:
         out4 += bias.reshape(1, -1, 1, 1)  # out (N, K, OH, OW) + bias (1, K, 1, 1)
@@ -324,6 +332,29 @@ def conv2d_backward(dout, cache, *, dx=None, input_grad=True, weight_grad=True, 
     return dx, dweight, dbias
 
 
+def _compile_backward_ahead(x4, weight, out_shape, stride) -> None:
+    """Hand the depthwise 3x3 backward kernels ``conv2d_backward`` will run to
+    :mod:`npmobilenet.compile_ahead` (they are the slow ones to compile)."""
+    plan = _depthwise_backward_plan(
+        x4.shape[1], weight.shape[0], x4.shape[2:], out_shape[2:], stride, x4.dtype
+    )
+    for kernel, sig in plan:
+        compile_ahead.submit(kernel, sig)
+
+
+@lru_cache(maxsize=256)
+def _depthwise_backward_plan(channels, out_channels, in_hw, out_hw, stride, dtype):
+    """((kernel, argument types), ...) of a depthwise backward (weights assumed finite)."""
+    shape = DepthwiseShape(channels, out_channels, in_hw, out_hw, stride)
+    both = depthwise3x3_kernel("backward", shape)
+    if both is not None:  # (dout, x, w, dx, dweight, sh, sw, pt, pl)
+        return ((both, compile_ahead.signature(dtype, 5)),)
+    three = compile_ahead.signature(dtype, 3)  # (dout, x or w_flipped, dweight or dx, ...)
+    # the backward runs the weight gradient first: submitted last, it is compiled first
+    ops = ("backward_input", "backward_weight")
+    return tuple((depthwise3x3_kernel(op, shape), three) for op in ops)
+
+
 def _per_image(a):
     """Elements per image of a (N, ...) array (also when N is 0)."""
     return math.prod(a.shape[1:])
@@ -388,6 +419,9 @@ def _backward_direct(
         dx_kernel = depthwise3x3_kernel("backward_input", shape)
         # dx is a correlation of (zero-spread) dout with the 180-degree rotated filter
         w_flipped = None if both else np.ascontiguousarray(weight[:, :, ::-1, ::-1])
+        for kernel, n_arrays in ((both, 5), (dw_kernel, 3), (dx_kernel, 3)):
+            if kernel is not None:  # compiled by the worker, or taken back from it
+                compile_ahead.wait(kernel, compile_ahead.signature(x.dtype, n_arrays))
 
     def images(lo, hi):  # a slice of the batch: adds its dW into a zeroed array of its own
         dweight = np.zeros_like(weight)

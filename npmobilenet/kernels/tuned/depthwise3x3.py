@@ -352,3 +352,91 @@ def depthwise3x3_backward_input_skip_padding(dout, w_flipped, dx, sh, sw, pt, pl
     """
     w = w_flipped[:, :, ::-1, ::-1]  # (K, 1, 3, 3) the forward's weight, a view
     conv2d_direct_backward_input(dout, w, dx, sh, sw, pt, pl, 1, 1, dx.shape[1])
+
+
+# --------------------------------------------------------------------------------------------
+# Stride 1, "same" size: both gradients in one flat loop over the planes of several images.
+# --------------------------------------------------------------------------------------------
+
+# Elements of one stacked scratch buffer (two are used, and the flat dx): they stay in L2.
+STACK_ELEMENTS = 8192
+
+
+@njit(cache=True, nogil=True, inline="always", fastmath=REASSOC)
+def _stacked_pass(xtaps, utaps, d, ws, fo, acc, n):
+    """One flat loop of ``n`` positions q over stacked scratch planes, both gradients at once:
+    ``fo[q] = sum_t ws[t] * utaps[t][q]`` (dx: the spread-out gradient correlated with the
+    flipped filter ``ws``) and ``acc[t] += sum_q d[q] * xtaps[t][q]`` (dW). Returns nothing;
+    acc (9,) receives the nine tap sums."""
+    u0, u1, u2, u3, u4, u5, u6, u7, u8 = utaps
+    x0, x1, x2, x3, x4, x5, x6, x7, x8 = xtaps
+    g0 = g1 = g2 = g3 = g4 = g5 = g6 = g7 = g8 = acc[0] * 0
+    for q in range(n):
+        fo[q] = (
+            ws[0] * u0[q] + ws[1] * u1[q] + ws[2] * u2[q]
+            + ws[3] * u3[q] + ws[4] * u4[q] + ws[5] * u5[q]
+            + ws[6] * u6[q] + ws[7] * u7[q] + ws[8] * u8[q]
+        )  # fmt: skip
+        dq = d[q]
+        g0 += dq * x0[q]
+        g1 += dq * x1[q]
+        g2 += dq * x2[q]
+        g3 += dq * x3[q]
+        g4 += dq * x4[q]
+        g5 += dq * x5[q]
+        g6 += dq * x6[q]
+        g7 += dq * x7[q]
+        g8 += dq * x8[q]
+    acc[0] += g0
+    acc[1] += g1
+    acc[2] += g2
+    acc[3] += g3
+    acc[4] += g4
+    acc[5] += g5
+    acc[6] += g6
+    acc[7] += g7
+    acc[8] += g8
+
+
+@njit(cache=True, nogil=True, fastmath=REASSOC)
+def depthwise3x3_backward_stacked(dout, x, w, dx, dweight, sh, sw, pt, pl):
+    """Both gradients at stride 1 for K == C and an output the input's size (pt, pl <= 2);
+    adds into dx (N, C, H, W) and dweight (C, 1, 3, 3). dout (N, C, H, W), w (C, 1, 3, 3).
+
+    Per channel, the planes of up to ``g`` images are stacked one under the other in two
+    zero-bordered scratch buffers of R = H + 2 rows and W + 2 columns per image: x at
+    ``(pt, pl)`` as in ``load_plane``, dout spread at ``(2 - pt, 2 - pl)`` as the input
+    gradient's correlation reads it. Scratch positions a constant apart stay a constant apart
+    across the whole stack, so one long loop computes dx (``plane3x3_flat``'s sum with the
+    flipped filter) and dW (``_flat_weight_grad_stride1``'s sums; d is the spread-out gradient
+    read ``(2 - pt)*cols + (2 - pl)`` further on) for all of them: 7x7 or 14x14 planes, one
+    image at a time, were all loop overhead. Positions between the planes (junk) read only
+    zero borders for dW's d, and their dx values are dropped.
+    """
+    N, C, H, W = x.shape
+    R, cols = H + 2, W + 2
+    g = max(1, min(N, STACK_ELEMENTS // (R * cols)))
+    xb = np.zeros((g * R, cols), dtype=x.dtype)
+    ub = np.zeros_like(xb)
+    fo = np.empty(g * R * cols, dtype=x.dtype)
+    xtaps, utaps = flat_taps(xb), flat_taps(ub)
+    d = ub.reshape(g * R * cols)[(2 - pt) * cols + 2 - pl :]
+    acc = np.empty(9, dtype=x.dtype)
+    for c in range(C):
+        wk = w[c, 0]  # below: the filter rotated by 180 degrees
+        ws = (wk[2, 2], wk[2, 1], wk[2, 0], wk[1, 2], wk[1, 1], wk[1, 0],
+              wk[0, 2], wk[0, 1], wk[0, 0])  # fmt: skip
+        acc[:] = 0
+        for n0 in range(0, N, g):
+            gl = min(g, N - n0)
+            for b in range(gl):
+                load_plane(x[n0 + b, c], xb[b * R : (b + 1) * R], pt, pl)
+                load_plane(dout[n0 + b, c], ub[b * R : (b + 1) * R], 2 - pt, 2 - pl)
+            _stacked_pass(xtaps, utaps, d, ws, fo, acc, (gl * R - 2) * cols - 2)
+            for b in range(gl):
+                dst = dx[n0 + b, c]
+                for h in range(H):
+                    row = fo[(b * R + h) * cols :]
+                    for q in range(W):
+                        dst[h, q] += row[q]
+        add_tap_sums(dweight[c, 0], acc)

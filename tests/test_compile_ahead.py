@@ -1,0 +1,140 @@
+"""Compiling a training step's backward kernels in a worker process (npmobilenet.compile_ahead).
+
+On an empty Numba cache the worker must compile kernels this process then loads from the cache
+(it did real work), the gradients must be bit for bit those of a run without it (the same
+kernels ran), and a warm run must not start it at all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+from numba.core import types
+
+from npmobilenet import compile_ahead
+
+STEP = textwrap.dedent(
+    """
+    import gc, hashlib, json, sys
+    import numpy as np
+    from numba.core.dispatcher import Dispatcher
+    from npmobilenet import MobileNetV1, compile_ahead, ops
+
+    model = MobileNetV1(alpha=0.25, num_classes=10, seed=0)
+    x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
+    if sys.argv[1] == "eval":
+        model.eval()
+        model(x)
+        print(json.dumps({"worker": compile_ahead._WORKER.proc is not None}))
+        sys.exit()
+    loss, cache = ops.cross_entropy_forward(model(x), np.arange(4))
+    model.backward(ops.cross_entropy_backward(1.0, cache), input_grad=False)
+    grads = b"".join(p.grad.tobytes() for p in model.parameters())
+    loaded, compiled = {}, {}
+    for obj in gc.get_objects():
+        if isinstance(obj, Dispatcher) and obj.py_func.__module__.startswith("npmobilenet"):
+            name = obj.py_func.__name__
+            loaded[name] = sum(obj.stats.cache_hits.values())
+            compiled[name] = sum(obj.stats.cache_misses.values())
+    print(json.dumps({"worker": compile_ahead._WORKER.proc is not None,
+                      "grads": hashlib.sha256(grads).hexdigest(),
+                      "loaded": loaded, "compiled": compiled}))
+    """
+)
+
+
+def _step(cache_dir, ahead: bool, mode: str = "train") -> dict:
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(cache_dir)}
+    env[compile_ahead.ENV] = "1" if ahead else "0"
+    out = subprocess.run(
+        [sys.executable, "-c", STEP, mode], capture_output=True, text=True, timeout=600, env=env
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_argument_types_round_trip_through_the_pipe(dtype):
+    sig = compile_ahead.signature(dtype, 3) + (types.boolean, types.float64)
+    assert compile_ahead._decode(json.loads(json.dumps(compile_ahead._encode(sig)))) == sig
+    assert sig[0] == types.Array(getattr(types, dtype), 4, "C")
+
+
+def test_worker_compiles_only_numeric_kernels_of_this_package():
+    with pytest.raises(ValueError, match="not a numeric type"):
+        compile_ahead._decode([["scalar", "pyobject"]])
+    with pytest.raises(ValueError, match="not a npmobilenet module"):
+        compile_ahead._compile("os", "system", [])
+    with pytest.raises(ValueError, match="not a Numba kernel"):
+        compile_ahead._compile("npmobilenet.kernels.tuned", "depthwise3x3_kernel", [])
+
+
+def test_worker_reports_every_request_even_a_failed_one():
+    from io import StringIO
+
+    requests = [
+        {"id": 0, "module": "os", "name": "system", "args": []},
+        {"id": 1, "module": "npmobilenet.kernels.conv_direct", "name": "all_finite",
+         "args": compile_ahead._encode((types.Array(types.float64, 1, "C"),))},
+    ]  # fmt: skip
+    out = StringIO()
+    compile_ahead.serve(StringIO("".join(json.dumps(r) + "\n" for r in requests)), out)
+    assert [json.loads(line)["id"] for line in out.getvalue().splitlines()] == [None, 0, 1]
+    from npmobilenet.kernels.conv_direct import all_finite
+
+    assert (types.Array(types.float64, 1, "C"),) in all_finite.overloads
+    assert all_finite(np.array([1.0, np.inf])) is False
+
+
+@pytest.mark.slow
+def test_cold_step_loads_the_workers_kernels_and_gives_the_same_gradients(tmp_path):
+    with_worker = _step(tmp_path / "ahead", ahead=True)
+    alone = _step(tmp_path / "alone", ahead=False)
+    assert with_worker["worker"] and not alone["worker"]
+    assert with_worker["grads"] == alone["grads"]
+    backward = [n for n in with_worker["loaded"] if n.startswith("depthwise3x3_backward")]
+    from_worker = [n for n in backward if with_worker["loaded"][n]]
+    assert from_worker, with_worker  # compiled by the worker, loaded here from the cache
+    # nothing compiled twice in this process, and each depthwise kernel the run without the
+    # worker compiled was either compiled here or loaded (helpers come inside their callers)
+    assert all(n <= 1 for n in with_worker["compiled"].values()), with_worker["compiled"]
+    for name, n in alone["compiled"].items():
+        if n and name.startswith("depthwise3x3"):
+            assert with_worker["compiled"][name] + with_worker["loaded"][name] == 1, name
+    warm = _step(tmp_path / "ahead", ahead=True)
+    assert not warm["worker"] and warm["grads"] == alone["grads"]
+    assert not any(warm["compiled"].values()), warm["compiled"]
+
+
+
+def test_plain_functions_and_forked_children_are_left_alone(monkeypatch):
+    """Under NUMBA_DISABLE_JIT the kernels are plain functions: nothing to compile. A child
+    forked after the worker started must neither talk to it nor wait for it."""
+    worker = compile_ahead._Worker()
+    monkeypatch.setattr(compile_ahead, "_WORKER", worker)
+    monkeypatch.setattr(compile_ahead, "WAIT_S", 5.0)  # a wrong wait fails fast
+    compile_ahead.submit(lambda x: x, compile_ahead.signature("float32", 1))
+    assert worker.state == {} and worker.proc is None
+    from npmobilenet.kernels.conv_direct import all_finite
+
+    sig = compile_ahead.signature("float32", 1, ndim=1, ints=0)
+    worker.state[(all_finite, sig)] = "compiling"  # as a parent's worker left it
+    worker.pid = -1  # this process is not the one that started it
+    started = time.perf_counter()
+    compile_ahead.wait(all_finite, sig)  # returns at once instead of waiting
+    assert time.perf_counter() - started < 1.0
+    compile_ahead.submit(all_finite, compile_ahead.signature("float64", 1, ndim=1, ints=0))
+    assert worker.proc is None and worker.queued == []
+
+
+@pytest.mark.slow
+def test_an_eval_forward_on_a_cold_cache_starts_no_worker(tmp_path):
+    """Only a training forward has a backward to compile ahead for."""
+    assert not _step(tmp_path, ahead=True, mode="eval")["worker"]
