@@ -10,6 +10,8 @@ batch on a ``npmobilenet.threads.Runner``; see that module.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit
 
@@ -121,24 +123,15 @@ def channel_stats_naive(x):
     return x64.mean(axis=(0, 2)), x64.var(axis=(0, 2))
 
 
-# The per-channel (C,) float64 arithmetic of a forward, in one call each: a few dozen values,
-# where a dozen NumPy calls on (C,) arrays cost more than the arithmetic. No fastmath: each
-# value is rounded as the NumPy twin rounds it, bit for bit.
+# The per-channel (C,) float64 arithmetic of a training step, in one kernel call each: a few
+# dozen values, where a dozen NumPy calls on (C,) arrays cost more than the arithmetic. No
+# fastmath: each value is rounded as the NumPy twin rounds it, bit for bit.
 
 
-@njit(cache=True, nogil=True)
 def affine_coefficients(w, b, mean, invstd):
     """``scale = w * invstd`` and ``shift = b - mean * scale``, (C,) float64 each, so that
-    ``w * (x - mean) * invstd + b == x * scale + shift``. All arguments (C,) float64."""
-    scale, shift = np.empty_like(w), np.empty_like(w)
-    for c in range(w.shape[0]):
-        scale[c] = w[c] * invstd[c]
-        shift[c] = b[c] - mean[c] * scale[c]
-    return scale, shift
-
-
-def affine_coefficients_naive(w, b, mean, invstd):
-    """NumPy reference for :func:`affine_coefficients`."""
+    ``w * (x - mean) * invstd + b == x * scale + shift``. All arguments (C,) float64. (NumPy:
+    called once per recomputed output, where a kernel's compile would cost more.)"""
     scale = w * invstd
     return scale, b - mean * scale
 
@@ -149,17 +142,20 @@ def forward_coefficients(mean, var, weight, bias, eps):
     ``invstd = 1 / sqrt(var + eps)`` and :func:`affine_coefficients`. mean, var: (C,) float64;
     weight, bias: (C,) of one float dtype."""
     C = mean.shape[0]
-    w, b, invstd = np.empty(C), np.empty(C), np.empty(C)
+    w, b, invstd, scale, shift = np.empty(C), np.empty(C), np.empty(C), np.empty(C), np.empty(C)
     for c in range(C):
-        w[c], b[c] = weight[c], bias[c]
-        invstd[c] = 1.0 / np.sqrt(var[c] + eps)
-    return (w, b, invstd, *affine_coefficients(w, b, mean, invstd))
+        w[c] = weight[c]
+        b[c] = bias[c]
+        invstd[c] = 1.0 / math.sqrt(var[c] + eps)
+        scale[c] = w[c] * invstd[c]  # as affine_coefficients
+        shift[c] = b[c] - mean[c] * scale[c]
+    return w, b, invstd, scale, shift
 
 
 def forward_coefficients_naive(mean, var, weight, bias, eps):
     """NumPy reference for :func:`forward_coefficients`."""
     w, b, invstd = weight.astype(np.float64), bias.astype(np.float64), 1.0 / np.sqrt(var + eps)
-    return (w, b, invstd, *affine_coefficients_naive(w, b, mean, invstd))
+    return (w, b, invstd, *affine_coefficients(w, b, mean, invstd))
 
 
 @njit(cache=True, nogil=True)
@@ -187,12 +183,11 @@ def backward_coefficients(w, invstd, S, T, M, training):
     and ``b = k * S / M`` (S, T: the per-channel sums of grad and grad * (x - mean) over M
     values); eval: a = b = 0. w, invstd, S, T: (C,) float64."""
     C = w.shape[0]
-    k, a, b = np.empty(C), np.zeros(C), np.zeros(C)
+    k, a, b = np.empty(C), np.empty(C), np.empty(C)
     for c in range(C):
         k[c] = w[c] * invstd[c]
-        if training:
-            a[c] = k[c] * invstd[c] ** 2 * T[c] / M
-            b[c] = k[c] * S[c] / M
+        a[c] = k[c] * (invstd[c] * invstd[c]) * T[c] / M if training else 0.0
+        b[c] = k[c] * S[c] / M if training else 0.0
     return k, a, b
 
 
