@@ -11,10 +11,10 @@ It prints one table (per case and variant: the best of the per-process medians, 
 those medians, the ratio to torch, GFLOP/s and the share of the sgemm peak measured in the same
 run) and per-layer-type breakdowns of batch-1 inference and of a batch-16 training step. The
 same numbers, with the machine and its load average, go to ``benchmarks/results/model.json``
-(``model_quick.json`` for ``--quick``), and the breakdown chart to ``model_breakdown.png`` when
-matplotlib is installed. ``--floor`` adds each case's floor (``floor.py``): the least time each
-layer type can take on this machine, measured in the same run, set against the targets and the
-breakdowns.
+(``model_quick.json`` for ``--quick``; ``--out`` chooses another file), and the breakdown chart
+beside it (``model_breakdown.png``; ``<out>_breakdown.png``) when matplotlib is installed.
+``--floor`` adds each case's floor (``floor.py``): the least time each layer type can take on
+this machine, measured in the same run, set against the targets and the breakdowns.
 
 The cases and how each library runs them: ``cases.py``. How it times (each library in its own
 process, alternating, medians): ``timing.py``. Per layer type: ``breakdown.py``.
@@ -142,17 +142,18 @@ def main(argv=None) -> int:
     for v in (v for r in report["cases"].values() for v in r["variants"].values()):
         v["share_of_peak"] = v["gflops"] / report["sgemm_peak"]["gflops"]
     print_table(report["cases"], report["sgemm_peak"])
+    out = Path(args.out) if args.out else RESULTS / f"model{'_quick' if args.quick else ''}.json"
     if "breakdowns" in report:
-        show_breakdowns(report["breakdowns"], args.quick)
+        chart = out.with_name(f"{out.stem}_breakdown.png")
+        show_breakdowns(report["breakdowns"], args.quick, chart)
     if "floors" in report:
         floor.print_report(report["floors"], report)
-    out = Path(args.out) if args.out else RESULTS / f"model{'_quick' if args.quick else ''}.json"
     timing.write_json(out, report)
     print(f"load average at the end: {report['load_average_end']}; wrote {out}")
     return 0
 
 
-def show_breakdowns(breakdowns: dict, quick: bool) -> None:
+def show_breakdowns(breakdowns: dict, quick: bool, chart_path: Path) -> None:
     inference, training = breakdowns["infer-b1-224"], breakdowns["train-b16-224"]
     breakdown.print_inference({"npmobilenet (fused)": inference["fused"],
                                "torch": inference["torch"]})  # fmt: skip
@@ -161,7 +162,7 @@ def show_breakdowns(breakdowns: dict, quick: bool) -> None:
     if not quick:
         chart = breakdown.plot({"npmobilenet (fused)": inference["fused"],
                                 "torch": inference["torch"]}, training,
-                               RESULTS / "model_breakdown.png")  # fmt: skip
+                               chart_path)  # fmt: skip
         if chart:
             print(f"wrote {chart}")
 
