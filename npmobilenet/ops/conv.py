@@ -36,7 +36,6 @@ kernels that skip padded taps add those products back when the weight has a non-
 
 from __future__ import annotations
 
-import functools
 import math
 from functools import lru_cache
 from typing import NamedTuple
@@ -292,7 +291,7 @@ def _geometry_of(op, x_shape, w_shape, dtype, stride, padding, dilation, groups,
 
 
 # A call that raises is not remembered: bad arguments are reported on every call.
-_geometry_memo = functools.lru_cache(maxsize=1024)(_geometry_of)
+_geometry_memo = lru_cache(maxsize=1024)(_geometry_of)
 
 
 def conv2d_backward(dout, cache, *, dx=None, input_grad=True, weight_grad=True, runner=None):
