@@ -90,6 +90,23 @@ def test_depthwise_kernel_matches_naive(dtype, shape, activation, seed):
         assert out.max() <= 6.0 and out.min() >= 0.0
 
 
+@pytest.mark.kernels
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("h,w,c", [(3, 8, 37), (2, 9, 37), (3, 17, 64), (2, 3, 1)])
+def test_depthwise_kernel_pairs_and_last_pixel_match_naive(dtype, stride, h, w, c, rng):
+    """Output pixels come in pairs, the last one alone when the row is odd; channels fill SIMD
+    vectors with and without a remainder."""
+    x = (4 * rng.standard_normal((2, h, w, c))).astype(dtype)
+    xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    wt, b = rng.standard_normal((3, 3, c)).astype(dtype), rng.standard_normal(c).astype(dtype)
+    lo, hi = _clamp(dtype, "relu6")
+    out = np.full((2, (h - 1) // stride + 1, (w - 1) // stride + 1, c), np.nan, dtype)
+    depthwise3x3_nhwc(xp, wt, b, stride, lo, hi, out)
+    ref = depthwise3x3_nhwc_naive(xp, wt, b, stride, lo, hi)
+    np.testing.assert_allclose(out, ref, **_close(dtype))
+
+
 def test_depthwise_reference_is_a_per_channel_convolution(rng):
     """The reference itself against the textbook definition, one channel at a time."""
     x = rng.standard_normal((1, 5, 6, 3))
