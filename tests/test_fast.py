@@ -18,6 +18,7 @@ import pytest
 from conftest import TOL, Residual
 from hypothesis import given
 from hypothesis import strategies as st
+from test_onnx import random_model
 from torch_reference import build_seed_mobilenet, randomize_batch_norm
 
 from npmobilenet import threads
@@ -302,13 +303,60 @@ def test_a_slice_runs_its_images_in_groups(torch, monkeypatch, dtype, n_threads,
     monkeypatch.setattr(threads, "MIN_SLICE_ELEMENTS", 1)
     reference, model = _pair(torch, 0.25, 5, 3, "relu", dtype)
     engine = engine_module.FusedMobileNetV1(model, runner=threads.Runner(n_threads))
-    seen = []
-    forward = engine._forward
-    monkeypatch.setattr(engine, "_forward", lambda x, *a: seen.append(len(x)) or forward(x, *a))
+    seen = _spy_on_forwards(monkeypatch, engine)
     x = rng.standard_normal((5, 3, 35, 29)).astype(dtype)
     out = engine(x)
     assert max(seen) == 2 and sum(seen) == 5, seen
     np.testing.assert_allclose(out, _torch_logits(torch, reference, x), **TOL[dtype])
+
+
+def _spy_on_forwards(monkeypatch, engine) -> list[int]:
+    """The number of images of every forward through the engine's layers, in order."""
+    seen, forward = [], engine._forward
+
+    def spy(x, *args):
+        seen.append(len(x))
+        return forward(x, *args)
+
+    monkeypatch.setattr(engine, "_forward", spy)
+    return seen
+
+
+def _torch_twin(torch, model, dtype):
+    """The reference torch model holding ``model``'s weights and statistics, in eval mode."""
+    twin = build_seed_mobilenet(torch, 0.25, model.fc.weight.shape[0], 3, "relu6")
+    twin = twin.double() if dtype == np.float64 else twin  # before loading: no rounding
+    state = {k: torch.from_numpy(np.asarray(v)) for k, v in model.state_dict().items()}
+    twin.load_state_dict(state)
+    for m in twin.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.eps = 1e-3  # random_model's
+    return twin.eval()
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("dtype,n_threads,n,group", [(np.float32, 2, 9, 2), (np.float64, 1, 7, 4)])
+def test_groups_and_slices_of_a_batch_match_the_model_and_torch(
+    torch, monkeypatch, dtype, n_threads, n, group, rng
+):
+    """A batch in slices and groups (the last ones shorter), with a model whose logits depend on
+    the image (batch-norm statistics measured on data): an image computed in the wrong place, or
+    a group reading another's buffers, changes the logits."""
+    monkeypatch.setattr(engine_module, "GROUP", group)
+    monkeypatch.setattr(threads, "MIN_SLICE_ELEMENTS", 1)
+    model = random_model("torch", activation="relu6", dtype=dtype)
+    engine = engine_module.FusedMobileNetV1(model, runner=threads.Runner(n_threads))
+    seen = _spy_on_forwards(monkeypatch, engine)
+    x = rng.uniform(-1, 1, (n, 3, 61, 50)).astype(dtype)
+    out = engine(x)
+    assert max(seen) == group and sum(seen) == n, seen
+    expected = model.forward(x)
+    assert np.abs(expected - expected[::-1]).max() > 0.01  # the images' logits differ
+    np.testing.assert_allclose(out, expected, **TOL[dtype])
+    reference = _torch_logits(torch, _torch_twin(torch, model, dtype), x)
+    scale = np.abs(reference).max()  # logits up to ~6: float32 rounding grows with them
+    np.testing.assert_allclose(out, reference, rtol=TOL[dtype]["rtol"],
+                               atol=TOL[dtype]["atol"] * max(1.0, scale))  # fmt: skip
 
 
 def _counted(fn, calls, kind):

@@ -7,6 +7,9 @@ import numpy as np
 import pytest
 from test_onnx import random_model
 
+from npmobilenet import threads
+from npmobilenet.fast import FusedMobileNetV1
+from npmobilenet.fast import engine as engine_module
 from npmobilenet.models import MobileNetV1
 
 pytestmark = pytest.mark.kernels
@@ -39,3 +42,21 @@ def test_a_stem_padding_per_size_is_resolved_per_input_shape():
     for h, w in ((64, 64), (65, 63), (64, 63)):
         x = np.random.default_rng(h + w).uniform(-1, 1, (2, 3, h, w))
         np.testing.assert_allclose(engine(x), model(x), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("padding", ["torch", "tf_same", "keras"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_split_batch_matches_the_model(monkeypatch, padding, dtype):
+    """A batch split over two threads (every slice worth splitting), each slice in groups of
+    two images: odd sizes, each convention's borders, both dtypes."""
+    monkeypatch.setattr(threads, "MIN_SLICE_ELEMENTS", 1)
+    monkeypatch.setattr(engine_module, "GROUP", 2)
+    model = random_model(padding, dtype=dtype)
+    engine = FusedMobileNetV1(model, runner=threads.Runner(2))
+    rng = np.random.default_rng(3)
+    for shape in ((5, 3, 67, 45), (4, 3, 32, 33)):
+        x = rng.uniform(-1, 1, shape).astype(dtype)
+        ref = model(x)
+        assert np.abs(ref - ref[::-1]).max() > 0.01  # the images' logits differ
+        tol = 1e-10 if dtype == np.float64 else 1e-5
+        assert np.abs(engine(x) - ref).max() <= tol * max(1.0, np.abs(ref).max()), shape
