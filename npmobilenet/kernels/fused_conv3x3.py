@@ -92,63 +92,43 @@ def depthwise3x3_nhwc(xp, w, b, stride, lo, hi, out):
     out: (N, OH, OW, C), OH = (H - 1) // stride + 1 (same for OW), written in place:
          ``out[n,oh,ow,c] = clamp(b[c] + sum_{kh,kw} xp[n, oh*s+kh, ow*s+kw, c] * w[kh,kw,c])``
 
-    Output pixels are computed two at a time (:func:`_pixel_pair`), with the stride a constant
-    in each branch so that LLVM can share the loads the two pixels have in common.
+    The innermost loops run over the contiguous channels, which LLVM turns into SIMD code, with
+    the 9 taps written out. A vector of outputs needs 19 vector loads (9 inputs, 9 weights, the
+    bias), so the loop is load-bound. At stride 1 the output pixels therefore come in pairs:
+    the two windows share two of their three columns and the nine weights, 22 loads for two
+    vectors of outputs. At stride 2 (a fifth of MobileNet's depthwise outputs) and for an odd
+    row's last pixel, one pixel at a time: a second copy of the pair loop would cost more
+    compile time than it saves. Both sum the taps in the same order.
     """
     N, OH, OW, C = out.shape
     for n in range(N):
         for oh in range(OH):
             i = oh * stride
-            r0, r1, r2, orow = xp[n, i], xp[n, i + 1], xp[n, i + 2], out[n, oh]
-            if stride == 1:
-                _row_in_pairs(r0, r1, r2, 1, w, b, lo, hi, orow)
-            else:
-                _row_in_pairs(r0, r1, r2, 2, w, b, lo, hi, orow)
-
-
-@njit(cache=True, nogil=True, fastmath=CONTRACT, inline="always")
-def _row_in_pairs(r0, r1, r2, s, w, b, lo, hi, orow):
-    """One output row ``orow`` (OW, C) from the three input rows r0, r1, r2 (W+2, C) at stride s:
-    pairs of pixels, then the last pixel alone when OW is odd."""
-    OW = orow.shape[0]
-    for q in range(OW // 2):
-        _pixel_pair(r0, r1, r2, 2 * q * s, s, w, b, lo, hi, orow, 2 * q)
-    if OW % 2:
-        _pixel(r0, r1, r2, (OW - 1) * s, w, b, lo, hi, orow[OW - 1])
-
-
-@njit(cache=True, nogil=True, fastmath=CONTRACT, inline="always")
-def _pixel_pair(r0, r1, r2, j, s, w, b, lo, hi, orow, ow):
-    """Output pixels ow and ow+1 of a row, whose windows start at input columns j and j+s.
-
-    The innermost loop runs over the contiguous channels (LLVM makes it SIMD code); each pass
-    loads the nine weights once for both pixels, and at stride 1 the two windows share two of
-    their three columns. The taps are summed in the order of :func:`_pixel`.
-    """
-    for c in range(orow.shape[1]):
-        w00, w01, w02 = w[0, 0, c], w[0, 1, c], w[0, 2, c]
-        w10, w11, w12 = w[1, 0, c], w[1, 1, c], w[1, 2, c]
-        w20, w21, w22 = w[2, 0, c], w[2, 1, c], w[2, 2, c]
-        k = j + s
-        a = b[c] + (r0[j, c] * w00 + r0[j + 1, c] * w01 + r0[j + 2, c] * w02)
-        a += r1[j, c] * w10 + r1[j + 1, c] * w11 + r1[j + 2, c] * w12
-        a += r2[j, c] * w20 + r2[j + 1, c] * w21 + r2[j + 2, c] * w22
-        z = b[c] + (r0[k, c] * w00 + r0[k + 1, c] * w01 + r0[k + 2, c] * w02)
-        z += r1[k, c] * w10 + r1[k + 1, c] * w11 + r1[k + 2, c] * w12
-        z += r2[k, c] * w20 + r2[k + 1, c] * w21 + r2[k + 2, c] * w22
-        orow[ow, c] = min(max(a, lo), hi)
-        orow[ow + 1, c] = min(max(z, lo), hi)
-
-
-@njit(cache=True, nogil=True, fastmath=CONTRACT, inline="always")
-def _pixel(r0, r1, r2, j, w, b, lo, hi, o):
-    """One output pixel ``o`` (C,) whose window starts at input column j: the 9 taps written out,
-    one SIMD FMA chain per block of channels."""
-    for c in range(o.shape[0]):
-        acc = b[c] + (r0[j, c] * w[0, 0, c] + r0[j + 1, c] * w[0, 1, c] + r0[j + 2, c] * w[0, 2, c])
-        acc += r1[j, c] * w[1, 0, c] + r1[j + 1, c] * w[1, 1, c] + r1[j + 2, c] * w[1, 2, c]
-        acc += r2[j, c] * w[2, 0, c] + r2[j + 1, c] * w[2, 1, c] + r2[j + 2, c] * w[2, 2, c]
-        o[c] = min(max(acc, lo), hi)
+            r0, r1, r2, o = xp[n, i], xp[n, i + 1], xp[n, i + 2], out[n, oh]
+            single = OW - OW % 2 if stride == 1 else 0  # the first pixel computed alone
+            for j in range(0, single, 2):  # stride 1: pixels j and j + 1
+                for c in range(C):
+                    w00, w01, w02 = w[0, 0, c], w[0, 1, c], w[0, 2, c]
+                    w10, w11, w12 = w[1, 0, c], w[1, 1, c], w[1, 2, c]
+                    w20, w21, w22 = w[2, 0, c], w[2, 1, c], w[2, 2, c]
+                    a = b[c] + (r0[j, c] * w00 + r0[j + 1, c] * w01 + r0[j + 2, c] * w02)
+                    a += r1[j, c] * w10 + r1[j + 1, c] * w11 + r1[j + 2, c] * w12
+                    a += r2[j, c] * w20 + r2[j + 1, c] * w21 + r2[j + 2, c] * w22
+                    z = b[c] + (r0[j + 1, c] * w00 + r0[j + 2, c] * w01 + r0[j + 3, c] * w02)
+                    z += r1[j + 1, c] * w10 + r1[j + 2, c] * w11 + r1[j + 3, c] * w12
+                    z += r2[j + 1, c] * w20 + r2[j + 2, c] * w21 + r2[j + 3, c] * w22
+                    o[j, c] = min(max(a, lo), hi)
+                    o[j + 1, c] = min(max(z, lo), hi)
+            for ow in range(single, OW):
+                j = ow * stride
+                for c in range(C):
+                    w00, w01, w02 = w[0, 0, c], w[0, 1, c], w[0, 2, c]
+                    w10, w11, w12 = w[1, 0, c], w[1, 1, c], w[1, 2, c]
+                    w20, w21, w22 = w[2, 0, c], w[2, 1, c], w[2, 2, c]
+                    a = b[c] + (r0[j, c] * w00 + r0[j + 1, c] * w01 + r0[j + 2, c] * w02)
+                    a += r1[j, c] * w10 + r1[j + 1, c] * w11 + r1[j + 2, c] * w12
+                    a += r2[j, c] * w20 + r2[j + 1, c] * w21 + r2[j + 2, c] * w22
+                    o[ow, c] = min(max(a, lo), hi)
 
 
 def depthwise3x3_nhwc_naive(xp, w, b, stride, lo, hi):
