@@ -173,6 +173,39 @@ def test_channel_stats_stable_across_images_with_offsets_and_outliers(L):
         np.testing.assert_allclose(fast, naive, rtol=1e-9)
 
 
+@pytest.mark.kernels
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_channel_shifted_sums_match_naive(dtype):
+    rng = np.random.default_rng(6)
+    x = (rng.standard_normal((3, 4, 19)) * 2 - 5).astype(dtype)
+    shift = rng.standard_normal(4)
+    for fast, naive in zip(K.channel_shifted_sums(x, shift), K.channel_shifted_sums_naive(x, shift)):
+        np.testing.assert_allclose(fast, naive, rtol=1e-12)
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("L", [9, 40, 12544])
+def test_float32_one_pass_stats_match_float64_two_pass(L):
+    """float32 input takes the one-pass shifted sums: against the float64 two-pass NumPy
+    statistics of the same values, on data built to make a plain sum of squares cancel: image
+    offsets far above a tiny spread, an outlier first value (the shift), a constant channel,
+    and a large mean over a small variance."""
+    assert L >= K.FLAT_MAX_L
+    rng = np.random.default_rng(L)
+    offsets = np.array([1e4, -3e3, 7.0, 1e4, 2e4])[:, None, None]
+    x = (rng.standard_normal((5, 4, L)) + offsets).astype(np.float32)
+    x[0, 1, 0] = 1e9  # the shift of channel 1 is an outlier
+    x[:, 2] = 3.25  # constant: variance exactly 0
+    x[:, 3] = (1e5 + rng.standard_normal((5, L))).astype(np.float32)
+    assert K.stats_in_one_pass(x) and not K.stats_in_one_pass(x.astype(np.float64))
+    mean, var = K.channel_stats(x)
+    mean_n, var_n = K.channel_stats_naive(x)
+    # mean = shift + S/M cancels a factor |shift| / |mean| (4e4 for the outlier): 1e-12 here
+    np.testing.assert_allclose(mean, mean_n, rtol=1e-10)
+    np.testing.assert_allclose(var, var_n, rtol=1e-9)  # M values: at most a factor M lost
+    assert var[2] == 0.0
+
+
 # ------------------------------------------------------------------ BN fused with ReLU / ReLU6
 UNFUSED_ACT = {"relu": (relu_forward, relu_backward), "relu6": (relu6_forward, relu6_backward)}
 

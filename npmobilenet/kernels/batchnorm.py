@@ -106,15 +106,68 @@ def _channel_sq_dev(x, mean):
 
 
 def channel_stats(x):
-    """Mean and biased variance of each channel, two passes, float64 accumulation.
+    """Mean and biased variance of each channel, float64 accumulation.
 
     x: (N, C, L) C-contiguous float32/float64. Returns mean (C,), var (C,), both float64.
-    The two passes are :func:`channel_sums` and :func:`channel_sq_dev` (a model's training step
-    runs each on slices of the batch in parallel and adds the slices' sums).
+    Two passes, :func:`channel_sums` and :func:`channel_sq_dev`; or, where
+    :func:`stats_in_one_pass` holds, one pass of :func:`channel_shifted_sums` (a model's
+    training step runs each pass on slices of the batch in parallel and adds the slices' sums).
     """
     M = x.shape[0] * x.shape[2]
+    if stats_in_one_pass(x):
+        shift = stats_shift(x)
+        return stats_from_shifted_sums(*channel_shifted_sums(x, shift), shift, M)
     mean = channel_sums(x) / M
     return mean, channel_sq_dev(x, mean) / M
+
+
+# One pass for float32: sums of d = x - shift and of d*d, shift a value of the channel (its
+# first). var = Q/M - (S/M)**2 cancels at most a factor M: the shift is one of the M values, so
+# (shift - mean)**2 <= M * var, and the float64 sums lose at most log10(M) of their 16 digits,
+# far below float32's 7. float64 input keeps the two passes (full float64 precision), and so
+# do flat planes (fewer than FLAT_MAX_L pixels), whose two walks are already compiled.
+
+
+def stats_in_one_pass(x) -> bool:
+    """Whether :func:`channel_stats` of the (N, C, L) ``x`` takes one pass (float32, N >= 1,
+    planes of at least ``FLAT_MAX_L`` pixels) rather than two."""
+    return x.dtype == np.float32 and x.shape[0] > 0 and not _is_flat(x)
+
+
+def stats_shift(x):
+    """The per-channel shift of the one-pass sums: each channel's first value, (C,) float64."""
+    return x[0, :, 0].astype(np.float64)
+
+
+@njit(cache=True, nogil=True, fastmath=REASSOC)
+def channel_shifted_sums(x, shift):
+    """Per channel, ``S = sum(x - shift)`` and ``Q = sum((x - shift)**2)`` over images and
+    pixels, in one pass, float64. x: (N, C, L); shift: (C,) float64. Returns S, Q (C,) each."""
+    N, C, L = x.shape
+    S, Q = np.zeros(C, dtype=np.float64), np.zeros(C, dtype=np.float64)
+    for n in range(N):  # memory order, images outer
+        for c in range(C):
+            k, s, q, xr = shift[c], 0.0, 0.0, x[n, c]
+            for i in range(L):
+                d = xr[i] - k
+                s += d
+                q += d * d
+            S[c] += s
+            Q[c] += q
+    return S, Q
+
+
+def channel_shifted_sums_naive(x, shift):
+    """NumPy reference for :func:`channel_shifted_sums`."""
+    d = x.astype(np.float64) - shift[None, :, None]
+    return d.sum(axis=(0, 2)), (d * d).sum(axis=(0, 2))
+
+
+def stats_from_shifted_sums(S, Q, shift, M):
+    """Mean and biased variance, (C,) float64, from :func:`channel_shifted_sums` over M values:
+    ``mean = shift + S/M``, ``var = Q/M - (S/M)**2`` (a rounding below 0 is 0)."""
+    d = S / M
+    return shift + d, np.maximum(Q / M - d * d, 0.0)
 
 
 def channel_stats_naive(x):
@@ -441,14 +494,12 @@ def _scale_shift_act(x, scale, shift, out, six):
     zero, top = _bounds(out)
     for n in range(N):
         for c in range(C):
-            _affine_row(x, out, n, c, scale[c], shift[c])
-            for i in range(L):  # a second, in-cache pass: the clamp vectorises on its own
-                v = out[n, c, i]
-                out[n, c, i] = zero if v < 0 else v
-            if six:
-                for i in range(L):
-                    v = out[n, c, i]
-                    out[n, c, i] = top if v > 6 else v
+            a, b, o, xr = scale[c], shift[c], out[n, c], x[n, c]  # o, xr: (L,) rows
+            for i in range(L):
+                o[i] = xr[i] * a + b  # rounded to out's dtype by the store ...
+                v = o[i]  # ... and read back (LLVM keeps it in a register), then clamped
+                v = zero if v < 0 else v
+                o[i] = (top if v > 6 else v) if six else v
 
 
 @njit(cache=True, nogil=True, inline="always")

@@ -212,6 +212,11 @@ def _channel_stats(x3, runner):
     N, C, L = x3.shape
     if runner.threads == 1:
         return K.channel_stats(x3)
+    if K.stats_in_one_pass(x3):
+        shift = K.stats_shift(x3)
+        parts = runner.map(lambda lo, hi: K.channel_shifted_sums(x3[lo:hi], shift), N, C * L)
+        S, Q = (sum(p[i] for p in parts) for i in (0, 1))  # slices added in slice order
+        return K.stats_from_shifted_sums(S, Q, shift, N * L)
     mean = sum(runner.map(lambda lo, hi: K.channel_sums(x3[lo:hi]), N, C * L)) / (N * L)
     sq_dev = runner.map(lambda lo, hi: K.channel_sq_dev(x3[lo:hi], mean), N, C * L)
     return mean, sum(sq_dev) / (N * L)
