@@ -628,25 +628,55 @@ def _pointwise_work(x4, y4):
 
 # Up to this many pixels per image, a pointwise layer's output (and its dx) is one GEMM over
 # the whole batch instead of one per image: N GEMMs of H*W columns each run at a fraction of
-# BLAS's speed (measured at N=64, 256 -> 256 channels, 2x2 pixels: one GEMM 0.38 ms with its
-# two transposing copies, per image 0.78 ms; at 4x4 pixels per image is already faster).
-POINTWISE_ONE_GEMM_MAX_HW = 4
+# BLAS's speed (measured at N=64, 64 -> 64 channels, 4x4 pixels: the layer's forward takes
+# 0.08 ms as one GEMM with its two transposing copies, 0.10 ms per image; at 8x8 pixels per
+# image is as fast).
+POINTWISE_ONE_GEMM_MAX_HW = 16
 
 
 def _one_gemm(w3, x4, out4):
     """out4 (n, G, Kg, L) = w3 (G, Kg, Cg) @ x4[i] (G, Cg, L) for every image i, as one GEMM
     ``(G, Kg, Cg) @ (G, Cg, n*L)`` (the batch axis moved next to the pixels: a copy of x4 and
-    of the result, a view and no copy when L is 1)."""
+    of the result, see :func:`_channel_major`). With one group and one pixel the images are
+    the rows of x4 and out4 already: ``(n, Cg) @ (Cg, Kg)``, no copy."""
     n, G, Cg, L = x4.shape
-    x2 = x4.transpose(1, 2, 0, 3).reshape(G, Cg, n * L)  # (G, Cg, n*L)
-    y = np.matmul(w3, x2)  # (G, Kg, n*L)
-    out4[...] = y.reshape(G, -1, n, L).transpose(2, 0, 1, 3)  # (n, G, Kg, L)
+    if L == 1 and G == 1 and out4.flags.c_contiguous:
+        np.matmul(x4.reshape(n, Cg), w3[0].T, out=out4.reshape(n, -1))  # (n, Cg) @ (Cg, Kg)
+        return
+    y = np.matmul(w3, _channel_major(x4))  # (G, Kg, Cg) @ (G, Cg, n*L) -> (G, Kg, n*L)
+    _copy_transposed(out4, y.reshape(G, -1, n, L), (2, 0, 1, 3))
 
 
-# Below this many pixels per image, dW is one GEMM over the whole batch (a small transposing
-# copy); above it, one GEMM per image with no copy. Measured at N=64, K=C=256, H*W=1: one GEMM
-# 0.09 ms, per image 9.4 ms; at N=16, C=32, K=64, H*W=12544: one GEMM 44 ms, per image 24 ms.
-POINTWISE_BATCHED_DW_MAX_HW = 255
+def _channel_major(a4):
+    """(n, G, C, L) -> (G, C, n*L), the batch axis moved next to the pixels: a copy (a view
+    when L is 1)."""
+    n, G, C, L = a4.shape
+    if L == 1:
+        return a4.transpose(1, 2, 0, 3).reshape(G, C, n)
+    out = np.empty((G, C, n, L), a4.dtype)
+    _copy_transposed(out, a4, (1, 2, 0, 3))
+    return out.reshape(G, C, n * L)
+
+
+def _copy_transposed(dst, src, axes):
+    """``dst[...] = src.transpose(axes)``, ``axes`` keeping the last axis (L pixels) last.
+
+    Where both last axes are contiguous, each row of L pixels is copied as one opaque element:
+    NumPy's copy loops run over the innermost axis, only a few pixels long here (at 2x2 pixels
+    moving rows is 4x faster)."""
+    L, size = src.shape[-1], src.itemsize
+    if L > 1 and src.size and src.strides[-1] == size and dst.strides[-1] == size:
+        row = np.dtype((np.void, L * size))
+        dst, src = dst.view(row), src.view(row)
+    np.copyto(dst, src.transpose(axes))
+
+
+# Up to this many pixels per image, dW is one GEMM over the whole batch (a transposing copy
+# of each operand); above it, one GEMM per image with no copy. Measured at N=64, K=C=256,
+# H*W=1: one GEMM 0.09 ms, per image 9.4 ms; at N=64, C=8, K=16, H*W=256 the layer's backward
+# takes 0.19 ms with one GEMM, 0.23 ms per image; at N=16, C=32, K=64, H*W=12544: one GEMM
+# 44 ms, per image 24 ms.
+POINTWISE_BATCHED_DW_MAX_HW = 256
 
 
 def _pointwise_dweight(d4, x4):
@@ -659,8 +689,8 @@ def _pointwise_dweight(d4, x4):
     N, G, Kg, L = d4.shape
     Cg = x4.shape[2]
     if L <= POINTWISE_BATCHED_DW_MAX_HW:
-        d2 = d4.transpose(1, 2, 0, 3).reshape(G, Kg, N * L)  # (G, Kg, N*L) copy
-        x2 = x4.transpose(1, 2, 0, 3).reshape(G, Cg, N * L)  # (G, Cg, N*L) copy
+        d2 = _channel_major(d4)  # (G, Kg, N*L)
+        x2 = _channel_major(x4)  # (G, Cg, N*L)
         return np.matmul(d2, x2.transpose(0, 2, 1))
     dw3 = np.zeros((G, Kg, Cg), dtype=d4.dtype)
     step = np.empty_like(dw3)
