@@ -341,7 +341,7 @@ def test_depthwise_equals_per_channel_convolutions(rng, method, multiplier):
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 # up to 16 pixels: output and dx as one GEMM over the batch (1 pixel: no copy); dW as one GEMM
-# up to 256 pixels, one per image above
+# below 256 pixels, one per image from 256 on
 @pytest.mark.parametrize("hw", [(1, 1), (2, 2), (4, 4), (4, 5), (16, 16), (16, 17)])
 def test_pointwise_equals_matmul(rng, method, dtype, hw):
     x = rng.standard_normal((3, 6, *hw)).astype(dtype)

@@ -644,6 +644,10 @@ def _backward_pointwise(
     dx4 = dx.reshape(x4.shape) if input_grad else None  # a view
 
     def images(lo, hi):  # a slice of the batch: its dx, and its part of dW
+        if input_grad and weight_grad and 1 < H * W <= POINTWISE_ONE_GEMM_MAX_HW:
+            d2 = _channel_major(d4[lo:hi])  # (G, Kg, n*L): one copy for both products
+            _gemm_batch_major(w3.transpose(0, 2, 1), d2, dx4[lo:hi])
+            return np.matmul(d2, _channel_major(x4[lo:hi]).transpose(0, 2, 1))  # (G, Kg, Cg)
         if input_grad and H * W <= POINTWISE_ONE_GEMM_MAX_HW:
             _one_gemm(w3.transpose(0, 2, 1), d4[lo:hi], dx4[lo:hi])
         elif input_grad:
@@ -680,7 +684,14 @@ def _one_gemm(w3, x4, out4):
     if L == 1 and G == 1 and out4.flags.c_contiguous:
         np.matmul(x4.reshape(n, Cg), w3[0].T, out=out4.reshape(n, -1))  # (n, Cg) @ (Cg, Kg)
         return
-    y = np.matmul(w3, _channel_major(x4))  # (G, Kg, Cg) @ (G, Cg, n*L) -> (G, Kg, n*L)
+    _gemm_batch_major(w3, _channel_major(x4), out4)
+
+
+def _gemm_batch_major(w3, x2, out4):
+    """out4 (n, G, Kg, L) = w3 (G, Kg, Cg) @ x2 (G, Cg, n*L), the product's columns moved
+    back to their images."""
+    n, G, _, L = out4.shape
+    y = np.matmul(w3, x2)  # (G, Kg, n*L)
     _copy_transposed(out4, y.reshape(G, -1, n, L), (2, 0, 1, 3))
 
 
@@ -708,12 +719,11 @@ def _copy_transposed(dst, src, axes):
     np.copyto(dst, src.transpose(axes))
 
 
-# Up to this many pixels per image, dW is one GEMM over the whole batch (a transposing copy
+# Below this many pixels per image, dW is one GEMM over the whole batch (a small transposing copy
 # of each operand); above it, one GEMM per image with no copy. Measured at N=64, K=C=256,
-# H*W=1: one GEMM 0.09 ms, per image 9.4 ms; at N=64, C=8, K=16, H*W=256 the layer's backward
-# takes 0.19 ms with one GEMM, 0.23 ms per image; at N=16, C=32, K=64, H*W=12544: one GEMM
-# 44 ms, per image 24 ms.
-POINTWISE_BATCHED_DW_MAX_HW = 256
+# H*W=1: one GEMM 0.09 ms, per image 9.4 ms; at N=16, C=32, K=64, H*W=12544: one GEMM 44 ms,
+# per image 24 ms.
+POINTWISE_BATCHED_DW_MAX_HW = 255
 
 
 def _pointwise_dweight(d4, x4):
