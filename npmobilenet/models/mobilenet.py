@@ -407,6 +407,7 @@ class MobileNetV1(Module):
         object.__setattr__(self, "_ran", None)  # what the last forward ran (see _backward)
         object.__setattr__(self, "_split_memo", (None, False))  # see _worth_splitting
         self.reset_parameters(init_seed)
+        self.pack_parameters()  # one buffer for the weights, one for the gradients
 
     def _build_features(self) -> None:
         """first_conv and one module per Table 1 row (:func:`stages`)."""
