@@ -132,8 +132,9 @@ def _holds(p: Parameter, k: Packed) -> bool:
 
 def _follows(k: Packed | None, last: Packed | None) -> bool:
     """Whether ``k`` starts in the buffers where ``last`` ends."""
-    return (k is not None and last is not None and k.start == last.stop
-            and k.data_buffer is last.data_buffer and k.grad_buffer is last.grad_buffer)  # fmt: skip
+    if k is None or last is None or k.start != last.stop:
+        return False
+    return k.data_buffer is last.data_buffer and k.grad_buffer is last.grad_buffer
 
 
 def _run(run: list[Parameter]) -> tuple:
