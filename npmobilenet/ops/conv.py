@@ -714,7 +714,7 @@ def _copy_transposed(dst, src, axes):
     moving rows is 4x faster)."""
     L, size = src.shape[-1], src.itemsize
     if L > 1 and src.size and src.strides[-1] == size and dst.strides[-1] == size:
-        row = np.dtype((np.void, L * size))
+        row = np.dtype(f"V{L * size}")  # (an opaque element of L * size bytes)
         dst, src = dst.view(row), src.view(row)
     np.copyto(dst, src.transpose(axes))
 

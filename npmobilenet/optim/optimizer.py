@@ -156,9 +156,7 @@ class Optimizer:
             return None
         kept = self._packed.get(_run_key(run))
         if kept is not None and all(
-            all(s.get(k) is a for k, a in v.items())
-            and len(v) == sum(isinstance(a, np.ndarray) for a in s.values())
-            for s, v in zip(states, kept[1])
+            all(s.get(k) is a for k, a in v.items()) for s, v in zip(states, kept[1])
         ):  # fmt: skip
             whole = {k: a for k, a in kept[0].items() if isinstance(a, np.ndarray)}
         elif all(not s for s in states):
@@ -168,8 +166,9 @@ class Optimizer:
             if whole is None:
                 return None
         for k in states[0].keys() - whole.keys():  # numbers (a step count): the same for all
-            values = {repr(s.get(k)) for s in states}
-            if len(values) != 1 or any(k not in s for s in states):
+            if any(isinstance(s[k], np.ndarray) for s in states):
+                return None
+            if len({repr(s[k]) for s in states}) != 1:
                 return None
             whole[k] = states[0][k]
         return whole
