@@ -162,15 +162,19 @@ def test_thread_counts_are_checked(bad):
 @given(
     cfg=conv2d_configs(dtypes=(np.float64,), allow_unbatched=False),
     method=st.sampled_from(["direct", "im2col", "auto"]),
+    ahead=st.booleans(),
     seed=st.integers(0, 2**16),
 )
-def test_conv_split_over_the_batch_equals_serial(split_everything, cfg, method, seed):
+def test_conv_split_over_the_batch_equals_serial(split_everything, cfg, method, ahead, seed):
+    """Split over three threads: the serial numbers (``ahead``: the split forward announces
+    its backward, which then reuses the im2col columns each slice built)."""
     arrays = make_conv2d_inputs(cfg, seed)
     dout = np.random.default_rng(seed + 1).standard_normal(cfg["out_shape"])
     out, cache = conv2d_forward(**arrays, **conv2d_kwargs(cfg), method=method)
     grads = conv2d_backward(dout, cache)
     runner = Runner(3)
-    out_s, cache_s = conv2d_forward(**arrays, **conv2d_kwargs(cfg), method=method, runner=runner)
+    out_s, cache_s = conv2d_forward(**arrays, **conv2d_kwargs(cfg), method=method, runner=runner,
+                                    backward_ahead=ahead)  # fmt: skip
     grads_s = conv2d_backward(dout, cache_s, runner=runner)
     np.testing.assert_array_equal(out_s, out)  # per image: the same sums
     for g, g_s in zip(grads, grads_s):  # dW, db: the slices' sums added (rounding only)
