@@ -7,7 +7,7 @@ most every few seconds, and leaving the block prints the total. A warm run print
 
 The announced duration is how much longer the default ``npmobilenet train`` took with an empty
 cache than with a warm one on a 2-core machine (16.5 s instead of 7.5 s); the printed total counts
-the compilations of this process (the backward kernels compile meanwhile in a worker, see
+the compilations of this process (the depthwise kernels compile meanwhile in a worker, see
 ``npmobilenet.compile_ahead``).
 """
 
