@@ -201,3 +201,26 @@ def test_a_models_plan_is_the_kernels_its_step_runs_in_order(monkeypatch, traini
     before = len(planned)
     model(x)  # the same shape and mode again: planned once
     assert len(planned) == before
+
+
+def test_a_plan_puts_the_first_needed_on_top_and_later_submits_keep_its_order(monkeypatch):
+    """The worker takes the top of the stack: after plan([a, b, c]) that is a; a layer's
+    later submit of c (already planned) leaves it where the plan put it, while a submit of a
+    kernel outside the plan goes on top; taken back in wait(), a kernel leaves the stack."""
+    from npmobilenet.kernels.conv_direct import all_finite, valid_range
+    from npmobilenet.kernels.im2col import col2im, im2col_images
+
+    worker = compile_ahead._Worker()
+    monkeypatch.setattr(compile_ahead, "_WORKER", worker)
+    monkeypatch.setattr(compile_ahead, "_ENABLED", True)
+    monkeypatch.setattr(compile_ahead, "is_cached", lambda kernel, sig: False)
+    worker.proc, worker.busy = object(), True  # a started worker, busy: nothing is sent
+    sig = compile_ahead.signature("float32", 1, ndim=1, ints=0)
+    a, b, c, d = ((k, sig) for k in (all_finite, valid_range, col2im, im2col_images))
+    compile_ahead.plan([a, b, a, c])
+    assert worker.queued == [c, b, a]  # the top (the end) is the first needed
+    compile_ahead.submit(*c)
+    compile_ahead.submit(*d)
+    assert worker.queued == [c, b, a, d]
+    compile_ahead.wait(*b)  # not started: taken back, compiled by the caller
+    assert worker.queued == [c, a, d] and worker.state[b] == "taken"
