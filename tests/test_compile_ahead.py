@@ -181,8 +181,8 @@ def test_conv2d_kernels_of_other_convolutions_and_bad_arguments_are_empty():
     assert conv2d_kernels((2, 4, 8, 8), (4, 1, 3, 3), 0, 1, groups=4) == ((), ())  # stride 0
 
 
-@pytest.mark.parametrize("training", [True, False])
-def test_a_models_plan_is_the_kernels_its_step_runs_in_order(monkeypatch, training):
+@pytest.mark.parametrize("training, channels", [(True, 3), (False, 3), (True, 1)])
+def test_a_models_plan_is_the_kernels_its_step_runs_in_order(monkeypatch, training, channels):
     """MobileNetV1 hands on, before its first forward, the kernels its forward and backward
     then call one by one: the blocks' forwards in order, their backwards in reverse."""
     from npmobilenet import MobileNetV1
@@ -191,8 +191,9 @@ def test_a_models_plan_is_the_kernels_its_step_runs_in_order(monkeypatch, traini
     monkeypatch.setattr(compile_ahead, "plan", lambda kernels: planned.extend(kernels))
     monkeypatch.setattr(compile_ahead, "wait", lambda kernel, sig: called.append((kernel, sig)))
     monkeypatch.setattr(compile_ahead, "_ENABLED", True)
-    model = MobileNetV1(alpha=0.25, num_classes=10, seed=0).train(training)
-    x = np.random.default_rng(0).standard_normal((2, 3, 64, 48)).astype(np.float32)
+    model = MobileNetV1(alpha=0.25, num_classes=10, in_channels=channels, seed=0)
+    model.train(training)
+    x = np.random.default_rng(0).standard_normal((2, channels, 64, 48)).astype(np.float32)
     logits = model(x)
     if training:
         model.backward(np.ones_like(logits), input_grad=False)

@@ -737,13 +737,15 @@ def _run_units(x, units, ws, file, recompute: bool) -> tuple[np.ndarray, list[bo
 
 
 def _kernel_plan(units, in_shape, dtype, training: bool) -> list:
-    """``(kernel, argument types)`` of the depthwise convolutions of the library blocks in
-    ``units`` on ``in_shape``, in the order a forward and, when ``training``, its backward (the
-    blocks in reverse) first call them (``ops.conv.conv2d_kernels``). The walk stops at a
-    module without shape arithmetic (or one that refuses the shape)."""
+    """``(kernel, argument types)`` of the depthwise kernels the library blocks in ``units``
+    run on ``in_shape`` (with a one-channel input, the first convolution's too), in the order a
+    forward and, when ``training``, its backward (the blocks in reverse) first call them
+    (``ops.conv.conv2d_kernels``). The walk stops at a module without shape arithmetic (or one
+    that refuses the shape)."""
     forward, backward, shape = [], [], tuple(in_shape)
     for _, module in units:
-        conv = module.dwconv if type(module) is DepthwiseSeparableConv else None
+        conv = (module.dwconv if type(module) is DepthwiseSeparableConv else
+                module.conv if type(module) is ConvBlock else None)  # fmt: skip
         if type(conv) is Conv2d:
             f, b = conv2d_kernels(shape, conv.weight.shape, conv.stride, conv.padding,
                                   conv.dilation, conv.groups, conv.method, dtype)  # fmt: skip
