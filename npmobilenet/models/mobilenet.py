@@ -44,7 +44,7 @@ from typing import NamedTuple
 import numpy as np
 
 from npmobilenet import _checks as chk
-from npmobilenet import ops, threads
+from npmobilenet import compile_ahead, ops, threads
 from npmobilenet.nn import (
     AdaptiveAvgPool2d,
     AdaptiveMaxPool2d,
@@ -62,6 +62,7 @@ from npmobilenet.nn import (
 )
 from npmobilenet.nn.layers import ACTIVATION_LAYERS, float_dtype
 from npmobilenet.nn.module import SPENT, run_backward, run_forward
+from npmobilenet.ops.conv import conv2d_kernels
 
 
 class Stage(NamedTuple):
@@ -406,6 +407,7 @@ class MobileNetV1(Module):
         object.__setattr__(self, "_workspace", Workspace())
         object.__setattr__(self, "_ran", None)  # what the last forward ran (see _backward)
         object.__setattr__(self, "_split_memo", (None, False))  # see _worth_splitting
+        object.__setattr__(self, "_planned", None)  # see _compile_ahead
         self.reset_parameters(init_seed)
         self.pack_parameters()  # one buffer for the weights, one for the gradients
 
@@ -544,6 +546,8 @@ class MobileNetV1(Module):
         ws = self._workspace
         ws.new_step()
         split = self._worth_splitting(x.shape, units)
+        if compile_ahead.enabled():
+            self._compile_ahead(x.shape, x.dtype, units)
         with self._session(split) as runner:
             ws.runner = runner
             try:
@@ -627,6 +631,16 @@ class MobileNetV1(Module):
                 return True
             largest = max(largest, math.prod(shape))
         return largest >= 2 * threads.MIN_SLICE_ELEMENTS
+
+    def _compile_ahead(self, in_shape, dtype, units) -> None:
+        """Hand the slow kernels a forward on ``in_shape`` (and in training its backward) will
+        run to :mod:`npmobilenet.compile_ahead` (:func:`_kernel_plan`): on a cold Numba cache a
+        second process compiles them meanwhile. Done once per input shape, dtype, mode and
+        module list (the last one is remembered)."""
+        key = (tuple(in_shape), dtype, self.training, tuple(m for _, m in units))
+        if key != self._planned:
+            object.__setattr__(self, "_planned", key)
+            compile_ahead.plan(_kernel_plan(units, in_shape, dtype, self.training))
 
     def _session(self, split: bool):
         """``self.runner.session()`` (BLAS at one thread while ops split the batch) when
@@ -730,6 +744,28 @@ def _run_units(x, units, ws, file, recompute: bool) -> tuple[np.ndarray, list[bo
         if file is not None:
             print(f"after {label:<24}: {x.shape}", file=file)
     return x, drops
+
+
+def _kernel_plan(units, in_shape, dtype, training: bool) -> list:
+    """``(kernel, argument types)`` of the depthwise kernels the library blocks in ``units``
+    run on ``in_shape`` (with a one-channel input, the first convolution's too), in the order a
+    forward and, when ``training``, its backward (the blocks in reverse) first call them
+    (``ops.conv.conv2d_kernels``). The walk stops at a module without shape arithmetic (or one
+    that refuses the shape)."""
+    forward, backward, shape = [], [], tuple(in_shape)
+    for _, module in units:
+        conv = (module.dwconv if type(module) is DepthwiseSeparableConv else
+                module.conv if type(module) is ConvBlock else None)  # fmt: skip
+        if type(conv) is Conv2d:
+            f, b = conv2d_kernels(shape, conv.weight.shape, conv.stride, conv.padding,
+                                  conv.dilation, conv.groups, conv.method, dtype)  # fmt: skip
+            forward += f
+            backward[:0] = b
+        try:
+            shape = module.output_shape(shape)
+        except (NotImplementedError, TypeError, ValueError):  # the forward will tell
+            break
+    return forward + backward if training else forward
 
 
 def _reads_input_once(module) -> bool:

@@ -234,7 +234,9 @@ def conv2d_forward(
     """
     op = "conv2d"
     x4, weight, bias, groups, unbatched = _check_arrays(op, x, weight, bias, groups)
-    geom, method, out_shape = _geometry(op, x4, weight, stride, padding, dilation, groups, method)
+    geom, method, out_shape = _geometry(
+        op, x4.shape, weight.shape, x4.dtype, stride, padding, dilation, groups, method
+    )
     shape = out_shape[1:] if unbatched else out_shape
     out = _checks.out_array(op, "out", out, shape, x4.dtype, x4, weight, bias)
     x4 = np.ascontiguousarray(x4)  # (N, C, H, W)
@@ -267,14 +269,15 @@ def _kept_columns(x4, weight, out_shape):
     return np.empty(shape, dtype=x4.dtype)
 
 
-def _geometry(op, x4, weight, stride, padding, dilation, groups, method):
-    """Check and resolve the geometry: ((stride, padding, dilation, groups), method, out_shape).
+def _geometry(op, x_shape, w_shape, dtype, stride, padding, dilation, groups, method):
+    """Check and resolve the geometry of x (N, C, H, W) and weight (K, Cg, kH, kW) of ``dtype``:
+    ((stride, padding, dilation, groups), method, out_shape).
 
     out_shape is (N, K, OH, OW); padding is (top, bottom, left, right). A function of the
     shapes, the dtype and the arguments alone: for arguments of plain Python ints, tuples of
     them and strings (a layer's own) the answer is remembered (:func:`_geometry_memo`); any
     other argument is checked afresh on every call."""
-    args = (op, x4.shape, weight.shape, x4.dtype, stride, padding, dilation, groups, method)
+    args = (op, x_shape, w_shape, dtype, stride, padding, dilation, groups, method)
     if all(map(_plain, args[4:])):
         return _geometry_memo(*args)
     return _geometry_of(*args)
@@ -350,6 +353,37 @@ def conv2d_backward(dout, cache, *, dx=None, input_grad=True, weight_grad=True, 
     return dx, dweight, dbias
 
 
+def conv2d_kernels(x_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1,
+                   method="auto", dtype=np.float32):  # fmt: skip
+    """The slow-to-compile kernels that ``conv2d_forward`` and ``conv2d_backward`` would run on
+    x (N, C, H, W) and weight (K, C/groups, kH, kW) with these arguments, as ``(forward,
+    backward)``: tuples of ``(kernel, argument types)`` in the order the ops call them. These are
+    the depthwise 3x3 kernels (weights assumed finite); other convolutions, and arguments the op
+    would refuse, give empty tuples. For :mod:`npmobilenet.compile_ahead`, which compiles them
+    in a second process on a cold Numba cache.
+    """
+    try:
+        geom, method, out_shape = _geometry(
+            "conv2d", tuple(x_shape), tuple(weight_shape), np.dtype(dtype), stride, padding,
+            dilation, groups, method,
+        )  # fmt: skip
+    except (TypeError, ValueError):  # the op itself says what is wrong when it runs
+        return (), ()
+    if method != "direct" or not _is_depthwise3x3_shape(weight_shape, geom[2]):
+        return (), ()
+    return _depthwise_plan(x_shape[1], weight_shape[0], tuple(x_shape[2:]), out_shape[2:],
+                           geom[0], np.dtype(dtype))  # fmt: skip
+
+
+@lru_cache(maxsize=256)
+def _depthwise_plan(channels, out_channels, in_hw, out_hw, stride, dtype):
+    """``conv2d_kernels`` of a depthwise 3x3 convolution: (forward, backward)."""
+    shape = DepthwiseShape(channels, out_channels, in_hw, out_hw, stride)
+    forward = ((depthwise3x3_kernel("forward", shape), compile_ahead.signature(dtype, 3)),)
+    backward = _depthwise_backward_plan(channels, out_channels, in_hw, out_hw, stride, dtype)
+    return forward, backward[::-1]  # the weight gradient is computed first
+
+
 def _compile_backward_ahead(x4, weight, out_shape, stride) -> None:
     """Hand the depthwise 3x3 backward kernels ``conv2d_backward`` will run to
     :mod:`npmobilenet.compile_ahead` (they are the slow ones to compile)."""
@@ -386,7 +420,11 @@ def _per_image(a):
 def _is_depthwise3x3(weight, dilation):
     """(K, 1, 3, 3) weight, dilation 1: MobileNet's depthwise layers, run by conv_depthwise.py
     or one of its tuned variants (``npmobilenet.kernels.tuned``)."""
-    return weight.shape[1:] == (1, 3, 3) and dilation == (1, 1)
+    return _is_depthwise3x3_shape(weight.shape, dilation)
+
+
+def _is_depthwise3x3_shape(w_shape, dilation):
+    return tuple(w_shape[1:]) == (1, 3, 3) and dilation == (1, 1)
 
 
 def _depthwise_shape(x, weight, out_hw, stride):
@@ -408,6 +446,7 @@ def _forward_direct(x, weight, out_shape, stride, pad, dilation, groups, out, ru
     if _is_depthwise3x3(weight, dilation):
         shape = _depthwise_shape(x, weight, out_shape[2:], stride)
         kernel, args = depthwise3x3_kernel("forward", shape), (sh, sw, pad[0], pad[2])
+        compile_ahead.wait(kernel, compile_ahead.signature(x.dtype, 3))  # if it was handed on
     else:
         kernel = conv2d_direct_forward
         args = (sh, sw, pad[0], pad[2], dil_h, dil_w, groups)
@@ -433,8 +472,9 @@ def _backward_direct(
     if depthwise:
         shape = _depthwise_shape(x, weight, dout.shape[2:], stride)
         both = depthwise3x3_kernel("backward", shape)  # one kernel for dx and dW, or None
-        dw_kernel = depthwise3x3_kernel("backward_weight", shape)
-        dx_kernel = depthwise3x3_kernel("backward_input", shape)
+        if both is None:
+            dw_kernel = depthwise3x3_kernel("backward_weight", shape)
+            dx_kernel = depthwise3x3_kernel("backward_input", shape)
         # dx is a correlation of (zero-spread) dout with the 180-degree rotated filter
         w_flipped = None if both else np.ascontiguousarray(weight[:, :, ::-1, ::-1])
         for kernel, n_arrays in ((both, 5), (dw_kernel, 3), (dx_kernel, 3)):
