@@ -1,15 +1,17 @@
-"""Compile a training step's backward kernels in a second process while the forward runs.
+"""Compile a model's slow kernels in a second process while this one compiles the others.
 
-With an empty Numba cache a first training step spends most of its time compiling kernels, one
-at a time on one core. The forward of a layer already knows which kernels its backward will run
-and with which argument types, so in training mode it hands them to :func:`submit`. One worker
-process (``python -m npmobilenet.compile_ahead``) compiles them into Numba's on-disk cache
-while this process compiles the forward's kernels, the most recently submitted first (the
-backward visits the layers in reverse; submitting a queued kernel again moves it to the front).
-Before the backward first calls a submitted kernel it calls :func:`wait`: a kernel the worker
-is compiling is waited for and then loaded from the cache (meanwhile this process compiles the
-kernels the worker would take next); one it has not started is taken back and compiled here as
-usual.
+With an empty Numba cache a first forward or training step spends most of its time compiling
+kernels, one at a time on one core. A model knows which depthwise kernels its forward (and, in
+training, its backward) will run and with which argument types, so before its first forward it
+hands them to :func:`plan`, in the order it will call them; a layer's training forward hands its
+backward's kernels to :func:`submit`. One worker process (``python -m npmobilenet.compile_ahead``)
+compiles them into Numba's on-disk cache while this process compiles the rest: it takes the top
+of a stack, where :func:`plan` puts the first needed and :func:`submit` the most recently
+submitted (the backward visits the layers in reverse; submitting a queued kernel again moves it
+to the top unless its place came from a plan). Before the first call of a handed-on kernel this
+process calls :func:`wait`: a kernel the worker is compiling is waited for and then loaded from
+the cache (meanwhile this process compiles the kernels the worker would take next); one it has
+not started is taken back and compiled here as usual.
 
 A kernel already compiled in this process or found in the on-disk cache is never submitted, so
 a warm run starts no worker. The worker exits when this process closes its end of the pipe.
@@ -63,6 +65,22 @@ def submit(kernel: Dispatcher, sig: tuple) -> None:
     """Have the worker compile ``kernel`` for the argument types ``sig``, unless it is cached."""
     if _ENABLED and isinstance(kernel, Dispatcher):  # not a plain function (NUMBA_DISABLE_JIT)
         _WORKER.submit(kernel, sig)
+
+
+def plan(kernels) -> None:
+    """Have the worker compile ``kernels``, ``(kernel, sig)`` pairs in the order a run will
+    first call them: the worker takes the first needed first, this process takes back (in
+    :func:`wait`) what the worker has not started when it needs it. Cached ones are skipped."""
+    if not _ENABLED:
+        return
+    for kernel, sig in reversed(list(dict.fromkeys(kernels))):  # the first needed on top
+        if isinstance(kernel, Dispatcher):
+            _WORKER.submit(kernel, sig, planned=True)
+
+
+def enabled() -> bool:
+    """Whether kernels are compiled ahead at all (a second core, not turned off)."""
+    return _ENABLED
 
 
 def expect_backward() -> None:
@@ -125,21 +143,26 @@ class _Worker:
         self.cond = threading.Condition()
         self.state: dict = {}
         self.queued: list = []  # a stack: the most recently (re)submitted is sent first
+        self.planned: set = set()  # keys placed by plan()
         self.sent: dict = {}  # request id -> (kernel, sig)
         self.proc = None
         self.busy = False
         self.dead = False
         self.pid = os.getpid()  # a forked child must not talk to its parent's worker
 
-    def submit(self, kernel, sig) -> None:
+    def submit(self, kernel, sig, planned: bool = False) -> None:
+        """Queue ``(kernel, sig)`` on top; ``planned``: its place comes from :func:`plan`,
+        which a later plain submit does not change."""
         key = (kernel, sig)
         if self.state.get(key) in _SETTLED:  # every step of a warm run: no lock needed
             return
         with self.cond:
             status = self.state.get(key)
-            if status == "queued":  # wanted by a later layer: its backward comes sooner
-                self.queued.remove(key)
+            if status == "queued" and (planned or key not in self.planned):
+                self.queued.remove(key)  # wanted by a later layer: its backward comes sooner
                 self.queued.append(key)
+            if planned:
+                self.planned.add(key)
             if status is not None or self.dead or os.getpid() != self.pid:
                 return
             self.state[key] = "checking"
@@ -165,6 +188,8 @@ class _Worker:
                 self._start()
 
     def wait(self, kernel, sig) -> None:
+        if self.proc is None:  # no worker: nothing it could be compiling
+            return
         key = (kernel, sig)
         if self.state.get(key, "done") in _SETTLED:
             return

@@ -6,8 +6,8 @@ compilation (not a load from the cache) prints one line to stderr saying so, pro
 most every few seconds, and leaving the block prints the total. A warm run prints nothing.
 
 The announced duration is how much longer the default ``npmobilenet train`` took with an empty
-cache than with a warm one on a 2-core machine (16.5 s instead of 7.5 s); the printed total counts
-the compilations of this process (the backward kernels compile meanwhile in a worker, see
+cache than with a warm one on a 2-core machine (13.4 s instead of 6.4 s); the printed total counts
+the compilations of this process (the depthwise kernels compile meanwhile in a worker, see
 ``npmobilenet.compile_ahead``).
 """
 
@@ -20,7 +20,7 @@ from contextlib import contextmanager
 
 from numba.core import event
 
-FIRST_RUN_SECONDS = 9  # about: what compiling adds to the default `npmobilenet train`
+FIRST_RUN_SECONDS = 7  # about: what compiling adds to the default `npmobilenet train`
 PROGRESS_EVERY_S = 3.0
 
 

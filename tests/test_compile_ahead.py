@@ -1,8 +1,8 @@
-"""Compiling a training step's backward kernels in a worker process (npmobilenet.compile_ahead).
+"""Compiling a model's depthwise kernels in a worker process (npmobilenet.compile_ahead).
 
 On an empty Numba cache the worker must compile kernels this process then loads from the cache
-(it did real work), the gradients must be bit for bit those of a run without it (the same
-kernels ran), and a warm run must not start it at all.
+(it did real work), the gradients (or an eval forward's logits) must be bit for bit those of a
+run without it (the same kernels ran), and a warm run must not start it at all.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 from numba.core import types
 
-from npmobilenet import compile_ahead
+from npmobilenet import compile_ahead, ops
+from npmobilenet.ops.conv import conv2d_kernels
 
 STEP = textwrap.dedent(
     """
@@ -31,12 +32,11 @@ STEP = textwrap.dedent(
     x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
     if sys.argv[1] == "eval":
         model.eval()
-        model(x)
-        print(json.dumps({"worker": compile_ahead._WORKER.proc is not None}))
-        sys.exit()
-    loss, cache = ops.cross_entropy_forward(model(x), np.arange(4))
-    model.backward(ops.cross_entropy_backward(1.0, cache), input_grad=False)
-    grads = b"".join(p.grad.tobytes() for p in model.parameters())
+        grads = model(x).tobytes()  # the logits
+    else:
+        loss, cache = ops.cross_entropy_forward(model(x), np.arange(4))
+        model.backward(ops.cross_entropy_backward(1.0, cache), input_grad=False)
+        grads = b"".join(p.grad.tobytes() for p in model.parameters())
     loaded, compiled = {}, {}
     for obj in gc.get_objects():
         if isinstance(obj, Dispatcher) and obj.py_func.__module__.startswith("npmobilenet"):
@@ -135,6 +135,93 @@ def test_plain_functions_and_forked_children_are_left_alone(monkeypatch):
 
 
 @pytest.mark.slow
-def test_an_eval_forward_on_a_cold_cache_starts_no_worker(tmp_path):
-    """Only a training forward has a backward to compile ahead for."""
-    assert not _step(tmp_path, ahead=True, mode="eval")["worker"]
+def test_cold_eval_forward_loads_the_workers_forward_kernels(tmp_path):
+    """An eval forward hands its depthwise kernels on too: the same logits, bit for bit."""
+    with_worker = _step(tmp_path / "ahead", ahead=True, mode="eval")
+    alone = _step(tmp_path / "alone", ahead=False, mode="eval")
+    assert with_worker["worker"] and not alone["worker"]
+    assert with_worker["grads"] == alone["grads"]
+    forward = [n for n in with_worker["loaded"] if n.startswith("depthwise3x3_forward")]
+    assert any(with_worker["loaded"][n] for n in forward), with_worker
+    cached = [f.name for f in (tmp_path / "ahead").rglob("*.nbi")]  # Numba's cache indexes
+    assert any("depthwise3x3_forward" in f for f in cached), cached
+    assert not any("backward" in f for f in cached), cached  # no training kernels compiled
+    assert all(n <= 1 for n in with_worker["compiled"].values()), with_worker["compiled"]
+    warm = _step(tmp_path / "ahead", ahead=True, mode="eval")
+    assert not warm["worker"] and warm["grads"] == alone["grads"]
+    assert not any(warm["compiled"].values()), warm["compiled"]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    "shape, stride, padding",
+    [((2, 4, 14, 14), 1, 1), ((2, 4, 17, 17), 1, 1), ((2, 4, 15, 16), 2, 1),
+     ((3, 4, 4, 4), 1, 1), ((1, 4, 9, 9), 2, "tf_same"), ((2, 4, 5, 5), 1, 0)],
+)  # fmt: skip
+def test_conv2d_kernels_are_the_kernels_the_ops_run(monkeypatch, shape, stride, padding, dtype):
+    """What a model hands on ahead is what the depthwise forward and backward then call, in
+    that order and with those argument types (so the worker's kernels are the ones loaded)."""
+    called = []
+    monkeypatch.setattr(compile_ahead, "wait", lambda kernel, sig: called.append((kernel, sig)))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape).astype(dtype)
+    w = rng.standard_normal((shape[1], 1, 3, 3)).astype(dtype)
+    out, cache = ops.conv2d_forward(x, w, stride=stride, padding=padding, groups=shape[1])
+    ops.conv2d_backward(np.ones_like(out), cache)
+    forward, backward = conv2d_kernels(shape, w.shape, stride, padding, 1, shape[1], "auto", dtype)
+    assert called == [*forward, *backward]
+    assert all(tuple(sig) in kernel.overloads for kernel, sig in called)  # the types that ran
+
+
+def test_conv2d_kernels_of_other_convolutions_and_bad_arguments_are_empty():
+    assert conv2d_kernels((2, 3, 8, 8), (4, 3, 3, 3), 1, 1) == ((), ())  # im2col
+    assert conv2d_kernels((2, 4, 8, 8), (8, 4, 1, 1)) == ((), ())  # pointwise
+    assert conv2d_kernels((2, 4, 8, 8), (4, 1, 3, 3), 1, 1, dilation=2, groups=4) == ((), ())
+    assert conv2d_kernels((2, 4, 2, 2), (4, 1, 3, 3), 1, 0, groups=4) == ((), ())  # too small
+    assert conv2d_kernels((2, 4, 8, 8), (4, 1, 3, 3), 0, 1, groups=4) == ((), ())  # stride 0
+
+
+@pytest.mark.parametrize("training, channels", [(True, 3), (False, 3), (True, 1)])
+def test_a_models_plan_is_the_kernels_its_step_runs_in_order(monkeypatch, training, channels):
+    """MobileNetV1 hands on, before its first forward, the kernels its forward and backward
+    then call one by one: the blocks' forwards in order, their backwards in reverse."""
+    from npmobilenet import MobileNetV1
+
+    planned, called = [], []
+    monkeypatch.setattr(compile_ahead, "plan", lambda kernels: planned.extend(kernels))
+    monkeypatch.setattr(compile_ahead, "wait", lambda kernel, sig: called.append((kernel, sig)))
+    monkeypatch.setattr(compile_ahead, "_ENABLED", True)
+    model = MobileNetV1(alpha=0.25, num_classes=10, in_channels=channels, seed=0)
+    model.train(training)
+    x = np.random.default_rng(0).standard_normal((2, channels, 64, 48)).astype(np.float32)
+    logits = model(x)
+    if training:
+        model.backward(np.ones_like(logits), input_grad=False)
+    assert planned == called
+    assert len({kernel for kernel, _ in planned}) >= (5 if training else 2), planned
+    before = len(planned)
+    model(x)  # the same shape and mode again: planned once
+    assert len(planned) == before
+
+
+def test_a_plan_puts_the_first_needed_on_top_and_later_submits_keep_its_order(monkeypatch):
+    """The worker takes the top of the stack: after plan([a, b, c]) that is a; a layer's
+    later submit of c (already planned) leaves it where the plan put it, while a submit of a
+    kernel outside the plan goes on top; taken back in wait(), a kernel leaves the stack."""
+    from npmobilenet.kernels.conv_direct import all_finite, valid_range
+    from npmobilenet.kernels.im2col import col2im, im2col_images
+
+    worker = compile_ahead._Worker()
+    monkeypatch.setattr(compile_ahead, "_WORKER", worker)
+    monkeypatch.setattr(compile_ahead, "_ENABLED", True)
+    monkeypatch.setattr(compile_ahead, "is_cached", lambda kernel, sig: False)
+    worker.proc, worker.busy = object(), True  # a started worker, busy: nothing is sent
+    sig = compile_ahead.signature("float32", 1, ndim=1, ints=0)
+    a, b, c, d = ((k, sig) for k in (all_finite, valid_range, col2im, im2col_images))
+    compile_ahead.plan([a, b, a, c])
+    assert worker.queued == [c, b, a]  # the top (the end) is the first needed
+    compile_ahead.submit(*c)
+    compile_ahead.submit(*d)
+    assert worker.queued == [c, b, a, d]
+    compile_ahead.wait(*b)  # not started: taken back, compiled by the caller
+    assert worker.queued == [c, a, d] and worker.state[b] == "taken"

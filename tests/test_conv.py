@@ -123,6 +123,36 @@ def test_backward_without_input_grad_matches_torch(torch, cfg, method, batched_i
         np.testing.assert_allclose(db, ref_db, **TOL[np.float64])
 
 
+@pytest.mark.torch
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
+@given(cfg=conv2d_configs(dtypes=(np.float64,)), input_grad=st.booleans(),
+       seed=st.integers(0, 2**16))  # fmt: skip
+def test_im2col_columns_kept_for_the_backward_match_torch(torch, cfg, input_grad, seed):
+    """A forward told a backward follows keeps its (small) column matrices; the backward then
+    builds none and still gives torch's gradients."""
+    arrays = make_conv2d_inputs(cfg, seed)
+    dout = np.random.default_rng(seed + 1).standard_normal(cfg["out_shape"])
+    ref_out, ref_grads = torch_conv(torch, arrays, dout, conv2d_kwargs(cfg))
+    builds = []
+    build = conv_ops.im2col_images
+    conv_ops.im2col_images = lambda *a: builds.append(build(*a))
+    try:
+        out, cache = conv2d_forward(**arrays, **conv2d_kwargs(cfg), method="im2col",
+                                    backward_ahead=True)  # fmt: skip
+        assume(cache.method == "im2col")  # (a pointwise geometry multiplies x as it lies)
+        assert cache.cols is not None and len(builds) == 1
+        grads = conv_ops.conv2d_backward(dout, cache, input_grad=input_grad)
+    finally:
+        conv_ops.im2col_images = build
+    assert len(builds) == 1
+    np.testing.assert_allclose(out, ref_out, **TOL[np.float64])
+    for name, got, want in zip(("dx", "dweight", "dbias"), grads, ref_grads):
+        if want is None or (name == "dx" and not input_grad):
+            assert got is None
+        else:
+            np.testing.assert_allclose(got, want, err_msg=name, **TOL[np.float64])
+
+
 @given(cfg=conv2d_configs(dtypes=(np.float64,)), seed=st.integers(0, 2**16))
 def test_im2col_batched_equals_per_image(cfg, seed):
     """The whole-batch im2col forward and backward (small batches) against the image-by-image
@@ -310,8 +340,9 @@ def test_depthwise_equals_per_channel_convolutions(rng, method, multiplier):
 
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-# (1, 1), (2, 2): output and dx as one GEMM over the batch; dW as one GEMM / one per image
-@pytest.mark.parametrize("hw", [(1, 1), (2, 2), (4, 5), (16, 17)])
+# up to 16 pixels: output and dx as one GEMM over the batch (1 pixel: no copy); dW as one GEMM
+# below 256 pixels, one per image from 256 on
+@pytest.mark.parametrize("hw", [(1, 1), (2, 2), (4, 4), (4, 5), (16, 16), (16, 17)])
 def test_pointwise_equals_matmul(rng, method, dtype, hw):
     x = rng.standard_normal((3, 6, *hw)).astype(dtype)
     w = rng.standard_normal((7, 6, 1, 1)).astype(dtype)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
 import pytest
 
-from npmobilenet.nn.parameter import Parameter
+from npmobilenet.nn.parameter import Parameter, pack
 from npmobilenet.optim import (
     SGD,
     Adam,
@@ -79,11 +80,21 @@ def _torch_optimizer(torch, name, tparams, hp, split):
     return getattr(torch.optim, TORCH_NAMES[name])(groups, foreach=False, **hp)
 
 
+def _params(packed: bool, dtype=np.float64) -> list[Parameter]:
+    """Parameters of the SHAPES, packed side by side in one buffer (Module.pack_parameters:
+    the optimizers then update them as one array) or each with arrays of its own."""
+    params = [Parameter(w) for w in _weights(dtype=dtype)]
+    if packed:
+        pack(params)
+    return params
+
+
 @pytest.mark.torch
+@pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("name,hp,split", CONFIGS)
-def test_trajectory_matches_torch(torch, name, hp, split):
+def test_trajectory_matches_torch(torch, name, hp, split, packed):
     """Same initial weights and gradient rule: the same weights after every step."""
-    params = [Parameter(w) for w in _weights()]
+    params = _params(packed)
     data_ids = [id(p.data) for p in params]
     tparams = [torch.tensor(w, requires_grad=True) for w in _weights()]
     ours = make_optimizer(name, _groups(params, split), **hp)
@@ -96,6 +107,8 @@ def test_trajectory_matches_torch(torch, name, hp, split):
         for p, t in zip(params, tparams):
             np.testing.assert_allclose(p.data, t.detach().numpy(), **TOL64)
     assert [id(p.data) for p in params] == data_ids  # updated in place
+    # packed: updated as one array (RMSprop's own per-parameter step excepted)
+    assert bool(ours._packed) == (packed and name != "rmsprop")
 
 
 @pytest.mark.torch
@@ -129,17 +142,18 @@ def _run(opt, sched, params, noise):
         sched.step()
 
 
+@pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("name", ["sgd", "rmsprop", "adam", "adamw"])
-def test_state_dict_round_trip_through_json_continues_identically(name):
+def test_state_dict_round_trip_through_json_continues_identically(name, packed):
     """Stop mid-run, save (JSON + arrays), load into a fresh optimizer: the same end weights."""
     hp = {"sgd": dict(momentum=0.9, nesterov=True), "rmsprop": dict(centered=True, momentum=0.9),
           "adam": dict(amsgrad=True), "adamw": {}}[name]  # fmt: skip
     noise = _noise()
-    full = [Parameter(w) for w in _weights()]
+    full = _params(packed)
     opt = make_optimizer(name, paper_param_groups(zip("abcd", full), 1e-2), lr=0.01, **hp)
     _run(opt, StepLR(opt, step_size=3, gamma=0.5), full, noise)
 
-    first = [Parameter(w) for w in _weights()]
+    first = _params(packed)
     opt1 = make_optimizer(name, paper_param_groups(zip("abcd", first), 1e-2), lr=0.01, **hp)
     sched1 = StepLR(opt1, step_size=3, gamma=0.5)
     _run(opt1, sched1, first, noise[:STEPS])
@@ -147,6 +161,8 @@ def test_state_dict_round_trip_through_json_continues_identically(name):
     saved = join_arrays(json.loads(json.dumps(tree)), {k: v.copy() for k, v in arrays.items()})
 
     second = [Parameter(p.data.copy()) for p in first]
+    if packed:
+        pack(second)
     opt2 = make_optimizer(name, paper_param_groups(zip("abcd", second), 1e-2), lr=0.5)
     sched2 = StepLR(opt2, step_size=3, gamma=0.5)
     opt2.load_state_dict(saved["opt"])
@@ -180,11 +196,12 @@ def test_frozen_parameter_is_not_updated_and_zero_grad_clears():
 
 
 @pytest.mark.torch
+@pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("name,hp,split", CONFIGS)
-def test_frozen_parameters_are_skipped_entirely_like_torch(torch, name, hp, split):
+def test_frozen_parameters_are_skipped_entirely_like_torch(torch, name, hp, split, packed):
     """Parameters 1 and 3 frozen for the middle steps: no update, no weight decay, no state
     change (momentum, averages, step count), while torch skips them (their grad is None)."""
-    params = [Parameter(w) for w in _weights()]
+    params = _params(packed)
     tparams = [torch.tensor(w, requires_grad=True) for w in _weights()]
     ours = make_optimizer(name, _groups(params, split), **hp)
     theirs = _torch_optimizer(torch, name, tparams, hp, split)
@@ -290,3 +307,45 @@ def test_load_state_dict_mismatch_is_named():
         Adam([Parameter(np.zeros(4))]).load_state_dict(saved)
     with pytest.raises(ValueError, match=r"keys 'state' and 'param_groups'"):
         Adam([Parameter(np.zeros(3))]).load_state_dict({"state": {}})
+
+
+def test_packed_model_steps_like_an_unpacked_one_as_children_change():
+    """MobileNetV1 packs its parameters (one buffer for the weights, one for the gradients) and
+    SGD then updates them as one array. Training steps with a classifier replaced, a weight
+    array reassigned and a block frozen along the way give the same weights, bit for bit, as
+    the same model whose parameters each hold arrays of their own; so does a deep copy of the
+    packed model (whose arrays are copies, each on its own)."""
+    from npmobilenet import MobileNetV1, ops
+    from npmobilenet.nn import Linear
+    from npmobilenet.nn.parameter import packed_runs
+
+    packed, plain = (MobileNetV1(alpha=0.25, num_classes=4, seed=0, dtype=np.float64)
+                     for _ in range(2))  # fmt: skip
+    for p in plain.parameters():
+        p.data, p.grad = p.data.copy(), p.grad.copy()
+    copied = copy.deepcopy(packed)
+    models = [plain, packed, copied]
+    assert [len(r) for r, _, _ in packed_runs(packed.parameters())] == [83]
+    for m in (plain, copied):
+        assert {len(r) for r, _, _ in packed_runs(m.parameters())} == {1}
+    opts = [SGD(m.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3) for m in models]
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((4, 3, 32, 32)), np.array([0, 1, 2, 3])
+    for step in range(5):
+        for m, opt in zip(models, opts):
+            if step == 2:
+                m.fc = Linear(m.fc.in_features, 4, dtype=np.float64, rng=1)
+                opt.add_param_group({"params": list(m.fc.parameters())})
+                w = m.first_conv.conv.weight
+                w.data = w.data.copy()
+            if step == 3:
+                m.freeze("depthwise_sep_conv3")
+            m.zero_grad()
+            _, cache = ops.cross_entropy_forward(m(x), y)
+            m.backward(ops.cross_entropy_backward(1.0, cache), input_grad=False)
+            opt.step()
+        for m in (packed, copied):
+            for (name, a), b in zip(m.named_parameters(), plain.parameters()):
+                np.testing.assert_array_equal(a.data, b.data, err_msg=name)
+    assert len(list(packed_runs(packed.parameters()))) > 3  # the runs the changes cut
+    assert opts[1]._packed and not opts[0]._packed  # (one updated run by run, one per parameter)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -50,6 +52,48 @@ def test_serial_runs_once_and_a_runner_splits_in_order(split_everything):
     caller = threading.current_thread().name  # runs one slice itself, the pool the others
     assert len(seen) == 3 and seen.count(caller) == 1
     assert all(name.startswith("npmobilenet") for name in seen if name != caller)
+
+
+def test_maps_from_two_threads_or_nested_get_their_own_results(split_everything):
+    """The workers serve one map at a time: a map started meanwhile (from another thread, or
+    from inside a slice) runs its slices in its own thread, with the same results."""
+    inner = []
+
+    def nested(lo, hi):
+        inner.append(Runner(2).map(lambda a, b: (a + lo, b + lo), 4))
+        return lo
+
+    got = []
+    t = threading.Thread(target=lambda: got.append(Runner(3).map(nested, 9)), daemon=True)
+    t.start()
+    t.join(timeout=60)  # a map waiting for workers its own slices hold would never return
+    assert got == [[0, 3, 6]]
+    assert sorted(inner) == [[(k, k + 2), (k + 2, k + 4)] for k in (0, 3, 6)]
+    outs = {}
+    barrier = threading.Barrier(2)
+
+    def run(key):
+        barrier.wait()
+        outs[key] = [Runner(2).map(lambda lo, hi: (key, lo, hi), 6) for _ in range(200)]
+
+    workers = [threading.Thread(target=run, args=(k,)) for k in "ab"]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    for k in "ab":
+        assert outs[k] == [[(k, 0, 3), (k, 3, 6)]] * 200
+
+
+def test_a_forked_child_maps_with_workers_of_its_own(split_everything):
+    assert Runner(2).map(lambda lo, hi: hi - lo, 8) == [4, 4]  # the parent's workers exist
+    pid = os.fork()
+    if pid == 0:  # the child: exit code 0 only if the map comes back right
+        signal.alarm(60)  # waiting for the parent's workers (absent here) would never end
+        ok = Runner(3).map(lambda lo, hi: (lo, hi), 9) == [(0, 3), (3, 6), (6, 9)]
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
 
 
 def test_a_runner_without_a_count_follows_set_threads():
@@ -118,15 +162,19 @@ def test_thread_counts_are_checked(bad):
 @given(
     cfg=conv2d_configs(dtypes=(np.float64,), allow_unbatched=False),
     method=st.sampled_from(["direct", "im2col", "auto"]),
+    ahead=st.booleans(),
     seed=st.integers(0, 2**16),
 )
-def test_conv_split_over_the_batch_equals_serial(split_everything, cfg, method, seed):
+def test_conv_split_over_the_batch_equals_serial(split_everything, cfg, method, ahead, seed):
+    """Split over three threads: the serial numbers (``ahead``: the split forward announces
+    its backward, which then reuses the im2col columns each slice built)."""
     arrays = make_conv2d_inputs(cfg, seed)
     dout = np.random.default_rng(seed + 1).standard_normal(cfg["out_shape"])
     out, cache = conv2d_forward(**arrays, **conv2d_kwargs(cfg), method=method)
     grads = conv2d_backward(dout, cache)
     runner = Runner(3)
-    out_s, cache_s = conv2d_forward(**arrays, **conv2d_kwargs(cfg), method=method, runner=runner)
+    out_s, cache_s = conv2d_forward(**arrays, **conv2d_kwargs(cfg), method=method, runner=runner,
+                                    backward_ahead=ahead)  # fmt: skip
     grads_s = conv2d_backward(dout, cache_s, runner=runner)
     np.testing.assert_array_equal(out_s, out)  # per image: the same sums
     for g, g_s in zip(grads, grads_s):  # dW, db: the slices' sums added (rounding only)

@@ -42,8 +42,14 @@ def _flat(a):
 
 @njit(cache=True, nogil=True, inline="always")
 def _channel_totals(acc, C, L):
-    """(C*L,) per-position sums -> (C,) per-channel sums, float64."""
-    return acc.reshape(C, L).sum(axis=1)
+    """(C*L,) per-position sums -> (C,) per-channel sums, float64, each added in position
+    order (as ``acc.reshape(C, L).sum(axis=1)``, whose Numba version takes about 1 s to compile
+    on a cold cache)."""
+    out = np.zeros(C)
+    for c in range(C):
+        for i in range(L):
+            out[c] += acc[c * L + i]
+    return out
 
 
 def channel_sums(x):
@@ -106,15 +112,68 @@ def _channel_sq_dev(x, mean):
 
 
 def channel_stats(x):
-    """Mean and biased variance of each channel, two passes, float64 accumulation.
+    """Mean and biased variance of each channel, float64 accumulation.
 
     x: (N, C, L) C-contiguous float32/float64. Returns mean (C,), var (C,), both float64.
-    The two passes are :func:`channel_sums` and :func:`channel_sq_dev` (a model's training step
-    runs each on slices of the batch in parallel and adds the slices' sums).
+    Two passes, :func:`channel_sums` and :func:`channel_sq_dev`; or, where
+    :func:`stats_in_one_pass` holds, one pass of :func:`channel_shifted_sums` (a model's
+    training step runs each pass on slices of the batch in parallel and adds the slices' sums).
     """
     M = x.shape[0] * x.shape[2]
+    if stats_in_one_pass(x):
+        shift = stats_shift(x)
+        return stats_from_shifted_sums(*channel_shifted_sums(x, shift), shift, M)
     mean = channel_sums(x) / M
     return mean, channel_sq_dev(x, mean) / M
+
+
+# One pass for float32: sums of d = x - shift and of d*d, shift a value of the channel (its
+# first). var = Q/M - (S/M)**2 cancels at most a factor M: the shift is one of the M values, so
+# (shift - mean)**2 <= M * var, and the float64 sums lose at most log10(M) of their 16 digits,
+# far below float32's 7. float64 input keeps the two passes (full float64 precision), and so
+# do flat planes (fewer than FLAT_MAX_L pixels), whose two walks are already compiled.
+
+
+def stats_in_one_pass(x) -> bool:
+    """Whether :func:`channel_stats` of the (N, C, L) ``x`` takes one pass (float32, N >= 1,
+    planes of at least ``FLAT_MAX_L`` pixels) rather than two."""
+    return x.dtype == np.float32 and x.shape[0] > 0 and not _is_flat(x)
+
+
+def stats_shift(x):
+    """The per-channel shift of the one-pass sums: each channel's first value, (C,) float64."""
+    return x[0, :, 0].astype(np.float64)
+
+
+@njit(cache=True, nogil=True, fastmath=REASSOC)
+def channel_shifted_sums(x, shift):
+    """Per channel, ``S = sum(x - shift)`` and ``Q = sum((x - shift)**2)`` over images and
+    pixels, in one pass, float64. x: (N, C, L); shift: (C,) float64. Returns S, Q (C,) each."""
+    N, C, L = x.shape
+    S, Q = np.zeros(C, dtype=np.float64), np.zeros(C, dtype=np.float64)
+    for n in range(N):  # memory order, images outer
+        for c in range(C):
+            k, s, q, xr = shift[c], 0.0, 0.0, x[n, c]
+            for i in range(L):
+                d = xr[i] - k
+                s += d
+                q += d * d
+            S[c] += s
+            Q[c] += q
+    return S, Q
+
+
+def channel_shifted_sums_naive(x, shift):
+    """NumPy reference for :func:`channel_shifted_sums`."""
+    d = x.astype(np.float64) - shift[None, :, None]
+    return d.sum(axis=(0, 2)), (d * d).sum(axis=(0, 2))
+
+
+def stats_from_shifted_sums(S, Q, shift, M):
+    """Mean and biased variance, (C,) float64, from :func:`channel_shifted_sums` over M values:
+    ``mean = shift + S/M``, ``var = Q/M - (S/M)**2`` (a rounding below 0 is 0)."""
+    d = S / M
+    return shift + d, np.maximum(Q / M - d * d, 0.0)
 
 
 def channel_stats_naive(x):
@@ -248,8 +307,8 @@ def scale_shift_naive(x, scale, shift, out):
 # using it (a branch made them 2-4x slower), between 0.0 and dout widened to float64 plus 0.0:
 # the addition makes the load of dout unconditional, where a select on the loaded value itself
 # becomes a masked load, measured 1.6x slower (it turns -0.0 into +0.0, which the float64 sums
-# starting at +0.0 do anyway). ``out`` is the activation's output and ``zero`` a 0 of dout's
-# dtype (both None where nothing masks dout).
+# starting at +0.0 do anyway). The flat-row twins read ``out``, the activation's output (and
+# ``zero``, a 0 of dout's dtype); both are None where nothing masks dout.
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -257,16 +316,33 @@ def _grad(dout, out, n, c, i, zero):
     return dout[n, c, i]
 
 
+# On planes walked as rows, the mask is taken from x rather than out, so the backward reads one
+# array fewer in each of its passes (x is read anyway). The forward's output is round(v) with
+# v = x * scale + shift in float64 (``scale_shift_act``; the same expression, compiled alike,
+# gives the same float64 value here), and round(v) <= 0 exactly when v <= lo, round(v) >= 6
+# exactly when v >= hi: for float32, lo = 2**-150 and hi = 6 - 2**-22, the midpoints that
+# round (ties to even) to 0 and to 6; for float64 (no rounding), 0 and 6 (``mask_bounds``).
+# ``m`` is (scale, shift, lo, hi), scale and shift (C,) float64 as in the forward.
+
+
+def mask_bounds(dtype) -> tuple[float, float]:
+    """(lo, hi): an affine value v (float64) rounded to ``dtype`` is <= 0 exactly when
+    v <= lo and >= 6 exactly when v >= hi."""
+    return (2.0**-150, 6.0 - 2.0**-22) if np.dtype(dtype) == np.float32 else (0.0, 6.0)
+
+
 @njit(cache=True, nogil=True, inline="always")
-def _grad_relu(dout, out, n, c, i, zero):
+def _grad_relu(dout, x, n, c, i, m):
+    v = x[n, c, i] * m[0][c] + m[1][c]  # the forward's affine value, before rounding
     g = np.float64(dout[n, c, i]) + 0.0
-    return 0.0 if out[n, c, i] <= 0 else g
+    return 0.0 if v <= m[2] else g
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _grad_relu6(dout, out, n, c, i, zero):
-    o, g = out[n, c, i], np.float64(dout[n, c, i]) + 0.0
-    return 0.0 if (o <= 0) | (o >= 6) else g
+def _grad_relu6(dout, x, n, c, i, m):
+    v = x[n, c, i] * m[0][c] + m[1][c]
+    g = np.float64(dout[n, c, i]) + 0.0
+    return 0.0 if (v <= m[2]) | (v >= m[3]) else g
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -441,14 +517,12 @@ def _scale_shift_act(x, scale, shift, out, six):
     zero, top = _bounds(out)
     for n in range(N):
         for c in range(C):
-            _affine_row(x, out, n, c, scale[c], shift[c])
-            for i in range(L):  # a second, in-cache pass: the clamp vectorises on its own
-                v = out[n, c, i]
-                out[n, c, i] = zero if v < 0 else v
-            if six:
-                for i in range(L):
-                    v = out[n, c, i]
-                    out[n, c, i] = top if v > 6 else v
+            a, b, o, xr = scale[c], shift[c], out[n, c], x[n, c]  # o, xr: (L,) rows
+            for i in range(L):
+                o[i] = xr[i] * a + b  # rounded to out's dtype by the store ...
+                v = o[i]  # ... and read back (LLVM keeps it in a register), then clamped
+                v = zero if v < 0 else v
+                o[i] = (top if v > 6 else v) if six else v
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -470,14 +544,17 @@ def scale_shift_act_naive(x, scale, shift, out, six):
     out[...] = np.clip(out, 0, 6) if six else np.maximum(out, 0)
 
 
-def grad_sums_act(dout, out, x, mean, six):
+def grad_sums_act(dout, out, x, mean, six, scale, shift):
     """:func:`grad_sums` of the gradient that reaches BN through the activation.
 
     That gradient is 0 where ``out <= 0`` (or ``out >= 6`` for ReLU6) and dout elsewhere.
-    dout, out, x: (N, C, L); mean (C,) float64. Returns sum(g) and sum(g * (x - mean)),
-    (C,) float64 each.
+    dout, out, x: (N, C, L); mean (C,) float64; scale, shift: (C,) float64, the coefficients
+    that gave ``out = act(x * scale + shift)`` (planes walked as rows take the mask from them
+    and x, and do not read out). Returns sum(g) and sum(g * (x - mean)), (C,) float64 each.
     """
-    return (_grad_sums_act_flat if _is_flat(x) else _grad_sums_act)(dout, out, x, mean, six)
+    if _is_flat(x):
+        return _grad_sums_act_flat(dout, out, x, mean, six)
+    return _grad_sums_act(dout, x, mean, (scale, shift, *mask_bounds(x.dtype)), six)
 
 
 @njit(cache=True, nogil=True, fastmath=REASSOC)
@@ -489,11 +566,10 @@ def _grad_sums_act_flat(dout, out, x, mean, six):
 
 
 @njit(cache=True, nogil=True, fastmath=REASSOC)
-def _grad_sums_act(dout, out, x, mean, six):
-    zero = np.zeros(1, dtype=dout.dtype)[0]
+def _grad_sums_act(dout, x, mean, m, six):
     if six:
-        return _grad_sums(_grad_relu6, dout, out, zero, x, mean)
-    return _grad_sums(_grad_relu, dout, out, zero, x, mean)
+        return _grad_sums(_grad_relu6, dout, x, m, x, mean)
+    return _grad_sums(_grad_relu, dout, x, m, x, mean)
 
 
 def _act_grad_naive(dout, out, six):
@@ -506,15 +582,16 @@ def grad_sums_act_naive(dout, out, x, mean, six):
     return grad_sums_naive(_act_grad_naive(dout, out, six), x, mean)
 
 
-def train_dx_act(dout, out, x, mean, k, a, b, dx, six):
+def train_dx_act(dout, out, x, mean, k, a, b, dx, six, scale, shift):
     """:func:`train_dx` of the gradient through the activation (masked as in ``grad_sums_act``).
 
-    dout, out, x, dx: (N, C, L) of one dtype; mean, k, a, b: (C,) float64. Writes dx.
+    dout, out, x, dx: (N, C, L) of one dtype; mean, k, a, b, scale, shift: (C,) float64.
+    Writes dx.
     """
     if _is_flat(x):
         _train_dx_act_flat_kernel(dout, out, x, mean, k, a, b, dx, six)
     else:
-        _train_dx_act(dout, out, x, mean, k, a, b, dx, six)
+        _train_dx_act(dout, x, mean, k, a, b, dx, (scale, shift, *mask_bounds(x.dtype)), six)
 
 
 @njit(cache=True, nogil=True, fastmath=REASSOC)
@@ -523,12 +600,11 @@ def _train_dx_act_flat_kernel(dout, out, x, mean, k, a, b, dx, six):
 
 
 @njit(cache=True, nogil=True, inline="always", fastmath=REASSOC)
-def _train_dx_act(dout, out, x, mean, k, a, b, dx, six):
-    zero = np.zeros(1, dtype=dout.dtype)[0]
+def _train_dx_act(dout, x, mean, k, a, b, dx, m, six):
     if six:
-        _train_dx(_grad_relu6, dout, out, zero, x, mean, k, a, b, dx)
+        _train_dx(_grad_relu6, dout, x, m, x, mean, k, a, b, dx)
     else:
-        _train_dx(_grad_relu, dout, out, zero, x, mean, k, a, b, dx)
+        _train_dx(_grad_relu, dout, x, m, x, mean, k, a, b, dx)
 
 
 # In place: dx written over dout, for a backward whose incoming gradient is dead after it.
@@ -553,12 +629,12 @@ def _train_dx_inplace(d, x, mean, k, a, b):
     _train_dx(_grad, d, None, None, x, mean, k, a, b, d)  # nothing masks d
 
 
-def train_dx_act_inplace(d, out, x, mean, k, a, b, six):
+def train_dx_act_inplace(d, out, x, mean, k, a, b, six, scale, shift):
     """:func:`train_dx_act` with ``dout`` = ``dx`` = ``d`` (N, C, L): d becomes dx."""
     if _is_flat(x):
         _train_dx_act_inplace_flat(d, out, x, mean, k, a, b, six)
     else:
-        _train_dx_act_inplace(d, out, x, mean, k, a, b, six)
+        _train_dx_act_inplace(d, x, mean, k, a, b, (scale, shift, *mask_bounds(x.dtype)), six)
 
 
 @njit(cache=True, nogil=True, fastmath=REASSOC)
@@ -568,8 +644,8 @@ def _train_dx_act_inplace_flat(d, out, x, mean, k, a, b, six):
 
 
 @njit(cache=True, nogil=True, fastmath=REASSOC)
-def _train_dx_act_inplace(d, out, x, mean, k, a, b, six):
-    _train_dx_act(d, out, x, mean, k, a, b, d, six)
+def _train_dx_act_inplace(d, x, mean, k, a, b, m, six):
+    _train_dx_act(d, x, mean, k, a, b, d, m, six)
 
 
 @njit(cache=True, nogil=True, inline="always", fastmath=REASSOC)

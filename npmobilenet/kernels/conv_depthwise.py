@@ -142,11 +142,12 @@ def _row_weight_grad(d, oh, buf, ih, acc, sw):
 
 @njit(cache=True, nogil=True, inline="always", fastmath=REASSOC)
 def plane3x3_weight_grad(buf, dplane, sh, sw, acc):
-    """acc (3, 3) += sum over pixels of dplane[oh, ow] * buf[oh*sh + i, ow*sw + j]."""
+    """acc (3, 3) += sum over pixels of dplane[oh, ow] * buf[oh*sh + i, ow*sw + j].
+
+    Column stride 2 is a literal (the stride-2 layers run this kernel; stride 1 runs the tuned
+    flat kernel, so a literal-1 copy would only lengthen a first run's compilation)."""
     for oh in range(dplane.shape[0]):
-        if sw == 1:
-            _row_weight_grad(dplane, oh, buf, oh * sh, acc, 1)
-        elif sw == 2:
+        if sw == 2:
             _row_weight_grad(dplane, oh, buf, oh * sh, acc, 2)
         else:
             _row_weight_grad(dplane, oh, buf, oh * sh, acc, sw)

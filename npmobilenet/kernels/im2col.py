@@ -39,7 +39,7 @@ def _tap_row(cols, c, i, j, kH, kW, sw, pl, dil_w, W, OW):
     return cols[(c * kH + i) * kW + j], off, lo, hi
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def im2col(x, kH, kW, sh, sw, pt, pl, dil_h, dil_w, OH, OW, cols):
     """Fill cols (C*kH*kW, OH*OW) from one image x (C, H, W); padded positions become zero."""
     C, H, W = x.shape
@@ -64,7 +64,9 @@ def im2col(x, kH, kW, sh, sw, pt, pl, dil_h, dil_w, OH, OW, cols):
 @njit(cache=True, nogil=True)
 def im2col_images(x, kH, kW, sh, sw, pt, pl, dil_h, dil_w, OH, OW, cols):
     """:func:`im2col` of every image of x (N, C, H, W) into cols (N, C*kH*kW, OH*OW), in one
-    call (a small batch's images are cheaper to loop over here than from Python)."""
+    call (a small batch's images are cheaper to loop over here than from Python). im2col is
+    inlined here, so a first run compiles this kernel alone (a call to a separately compiled
+    kernel would compile and optimise its body twice)."""
     for n in range(x.shape[0]):
         im2col(x[n], kH, kW, sh, sw, pt, pl, dil_h, dil_w, OH, OW, cols[n])
 

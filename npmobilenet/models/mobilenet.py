@@ -44,7 +44,7 @@ from typing import NamedTuple
 import numpy as np
 
 from npmobilenet import _checks as chk
-from npmobilenet import ops, threads
+from npmobilenet import compile_ahead, ops, threads
 from npmobilenet.nn import (
     AdaptiveAvgPool2d,
     AdaptiveMaxPool2d,
@@ -62,6 +62,7 @@ from npmobilenet.nn import (
 )
 from npmobilenet.nn.layers import ACTIVATION_LAYERS, float_dtype
 from npmobilenet.nn.module import SPENT, run_backward, run_forward
+from npmobilenet.ops.conv import conv2d_kernels
 
 
 class Stage(NamedTuple):
@@ -254,6 +255,13 @@ class ConvBlock(Module):
         return _fuses(self.bn, self.relu)
 
 
+# A block lets the activation between its two convolutions go (and computes it again for the
+# backward) only when it holds at least this many bytes. Computing it again costs a fixed
+# ~20 us per block besides the pass itself, which at alpha 0.25, 32x32, batch 64 (activations
+# of at most 0.5 MB, 2.5 MB in all) is 0.25 ms of a 10 ms step for little memory.
+RELEASE_MIN_BYTES = 2**20
+
+
 class DepthwiseSeparableConv(Module):
     """3x3 depthwise conv + BN + act, then 1x1 pointwise conv + BN + act (the reference block).
 
@@ -286,7 +294,8 @@ class DepthwiseSeparableConv(Module):
         x, fused0 = _bn_act_forward(self.bn0, self.relu0, x, workspace)
         # bn0's output is let go once the pointwise conv has read it, and computed again from
         # bn0's cache for the pointwise backward: one activation of the block is not kept
-        again = fused0 and type(self.pwconv) is Conv2d
+        # (when it is large enough to be worth the pass, RELEASE_MIN_BYTES)
+        again = fused0 and type(self.pwconv) is Conv2d and x.nbytes >= RELEASE_MIN_BYTES
         x = _conv_forward(self.pwconv, x, workspace, keep_input=not again)  # pointwise
         if again:
             self.bn0.release_output()
@@ -357,8 +366,9 @@ class MobileNetV1(Module):
     What it returns (logits, features, dx) is always a fresh array.
 
     Memory of a training step: backward needs each batch norm's input (the convolution's
-    output); the activation between a block's two convolutions is let go once the pointwise
-    convolution has read it and computed again from batch norm's cache for its backward.
+    output); the activation between a block's two convolutions, when it holds at least
+    :data:`RELEASE_MIN_BYTES` (1 MiB), is let go once the pointwise convolution has read it and
+    computed again from batch norm's cache for its backward.
     ``self.recompute_block_outputs = True`` does the same with each block's output, which the
     next block reads: a third less memory (batch 32 at 224: ~0.95 instead of ~1.3 GB in all),
     one more pass over those activations in backward (~4% slower).
@@ -397,7 +407,9 @@ class MobileNetV1(Module):
         object.__setattr__(self, "_workspace", Workspace())
         object.__setattr__(self, "_ran", None)  # what the last forward ran (see _backward)
         object.__setattr__(self, "_split_memo", (None, False))  # see _worth_splitting
+        object.__setattr__(self, "_planned", None)  # see _compile_ahead
         self.reset_parameters(init_seed)
+        self.pack_parameters()  # one buffer for the weights, one for the gradients
 
     def _build_features(self) -> None:
         """first_conv and one module per Table 1 row (:func:`stages`)."""
@@ -534,6 +546,8 @@ class MobileNetV1(Module):
         ws = self._workspace
         ws.new_step()
         split = self._worth_splitting(x.shape, units)
+        if compile_ahead.enabled():
+            self._compile_ahead(x.shape, x.dtype, units)
         with self._session(split) as runner:
             ws.runner = runner
             try:
@@ -617,6 +631,16 @@ class MobileNetV1(Module):
                 return True
             largest = max(largest, math.prod(shape))
         return largest >= 2 * threads.MIN_SLICE_ELEMENTS
+
+    def _compile_ahead(self, in_shape, dtype, units) -> None:
+        """Hand the slow kernels a forward on ``in_shape`` (and in training its backward) will
+        run to :mod:`npmobilenet.compile_ahead` (:func:`_kernel_plan`): on a cold Numba cache a
+        second process compiles them meanwhile. Done once per input shape, dtype, mode and
+        module list (the last one is remembered)."""
+        key = (tuple(in_shape), dtype, self.training, tuple(m for _, m in units))
+        if key != self._planned:
+            object.__setattr__(self, "_planned", key)
+            compile_ahead.plan(_kernel_plan(units, in_shape, dtype, self.training))
 
     def _session(self, split: bool):
         """``self.runner.session()`` (BLAS at one thread while ops split the batch) when
@@ -720,6 +744,28 @@ def _run_units(x, units, ws, file, recompute: bool) -> tuple[np.ndarray, list[bo
         if file is not None:
             print(f"after {label:<24}: {x.shape}", file=file)
     return x, drops
+
+
+def _kernel_plan(units, in_shape, dtype, training: bool) -> list:
+    """``(kernel, argument types)`` of the depthwise kernels the library blocks in ``units``
+    run on ``in_shape`` (with a one-channel input, the first convolution's too), in the order a
+    forward and, when ``training``, its backward (the blocks in reverse) first call them
+    (``ops.conv.conv2d_kernels``). The walk stops at a module without shape arithmetic (or one
+    that refuses the shape)."""
+    forward, backward, shape = [], [], tuple(in_shape)
+    for _, module in units:
+        conv = (module.dwconv if type(module) is DepthwiseSeparableConv else
+                module.conv if type(module) is ConvBlock else None)  # fmt: skip
+        if type(conv) is Conv2d:
+            f, b = conv2d_kernels(shape, conv.weight.shape, conv.stride, conv.padding,
+                                  conv.dilation, conv.groups, conv.method, dtype)  # fmt: skip
+            forward += f
+            backward[:0] = b
+        try:
+            shape = module.output_shape(shape)
+        except (NotImplementedError, TypeError, ValueError):  # the forward will tell
+            break
+    return forward + backward if training else forward
 
 
 def _reads_input_once(module) -> bool:

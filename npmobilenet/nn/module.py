@@ -41,7 +41,7 @@ from typing import NamedTuple
 import numpy as np
 
 from npmobilenet._checks import describe, flag
-from npmobilenet.nn.parameter import Parameter
+from npmobilenet.nn.parameter import Parameter, pack, packed_runs
 
 SPENT = "spent"  # a module's cache after its backward used it (see Module._take_cache)
 
@@ -210,8 +210,26 @@ class Module:
 
     def zero_grad(self) -> None:
         """Fill every parameter's ``.grad`` with zeros (gradients accumulate until then)."""
-        for p in self.parameters():
-            p.zero_grad()
+        for run, _, grad in packed_runs(self.parameters()):
+            if grad is None:
+                run[0].zero_grad()
+            else:  # parameters side by side in one buffer (pack_parameters)
+                grad.fill(0)
+
+    def pack_parameters(self) -> None:
+        """Move every parameter's ``data`` into one contiguous buffer (per dtype) and every
+        ``grad`` into another, in the order of :meth:`parameters`, values unchanged
+        (:func:`npmobilenet.nn.parameter.pack`).
+
+        Each ``Parameter`` then holds views of the buffers, so :meth:`zero_grad` and the
+        optimizers treat the parameters as one array each (one call per operation, not one per
+        parameter: the step of a small model is mostly such calls). A parameter assigned later
+        (a replaced child, an added layer) has arrays of its own and is handled on its own, as
+        is one whose ``data`` or ``grad`` is replaced; call this again to pack them too (it
+        gives every parameter new arrays: views taken of the old ones, e.g. an earlier
+        :meth:`state_dict`, no longer follow the parameters).
+        """
+        pack(self.parameters())
 
     # ----------------------------------------------------------------- state
     def state_dict(self) -> OrderedDict[str, np.ndarray]:

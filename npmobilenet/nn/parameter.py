@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from typing import NamedTuple
+
 import numpy as np
 
 from npmobilenet._checks import describe
@@ -16,7 +19,7 @@ class Parameter:
     every step.
     """
 
-    __slots__ = ("data", "grad", "_requires_grad")
+    __slots__ = ("data", "grad", "_requires_grad", "packed")
 
     def __init__(self, data: np.ndarray, requires_grad: bool = True):
         if not isinstance(data, np.ndarray):
@@ -24,6 +27,7 @@ class Parameter:
         self.data = data
         self.grad = np.zeros_like(data)
         self.requires_grad = requires_grad
+        self.packed: Packed | None = None  # see pack()
 
     @property
     def requires_grad(self) -> bool:
@@ -56,3 +60,86 @@ class Parameter:
 
     def __repr__(self) -> str:
         return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
+
+
+class Packed(NamedTuple):
+    """Where :func:`pack` put a parameter: ``data`` and ``grad`` are the views
+    ``data_buffer[start:stop]`` and ``grad_buffer[start:stop]`` (reshaped) it gave the
+    parameter. The record holds while the parameter's arrays are still those views."""
+
+    data_buffer: np.ndarray
+    grad_buffer: np.ndarray
+    start: int
+    stop: int
+    data: np.ndarray
+    grad: np.ndarray
+
+
+def pack(params: Iterable[Parameter]) -> None:
+    """Lay the ``data`` of ``params`` end to end in one contiguous buffer per dtype, in the
+    given order, and their ``grad`` likewise in a second buffer: each parameter keeps its
+    values, its ``data`` and ``grad`` become views of the buffers (``Parameter.packed`` records
+    where). A run of parameters packed side by side is then zeroed, and updated by an
+    optimizer, with one call per array operation instead of one per parameter
+    (:func:`packed_runs`). A parameter listed twice is packed once; one whose grad does not
+    match its data is left alone."""
+    groups: dict[np.dtype, list[Parameter]] = {}
+    for p in dict.fromkeys(params):
+        if p.grad.shape == p.data.shape and p.grad.dtype == p.data.dtype:
+            groups.setdefault(p.data.dtype, []).append(p)
+    for dtype, ps in groups.items():
+        total = sum(p.data.size for p in ps)
+        data, grad = np.empty(total, dtype), np.empty(total, dtype)
+        start = 0
+        for p in ps:
+            stop = start + p.data.size
+            d = data[start:stop].reshape(p.data.shape)  # a view
+            g = grad[start:stop].reshape(p.data.shape)
+            d[...], g[...] = p.data, p.grad
+            p.data, p.grad, p.packed = d, g, Packed(data, grad, start, stop, d, g)
+            start = stop
+
+
+def packed_runs(params: Iterable[Parameter], trainable: bool = False) -> Iterator[tuple]:
+    """Split ``params`` (in order) into ``(run, data, grad)``: ``run`` a list of parameters
+    whose arrays are still side by side in :func:`pack`'s buffers, ``data`` and ``grad`` the
+    1-D views of the buffers they cover; or ``([p], None, None)`` for a parameter on its own.
+    ``trainable``: leave out the parameters with ``requires_grad`` False."""
+    run, last = [], None
+    for p in params:
+        if trainable and not p.requires_grad:
+            continue
+        k = p.packed
+        if k is not None and not _holds(p, k):
+            k = None  # its arrays were replaced since pack(), or copied (copy.deepcopy)
+        if run and _follows(k, last):
+            run.append(p)
+        else:
+            if run:
+                yield _run(run)
+            run = [p]
+        last = k
+    if run:
+        yield _run(run)
+
+
+def _holds(p: Parameter, k: Packed) -> bool:
+    """Whether ``p``'s arrays are still the views of the buffers that ``k`` records (a deep
+    copy of a parameter copies each view on its own: the record's buffers are then others)."""
+    return (p.data is k.data and p.grad is k.grad and k.data.base is k.data_buffer
+            and k.grad.base is k.grad_buffer)  # fmt: skip
+
+
+def _follows(k: Packed | None, last: Packed | None) -> bool:
+    """Whether ``k`` starts in the buffers where ``last`` ends."""
+    if k is None or last is None or k.start != last.stop:
+        return False
+    return k.data_buffer is last.data_buffer and k.grad_buffer is last.grad_buffer
+
+
+def _run(run: list[Parameter]) -> tuple:
+    if len(run) == 1:
+        return run, None, None
+    first, last = run[0].packed, run[-1].packed
+    span = slice(first.start, last.stop)
+    return run, first.data_buffer[span], first.grad_buffer[span]

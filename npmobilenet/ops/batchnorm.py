@@ -212,6 +212,11 @@ def _channel_stats(x3, runner):
     N, C, L = x3.shape
     if runner.threads == 1:
         return K.channel_stats(x3)
+    if K.stats_in_one_pass(x3):
+        shift = K.stats_shift(x3)
+        parts = runner.map(lambda lo, hi: K.channel_shifted_sums(x3[lo:hi], shift), N, C * L)
+        S, Q = (sum(p[i] for p in parts) for i in (0, 1))  # slices added in slice order
+        return K.stats_from_shifted_sums(S, Q, shift, N * L)
     mean = sum(runner.map(lambda lo, hi: K.channel_sums(x3[lo:hi]), N, C * L)) / (N * L)
     sq_dev = runner.map(lambda lo, hi: K.channel_sq_dev(x3[lo:hi], mean), N, C * L)
     return mean, sum(sq_dev) / (N * L)
@@ -290,10 +295,15 @@ def _backward(dout, cache, dx, runner):
     d3 = np.ascontiguousarray(dout).reshape(x3.shape)  # (N, C, L)
     six = act == "relu6"
 
+    if act is not None:  # the forward's affine coefficients: the activation's mask from x
+        scale, shift = K.affine_coefficients(w, cache.b, mean, invstd)
+        masked = (six, scale, shift)
+
     def sums(lo, hi):  # (C,), (C,) float64 over a slice of the batch
         if act is None:
             return K.grad_sums(d3[lo:hi], x3[lo:hi], mean)
-        return K.grad_sums_act(d3[lo:hi], out3[lo:hi], x3[lo:hi], mean, six)  # what act passes
+        o = None if out3 is None else out3[lo:hi]
+        return K.grad_sums_act(d3[lo:hi], o, x3[lo:hi], mean, *masked)  # what act passes
 
     per_image = x3.shape[1] * x3.shape[2]
     parts = runner.map(sums, x3.shape[0], per_image)  # [(S, T) of each slice]
@@ -311,11 +321,11 @@ def _backward(dout, cache, dx, runner):
             if act is None:
                 K.train_dx_inplace(d, xs, mean, k, a, b)
             else:
-                K.train_dx_act_inplace(d, o, xs, mean, k, a, b, six)
+                K.train_dx_act_inplace(d, o, xs, mean, k, a, b, *masked)
         elif act is None:
             K.train_dx(d, xs, mean, k, a, b, dx[lo:hi])
         else:
-            K.train_dx_act(d, o, xs, mean, k, a, b, dx[lo:hi], six)
+            K.train_dx_act(d, o, xs, mean, k, a, b, dx[lo:hi], *masked)
 
     runner.map(images, x3.shape[0], per_image)
     dweight = (T * invstd).astype(dt) if has_weight else None

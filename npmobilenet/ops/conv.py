@@ -69,6 +69,9 @@ class Conv2dCache(NamedTuple):
         matmul); backward uses the same one.
     unbatched: the input was (C, H, W), so the output and dx drop the batch axis.
     out_shape: the shape of the returned ``out`` (dout is checked against it).
+    cols: the "im2col" method's column matrices (N, C*kH*kW, OH*OW), kept for the backward
+        when one was announced (``backward_ahead``) and they are small
+        (:data:`IM2COL_KEEP_MAX_BYTES`), else None (the backward builds them again).
     """
 
     x: np.ndarray
@@ -81,6 +84,7 @@ class Conv2dCache(NamedTuple):
     method: str
     unbatched: bool
     out_shape: tuple[int, ...]
+    cols: np.ndarray | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -222,14 +226,17 @@ def conv2d_forward(
     into slices run on its threads.
     backward_ahead (keyword): a backward will follow (a layer in training mode); on a cold
     Numba cache its kernels are compiled meanwhile in a second process
-    (:mod:`npmobilenet.compile_ahead`).
+    (:mod:`npmobilenet.compile_ahead`), and small im2col column matrices are kept in the cache
+    for it.
 
     out: (N, K, OH, OW), or (K, OH, OW) for an unbatched x, in x's dtype.
     cache: a ``Conv2dCache``.
     """
     op = "conv2d"
     x4, weight, bias, groups, unbatched = _check_arrays(op, x, weight, bias, groups)
-    geom, method, out_shape = _geometry(op, x4, weight, stride, padding, dilation, groups, method)
+    geom, method, out_shape = _geometry(
+        op, x4.shape, weight.shape, x4.dtype, stride, padding, dilation, groups, method
+    )
     shape = out_shape[1:] if unbatched else out_shape
     out = _checks.out_array(op, "out", out, shape, x4.dtype, x4, weight, bias)
     x4 = np.ascontiguousarray(x4)  # (N, C, H, W)
@@ -239,24 +246,38 @@ def conv2d_forward(
         compile_ahead.expect_backward()
         if method == "direct" and _is_depthwise3x3(weight, geom[2]):
             _compile_backward_ahead(x4, weight, out_shape, geom[0])
-    out4 = _FORWARD[method](x4, weight, out_shape, *geom, out=out4, runner=runner or SERIAL)
+    cols = _kept_columns(x4, weight, out_shape) if backward_ahead and method == "im2col" else None
+    kw = {} if cols is None else {"cols": cols}
+    out4 = _FORWARD[method](x4, weight, out_shape, *geom, out=out4, runner=runner or SERIAL, **kw)
     if bias is not None:
         out4 += bias.reshape(1, -1, 1, 1)  # out (N, K, OH, OW) + bias (1, K, 1, 1)
     result = out4[0] if unbatched else out4
     if out is not None:
         result = out
-    cache = Conv2dCache(x4, weight, bias is not None, *geom, method, unbatched, result.shape)
+    cache = Conv2dCache(x4, weight, bias is not None, *geom, method, unbatched, result.shape,
+                        cols)  # fmt: skip
     return result, cache
 
 
-def _geometry(op, x4, weight, stride, padding, dilation, groups, method):
-    """Check and resolve the geometry: ((stride, padding, dilation, groups), method, out_shape).
+def _kept_columns(x4, weight, out_shape):
+    """An array for the im2col column matrices of the whole batch, (N, C*kH*kW, OH*OW), when
+    they take at most :data:`IM2COL_KEEP_MAX_BYTES`, else None."""
+    rows = x4.shape[1] * weight.shape[2] * weight.shape[3]  # C*kH*kW
+    shape = (x4.shape[0], rows, out_shape[2] * out_shape[3])  # (N, C*kH*kW, L)
+    if math.prod(shape) * x4.itemsize > IM2COL_KEEP_MAX_BYTES:
+        return None
+    return np.empty(shape, dtype=x4.dtype)
+
+
+def _geometry(op, x_shape, w_shape, dtype, stride, padding, dilation, groups, method):
+    """Check and resolve the geometry of x (N, C, H, W) and weight (K, Cg, kH, kW) of ``dtype``:
+    ((stride, padding, dilation, groups), method, out_shape).
 
     out_shape is (N, K, OH, OW); padding is (top, bottom, left, right). A function of the
     shapes, the dtype and the arguments alone: for arguments of plain Python ints, tuples of
     them and strings (a layer's own) the answer is remembered (:func:`_geometry_memo`); any
     other argument is checked afresh on every call."""
-    args = (op, x4.shape, weight.shape, x4.dtype, stride, padding, dilation, groups, method)
+    args = (op, x_shape, w_shape, dtype, stride, padding, dilation, groups, method)
     if all(map(_plain, args[4:])):
         return _geometry_memo(*args)
     return _geometry_of(*args)
@@ -318,9 +339,10 @@ def conv2d_backward(dout, cache, *, dx=None, input_grad=True, weight_grad=True, 
     dout4 = np.ascontiguousarray(dout[None] if cache.unbatched else dout)  # (N, K, OH, OW)
     dx4 = None if dx is None else dx.reshape(cache.x.shape)  # a view
     geom = (cache.stride, cache.padding, cache.dilation, cache.groups)
+    kw = {} if cache.cols is None else {"cols": cache.cols}
     dx4, dweight = _BACKWARD[cache.method](
         dout4, cache.x, cache.weight, *geom, dx=dx4, input_grad=input_grad,
-        weight_grad=weight_grad, runner=runner or SERIAL,
+        weight_grad=weight_grad, runner=runner or SERIAL, **kw,
     )  # fmt: skip
     # out = conv + bias.reshape(1, K, 1, 1): the bias gradient sums dout over N, OH, OW.
     dbias = dout4.sum(axis=(0, 2, 3)) if cache.has_bias else None
@@ -329,6 +351,37 @@ def conv2d_backward(dout, cache, *, dx=None, input_grad=True, weight_grad=True, 
     if dx is None:
         dx = dx4[0] if cache.unbatched else dx4
     return dx, dweight, dbias
+
+
+def conv2d_kernels(x_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1,
+                   method="auto", dtype=np.float32):  # fmt: skip
+    """The slow-to-compile kernels that ``conv2d_forward`` and ``conv2d_backward`` would run on
+    x (N, C, H, W) and weight (K, C/groups, kH, kW) with these arguments, as ``(forward,
+    backward)``: tuples of ``(kernel, argument types)`` in the order the ops call them. These are
+    the depthwise 3x3 kernels (weights assumed finite); other convolutions, and arguments the op
+    would refuse, give empty tuples. For :mod:`npmobilenet.compile_ahead`, which compiles them
+    in a second process on a cold Numba cache.
+    """
+    try:
+        geom, method, out_shape = _geometry(
+            "conv2d", tuple(x_shape), tuple(weight_shape), np.dtype(dtype), stride, padding,
+            dilation, groups, method,
+        )  # fmt: skip
+    except (TypeError, ValueError):  # the op itself says what is wrong when it runs
+        return (), ()
+    if method != "direct" or not _is_depthwise3x3_shape(weight_shape, geom[2]):
+        return (), ()
+    return _depthwise_plan(x_shape[1], weight_shape[0], tuple(x_shape[2:]), out_shape[2:],
+                           geom[0], np.dtype(dtype))  # fmt: skip
+
+
+@lru_cache(maxsize=256)
+def _depthwise_plan(channels, out_channels, in_hw, out_hw, stride, dtype):
+    """``conv2d_kernels`` of a depthwise 3x3 convolution: (forward, backward)."""
+    shape = DepthwiseShape(channels, out_channels, in_hw, out_hw, stride)
+    forward = ((depthwise3x3_kernel("forward", shape), compile_ahead.signature(dtype, 3)),)
+    backward = _depthwise_backward_plan(channels, out_channels, in_hw, out_hw, stride, dtype)
+    return forward, backward[::-1]  # the weight gradient is computed first
 
 
 def _compile_backward_ahead(x4, weight, out_shape, stride) -> None:
@@ -367,7 +420,11 @@ def _per_image(a):
 def _is_depthwise3x3(weight, dilation):
     """(K, 1, 3, 3) weight, dilation 1: MobileNet's depthwise layers, run by conv_depthwise.py
     or one of its tuned variants (``npmobilenet.kernels.tuned``)."""
-    return weight.shape[1:] == (1, 3, 3) and dilation == (1, 1)
+    return _is_depthwise3x3_shape(weight.shape, dilation)
+
+
+def _is_depthwise3x3_shape(w_shape, dilation):
+    return tuple(w_shape[1:]) == (1, 3, 3) and dilation == (1, 1)
 
 
 def _depthwise_shape(x, weight, out_hw, stride):
@@ -389,6 +446,7 @@ def _forward_direct(x, weight, out_shape, stride, pad, dilation, groups, out, ru
     if _is_depthwise3x3(weight, dilation):
         shape = _depthwise_shape(x, weight, out_shape[2:], stride)
         kernel, args = depthwise3x3_kernel("forward", shape), (sh, sw, pad[0], pad[2])
+        compile_ahead.wait(kernel, compile_ahead.signature(x.dtype, 3))  # if it was handed on
     else:
         kernel = conv2d_direct_forward
         args = (sh, sw, pad[0], pad[2], dil_h, dil_w, groups)
@@ -414,8 +472,9 @@ def _backward_direct(
     if depthwise:
         shape = _depthwise_shape(x, weight, dout.shape[2:], stride)
         both = depthwise3x3_kernel("backward", shape)  # one kernel for dx and dW, or None
-        dw_kernel = depthwise3x3_kernel("backward_weight", shape)
-        dx_kernel = depthwise3x3_kernel("backward_input", shape)
+        if both is None:
+            dw_kernel = depthwise3x3_kernel("backward_weight", shape)
+            dx_kernel = depthwise3x3_kernel("backward_input", shape)
         # dx is a correlation of (zero-spread) dout with the 180-degree rotated filter
         w_flipped = None if both else np.ascontiguousarray(weight[:, :, ::-1, ::-1])
         for kernel, n_arrays in ((both, 5), (dw_kernel, 3), (dx_kernel, 3)):
@@ -466,25 +525,29 @@ def _sum_slices(parts):
 # --------------------------------------------------------------------------------------------
 
 
-def _forward_im2col(x, weight, out_shape, stride, pad, dilation, groups, out, runner):
+def _forward_im2col(x, weight, out_shape, stride, pad, dilation, groups, out, runner, cols=None):
+    """``cols``: None, or an array for the whole batch's column matrices to fill (see
+    :func:`_kept_columns`)."""
     N, K, OH, OW = out_shape
     C, kH, kW = x.shape[1], weight.shape[2], weight.shape[3]
     (sh, sw), (dil_h, dil_w) = stride, dilation
     w3 = weight.reshape(groups, K // groups, -1)  # (G, Kg, Cg*kH*kW)
     out = np.empty(out_shape, dtype=x.dtype) if out is None else out  # fully written below
     out4 = out.reshape(N, groups, K // groups, OH * OW)  # (N, G, Kg, L) view
+    kept = cols
 
     def images(lo, hi):  # a slice of the batch (the whole batch unless a runner splits it)
-        if (hi - lo) * C * kH * kW * OH * OW * x.itemsize <= IM2COL_BATCHED_MAX_BYTES:
-            cols = np.empty((hi - lo, C * kH * kW, OH * OW), dtype=x.dtype)  # (n, C*kH*kW, L)
+        rows = (hi - lo, C * kH * kW, OH * OW)  # (n, C*kH*kW, L)
+        if kept is not None or math.prod(rows) * x.itemsize <= IM2COL_BATCHED_MAX_BYTES:
+            cols = np.empty(rows, dtype=x.dtype) if kept is None else kept[lo:hi]
             im2col_images(x[lo:hi], kH, kW, sh, sw, pad[0], pad[2], dil_h, dil_w, OH, OW, cols)
             cols4 = cols.reshape(hi - lo, groups, C // groups * kH * kW, OH * OW)  # a view
             np.matmul(w3, cols4, out=out4[lo:hi])
             return
-        cols = np.empty((C * kH * kW, OH * OW), dtype=x.dtype)  # (C*kH*kW, L), per image
-        cols3 = cols.reshape(groups, -1, OH * OW)  # (G, Cg*kH*kW, L)
+        one = np.empty((C * kH * kW, OH * OW), dtype=x.dtype)  # (C*kH*kW, L), per image
+        cols3 = one.reshape(groups, -1, OH * OW)  # (G, Cg*kH*kW, L)
         for n in range(lo, hi):
-            im2col(x[n], kH, kW, sh, sw, pad[0], pad[2], dil_h, dil_w, OH, OW, cols)
+            im2col(x[n], kH, kW, sh, sw, pad[0], pad[2], dil_h, dil_w, OH, OW, one)
             np.matmul(w3, cols3, out=out4[n])  # (G, Kg, Cg*kH*kW) @ (G, Cg*kH*kW, L)
 
     runner.map(images, N, max(_per_image(x), C * kH * kW * OH * OW))
@@ -492,33 +555,41 @@ def _forward_im2col(x, weight, out_shape, stride, pad, dilation, groups, out, ru
 
 
 def _backward_im2col(
-    dout, x, weight, stride, pad, dilation, groups, dx, input_grad, weight_grad, runner
-):
+    dout, x, weight, stride, pad, dilation, groups, dx, input_grad, weight_grad, runner,
+    cols=None,
+):  # fmt: skip
+    """``cols``: None, or the forward's column matrices of the whole batch (then not built
+    again)."""
     if input_grad and dx is None:
         dx = np.empty(x.shape, dtype=x.dtype)
     geom = (stride, pad, dilation, groups)
 
     def images(lo, hi):  # a slice of the batch: returns its part of dW
         sub_dx = dx[lo:hi] if input_grad else None
-        return _backward_im2col_images(dout[lo:hi], x[lo:hi], weight, *geom, sub_dx, input_grad)[1]
+        sub_cols = None if cols is None else cols[lo:hi]
+        return _backward_im2col_images(dout[lo:hi], x[lo:hi], weight, *geom, sub_dx, input_grad,
+                                       sub_cols)[1]  # fmt: skip
 
     if not (input_grad or weight_grad):
         return None, None
-    cols = x.shape[1] * weight.shape[2] * weight.shape[3] * dout.shape[2] * dout.shape[3]
-    slices = runner.map(images, x.shape[0], max(_per_image(x), cols))
+    per_image = x.shape[1] * weight.shape[2] * weight.shape[3] * dout.shape[2] * dout.shape[3]
+    slices = runner.map(images, x.shape[0], max(_per_image(x), per_image))
     return (dx if input_grad else None), (_sum_slices(slices) if weight_grad else None)
 
 
-def _backward_im2col_images(dout, x, weight, stride, pad, dilation, groups, dx, input_grad):
-    """``_backward_im2col`` of a batch (or a slice of one), serially."""
+def _backward_im2col_images(
+    dout, x, weight, stride, pad, dilation, groups, dx, input_grad, cols=None
+):  # fmt: skip
+    """``_backward_im2col`` of a batch (or a slice of one), serially; ``cols`` the slice's
+    column matrices, when the forward kept them."""
     N, K, OH, OW = dout.shape
     C, kH, kW = x.shape[1], weight.shape[2], weight.shape[3]
     (sh, sw), (dil_h, dil_w) = stride, dilation
     w3 = weight.reshape(groups, K // groups, -1)  # (G, Kg, Cg*kH*kW)
     d4 = dout.reshape(N, groups, K // groups, OH * OW)  # (N, G, Kg, L)
-    if N * C * kH * kW * OH * OW * x.itemsize <= IM2COL_BATCHED_MAX_BYTES:
+    if cols is not None or N * C * kH * kW * OH * OW * x.itemsize <= IM2COL_BATCHED_MAX_BYTES:
         return _backward_im2col_batched(
-            dout, x, weight, stride, pad, dilation, groups, dx, input_grad
+            dout, x, weight, stride, pad, dilation, groups, dx, input_grad, cols
         )
     cols = np.empty((C * kH * kW, OH * OW), dtype=x.dtype)
     cols3 = cols.reshape(groups, -1, OH * OW)  # (G, Cg*kH*kW, L)
@@ -543,19 +614,25 @@ def _backward_im2col_images(dout, x, weight, stride, pad, dilation, groups, dx, 
 # per image (alpha 0.25 at 32x32, batch 64: the first layer's 64 small GEMM pairs were ~5 ms
 # of a ~40 ms step).
 IM2COL_BATCHED_MAX_BYTES = 32 * 2**20
+# Column matrices of at most this many bytes for the whole batch are kept from the forward for
+# the backward (``Conv2dCache.cols``) instead of being built twice: at alpha 0.25, 32x32, batch
+# 64 the first layer's are 1.7 MB and take about a third of a millisecond to build.
+IM2COL_KEEP_MAX_BYTES = 8 * 2**20
 
 
 def _backward_im2col_batched(
-    dout, x, weight, stride, pad, dilation, groups, dx=None, input_grad=True
+    dout, x, weight, stride, pad, dilation, groups, dx=None, input_grad=True, cols=None
 ):
-    """``_backward_im2col`` with every image's columns at once: the same sums, fewer calls."""
+    """``_backward_im2col`` with every image's columns at once: the same sums, fewer calls.
+    ``cols``: the forward's (N, C*kH*kW, L) column matrices, or None to build them here."""
     N, K, OH, OW = dout.shape
     C, kH, kW = x.shape[1], weight.shape[2], weight.shape[3]
     (sh, sw), (dil_h, dil_w), L = stride, dilation, OH * OW
     w3 = weight.reshape(groups, K // groups, -1)  # (G, Kg, Cg*kH*kW)
     d4 = dout.reshape(N, groups, K // groups, L)  # (N, G, Kg, L)
-    cols = np.empty((N, C * kH * kW, L), dtype=x.dtype)  # (N, C*kH*kW, L)
-    im2col_images(x, kH, kW, sh, sw, pad[0], pad[2], dil_h, dil_w, OH, OW, cols)
+    if cols is None:
+        cols = np.empty((N, C * kH * kW, L), dtype=x.dtype)  # (N, C*kH*kW, L)
+        im2col_images(x, kH, kW, sh, sw, pad[0], pad[2], dil_h, dil_w, OH, OW, cols)
     # forward: out[n] = w3 @ cols[n], so dW = sum_n dout[n] @ cols[n].T, dcols = W.T @ dout
     dw3 = _pointwise_dweight(d4, cols.reshape(N, groups, C // groups * kH * kW, L))
     if not input_grad:
@@ -607,6 +684,10 @@ def _backward_pointwise(
     dx4 = dx.reshape(x4.shape) if input_grad else None  # a view
 
     def images(lo, hi):  # a slice of the batch: its dx, and its part of dW
+        if input_grad and weight_grad and 1 < H * W <= POINTWISE_ONE_GEMM_MAX_HW:
+            d2 = _channel_major(d4[lo:hi])  # (G, Kg, n*L): one copy for both products
+            _gemm_batch_major(w3.transpose(0, 2, 1), d2, dx4[lo:hi])
+            return np.matmul(d2, _channel_major(x4[lo:hi]).transpose(0, 2, 1))  # (G, Kg, Cg)
         if input_grad and H * W <= POINTWISE_ONE_GEMM_MAX_HW:
             _one_gemm(w3.transpose(0, 2, 1), d4[lo:hi], dx4[lo:hi])
         elif input_grad:
@@ -628,24 +709,60 @@ def _pointwise_work(x4, y4):
 
 # Up to this many pixels per image, a pointwise layer's output (and its dx) is one GEMM over
 # the whole batch instead of one per image: N GEMMs of H*W columns each run at a fraction of
-# BLAS's speed (measured at N=64, 256 -> 256 channels, 2x2 pixels: one GEMM 0.38 ms with its
-# two transposing copies, per image 0.78 ms; at 4x4 pixels per image is already faster).
-POINTWISE_ONE_GEMM_MAX_HW = 4
+# BLAS's speed (measured at N=64, 64 -> 64 channels, 4x4 pixels: the layer's forward takes
+# 0.08 ms as one GEMM with its two transposing copies, 0.10 ms per image; at 8x8 pixels per
+# image is as fast).
+POINTWISE_ONE_GEMM_MAX_HW = 16
 
 
 def _one_gemm(w3, x4, out4):
     """out4 (n, G, Kg, L) = w3 (G, Kg, Cg) @ x4[i] (G, Cg, L) for every image i, as one GEMM
     ``(G, Kg, Cg) @ (G, Cg, n*L)`` (the batch axis moved next to the pixels: a copy of x4 and
-    of the result, a view and no copy when L is 1)."""
+    of the result, see :func:`_channel_major`). With one group and one pixel the images are
+    the rows of x4 and out4 already: ``(n, Cg) @ (Cg, Kg)``, no copy."""
     n, G, Cg, L = x4.shape
-    x2 = x4.transpose(1, 2, 0, 3).reshape(G, Cg, n * L)  # (G, Cg, n*L)
+    if L == 1 and G == 1 and out4.flags.c_contiguous:
+        np.matmul(x4.reshape(n, Cg), w3[0].T, out=out4.reshape(n, -1))  # (n, Cg) @ (Cg, Kg)
+        return
+    _gemm_batch_major(w3, _channel_major(x4), out4)
+
+
+def _gemm_batch_major(w3, x2, out4):
+    """out4 (n, G, Kg, L) = w3 (G, Kg, Cg) @ x2 (G, Cg, n*L), the product's columns moved
+    back to their images."""
+    n, G, _, L = out4.shape
     y = np.matmul(w3, x2)  # (G, Kg, n*L)
-    out4[...] = y.reshape(G, -1, n, L).transpose(2, 0, 1, 3)  # (n, G, Kg, L)
+    _copy_transposed(out4, y.reshape(G, -1, n, L), (2, 0, 1, 3))
 
 
-# Below this many pixels per image, dW is one GEMM over the whole batch (a small transposing
-# copy); above it, one GEMM per image with no copy. Measured at N=64, K=C=256, H*W=1: one GEMM
-# 0.09 ms, per image 9.4 ms; at N=16, C=32, K=64, H*W=12544: one GEMM 44 ms, per image 24 ms.
+def _channel_major(a4):
+    """(n, G, C, L) -> (G, C, n*L), the batch axis moved next to the pixels: a copy (a view
+    when L is 1)."""
+    n, G, C, L = a4.shape
+    if L == 1:
+        return a4.transpose(1, 2, 0, 3).reshape(G, C, n)
+    out = np.empty((G, C, n, L), a4.dtype)
+    _copy_transposed(out, a4, (1, 2, 0, 3))
+    return out.reshape(G, C, n * L)
+
+
+def _copy_transposed(dst, src, axes):
+    """``dst[...] = src.transpose(axes)``, ``axes`` keeping the last axis (L pixels) last.
+
+    Where both last axes are contiguous, each row of L pixels is copied as one opaque element:
+    NumPy's copy loops run over the innermost axis, only a few pixels long here (at 2x2 pixels
+    moving rows is 4x faster)."""
+    L, size = src.shape[-1], src.itemsize
+    if L > 1 and src.size and src.strides[-1] == size and dst.strides[-1] == size:
+        row = np.dtype(f"V{L * size}")  # (an opaque element of L * size bytes)
+        dst, src = dst.view(row), src.view(row)
+    np.copyto(dst, src.transpose(axes))
+
+
+# Below this many pixels per image, dW is one GEMM over the whole batch (a small transposing copy
+# of each operand); above it, one GEMM per image with no copy. Measured at N=64, K=C=256,
+# H*W=1: one GEMM 0.09 ms, per image 9.4 ms; at N=16, C=32, K=64, H*W=12544: one GEMM 44 ms,
+# per image 24 ms.
 POINTWISE_BATCHED_DW_MAX_HW = 255
 
 
@@ -659,8 +776,8 @@ def _pointwise_dweight(d4, x4):
     N, G, Kg, L = d4.shape
     Cg = x4.shape[2]
     if L <= POINTWISE_BATCHED_DW_MAX_HW:
-        d2 = d4.transpose(1, 2, 0, 3).reshape(G, Kg, N * L)  # (G, Kg, N*L) copy
-        x2 = x4.transpose(1, 2, 0, 3).reshape(G, Cg, N * L)  # (G, Cg, N*L) copy
+        d2 = _channel_major(d4)  # (G, Kg, N*L)
+        x2 = _channel_major(x4)  # (G, Cg, N*L)
         return np.matmul(d2, x2.transpose(0, 2, 1))
     dw3 = np.zeros((G, Kg, Cg), dtype=d4.dtype)
     step = np.empty_like(dw3)

@@ -9,7 +9,12 @@ Every optimizer here follows ``torch.optim``:
 * ``state`` holds, per parameter, the running buffers of the update rule (momentum, moving
   averages, step count), created lazily on the first ``step()``.
 * ``step()`` updates ``p.data`` **in place**: the weight arrays keep their identity, so a model
-  holding views of them sees the new values.
+  holding views of them sees the new values. Parameters packed side by side in one buffer
+  (``Module.pack_parameters``) are updated as one array: the update rules are elementwise, so
+  the numbers are the same, with one call per operation instead of one per parameter. Their
+  state arrays are then views of one buffer per state entry, kept by the optimizer
+  (``_packed``) and made again from ``state`` whenever ``state`` no longer holds those views
+  (after ``load_state_dict``, say).
 
 The update rules themselves are small functions of ``(param, grad, state, hyper-parameters)`` in
 ``sgd.py``, ``rmsprop.py`` and ``adam.py``; they follow torch's single-tensor (``foreach=False``)
@@ -27,7 +32,7 @@ import numbers
 import numpy as np
 
 from npmobilenet._checks import describe, number, short_repr
-from npmobilenet.nn.parameter import Parameter
+from npmobilenet.nn.parameter import Parameter, packed_runs
 
 
 class Optimizer:
@@ -50,6 +55,9 @@ class Optimizer:
         self.param_groups: list[dict] = []
         self.state: dict[int, dict] = {}  # id(param) -> that parameter's buffers
         self._work: dict[int, list[np.ndarray]] = {}  # id(param) -> scratch arrays, not state
+        # a run of packed parameters (_run_key) -> (the state arrays of the whole run,
+        # [{key: view} per parameter]): the views this optimizer put into self.state
+        self._packed: dict[tuple, tuple[dict, list[dict]]] = {}
         if isinstance(params, Parameter) or isinstance(params, dict):
             params = [params]
         try:
@@ -114,10 +122,16 @@ class Optimizer:
 
     def step(self) -> None:
         """Apply one update to every parameter that requires a gradient, in place."""
+        packs = type(self)._update is Optimizer._update  # (a subclass's own _update: per param)
         for group in self.param_groups:
             hyper = {k: group[k] for k in self.hyperparameters}  # read now: schedulers write them
-            for p in group["params"]:
-                if p.requires_grad:
+            for run, data, grad in packed_runs(group["params"], trainable=True):
+                state = None if data is None or not packs else self._run_state(run, data)
+                if state is not None:
+                    self.update_rule(data, grad, state, self._scratch_run(run, data), **hyper)
+                    self._share_state(run, data, state)
+                    continue
+                for p in run:
                     self._update(p, self.state.setdefault(id(p), {}), group, hyper)
 
     def _update(self, p: Parameter, state: dict, group: dict, hyper: dict) -> None:
@@ -130,6 +144,60 @@ class Optimizer:
         if work is None or len(work) < k:
             work = self._work.setdefault(id(p), [])
             work += [np.empty_like(p.data) for _ in range(k - len(work))]
+        return work
+
+    # ----- packed parameters: one update for a run of them -----------------------------------
+
+    def _run_state(self, run: list[Parameter], data: np.ndarray) -> dict | None:
+        """The state of the whole run for ``update_rule``: the buffers whose views ``state``
+        holds, else new ones from the parameters' state (None if their entries differ)."""
+        states = [self.state.get(id(p)) or {} for p in run]
+        if any(s.keys() != states[0].keys() for s in states):
+            return None
+        kept = self._packed.get(_run_key(run))
+        if kept is not None and all(
+            all(s.get(k) is a for k, a in v.items()) for s, v in zip(states, kept[1])
+        ):  # fmt: skip
+            whole = {k: a for k, a in kept[0].items() if isinstance(a, np.ndarray)}
+        elif all(not s for s in states):
+            return {}
+        else:
+            whole = _joined(states, run)
+            if whole is None:
+                return None
+        for k in states[0].keys() - whole.keys():  # numbers (a step count): the same for all
+            if any(isinstance(s[k], np.ndarray) for s in states):
+                return None
+            if len({repr(s[k]) for s in states}) != 1:
+                return None
+            whole[k] = states[0][k]
+        return whole
+
+    def _share_state(self, run: list[Parameter], data: np.ndarray, whole: dict) -> None:
+        """Give each parameter of the run its part of the run's state: views of its arrays,
+        its numbers as they are."""
+        key, views = _run_key(run), [{} for _ in run]
+        arrays = {k: a for k, a in whole.items() if isinstance(a, np.ndarray)}
+        for k in whole.keys() - arrays.keys():
+            for p in run:
+                self.state.setdefault(id(p), {})[k] = whole[k]
+        kept = self._packed.get(key)
+        if kept is not None and kept[0].keys() == arrays.keys() \
+                and all(kept[0][k] is a for k, a in arrays.items()):  # fmt: skip
+            return  # the parameters hold views of these arrays already
+        start = run[0].packed.start
+        for k, a in arrays.items():
+            for p, v in zip(run, views):
+                lo, hi = p.packed.start - start, p.packed.stop - start
+                v[k] = self.state.setdefault(id(p), {})[k] = a[lo:hi].reshape(p.data.shape)
+        self._packed[key] = (arrays, views)
+
+    def _scratch_run(self, run: list[Parameter], data: np.ndarray) -> list[np.ndarray]:
+        """``work_arrays`` reusable arrays shaped like the run's 1-D ``data``."""
+        key = _run_key(run)
+        work = self._work.get(key)
+        if work is None or len(work) < self.work_arrays or work[0].shape != data.shape:
+            work = self._work[key] = [np.empty_like(data) for _ in range(self.work_arrays)]
         return work
 
     # ----- checkpointing ----------------------------------------------------------------------
@@ -212,6 +280,25 @@ class Optimizer:
             self._check_group({**group, **new})
             new_groups.append(new)
         return new_state, new_groups
+
+
+def _run_key(run: list[Parameter]) -> tuple:
+    """A run of packed parameters: its first and last parameter's identities."""
+    return (id(run[0]), id(run[-1]), len(run))
+
+
+def _joined(states: list[dict], run: list[Parameter]) -> dict | None:
+    """Each array entry of the parameters' ``states`` joined end to end into one 1-D array (a
+    copy), when every parameter's entry is an array shaped like its data (else None)."""
+    keys = {k for k, a in states[0].items() if isinstance(a, np.ndarray)}
+    whole = {}
+    for k in keys:
+        parts = [s[k] for s in states]
+        if any(not isinstance(a, np.ndarray) or a.shape != p.data.shape
+               for a, p in zip(parts, run)):  # fmt: skip
+            return None
+        whole[k] = np.concatenate([a.ravel() for a in parts]).astype(run[0].data.dtype)
+    return whole
 
 
 def _state_index(op: str, key, count: int) -> int:
