@@ -58,6 +58,8 @@ class BatchNormCache(NamedTuple):
 
 def _check_vector(name, v, x, allow_none, op=_FWD):
     """A per-channel vector: None (if allowed) or a float array of shape (C,) and x's dtype."""
+    if type(v) is np.ndarray and v.dtype == x.dtype and v.shape == (x.shape[1],):
+        return v  # x is a checked float array: v is one of its dtype, of shape (C,)
     if v is None:
         if allow_none:
             return None
