@@ -507,8 +507,13 @@ def _bounds(dtype_of):
 def _scale_shift_act_flat(x, scale, shift, out, six):
     L = x.shape[2]
     zero, top = _bounds(out)
-    _affine_flat(_flat(x), _flat(out), np.repeat(scale, L), np.repeat(shift, L))
-    _clamp_flat(_flat(out), zero, top, six)
+    x2, o2, a, b = _flat(x), _flat(out), np.repeat(scale, L), np.repeat(shift, L)
+    for n in range(x2.shape[0]):  # as _scale_shift_act, on (N, C*L) rows: one pass
+        for j in range(x2.shape[1]):
+            o2[n, j] = x2[n, j] * a[j] + b[j]  # rounded to out's dtype by the store ...
+            v = o2[n, j]  # ... and read back, then clamped
+            v = zero if v < 0 else v
+            o2[n, j] = (top if v > 6 else v) if six else v
 
 
 @njit(cache=True, nogil=True, fastmath=REASSOC)
@@ -523,19 +528,6 @@ def _scale_shift_act(x, scale, shift, out, six):
                 v = o[i]  # ... and read back (LLVM keeps it in a register), then clamped
                 v = zero if v < 0 else v
                 o[i] = (top if v > 6 else v) if six else v
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _clamp_flat(out2, zero, top, six):
-    """ReLU (ReLU6 if ``six``) in place on (N, C*L) rows, NaN kept (as in ``scale_shift_act``)."""
-    for n in range(out2.shape[0]):
-        for j in range(out2.shape[1]):
-            v = out2[n, j]
-            out2[n, j] = zero if v < 0 else v
-        if six:
-            for j in range(out2.shape[1]):
-                v = out2[n, j]
-                out2[n, j] = top if v > 6 else v
 
 
 def scale_shift_act_naive(x, scale, shift, out, six):
