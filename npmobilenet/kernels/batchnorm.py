@@ -17,12 +17,14 @@ from numba import njit
 
 from npmobilenet.kernels.fastmath import REASSOC
 
-# Planes of fewer pixels than this (MobileNet's last stages at small inputs: 2x2, 1x1) are
-# walked as one flat row of C*L values per image, with per-position copies of the per-channel
-# coefficients and per-position accumulators: a loop over C*L vectorises, while a loop over L
-# values per channel is all loop overhead (measured at 64 images of 128 channels of 2x2 pixels:
-# the backward sums 4x faster flat). Larger planes keep their per-channel rows.
-FLAT_MAX_L = 8
+# Planes of fewer pixels than this (MobileNet's last stages at small inputs: 4x4, 2x2, 1x1)
+# are walked as one flat row of C*L values per image, with per-position copies of the
+# per-channel coefficients and per-position accumulators: a loop over C*L vectorises, while a
+# loop over L values per channel is mostly loop overhead (measured at 64 images of 128 channels
+# of 2x2 pixels: the backward sums 4x faster flat; at 32 channels of 4x4, float32, the four
+# kernels of a training step 30 -> 23 us, 3x3 28 -> 16 us, and 5x5 still faster flat, 8x8
+# slower). Larger planes keep their per-channel rows (7x7 and up: a run at 224 never walks flat).
+FLAT_MAX_L = 17
 # The two walks are separate compiled kernels, and each public kernel below is a plain Python
 # function that picks one by the plane size: Numba compiles a kernel on its first call, so a
 # run compiles only the walks its planes use (both walks in one kernel doubled the compile time
