@@ -134,7 +134,7 @@ def test_eval_ignores_later_running_stat_changes():
 
 @pytest.mark.kernels
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("L", [17, 4, 1])  # per-channel rows; flat rows (below FLAT_MAX_L)
+@pytest.mark.parametrize("L", [17, 16, 4, 1])  # per-channel rows; flat rows (below FLAT_MAX_L)
 def test_kernels_match_naive(dtype, L):
     assert (L < K.FLAT_MAX_L) == (L != 17)
     rng = np.random.default_rng(3)
@@ -185,7 +185,7 @@ def test_channel_shifted_sums_match_naive(dtype):
 
 
 @pytest.mark.kernels
-@pytest.mark.parametrize("L", [9, 40, 12544])
+@pytest.mark.parametrize("L", [17, 40, 12544])
 def test_float32_one_pass_stats_match_float64_two_pass(L):
     """float32 input takes the one-pass shifted sums: against the float64 two-pass NumPy
     statistics of the same values, on data built to make a plain sum of squares cancel: image
@@ -280,7 +280,7 @@ def test_act_mask_from_x_is_the_mask_of_the_output_at_the_boundaries(dtype, six)
 
 @pytest.mark.kernels
 @pytest.mark.parametrize("six", [False, True])
-@pytest.mark.parametrize("L", [17, 4, 1])  # per-channel rows; flat rows (below FLAT_MAX_L)
+@pytest.mark.parametrize("L", [17, 16, 4, 1])  # per-channel rows; flat rows (below FLAT_MAX_L)
 def test_act_kernels_match_naive(six, L):
     rng = np.random.default_rng(5)
     x = (rng.standard_normal((3, 4, L)) * 5 + 2).astype(np.float32)

@@ -207,6 +207,20 @@ def test_named_parameters_are_the_parameter_objects():
     assert net.state_dict()["0.weight"] is net[0].weight.data  # shared, as in torch
 
 
+@pytest.mark.torch
+def test_parameters_walk_nested_modules_in_torchs_order(torch):
+    def tree(m):  # the same nesting in either library: modules at three depths, siblings after
+        return m.Sequential(
+            m.Sequential(m.Conv2d(3, 4, 1), m.Sequential(m.BatchNorm2d(4), m.Linear(4, 5))),
+            m.Linear(5, 2), m.Sequential(), m.Sequential(m.Linear(2, 3), m.Conv2d(3, 6, 2)),
+        )  # fmt: skip
+
+    ours, ref = tree(nn), tree(torch.nn)
+    assert [p.data.shape for p in ours.parameters()] == [tuple(p.shape) for p in ref.parameters()]
+    assert list(ours.parameters()) == [p for _, p in ours.named_parameters()]
+    assert [n for n, _ in ours.named_parameters()] == [n for n, _ in ref.named_parameters()]
+
+
 def test_train_and_eval_reach_every_module():
     net = _small_net()
     assert all(m.training for _, m in net.named_modules())

@@ -39,8 +39,9 @@ class BatchNormCache(NamedTuple):
     (ones without one) and of the statistics used. has_weight, has_bias: whether they were given.
     training: batch statistics were used. shape: x's shape. act: None, "relu" or "relu6" (the
     fused activation). out3: the (N, C, L) output when act is set (its zeros mark where the
-    activation blocked the gradient), else None. b: (C,) float64 copy of the bias (zeros
-    without one), with which ``batch_norm_output`` computes the output again.
+    activation blocked the gradient), else None. scale, shift: (C,) float64, the forward's
+    ``out = act(x * scale + shift)`` coefficients (``K.affine_coefficients``), with which
+    ``batch_norm_output`` computes the output again and the fused backward finds its mask.
     """
 
     x3: np.ndarray
@@ -53,11 +54,14 @@ class BatchNormCache(NamedTuple):
     shape: tuple
     act: str | None
     out3: np.ndarray | None
-    b: np.ndarray
+    scale: np.ndarray
+    shift: np.ndarray
 
 
 def _check_vector(name, v, x, allow_none, op=_FWD):
     """A per-channel vector: None (if allowed) or a float array of shape (C,) and x's dtype."""
+    if type(v) is np.ndarray and v.dtype == x.dtype and v.shape == (x.shape[1],):
+        return v  # x is a checked float array: v is one of its dtype, of shape (C,)
     if v is None:
         if allow_none:
             return None
@@ -168,7 +172,7 @@ def _forward(x, weight, bias, running_mean, running_var, training, momentum, eps
     _apply(x3, scale, shift, act, out, runner)
     cache = BatchNormCache(
         x3, w, weight is not None, bias is not None, mean, invstd, bool(training), x.shape, act,
-        None if act is None else out, b,
+        None if act is None else out, scale, shift,
     )  # fmt: skip
     return (out.reshape(x.shape) if given is None else given), cache
 
@@ -201,8 +205,7 @@ def batch_norm_output(cache, *, out=None, runner=None):
     _check_cache(op, cache, (None, *ACTIVATIONS))
     out = _checks.out_array(op, "out", out, cache.shape, cache.x3.dtype, cache.x3)
     out3 = np.empty_like(cache.x3) if out is None else out.reshape(cache.x3.shape)  # a view
-    scale, shift = K.affine_coefficients(cache.w, cache.b, cache.mean, cache.invstd)
-    _apply(cache.x3, scale, shift, cache.act, out3, runner or SERIAL)
+    _apply(cache.x3, cache.scale, cache.shift, cache.act, out3, runner or SERIAL)
     cache = cache._replace(out3=None if cache.act is None else out3)
     return (out3.reshape(cache.shape) if out is None else out), cache
 
@@ -296,8 +299,7 @@ def _backward(dout, cache, dx, runner):
     six = act == "relu6"
 
     if act is not None:  # the forward's affine coefficients: the activation's mask from x
-        scale, shift = K.affine_coefficients(w, cache.b, mean, invstd)
-        masked = (six, scale, shift)
+        masked = (six, cache.scale, cache.shift)
 
     def sums(lo, hi):  # (C,), (C,) float64 over a slice of the batch
         if act is None:
