@@ -1,16 +1,17 @@
 """Compile a model's slow kernels in a second process while this one compiles the others.
 
 With an empty Numba cache a first forward or training step spends most of its time compiling
-kernels, one at a time on one core. A model knows which depthwise kernels its forward (and, in
-training, its backward) will run and with which argument types, so before its first forward it
-hands them to :func:`plan`, in the order it will call them; a layer's training forward hands its
-backward's kernels to :func:`submit`. One worker process (``python -m npmobilenet.compile_ahead``)
-compiles them into Numba's on-disk cache while this process compiles the rest: it takes the top
-of a stack, where :func:`plan` puts the first needed and :func:`submit` the most recently
-submitted (the backward visits the layers in reverse; submitting a queued kernel again moves it
-to the top unless its place came from a plan). Before the first call of a handed-on kernel this
-process calls :func:`wait`: a kernel the worker is compiling is waited for and then loaded from
-the cache (meanwhile this process compiles the kernels the worker would take next); one it has
+kernels, one at a time on one core. A model knows which depthwise and batch-norm kernels its
+forward (and, in training, its backward) will run and with which argument types, so before its
+first forward it hands them to :func:`plan`, in the order it will call them; a layer's training
+forward hands its backward's kernels to :func:`submit`. One worker process (``_WORKER_MAIN``:
+this package, from where this process imported it) compiles them into Numba's on-disk cache
+while this process compiles the rest: it takes the top of a stack, where :func:`plan` puts the
+first needed and :func:`submit` the most recently submitted (the backward visits the layers in
+reverse; submitting a queued kernel again moves it to the top unless its place came from a
+plan). Before the first call of a handed-on kernel this process calls :func:`wait`: a kernel
+the worker is compiling is waited for and then loaded from the cache (meanwhile this process
+compiles the kernels the worker would take next); one it has
 not started is taken back and compiled here as usual.
 
 A kernel already compiled in this process or found in the on-disk cache is never submitted, so
@@ -219,14 +220,12 @@ class _Worker:
             self.cond.acquire()
 
     def _start(self) -> bool:
-        """Start the worker (with this package first on its path); False if it cannot start."""
+        """Start the worker (importing this very package); False if it cannot start."""
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", f"{PACKAGE}.compile_ahead"], stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+                [sys.executable, "-c", _WORKER_MAIN, root, PACKAGE], stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
             )  # fmt: skip
         except OSError:
             self._give_up()
@@ -260,9 +259,12 @@ class _Worker:
         """The reader thread: mark each kernel the worker reports, send it the next one."""
         for line in proc.stdout:
             try:
-                rid = json.loads(line)["id"]  # None: ready, after its imports
+                message = json.loads(line)
+                rid = message["id"]  # None: ready, after its imports
             except (ValueError, KeyError, TypeError):
                 break
+            if rid is None and message.get("file") != os.path.abspath(__file__):
+                break  # another copy of the package: its cache entries are not this one's
             with self.cond:
                 if rid is not None:
                     self.state[self.sent[rid]] = "done"
@@ -325,9 +327,9 @@ def _compile(module: str, name: str, args: list) -> None:
 
 
 def serve(stdin, stdout) -> None:
-    """The worker: say it is ready (id None), then compile each requested kernel and report its
-    id (also on failure)."""
-    stdout.write(json.dumps({"id": None}) + "\n")
+    """The worker: say it is ready (id None, and which file it runs from), then compile each
+    requested kernel and report its id (also on failure)."""
+    stdout.write(json.dumps({"id": None, "file": os.path.abspath(__file__)}) + "\n")
     stdout.flush()
     for line in stdin:
         request = json.loads(line)
@@ -339,9 +341,29 @@ def serve(stdin, stdout) -> None:
         stdout.flush()
 
 
+def _serve_pipe() -> None:
+    """``serve`` on the process's stdin and stdout; anything else written to stdout (Numba's
+    NUMBA_DEBUG_CACHE log, say) goes to stderr instead of into the replies."""
+    replies = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+    sys.stdout.flush()
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    serve(sys.stdin, replies)
+
+
+# The worker's program: the package from the directory this one was imported from, ahead of
+# the working directory that ``python -c`` and ``-m`` put first on the path (a checkout there
+# would be another copy, with other cache entries). argv: [-c, root, package].
+_WORKER_MAIN = (
+    "import importlib, os, sys; p = sys.path\n"
+    "if p and p[0] in ('', os.getcwd()): del p[0]\n"
+    "p.insert(0, sys.argv[1])\n"
+    "importlib.import_module(sys.argv[2] + '.compile_ahead')._serve_pipe()"
+)
+
+
 _ENABLED = _enabled()
 _armed = False
 _WORKER = _Worker()
 
 if __name__ == "__main__":
-    serve(sys.stdin, sys.stdout)
+    _serve_pipe()

@@ -225,3 +225,25 @@ def test_a_plan_puts_the_first_needed_on_top_and_later_submits_keep_its_order(mo
     assert worker.queued == [c, b, a, d]
     compile_ahead.wait(*b)  # not started: taken back, compiled by the caller
     assert worker.queued == [c, a, d] and worker.state[b] == "taken"
+
+
+def test_worker_imports_this_package_not_a_copy_in_the_working_directory(tmp_path):
+    """``python -c`` puts the working directory first on the path: a checkout of another
+    version there must not be what the worker compiles (its cache entries would be another
+    file's); and what else the worker prints to stdout stays out of the replies."""
+    fake = tmp_path / compile_ahead.PACKAGE
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise ImportError('the copy in the working directory')\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(compile_ahead.__file__)))
+    request = {"id": 0, "module": "npmobilenet.kernels.conv_direct", "name": "all_finite",
+               "args": compile_ahead._encode((types.Array(types.float64, 1, "C"),))}  # fmt: skip
+    env = {**os.environ, "NUMBA_DEBUG_CACHE": "1", "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+    out = subprocess.run(
+        [sys.executable, "-c", compile_ahead._WORKER_MAIN, root, compile_ahead.PACKAGE],
+        input=json.dumps(request) + "\n", capture_output=True, text=True, timeout=120,
+        cwd=tmp_path, env=env,
+    )  # fmt: skip
+    replies = [json.loads(line) for line in out.stdout.splitlines()]
+    assert replies == [{"id": None, "file": os.path.abspath(compile_ahead.__file__)}, {"id": 0}]
+    assert "[cache]" in out.stderr  # Numba's cache log went to stderr
+    assert list((tmp_path / "cache").rglob("*all_finite*.nbi"))  # compiled into the cache
