@@ -352,11 +352,11 @@ def test_groups_and_slices_of_a_batch_match_the_model_and_torch(
     assert max(seen) == group and sum(seen) == n, seen
     expected = model.forward(x)
     assert np.abs(expected - expected[::-1]).max() > 0.01  # the images' logits differ
-    np.testing.assert_allclose(out, expected, **TOL[dtype])
     reference = _torch_logits(torch, _torch_twin(torch, model, dtype), x)
     scale = np.abs(reference).max()  # logits up to ~6: float32 rounding grows with them
-    np.testing.assert_allclose(out, reference, rtol=TOL[dtype]["rtol"],
-                               atol=TOL[dtype]["atol"] * max(1.0, scale))  # fmt: skip
+    tol = {"rtol": TOL[dtype]["rtol"], "atol": TOL[dtype]["atol"] * max(1.0, scale)}
+    np.testing.assert_allclose(out, expected, **tol)
+    np.testing.assert_allclose(out, reference, **tol)
 
 
 def _counted(fn, calls, kind):
