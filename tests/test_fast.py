@@ -2,10 +2,12 @@
 
 * Each fused kernel against a plain NumPy reference of the same math (no torch).
 * BN folding against conv-then-BN computed the long way.
-* The whole engine (``model.fuse()``) against the reference PyTorch model in eval mode, with
-  randomised BN running statistics, float32 and float64, several widths, resolutions,
-  activations and input channel counts; and against the model's own eval forward (the module
-  path) for what torch's seed model does not cover: ``conv="full"``, per-block activations.
+* The whole engine (``model.fuse()``) against the reference PyTorch model in eval mode, float32
+  and float64, several widths, resolutions, activations and input channel counts; and against
+  the model's own eval forward (the module path) for what torch's seed model does not cover:
+  ``conv="full"``, per-block activations. The models' BN running statistics are measured on
+  data, and every comparison checks that the images' logits differ by far more than its
+  tolerance (``_assert_matches``): an image, pixel or channel in the wrong place shows.
 * Unknown modules, bad inputs, buffer reuse, thread control.
 """
 
@@ -256,8 +258,21 @@ def _assert_matches(out, reference, x, dtype):
     atol = TOL[dtype]["atol"] * max(1.0, scale)
     spread = np.abs(expected - other).max()
     tol = atol + TOL[dtype]["rtol"] * scale
-    assert spread > max(100 * tol, 0.01 * scale), (spread, tol, scale)  # input-sensitive
+    assert spread > max(100 * tol, 0.01 * scale), (
+        f"the reference's logits barely depend on the image: they differ by {spread:.3g} between "
+        f"images, the tolerance is {tol:.3g}, the logits reach {scale:.3g}"
+    )
     np.testing.assert_allclose(out, expected, rtol=TOL[dtype]["rtol"], atol=atol)
+
+
+def test_the_comparison_rejects_a_model_blind_to_its_input(rng):
+    """A freshly initialised model (batch-norm statistics 0 and 1) gives nearly the same logits
+    for every image: comparisons against it could not see an image in the wrong place."""
+    model = MobileNetV1(0.25, 6, 3, dtype=np.float64, seed=0).eval()
+    for n in (2, 1):
+        x = rng.standard_normal((n, 3, 32, 32))
+        with pytest.raises(AssertionError, match="barely depend on the image"):
+            _assert_matches(model.fuse()(x), model.forward, x, np.float64)
 
 
 CASES = [
