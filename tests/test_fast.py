@@ -2,16 +2,19 @@
 
 * Each fused kernel against a plain NumPy reference of the same math (no torch).
 * BN folding against conv-then-BN computed the long way.
-* The whole engine (``model.fuse()``) against the reference PyTorch model in eval mode, with
-  randomised BN running statistics, float32 and float64, several widths, resolutions,
-  activations and input channel counts; and against the model's own eval forward (the module
-  path) for what torch's seed model does not cover: ``conv="full"``, per-block activations.
+* The whole engine (``model.fuse()``) against the reference PyTorch model in eval mode, float32
+  and float64, several widths, resolutions, activations and input channel counts; and against
+  the model's own eval forward (the module path) for what torch's seed model does not cover:
+  ``conv="full"``, per-block activations. The models' BN running statistics are measured on
+  data, and every comparison checks that the images' logits differ by far more than its
+  tolerance (``_assert_matches``): an image, pixel or channel in the wrong place shows.
 * Unknown modules, bad inputs, buffer reuse, thread control.
 """
 
 from __future__ import annotations
 
 import warnings
+from functools import partial
 
 import numpy as np
 import pytest
@@ -19,7 +22,7 @@ from conftest import TOL, Residual
 from hypothesis import given
 from hypothesis import strategies as st
 from test_onnx import random_model
-from torch_reference import build_seed_mobilenet, randomize_batch_norm
+from torch_reference import build_seed_mobilenet
 
 from npmobilenet import threads
 from npmobilenet.fast import UnsupportedModuleError, fold_batch_norm
@@ -208,14 +211,6 @@ def test_fold_batch_norm_equals_conv_then_bn(rng):
 # ---------------------------------------------------------------- the engine vs PyTorch
 
 
-def _seed_model(torch, alpha, classes, in_channels, activation, dtype, seed=0):
-    """The reference torch model in eval mode with non-trivial BN statistics and affine."""
-    torch.manual_seed(seed)
-    model = build_seed_mobilenet(torch, alpha, classes, in_channels, activation)
-    model = randomize_batch_norm(torch, model, seed + 1).eval()
-    return model.double() if dtype == np.float64 else model
-
-
 def _numpy_state(model):
     return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
 
@@ -226,11 +221,58 @@ def _torch_logits(torch, model, x):
 
 
 def _pair(torch, alpha, classes, in_ch, activation, dtype):
-    """The torch model and an npmobilenet MobileNetV1 holding its weights."""
-    reference = _seed_model(torch, alpha, classes, in_ch, activation, dtype)
-    model = MobileNetV1(alpha, classes, in_ch, activation=activation, dtype=dtype, seed=0)
-    model.load_state_dict(_numpy_state(reference))
-    return reference, model
+    """The reference torch model and an npmobilenet MobileNetV1 with the same weights and
+    batch-norm statistics (measured on data: the logits depend on the image)."""
+    model = _measured_model(alpha, classes, in_ch, activation, dtype)
+    return _torch_twin(torch, model, dtype, alpha, in_ch, activation), model
+
+
+def _measured_model(alpha=0.25, classes=6, in_ch=3, activation="relu", dtype=np.float64, seed=0,
+                    **kw):  # fmt: skip
+    """A MobileNetV1 in eval mode whose batch-norm running statistics were measured on a random
+    batch (every layer normalised, so the logits depend on the image, as a trained model's do),
+    with random gamma and beta. ``kw``: further MobileNetV1 arguments (conv, global_pool)."""
+    kw = {k: v for k, v in kw.items() if v is not None}
+    model = MobileNetV1(alpha, classes, in_ch, activation=activation, dtype=dtype, seed=seed, **kw)
+    rng = np.random.default_rng(seed)
+    bns = [m for _, m in model.named_modules() if isinstance(m, BatchNorm2d)]
+    for m in bns:
+        m.momentum = 1.0  # the running statistics become this batch's
+    model.train()(rng.uniform(-1, 1, (4, in_ch, 64, 48)).astype(dtype))
+    for m in bns:
+        m.momentum = 0.1
+        m.weight.data[...] = rng.uniform(0.5, 1.5, m.num_features)
+        m.bias.data[...] = rng.normal(0, 0.2, m.num_features)
+    return model.eval()
+
+
+def _assert_matches(out, reference, x, dtype):
+    """``out`` equals ``reference(x)`` within ``TOL[dtype]`` (the absolute tolerance scaled by the
+    largest logit: float32 rounding grows with the sums), and the reference's logits of different
+    images (``x``'s, or ``x`` and ``x`` upside down at batch 1) differ by far more than that
+    tolerance: a model blind to its input would hide an image or a pixel computed in the wrong
+    place."""
+    expected = reference(x)
+    other = expected[::-1] if len(x) > 1 else reference(np.ascontiguousarray(x[:, :, ::-1]))
+    scale = np.abs(expected).max()
+    atol = TOL[dtype]["atol"] * max(1.0, scale)
+    spread = np.abs(expected - other).max()
+    tol = atol + TOL[dtype]["rtol"] * scale
+    assert spread > max(100 * tol, 0.01 * scale), (
+        f"the reference's logits barely depend on the image: they differ by {spread:.3g} between "
+        f"images, the tolerance is {tol:.3g}, the logits reach {scale:.3g}"
+    )
+    np.testing.assert_allclose(out, expected, rtol=TOL[dtype]["rtol"], atol=atol)
+
+
+def test_the_comparison_rejects_a_model_blind_to_its_input(rng):
+    """A freshly initialised model (batch-norm statistics 0 and 1) gives nearly the same logits
+    for every image: comparisons against it could not see an image in the wrong place."""
+    model = MobileNetV1(0.25, 6, 3, dtype=np.float64, seed=0).eval()
+    for n in (2, 1):
+        x = rng.standard_normal((n, 3, 32, 32))
+        with pytest.raises(AssertionError, match="barely depend on the image"):
+            _assert_matches(model.fuse()(x), model.forward, x, np.float64)
 
 
 CASES = [
@@ -251,7 +293,7 @@ def test_engine_matches_torch_eval(torch, alpha, classes, in_ch, activation, dty
     x = rng.standard_normal((n, in_ch, h, w)).astype(dtype)
     out = engine(x)
     assert out.shape == (n, classes) and out.dtype == dtype
-    np.testing.assert_allclose(out, _torch_logits(torch, reference, x), **TOL[dtype])
+    _assert_matches(out, partial(_torch_logits, torch, reference), x, dtype)
 
 
 @pytest.mark.kernels
@@ -271,7 +313,7 @@ def test_engine_split_over_the_batch_matches_torch_and_serial(
         out = engine(x)
     finally:
         threads.set_threads(saved)
-    np.testing.assert_allclose(out, _torch_logits(torch, reference, x), **TOL[dtype])
+    _assert_matches(out, partial(_torch_logits, torch, reference), x, dtype)
     one_by_one = np.concatenate([engine(x[i : i + 1]) for i in range(5)])  # batch 1: no split
     np.testing.assert_allclose(out, one_by_one, **TOL[dtype])
 
@@ -291,8 +333,8 @@ def test_layers_run_in_blocks_of_rows_match_torch(torch, monkeypatch, dtype, n, 
     x = rng.standard_normal((n, 3, 45, 38)).astype(dtype)
     out = model.fuse()(x)
     assert all(calls.values()), calls
-    np.testing.assert_allclose(out, _torch_logits(torch, reference, x), **TOL[dtype])
-    np.testing.assert_allclose(out, model.eval().forward(x), **TOL[dtype])
+    _assert_matches(out, partial(_torch_logits, torch, reference), x, dtype)
+    _assert_matches(out, model.eval().forward, x, dtype)
 
 
 @pytest.mark.kernels
@@ -307,7 +349,7 @@ def test_a_slice_runs_its_images_in_groups(torch, monkeypatch, dtype, n_threads,
     x = rng.standard_normal((5, 3, 35, 29)).astype(dtype)
     out = engine(x)
     assert max(seen) == 2 and sum(seen) == 5, seen
-    np.testing.assert_allclose(out, _torch_logits(torch, reference, x), **TOL[dtype])
+    _assert_matches(out, partial(_torch_logits, torch, reference), x, dtype)
 
 
 def _spy_on_forwards(monkeypatch, engine) -> list[int]:
@@ -322,15 +364,16 @@ def _spy_on_forwards(monkeypatch, engine) -> list[int]:
     return seen
 
 
-def _torch_twin(torch, model, dtype):
+def _torch_twin(torch, model, dtype, alpha=0.25, in_ch=3, activation="relu6"):
     """The reference torch model holding ``model``'s weights and statistics, in eval mode."""
-    twin = build_seed_mobilenet(torch, 0.25, model.fc.weight.shape[0], 3, "relu6")
+    twin = build_seed_mobilenet(torch, alpha, model.fc.weight.shape[0], in_ch, activation)
     twin = twin.double() if dtype == np.float64 else twin  # before loading: no rounding
     state = {k: torch.from_numpy(np.asarray(v)) for k, v in model.state_dict().items()}
     twin.load_state_dict(state)
+    eps = {m.eps for _, m in model.named_modules() if isinstance(m, BatchNorm2d)}.pop()
     for m in twin.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
-            m.eps = 1e-3  # random_model's
+            m.eps = eps
     return twin.eval()
 
 
@@ -350,13 +393,8 @@ def test_groups_and_slices_of_a_batch_match_the_model_and_torch(
     x = rng.uniform(-1, 1, (n, 3, 61, 50)).astype(dtype)
     out = engine(x)
     assert max(seen) == group and sum(seen) == n, seen
-    expected = model.forward(x)
-    assert np.abs(expected - expected[::-1]).max() > 0.01  # the images' logits differ
-    reference = _torch_logits(torch, _torch_twin(torch, model, dtype), x)
-    scale = np.abs(reference).max()  # logits up to ~6: float32 rounding grows with them
-    tol = {"rtol": TOL[dtype]["rtol"], "atol": TOL[dtype]["atol"] * max(1.0, scale)}
-    np.testing.assert_allclose(out, expected, **tol)
-    np.testing.assert_allclose(out, reference, **tol)
+    _assert_matches(out, model.forward, x, dtype)
+    _assert_matches(out, partial(_torch_logits, torch, _torch_twin(torch, model, dtype)), x, dtype)
 
 
 def _counted(fn, calls, kind):
@@ -371,9 +409,7 @@ def _counted(fn, calls, kind):
 def test_engine_matches_torch_at_224(torch, rng):
     reference, model = _pair(torch, 1.0, 1000, 3, "relu", np.float32)
     x = rng.standard_normal((1, 3, 224, 224)).astype(np.float32)
-    np.testing.assert_allclose(
-        model.fuse()(x), _torch_logits(torch, reference, x), **TOL[np.float32]
-    )
+    _assert_matches(model.fuse()(x), partial(_torch_logits, torch, reference), x, np.float32)
 
 
 @pytest.mark.kernels
@@ -387,7 +423,8 @@ def test_buffers_reused_across_shapes_and_results_not_aliased(torch, rng):
     second = engine(xb)  # another shape: its own buffers
     third = engine(xa[::-1].copy())  # the first shape again: reused buffers, new values
     np.testing.assert_array_equal(first, kept)  # later calls did not overwrite a returned array
-    np.testing.assert_allclose(second, _torch_logits(torch, reference, xb), **TOL[np.float64])
+    _assert_matches(first, partial(_torch_logits, torch, reference), xa, np.float64)
+    _assert_matches(second, partial(_torch_logits, torch, reference), xb, np.float64)
     np.testing.assert_allclose(third, kept[::-1], **TOL[np.float64])
     # float32 input runs in float32 and agrees with the float64 run
     x32 = engine(xa.astype(np.float32))
@@ -399,10 +436,9 @@ def test_buffers_reused_across_shapes_and_results_not_aliased(torch, rng):
 def test_non_contiguous_input(torch, rng):
     reference, model = _pair(torch, 0.25, 3, 3, "relu", np.float64)
     x = rng.standard_normal((2, 3, 40, 60))[:, :, :, ::2]  # strided view (2, 3, 40, 30)
-    np.testing.assert_allclose(
-        model.fuse()(x), _torch_logits(torch, reference, np.ascontiguousarray(x)),
-        **TOL[np.float64],
-    )  # fmt: skip
+    reference_logits = partial(_torch_logits, torch, reference)
+    _assert_matches(model.fuse()(x), lambda v: reference_logits(np.ascontiguousarray(v)), x,
+                    np.float64)  # fmt: skip
 
 
 @pytest.mark.kernels
@@ -416,27 +452,10 @@ def test_replaced_classifier_is_what_the_engine_computes(torch, rng):
     x = rng.standard_normal((2, 3, 36, 36))
     out = model.fuse()(x)
     assert out.shape == (2, 3)
-    np.testing.assert_allclose(out, _torch_logits(torch, reference, x), **TOL[np.float64])
+    _assert_matches(out, partial(_torch_logits, torch, reference), x, np.float64)
 
 
 # ---------------------------------------------------------------- the engine vs the module path
-
-
-def _randomise_bn(model, rng):
-    for _, m in model.named_modules():
-        if isinstance(m, BatchNorm2d):
-            n = m.num_features
-            m.running_mean[...] = 0.2 * rng.standard_normal(n)
-            m.running_var[...] = rng.uniform(0.5, 1.5, n)
-            m.weight.data[...] = rng.uniform(0.5, 1.5, n)
-            m.bias.data[...] = 0.2 * rng.standard_normal(n)
-
-
-def _model(rng, alpha=0.25, classes=6, in_ch=3, activation="relu", dtype=np.float64, **kw):
-    kw = {k: v for k, v in kw.items() if v is not None}
-    model = MobileNetV1(alpha, classes, in_ch, activation=activation, dtype=dtype, seed=3, **kw)
-    _randomise_bn(model, rng)
-    return model.eval()
 
 
 @pytest.mark.kernels
@@ -450,11 +469,11 @@ def _model(rng, alpha=0.25, classes=6, in_ch=3, activation="relu", dtype=np.floa
     ],
 )
 def test_fuse_matches_model_eval_forward(alpha, activation, in_ch, dtype, conv, shape, rng):
-    model = _model(rng, alpha, 6, in_ch, activation, dtype, conv=conv)
+    model = _measured_model(alpha, 6, in_ch, activation, dtype, conv=conv)
     x = rng.standard_normal((shape[0], in_ch, *shape[1:])).astype(dtype)
     out = model.fuse()(x)
     assert out.dtype == dtype
-    np.testing.assert_allclose(out, model.eval().forward(x), **TOL[dtype])
+    _assert_matches(out, model.eval().forward, x, dtype)
 
 
 @pytest.mark.kernels
@@ -465,24 +484,24 @@ def test_max_pooling_and_headless_models(dtype, rng):
     for kwargs in (dict(global_pool="max"), dict(num_classes=0), dict(global_pool="max",
                                                                      num_classes=0)):  # fmt: skip
         classes = kwargs.get("num_classes", 6)
-        model = _model(rng, classes=classes, dtype=dtype, global_pool=kwargs.get("global_pool"))
+        model = _measured_model(classes=classes, dtype=dtype, global_pool=kwargs.get("global_pool"))
         engine = model.fuse()
         out = engine(x)
         assert out.shape == model.forward(x).shape and out.dtype == dtype
-        np.testing.assert_allclose(out, model.eval().forward(x), **TOL[dtype])
+        _assert_matches(out, model.eval().forward, x, dtype)
         assert engine.head.pool == kwargs.get("global_pool", "avg")
         assert engine.num_classes == classes
     model.reset_classifier(4, seed=1)
-    np.testing.assert_allclose(model.fuse()(x), model.forward(x), **TOL[dtype])
+    _assert_matches(model.fuse()(x), model.forward, x, dtype)
 
 
 @pytest.mark.kernels
 def test_blocks_in_a_sequential_are_walked_in_order(rng):
-    model = _model(rng)
+    model = _measured_model()
     blocks = list(model.depthwise_sep_conv6)
     model.depthwise_sep_conv6 = Sequential(*blocks[:2])  # three blocks fewer, as a Sequential
     x = rng.standard_normal((2, 3, 40, 40))
-    np.testing.assert_allclose(model.fuse()(x), model.forward(x), **TOL[np.float64])
+    _assert_matches(model.fuse()(x), model.forward, x, np.float64)
     assert [layer.path for layer in model.fuse().layers[13:17]] == [
         "depthwise_sep_conv6.0", "depthwise_sep_conv6.0", "depthwise_sep_conv6.1",
         "depthwise_sep_conv6.1",
@@ -490,7 +509,7 @@ def test_blocks_in_a_sequential_are_walked_in_order(rng):
 
 
 def test_the_engine_splits_over_the_models_runner(rng, monkeypatch):
-    model = _model(rng)
+    model = _measured_model()
     assert model.fuse().runner is model.runner
     serial = threads.Runner(1)
     engine = model.fuse()
@@ -499,7 +518,7 @@ def test_the_engine_splits_over_the_models_runner(rng, monkeypatch):
     calls = []
     monkeypatch.setattr(serial, "session", lambda: calls.append(1))  # never entered at 1 thread
     x = rng.standard_normal((4, 3, 32, 32))
-    np.testing.assert_allclose(engine(x), model.forward(x), **TOL[np.float64])
+    _assert_matches(engine(x), model.forward, x, np.float64)
     assert calls == []
 
 
@@ -521,13 +540,13 @@ def test_full_conv_im2col_is_the_convolution(rng):
 @pytest.mark.kernels
 def test_each_block_keeps_its_own_activation(rng):
     """A ReLU6 swapped into one block of a ReLU model is what the engine applies there."""
-    model = _model(rng, activation="relu")
+    model = _measured_model(activation="relu")
     model.depthwise_sep_conv3.relu1 = ReLU6()
     for _, m in model.named_modules():  # large weights, so that the clamp at 6 matters
         if isinstance(m, BatchNorm2d):
             m.weight.data *= 8
     x = rng.standard_normal((2, 3, 40, 40))
-    np.testing.assert_allclose(model.fuse()(x), model.forward(x), **TOL[np.float64])
+    _assert_matches(model.fuse()(x), model.forward, x, np.float64)
     model.depthwise_sep_conv3.relu1 = ReLU()
     relu_everywhere = model.forward(x)
     assert np.abs(relu_everywhere - model.forward(x)).max() == 0
@@ -536,24 +555,24 @@ def test_each_block_keeps_its_own_activation(rng):
 
 
 def test_unknown_module_is_named_with_its_path_and_type(rng):
-    model = _model(rng)
+    model = _measured_model()
     inner = model.depthwise_sep_conv6[2]
     model.depthwise_sep_conv6 = ModuleList([*list(model.depthwise_sep_conv6)[:2],
                                             Residual(inner)])  # fmt: skip
     with pytest.raises(UnsupportedModuleError, match=r"depthwise_sep_conv6\.2 \(Residual\)"):
         model.fuse()
-    model = _model(rng)
+    model = _measured_model()
     model.depthwise_sep_conv2.relu0 = Dropout(0.0)
     with pytest.raises(UnsupportedModuleError, match=r"depthwise_sep_conv2\.relu0 \(Dropout\)"):
         model.fuse()
-    model = _model(rng)
+    model = _measured_model()
     model.depthwise_sep_conv4.dwconv = Conv2d(64, 64, 5, padding=2, groups=64, bias=False)
     with pytest.raises(TypeError, match=r"depthwise_sep_conv4\.dwconv.*3x3"):
         model.fuse()
 
 
 def test_fuse_is_a_snapshot_of_the_current_weights(rng):
-    model = _model(rng)
+    model = _measured_model()
     x = rng.standard_normal((1, 3, 32, 32))
     engine = model.fuse()
     before = engine(x)
