@@ -229,21 +229,9 @@ def _pair(torch, alpha, classes, in_ch, activation, dtype):
 
 def _measured_model(alpha=0.25, classes=6, in_ch=3, activation="relu", dtype=np.float64, seed=0,
                     **kw):  # fmt: skip
-    """A MobileNetV1 in eval mode whose batch-norm running statistics were measured on a random
-    batch (every layer normalised, so the logits depend on the image, as a trained model's do),
-    with random gamma and beta. ``kw``: further MobileNetV1 arguments (conv, global_pool)."""
-    kw = {k: v for k, v in kw.items() if v is not None}
-    model = MobileNetV1(alpha, classes, in_ch, activation=activation, dtype=dtype, seed=seed, **kw)
-    rng = np.random.default_rng(seed)
-    bns = [m for _, m in model.named_modules() if isinstance(m, BatchNorm2d)]
-    for m in bns:
-        m.momentum = 1.0  # the running statistics become this batch's
-    model.train()(rng.uniform(-1, 1, (4, in_ch, 64, 48)).astype(dtype))
-    for m in bns:
-        m.momentum = 0.1
-        m.weight.data[...] = rng.uniform(0.5, 1.5, m.num_features)
-        m.bias.data[...] = rng.normal(0, 0.2, m.num_features)
-    return model.eval()
+    """``random_model`` (batch-norm statistics measured on data: logits that depend on the
+    image) with the torch padding; ``kw``: further MobileNetV1 arguments (conv, global_pool)."""
+    return random_model("torch", activation, classes, seed, dtype, alpha=alpha, in_ch=in_ch, **kw)
 
 
 def _assert_matches(out, reference, x, dtype):

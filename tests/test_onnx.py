@@ -12,21 +12,26 @@ from npmobilenet.models import MobileNetV1
 from npmobilenet.nn import BatchNorm2d
 
 
-def random_model(padding, activation="relu6", classes=7, seed=0, dtype=np.float32):
-    """An alpha-0.25 model whose batch-norm statistics were measured on a random batch (so
-    every layer is normalised and the logits depend on the input), random gamma and beta."""
-    model = MobileNetV1(alpha=0.25, num_classes=classes, activation=activation, padding=padding,
-                        bn_eps=1e-3, seed=seed, dtype=dtype)  # fmt: skip
+def random_model(padding="torch", activation="relu6", classes=7, seed=0, dtype=np.float32,
+                 alpha=0.25, in_ch=3, **kw):  # fmt: skip
+    """A model in eval mode whose batch-norm statistics were measured on a random batch (so
+    every layer is normalised and the logits depend on the input, as a trained model's do),
+    random gamma, beta and classifier. ``kw``: further MobileNetV1 arguments (bn_eps 1e-3
+    unless given)."""
+    kw = {"bn_eps": 1e-3, **{k: v for k, v in kw.items() if v is not None}}
+    model = MobileNetV1(alpha=alpha, num_classes=classes, in_channels=in_ch, activation=activation,
+                        padding=padding, seed=seed, dtype=dtype, **kw)  # fmt: skip
     rng = np.random.default_rng(seed)
     bns = [m for _, m in model.named_modules() if isinstance(m, BatchNorm2d)]
     for m in bns:
-        m.momentum = 1.0
-    model.train()(rng.uniform(-1, 1, (4, 3, 64, 48)).astype(dtype))
+        m.momentum = 1.0  # the running statistics become this batch's
+    model.train()(rng.uniform(-1, 1, (4, in_ch, 64, 48)).astype(dtype))
     for m in bns:
         m.weight.data[...] = rng.uniform(0.5, 1.5, m.num_features)
         m.bias.data[...] = rng.normal(0, 0.2, m.num_features)
-    model.fc.weight.data[...] = rng.normal(0, 0.1, model.fc.weight.shape)
-    model.fc.bias.data[...] = rng.normal(0, 0.1, classes)
+    if classes:  # a headless model (num_classes=0) has no classifier
+        model.fc.weight.data[...] = rng.normal(0, 0.1, model.fc.weight.shape)
+        model.fc.bias.data[...] = rng.normal(0, 0.1, classes)
     return model.eval()
 
 
