@@ -255,11 +255,12 @@ def test_depthwise3x3_kernels_match_naive_loops(shape, size, stride, pads, seed)
         np.testing.assert_allclose(dw, dw_n, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("size", [(12, 12), (7, 7), (1, 1), (3, 10)])
+@pytest.mark.parametrize("size", [(12, 12), (7, 7), (1, 1), (3, 10), (17, 16)])
 @pytest.mark.parametrize("pads", [(1, 1), (0, 0), (2, 2), (0, 2)])
 def test_depthwise3x3_backward_stacked_matches_naive_loops(size, pads):
-    """Enough images for several stacks (the last one partial), padding on either side; the
-    kernel adds into dx and dweight."""
+    """Enough images for several stacks (the last one partial), padding on either side; planes
+    of more than STACK_MAX_PIXELS one image at a time (17x16); the kernel adds into dx and
+    dweight."""
     (H, W), (pt, pl) = size, pads
     N = STACK_ELEMENTS // ((H + 2) * (W + 2)) + 3 if H * W > 1 else 3
     rng = np.random.default_rng(H * W + pt)
@@ -488,12 +489,14 @@ def test_every_tuned_depthwise_kernel_is_tested_against_the_naive_loops():
 @pytest.mark.parametrize(
     "shape, want",
     [
-        ((32, 32, (112, 112), (112, 112), (1, 1)), ("forward_flat", "weight_flat", "input_flat")),
+        ((32, 32, (112, 112), (112, 112), (1, 1)), ("forward_flat", "stacked", "stacked")),
+        ((32, 64, (112, 112), (112, 112), (1, 1)), ("forward_flat", "weight_flat", "input_flat")),
+        ((8, 8, (10, 10), (8, 8), (1, 1)), ("forward_flat", "weight_flat", "input_flat")),
         ((8, 8, (40, 41), (20, 21), (2, 2)), ("forward_cols2", "backward_weight", "stride2")),
         ((8, 8, (40, 41), (40, 14), (1, 3)), ("forward", "backward_weight", "input")),
         ((64, 64, (112, 112), (56, 56), (2, 2)), ("forward_cols2", "backward_weight", "stride2")),
         ((512, 512, (14, 14), (14, 14), (1, 1)), ("forward_flat", "stacked", "stacked")),
-        ((256, 256, (28, 28), (28, 28), (1, 1)), ("forward_flat", "weight_flat", "input_flat")),
+        ((256, 256, (28, 28), (28, 28), (1, 1)), ("forward_flat", "stacked", "stacked")),
         ((1024, 1024, (2, 2), (2, 2), (1, 1)), ("forward_small", None, None)),
     ],
 )
