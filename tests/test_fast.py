@@ -21,6 +21,7 @@ import pytest
 from conftest import TOL, Residual
 from hypothesis import given
 from hypothesis import strategies as st
+from logit_checks import assert_matches as _assert_matches
 from test_onnx import random_model
 from torch_reference import build_seed_mobilenet
 
@@ -232,25 +233,6 @@ def _measured_model(alpha=0.25, classes=6, in_ch=3, activation="relu", dtype=np.
     """``random_model`` (batch-norm statistics measured on data: logits that depend on the
     image) with the torch padding; ``kw``: further MobileNetV1 arguments (conv, global_pool)."""
     return random_model("torch", activation, classes, seed, dtype, alpha=alpha, in_ch=in_ch, **kw)
-
-
-def _assert_matches(out, reference, x, dtype):
-    """``out`` equals ``reference(x)`` within ``TOL[dtype]`` (the absolute tolerance scaled by the
-    largest logit: float32 rounding grows with the sums), and the reference's logits of different
-    images (``x``'s, or ``x`` and ``x`` upside down at batch 1) differ by far more than that
-    tolerance: a model blind to its input would hide an image or a pixel computed in the wrong
-    place."""
-    expected = reference(x)
-    other = expected[::-1] if len(x) > 1 else reference(np.ascontiguousarray(x[:, :, ::-1]))
-    scale = np.abs(expected).max()
-    atol = TOL[dtype]["atol"] * max(1.0, scale)
-    spread = np.abs(expected - other).max()
-    tol = atol + TOL[dtype]["rtol"] * scale
-    assert spread > max(100 * tol, 0.01 * scale), (
-        f"the reference's logits barely depend on the image: they differ by {spread:.3g} between "
-        f"images, the tolerance is {tol:.3g}, the logits reach {scale:.3g}"
-    )
-    np.testing.assert_allclose(out, expected, rtol=TOL[dtype]["rtol"], atol=atol)
 
 
 def test_the_comparison_rejects_a_model_blind_to_its_input(rng):
