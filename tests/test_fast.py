@@ -307,6 +307,88 @@ def test_layers_run_in_blocks_of_rows_match_torch(torch, monkeypatch, dtype, n, 
     _assert_matches(out, model.eval().forward, x, dtype)
 
 
+def _blocked_layers(monkeypatch) -> list[str]:
+    """The paths of the layers each forward runs in blocks of rows, in order: ``stem`` for a
+    blocked stem, a separable block's path for a blocked depthwise + pointwise pair."""
+    seen = []
+    blocked, separable = engine_module._run_blocked, engine_module._run_separable_blocked
+
+    def one(layer, *args):
+        seen.append("stem" if layer.kind == "stem" else layer.path)
+        return blocked(layer, *args)
+
+    def pair(dw, *args):
+        seen.append(dw.path)
+        return separable(dw, *args)
+
+    monkeypatch.setattr(engine_module, "_run_blocked", one)
+    monkeypatch.setattr(engine_module, "_run_separable_blocked", pair)
+    return seen
+
+
+# padding, input channels, (N, H, W), BLOCK_BYTES, the layers that run in blocks of rows. One
+# batch, one forward: a bug repeated in every blocked call (two images swapped, say) cancels out
+# over an even number of blocked layers (a cycle of three images over three), so some cases block
+# exactly one layer, others the stem alone or three pairs; tf_same and keras pad the stride-2
+# depthwise input of depthwise_sep_conv1 with no top row (0, 1).
+BLOCKED = [
+    ("torch", 3, (3, 45, 38), 25000, ["stem", "depthwise_sep_conv0"]),
+    ("torch", 1, (3, 45, 38), 25000, ["depthwise_sep_conv0"]),
+    ("torch", 3, (3, 37, 29), 25000, ["stem"]),
+    ("torch", 3, (3, 37, 29), 9000, ["stem", *(f"depthwise_sep_conv{i}" for i in range(3))]),
+    ("tf_same", 3, (3, 64, 48), 15000, ["depthwise_sep_conv1"]),
+    ("keras", 3, (3, 64, 48), 15000, ["depthwise_sep_conv1"]),
+]
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("padding,in_ch,nhw,budget,expected", BLOCKED)
+def test_one_or_three_blocked_layers_match_the_model(monkeypatch, padding, in_ch, nhw, budget,
+                                                     expected, rng):  # fmt: skip
+    """Blocks of several rows, the last one shorter, in a batch of three different images: an
+    image, a row or a channel computed in the wrong place in a blocked layer changes the logits
+    (float64: far above rounding)."""
+    monkeypatch.setattr(engine_module, "BLOCK_BYTES", budget)
+    seen = _blocked_layers(monkeypatch)
+    model = random_model(padding, classes=6, dtype=np.float64, in_ch=in_ch)
+    n, h, w = nhw
+    x = rng.uniform(-1, 1, (n, in_ch, h, w))
+    out = model.fuse()(x)
+    assert seen == expected
+    _assert_matches(out, model.forward, x, np.float64)
+
+
+@pytest.mark.kernels
+def test_one_blocked_pair_matches_torch_in_float32(torch, monkeypatch, rng):
+    monkeypatch.setattr(engine_module, "BLOCK_BYTES", 12500)  # float64's 25000: half the bytes
+    seen = _blocked_layers(monkeypatch)
+    reference, model = _pair(torch, 0.25, 5, 1, "relu6", np.float32)
+    x = rng.uniform(-1, 1, (3, 1, 45, 38)).astype(np.float32)
+    out = model.fuse()(x)
+    assert seen == ["depthwise_sep_conv0"]
+    _assert_matches(out, partial(_torch_logits, torch, reference), x, np.float32)
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_blocked_layers_in_uneven_slices_and_groups(monkeypatch, dtype, rng):
+    """Five images over two threads in groups of two: slices of 2 and 3 images, groups of 2, 2
+    and 1; a group of two blocks the stem and three pairs, a group of one the stem and one."""
+    monkeypatch.setattr(engine_module, "BLOCK_BYTES", 9000 * np.dtype(dtype).itemsize // 8)
+    monkeypatch.setattr(engine_module, "GROUP", 2)
+    monkeypatch.setattr(threads, "MIN_SLICE_ELEMENTS", 1)
+    seen = _blocked_layers(monkeypatch)
+    model = random_model("torch", classes=6, dtype=dtype)
+    engine = engine_module.FusedMobileNetV1(model, runner=threads.Runner(2))
+    groups = _spy_on_forwards(monkeypatch, engine)
+    x = rng.uniform(-1, 1, (5, 3, 45, 38)).astype(dtype)
+    out = engine(x)
+    assert sorted(groups) == [1, 2, 2], groups
+    pairs = [path for path in seen if path != "stem"]
+    assert seen.count("stem") == 3 and len(pairs) == 2 * 3 + 1, seen
+    _assert_matches(out, model.forward, x, dtype)
+
+
 @pytest.mark.kernels
 @pytest.mark.parametrize("dtype,n_threads", [(np.float32, 1), (np.float64, 2)])
 def test_a_slice_runs_its_images_in_groups(torch, monkeypatch, dtype, n_threads, rng):
