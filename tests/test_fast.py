@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import warnings
+from contextlib import nullcontext
 from functools import partial
 
 import numpy as np
@@ -631,6 +632,52 @@ def test_fuse_is_a_snapshot_of_the_current_weights(rng):
     model.fc.bias.data += 1.0
     np.testing.assert_array_equal(engine(x), before)
     np.testing.assert_allclose(model.fuse()(x), before + 1.0, **TOL[np.float64])
+
+
+@pytest.mark.kernels
+def test_more_input_shapes_than_the_engine_keeps_buffers_for(rng):
+    """Buffers of the least recently used shape are dropped: every call, a shape seen again
+    after others pushed it out included, returns the model's logits."""
+    model = _measured_model()
+    engine = model.fuse()
+    shapes = [(2, 3, 24 + k, 20) for k in range(engine_module._MAX_PLANS + 2)]
+    inputs = [rng.uniform(-1, 1, shape) for shape in shapes]
+    outputs = [engine(x) for x in inputs]
+    outputs.append(engine(inputs[0]))
+    for x, out in zip([*inputs, inputs[0]], outputs):
+        _assert_matches(out, model.forward, x, np.float64)
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("pool", ["avg", "max"])
+def test_headless_features_are_new_arrays(pool, rng):
+    """The pooled features a headless model returns are not the engine's buffer: the next call
+    (same shape, other images) does not change them."""
+    model = _measured_model(classes=0, global_pool=pool)
+    engine = model.fuse()
+    x, y = rng.uniform(-1, 1, (2, 2, 3, 32, 36))
+    first = engine(x)
+    kept = first.copy()
+    _assert_matches(engine(y), model.forward, y, np.float64)
+    np.testing.assert_array_equal(first, kept)
+    _assert_matches(first, model.forward, x, np.float64)
+
+
+@pytest.mark.kernels
+def test_a_batch_the_runner_declines_to_split_runs_as_one_slice(monkeypatch, rng):
+    """When BLAS does not take a thread limit the runner's session hands back the serial runner
+    (``threads.Runner.session``): the batch runs as one slice, in groups, and gives the same
+    logits."""
+    monkeypatch.setattr(threads, "MIN_SLICE_ELEMENTS", 1)
+    monkeypatch.setattr(engine_module, "GROUP", 2)
+    model = _measured_model()
+    engine = engine_module.FusedMobileNetV1(model, runner=threads.Runner(2))
+    monkeypatch.setattr(engine.runner, "session", lambda: nullcontext(threads.SERIAL))
+    seen = _spy_on_forwards(monkeypatch, engine)
+    x = rng.uniform(-1, 1, (5, 3, 33, 30))
+    out = engine(x)
+    assert seen == [2, 2, 1]
+    _assert_matches(out, model.forward, x, np.float64)
 
 
 # ---------------------------------------------------------------- bad input
