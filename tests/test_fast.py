@@ -44,9 +44,11 @@ from npmobilenet.kernels.fused_epilogue import (
 )
 from npmobilenet.models import MobileNetV1
 from npmobilenet.nn import (
+    AdaptiveAvgPool2d,
     BatchNorm2d,
     Conv2d,
     Dropout,
+    Identity,
     Linear,
     ModuleList,
     ReLU,
@@ -622,6 +624,60 @@ def test_unknown_module_is_named_with_its_path_and_type(rng):
     model.depthwise_sep_conv4.dwconv = Conv2d(64, 64, 5, padding=2, groups=64, bias=False)
     with pytest.raises(TypeError, match=r"depthwise_sep_conv4\.dwconv.*3x3"):
         model.fuse()
+
+
+def _with_bias(conv, rng):
+    """A copy of ``conv`` with a bias: its weights and a random (N(0, 1)) bias per channel."""
+    new = Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                 groups=conv.groups, bias=True, dtype=conv.weight.data.dtype)  # fmt: skip
+    new.weight.data[...] = conv.weight.data
+    new.bias.data[...] = rng.standard_normal(conv.out_channels)
+    return new
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_conv_biases_are_folded_with_the_batch_norm(dtype, rng):
+    """Convs with a bias (a stem, a depthwise and a pointwise one): bn(conv(x) + c) is
+    conv(x) * scale + (shift + scale * c) in the engine too."""
+    model = _measured_model(dtype=dtype)
+    for block, name in (("first_conv", "conv"), ("depthwise_sep_conv1", "dwconv"),
+                        ("depthwise_sep_conv2", "pwconv")):  # fmt: skip
+        parent = getattr(model, block)
+        setattr(parent, name, _with_bias(getattr(parent, name), rng))
+    x = rng.uniform(-1, 1, (2, 3, 40, 36)).astype(dtype)
+    bias = model.depthwise_sep_conv2.pwconv.bias.data
+    with_bias, kept = model.forward(x), bias.copy()
+    bias[...] = 0
+    assert np.abs(model.forward(x) - with_bias).max() > 0.01 * np.abs(with_bias).max()
+    bias[...] = kept  # the biases change the logits, and the engine adds them as the model does
+    _assert_matches(model.fuse()(x), model.forward, x, dtype)
+
+
+@pytest.mark.parametrize(
+    "changes,words",
+    [
+        ({"avgpool": lambda: AdaptiveAvgPool2d(2)}, r"avgpool \(AdaptiveAvgPool2d\).*output_size"),
+        ({"avgpool": Identity, "fc": Identity}, r"MobileNetV1 has no global pooling"),
+        ({"depthwise_sep_conv3.bn1": Identity},
+         r"depthwise_sep_conv3\.pwconv \(Conv2d\).*followed by a BatchNorm2d"),
+        ({"depthwise_sep_conv3.pwconv": lambda: Conv2d(64, 64, 1, stride=2, bias=False)},
+         r"depthwise_sep_conv3\.pwconv \(Conv2d\).*stride 1"),
+    ],
+)  # fmt: skip
+def test_a_model_the_engine_cannot_compute_is_refused_by_name(changes, words):
+    """What the engine cannot compute exactly raises UnsupportedModuleError (a TypeError) naming
+    the module: never a wrong number."""
+    model = _measured_model()
+    for path, module in changes.items():
+        *parents, name = path.split(".")
+        parent = model
+        for part in parents:
+            parent = getattr(parent, part)
+        setattr(parent, name, module())
+    with pytest.raises(UnsupportedModuleError, match=words) as info:
+        model.fuse()
+    assert str(info.value).startswith("FusedMobileNetV1") and len(str(info.value)) < 600
 
 
 def test_fuse_is_a_snapshot_of_the_current_weights(rng):
