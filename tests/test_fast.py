@@ -20,7 +20,7 @@ from functools import partial
 import numpy as np
 import pytest
 from conftest import TOL, Residual
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from logit_checks import assert_matches as _assert_matches
 from test_onnx import random_model
@@ -450,6 +450,45 @@ def test_groups_and_slices_of_a_batch_match_the_model_and_torch(
     assert max(seen) == group and sum(seen) == n, seen
     _assert_matches(out, model.forward, x, dtype)
     _assert_matches(out, partial(_torch_logits, torch, _torch_twin(torch, model, dtype)), x, dtype)
+
+
+_MODELS: dict = {}
+
+
+def _cached_model(padding, dtype):
+    """``random_model(padding)`` built once per padding and dtype (the engine never changes it)."""
+    if (padding, dtype) not in _MODELS:
+        _MODELS[padding, dtype] = random_model(padding, classes=6, dtype=dtype)
+    return _MODELS[padding, dtype]
+
+
+@pytest.mark.kernels
+@settings(max_examples=20)
+@given(
+    padding=st.sampled_from(["torch", "tf_same", "keras"]),
+    dtype=st.sampled_from(DTYPES),
+    n=st.integers(1, 6),
+    hw=st.tuples(st.integers(31, 72), st.integers(31, 72)),  # keras needs 31 to keep a pixel
+    group=st.integers(1, 4),
+    n_threads=st.integers(1, 3),
+    budget=st.sampled_from([None, 2000, 6000, 15000, 40000]),
+    seed=st.integers(0, 2**16),
+)
+def test_any_batch_in_slices_groups_and_blocks_matches_the_model(
+    padding, dtype, n, hw, group, n_threads, budget, seed
+):
+    """Any batch size, image size, group size, thread count and block budget together: the
+    engine's logits are the model's (every slice and group boundary, block of rows and padding
+    convention in combination)."""
+    model = _cached_model(padding, dtype)
+    x = np.random.default_rng(seed).uniform(-1, 1, (n, 3, *hw)).astype(dtype)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(threads, "MIN_SLICE_ELEMENTS", 1)
+        patch.setattr(engine_module, "GROUP", group)
+        if budget:
+            patch.setattr(engine_module, "BLOCK_BYTES", budget * np.dtype(dtype).itemsize // 8)
+        out = engine_module.FusedMobileNetV1(model, runner=threads.Runner(n_threads))(x)
+    _assert_matches(out, model.forward, x, dtype)
 
 
 def _counted(fn, calls, kind):
