@@ -312,12 +312,14 @@ def test_layers_run_in_blocks_of_rows_match_torch(torch, monkeypatch, dtype, n, 
 
 def _blocked_layers(monkeypatch) -> list[str]:
     """The paths of the layers each forward runs in blocks of rows, in order: ``stem`` for a
-    blocked stem, a separable block's path for a blocked depthwise + pointwise pair."""
+    blocked stem, a separable block's path for a blocked depthwise + pointwise pair, and the
+    path and kind of any other layer run in blocks alone (none: every pointwise layer follows
+    its depthwise layer, and a blocked one runs with it)."""
     seen = []
     blocked, separable = engine_module._run_blocked, engine_module._run_separable_blocked
 
     def one(layer, *args):
-        seen.append("stem" if layer.kind == "stem" else layer.path)
+        seen.append("stem" if layer.kind == "stem" else f"{layer.path} ({layer.kind} alone)")
         return blocked(layer, *args)
 
     def pair(dw, *args):
