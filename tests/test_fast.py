@@ -7,7 +7,11 @@
   the model's own eval forward (the module path) for what torch's seed model does not cover:
   ``conv="full"``, per-block activations. The models' BN running statistics are measured on
   data, and every comparison checks that the images' logits differ by far more than its
-  tolerance (``_assert_matches``): an image, pixel or channel in the wrong place shows.
+  tolerance (``logit_checks.assert_matches``): an image, pixel or channel in the wrong place
+  shows.
+* Batches split into slices and groups, and layers run in blocks of rows, forced by patching the
+  engine's thresholds: each alone, one or three blocked layers at a time (a bug repeated in every
+  blocked call can cancel out over an even number), and all drawn together by Hypothesis.
 * Unknown modules, bad inputs, buffer reuse, thread control.
 """
 
