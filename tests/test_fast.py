@@ -7,20 +7,26 @@
   the model's own eval forward (the module path) for what torch's seed model does not cover:
   ``conv="full"``, per-block activations. The models' BN running statistics are measured on
   data, and every comparison checks that the images' logits differ by far more than its
-  tolerance (``_assert_matches``): an image, pixel or channel in the wrong place shows.
+  tolerance (``logit_checks.assert_matches``): an image, pixel or channel in the wrong place
+  shows.
+* Batches split into slices and groups, and layers run in blocks of rows, forced by patching the
+  engine's thresholds: each alone, one or three blocked layers at a time (a bug repeated in every
+  blocked call can cancel out over an even number), and all drawn together by Hypothesis.
 * Unknown modules, bad inputs, buffer reuse, thread control.
 """
 
 from __future__ import annotations
 
 import warnings
+from contextlib import nullcontext
 from functools import partial
 
 import numpy as np
 import pytest
 from conftest import TOL, Residual
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
+from logit_checks import assert_matches as _assert_matches
 from test_onnx import random_model
 from torch_reference import build_seed_mobilenet
 
@@ -42,9 +48,11 @@ from npmobilenet.kernels.fused_epilogue import (
 )
 from npmobilenet.models import MobileNetV1
 from npmobilenet.nn import (
+    AdaptiveAvgPool2d,
     BatchNorm2d,
     Conv2d,
     Dropout,
+    Identity,
     Linear,
     ModuleList,
     ReLU,
@@ -234,25 +242,6 @@ def _measured_model(alpha=0.25, classes=6, in_ch=3, activation="relu", dtype=np.
     return random_model("torch", activation, classes, seed, dtype, alpha=alpha, in_ch=in_ch, **kw)
 
 
-def _assert_matches(out, reference, x, dtype):
-    """``out`` equals ``reference(x)`` within ``TOL[dtype]`` (the absolute tolerance scaled by the
-    largest logit: float32 rounding grows with the sums), and the reference's logits of different
-    images (``x``'s, or ``x`` and ``x`` upside down at batch 1) differ by far more than that
-    tolerance: a model blind to its input would hide an image or a pixel computed in the wrong
-    place."""
-    expected = reference(x)
-    other = expected[::-1] if len(x) > 1 else reference(np.ascontiguousarray(x[:, :, ::-1]))
-    scale = np.abs(expected).max()
-    atol = TOL[dtype]["atol"] * max(1.0, scale)
-    spread = np.abs(expected - other).max()
-    tol = atol + TOL[dtype]["rtol"] * scale
-    assert spread > max(100 * tol, 0.01 * scale), (
-        f"the reference's logits barely depend on the image: they differ by {spread:.3g} between "
-        f"images, the tolerance is {tol:.3g}, the logits reach {scale:.3g}"
-    )
-    np.testing.assert_allclose(out, expected, rtol=TOL[dtype]["rtol"], atol=atol)
-
-
 def test_the_comparison_rejects_a_model_blind_to_its_input(rng):
     """A freshly initialised model (batch-norm statistics 0 and 1) gives nearly the same logits
     for every image: comparisons against it could not see an image in the wrong place."""
@@ -325,6 +314,90 @@ def test_layers_run_in_blocks_of_rows_match_torch(torch, monkeypatch, dtype, n, 
     _assert_matches(out, model.eval().forward, x, dtype)
 
 
+def _blocked_layers(monkeypatch) -> list[str]:
+    """The paths of the layers each forward runs in blocks of rows, in order: ``stem`` for a
+    blocked stem, a separable block's path for a blocked depthwise + pointwise pair, and the
+    path and kind of any other layer run in blocks alone (none: every pointwise layer follows
+    its depthwise layer, and a blocked one runs with it)."""
+    seen = []
+    blocked, separable = engine_module._run_blocked, engine_module._run_separable_blocked
+
+    def one(layer, *args):
+        seen.append("stem" if layer.kind == "stem" else f"{layer.path} ({layer.kind} alone)")
+        return blocked(layer, *args)
+
+    def pair(dw, *args):
+        seen.append(dw.path)
+        return separable(dw, *args)
+
+    monkeypatch.setattr(engine_module, "_run_blocked", one)
+    monkeypatch.setattr(engine_module, "_run_separable_blocked", pair)
+    return seen
+
+
+# padding, input channels, (N, H, W), BLOCK_BYTES, the layers that run in blocks of rows. One
+# batch, one forward: a bug repeated in every blocked call (two images swapped, say) cancels out
+# over an even number of blocked layers (a cycle of three images over three), so some cases block
+# exactly one layer, others the stem alone or three pairs; tf_same and keras pad the stride-2
+# depthwise input of depthwise_sep_conv1 with no top row (0, 1).
+BLOCKED = [
+    ("torch", 3, (3, 45, 38), 25000, ["stem", "depthwise_sep_conv0"]),
+    ("torch", 1, (3, 45, 38), 25000, ["depthwise_sep_conv0"]),
+    ("torch", 3, (3, 37, 29), 25000, ["stem"]),
+    ("torch", 3, (3, 37, 29), 9000, ["stem", *(f"depthwise_sep_conv{i}" for i in range(3))]),
+    ("tf_same", 3, (3, 64, 48), 15000, ["depthwise_sep_conv1"]),
+    ("keras", 3, (3, 64, 48), 15000, ["depthwise_sep_conv1"]),
+]
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("padding,in_ch,nhw,budget,expected", BLOCKED)
+def test_one_or_three_blocked_layers_match_the_model(monkeypatch, padding, in_ch, nhw, budget,
+                                                     expected, rng):  # fmt: skip
+    """Blocks of several rows, the last one shorter, in a batch of three different images: an
+    image, a row or a channel computed in the wrong place in a blocked layer changes the logits
+    (float64: far above rounding)."""
+    monkeypatch.setattr(engine_module, "BLOCK_BYTES", budget)
+    seen = _blocked_layers(monkeypatch)
+    model = random_model(padding, classes=6, dtype=np.float64, in_ch=in_ch)
+    n, h, w = nhw
+    x = rng.uniform(-1, 1, (n, in_ch, h, w))
+    out = model.fuse()(x)
+    assert seen == expected
+    _assert_matches(out, model.forward, x, np.float64)
+
+
+@pytest.mark.kernels
+def test_one_blocked_pair_matches_torch_in_float32(torch, monkeypatch, rng):
+    monkeypatch.setattr(engine_module, "BLOCK_BYTES", 12500)  # float64's 25000: half the bytes
+    seen = _blocked_layers(monkeypatch)
+    reference, model = _pair(torch, 0.25, 5, 1, "relu6", np.float32)
+    x = rng.uniform(-1, 1, (3, 1, 45, 38)).astype(np.float32)
+    out = model.fuse()(x)
+    assert seen == ["depthwise_sep_conv0"]
+    _assert_matches(out, partial(_torch_logits, torch, reference), x, np.float32)
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_blocked_layers_in_uneven_slices_and_groups(monkeypatch, dtype, rng):
+    """Five images over two threads in groups of two: slices of 2 and 3 images, groups of 2, 2
+    and 1; a group of two blocks the stem and three pairs, a group of one the stem and one."""
+    monkeypatch.setattr(engine_module, "BLOCK_BYTES", 9000 * np.dtype(dtype).itemsize // 8)
+    monkeypatch.setattr(engine_module, "GROUP", 2)
+    monkeypatch.setattr(threads, "MIN_SLICE_ELEMENTS", 1)
+    seen = _blocked_layers(monkeypatch)
+    model = random_model("torch", classes=6, dtype=dtype)
+    engine = engine_module.FusedMobileNetV1(model, runner=threads.Runner(2))
+    groups = _spy_on_forwards(monkeypatch, engine)
+    x = rng.uniform(-1, 1, (5, 3, 45, 38)).astype(dtype)
+    out = engine(x)
+    assert sorted(groups) == [1, 2, 2], groups
+    pairs = [path for path in seen if path != "stem"]
+    assert seen.count("stem") == 3 and len(pairs) == 2 * 3 + 1, seen
+    _assert_matches(out, model.forward, x, dtype)
+
+
 @pytest.mark.kernels
 @pytest.mark.parametrize("dtype,n_threads", [(np.float32, 1), (np.float64, 2)])
 def test_a_slice_runs_its_images_in_groups(torch, monkeypatch, dtype, n_threads, rng):
@@ -383,6 +456,45 @@ def test_groups_and_slices_of_a_batch_match_the_model_and_torch(
     assert max(seen) == group and sum(seen) == n, seen
     _assert_matches(out, model.forward, x, dtype)
     _assert_matches(out, partial(_torch_logits, torch, _torch_twin(torch, model, dtype)), x, dtype)
+
+
+_MODELS: dict = {}
+
+
+def _cached_model(padding, dtype):
+    """``random_model(padding)`` built once per padding and dtype (the engine never changes it)."""
+    if (padding, dtype) not in _MODELS:
+        _MODELS[padding, dtype] = random_model(padding, classes=6, dtype=dtype)
+    return _MODELS[padding, dtype]
+
+
+@pytest.mark.kernels
+@settings(max_examples=20)
+@given(
+    padding=st.sampled_from(["torch", "tf_same", "keras"]),
+    dtype=st.sampled_from(DTYPES),
+    n=st.integers(1, 6),
+    hw=st.tuples(st.integers(31, 72), st.integers(31, 72)),  # keras needs 31 to keep a pixel
+    group=st.integers(1, 4),
+    n_threads=st.integers(1, 3),
+    budget=st.sampled_from([None, 2000, 6000, 15000, 40000]),
+    seed=st.integers(0, 2**16),
+)
+def test_any_batch_in_slices_groups_and_blocks_matches_the_model(
+    padding, dtype, n, hw, group, n_threads, budget, seed
+):
+    """Any batch size, image size, group size, thread count and block budget together: the
+    engine's logits are the model's (every slice and group boundary, block of rows and padding
+    convention in combination)."""
+    model = _cached_model(padding, dtype)
+    x = np.random.default_rng(seed).uniform(-1, 1, (n, 3, *hw)).astype(dtype)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(threads, "MIN_SLICE_ELEMENTS", 1)
+        patch.setattr(engine_module, "GROUP", group)
+        if budget:
+            patch.setattr(engine_module, "BLOCK_BYTES", budget * np.dtype(dtype).itemsize // 8)
+        out = engine_module.FusedMobileNetV1(model, runner=threads.Runner(n_threads))(x)
+    _assert_matches(out, model.forward, x, dtype)
 
 
 def _counted(fn, calls, kind):
@@ -559,6 +671,60 @@ def test_unknown_module_is_named_with_its_path_and_type(rng):
         model.fuse()
 
 
+def _with_bias(conv, rng):
+    """A copy of ``conv`` with a bias: its weights and a random (N(0, 1)) bias per channel."""
+    new = Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                 groups=conv.groups, bias=True, dtype=conv.weight.data.dtype)  # fmt: skip
+    new.weight.data[...] = conv.weight.data
+    new.bias.data[...] = rng.standard_normal(conv.out_channels)
+    return new
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_conv_biases_are_folded_with_the_batch_norm(dtype, rng):
+    """Convs with a bias (a stem, a depthwise and a pointwise one): bn(conv(x) + c) is
+    conv(x) * scale + (shift + scale * c) in the engine too."""
+    model = _measured_model(dtype=dtype)
+    for block, name in (("first_conv", "conv"), ("depthwise_sep_conv1", "dwconv"),
+                        ("depthwise_sep_conv2", "pwconv")):  # fmt: skip
+        parent = getattr(model, block)
+        setattr(parent, name, _with_bias(getattr(parent, name), rng))
+    x = rng.uniform(-1, 1, (2, 3, 40, 36)).astype(dtype)
+    bias = model.depthwise_sep_conv2.pwconv.bias.data
+    with_bias, kept = model.forward(x), bias.copy()
+    bias[...] = 0
+    assert np.abs(model.forward(x) - with_bias).max() > 0.01 * np.abs(with_bias).max()
+    bias[...] = kept  # the biases change the logits, and the engine adds them as the model does
+    _assert_matches(model.fuse()(x), model.forward, x, dtype)
+
+
+@pytest.mark.parametrize(
+    "changes,words",
+    [
+        ({"avgpool": lambda: AdaptiveAvgPool2d(2)}, r"avgpool \(AdaptiveAvgPool2d\).*output_size"),
+        ({"avgpool": Identity, "fc": Identity}, r"MobileNetV1 has no global pooling"),
+        ({"depthwise_sep_conv3.bn1": Identity},
+         r"depthwise_sep_conv3\.pwconv \(Conv2d\).*followed by a BatchNorm2d"),
+        ({"depthwise_sep_conv3.pwconv": lambda: Conv2d(64, 64, 1, stride=2, bias=False)},
+         r"depthwise_sep_conv3\.pwconv \(Conv2d\).*stride 1"),
+    ],
+)  # fmt: skip
+def test_a_model_the_engine_cannot_compute_is_refused_by_name(changes, words):
+    """What the engine cannot compute exactly raises UnsupportedModuleError (a TypeError) naming
+    the module: never a wrong number."""
+    model = _measured_model()
+    for path, module in changes.items():
+        *parents, name = path.split(".")
+        parent = model
+        for part in parents:
+            parent = getattr(parent, part)
+        setattr(parent, name, module())
+    with pytest.raises(UnsupportedModuleError, match=words) as info:
+        model.fuse()
+    assert str(info.value).startswith("FusedMobileNetV1") and len(str(info.value)) < 600
+
+
 def test_fuse_is_a_snapshot_of_the_current_weights(rng):
     model = _measured_model()
     x = rng.standard_normal((1, 3, 32, 32))
@@ -567,6 +733,52 @@ def test_fuse_is_a_snapshot_of_the_current_weights(rng):
     model.fc.bias.data += 1.0
     np.testing.assert_array_equal(engine(x), before)
     np.testing.assert_allclose(model.fuse()(x), before + 1.0, **TOL[np.float64])
+
+
+@pytest.mark.kernels
+def test_more_input_shapes_than_the_engine_keeps_buffers_for(rng):
+    """Buffers of the least recently used shape are dropped: every call, a shape seen again
+    after others pushed it out included, returns the model's logits."""
+    model = _measured_model()
+    engine = model.fuse()
+    shapes = [(2, 3, 24 + k, 20) for k in range(engine_module._MAX_PLANS + 2)]
+    inputs = [rng.uniform(-1, 1, shape) for shape in shapes]
+    outputs = [engine(x) for x in inputs]
+    outputs.append(engine(inputs[0]))
+    for x, out in zip([*inputs, inputs[0]], outputs):
+        _assert_matches(out, model.forward, x, np.float64)
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("pool", ["avg", "max"])
+def test_headless_features_are_new_arrays(pool, rng):
+    """The pooled features a headless model returns are not the engine's buffer: the next call
+    (same shape, other images) does not change them."""
+    model = _measured_model(classes=0, global_pool=pool)
+    engine = model.fuse()
+    x, y = rng.uniform(-1, 1, (2, 2, 3, 32, 36))
+    first = engine(x)
+    kept = first.copy()
+    _assert_matches(engine(y), model.forward, y, np.float64)
+    np.testing.assert_array_equal(first, kept)
+    _assert_matches(first, model.forward, x, np.float64)
+
+
+@pytest.mark.kernels
+def test_a_batch_the_runner_declines_to_split_runs_as_one_slice(monkeypatch, rng):
+    """When BLAS does not take a thread limit the runner's session hands back the serial runner
+    (``threads.Runner.session``): the batch runs as one slice, in groups, and gives the same
+    logits."""
+    monkeypatch.setattr(threads, "MIN_SLICE_ELEMENTS", 1)
+    monkeypatch.setattr(engine_module, "GROUP", 2)
+    model = _measured_model()
+    engine = engine_module.FusedMobileNetV1(model, runner=threads.Runner(2))
+    monkeypatch.setattr(engine.runner, "session", lambda: nullcontext(threads.SERIAL))
+    seen = _spy_on_forwards(monkeypatch, engine)
+    x = rng.uniform(-1, 1, (5, 3, 33, 30))
+    out = engine(x)
+    assert seen == [2, 2, 1]
+    _assert_matches(out, model.forward, x, np.float64)
 
 
 # ---------------------------------------------------------------- bad input

@@ -57,6 +57,12 @@ def plane3x3_flat(taps, cols, wk, dst, fo):
     whole plane is one vectorised loop into ``fo`` (the columns past OW are junk, dropped when
     adding into dst). On 7x7 planes, rows of 7 would be mostly loop overhead. Same sums, same
     order as ``_add_row``.
+
+    The nine weights sit in registers, so each multiply-add reads one tap. Two output rows per
+    pass (rows oh and oh + 1 share two of their three input rows: 12 tap loads for two vectors
+    of outputs instead of 18) cannot be one flat loop; as a loop per row pair it measured
+    slower on every MobileNet plane: 1.1-1.3x on 112 and 56 columns, 1.8-2.2x on 28, 14 and 7,
+    where a loop over one row is mostly its scalar remainder (16 float32 lanes per vector).
     """
     ws = (wk[0, 0], wk[0, 1], wk[0, 2], wk[1, 0], wk[1, 1], wk[1, 2], wk[2, 0], wk[2, 1], wk[2, 2])
     t0, t1, t2, t3, t4, t5, t6, t7, t8 = taps
