@@ -106,3 +106,39 @@ def test_blas_threads_restored_after_a_banded_forward(rng):
     before = threads.blas_num_threads()
     _fused(model, threads.Runner(2))(x)
     assert threads.blas_num_threads() == before
+
+
+def test_one_image_inside_another_map_runs_without_waiting_forever(rng):
+    """Called from inside a map that holds the runner's threads, the bands run one after the
+    other in the calling thread (no barrier waits for a thread that never comes), and give the
+    model's logits."""
+    model = random_model("torch", "relu6", 6, 0, np.float64, alpha=0.25)
+    runner = threads.Runner(2)
+    engine = _fused(model, runner)
+    x = rng.uniform(-1, 1, (1, 3, 224, 224))
+    parts = runner.map(lambda lo, hi: engine(x), 2, threads.MIN_SLICE_ELEMENTS)
+    assert len(parts) == 2
+    for logits in parts:
+        _assert_matches(logits, model.forward, x, np.float64)
+
+
+def test_a_failing_band_raises_and_the_next_call_works(rng, monkeypatch):
+    """An exception in one thread's band is raised by the call (the other thread stops waiting
+    for it at the barrier), and the engine works afterwards."""
+    model = random_model("torch", "relu6", 6, 0, np.float64, alpha=0.25)
+    engine = _fused(model, threads.Runner(2))
+    x = rng.uniform(-1, 1, (1, 3, 224, 224))
+    calls = {"n": 0}
+    real = bands.bias_clamp_depthwise3x3
+
+    def fail_once_in_a_worker(*args):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("band failed")
+        return real(*args)
+
+    monkeypatch.setattr(bands, "bias_clamp_depthwise3x3", fail_once_in_a_worker)
+    with pytest.raises(RuntimeError, match="band failed"):
+        engine(x)
+    monkeypatch.setattr(bands, "bias_clamp_depthwise3x3", real)
+    _assert_matches(engine(x), model.forward, x, np.float64)

@@ -21,11 +21,18 @@ A band's data stays in its core's cache from the depthwise conv to the GEMM's ou
 
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
 
 from npmobilenet import threads
+from npmobilenet.kernels.fused_barrier import FAILED, arrive, wait_all
 from npmobilenet.kernels.fused_conv3x3 import bias_clamp_depthwise3x3, im2col3x3_nchw
 from npmobilenet.kernels.fused_epilogue import bias_clamp_mean
+
+# Rounds of a barrier's spin (about a millisecond) before a waiting thread sleeps a moment.
+_SPINS = 2**18
 
 
 def runs_in_bands(layers, plan) -> bool:
@@ -49,48 +56,57 @@ def forward_bands(layers, plan, x, runner: threads.Runner, clock=None):
     """x (1, C, H, W) -> the pooled features (1, K) (``plan[-1]["dst"]``), every block split
     into bands of rows over ``runner``'s threads (call inside ``runner.session()``).
 
-    ``clock(kind)`` (``FusedMobileNetV1.profile``) is called after each step; with a clock,
-    the threads also meet between a block's depthwise conv and its GEMM, so that each is timed.
+    The threads meet after each block at a spinning barrier (``fused_barrier``), all blocks in
+    one :meth:`~npmobilenet.threads.Runner.map`. ``clock(kind)`` (``FusedMobileNetV1.profile``)
+    is called after each step instead: one map per step, and a block's depthwise conv and its
+    GEMM are separate steps, so that each is timed.
     """
-    clock = clock or _no_clock
     dtype = x.dtype.type
-    stem = layers[0]
-    y = _stem(stem, x, plan[0], runner)
-    clock("first conv")
-    prev = stem
+    steps = [("first conv", *_stem(layers[0], x, plan[0], runner))]
+    y = plan[0]["y"].reshape(1, *plan[0]["a"].shape[1:3], -1)
     for i in range(1, len(layers), 2):
-        y = _block(prev, layers[i], layers[i + 1], y, plan[i], plan[i + 1], runner, clock)
-        prev = layers[i + 1]
+        y, bands, depthwise, gemm = _block(layers[i - 1], layers[i], layers[i + 1], y, plan[i],
+                                           plan[i + 1], runner)  # fmt: skip
+        steps += [("depthwise", bands, depthwise), ("pointwise GEMM", bands, gemm)]
+    if clock is None:
+        _run_together(runner, steps)
+    else:
+        for kind, bands, work in steps:
+            runner.map(lambda lo, hi: [work(k) for k in range(lo, hi)], len(bands),  # noqa: B023
+                       threads.MIN_SLICE_ELEMENTS)  # fmt: skip
+            clock(kind)
     n, oh, ow, k = y.shape
-    pooled = plan[-1]["dst"]
-    bias_clamp_mean(y.reshape(n, oh * ow, k), prev.bias, dtype(prev.lo), dtype(prev.hi), pooled)
-    clock("bias+act+pool")
+    last, pooled = layers[-1], plan[-1]["dst"]
+    bias_clamp_mean(y.reshape(n, oh * ow, k), last.bias, dtype(last.lo), dtype(last.hi), pooled)
+    if clock is not None:
+        clock("bias+act+pool")
     return pooled
 
 
 def _stem(stem, x, arrays, runner):
-    """im2col + GEMM of the stem, a band of output rows per thread -> y (1, OH, OW, K)."""
+    """The stem's bands of output rows and ``work(k)``: im2col + GEMM of band k into
+    ``arrays["y"]`` (OH*OW, K)."""
     a, w = arrays["a"], stem.weight  # (1, OH, OW, 9*C), (9*C, K)
     _, oh, ow, c9 = a.shape
     y = arrays["y"]  # (OH*OW, K)
     bands = runner.slices(oh)
 
-    def part(lo, hi):
-        for r0, r1 in bands[lo:hi]:
-            im2col3x3_nchw(x, stem.stride, a[:, r0:r1], r0)
-            np.matmul(a[0, r0:r1].reshape(-1, c9), w, out=y[r0 * ow : r1 * ow])
+    def work(k):
+        r0, r1 = bands[k]
+        im2col3x3_nchw(x, stem.stride, a[:, r0:r1], r0)
+        np.matmul(a[0, r0:r1].reshape(-1, c9), w, out=y[r0 * ow : r1 * ow])
 
-    runner.map(part, len(bands), threads.MIN_SLICE_ELEMENTS)  # a thread per band
-    return y.reshape(1, oh, ow, -1)
+    return bands, work
 
 
-def _block(prev, dw, pw, y, dw_arrays, pw_arrays, runner, clock):
-    """``prev``'s epilogue, depthwise layer ``dw`` and pointwise GEMM ``pw``, a band of rows per
-    thread: y (1, H, W, C) ``prev``'s GEMM output -> ``pw``'s GEMM output (1, OH, OW, K)."""
+def _block(prev, dw, pw, y, dw_arrays, pw_arrays, runner):
+    """``prev``'s epilogue, depthwise layer ``dw`` and pointwise GEMM ``pw`` on y (1, H, W, C),
+    ``prev``'s GEMM output: ``(out, bands, depthwise(k), gemm(k))``, out (1, OH, OW, K) the
+    GEMM output that ``gemm`` writes band by band (not the buffer y is in)."""
     dtype = y.dtype.type
     a = dw_arrays["a"]  # (1, OH, OW, C)
     _, oh, ow, c = a.shape
-    out = pw_arrays["y"]  # (OH*OW, K), not the buffer y is in
+    out = pw_arrays["y"]  # (OH*OW, K)
     args = (y, prev.bias, dtype(prev.lo), dtype(prev.hi), dw.weight, dw.bias, dw.stride,
             dtype(dw.lo), dtype(dw.hi))  # fmt: skip
     bands = runner.slices(oh)
@@ -98,24 +114,53 @@ def _block(prev, dw, pw, y, dw_arrays, pw_arrays, runner, clock):
     while len(rings) < len(bands):  # (3, W+2, C): three bordered input rows
         rings.append(np.empty((3, y.shape[2] + 2, c), y.dtype))
 
-    def depthwise(lo, hi):
-        for k in range(lo, hi):
-            bias_clamp_depthwise3x3(*args, rings[k], a, *bands[k])
+    def depthwise(k):
+        bias_clamp_depthwise3x3(*args, rings[k], a, *bands[k])
 
-    def gemm(lo, hi):
-        for r0, r1 in bands[lo:hi]:
-            np.matmul(a[0, r0:r1].reshape(-1, c), pw.weight, out=out[r0 * ow : r1 * ow])
+    def gemm(k):
+        r0, r1 = bands[k]
+        np.matmul(a[0, r0:r1].reshape(-1, c), pw.weight, out=out[r0 * ow : r1 * ow])
 
-    if clock is _no_clock:  # a thread per band, both steps
-        runner.map(lambda lo, hi: (depthwise(lo, hi), gemm(lo, hi)), len(bands),
-                   threads.MIN_SLICE_ELEMENTS)  # fmt: skip
-    else:
-        runner.map(depthwise, len(bands), threads.MIN_SLICE_ELEMENTS)
-        clock("depthwise")
-        runner.map(gemm, len(bands), threads.MIN_SLICE_ELEMENTS)
-        clock("pointwise GEMM")
-    return out.reshape(1, oh, ow, -1)
+    return out.reshape(1, oh, ow, -1), bands, depthwise, gemm
 
 
-def _no_clock(kind):
-    pass
+def _run_together(runner, steps) -> None:
+    """Every step's bands, thread t taking band t of each, the threads meeting at a spinning
+    barrier after each block (a step whose bands were computed by other threads is read next).
+
+    The steps run in one ``runner.map`` over the threads. If that map runs its slices one
+    after the other in the calling thread (another map holds the workers), the first slice
+    runs every band of every step itself and the others return: a barrier would wait forever.
+    """
+    n_threads = runner.threads
+    flags = np.zeros(n_threads, np.int64)
+    caller, state = threading.get_ident(), {"serial": False}
+
+    def thread(lo, hi):
+        if state["serial"]:
+            return
+        if hi - lo > 1 or (lo < n_threads - 1 and threading.get_ident() == caller):
+            state["serial"] = True  # not on threads of their own: no barriers
+            for _, bands, work in steps:
+                for k in range(len(bands)):
+                    work(k)
+            return
+        _run_thread(lo, steps, flags)
+
+    runner.map(thread, n_threads, threads.MIN_SLICE_ELEMENTS)
+
+
+def _run_thread(t, steps, flags) -> None:
+    """Thread t's band of each step; after each block (a GEMM step, the stem), it arrives at
+    the barrier and waits for the others, except after the last."""
+    try:
+        for s, (kind, bands, work) in enumerate(steps):
+            if t < len(bands):
+                work(t)
+            if kind != "depthwise" and s + 1 < len(steps):
+                arrive(flags, t, s + 1)
+                while not wait_all(flags, s + 1, _SPINS):
+                    time.sleep(0)  # a thread is late: let it have the core
+    except BaseException:
+        arrive(flags, t, FAILED)  # the others stop waiting for this thread
+        raise
