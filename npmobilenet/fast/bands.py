@@ -31,6 +31,9 @@ from npmobilenet.kernels.fused_barrier import FAILED, arrive, wait_all
 from npmobilenet.kernels.fused_conv3x3 import bias_clamp_depthwise3x3, im2col3x3_nchw
 from npmobilenet.kernels.fused_epilogue import bias_clamp_mean
 
+# A pointwise GEMM of fewer rows (pixels) is split over the threads by its output channels, so
+# that each thread packs only its part of the weight; a larger one by its rows.
+COLUMNS_BELOW = 1024
 # Rounds of a barrier's spin (about a millisecond) before a waiting thread sleeps a moment.
 _SPINS = 2**18
 
@@ -62,16 +65,16 @@ def forward_bands(layers, plan, x, runner: threads.Runner, clock=None):
     GEMM are separate steps, so that each is timed.
     """
     dtype = x.dtype.type
-    steps = [("first conv", *_stem(layers[0], x, plan[0], runner))]
+    steps = [("first conv", True, *_stem(layers[0], x, plan[0], runner))]
     y = plan[0]["y"].reshape(1, *plan[0]["a"].shape[1:3], -1)
     for i in range(1, len(layers), 2):
-        y, bands, depthwise, gemm = _block(layers[i - 1], layers[i], layers[i + 1], y, plan[i],
-                                           plan[i + 1], runner)  # fmt: skip
-        steps += [("depthwise", bands, depthwise), ("pointwise GEMM", bands, gemm)]
+        y, *block = _block(layers[i - 1], layers[i], layers[i + 1], y, plan[i], plan[i + 1],
+                           runner)  # fmt: skip
+        steps += block
     if clock is None:
         _run_together(runner, steps)
     else:
-        for kind, bands, work in steps:
+        for kind, _, bands, work in steps:
             runner.map(lambda lo, hi: [work(k) for k in range(lo, hi)], len(bands),  # noqa: B023
                        threads.MIN_SLICE_ELEMENTS)  # fmt: skip
             clock(kind)
@@ -101,8 +104,12 @@ def _stem(stem, x, arrays, runner):
 
 def _block(prev, dw, pw, y, dw_arrays, pw_arrays, runner):
     """``prev``'s epilogue, depthwise layer ``dw`` and pointwise GEMM ``pw`` on y (1, H, W, C),
-    ``prev``'s GEMM output: ``(out, bands, depthwise(k), gemm(k))``, out (1, OH, OW, K) the
-    GEMM output that ``gemm`` writes band by band (not the buffer y is in)."""
+    ``prev``'s GEMM output: ``(out, depthwise step, GEMM step)``, out (1, OH, OW, K) the GEMM
+    output (not the buffer y is in).
+
+    A step is ``(kind, meet, bands, work)``: ``work(k)`` computes band k (the depthwise conv
+    a band of rows; the GEMM the same band's pixels, or, when the GEMM has fewer than
+    :data:`COLUMNS_BELOW` rows, a band of its output channels, after the threads have met)."""
     dtype = y.dtype.type
     a = dw_arrays["a"]  # (1, OH, OW, C)
     _, oh, ow, c = a.shape
@@ -121,12 +128,23 @@ def _block(prev, dw, pw, y, dw_arrays, pw_arrays, runner):
         r0, r1 = bands[k]
         np.matmul(a[0, r0:r1].reshape(-1, c), pw.weight, out=out[r0 * ow : r1 * ow])
 
-    return out.reshape(1, oh, ow, -1), bands, depthwise, gemm
+    steps = [("depthwise", False, bands, depthwise), ("pointwise GEMM", True, bands, gemm)]
+    if oh * ow < COLUMNS_BELOW:  # all rows of a, each thread a band of W's columns
+        k = pw.weight.shape[1]
+        columns = [(lo * 16, min(k, hi * 16)) for lo, hi in runner.slices(-(-k // 16))]
+
+        def gemm_columns(j):
+            k0, k1 = columns[j]
+            np.matmul(a.reshape(-1, c), pw.weight[:, k0:k1], out=out[:, k0:k1])
+
+        steps = [("depthwise", True, bands, depthwise),
+                 ("pointwise GEMM", True, columns, gemm_columns)]  # fmt: skip
+    return out.reshape(1, oh, ow, -1), *steps
 
 
 def _run_together(runner, steps) -> None:
     """Every step's bands, thread t taking band t of each, the threads meeting at a spinning
-    barrier after each block (a step whose bands were computed by other threads is read next).
+    barrier after each step that says so (one whose bands other threads read next).
 
     The steps run in one ``runner.map`` over the threads. If that map runs its slices one
     after the other in the calling thread (another map holds the workers), the first slice
@@ -141,7 +159,7 @@ def _run_together(runner, steps) -> None:
             return
         if hi - lo > 1 or (lo < n_threads - 1 and threading.get_ident() == caller):
             state["serial"] = True  # not on threads of their own: no barriers
-            for _, bands, work in steps:
+            for _, _, bands, work in steps:
                 for k in range(len(bands)):
                     work(k)
             return
@@ -151,13 +169,13 @@ def _run_together(runner, steps) -> None:
 
 
 def _run_thread(t, steps, flags) -> None:
-    """Thread t's band of each step; after each block (a GEMM step, the stem), it arrives at
-    the barrier and waits for the others, except after the last."""
+    """Thread t's band of each step; after a step that meets, it arrives at the barrier and
+    waits for the others (except after the last step: the map's end is the barrier)."""
     try:
-        for s, (kind, bands, work) in enumerate(steps):
+        for s, (_, meet, bands, work) in enumerate(steps):
             if t < len(bands):
                 work(t)
-            if kind != "depthwise" and s + 1 < len(steps):
+            if meet and s + 1 < len(steps):
                 arrive(flags, t, s + 1)
                 while not wait_all(flags, s + 1, _SPINS):
                     time.sleep(0)  # a thread is late: let it have the core
