@@ -106,7 +106,7 @@ def depthwise3x3_nhwc(xp, w, b, stride, lo, hi, out):
                              out[n, oh])  # fmt: skip
 
 
-@njit(cache=True, nogil=True, fastmath=CONTRACT)
+@njit(cache=True, nogil=True, fastmath=CONTRACT, inline="always")
 def depthwise3x3_row(r0, r1, r2, w, b, stride, lo, hi, o):
     """One output row of :func:`depthwise3x3_nhwc`: r0, r1, r2 (W+2, C) the three zero-bordered
     input rows under it, o (OW, C) the output row, written in place.
