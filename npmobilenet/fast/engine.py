@@ -62,6 +62,10 @@ BLOCKED_ABOVE = 8
 # Images a slice of a batch runs through the whole network at a time: four 224 x 224 images'
 # activations (a few MB per layer) stay in the shared L3 cache from one layer to the next.
 GROUP = 4
+# One image whose largest array (the stem's im2col rows and output) has at least this many
+# elements runs in bands of rows over the runner's threads (``bands.forward_bands``); a smaller
+# one on BLAS's threads, layer by layer: its blocks are too small for the threads' barriers.
+BANDS_ABOVE = 2**18
 
 
 class FusedMobileNetV1:
@@ -187,10 +191,10 @@ class FusedMobileNetV1:
         """``with self._band_runner(plan, per_image) as runner:`` the runner to split one
         image's rows over (``bands.forward_bands``), BLAS at one thread inside the block; or
         :data:`~npmobilenet.threads.SERIAL` (nothing changed) when the plan does not fit
-        ``forward_bands``, the image is small (fewer than ``MIN_SLICE_ELEMENTS`` elements in its
+        ``forward_bands``, the image is small (fewer than :data:`BANDS_ABOVE` elements in its
         largest array) or there is one thread."""
         fits = plan[0]["bands"] and self.head.pool == "avg"
-        if not fits or per_image < threads.MIN_SLICE_ELEMENTS or self.runner.threads == 1:
+        if not fits or per_image < BANDS_ABOVE or self.runner.threads == 1:
             yield threads.SERIAL
             return
         with self.runner.session() as runner:
