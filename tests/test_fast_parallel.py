@@ -64,8 +64,8 @@ def test_one_image_in_bands_matches_the_model(dtype, n_threads, size, rng):
 
 
 def test_bands_give_the_layer_by_layer_result(rng):
-    """Two threads in bands and one thread layer by layer compute the same sums in the same
-    order: the logits agree to float64 rounding."""
+    """Two threads in bands and one thread layer by layer compute the same sums (the GEMMs
+    perhaps blocked differently): the logits agree to float64 rounding."""
     model = random_model("torch", "relu", 6, 0, np.float64, alpha=0.25)
     x = rng.uniform(-1, 1, (1, 3, 224, 224))
     banded = _fused(model, threads.Runner(2))(x)

@@ -21,8 +21,8 @@ A band's data stays in its core's cache from the depthwise conv to the GEMM's ou
 
 from __future__ import annotations
 
+import os
 import threading
-import time
 
 import numpy as np
 
@@ -34,8 +34,9 @@ from npmobilenet.kernels.fused_epilogue import bias_clamp_mean
 # A pointwise GEMM of fewer rows (pixels) is split over the threads by its output channels, so
 # that each thread packs only its part of the weight; a larger one by its rows.
 COLUMNS_BELOW = 1024
-# Rounds of a barrier's spin (about a millisecond) before a waiting thread sleeps a moment.
-_SPINS = 2**18
+# Rounds of a barrier's spin (about 50 us) before a waiting thread yields its core (a thread
+# it waits for may be waiting for that core) and spins again.
+_SPINS = 2**16
 
 
 def runs_in_bands(layers, plan) -> bool:
@@ -178,7 +179,7 @@ def _run_thread(t, steps, flags) -> None:
             if meet and s + 1 < len(steps):
                 arrive(flags, t, s + 1)
                 while not wait_all(flags, s + 1, _SPINS):
-                    time.sleep(0)  # a thread is late: let it have the core
+                    os.sched_yield()  # a thread is late: let it have the core
     except BaseException:
         arrive(flags, t, FAILED)  # the others stop waiting for this thread
         raise
