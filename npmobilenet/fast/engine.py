@@ -24,9 +24,14 @@ float rounding), in fewer and faster passes:
    run through the whole network side by side, each slice with its own buffers and BLAS at one
    thread (``npmobilenet.threads``): one hand-off per call, and the depthwise kernels and
    epilogues run on every core too; a slice goes through the network :data:`GROUP` images at
-   a time, whose activations stay in the shared cache from layer to layer.
+   a time, whose activations stay in the shared cache from layer to layer;
+8. **one large image split into bands of rows** over the same threads (``bands.py``), BLAS at
+   one thread: each thread takes its band through a block's depthwise conv (the previous
+   GEMM's bias and activation fused into it, ``bias_clamp_depthwise3x3``) and pointwise GEMM,
+   and the threads meet at a spinning barrier after each block. A small image, or a model
+   whose layers do not fit that scheme, runs layer by layer on BLAS's threads.
 
-Numba kernels here are serial. One image runs on BLAS's threads (see ``npmobilenet.threads``).
+Numba kernels here are serial (see ``npmobilenet.threads``).
 Dropout is the identity in eval mode.
 """
 
