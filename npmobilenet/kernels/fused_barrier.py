@@ -6,13 +6,13 @@ puts a waiting thread to sleep, and waking it costs tens of microseconds (more u
 hypervisor), as much as a small block's work. So the threads here wait by spinning, with the
 GIL released (``nogil``), on a shared int64 array ``flags`` (one slot per thread): thread ``t``
 stores the block's number ``step`` in ``flags[t]`` and waits until every slot holds at least
-``step``. x86-64 and ARM keep the order of these atomic stores and loads (release/acquire),
-so the rows a thread wrote before its store are visible to the threads that see the store.
+``step``. The store is an atomic release and the loads are atomic acquires, so everything a
+thread wrote before its store (its rows, by Numba or by BLAS) is visible to a thread that has
+seen the store.
 
 A thread that fails stores a number larger than any step (:data:`FAILED`), so that the others
-do not wait for it; the spin also gives up after ``spins`` rounds and returns False (the caller
-then waits in Python, sleeping, and tries again), so a thread that never comes cannot hang the
-others in native code.
+do not wait for it. The spin gives up after ``spins`` rounds and returns False; the caller
+then yields its core (the thread it waits for may need it) and spins again.
 """
 
 from __future__ import annotations
