@@ -265,9 +265,7 @@ def print_inference(breakdown):
         print(f"  {c:<12}" + "".join(f"{breakdown[n][c] * 1e3:>22.3f}" for n in names))
     print(
         "  (npmobilenet: BN folded into the weights = 0; 'activation' = the fused bias+act pass"
-        " after each pointwise GEMM, 0 where it runs inside the next depthwise layer (an image in"
-        " bands of rows over the threads, each step timed with the threads meeting after it);"
-        " 'pooling' = the last one, fused with the pool)"
+        " after each pointwise GEMM; 'pooling' = the last one, fused with the pool)"
     )
 
 

@@ -10,8 +10,7 @@ The rule this project follows:
 * **Numba kernels are serial** (no ``parallel=True`` anywhere), so Numba starts no threads;
   every op is a serial function of its arguments.
 * **For one image, BLAS owns the cores**: it runs the GEMMs, ~95% of MobileNetV1's arithmetic,
-  with as many threads as it was given (by default one per core). (The fused engine splits one
-  large image into bands of rows over a runner instead, ``npmobilenet.fast.bands``.)
+  with as many threads as it was given (by default one per core).
 * **For a batch, a** :class:`Runner` **owns the cores**: it runs a function on contiguous slices
   of the batch, one slice per thread, with BLAS at one thread meanwhile (:meth:`Runner.session`).
   Nothing spins while another pool wants the core. An op splits its batch only when it is

@@ -24,20 +24,14 @@ float rounding), in fewer and faster passes:
    run through the whole network side by side, each slice with its own buffers and BLAS at one
    thread (``npmobilenet.threads``): one hand-off per call, and the depthwise kernels and
    epilogues run on every core too; a slice goes through the network :data:`GROUP` images at
-   a time, whose activations stay in the shared cache from layer to layer;
-8. **one large image split into bands of rows** over the same threads (``bands.py``), BLAS at
-   one thread: each thread takes its band through a block's depthwise conv (the previous
-   GEMM's bias and activation fused into it, ``bias_clamp_depthwise3x3``) and pointwise GEMM,
-   and the threads meet at a spinning barrier after each block. A small image, or a model
-   whose layers do not fit that scheme, runs layer by layer on BLAS's threads.
+   a time, whose activations stay in the shared cache from layer to layer.
 
-Numba kernels here are serial (see ``npmobilenet.threads``).
+Numba kernels here are serial. One image runs on BLAS's threads (see ``npmobilenet.threads``).
 Dropout is the identity in eval mode.
 """
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from collections import OrderedDict
@@ -46,13 +40,8 @@ import numpy as np
 
 from npmobilenet import _checks, threads
 from npmobilenet._geometry import output_size
-from npmobilenet.fast.bands import forward_bands, runs_in_bands
 from npmobilenet.fast.walk import OP, Head, Layer, fused_layers, stem_reads_nchw
-from npmobilenet.kernels.fused_conv3x3 import (
-    conv_out_size,
-    depthwise3x3_nhwc,
-    im2col3x3_nchw,
-)
+from npmobilenet.kernels.fused_conv3x3 import conv_out_size, depthwise3x3_nhwc, im2col3x3_nchw
 from npmobilenet.kernels.fused_epilogue import bias_clamp_mean, bias_clamp_pad
 from npmobilenet.ops.conv import resolve_padding
 
@@ -67,10 +56,6 @@ BLOCKED_ABOVE = 8
 # Images a slice of a batch runs through the whole network at a time: four 224 x 224 images'
 # activations (a few MB per layer) stay in the shared L3 cache from one layer to the next.
 GROUP = 4
-# One image whose largest array (the stem's im2col rows and output) has at least this many
-# elements runs in bands of rows over the runner's threads (``bands.forward_bands``); a smaller
-# one on BLAS's threads, layer by layer: its blocks are too small for the threads' barriers.
-BANDS_ABOVE = 2**18
 
 
 class FusedMobileNetV1:
@@ -120,8 +105,7 @@ class FusedMobileNetV1:
 
         A batch of several images is split into slices that npmobilenet's threads run through
         the whole network side by side, BLAS at one thread each (``npmobilenet.threads``);
-        one large image is split into bands of rows over the same threads
-        (``npmobilenet.fast.bands``); a small one runs on BLAS's threads.
+        one image runs on BLAS's threads.
         """
         x = self._check_input(x)
         with self._lock:
@@ -129,37 +113,29 @@ class FusedMobileNetV1:
             n = x.shape[0]
             per_image = self._largest_per_image(x.shape)  # decides whether to split
             min_images = -(-threads.MIN_SLICE_ELEMENTS // per_image)
-            if n == 1:
-                plan = self._plan(x.shape, x.dtype)
-                with self._band_runner(plan, per_image) as runner:
-                    return self._forward(x, plan, weights, runner)
             if self.runner.threads == 1 or n < 2 * min_images:  # BLAS's threads, one slice
-                plans = self._group_plans(x.shape, x.dtype)
-                return self._forward_groups(x, plans, weights, threads.SERIAL)
+                return self._forward_groups(x, self._group_plans(x.shape, x.dtype), weights)
             with self.runner.session() as runner:
                 slices = runner.slices(n, min_images)
                 if len(slices) == 1:  # splitting declined (BLAS could not be limited)
-                    plans = self._group_plans(x.shape, x.dtype)
-                    return self._forward_groups(x, plans, weights, threads.SERIAL)
+                    return self._forward_groups(x, self._group_plans(x.shape, x.dtype), weights)
                 # each slice its own buffers (its own plans: a plan's layers share memory)
                 plans = {lo: self._group_plans(x[lo:hi].shape, x.dtype, part=i)
                          for i, (lo, hi) in enumerate(slices)}  # fmt: skip
                 parts = runner.map(
-                    lambda lo, hi: self._forward_groups(x[lo:hi], plans[lo], weights,
-                                                        threads.SERIAL),
+                    lambda lo, hi: self._forward_groups(x[lo:hi], plans[lo], weights),
                     n, per_image,
                 )  # fmt: skip
             return np.concatenate(parts)
 
-    def _forward_groups(self, x, plans: dict, weights, runner: threads.Runner) -> np.ndarray:
+    def _forward_groups(self, x, plans: dict, weights) -> np.ndarray:
         """x (N, C, H, W) -> logits, :data:`GROUP` images at a time through the whole network
-        (``plans``: group size -> plan, from ``_group_plans``; ``runner``: see ``_forward``)."""
+        (``plans``: group size -> plan, from ``_group_plans``)."""
         n = x.shape[0]
         if n <= GROUP:
-            return self._forward(x, plans[n], weights, runner)
+            return self._forward(x, plans[n], weights)
         groups = [x[g : g + GROUP] for g in range(0, n, GROUP)]
-        return np.concatenate([self._forward(xg, plans[len(xg)], weights, runner)
-                               for xg in groups])  # fmt: skip
+        return np.concatenate([self._forward(xg, plans[len(xg)], weights) for xg in groups])
 
     def _group_plans(self, shape, dtype, part: int = 0) -> dict:
         """The plans ``_forward_groups`` uses for a batch of ``shape``: group size -> plan."""
@@ -170,9 +146,8 @@ class FusedMobileNetV1:
     def profile(self, x: np.ndarray) -> dict[str, float]:
         """Run one forward and return seconds spent per step kind.
 
-        Kinds: ``first conv``, ``full conv`` (im2col + GEMM), ``depthwise`` (with the previous
-        GEMM's bias and activation, where they are fused), ``pointwise GEMM``, ``bias+act``
-        (the other GEMM epilogues), ``bias+act+pool`` (the last one), ``linear``.
+        Kinds: ``first conv``, ``full conv`` (im2col + GEMM), ``depthwise``, ``pointwise GEMM``,
+        ``bias+act`` (the GEMM epilogues), ``bias+act+pool`` (the last one), ``linear``.
         """
         x = self._check_input(x)
         times: dict[str, float] = {}
@@ -185,31 +160,12 @@ class FusedMobileNetV1:
 
         with self._lock:
             plan, weights = self._plan(x.shape, x.dtype), self._weights(x.dtype)
-            per_image = self._largest_per_image(x.shape)
-            with self._band_runner(plan, per_image if len(x) == 1 else 0) as runner:
-                last[0] = time.perf_counter()
-                self._forward(x, plan, weights, runner, clock)
+            last[0] = time.perf_counter()
+            self._forward(x, plan, weights, clock)
         return times
 
-    @contextlib.contextmanager
-    def _band_runner(self, plan, per_image: int):
-        """``with self._band_runner(plan, per_image) as runner:`` the runner to split one
-        image's rows over (``bands.forward_bands``), BLAS at one thread inside the block; or
-        :data:`~npmobilenet.threads.SERIAL` (nothing changed) when the plan does not fit
-        ``forward_bands``, the image is small (fewer than :data:`BANDS_ABOVE` elements in its
-        largest array) or there is one thread."""
-        fits = plan[0]["bands"] and self.head.pool == "avg"
-        if not fits or per_image < BANDS_ABOVE or self.runner.threads == 1:
-            yield threads.SERIAL
-            return
-        with self.runner.session() as runner:
-            yield runner
-
-    def _forward(self, x, plan: list, weights, runner: threads.Runner, clock=None):
+    def _forward(self, x, plan: list, weights, clock=None):
         """x (N, C, H, W) -> logits (N, classes) through the preallocated ``plan``.
-
-        ``runner``: the threads one image's rows are split over (``bands.forward_bands``),
-        inside its session; :data:`~npmobilenet.threads.SERIAL` runs layer by layer.
 
         ``plan[i]`` holds layer i's arrays: ``a`` its GEMM's left operand (im2col rows
         (N, OH, OW, 9*C) or the depthwise output (N, OH, OW, C)), ``y`` its GEMM output
@@ -219,8 +175,6 @@ class FusedMobileNetV1:
         """
         layers, head = weights
         src, i = x, 0
-        if runner.threads > 1:
-            src, i = forward_bands(layers, plan, x, runner, clock), len(layers)
         while i < len(layers):
             rows = plan[i + 1]["rows"] if layers[i].kind == "depthwise" else 0
             if rows:  # a depthwise layer and its pointwise layer, a block of rows at a time
@@ -311,11 +265,8 @@ def make_plan(layers, shape, dtype) -> list[dict]:
     writers = [one for one in shapes if "dst" in one]
     for j, one in enumerate(writers):  # "dst" then "dst2", in turn
         one["dst" if j % 2 == 0 else "dst2"] = one.pop("dst")
-    if n == 1:  # GEMM outputs in "y" then "y2", in turn, for ``bands.forward_bands``
-        for j, one in enumerate([one for one in shapes if "y" in one]):
-            one["y" if j % 2 == 0 else "y2"] = one.pop("y")
     flat = {}
-    for role in ("a", "y", "y2", "dst", "dst2", "xpad"):  # a flat buffer per role, for all
+    for role in ("a", "y", "dst", "dst2", "xpad"):  # a flat buffer per role, big enough for all
         sizes = [int(np.prod(s[role])) for s in shapes if role in s]
         if sizes:
             flat[role] = np.empty(max(sizes), dtype)
@@ -329,10 +280,6 @@ def make_plan(layers, shape, dtype) -> list[dict]:
         plan.append({**views, "pads": pads[i]})
     for i, layer in enumerate(layers):  # blocks of rows, decided once per shape
         plan[i]["rows"] = _block_rows(layer, plan[i - 1].get("a") if i else None, plan[i])
-    for i, layer in enumerate(layers):
-        if layer.kind == "depthwise":  # ring buffers of bias_clamp_depthwise3x3, one per thread
-            plan[i]["rings"] = []
-    plan[0]["bands"] = runs_in_bands(layers, plan)
     return plan
 
 
@@ -372,24 +319,6 @@ def _run_layer(layer: Layer, src, arrays, pool, clock):
     if rows:  # bordered output, and a GEMM output larger than a cache: a few rows at a time
         _run_blocked(layer, src, arrays, lo, hi, rows, clock)
         return arrays["dst"]
-    y = _gemm(layer, src, arrays, clock)
-    n, oh, ow, _ = y.shape
-    dst = arrays["dst"]
-    if dst.ndim == 4:  # bias + activation, written into the next 3x3 conv's input interior
-        _bordered(y, layer.bias, lo, hi, dst, arrays["pads"])
-        clock("bias+act")
-    elif pool == "avg":  # bias + activation + global average pool in one pass
-        bias_clamp_mean(y.reshape(n, oh * ow, -1), layer.bias, lo, hi, dst)
-        clock("bias+act+pool")
-    else:  # max: clamp(. + b) is non-decreasing, so max_p clamp(y_p + b) = clamp(max_p y_p + b)
-        np.clip(y.reshape(n, oh * ow, -1).max(axis=1) + layer.bias, lo, hi, out=dst)
-        clock("bias+act+pool")
-    return dst
-
-
-def _gemm(layer: Layer, src, arrays, clock):
-    """A stem, full or pointwise layer's GEMM (after im2col for a 3x3 conv), bias not added:
-    ``src`` (NCHW input for the stem, else NHWC) -> ``arrays["y"]`` as (N, OH, OW, K)."""
     if layer.kind == "stem" and "xpad" in arrays:  # padding other than 1: copy, then im2col
         xp = arrays["xpad"]  # (N, H + top + bottom, W + left + right, C)
         top, left = _pads(layer, src.shape[2], src.shape[3])[::2]
@@ -406,7 +335,17 @@ def _gemm(layer: Layer, src, arrays, clock):
     n, oh, ow, c = a.shape
     y = np.matmul(a.reshape(n * oh * ow, c), layer.weight, out=arrays["y"])  # (N*OH*OW, K)
     clock({"stem": "first conv", "full": "full conv"}.get(layer.kind, "pointwise GEMM"))
-    return y.reshape(n, oh, ow, -1)
+    dst = arrays["dst"]
+    if dst.ndim == 4:  # bias + activation, written into the next 3x3 conv's input interior
+        _bordered(y.reshape(n, oh, ow, -1), layer.bias, lo, hi, dst, arrays["pads"])
+        clock("bias+act")
+    elif pool == "avg":  # bias + activation + global average pool in one pass
+        bias_clamp_mean(y.reshape(n, oh * ow, -1), layer.bias, lo, hi, dst)
+        clock("bias+act+pool")
+    else:  # max: clamp(. + b) is non-decreasing, so max_p clamp(y_p + b) = clamp(max_p y_p + b)
+        np.clip(y.reshape(n, oh * ow, -1).max(axis=1) + layer.bias, lo, hi, out=dst)
+        clock("bias+act+pool")
+    return dst
 
 
 def _block_rows(layer: Layer, a, arrays) -> int:

@@ -9,16 +9,12 @@ weight and a bias (see ``npmobilenet.fast.folding``):
   ``(N*OH*OW, C*9) @ (C*9, K)`` in BLAS;
 * the depthwise conv (groups = C), stride 1 or 2: :func:`depthwise3x3_nhwc`, with the bias and
   the activation applied in the same pass (the "epilogue"), so its output is written once
-  instead of three times (conv, BN, activation). When the layer before it is a GEMM,
-  :func:`bias_clamp_depthwise3x3` also applies that GEMM's bias and activation, a few rows at a
-  time into a small buffer that stays in cache, so the activation between them is never written
-  to memory.
+  instead of three times (conv, BN, activation).
 
 **Zero padding is stored, not tested**: the depthwise kernel reads an input that already carries
 its one-pixel zero border, ``(N, H+2, W+2, C)``, written by the previous layer's epilogue
-(``fused_epilogue.bias_clamp_pad``, or :func:`bias_clamp_depthwise3x3` into its row buffer). So
-every output pixel takes all 9 taps with no bounds test, and the innermost loop runs over
-contiguous channels, which LLVM turns into SIMD code.
+(``fused_epilogue.bias_clamp_pad``). So every output pixel takes all 9 taps with no bounds
+test, and the innermost loop runs over contiguous channels, which LLVM turns into SIMD code.
 
 The activation is a clamp ``min(max(v, lo), hi)``: ReLU is ``lo=0, hi=inf``, ReLU6 is
 ``lo=0, hi=6``. A clamp has no branch, so it vectorizes too. Pass ``lo``/``hi`` as scalars of
@@ -96,21 +92,6 @@ def depthwise3x3_nhwc(xp, w, b, stride, lo, hi, out):
     out: (N, OH, OW, C), OH = (H - 1) // stride + 1 (same for OW), written in place:
          ``out[n,oh,ow,c] = clamp(b[c] + sum_{kh,kw} xp[n, oh*s+kh, ow*s+kw, c] * w[kh,kw,c])``
 
-    One output row at a time (:func:`depthwise3x3_row`).
-    """
-    N, OH = out.shape[0], out.shape[1]
-    for n in range(N):
-        for oh in range(OH):
-            i = oh * stride
-            depthwise3x3_row(xp[n, i], xp[n, i + 1], xp[n, i + 2], w, b, stride, lo, hi,
-                             out[n, oh])  # fmt: skip
-
-
-@njit(cache=True, nogil=True, fastmath=CONTRACT, inline="always")
-def depthwise3x3_row(r0, r1, r2, w, b, stride, lo, hi, o):
-    """One output row of :func:`depthwise3x3_nhwc`: r0, r1, r2 (W+2, C) the three zero-bordered
-    input rows under it, o (OW, C) the output row, written in place.
-
     The innermost loops run over the contiguous channels, which LLVM turns into SIMD code, with
     the 9 taps written out. A vector of outputs needs 19 vector loads (9 inputs, 9 weights, the
     bias), so the loop is load-bound. At stride 1 the output pixels therefore come in pairs:
@@ -119,69 +100,35 @@ def depthwise3x3_row(r0, r1, r2, w, b, stride, lo, hi, o):
     row's last pixel, one pixel at a time: a second copy of the pair loop would cost more
     compile time than it saves. Both sum the taps in the same order.
     """
-    OW, C = o.shape
-    single = OW - OW % 2 if stride == 1 else 0  # the first pixel computed alone
-    for j in range(0, single, 2):  # stride 1: pixels j and j + 1
-        for c in range(C):
-            w00, w01, w02 = w[0, 0, c], w[0, 1, c], w[0, 2, c]
-            w10, w11, w12 = w[1, 0, c], w[1, 1, c], w[1, 2, c]
-            w20, w21, w22 = w[2, 0, c], w[2, 1, c], w[2, 2, c]
-            a = b[c] + (r0[j, c] * w00 + r0[j + 1, c] * w01 + r0[j + 2, c] * w02)
-            a += r1[j, c] * w10 + r1[j + 1, c] * w11 + r1[j + 2, c] * w12
-            a += r2[j, c] * w20 + r2[j + 1, c] * w21 + r2[j + 2, c] * w22
-            z = b[c] + (r0[j + 1, c] * w00 + r0[j + 2, c] * w01 + r0[j + 3, c] * w02)
-            z += r1[j + 1, c] * w10 + r1[j + 2, c] * w11 + r1[j + 3, c] * w12
-            z += r2[j + 1, c] * w20 + r2[j + 2, c] * w21 + r2[j + 3, c] * w22
-            o[j, c] = min(max(a, lo), hi)
-            o[j + 1, c] = min(max(z, lo), hi)
-    for ow in range(single, OW):
-        j = ow * stride
-        for c in range(C):
-            w00, w01, w02 = w[0, 0, c], w[0, 1, c], w[0, 2, c]
-            w10, w11, w12 = w[1, 0, c], w[1, 1, c], w[1, 2, c]
-            w20, w21, w22 = w[2, 0, c], w[2, 1, c], w[2, 2, c]
-            a = b[c] + (r0[j, c] * w00 + r0[j + 1, c] * w01 + r0[j + 2, c] * w02)
-            a += r1[j, c] * w10 + r1[j + 1, c] * w11 + r1[j + 2, c] * w12
-            a += r2[j, c] * w20 + r2[j + 1, c] * w21 + r2[j + 2, c] * w22
-            o[ow, c] = min(max(a, lo), hi)
-
-
-@njit(cache=True, nogil=True, fastmath=CONTRACT)
-def bias_clamp_depthwise3x3(y, b0, lo0, hi0, w, b, stride, lo, hi, ring, out, oh0, oh1):
-    """The previous layer's epilogue and a depthwise 3x3 conv (padding 1) in one pass.
-
-    y:    (N, H, W, C) the previous GEMM's output, before its bias ``b0`` (C,) and clamp
-          ``(lo0, hi0)``.
-    w, b, stride, lo, hi: the depthwise layer, as in :func:`depthwise3x3_nhwc`.
-    ring: (3, W+2, C) scratch: the three zero-bordered input rows under an output row.
-    out:  (N, OH, OW, C); its rows ``oh0 .. oh1-1`` of every image are written in place:
-          ``depthwise3x3_nhwc(pad1(clamp(y + b0, lo0, hi0)), w, b, stride, lo, hi)``.
-
-    Each bordered input row is computed into the ring (row ``i`` into slot ``i % 3``) when the
-    first output row that needs it comes, and read from there while in the core's L1 cache:
-    the activation between the two layers is never written to memory. Rows ``oh0 .. oh1-1``
-    can be given to different threads, each with its own ring.
-    """
-    N, H, W, C = y.shape
+    N, OH, OW, C = out.shape
     for n in range(N):
-        filled = -1  # the last bordered input row in the ring
-        for oh in range(oh0, oh1):
-            top = oh * stride
-            for i in range(max(filled + 1, top), top + 3):
-                slot = ring[i % 3]  # (W+2, C)
-                if i == 0 or i == H + 1:  # the zero rows above and below the image
-                    slot[:, :] = 0.0
-                    continue
-                yrow = y[n, i - 1]
+        for oh in range(OH):
+            i = oh * stride
+            r0, r1, r2, o = xp[n, i], xp[n, i + 1], xp[n, i + 2], out[n, oh]
+            single = OW - OW % 2 if stride == 1 else 0  # the first pixel computed alone
+            for j in range(0, single, 2):  # stride 1: pixels j and j + 1
                 for c in range(C):
-                    slot[0, c] = 0.0
-                    slot[W + 1, c] = 0.0
-                for j in range(W):
-                    for c in range(C):
-                        slot[j + 1, c] = min(max(yrow[j, c] + b0[c], lo0), hi0)
-            filled = top + 2
-            depthwise3x3_row(ring[top % 3], ring[(top + 1) % 3], ring[(top + 2) % 3], w, b,
-                             stride, lo, hi, out[n, oh])  # fmt: skip
+                    w00, w01, w02 = w[0, 0, c], w[0, 1, c], w[0, 2, c]
+                    w10, w11, w12 = w[1, 0, c], w[1, 1, c], w[1, 2, c]
+                    w20, w21, w22 = w[2, 0, c], w[2, 1, c], w[2, 2, c]
+                    a = b[c] + (r0[j, c] * w00 + r0[j + 1, c] * w01 + r0[j + 2, c] * w02)
+                    a += r1[j, c] * w10 + r1[j + 1, c] * w11 + r1[j + 2, c] * w12
+                    a += r2[j, c] * w20 + r2[j + 1, c] * w21 + r2[j + 2, c] * w22
+                    z = b[c] + (r0[j + 1, c] * w00 + r0[j + 2, c] * w01 + r0[j + 3, c] * w02)
+                    z += r1[j + 1, c] * w10 + r1[j + 2, c] * w11 + r1[j + 3, c] * w12
+                    z += r2[j + 1, c] * w20 + r2[j + 2, c] * w21 + r2[j + 3, c] * w22
+                    o[j, c] = min(max(a, lo), hi)
+                    o[j + 1, c] = min(max(z, lo), hi)
+            for ow in range(single, OW):
+                j = ow * stride
+                for c in range(C):
+                    w00, w01, w02 = w[0, 0, c], w[0, 1, c], w[0, 2, c]
+                    w10, w11, w12 = w[1, 0, c], w[1, 1, c], w[1, 2, c]
+                    w20, w21, w22 = w[2, 0, c], w[2, 1, c], w[2, 2, c]
+                    a = b[c] + (r0[j, c] * w00 + r0[j + 1, c] * w01 + r0[j + 2, c] * w02)
+                    a += r1[j, c] * w10 + r1[j + 1, c] * w11 + r1[j + 2, c] * w12
+                    a += r2[j, c] * w20 + r2[j + 1, c] * w21 + r2[j + 2, c] * w22
+                    o[ow, c] = min(max(a, lo), hi)
 
 
 def depthwise3x3_nhwc_naive(xp, w, b, stride, lo, hi):
@@ -202,10 +149,3 @@ def depthwise3x3_nhwc_naive(xp, w, b, stride, lo, hi):
             ]
             out += tap * w[kh, kw]  # (N, OH, OW, C) * (C,)
     return np.clip(out, lo, hi)
-
-
-def bias_clamp_depthwise3x3_naive(y, b0, lo0, hi0, w, b, stride, lo, hi):
-    """NumPy reference for :func:`bias_clamp_depthwise3x3` (all rows): y (N, H, W, C) ->
-    (N, OH, OW, C)."""
-    xp = np.pad(np.clip(y + b0, lo0, hi0), ((0, 0), (1, 1), (1, 1), (0, 0)))
-    return depthwise3x3_nhwc_naive(xp, w, b, stride, lo, hi)
