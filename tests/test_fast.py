@@ -829,6 +829,22 @@ def test_bad_input_is_rejected_clearly(engine, x, exc, words):
         assert word in message
 
 
+@pytest.mark.parametrize("shape", [(1, 3, 33, 29), (2, 3, 30, 64)])
+def test_an_input_too_small_for_keras_padding_is_rejected_as_the_model_rejects_it(shape):
+    # keras pads a stride-2 depthwise conv by (0, 1): H -> floor(H / 2) five times, so an input
+    # side under 31 leaves a 0-pixel map; the model refuses it, and so must its engine
+    model = random_model("keras", dtype=np.float64)
+    x = np.zeros(shape)
+    with pytest.raises(ValueError, match="too small"):
+        model(x)
+    with pytest.raises(ValueError) as info:
+        model.fuse()(x)
+    message = str(info.value)
+    assert message.startswith("FusedMobileNetV1") and "too small" in message
+    assert str(shape) in message and (" 0x" in message or "x0 output" in message)
+    assert len(message) < 400
+
+
 # ---------------------------------------------------------------- thread control
 
 

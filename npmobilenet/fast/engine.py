@@ -252,6 +252,12 @@ def make_plan(layers, shape, dtype) -> list[dict]:
             if layer.kind == "stem" and not stem_reads_nchw(layer.padding):
                 one["xpad"] = (n, h + p[0] + p[1], w + p[2] + p[3], c)
             h, w = (output_size(s, 3, layer.stride, q) for s, q in ((h, p[:2]), (w, p[2:])))
+            if h < 1 or w < 1:
+                raise ValueError(
+                    f"{OP}: x of shape {tuple(shape)} is too small: the 3x3 conv {layer.path!r}"
+                    f" (stride {layer.stride}, padding {layer.padding!r}) would give a {h}x{w}"
+                    " output; use a larger input"
+                )
         c_in = layer.weight.shape[-1] if layer.kind == "depthwise" else layer.weight.shape[0]
         k = layer.weight.shape[-1]
         if layer.kind != "pointwise":
