@@ -11,8 +11,8 @@ first needed and :func:`submit` the most recently submitted (the backward visits
 reverse; submitting a queued kernel again moves it to the top unless its place came from a
 plan). Before the first call of a handed-on kernel this process calls :func:`wait`: a kernel
 the worker is compiling is waited for and then loaded from the cache (meanwhile this process
-compiles the kernels the worker would take next); one it has
-not started is taken back and compiled here as usual.
+compiles queued kernels, the last needed first); one it has not started is taken back and
+compiled here as usual.
 
 A kernel already compiled in this process or found in the on-disk cache is never submitted, so
 a warm run starts no worker. The worker exits when this process closes its end of the pipe.
@@ -202,13 +202,15 @@ class _Worker:
                 self.queued.remove(key)
                 self.state[key] = "taken"
             while self.state.get(key) == "compiling" and self.queued and not self.dead:
-                self._compile_here(self.queued.pop())  # rather than wait idle
+                self._compile_here(self.queued.pop(0))  # rather than wait idle: the last needed
             if self.state.get(key) == "compiling":
                 self.cond.wait_for(lambda: self.state[key] != "compiling", timeout=WAIT_S)
 
     def _compile_here(self, key) -> None:
-        """With the lock held: compile a kernel the worker would have taken next, in this
-        process, while the worker compiles the one this process is waiting for."""
+        """With the lock held: compile a queued kernel in this process while the worker compiles
+        the one this process is waiting for. The caller takes the bottom of the stack, the one
+        needed last: the worker keeps the order of need, and this process is not held up by a
+        long compilation of a kernel it needs only later while the one it waits for is ready."""
         self.state[key] = "taken"
         kernel, sig = key
         self.cond.release()

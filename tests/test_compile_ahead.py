@@ -227,6 +227,33 @@ def test_a_plan_puts_the_first_needed_on_top_and_later_submits_keep_its_order(mo
     assert worker.queued == [c, a, d] and worker.state[b] == "taken"
 
 
+def test_while_the_worker_compiles_what_is_awaited_the_caller_takes_the_last_needed(monkeypatch):
+    """wait() for a kernel the worker is compiling compiles queued kernels in the meantime,
+    from the bottom of the stack (the one needed last), and stops once the awaited one is
+    done: the worker keeps taking kernels in the order they are needed."""
+    from npmobilenet.kernels.conv_direct import all_finite, valid_range
+    from npmobilenet.kernels.im2col import col2im, im2col_images
+
+    worker = compile_ahead._Worker()
+    monkeypatch.setattr(compile_ahead, "_WORKER", worker)
+    monkeypatch.setattr(compile_ahead, "_ENABLED", True)
+    monkeypatch.setattr(compile_ahead, "is_cached", lambda kernel, sig: False)
+    worker.proc, worker.busy = object(), True  # a started worker, busy: nothing is sent
+    sig = compile_ahead.signature("float32", 1, ndim=1, ints=0)
+    a, b, c, d = ((k, sig) for k in (all_finite, valid_range, col2im, im2col_images))
+    compile_ahead.plan([a, b, c])
+    worker.state[d] = "compiling"  # sent to the worker
+    compiled = []
+
+    def compile_here(key):  # the worker finishes d while the caller compiles one kernel
+        compiled.append(key)
+        worker.state[key], worker.state[d] = "taken", "done"
+
+    monkeypatch.setattr(worker, "_compile_here", compile_here)
+    compile_ahead.wait(*d)
+    assert compiled == [c] and worker.queued == [b, a]
+
+
 def test_worker_imports_this_package_not_a_copy_in_the_working_directory(tmp_path):
     """``python -c`` puts the working directory first on the path: a checkout of another
     version there must not be what the worker compiles (its cache entries would be another

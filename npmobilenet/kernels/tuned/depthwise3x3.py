@@ -431,7 +431,7 @@ def depthwise3x3_backward_stacked(dout, x, w, dx, dweight, sh, sw, pt, pl):
     fo = np.empty(g * R * cols, dtype=x.dtype)
     xtaps, utaps = flat_taps(xb), flat_taps(ub)
     d = ub.reshape(g * R * cols)[(2 - pt) * cols + 2 - pl :]
-    acc = np.empty(9, dtype=x.dtype)
+    acc = np.zeros((C, 9), dtype=x.dtype)  # per channel, summed over all the stacks
     for n0 in range(0, N, g):  # a stack of images, then its channels: the arrays' order
         gl = min(g, N - n0)
         for c in range(C):
@@ -441,12 +441,12 @@ def depthwise3x3_backward_stacked(dout, x, w, dx, dweight, sh, sw, pt, pl):
             for b in range(gl):
                 load_plane(x[n0 + b, c], xb[b * R : (b + 1) * R], pt, pl)
                 load_plane(dout[n0 + b, c], ub[b * R : (b + 1) * R], 2 - pt, 2 - pl)
-            acc[:] = 0
-            _stacked_pass(xtaps, utaps, d, ws, fo, acc, (gl * R - 2) * cols - 2)
-            add_tap_sums(dweight[c, 0], acc)
+            _stacked_pass(xtaps, utaps, d, ws, fo, acc[c], (gl * R - 2) * cols - 2)
             for b in range(gl):
                 dst = dx[n0 + b, c]
                 for h in range(H):
                     row = fo[(b * R + h) * cols :]
                     for q in range(W):
                         dst[h, q] += row[q]
+    for c in range(C):
+        add_tap_sums(dweight[c, 0], acc[c])
