@@ -306,8 +306,8 @@ def _engine_path(g: Gemm, x, y, w, runner):
 def _training_path(g: Gemm, x, y, w, runner) -> dict:
     """The training path's calls (``ops.conv``'s pointwise forward and backward): per image
     ``W @ X[n]``, ``W^T @ dY[n]``, ``dY[n] @ X[n]^T``, the batch split by ``runner``. As in
-    ``ops.conv``, planes of at most ``POINTWISE_ONE_GEMM_MAX_HW`` pixels run the forward and dx
-    as one GEMM per slice (``conv._one_gemm``, with its transposing copies), and planes of at
+    ``ops.conv``, slices that ``conv._one_gemm_pays`` picks run the forward and dx as one GEMM
+    per slice (``conv._one_gemm``, with its transposing copies), and planes of at
     most ``POINTWISE_BATCHED_DW_MAX_HW`` pixels run ``dW`` as one GEMM per slice on operands
     laid out ``(K, n*L)``, ``(C, n*L)`` beforehand."""
     x4, y4 = x.reshape(g.n, 1, g.c, g.l), y.reshape(g.n, 1, g.k, g.l)  # (N, G, C or K, L)
@@ -325,16 +325,14 @@ def _training_path(g: Gemm, x, y, w, runner) -> dict:
             np.matmul(y4[i], x4[i].transpose(0, 2, 1), out=out)
         return out
 
-    one_gemm = g.l <= conv.POINTWISE_ONE_GEMM_MAX_HW
-
     def forward(lo, hi):
-        if one_gemm:
+        if conv._one_gemm_pays(hi - lo, g.l, g.c, g.k):
             conv._one_gemm(w3, x4[lo:hi], y4[lo:hi])
         else:
             np.matmul(w3, x4[lo:hi], out=y4[lo:hi])
 
     def dx(lo, hi):
-        if one_gemm:
+        if conv._one_gemm_pays(hi - lo, g.l, g.k, g.c):
             conv._one_gemm(w3.transpose(0, 2, 1), y4[lo:hi], x4[lo:hi])
         else:
             np.matmul(w3.transpose(0, 2, 1), y4[lo:hi], out=x4[lo:hi])

@@ -358,6 +358,52 @@ def test_pointwise_equals_matmul(rng, method, dtype, hw):
     assert out.dtype == dx.dtype == dw.dtype == dtype
 
 
+# Planes over 16 pixels run as one GEMM over a slice's images when
+# pixels * (C + K) * POINTWISE_ONE_GEMM_COPY_RATIO <= C * K (per group), and only for slices of
+# two images or more: 17 pixels need C = K >= 136, 25 pixels C = K >= 200.
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    "n,hw,channels,groups,one_gemm",
+    [(3, (1, 17), 136, 1, True), (3, (1, 17), 135, 1, False), (2, (5, 5), 200, 1, True),
+     (2, (5, 5), 199, 1, False), (1, (1, 17), 136, 1, False), (3, (17, 1), 272, 2, True),
+     (3, (17, 1), 270, 2, False)],
+)  # fmt: skip
+@pytest.mark.parametrize("grads", [(True, True), (True, False), (False, True)])
+def test_pointwise_one_gemm_rule_boundary(
+    rng, monkeypatch, dtype, n, hw, channels, groups, one_gemm, grads
+):
+    assert conv_ops.POINTWISE_ONE_GEMM_COPY_RATIO == 4  # the boundaries above assume it
+    calls = []  # the forward and a dx without dW go through _one_gemm exactly on one side
+    one_gemm_fn = conv_ops._one_gemm
+    monkeypatch.setattr(conv_ops, "_one_gemm", lambda *a: calls.append(one_gemm_fn(*a)))
+    cg = channels // groups
+    x = rng.standard_normal((n, channels, *hw)).astype(dtype)
+    w = (rng.standard_normal((channels, cg, 1, 1)) / np.sqrt(cg)).astype(dtype)
+    dout = rng.standard_normal((n, channels, *hw)).astype(dtype)
+    out, cache = conv2d_forward(x, w, groups=groups, method="auto")
+    assert cache.method == "pointwise" and len(calls) == one_gemm
+    input_grad, weight_grad = grads
+    dx, dw, _ = conv2d_backward(dout, cache, input_grad=input_grad, weight_grad=weight_grad)
+    assert len(calls) == one_gemm * (1 + (input_grad and not weight_grad))
+    x64, d64 = (a.astype(np.float64).reshape(n, groups, cg, -1) for a in (x, dout))
+    w64 = w.astype(np.float64).reshape(groups, cg, cg)
+    t = tol(dtype)
+    want = np.einsum("gkc,ngcl->ngkl", w64, x64).reshape(out.shape)
+    np.testing.assert_allclose(out, want, **t)
+    if input_grad:
+        want = np.einsum("gkc,ngkl->ngcl", w64, d64).reshape(x.shape)
+        np.testing.assert_allclose(dx, want, **t)
+        assert dx.dtype == dtype
+    else:
+        assert dx is None
+    if weight_grad:
+        want = np.einsum("ngkl,ngcl->gkc", d64, x64).reshape(w.shape)
+        np.testing.assert_allclose(dw, want, **t)
+        assert dw.dtype == dtype
+    else:
+        assert dw is None
+
+
 @pytest.mark.torch
 @pytest.mark.parametrize("hw", [(1, 1), (2, 2), (1, 3), (5, 3)])
 def test_grouped_pointwise_small_planes_match_torch(torch, rng, hw):

@@ -126,7 +126,8 @@ def test_replayed_training_gemms_compute_the_layers_products(pixels, monkeypatch
     calls["dx"]()  # writes dX = W^T @ dY into x
     dx = np.einsum("kc,nkl->ncl", w, y_now)
     np.testing.assert_allclose(x.reshape(4, 6, pixels), dx, rtol=1e-5)
-    package_batches = pixels <= conv.POINTWISE_ONE_GEMM_MAX_HW
+    slices = floor._ranges(runner, 4, conv._pointwise_work(x4[:, None], y4[:, None]))
+    package_batches = any(conv._one_gemm_pays(hi - lo, pixels, 6, 5) for lo, hi in slices)
     assert bool(one_gemm_calls) == package_batches
 
 

@@ -658,7 +658,7 @@ def _forward_pointwise(x, weight, out_shape, stride, pad, dilation, groups, out,
     out4 = out.reshape(N, groups, K // groups, H * W)  # a view
 
     def images(lo, hi):  # (n, G, Kg, H*W): one GEMM per image and group, or one in all
-        if H * W <= POINTWISE_ONE_GEMM_MAX_HW:
+        if _one_gemm_pays(hi - lo, H * W, C // groups, K // groups):
             _one_gemm(w3, x4[lo:hi], out4[lo:hi])
         else:
             np.matmul(w3, x4[lo:hi], out=out4[lo:hi])
@@ -684,11 +684,15 @@ def _backward_pointwise(
     dx4 = dx.reshape(x4.shape) if input_grad else None  # a view
 
     def images(lo, hi):  # a slice of the batch: its dx, and its part of dW
-        if input_grad and weight_grad and 1 < H * W <= POINTWISE_ONE_GEMM_MAX_HW:
+        n, L = hi - lo, H * W
+        if input_grad and weight_grad and n > 1 and 1 < L <= POINTWISE_BATCHED_DW_MAX_HW:
+            # dW moves dout next to the pixels anyway, so dx as one GEMM costs only its copy back
+            # (measured at N=16 on 2 threads, dx and dW of 14x14, 512 -> 512: 14.2 ms against
+            # 14.5 per image; 256 -> 512: 7.3 against 7.6)
             d2 = _channel_major(d4[lo:hi])  # (G, Kg, n*L): one copy for both products
             _gemm_batch_major(w3.transpose(0, 2, 1), d2, dx4[lo:hi])
             return np.matmul(d2, _channel_major(x4[lo:hi]).transpose(0, 2, 1))  # (G, Kg, Cg)
-        if input_grad and H * W <= POINTWISE_ONE_GEMM_MAX_HW:
+        if input_grad and _one_gemm_pays(n, L, K // groups, C // groups):
             _one_gemm(w3.transpose(0, 2, 1), d4[lo:hi], dx4[lo:hi])
         elif input_grad:
             np.matmul(w3.transpose(0, 2, 1), d4[lo:hi], out=dx4[lo:hi])  # (n, G, Cg, H*W)
@@ -713,6 +717,25 @@ def _pointwise_work(x4, y4):
 # 0.08 ms as one GEMM with its two transposing copies, 0.10 ms per image; at 8x8 pixels per
 # image is as fast).
 POINTWISE_ONE_GEMM_MAX_HW = 16
+# Larger planes too when the copies are small beside the weight: per image, BLAS packs the whole
+# (K, C) weight again for only H*W columns, while one GEMM pays for moving H*W * (C + K)
+# elements of input and output. One GEMM when H*W * (C + K) * this <= C * K. Measured at N=16
+# on 2 threads (8 images a slice), forward and dx one GEMM against one per image: 7x7,
+# 1024 -> 1024 6.97 and 6.96 ms against 7.71 and 8.30; 7x7, 512 -> 1024 3.46 and 3.48 against
+# 3.87 and 4.05; 7x7, 256 -> 256 even; slower at 7x7, 128 -> 128 (0.217 against 0.195 ms)
+# and at 14x14, 1024 -> 1024 (28.0 against 26.2 ms), where the copies leave the caches.
+POINTWISE_ONE_GEMM_COPY_RATIO = 4
+
+
+def _one_gemm_pays(n, pixels, c_in, c_out):
+    """Whether a slice of ``n`` images of ``pixels`` pixels each, ``c_in -> c_out`` channels
+    per group, runs as one GEMM (:func:`_one_gemm`) rather than one GEMM per image."""
+    if n < 2:  # one image is one GEMM already: a copy would buy nothing
+        return False
+    return (
+        pixels <= POINTWISE_ONE_GEMM_MAX_HW
+        or pixels * (c_in + c_out) * POINTWISE_ONE_GEMM_COPY_RATIO <= c_in * c_out
+    )
 
 
 def _one_gemm(w3, x4, out4):
