@@ -113,7 +113,6 @@ def test_cold_step_loads_the_workers_kernels_and_gives_the_same_gradients(tmp_pa
     assert not any(warm["compiled"].values()), warm["compiled"]
 
 
-
 def test_plain_functions_and_forked_children_are_left_alone(monkeypatch):
     """Under NUMBA_DISABLE_JIT the kernels are plain functions: nothing to compile. A child
     forked after the worker started must neither talk to it nor wait for it."""
@@ -204,10 +203,10 @@ def test_a_models_plan_is_the_kernels_its_step_runs_in_order(monkeypatch, traini
     assert len(planned) == before
 
 
-def test_a_plan_puts_the_first_needed_on_top_and_later_submits_keep_its_order(monkeypatch):
-    """The worker takes the top of the stack: after plan([a, b, c]) that is a; a layer's
-    later submit of c (already planned) leaves it where the plan put it, while a submit of a
-    kernel outside the plan goes on top; taken back in wait(), a kernel leaves the stack."""
+@pytest.fixture
+def busy_worker(monkeypatch):
+    """A started worker that is busy (nothing is sent to it), installed as this process's, and
+    four uncompiled kernel keys ``(kernel, signature)`` to queue on it."""
     from npmobilenet.kernels.conv_direct import all_finite, valid_range
     from npmobilenet.kernels.im2col import col2im, im2col_images
 
@@ -215,9 +214,16 @@ def test_a_plan_puts_the_first_needed_on_top_and_later_submits_keep_its_order(mo
     monkeypatch.setattr(compile_ahead, "_WORKER", worker)
     monkeypatch.setattr(compile_ahead, "_ENABLED", True)
     monkeypatch.setattr(compile_ahead, "is_cached", lambda kernel, sig: False)
-    worker.proc, worker.busy = object(), True  # a started worker, busy: nothing is sent
+    worker.proc, worker.busy = object(), True
     sig = compile_ahead.signature("float32", 1, ndim=1, ints=0)
-    a, b, c, d = ((k, sig) for k in (all_finite, valid_range, col2im, im2col_images))
+    return worker, [(k, sig) for k in (all_finite, valid_range, col2im, im2col_images)]
+
+
+def test_a_plan_puts_the_first_needed_on_top_and_later_submits_keep_its_order(busy_worker):
+    """The worker takes the top of the stack: after plan([a, b, c]) that is a; a layer's
+    later submit of c (already planned) leaves it where the plan put it, while a submit of a
+    kernel outside the plan goes on top; taken back in wait(), a kernel leaves the stack."""
+    worker, (a, b, c, d) = busy_worker
     compile_ahead.plan([a, b, a, c])
     assert worker.queued == [c, b, a]  # the top (the end) is the first needed
     compile_ahead.submit(*c)
@@ -227,20 +233,13 @@ def test_a_plan_puts_the_first_needed_on_top_and_later_submits_keep_its_order(mo
     assert worker.queued == [c, a, d] and worker.state[b] == "taken"
 
 
-def test_while_the_worker_compiles_what_is_awaited_the_caller_takes_the_last_needed(monkeypatch):
+def test_while_the_worker_compiles_what_is_awaited_the_caller_takes_the_last_needed(
+    busy_worker, monkeypatch
+):
     """wait() for a kernel the worker is compiling compiles queued kernels in the meantime,
     from the bottom of the stack (the one needed last), and stops once the awaited one is
     done: the worker keeps taking kernels in the order they are needed."""
-    from npmobilenet.kernels.conv_direct import all_finite, valid_range
-    from npmobilenet.kernels.im2col import col2im, im2col_images
-
-    worker = compile_ahead._Worker()
-    monkeypatch.setattr(compile_ahead, "_WORKER", worker)
-    monkeypatch.setattr(compile_ahead, "_ENABLED", True)
-    monkeypatch.setattr(compile_ahead, "is_cached", lambda kernel, sig: False)
-    worker.proc, worker.busy = object(), True  # a started worker, busy: nothing is sent
-    sig = compile_ahead.signature("float32", 1, ndim=1, ints=0)
-    a, b, c, d = ((k, sig) for k in (all_finite, valid_range, col2im, im2col_images))
+    worker, (a, b, c, d) = busy_worker
     compile_ahead.plan([a, b, c])
     worker.state[d] = "compiling"  # sent to the worker
     compiled = []
