@@ -41,7 +41,12 @@ import numpy as np
 from npmobilenet import _checks, threads
 from npmobilenet._geometry import output_size
 from npmobilenet.fast.walk import OP, Head, Layer, fused_layers, stem_reads_nchw
-from npmobilenet.kernels.fused_conv3x3 import conv_out_size, depthwise3x3_nhwc, im2col3x3_nchw
+from npmobilenet.kernels.fused_conv3x3 import (
+    bias_clamp_depthwise3x3,
+    conv_out_size,
+    depthwise3x3_nhwc,
+    im2col3x3_nchw,
+)
 from npmobilenet.kernels.fused_epilogue import bias_clamp_mean, bias_clamp_pad
 from npmobilenet.ops.conv import resolve_padding
 
@@ -147,7 +152,9 @@ class FusedMobileNetV1:
         """Run one forward and return seconds spent per step kind.
 
         Kinds: ``first conv``, ``full conv`` (im2col + GEMM), ``depthwise``, ``pointwise GEMM``,
-        ``bias+act`` (the GEMM epilogues), ``bias+act+pool`` (the last one), ``linear``.
+        ``bias+act`` (a GEMM epilogue on its own), ``bias+act+depthwise`` (a GEMM epilogue and
+        the depthwise conv after it in one pass), ``bias+act+pool`` (the last epilogue),
+        ``linear``.
         """
         x = self._check_input(x)
         times: dict[str, float] = {}
@@ -180,6 +187,11 @@ class FusedMobileNetV1:
             if rows:  # a depthwise layer and its pointwise layer, a block of rows at a time
                 src = _run_separable_blocked(layers[i], layers[i + 1], src, plan[i], plan[i + 1],
                                              rows, clock or _no_clock)  # fmt: skip
+                i += 2
+            elif i + 1 < len(plan) and "ring" in plan[i + 1]:
+                # a GEMM layer whose bias and activation the depthwise layer after it applies
+                src = _run_gemm_depthwise(layers[i], layers[i + 1], src, plan[i], plan[i + 1],
+                                          clock or _no_clock)  # fmt: skip
                 i += 2
             else:
                 src = _run_layer(layers[i], src, plan[i], head.pool, clock or _no_clock)
@@ -286,7 +298,28 @@ def make_plan(layers, shape, dtype) -> list[dict]:
         plan.append({**views, "pads": pads[i]})
     for i, layer in enumerate(layers):  # blocks of rows, decided once per shape
         plan[i]["rows"] = _block_rows(layer, plan[i - 1].get("a") if i else None, plan[i])
+    _add_rings(layers, plan, dtype)
     return plan
+
+
+def _add_rings(layers, plan: list[dict], dtype) -> None:
+    """Give each depthwise layer that applies the previous GEMM's epilogue itself
+    (``_run_gemm_depthwise``) its ring of three bordered input rows, ``plan[i]["ring"]``
+    (3, W+left+right, C), views of one small buffer. It does so unless either GEMM beside it
+    runs in blocks of rows (the blocks' epilogues write the bordered buffer, and their GEMM
+    outputs share the buffer the depthwise layer would read)."""
+    rings = {}
+    for i in range(1, len(layers)):
+        gemm, after = plan[i - 1], plan[i + 1] if i + 1 < len(plan) else {}
+        if layers[i].kind != "depthwise" or layers[i - 1].kind == "depthwise":
+            continue
+        if not gemm["rows"] and not after.get("rows"):
+            _, h, w, c = gemm["dst"].shape  # the bordered input the ring replaces
+            rings[i] = (3, w, c)
+    if rings:
+        flat = np.empty(max(int(np.prod(s)) for s in rings.values()), dtype)
+        for i, shape in rings.items():
+            plan[i]["ring"] = flat[: int(np.prod(shape))].reshape(shape)
 
 
 def _pads(layer: Layer, h: int, w: int) -> tuple[int, int, int, int]:
@@ -325,6 +358,24 @@ def _run_layer(layer: Layer, src, arrays, pool, clock):
     if rows:  # bordered output, and a GEMM output larger than a cache: a few rows at a time
         _run_blocked(layer, src, arrays, lo, hi, rows, clock)
         return arrays["dst"]
+    y = _gemm(layer, src, arrays, clock)  # (N, OH, OW, K)
+    n, oh, ow, _ = y.shape
+    dst = arrays["dst"]
+    if dst.ndim == 4:  # bias + activation, written into the next 3x3 conv's input interior
+        _bordered(y, layer.bias, lo, hi, dst, arrays["pads"])
+        clock("bias+act")
+    elif pool == "avg":  # bias + activation + global average pool in one pass
+        bias_clamp_mean(y.reshape(n, oh * ow, -1), layer.bias, lo, hi, dst)
+        clock("bias+act+pool")
+    else:  # max: clamp(. + b) is non-decreasing, so max_p clamp(y_p + b) = clamp(max_p y_p + b)
+        np.clip(y.reshape(n, oh * ow, -1).max(axis=1) + layer.bias, lo, hi, out=dst)
+        clock("bias+act+pool")
+    return dst
+
+
+def _gemm(layer: Layer, src, arrays, clock) -> np.ndarray:
+    """A stem, full or pointwise layer's GEMM (after im2col for a 3x3 conv) into
+    ``arrays["y"]``, before bias and activation: returned as (N, OH, OW, K)."""
     if layer.kind == "stem" and "xpad" in arrays:  # padding other than 1: copy, then im2col
         xp = arrays["xpad"]  # (N, H + top + bottom, W + left + right, C)
         top, left = _pads(layer, src.shape[2], src.shape[3])[::2]
@@ -341,17 +392,22 @@ def _run_layer(layer: Layer, src, arrays, pool, clock):
     n, oh, ow, c = a.shape
     y = np.matmul(a.reshape(n * oh * ow, c), layer.weight, out=arrays["y"])  # (N*OH*OW, K)
     clock({"stem": "first conv", "full": "full conv"}.get(layer.kind, "pointwise GEMM"))
-    dst = arrays["dst"]
-    if dst.ndim == 4:  # bias + activation, written into the next 3x3 conv's input interior
-        _bordered(y.reshape(n, oh, ow, -1), layer.bias, lo, hi, dst, arrays["pads"])
-        clock("bias+act")
-    elif pool == "avg":  # bias + activation + global average pool in one pass
-        bias_clamp_mean(y.reshape(n, oh * ow, -1), layer.bias, lo, hi, dst)
-        clock("bias+act+pool")
-    else:  # max: clamp(. + b) is non-decreasing, so max_p clamp(y_p + b) = clamp(max_p y_p + b)
-        np.clip(y.reshape(n, oh * ow, -1).max(axis=1) + layer.bias, lo, hi, out=dst)
-        clock("bias+act+pool")
-    return dst
+    return y.reshape(n, oh, ow, -1)
+
+
+def _run_gemm_depthwise(layer: Layer, dw: Layer, src, arrays, dw_arrays, clock):
+    """A GEMM layer and the depthwise layer after it: the GEMM, then its bias and activation
+    and the depthwise conv in one pass (``bias_clamp_depthwise3x3``), the activation between
+    them held a few rows at a time in ``dw_arrays["ring"]``. Returns the depthwise output
+    ``dw_arrays["a"]`` (N, OH, OW, C)."""
+    dtype = src.dtype.type
+    y = _gemm(layer, src, arrays, clock)  # (N, H, W, C)
+    top, _, left, _ = arrays["pads"]  # the depthwise conv's padding
+    bias_clamp_depthwise3x3(y, layer.bias, dtype(layer.lo), dtype(layer.hi), top, left,
+                            dw.weight, dw.bias, dw.stride, dtype(dw.lo), dtype(dw.hi),
+                            dw_arrays["ring"], dw_arrays["a"])  # fmt: skip
+    clock("bias+act+depthwise")
+    return dw_arrays["a"]
 
 
 def _block_rows(layer: Layer, a, arrays) -> int:
