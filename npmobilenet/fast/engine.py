@@ -10,16 +10,20 @@ float rounding), in fewer and faster passes:
 3. **a 1x1 conv is one GEMM** over all pixels of the batch, ``(N*H*W, C) @ (C, K)``, handed to
    BLAS by ``np.matmul(..., out=buffer)`` (the stem and full 3x3 convs too, after im2col);
 4. **bias + activation fused**: the depthwise 3x3 kernel adds the bias and clamps in the same
-   pass; every GEMM is followed by one fused bias+clamp pass that writes straight into the next
-   3x3 conv's zero-bordered input (so padding is never tested), and the last one also does the
-   global pooling (``npmobilenet.kernels.fused_*``);
+   pass. A GEMM followed by a depthwise conv has its bias and clamp applied by that conv's
+   kernel, which computes the zero-bordered input rows it needs into a ring of three rows in
+   cache just before using them (``bias_clamp_depthwise3x3``, so padding is never tested and
+   the activation between them never goes to memory); any other GEMM is followed by one fused
+   bias+clamp pass that writes straight into the next 3x3 conv's zero-bordered input, and the
+   last one also does the global pooling (``npmobilenet.kernels.fused_*``);
 5. **buffers reused**: activation buffers per input shape (GEMM left operands, GEMM outputs,
    and two for the zero-bordered 3x3 inputs, used in turn), allocated on the first call with
    that shape and reused;
 6. **large layers in blocks of rows**: when a layer's GEMM input and output for one image
    exceed a core's cache (:data:`BLOCK_BYTES`), a depthwise layer and its pointwise layer
    (or the stem) run a few image rows at a time: depthwise conv (or im2col), GEMM and epilogue
-   on one block while it is in cache, so the GEMM output never goes to memory;
+   on one block while it is in cache, so the GEMM output never goes to memory (a blocked
+   GEMM's epilogue is its own pass, on the block, writing the next conv's bordered input);
 7. **a batch split over threads**: several images are cut into slices that npmobilenet's threads
    run through the whole network side by side, each slice with its own buffers and BLAS at one
    thread (``npmobilenet.threads``): one hand-off per call, and the depthwise kernels and
