@@ -35,10 +35,12 @@ CATEGORIES = ["first conv", "depthwise", "pointwise", "BN", "activation", "pooli
 TRAIN_ROWS = [*CATEGORIES, "other"]  # per phase (forward, backward)
 
 # The fused engine's steps -> the layer types (BN is folded away; activations are fused into
-# the depthwise kernel and the pointwise epilogue, which also does the pooling at the end).
+# the depthwise kernel and the pointwise epilogue, which also does the pooling at the end; a
+# GEMM epilogue done inside the depthwise kernel after it counts as depthwise).
 OURS_STEP_CATEGORY = {
     "first conv": "first conv",
     "depthwise": "depthwise",
+    "bias+act+depthwise": "depthwise",
     "pointwise GEMM": "pointwise",
     "bias+act": "activation",
     "bias+act+pool": "pooling",
@@ -264,8 +266,9 @@ def print_inference(breakdown):
     for c in CATEGORIES:
         print(f"  {c:<12}" + "".join(f"{breakdown[n][c] * 1e3:>22.3f}" for n in names))
     print(
-        "  (npmobilenet: BN folded into the weights = 0; 'activation' = the fused bias+act pass"
-        " after each pointwise GEMM; 'pooling' = the last one, fused with the pool)"
+        "  (npmobilenet: BN folded into the weights = 0; 'activation' = the bias+act pass after"
+        " a GEMM not followed by a depthwise conv (the others' is inside 'depthwise');"
+        " 'pooling' = the last one, fused with the pool)"
     )
 
 

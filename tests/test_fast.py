@@ -35,6 +35,8 @@ from npmobilenet.fast import UnsupportedModuleError, fold_batch_norm
 from npmobilenet.fast import engine as engine_module
 from npmobilenet.fast.engine import im2col3x3_padded
 from npmobilenet.kernels.fused_conv3x3 import (
+    bias_clamp_depthwise3x3,
+    bias_clamp_depthwise3x3_naive,
     depthwise3x3_nhwc,
     depthwise3x3_nhwc_naive,
     im2col3x3_nchw,
@@ -116,6 +118,54 @@ def test_depthwise_kernel_pairs_and_last_pixel_match_naive(dtype, stride, h, w, 
     out = np.full((2, (h - 1) // stride + 1, (w - 1) // stride + 1, c), np.nan, dtype)
     depthwise3x3_nhwc(xp, wt, b, stride, lo, hi, out)
     ref = depthwise3x3_nhwc_naive(xp, wt, b, stride, lo, hi)
+    np.testing.assert_allclose(out, ref, **_close(dtype))
+
+
+# (top, bottom, left, right): padding 1, TensorFlow's "same" at stride 2 (none or one before,
+# one or two after), Keras's (0, 1), none, and one more after than before
+PADS = [(1, 1, 1, 1), (0, 1, 0, 1), (1, 2, 0, 1), (0, 0, 0, 0), (0, 1, 1, 2), (1, 0, 2, 1)]
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("pads", PADS)
+@given(shape=shapes, activation=st.sampled_from(["relu", "relu6"]), seed=st.integers(0, 2**16))
+@settings(max_examples=25, deadline=None)
+def test_bias_clamp_depthwise_kernel_matches_naive(dtype, pads, shape, activation, seed):
+    """The GEMM epilogue (bias, clamp, zero padding) and the depthwise conv in one pass against
+    the two steps in NumPy: the ring of rows reproduces every padding, stride and odd size."""
+    n, h, w, c, stride = shape
+    top, bottom, left, right = pads
+    hp, wp = h + top + bottom, w + left + right
+    if hp < 3 or wp < 3:
+        return  # no output pixel
+    rng = np.random.default_rng(seed)
+    y = (4 * rng.standard_normal((n, h, w, c))).astype(dtype)
+    b0 = rng.standard_normal(c).astype(dtype)
+    wt, b = rng.standard_normal((3, 3, c)).astype(dtype), rng.standard_normal(c).astype(dtype)
+    lo0, hi0 = _clamp(dtype, "relu6")
+    lo, hi = _clamp(dtype, activation)
+    ring = np.full((3, wp, c), np.nan, dtype)  # garbage: every slot must be written
+    out = np.full((n, (hp - 3) // stride + 1, (wp - 3) // stride + 1, c), np.nan, dtype)
+    bias_clamp_depthwise3x3(y, b0, lo0, hi0, top, left, wt, b, stride, lo, hi, ring, out)
+    ref = bias_clamp_depthwise3x3_naive(y, b0, lo0, hi0, pads, wt, b, stride, lo, hi)
+    assert out.shape == ref.shape
+    np.testing.assert_allclose(out, ref, **_close(dtype))
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("stride", [1, 2])
+def test_bias_clamp_depthwise_kernel_on_a_mobilenet_shape(dtype, stride, rng):
+    """A layer's width of channels (SIMD vectors and a remainder) and an odd image."""
+    y = (4 * rng.standard_normal((1, 15, 13, 67))).astype(dtype)
+    b0, b = rng.standard_normal(67).astype(dtype), rng.standard_normal(67).astype(dtype)
+    wt = rng.standard_normal((3, 3, 67)).astype(dtype)
+    lo, hi = _clamp(dtype, "relu")
+    ring = np.full((3, 15, 67), np.nan, dtype)
+    out = np.full((1, (17 - 3) // stride + 1, (15 - 3) // stride + 1, 67), np.nan, dtype)
+    bias_clamp_depthwise3x3(y, b0, lo, hi, 1, 1, wt, b, stride, lo, hi, ring, out)
+    ref = bias_clamp_depthwise3x3_naive(y, b0, lo, hi, (1, 1, 1, 1), wt, b, stride, lo, hi)
     np.testing.assert_allclose(out, ref, **_close(dtype))
 
 
@@ -794,8 +844,9 @@ def test_profile_gives_the_same_logits(engine, rng):
     x = rng.standard_normal((2, 3, 32, 32)).astype(np.float32)
     expected = engine(x)
     times = engine.profile(x)
+    # every GEMM before a depthwise conv has its epilogue applied by that conv
     assert set(times) == {
-        "first conv", "depthwise", "pointwise GEMM", "bias+act", "bias+act+pool", "linear",
+        "first conv", "bias+act+depthwise", "pointwise GEMM", "bias+act+pool", "linear",
     }  # fmt: skip
     assert all(t >= 0 for t in times.values())
     np.testing.assert_array_equal(engine(x), expected)

@@ -10,16 +10,20 @@ float rounding), in fewer and faster passes:
 3. **a 1x1 conv is one GEMM** over all pixels of the batch, ``(N*H*W, C) @ (C, K)``, handed to
    BLAS by ``np.matmul(..., out=buffer)`` (the stem and full 3x3 convs too, after im2col);
 4. **bias + activation fused**: the depthwise 3x3 kernel adds the bias and clamps in the same
-   pass; every GEMM is followed by one fused bias+clamp pass that writes straight into the next
-   3x3 conv's zero-bordered input (so padding is never tested), and the last one also does the
-   global pooling (``npmobilenet.kernels.fused_*``);
+   pass. A GEMM followed by a depthwise conv has its bias and clamp applied by that conv's
+   kernel, which computes the zero-bordered input rows it needs into a ring of three rows in
+   cache just before using them (``bias_clamp_depthwise3x3``, so padding is never tested and
+   the activation between them never goes to memory); any other GEMM is followed by one fused
+   bias+clamp pass that writes straight into the next 3x3 conv's zero-bordered input, and the
+   last one also does the global pooling (``npmobilenet.kernels.fused_*``);
 5. **buffers reused**: activation buffers per input shape (GEMM left operands, GEMM outputs,
    and two for the zero-bordered 3x3 inputs, used in turn), allocated on the first call with
    that shape and reused;
 6. **large layers in blocks of rows**: when a layer's GEMM input and output for one image
    exceed a core's cache (:data:`BLOCK_BYTES`), a depthwise layer and its pointwise layer
    (or the stem) run a few image rows at a time: depthwise conv (or im2col), GEMM and epilogue
-   on one block while it is in cache, so the GEMM output never goes to memory;
+   on one block while it is in cache, so the GEMM output never goes to memory (a blocked
+   GEMM's epilogue is its own pass, on the block, writing the next conv's bordered input);
 7. **a batch split over threads**: several images are cut into slices that npmobilenet's threads
    run through the whole network side by side, each slice with its own buffers and BLAS at one
    thread (``npmobilenet.threads``): one hand-off per call, and the depthwise kernels and
@@ -41,7 +45,12 @@ import numpy as np
 from npmobilenet import _checks, threads
 from npmobilenet._geometry import output_size
 from npmobilenet.fast.walk import OP, Head, Layer, fused_layers, stem_reads_nchw
-from npmobilenet.kernels.fused_conv3x3 import conv_out_size, depthwise3x3_nhwc, im2col3x3_nchw
+from npmobilenet.kernels.fused_conv3x3 import (
+    bias_clamp_depthwise3x3,
+    conv_out_size,
+    depthwise3x3_nhwc,
+    im2col3x3_nchw,
+)
 from npmobilenet.kernels.fused_epilogue import bias_clamp_mean, bias_clamp_pad
 from npmobilenet.ops.conv import resolve_padding
 
@@ -147,7 +156,9 @@ class FusedMobileNetV1:
         """Run one forward and return seconds spent per step kind.
 
         Kinds: ``first conv``, ``full conv`` (im2col + GEMM), ``depthwise``, ``pointwise GEMM``,
-        ``bias+act`` (the GEMM epilogues), ``bias+act+pool`` (the last one), ``linear``.
+        ``bias+act`` (a GEMM epilogue on its own), ``bias+act+depthwise`` (a GEMM epilogue and
+        the depthwise conv after it in one pass), ``bias+act+pool`` (the last epilogue),
+        ``linear``.
         """
         x = self._check_input(x)
         times: dict[str, float] = {}
@@ -180,6 +191,11 @@ class FusedMobileNetV1:
             if rows:  # a depthwise layer and its pointwise layer, a block of rows at a time
                 src = _run_separable_blocked(layers[i], layers[i + 1], src, plan[i], plan[i + 1],
                                              rows, clock or _no_clock)  # fmt: skip
+                i += 2
+            elif i + 1 < len(plan) and "ring" in plan[i + 1]:
+                # a GEMM layer whose bias and activation the depthwise layer after it applies
+                src = _run_gemm_depthwise(layers[i], layers[i + 1], src, plan[i], plan[i + 1],
+                                          clock or _no_clock)  # fmt: skip
                 i += 2
             else:
                 src = _run_layer(layers[i], src, plan[i], head.pool, clock or _no_clock)
@@ -286,7 +302,28 @@ def make_plan(layers, shape, dtype) -> list[dict]:
         plan.append({**views, "pads": pads[i]})
     for i, layer in enumerate(layers):  # blocks of rows, decided once per shape
         plan[i]["rows"] = _block_rows(layer, plan[i - 1].get("a") if i else None, plan[i])
+    _add_rings(layers, plan, dtype)
     return plan
+
+
+def _add_rings(layers, plan: list[dict], dtype) -> None:
+    """Give each depthwise layer that applies the previous GEMM's epilogue itself
+    (``_run_gemm_depthwise``) its ring of three bordered input rows, ``plan[i]["ring"]``
+    (3, W+left+right, C), views of one small buffer. It does so unless either GEMM beside it
+    runs in blocks of rows (the blocks' epilogues write the bordered buffer, and their GEMM
+    outputs share the buffer the depthwise layer would read)."""
+    rings = {}
+    for i in range(1, len(layers)):
+        gemm, after = plan[i - 1], plan[i + 1] if i + 1 < len(plan) else {}
+        if layers[i].kind != "depthwise" or layers[i - 1].kind == "depthwise":
+            continue
+        if not gemm["rows"] and not after.get("rows"):
+            _, h, w, c = gemm["dst"].shape  # the bordered input the ring replaces
+            rings[i] = (3, w, c)
+    if rings:
+        flat = np.empty(max(int(np.prod(s)) for s in rings.values()), dtype)
+        for i, shape in rings.items():
+            plan[i]["ring"] = flat[: int(np.prod(shape))].reshape(shape)
 
 
 def _pads(layer: Layer, h: int, w: int) -> tuple[int, int, int, int]:
@@ -325,6 +362,24 @@ def _run_layer(layer: Layer, src, arrays, pool, clock):
     if rows:  # bordered output, and a GEMM output larger than a cache: a few rows at a time
         _run_blocked(layer, src, arrays, lo, hi, rows, clock)
         return arrays["dst"]
+    y = _gemm(layer, src, arrays, clock)  # (N, OH, OW, K)
+    n, oh, ow, _ = y.shape
+    dst = arrays["dst"]
+    if dst.ndim == 4:  # bias + activation, written into the next 3x3 conv's input interior
+        _bordered(y, layer.bias, lo, hi, dst, arrays["pads"])
+        clock("bias+act")
+    elif pool == "avg":  # bias + activation + global average pool in one pass
+        bias_clamp_mean(y.reshape(n, oh * ow, -1), layer.bias, lo, hi, dst)
+        clock("bias+act+pool")
+    else:  # max: clamp(. + b) is non-decreasing, so max_p clamp(y_p + b) = clamp(max_p y_p + b)
+        np.clip(y.reshape(n, oh * ow, -1).max(axis=1) + layer.bias, lo, hi, out=dst)
+        clock("bias+act+pool")
+    return dst
+
+
+def _gemm(layer: Layer, src, arrays, clock) -> np.ndarray:
+    """A stem, full or pointwise layer's GEMM (after im2col for a 3x3 conv) into
+    ``arrays["y"]``, before bias and activation: returned as (N, OH, OW, K)."""
     if layer.kind == "stem" and "xpad" in arrays:  # padding other than 1: copy, then im2col
         xp = arrays["xpad"]  # (N, H + top + bottom, W + left + right, C)
         top, left = _pads(layer, src.shape[2], src.shape[3])[::2]
@@ -341,17 +396,22 @@ def _run_layer(layer: Layer, src, arrays, pool, clock):
     n, oh, ow, c = a.shape
     y = np.matmul(a.reshape(n * oh * ow, c), layer.weight, out=arrays["y"])  # (N*OH*OW, K)
     clock({"stem": "first conv", "full": "full conv"}.get(layer.kind, "pointwise GEMM"))
-    dst = arrays["dst"]
-    if dst.ndim == 4:  # bias + activation, written into the next 3x3 conv's input interior
-        _bordered(y.reshape(n, oh, ow, -1), layer.bias, lo, hi, dst, arrays["pads"])
-        clock("bias+act")
-    elif pool == "avg":  # bias + activation + global average pool in one pass
-        bias_clamp_mean(y.reshape(n, oh * ow, -1), layer.bias, lo, hi, dst)
-        clock("bias+act+pool")
-    else:  # max: clamp(. + b) is non-decreasing, so max_p clamp(y_p + b) = clamp(max_p y_p + b)
-        np.clip(y.reshape(n, oh * ow, -1).max(axis=1) + layer.bias, lo, hi, out=dst)
-        clock("bias+act+pool")
-    return dst
+    return y.reshape(n, oh, ow, -1)
+
+
+def _run_gemm_depthwise(layer: Layer, dw: Layer, src, arrays, dw_arrays, clock):
+    """A GEMM layer and the depthwise layer after it: the GEMM, then its bias and activation
+    and the depthwise conv in one pass (``bias_clamp_depthwise3x3``), the activation between
+    them held a few rows at a time in ``dw_arrays["ring"]``. Returns the depthwise output
+    ``dw_arrays["a"]`` (N, OH, OW, C)."""
+    dtype = src.dtype.type
+    y = _gemm(layer, src, arrays, clock)  # (N, H, W, C)
+    top, _, left, _ = arrays["pads"]  # the depthwise conv's padding
+    bias_clamp_depthwise3x3(y, layer.bias, dtype(layer.lo), dtype(layer.hi), top, left,
+                            dw.weight, dw.bias, dw.stride, dtype(dw.lo), dtype(dw.hi),
+                            dw_arrays["ring"], dw_arrays["a"])  # fmt: skip
+    clock("bias+act+depthwise")
+    return dw_arrays["a"]
 
 
 def _block_rows(layer: Layer, a, arrays) -> int:

@@ -9,12 +9,16 @@ weight and a bias (see ``npmobilenet.fast.folding``):
   ``(N*OH*OW, C*9) @ (C*9, K)`` in BLAS;
 * the depthwise conv (groups = C), stride 1 or 2: :func:`depthwise3x3_nhwc`, with the bias and
   the activation applied in the same pass (the "epilogue"), so its output is written once
-  instead of three times (conv, BN, activation).
+  instead of three times (conv, BN, activation). When the layer before it is a GEMM,
+  :func:`bias_clamp_depthwise3x3` also applies that GEMM's bias and activation, a few rows at a
+  time into a small buffer that stays in cache, so the activation between them is never written
+  to memory.
 
 **Zero padding is stored, not tested**: the depthwise kernel reads an input that already carries
-its one-pixel zero border, ``(N, H+2, W+2, C)``, written by the previous layer's epilogue
-(``fused_epilogue.bias_clamp_pad``). So every output pixel takes all 9 taps with no bounds
-test, and the innermost loop runs over contiguous channels, which LLVM turns into SIMD code.
+its zero border, ``(N, H+2, W+2, C)`` for padding 1, written by the previous layer's epilogue
+(``fused_epilogue.bias_clamp_pad``, or :func:`bias_clamp_depthwise3x3` into its row buffer). So
+every output pixel takes all 9 taps with no bounds test, and the innermost loop runs over
+contiguous channels, which LLVM turns into SIMD code.
 
 The activation is a clamp ``min(max(v, lo), hi)``: ReLU is ``lo=0, hi=inf``, ReLU6 is
 ``lo=0, hi=6``. A clamp has no branch, so it vectorizes too. Pass ``lo``/``hi`` as scalars of
@@ -92,6 +96,23 @@ def depthwise3x3_nhwc(xp, w, b, stride, lo, hi, out):
     out: (N, OH, OW, C), OH = (H - 1) // stride + 1 (same for OW), written in place:
          ``out[n,oh,ow,c] = clamp(b[c] + sum_{kh,kw} xp[n, oh*s+kh, ow*s+kw, c] * w[kh,kw,c])``
 
+    One output row at a time (:func:`depthwise3x3_row`).
+    """
+    N, OH = out.shape[0], out.shape[1]
+    for n in range(N):
+        for oh in range(OH):
+            i = oh * stride
+            depthwise3x3_row(xp[n, i], xp[n, i + 1], xp[n, i + 2], w, b, stride, lo, hi,
+                             out[n, oh])  # fmt: skip
+
+
+# inline="always": called as a function, LLVM cannot hoist the rows' address arithmetic out of
+# the call, and the conv takes nearly twice as long
+@njit(cache=True, nogil=True, fastmath=CONTRACT, inline="always")
+def depthwise3x3_row(r0, r1, r2, w, b, stride, lo, hi, o):
+    """One output row of :func:`depthwise3x3_nhwc`: r0, r1, r2 (W+2, C) the three zero-bordered
+    input rows under it, o (OW, C) the output row, written in place.
+
     The innermost loops run over the contiguous channels, which LLVM turns into SIMD code, with
     the 9 taps written out. A vector of outputs needs 19 vector loads (9 inputs, 9 weights, the
     bias), so the loop is load-bound. At stride 1 the output pixels therefore come in pairs:
@@ -100,35 +121,73 @@ def depthwise3x3_nhwc(xp, w, b, stride, lo, hi, out):
     row's last pixel, one pixel at a time: a second copy of the pair loop would cost more
     compile time than it saves. Both sum the taps in the same order.
     """
-    N, OH, OW, C = out.shape
+    OW, C = o.shape
+    single = OW - OW % 2 if stride == 1 else 0  # the first pixel computed alone
+    for j in range(0, single, 2):  # stride 1: pixels j and j + 1
+        for c in range(C):
+            w00, w01, w02 = w[0, 0, c], w[0, 1, c], w[0, 2, c]
+            w10, w11, w12 = w[1, 0, c], w[1, 1, c], w[1, 2, c]
+            w20, w21, w22 = w[2, 0, c], w[2, 1, c], w[2, 2, c]
+            a = b[c] + (r0[j, c] * w00 + r0[j + 1, c] * w01 + r0[j + 2, c] * w02)
+            a += r1[j, c] * w10 + r1[j + 1, c] * w11 + r1[j + 2, c] * w12
+            a += r2[j, c] * w20 + r2[j + 1, c] * w21 + r2[j + 2, c] * w22
+            z = b[c] + (r0[j + 1, c] * w00 + r0[j + 2, c] * w01 + r0[j + 3, c] * w02)
+            z += r1[j + 1, c] * w10 + r1[j + 2, c] * w11 + r1[j + 3, c] * w12
+            z += r2[j + 1, c] * w20 + r2[j + 2, c] * w21 + r2[j + 3, c] * w22
+            o[j, c] = min(max(a, lo), hi)
+            o[j + 1, c] = min(max(z, lo), hi)
+    for ow in range(single, OW):
+        j = ow * stride
+        for c in range(C):
+            w00, w01, w02 = w[0, 0, c], w[0, 1, c], w[0, 2, c]
+            w10, w11, w12 = w[1, 0, c], w[1, 1, c], w[1, 2, c]
+            w20, w21, w22 = w[2, 0, c], w[2, 1, c], w[2, 2, c]
+            a = b[c] + (r0[j, c] * w00 + r0[j + 1, c] * w01 + r0[j + 2, c] * w02)
+            a += r1[j, c] * w10 + r1[j + 1, c] * w11 + r1[j + 2, c] * w12
+            a += r2[j, c] * w20 + r2[j + 1, c] * w21 + r2[j + 2, c] * w22
+            o[ow, c] = min(max(a, lo), hi)
+
+
+@njit(cache=True, nogil=True, fastmath=CONTRACT)
+def bias_clamp_depthwise3x3(y, b0, lo0, hi0, top, left, w, b, stride, lo, hi, ring, out):
+    """The previous GEMM's epilogue and a depthwise 3x3 conv in one pass.
+
+    y:    (N, H, W, C) the previous GEMM's output, before its bias ``b0`` (C,) and its clamp
+          ``(lo0, hi0)``.
+    top, left: the depthwise conv's padding above and left of the image; ``ring``'s width gives
+          the padding on the right, the output's height the rows below (any padding: 1 on every
+          side, or TensorFlow's "same", which may have none above and left).
+    w, b, stride, lo, hi: the depthwise layer, as in :func:`depthwise3x3_nhwc`.
+    ring: (3, left+W+right, C) scratch: the three zero-bordered input rows under an output row.
+    out:  (N, OH, OW, C), written in place: ``depthwise3x3_nhwc(xp, w, b, stride, lo, hi)`` of
+          ``xp = clamp(y + b0, lo0, hi0)`` with ``top`` and ``left`` zeros before it, and
+          zeros after it up to the ring's width and the height the output needs.
+
+    Each bordered input row is computed into the ring (row ``i`` into slot ``i % 3``) when the
+    first output row that needs it comes, and read from there while it is in the core's cache:
+    the activation between the two layers is never written to memory.
+    """
+    N, H, W, C = y.shape
     for n in range(N):
-        for oh in range(OH):
-            i = oh * stride
-            r0, r1, r2, o = xp[n, i], xp[n, i + 1], xp[n, i + 2], out[n, oh]
-            single = OW - OW % 2 if stride == 1 else 0  # the first pixel computed alone
-            for j in range(0, single, 2):  # stride 1: pixels j and j + 1
-                for c in range(C):
-                    w00, w01, w02 = w[0, 0, c], w[0, 1, c], w[0, 2, c]
-                    w10, w11, w12 = w[1, 0, c], w[1, 1, c], w[1, 2, c]
-                    w20, w21, w22 = w[2, 0, c], w[2, 1, c], w[2, 2, c]
-                    a = b[c] + (r0[j, c] * w00 + r0[j + 1, c] * w01 + r0[j + 2, c] * w02)
-                    a += r1[j, c] * w10 + r1[j + 1, c] * w11 + r1[j + 2, c] * w12
-                    a += r2[j, c] * w20 + r2[j + 1, c] * w21 + r2[j + 2, c] * w22
-                    z = b[c] + (r0[j + 1, c] * w00 + r0[j + 2, c] * w01 + r0[j + 3, c] * w02)
-                    z += r1[j + 1, c] * w10 + r1[j + 2, c] * w11 + r1[j + 3, c] * w12
-                    z += r2[j + 1, c] * w20 + r2[j + 2, c] * w21 + r2[j + 3, c] * w22
-                    o[j, c] = min(max(a, lo), hi)
-                    o[j + 1, c] = min(max(z, lo), hi)
-            for ow in range(single, OW):
-                j = ow * stride
-                for c in range(C):
-                    w00, w01, w02 = w[0, 0, c], w[0, 1, c], w[0, 2, c]
-                    w10, w11, w12 = w[1, 0, c], w[1, 1, c], w[1, 2, c]
-                    w20, w21, w22 = w[2, 0, c], w[2, 1, c], w[2, 2, c]
-                    a = b[c] + (r0[j, c] * w00 + r0[j + 1, c] * w01 + r0[j + 2, c] * w02)
-                    a += r1[j, c] * w10 + r1[j + 1, c] * w11 + r1[j + 2, c] * w12
-                    a += r2[j, c] * w20 + r2[j + 1, c] * w21 + r2[j + 2, c] * w22
-                    o[ow, c] = min(max(a, lo), hi)
+        filled = -1  # the last bordered input row in the ring
+        for oh in range(out.shape[1]):
+            i0 = oh * stride  # the first of the three input rows under output row oh
+            for i in range(max(filled + 1, i0), i0 + 3):
+                slot = ring[i % 3]  # (left+W+right, C)
+                if i < top or i >= top + H:  # a zero row above or below the image
+                    slot[:, :] = 0.0
+                    continue
+                yrow = y[n, i - top]  # (W, C)
+                for j in range(left):
+                    slot[j, :] = 0.0
+                for j in range(left + W, slot.shape[0]):
+                    slot[j, :] = 0.0
+                for j in range(W):
+                    for c in range(C):
+                        slot[left + j, c] = min(max(yrow[j, c] + b0[c], lo0), hi0)
+            filled = i0 + 2
+            depthwise3x3_row(ring[i0 % 3], ring[(i0 + 1) % 3], ring[(i0 + 2) % 3], w, b,
+                             stride, lo, hi, out[n, oh])  # fmt: skip
 
 
 def depthwise3x3_nhwc_naive(xp, w, b, stride, lo, hi):
@@ -149,3 +208,11 @@ def depthwise3x3_nhwc_naive(xp, w, b, stride, lo, hi):
             ]
             out += tap * w[kh, kw]  # (N, OH, OW, C) * (C,)
     return np.clip(out, lo, hi)
+
+
+def bias_clamp_depthwise3x3_naive(y, b0, lo0, hi0, pads, w, b, stride, lo, hi):
+    """NumPy reference for :func:`bias_clamp_depthwise3x3`: y (N, H, W, C) and the depthwise
+    conv's padding ``pads`` (top, bottom, left, right) -> (N, OH, OW, C)."""
+    top, bottom, left, right = pads
+    xp = np.pad(np.clip(y + b0, lo0, hi0), ((0, 0), (top, bottom), (left, right), (0, 0)))
+    return depthwise3x3_nhwc_naive(xp, w, b, stride, lo, hi)

@@ -6,8 +6,12 @@ apply the activation. These kernels do both in one pass over the GEMM output, an
 result where the next layer wants it:
 
 * :func:`bias_clamp_pad`: ``clamp(y + b)`` into a buffer with a one-pixel zero border,
-  ``(N, H+2, W+2, K)``: the next layer is a depthwise 3x3 conv with padding 1, which then reads
-  its padding instead of testing for it (``fused_conv3x3.depthwise3x3_nhwc``).
+  ``(N, H+2, W+2, K)``: the next layer is a 3x3 conv with padding 1, which then reads its
+  padding instead of testing for it (``fused_conv3x3.depthwise3x3_nhwc``). When the next layer
+  is a depthwise conv, that conv's kernel usually applies this epilogue itself
+  (``fused_conv3x3.bias_clamp_depthwise3x3``); this pass serves the others (GEMMs run in blocks
+  of rows or beside such blocks, see ``npmobilenet.fast.engine``, and those before a full 3x3
+  conv).
 * :func:`bias_clamp_mean`: for the last pointwise conv, ``mean over pixels of clamp(y + b)``:
   bias, activation and the global average pool in one read, nothing written back.
 
