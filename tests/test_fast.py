@@ -345,12 +345,20 @@ def test_engine_split_over_the_batch_matches_torch_and_serial(
     np.testing.assert_allclose(out, one_by_one, **TOL[dtype])
 
 
+def _set_block_budget(patch, nbytes):
+    """Blocks of rows of about ``nbytes``, for layers of more than eight such blocks over the
+    batch: the small budgets and images of the blocked-layer tests are chosen for that ratio
+    (the engine's own threshold, ``BLOCKED_ABOVE``, is a measured speed choice)."""
+    patch.setattr(engine_module, "BLOCK_BYTES", nbytes)
+    patch.setattr(engine_module, "BLOCKED_ABOVE", 8)
+
+
 @pytest.mark.kernels
 @pytest.mark.parametrize("dtype,n,budget", [(np.float32, 1, 2048), (np.float64, 3, 9000)])
 def test_layers_run_in_blocks_of_rows_match_torch(torch, monkeypatch, dtype, n, budget, rng):
     """With a tiny cache budget every large layer runs a block of rows at a time (blocks of
     one row and of several, ending at the image's bottom edge): the logits do not change."""
-    monkeypatch.setattr(engine_module, "BLOCK_BYTES", budget)
+    _set_block_budget(monkeypatch, budget)
     calls = {"stem or pointwise": 0, "depthwise + pointwise": 0}
     for name, kind in (("_run_blocked", "stem or pointwise"),
                        ("_run_separable_blocked", "depthwise + pointwise")):  # fmt: skip
@@ -407,7 +415,7 @@ def test_one_or_three_blocked_layers_match_the_model(monkeypatch, padding, in_ch
     """Blocks of several rows, the last one shorter, in a batch of three different images: an
     image, a row or a channel computed in the wrong place in a blocked layer changes the logits
     (float64: far above rounding)."""
-    monkeypatch.setattr(engine_module, "BLOCK_BYTES", budget)
+    _set_block_budget(monkeypatch, budget)
     seen = _blocked_layers(monkeypatch)
     model = random_model(padding, classes=6, dtype=np.float64, in_ch=in_ch)
     n, h, w = nhw
@@ -419,7 +427,7 @@ def test_one_or_three_blocked_layers_match_the_model(monkeypatch, padding, in_ch
 
 @pytest.mark.kernels
 def test_one_blocked_pair_matches_torch_in_float32(torch, monkeypatch, rng):
-    monkeypatch.setattr(engine_module, "BLOCK_BYTES", 12500)  # float64's 25000: half the bytes
+    _set_block_budget(monkeypatch, 12500)  # float64's 25000: half the bytes
     seen = _blocked_layers(monkeypatch)
     reference, model = _pair(torch, 0.25, 5, 1, "relu6", np.float32)
     x = rng.uniform(-1, 1, (3, 1, 45, 38)).astype(np.float32)
@@ -433,7 +441,7 @@ def test_one_blocked_pair_matches_torch_in_float32(torch, monkeypatch, rng):
 def test_blocked_layers_in_uneven_slices_and_groups(monkeypatch, dtype, rng):
     """Five images over two threads in groups of two: slices of 2 and 3 images, groups of 2, 2
     and 1; a group of two blocks the stem and three pairs, a group of one the stem and one."""
-    monkeypatch.setattr(engine_module, "BLOCK_BYTES", 9000 * np.dtype(dtype).itemsize // 8)
+    _set_block_budget(monkeypatch, 9000 * np.dtype(dtype).itemsize // 8)
     monkeypatch.setattr(engine_module, "GROUP", 2)
     monkeypatch.setattr(threads, "MIN_SLICE_ELEMENTS", 1)
     seen = _blocked_layers(monkeypatch)
@@ -542,7 +550,7 @@ def test_any_batch_in_slices_groups_and_blocks_matches_the_model(
         patch.setattr(threads, "MIN_SLICE_ELEMENTS", 1)
         patch.setattr(engine_module, "GROUP", group)
         if budget:
-            patch.setattr(engine_module, "BLOCK_BYTES", budget * np.dtype(dtype).itemsize // 8)
+            _set_block_budget(patch, budget * np.dtype(dtype).itemsize // 8)
         out = engine_module.FusedMobileNetV1(model, runner=threads.Runner(n_threads))(x)
     _assert_matches(out, model.forward, x, dtype)
 
