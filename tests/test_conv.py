@@ -30,7 +30,6 @@ from npmobilenet.kernels.tuned.depthwise3x3 import (
     depthwise3x3_backward_stacked,
     depthwise3x3_backward_weight_flat,
     depthwise3x3_forward_rows,
-    depthwise3x3_forward_shifted,
     depthwise3x3_forward_small,
     depthwise3x3_forward_split_columns,
 )
@@ -215,7 +214,6 @@ def test_depthwise3x3_kernels_match_naive_loops(shape, size, stride, pads, seed)
     conv2d_forward_naive(x, w, naive, *geom)
     forward = [depthwise3x3_forward]
     forward += [depthwise3x3_forward_rows] if (sh, sw) == (1, 1) else []
-    forward += [depthwise3x3_forward_shifted] if (sh, sw) == (1, 1) and OW == W else []
     forward += [depthwise3x3_forward_split_columns] if sw == 2 else []
     forward += [depthwise3x3_forward_small] if m == 1 else []
     for kernel in forward:
@@ -311,7 +309,7 @@ def test_depthwise3x3_wide_planes_match_naive_loops(stride):
         ((31, 201), (2, 2), (0, 1, 0, 1)),  # TensorFlow's "SAME" at stride 2, odd width
         ((30, 199), (1, 2), (1, 1, 2, 0)),
         ((30, 200), (3, 2), (1, 1, 3, 3)),
-        ((16, 14), (1, 1), (1, 1, 1, 1)),  # shifted copies (and rows) from here on
+        ((16, 14), (1, 1), (1, 1, 1, 1)),
         ((14, 28), (1, 1), (3, 0, 0, 2)),
         ((5, 3), (1, 1), (0, 2, 2, 0)),
         ((1, 1), (1, 1), (1, 1, 1, 1)),
@@ -320,20 +318,18 @@ def test_depthwise3x3_wide_planes_match_naive_loops(stride):
 def test_depthwise3x3_forward_variants_write_the_naive_loops_result(
     size, stride, pads, multiplier, dtype
 ):
-    """Bands of rows, split columns, shifted copies: written over NaN (the kernels write out),
-    equal to the naive loops (float64 to 1e-12, float32 to its rounding), several bands."""
+    """Bands of rows and split columns: written over NaN (the kernels write out), equal to the
+    naive loops (float64 to 1e-12, float32 to its rounding), several bands."""
     (H, W), (sh, sw), (pt, pb, pl, pr), N, C = size, stride, pads, 2, 3
     OH, OW = (H + pt + pb - 3) // sh + 1, (W + pl + pr - 3) // sw + 1
     rng = np.random.default_rng(H * W + sh)
     x, w = rng.standard_normal((N, C, H, W)), rng.standard_normal((C * multiplier, 1, 3, 3))
     naive = np.zeros((N, C * multiplier, OH, OW))
     conv2d_forward_naive(x, w, naive, sh, sw, pt, pl, 1, 1, C)
-    kernels = [depthwise3x3_forward_split_columns] if sw == 2 else [depthwise3x3_forward_rows]
-    kernels += [depthwise3x3_forward_shifted] if (sh, sw) == (1, 1) and OW == W else []
-    for kernel in kernels:
-        out = np.full(naive.shape, np.nan, dtype=dtype)
-        kernel(x.astype(dtype), w.astype(dtype), out, sh, sw, pt, pl)
-        np.testing.assert_allclose(out, naive, **tol(dtype), err_msg=kernel.__name__)
+    kernel = depthwise3x3_forward_split_columns if sw == 2 else depthwise3x3_forward_rows
+    out = np.full(naive.shape, np.nan, dtype=dtype)
+    kernel(x.astype(dtype), w.astype(dtype), out, sh, sw, pt, pl)
+    np.testing.assert_allclose(out, naive, **tol(dtype), err_msg=kernel.__name__)
 
 
 @pytest.mark.parametrize("size", [(7, 7), (8, 8), (7, 10), (12, 5), (1, 2)])
@@ -558,8 +554,8 @@ def test_strategy_out_shape_is_the_shape_conv2d_returns(cfg):
 def test_every_tuned_depthwise_kernel_is_tested_against_the_naive_loops():
     """The dispatch table holds exactly the kernels the naive-loop tests above exercise."""
     tested = {
-        depthwise3x3_forward, depthwise3x3_forward_rows, depthwise3x3_forward_shifted,
-        depthwise3x3_forward_split_columns, depthwise3x3_forward_small,
+        depthwise3x3_forward, depthwise3x3_forward_rows, depthwise3x3_forward_split_columns,
+        depthwise3x3_forward_small,
         depthwise3x3_backward_small, depthwise3x3_backward_stacked,
         depthwise3x3_backward_weight, depthwise3x3_backward_weight_flat,
         depthwise3x3_backward_input, depthwise3x3_backward_input_flat,
@@ -580,8 +576,8 @@ def test_every_tuned_depthwise_kernel_is_tested_against_the_naive_loops():
         ((8, 8, (40, 41), (40, 14), (1, 3)), ("forward", "backward_weight", "input")),
         ((64, 64, (112, 112), (56, 56), (2, 2)), ("forward_split_columns", "backward_weight",
           "stride2")),
-        ((512, 512, (14, 14), (14, 14), (1, 1)), ("forward_shifted", "stacked", "stacked")),
-        ((256, 256, (28, 28), (28, 28), (1, 1)), ("forward_shifted", "stacked", "stacked")),
+        ((512, 512, (14, 14), (14, 14), (1, 1)), ("forward_rows", "stacked", "stacked")),
+        ((256, 256, (28, 28), (28, 28), (1, 1)), ("forward_rows", "stacked", "stacked")),
         ((1024, 1024, (2, 2), (2, 2), (1, 1)), ("forward_small", None, None)),
     ],
 )
@@ -609,10 +605,10 @@ def test_depthwise_dispatch_picks_the_documented_variant(shape, want):
         ((32, 32, (112, 112), (112, 112), (1, 1)), "forward_rows"),
         ((64, 64, (112, 112), (56, 56), (2, 2)), "forward_split_columns"),
         ((128, 128, (56, 56), (56, 56), (1, 1)), "forward_rows"),
-        ((256, 256, (28, 28), (28, 28), (1, 1)), "forward_shifted"),
-        ((512, 512, (14, 14), (14, 14), (1, 1)), "forward_shifted"),
+        ((256, 256, (28, 28), (28, 28), (1, 1)), "forward_rows"),
+        ((512, 512, (14, 14), (14, 14), (1, 1)), "forward_rows"),
         ((512, 512, (14, 14), (7, 7), (2, 2)), "forward_split_columns"),
-        ((1024, 1024, (7, 7), (7, 7), (1, 1)), "forward_shifted"),
+        ((1024, 1024, (7, 7), (7, 7), (1, 1)), "forward_rows"),
         ((8, 8, (10, 10), (8, 8), (1, 1)), "forward_rows"),  # no padding: a narrower output
         ((8, 8, (40, 41), (40, 14), (1, 3)), "forward"),
         ((1024, 1024, (2, 2), (2, 2), (1, 1)), "forward_small"),
