@@ -4,6 +4,7 @@
 the special cases that were measured faster on MobileNet's shapes, kept apart so that the
 readable kernels stay readable. Each variant computes the same sums as the readable kernel it
 replaces and is tested against the naive reference (``tests/test_conv.py``).
+Every "forward" kernel writes its ``out`` (old contents ignored).
 
 ``DEPTHWISE3X3`` lists, per operation, ``Variant(op, when, kernel, reason)`` entries in order;
 ``depthwise3x3_kernel(op, shape)`` returns the first kernel whose ``when(shape)`` holds. The
