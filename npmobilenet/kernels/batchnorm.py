@@ -682,3 +682,204 @@ def _train_dx_relu6_inplace_flat(d, out, x, mean, k, a, b):
 def train_dx_act_naive(dout, out, x, mean, k, a, b, dx, six):
     """NumPy reference for :func:`train_dx_act`."""
     train_dx_naive(_act_grad_naive(dout, out, six), x, mean, k, a, b, dx)
+
+
+# --------------------------------------------------------------------------------------------
+# Channel kernels: planes walked as rows (at least FLAT_MAX_L pixels), one call per range of
+# channels over the whole batch, doing both of batch norm's passes (the sums, then the writes).
+# A runner gives each thread its own channels: one hand-over of work per op and direction
+# instead of one per pass, and a channel's sums are added by one thread in the serial kernels'
+# order, with no reduction across threads (the result does not depend on the thread count).
+# Each pass walks the whole range, image by image: long contiguous runs (shorter blocks of
+# channels, kept in cache for the second pass, measured slower: the first pass's many short
+# runs cost more than the second pass's reads from memory).
+# --------------------------------------------------------------------------------------------
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _forward_coefficient(c, mean, var, weight, bias, eps, invstd, scale, shift):
+    """invstd[c], scale[c], shift[c] of channel c, as :func:`forward_coefficients`."""
+    invstd[c] = 1.0 / math.sqrt(var[c] + eps)
+    scale[c] = np.float64(weight[c]) * invstd[c]
+    shift[c] = np.float64(bias[c]) - mean[c] * scale[c]
+
+
+@njit(cache=True, nogil=True, inline="always", fastmath=REASSOC)
+def _range_stats(x, c, e, one_pass, mean, var):
+    """mean[c:e], var[c:e] (biased) of channels c:e, float64. One pass of shifted sums
+    (the shift each channel's first value; see ``stats_in_one_pass``) or two: the mean from
+    plain sums, then sums shifted by it (both: var = Q/M - (S/M)**2, 0 if rounded below)."""
+    N, C, L = x.shape
+    M = N * L
+    S, Q = np.zeros(e - c), np.zeros(e - c)
+    for j in range(c, e):
+        mean[j] = x[0, j, 0] if one_pass else 0.0  # the shift of the first pass
+    for _ in range(1 if one_pass else 2):  # the passes
+        S[:] = 0.0
+        Q[:] = 0.0
+        for n in range(N):  # memory order: images outer, as channel_shifted_sums
+            for j in range(c, e):
+                k, s, q, xr = mean[j], 0.0, 0.0, x[n, j]
+                for i in range(L):
+                    d = xr[i] - k
+                    s += d
+                    q += d * d
+                S[j - c] += s
+                Q[j - c] += q
+        for j in range(c, e):
+            d = S[j - c] / M
+            mean[j] += d  # the shift plus the mean deviation from it
+            var[j] = max(Q[j - c] / M - d * d, 0.0)
+
+
+@njit(cache=True, nogil=True, inline="always", fastmath=REASSOC)
+def _range_apply(x, out, c, e, scale, shift, act):
+    """out = act(x * scale + shift) on channels c:e (act 0: none, 1: ReLU, 2: ReLU6), the
+    affine value rounded to out's dtype first, as ``scale_shift_act``."""
+    zero, top = _bounds(out)
+    for n in range(x.shape[0]):
+        for j in range(c, e):
+            a, b, o, xr = scale[j], shift[j], out[n, j], x[n, j]  # o, xr: (L,) rows
+            for i in range(x.shape[2]):
+                o[i] = xr[i] * a + b
+                if act != 0:
+                    v = o[i]
+                    v = zero if v < 0 else v
+                    o[i] = (top if v > 6 else v) if act == 2 else v
+
+
+@njit(cache=True, nogil=True, fastmath=REASSOC)
+def _forward_channels(x, weight, bias, eps, coef, out, act, training, one_pass, c0, c1):
+    mean, var, invstd, scale, shift = coef[0], coef[1], coef[2], coef[3], coef[4]
+    if training:
+        _range_stats(x, c0, c1, one_pass, mean, var)
+        for c in range(c0, c1):
+            _forward_coefficient(c, mean, var, weight, bias, eps, invstd, scale, shift)
+    _range_apply(x, out, c0, c1, scale, shift, act)
+
+
+def forward_channels(x, weight, bias, eps, coef, out, act, training, c0, c1):
+    """Batch norm's forward (``act``: 0 none, 1 ReLU, 2 ReLU6 after it) on channels c0:c1.
+
+    x, out: (N, C, L) of one dtype, L >= FLAT_MAX_L; weight, bias: (C,) of that dtype; coef:
+    (5, C) float64, the rows mean, var, invstd, scale, shift. ``training``: the batch
+    statistics of the channels are computed (one pass for float32, ``stats_in_one_pass``; two
+    for float64) with their coefficients (``forward_coefficients``) into coef, else coef's
+    scale and shift are used as they are. Writes ``out = act(x * scale + shift)``.
+    """
+    one_pass = x.dtype == np.float32
+    _forward_channels(x, weight, bias, eps, coef, out, act, training, one_pass, c0, c1)
+
+
+def forward_channels_naive(x, weight, bias, eps, coef, out, act, training, c0, c1):
+    """NumPy reference for :func:`forward_channels`."""
+    xs, s = x[:, c0:c1], slice(c0, c1)
+    if training:
+        coef[0, s], coef[1, s] = channel_stats_naive(xs)
+        _, _, coef[2, s], coef[3, s], coef[4, s] = forward_coefficients_naive(
+            coef[0, s], coef[1, s], weight[s], bias[s], eps
+        )
+    o = np.empty_like(xs)
+    scale_shift_naive(xs, coef[3, s], coef[4, s], o)
+    out[:, c0:c1] = np.clip(o, 0, 6 if act == 2 else None) if act else o
+
+
+@njit(cache=True, nogil=True, inline="always", fastmath=REASSOC)
+def _backward_channels(grad, dout, m, x, mean, w, invstd, M, training, S, T, dx, c0, c1):
+    """S, T (``grad_sums``) of channels c0:c1, then their dx (``train_dx``)."""
+    N, C, L = x.shape
+    for c in range(c0, c1):
+        S[c], T[c] = 0.0, 0.0
+    for n in range(N):
+        for c in range(c0, c1):
+            mu, s, t = mean[c], 0.0, 0.0
+            for i in range(L):
+                g = grad(dout, x, n, c, i, m)
+                s += g
+                t += g * (x[n, c, i] - mu)
+            S[c] += s
+            T[c] += t
+    for n in range(N):
+        for c in range(c0, c1):
+            k = w[c] * invstd[c]  # as backward_coefficients
+            a = k * (invstd[c] * invstd[c]) * T[c] / M if training else 0.0
+            b = k * S[c] / M if training else 0.0
+            mu = mean[c]
+            for i in range(L):
+                dx[n, c, i] = k * grad(dout, x, n, c, i, m) - a * (x[n, c, i] - mu) - b
+
+
+def backward_channels(dout, x, mean, w, invstd, training, S, T, dx, act, scale, shift, c0, c1):
+    """Batch norm's backward (through ``act``: 0 none, 1 ReLU, 2 ReLU6) on channels c0:c1.
+
+    dout, x, dx: (N, C, L) of one dtype, L >= FLAT_MAX_L; ``dx`` may be dout itself (in
+    place). mean, w, invstd, scale, shift: (C,) float64 (the forward's). Writes S and T, (C,)
+    float64: ``grad_sums_act`` (``grad_sums`` without act), then dx: ``train_dx_act`` with the
+    coefficients ``backward_coefficients`` gives (training or eval).
+    """
+    M = x.shape[0] * x.shape[2]
+    args = (x, mean, w, invstd, M, training, S, T)
+    if act == 0:
+        if dx is dout:
+            _backward_channels_plain_inplace(dout, *args, c0, c1)
+        else:
+            _backward_channels_plain(dout, *args, dx, c0, c1)
+        return
+    m = (scale, shift, *mask_bounds(x.dtype))
+    if dx is dout:
+        kernel = _backward_channels_relu6_inplace if act == 2 else _backward_channels_relu_inplace
+        kernel(dout, m, *args, c0, c1)
+    else:
+        kernel = _backward_channels_relu6 if act == 2 else _backward_channels_relu
+        kernel(dout, m, *args, dx, c0, c1)
+
+
+def backward_channels_naive(dout, x, mean, w, invstd, training, S, T, dx, act, scale, shift,
+                            c0, c1):  # fmt: skip
+    """NumPy reference for :func:`backward_channels`."""
+    s, M = slice(c0, c1), x.shape[0] * x.shape[2]
+    xs, g = x[:, s], dout[:, s].copy()  # a copy: dx may be dout
+    if act:
+        out = np.empty_like(xs)
+        scale_shift_act_naive(xs, scale[s], shift[s], out, act == 2)
+        g = _act_grad_naive(g, out, act == 2)
+    S[s], T[s] = grad_sums_naive(g, xs, mean[s])
+    k, a, b = backward_coefficients_naive(w[s], invstd[s], S[s], T[s], M, training)
+    d = np.empty_like(xs)
+    train_dx_naive(g, xs, mean[s], k, a, b, d)
+    dx[:, s] = d
+
+
+# One compiled kernel per activation, and per in place (dx is dout: one array read and written,
+# see train_dx_inplace) or not: a run compiles the ones it uses.
+
+
+@njit(cache=True, nogil=True, fastmath=REASSOC)
+def _backward_channels_plain(dout, x, mean, w, invstd, M, training, S, T, dx, c0, c1):
+    _backward_channels(_grad, dout, None, x, mean, w, invstd, M, training, S, T, dx, c0,
+                       c1)  # fmt: skip
+
+
+@njit(cache=True, nogil=True, fastmath=REASSOC)
+def _backward_channels_plain_inplace(d, x, mean, w, invstd, M, training, S, T, c0, c1):
+    _backward_channels(_grad, d, None, x, mean, w, invstd, M, training, S, T, d, c0, c1)
+
+
+@njit(cache=True, nogil=True, fastmath=REASSOC)
+def _backward_channels_relu(dout, m, x, mean, w, invstd, M, training, S, T, dx, c0, c1):
+    _backward_channels(_grad_relu, dout, m, x, mean, w, invstd, M, training, S, T, dx, c0, c1)
+
+
+@njit(cache=True, nogil=True, fastmath=REASSOC)
+def _backward_channels_relu6(dout, m, x, mean, w, invstd, M, training, S, T, dx, c0, c1):
+    _backward_channels(_grad_relu6, dout, m, x, mean, w, invstd, M, training, S, T, dx, c0, c1)
+
+
+@njit(cache=True, nogil=True, fastmath=REASSOC)
+def _backward_channels_relu_inplace(d, m, x, mean, w, invstd, M, training, S, T, c0, c1):
+    _backward_channels(_grad_relu, d, m, x, mean, w, invstd, M, training, S, T, d, c0, c1)
+
+
+@njit(cache=True, nogil=True, fastmath=REASSOC)
+def _backward_channels_relu6_inplace(d, m, x, mean, w, invstd, M, training, S, T, c0, c1):
+    _backward_channels(_grad_relu6, d, m, x, mean, w, invstd, M, training, S, T, d, c0, c1)
