@@ -198,6 +198,8 @@ def _forward_rows(x3, w, b, running_mean, running_var, training, eps, act, out, 
         coef[0], coef[1] = running_mean, running_var
         coef[2:] = K.forward_coefficients(coef[0], coef[1], w, b, eps)[2:]
     code = ACT_CODES[act]
+    if not training:  # only the output: the kernel compiled without the statistics
+        w = b = None
 
     def channels(lo, hi):
         K.forward_channels(x3, w, b, eps, coef, out, code, bool(training), lo, hi)
@@ -256,11 +258,6 @@ def _channel_stats(x3, runner):
     N, C, L = x3.shape
     if runner.threads == 1:
         return K.channel_stats(x3)
-    if K.stats_in_one_pass(x3):
-        shift = K.stats_shift(x3)
-        parts = runner.map(lambda lo, hi: K.channel_shifted_sums(x3[lo:hi], shift), N, C * L)
-        S, Q = (sum(p[i] for p in parts) for i in (0, 1))  # slices added in slice order
-        return K.stats_from_shifted_sums(S, Q, shift, N * L)
     mean = sum(runner.map(lambda lo, hi: K.channel_sums(x3[lo:hi]), N, C * L)) / (N * L)
     sq_dev = runner.map(lambda lo, hi: K.channel_sq_dev(x3[lo:hi], mean), N, C * L)
     return mean, sum(sq_dev) / (N * L)
@@ -372,14 +369,12 @@ def _backward_flat(d3, cache, dx, runner):
     and added), then dx (``dx is d3``: in place). Returns S, T as :func:`_backward_rows`."""
     x3, w, has_weight, has_bias, mean, invstd, training, shape, act, out3 = cache[:10]
     inplace = dx is d3
-    if act is not None:  # the forward's affine coefficients: the activation's mask from x
-        masked = (act == "relu6", cache.scale, cache.shift)
+    six = act == "relu6"
 
     def sums(lo, hi):  # (C,), (C,) float64 over a slice of the batch
         if act is None:
             return K.grad_sums(d3[lo:hi], x3[lo:hi], mean)
-        o = None if out3 is None else out3[lo:hi]
-        return K.grad_sums_act(d3[lo:hi], o, x3[lo:hi], mean, *masked)  # what act passes
+        return K.grad_sums_act(d3[lo:hi], out3[lo:hi], x3[lo:hi], mean, six)  # what act passes
 
     per_image = x3.shape[1] * x3.shape[2]
     parts = runner.map(sums, x3.shape[0], per_image)  # [(S, T) of each slice]
@@ -393,11 +388,11 @@ def _backward_flat(d3, cache, dx, runner):
             if act is None:
                 K.train_dx_inplace(d, xs, mean, k, a, b)
             else:
-                K.train_dx_act_inplace(d, o, xs, mean, k, a, b, *masked)
+                K.train_dx_act_inplace(d, o, xs, mean, k, a, b, six)
         elif act is None:
             K.train_dx(d, xs, mean, k, a, b, dx[lo:hi])
         else:
-            K.train_dx_act(d, o, xs, mean, k, a, b, dx[lo:hi], *masked)
+            K.train_dx_act(d, o, xs, mean, k, a, b, dx[lo:hi], six)
 
     runner.map(images, x3.shape[0], per_image)
     return S, T
