@@ -29,9 +29,8 @@ from npmobilenet.ops.activations import ACTIVATIONS
 from npmobilenet.threads import SERIAL
 
 _FWD = "batch_norm_forward"
-# the channel kernels' activation argument
-ACT_CODES = {None: 0, "relu": 1, "relu6": 2}
 _BWD = "batch_norm_backward"
+ACT_CODES = {None: 0, "relu": 1, "relu6": 2}  # the channel kernels' activation argument
 
 
 class BatchNormCache(NamedTuple):
@@ -214,29 +213,32 @@ def _apply(x3, scale, shift, act, out, runner, trained):
     """out (N, C, L) = act(x3 * scale + shift) with the (C,) float64 coefficients (see
     ``K.affine_coefficients``): one rounding per element, then the activation (if any).
     ``trained``: the coefficients are a training forward's (planes of at least
-    ``K.FLAT_MAX_L`` pixels then use that forward's kernel, which the run has compiled)."""
+    ``K.FLAT_MAX_L`` pixels then use that forward's kernel, which the run has compiled; eval
+    mode's kernel otherwise)."""
     N, C, L = x3.shape
-    code = ACT_CODES[act]
-    if not K._is_flat(x3) and trained:
-        coef = np.empty((5, C))  # rows: mean, var, invstd (unused here), scale, shift
-        coef[3], coef[4] = scale, shift
-        unused = np.empty(C, x3.dtype)  # weight and bias: scale and shift are given
+    if not K._is_flat(x3):
+        runner.map(_apply_channels(x3, scale, shift, ACT_CODES[act], out, trained), C, N * L)
+        return
 
-        def channels(lo, hi):
-            K.forward_channels(x3, unused, unused, 1.0, coef, out, code, False, lo, hi)
+    def images(lo, hi):  # a slice of the batch (the whole batch unless a runner splits it)
+        if act is None:
+            K.scale_shift(x3[lo:hi], scale, shift, out[lo:hi])
+        else:
+            K.scale_shift_act(x3[lo:hi], scale, shift, out[lo:hi], act == "relu6")
 
-        runner.map(channels, C, N * L)
-    elif not K._is_flat(x3):
-        runner.map(lambda lo, hi: K.apply_channels(x3, scale, shift, out, code, lo, hi), C, N * L)
-    else:
+    runner.map(images, N, C * L)
 
-        def images(lo, hi):  # a slice of the batch (the whole batch unless a runner splits it)
-            if act is None:
-                K.scale_shift(x3[lo:hi], scale, shift, out[lo:hi])
-            else:
-                K.scale_shift_act(x3[lo:hi], scale, shift, out[lo:hi], act == "relu6")
 
-        runner.map(images, N, C * L)
+def _apply_channels(x3, scale, shift, code, out, trained):
+    """``fn(lo, hi)`` writing out's channels lo:hi, for ``runner.map`` (see :func:`_apply`)."""
+    if not trained:
+        return lambda lo, hi: K.apply_channels(x3, scale, shift, out, code, lo, hi)
+    C = x3.shape[1]
+    coef = np.empty((5, C))  # rows: mean, var, invstd (unused here), scale, shift
+    coef[3], coef[4] = scale, shift
+    unused = np.empty(C, x3.dtype)  # weight and bias: scale and shift are given
+    return lambda lo, hi: K.forward_channels(x3, unused, unused, 1.0, coef, out, code, False,
+                                             lo, hi)  # fmt: skip
 
 
 def batch_norm_output(cache, *, out=None, runner=None):
