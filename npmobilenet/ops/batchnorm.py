@@ -29,9 +29,8 @@ from npmobilenet.ops.activations import ACTIVATIONS
 from npmobilenet.threads import SERIAL
 
 _FWD = "batch_norm_forward"
-# the channel kernels' activation argument
-ACT_CODES = {None: 0, "relu": 1, "relu6": 2}
 _BWD = "batch_norm_backward"
+ACT_CODES = {None: 0, "relu": 1, "relu6": 2}  # the channel kernels' activation argument
 
 
 class BatchNormCache(NamedTuple):
@@ -160,9 +159,9 @@ def _forward(x, weight, bias, running_mean, running_var, training, momentum, eps
     b = np.zeros(C, x.dtype) if bias is None else bias  # no bias: shift 0
     given = out
     out = np.empty_like(x3) if out is None else out.reshape(x3.shape)  # a view of out
-    walk = _forward_flat if K._is_flat(x3) else _forward_rows
+    walk = _forward_eval if not training else _forward_flat if K._is_flat(x3) else _forward_rows
     # mean, var, invstd, scale, shift: (C,) float64 each
-    stats = walk(x3, w, b, running_mean, running_var, training, eps, act, out, runner)
+    stats = walk(x3, w, b, running_mean, running_var, eps, act, out, runner)
     mean, var, invstd, scale, shift = stats
     if training and running_mean is not None:  # r = (1 - momentum) * r + momentum * statistic
         M = N * L
@@ -175,53 +174,50 @@ def _forward(x, weight, bias, running_mean, running_var, training, momentum, eps
     return (out.reshape(x.shape) if given is None else given), cache
 
 
-def _forward_flat(x3, w, b, running_mean, running_var, training, eps, act, out, runner):
-    """Planes of fewer than ``K.FLAT_MAX_L`` pixels: the statistics (each pass split over slices
-    of the batch), then out; returns mean, var, invstd, scale, shift, (C,) float64 each."""
-    if training:
-        mean, var = _channel_stats(x3, runner)  # (C,), (C,) float64, biased variance
-    else:
-        mean = running_mean.astype(np.float64)  # a copy: later in-place updates cannot leak in
-        var = running_var.astype(np.float64)
+def _forward_eval(x3, w, b, running_mean, running_var, eps, act, out, runner):
+    """Eval mode: out from the running statistics; returns mean, var, invstd, scale, shift,
+    (C,) float64 each."""
+    mean = running_mean.astype(np.float64)  # a copy: later in-place updates cannot leak in
+    var = running_var.astype(np.float64)
     # invstd = 1 / sqrt(var + eps); out = x * scale + shift. (C,) float64 each
     _, _, invstd, scale, shift = K.forward_coefficients(mean, var, w, b, eps)
-    _apply(x3, scale, shift, act, out, runner)
+    _apply(x3, scale, shift, act, out, runner, False)
     return mean, var, invstd, scale, shift
 
 
-def _forward_rows(x3, w, b, running_mean, running_var, training, eps, act, out, runner):
-    """Planes of at least ``K.FLAT_MAX_L`` pixels: ``K.forward_channels`` on ranges of channels
-    split by ``runner`` (statistics and out in one call); returns as :func:`_forward_flat`."""
+def _forward_flat(x3, w, b, running_mean, running_var, eps, act, out, runner):
+    """Training, planes of fewer than ``K.FLAT_MAX_L`` pixels: the statistics (each pass split
+    over slices of the batch), then out; returns as :func:`_forward_eval`."""
+    mean, var = _channel_stats(x3, runner)  # (C,), (C,) float64, biased variance
+    _, _, invstd, scale, shift = K.forward_coefficients(mean, var, w, b, eps)
+    _apply(x3, scale, shift, act, out, runner, True)
+    return mean, var, invstd, scale, shift
+
+
+def _forward_rows(x3, w, b, running_mean, running_var, eps, act, out, runner):
+    """Training, planes of at least ``K.FLAT_MAX_L`` pixels: ``K.forward_channels`` on ranges
+    of channels split by ``runner`` (statistics and out in one call); returns as
+    :func:`_forward_eval`."""
     N, C, L = x3.shape
     coef = np.empty((5, C))  # rows: mean, var, invstd, scale, shift
-    if not training:  # the running statistics (copies) and their coefficients
-        coef[0], coef[1] = running_mean, running_var
-        coef[2:] = K.forward_coefficients(coef[0], coef[1], w, b, eps)[2:]
     code = ACT_CODES[act]
-    if not training:  # only the output: the kernel compiled without the statistics
-        w = b = None
 
     def channels(lo, hi):
-        K.forward_channels(x3, w, b, eps, coef, out, code, bool(training), lo, hi)
+        K.forward_channels(x3, w, b, eps, coef, out, code, True, lo, hi)
 
     runner.map(channels, C, N * L)
     return tuple(coef)
 
 
-def _apply(x3, scale, shift, act, out, runner):
+def _apply(x3, scale, shift, act, out, runner, trained):
     """out (N, C, L) = act(x3 * scale + shift) with the (C,) float64 coefficients (see
-    ``K.affine_coefficients``): one rounding per element, then the activation (if any)."""
+    ``K.affine_coefficients``): one rounding per element, then the activation (if any).
+    ``trained``: the coefficients are a training forward's (planes of at least
+    ``K.FLAT_MAX_L`` pixels then use that forward's kernel, which the run has compiled; eval
+    mode's kernel otherwise)."""
     N, C, L = x3.shape
-    if not K._is_flat(x3):  # the forward's own kernel, given its coefficients
-        coef = np.empty((5, C))  # rows: mean, var, invstd (unused here), scale, shift
-        coef[3], coef[4] = scale, shift
-        unused = np.empty(C, x3.dtype)  # weight and bias: scale and shift are given
-        code = ACT_CODES[act]
-
-        def channels(lo, hi):
-            K.forward_channels(x3, unused, unused, 1.0, coef, out, code, False, lo, hi)
-
-        runner.map(channels, C, N * L)
+    if not K._is_flat(x3):
+        runner.map(_apply_channels(x3, scale, shift, ACT_CODES[act], out, trained), C, N * L)
         return
 
     def images(lo, hi):  # a slice of the batch (the whole batch unless a runner splits it)
@@ -231,6 +227,18 @@ def _apply(x3, scale, shift, act, out, runner):
             K.scale_shift_act(x3[lo:hi], scale, shift, out[lo:hi], act == "relu6")
 
     runner.map(images, N, C * L)
+
+
+def _apply_channels(x3, scale, shift, code, out, trained):
+    """``fn(lo, hi)`` writing out's channels lo:hi, for ``runner.map`` (see :func:`_apply`)."""
+    if not trained:
+        return lambda lo, hi: K.apply_channels(x3, scale, shift, out, code, lo, hi)
+    C = x3.shape[1]
+    coef = np.empty((5, C))  # rows: mean, var, invstd (unused here), scale, shift
+    coef[3], coef[4] = scale, shift
+    unused = np.empty(C, x3.dtype)  # weight and bias: scale and shift are given
+    return lambda lo, hi: K.forward_channels(x3, unused, unused, 1.0, coef, out, code, False,
+                                             lo, hi)  # fmt: skip
 
 
 def batch_norm_output(cache, *, out=None, runner=None):
@@ -248,7 +256,7 @@ def batch_norm_output(cache, *, out=None, runner=None):
     _check_cache(op, cache, (None, *ACTIVATIONS))
     out = _checks.out_array(op, "out", out, cache.shape, cache.x3.dtype, cache.x3)
     out3 = np.empty_like(cache.x3) if out is None else out.reshape(cache.x3.shape)  # a view
-    _apply(cache.x3, cache.scale, cache.shift, cache.act, out3, runner or SERIAL)
+    _apply(cache.x3, cache.scale, cache.shift, cache.act, out3, runner or SERIAL, cache.training)
     cache = cache._replace(out3=None if cache.act is None else out3)
     return (out3.reshape(cache.shape) if out is None else out), cache
 
