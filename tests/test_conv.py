@@ -28,6 +28,7 @@ from npmobilenet.kernels.tuned.depthwise3x3 import (
     depthwise3x3_backward_input_stride2,
     depthwise3x3_backward_small,
     depthwise3x3_backward_stacked,
+    depthwise3x3_backward_stride2,
     depthwise3x3_backward_weight_flat,
     depthwise3x3_forward_rows,
     depthwise3x3_forward_small,
@@ -241,24 +242,22 @@ def test_depthwise3x3_kernels_match_naive_loops(shape, size, stride, pads, seed)
         kernel(dout, w_flipped, dx, sh, sw, pt, pl)
         np.testing.assert_allclose(dx, dx_n, rtol=1e-12, atol=1e-12, err_msg=kernel.__name__)
 
-    if m == 1:  # the channels-innermost backward for tiny planes (depth multiplier 1 only)
-        dx, dw = np.zeros_like(x), np.zeros_like(w)
-        depthwise3x3_backward_small(dout, x, w, dx, dw, sh, sw, pt, pl)
-        np.testing.assert_allclose(dx, dx_n, rtol=1e-12, atol=1e-12)
-        np.testing.assert_allclose(dw, dw_n, rtol=1e-12, atol=1e-12)
-    if m == 1 and (sh, sw) == (1, 1) and (OH, OW) == (H, W):  # both gradients, stacked
-        dx, dw = np.zeros_like(x), np.zeros_like(w)
-        depthwise3x3_backward_stacked(dout, x, w, dx, dw, sh, sw, pt, pl)
-        np.testing.assert_allclose(dx, dx_n, rtol=1e-12, atol=1e-12)
-        np.testing.assert_allclose(dw, dw_n, rtol=1e-12, atol=1e-12)
+    both = [depthwise3x3_backward_small] if m == 1 else []  # both gradients: dx written
+    both += [depthwise3x3_backward_stacked] if m == 1 and (sh, sw, OH, OW) == (1, 1, H, W) else []
+    both += [depthwise3x3_backward_stride2] if m == 1 and (sh, sw) == (2, 2) else []
+    for kernel in both:
+        dx, dw = np.full_like(x, np.nan), np.zeros_like(w)
+        kernel(dout, x, w, dx, dw, sh, sw, pt, pl)
+        np.testing.assert_allclose(dx, dx_n, rtol=1e-12, atol=1e-12, err_msg=kernel.__name__)
+        np.testing.assert_allclose(dw, dw_n, rtol=1e-12, atol=1e-12, err_msg=kernel.__name__)
 
 
 @pytest.mark.parametrize("size", [(12, 12), (7, 7), (1, 1), (3, 10), (17, 16)])
 @pytest.mark.parametrize("pads", [(1, 1), (0, 0), (2, 2), (0, 2)])
 def test_depthwise3x3_backward_stacked_matches_naive_loops(size, pads):
     """Enough images for several stacks (the last one partial), padding on either side; planes
-    of more than STACK_MAX_PIXELS one image at a time (17x16); the kernel adds into dx and
-    dweight."""
+    of more than STACK_MAX_PIXELS one image at a time (17x16); the kernel writes dx and adds
+    into dweight."""
     (H, W), (pt, pl) = size, pads
     N = STACK_ELEMENTS // ((H + 2) * (W + 2)) + 3 if H * W > 1 else 3
     rng = np.random.default_rng(H * W + pt)
@@ -266,9 +265,9 @@ def test_depthwise3x3_backward_stacked_matches_naive_loops(size, pads):
     dout = rng.standard_normal((N, 2, H, W))
     dx_n, dw_n = np.zeros_like(x), np.zeros_like(w)
     conv2d_backward_naive(dout, x, w, dx_n, dw_n, 1, 1, pt, pl, 1, 1, 2)
-    dx, dw = np.full_like(x, 0.5), np.full_like(w, 0.25)
+    dx, dw = np.full_like(x, np.nan), np.full_like(w, 0.25)
     depthwise3x3_backward_stacked(dout, x, w, dx, dw, 1, 1, pt, pl)
-    np.testing.assert_allclose(dx - 0.5, dx_n, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dx, dx_n, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(dw - 0.25, dw_n, rtol=1e-12, atol=1e-11)
 
 
@@ -348,6 +347,54 @@ def test_depthwise3x3_stride2_input_grad_matches_naive_loops(size, pads, multipl
     w_flipped = np.ascontiguousarray(w[:, :, ::-1, ::-1])
     depthwise3x3_backward_input_stride2(dout, w_flipped, dx, 2, 2, pt, pl)
     np.testing.assert_allclose(dx - 0.5, dx_n, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("size", [(7, 7), (8, 8), (7, 10), (12, 5), (1, 2), (1, 1), (2, 1)])
+@pytest.mark.parametrize("pads", [(1, 1, 1, 1), (0, 2, 1, 1), (2, 0, 3, 1), (3, 3, 0, 2)])
+def test_depthwise3x3_backward_stride2_matches_naive_loops(size, pads):
+    """Both gradients at stride 2: odd and even sizes, 1-pixel planes, asymmetric and wide
+    padding (crops of the spread-out gradient); writes dx, adds into dweight."""
+    (H, W), (pt, pb, pl, pr), N, C = size, pads, 3, 4
+    OH, OW = (H + pt + pb - 3) // 2 + 1, (W + pl + pr - 3) // 2 + 1
+    rng = np.random.default_rng(H * W + pt)
+    x, w = rng.standard_normal((N, C, H, W)), rng.standard_normal((C, 1, 3, 3))
+    dout = rng.standard_normal((N, C, OH, OW))
+    dx_n, dw_n = np.zeros_like(x), np.zeros_like(w)
+    conv2d_backward_naive(dout, x, w, dx_n, dw_n, 2, 2, pt, pl, 1, 1, C)
+    dx, dw = np.full_like(x, np.nan), np.full_like(w, 0.25)
+    depthwise3x3_backward_stride2(dout, x, w, dx, dw, 2, 2, pt, pl)
+    np.testing.assert_allclose(dx, dx_n, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dw - 0.25, dw_n, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    "size, stride, padding",
+    [((15, 15), 2, 1), ((14, 14), 2, "tf_same"), ((9, 12), 2, (0, 1)), ((1, 1), 2, 1),
+     ((3, 3), 2, 1), ((14, 14), 1, 1), ((2, 2), 1, 1), ((28, 28), 2, "tf_same")],
+)  # fmt: skip
+def test_depthwise_backward_both_gradient_kernels_match_torch(torch, dtype, size, stride, padding):
+    """The op through the both-gradients kernels (stride 2; stride 1 stacked; tiny planes), TF
+    "same" padding included, float32 and float64, a batch of 5 (a partial stack), into a dx
+    holding NaN: dx and dW are torch's."""
+    rng = np.random.default_rng(size[0] + stride)
+    N, C = 5, 6
+    x = rng.standard_normal((N, C, *size)).astype(dtype)
+    w = rng.standard_normal((C, 1, 3, 3)).astype(dtype)
+    out, cache = conv2d_forward(x, w, stride=stride, padding=padding, groups=C, method="direct")
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    pt, pb, pl, pr = cache.padding
+    tx, tw = (torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in (x, w))
+    ref = torch.nn.functional.conv2d(
+        torch.nn.functional.pad(tx, (pl, pr, pt, pb)), tw, stride=stride, groups=C
+    )
+    ref.backward(torch.tensor(dout, dtype=torch.float64))
+    dx = np.full_like(x, np.nan)
+    got_dx, got_dw, _ = conv2d_backward(dout, cache, dx=dx)
+    assert got_dx is dx and got_dw.dtype == dtype
+    np.testing.assert_allclose(dx, tx.grad.numpy(), **tol(dtype))
+    np.testing.assert_allclose(got_dw, tw.grad.numpy(), **tol(dtype))
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -557,6 +604,7 @@ def test_every_tuned_depthwise_kernel_is_tested_against_the_naive_loops():
         depthwise3x3_forward, depthwise3x3_forward_rows, depthwise3x3_forward_split_columns,
         depthwise3x3_forward_small,
         depthwise3x3_backward_small, depthwise3x3_backward_stacked,
+        depthwise3x3_backward_stride2,
         depthwise3x3_backward_weight, depthwise3x3_backward_weight_flat,
         depthwise3x3_backward_input, depthwise3x3_backward_input_flat,
         depthwise3x3_backward_input_stride2, depthwise3x3_backward_input_skip_padding,
@@ -571,11 +619,11 @@ def test_every_tuned_depthwise_kernel_is_tested_against_the_naive_loops():
         ((32, 32, (112, 112), (112, 112), (1, 1)), ("forward_rows", "stacked", "stacked")),
         ((32, 64, (112, 112), (112, 112), (1, 1)), ("forward_rows", "weight_flat", "input_flat")),
         ((8, 8, (10, 10), (8, 8), (1, 1)), ("forward_rows", "weight_flat", "input_flat")),
-        ((8, 8, (40, 41), (20, 21), (2, 2)), ("forward_split_columns", "backward_weight",
-                                               "stride2")),
+        ((8, 8, (40, 41), (20, 21), (2, 2)), ("forward_split_columns", "stride2", "stride2")),
+        ((8, 16, (40, 41), (20, 21), (2, 2)), ("forward_split_columns", "backward_weight",
+                                                "stride2")),
         ((8, 8, (40, 41), (40, 14), (1, 3)), ("forward", "backward_weight", "input")),
-        ((64, 64, (112, 112), (56, 56), (2, 2)), ("forward_split_columns", "backward_weight",
-          "stride2")),
+        ((64, 64, (112, 112), (56, 56), (2, 2)), ("forward_split_columns", "stride2", "stride2")),
         ((512, 512, (14, 14), (14, 14), (1, 1)), ("forward_rows", "stacked", "stacked")),
         ((256, 256, (28, 28), (28, 28), (1, 1)), ("forward_rows", "stacked", "stacked")),
         ((1024, 1024, (2, 2), (2, 2), (1, 1)), ("forward_small", None, None)),
@@ -585,8 +633,9 @@ def test_depthwise_dispatch_picks_the_documented_variant(shape, want):
     s = tuned.DepthwiseShape(*shape)
     if want[1] is None:
         assert tuned.depthwise3x3_kernel("backward", s) is depthwise3x3_backward_small
-    elif want[1] == "stacked":
-        assert tuned.depthwise3x3_kernel("backward", s) is depthwise3x3_backward_stacked
+    elif want[1] in ("stacked", "stride2"):
+        both = {"stacked": depthwise3x3_backward_stacked, "stride2": depthwise3x3_backward_stride2}
+        assert tuned.depthwise3x3_kernel("backward", s) is both[want[1]]
         not_finite = tuned.DepthwiseShape(*shape, finite_weight=False)
         assert tuned.depthwise3x3_kernel("backward", not_finite) is None
         return

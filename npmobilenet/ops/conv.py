@@ -486,9 +486,8 @@ def _backward_direct(
     def images(lo, hi):  # a slice of the batch: adds its dW into a zeroed array of its own
         dweight = np.zeros_like(weight)
         d, xs = dout[lo:hi], x[lo:hi]
-        if both is not None:  # dx is cheap here, computed even if not wanted
+        if both is not None:  # dx is cheap here, computed even if not wanted; written, not added
             dxs = dx[lo:hi] if input_grad else np.empty_like(xs)
-            dxs.fill(0)
             both(d, xs, weight, dxs, dweight, sh, sw, pad[0], pad[2])
             return dweight
         if weight_grad and depthwise:

@@ -9,11 +9,12 @@ kernel's docstring says which shapes it accepts. Signatures match the readable k
   ignored);
 * input gradient: ``kernel(dout, w_flipped, dx, sh, sw, pt, pl)``, adds into dx (N, C, H, W);
 * weight gradient: ``kernel(dout, x, dweight, sh, sw, pt, pl)``, adds into dweight (K, 1, 3, 3);
-* both gradients: ``kernel(dout, x, w, dx, dweight, sh, sw, pt, pl)``.
+* both gradients: ``kernel(dout, x, w, dx, dweight, sh, sw, pt, pl)``, for K == C only:
+  *writes* dx (every element, so the caller need not zero it) and adds into dweight.
 
 Shape legend: N batch, C input channels, K = m*C output channels, H, W input size,
-OH, OW output size. All kernels are serial and fill arrays the caller allocated (the forward
-writes, the gradients add, as listed above).
+OH, OW output size. All kernels are serial and fill arrays the caller allocated (writing or
+adding, as listed above).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from npmobilenet.kernels.conv_depthwise import (
     load_plane,
     load_plane_upsampled,
     make_buffer,
+    plane3x3_weight_grad,
 )
 from npmobilenet.kernels.conv_direct import (
     add_padded_taps,
@@ -400,7 +402,7 @@ def depthwise3x3_forward_small(x, w, out, sh, sw, pt, pl):
 
 @njit(cache=True, nogil=True, fastmath=REASSOC)
 def depthwise3x3_backward_small(dout, x, w, dx, dweight, sh, sw, pt, pl):
-    """Both gradients of ``depthwise3x3_forward_small``; adds into dx (N, C, H, W) and
+    """Both gradients of ``depthwise3x3_forward_small``; writes dx (N, C, H, W) and adds into
     dweight (C, 1, 3, 3). dout (N, C, OH, OW).
 
     Differentiates ``acc[c] += wt[i, j, c] * xt[ih, iw, c]``: ``dwt[i, j, c] += dout * xt`` and
@@ -432,10 +434,10 @@ def depthwise3x3_backward_small(dout, x, w, dx, dweight, sh, sw, pt, pl):
                             g = dt[oh, ow, c]
                             dwt[i, j, c] += g * xt[ih, iw, c]
                             dxt[ih, iw, c] += wt[i, j, c] * g
-        for h in range(H):  # dx[n] += dxt transposed back, channels innermost as in _to_hwc
+        for h in range(H):  # dx[n] = dxt transposed back, channels innermost as in _to_hwc
             for w_ in range(W):
                 for c in range(C):
-                    dx[n, c, h, w_] += dxt[h, w_, c]
+                    dx[n, c, h, w_] = dxt[h, w_, c]
     for c in range(C):
         for i in range(3):
             for j in range(3):
@@ -510,7 +512,7 @@ def _stacked_pass(xtaps, utaps, d, ws, fo, acc, n):
 @njit(cache=True, nogil=True, fastmath=REASSOC)
 def depthwise3x3_backward_stacked(dout, x, w, dx, dweight, sh, sw, pt, pl):
     """Both gradients at stride 1 for K == C and an output the input's size (pt, pl <= 2);
-    adds into dx (N, C, H, W) and dweight (C, 1, 3, 3). dout (N, C, H, W), w (C, 1, 3, 3).
+    writes dx (N, C, H, W) and adds into dweight (C, 1, 3, 3). dout (N, C, H, W), w (C, 1, 3, 3).
 
     For each run of up to ``g`` images (one if a plane has more than ``STACK_MAX_PIXELS``
     pixels), channel by channel, their planes are stacked one under the other in two
@@ -547,6 +549,59 @@ def depthwise3x3_backward_stacked(dout, x, w, dx, dweight, sh, sw, pt, pl):
                 for h in range(H):
                     row = fo[(b * R + h) * cols :]
                     for q in range(W):
-                        dst[h, q] += row[q]
+                        dst[h, q] = row[q]
     for c in range(C):
         add_tap_sums(dweight[c, 0], acc[c])
+
+
+# --------------------------------------------------------------------------------------------
+# Stride 2: both gradients in one pass over each plane.
+# --------------------------------------------------------------------------------------------
+
+
+@njit(cache=True, nogil=True, inline="always", fastmath=REASSOC)
+def _input_grad_rows_stride2(ub, wk, dst, pt):
+    """dst (H, W) = the stride-2 input gradient from the spread-out gradient ``ub``, written.
+
+    ``ub`` holds dout spread out at ``(2 - pt, 2 - pl)`` as ``load_plane_upsampled`` lays it
+    out, wk (3, 3) the forward's filter. As ``depthwise3x3_backward_input_stride2``: of the
+    three ub rows dx row h reads, only rows h and h+2 (taps 2 and 0 of the forward's filter)
+    or row h+1 alone (tap 1) hold data, by the parity of h + pt.
+    """
+    # the filter rotated by 180 degrees
+    ws = (wk[2, 2], wk[2, 1], wk[2, 0], wk[1, 2], wk[1, 1], wk[1, 0],
+          wk[0, 2], wk[0, 1], wk[0, 0])  # fmt: skip
+    for h in range(dst.shape[0]):
+        if (h + pt) % 2 == 0:
+            for q in range(dst.shape[1]):
+                dst[h, q] = (
+                    ws[0] * ub[h, q] + ws[1] * ub[h, q + 1] + ws[2] * ub[h, q + 2]
+                    + ws[6] * ub[h + 2, q] + ws[7] * ub[h + 2, q + 1] + ws[8] * ub[h + 2, q + 2]
+                )  # fmt: skip
+        else:
+            for q in range(dst.shape[1]):
+                dst[h, q] = (
+                    ws[3] * ub[h + 1, q] + ws[4] * ub[h + 1, q + 1] + ws[5] * ub[h + 1, q + 2]
+                )  # fmt: skip
+
+
+@njit(cache=True, nogil=True, fastmath=REASSOC)
+def depthwise3x3_backward_stride2(dout, x, w, dx, dweight, sh, sw, pt, pl):
+    """Both gradients at stride 2 (sh == sw == 2) for K == C; writes dx (N, C, H, W) and adds
+    into dweight (C, 1, 3, 3). dout (N, C, OH, OW), w (C, 1, 3, 3).
+
+    Per plane, x goes into the forward's zero-bordered scratch and dout, spread out, into the
+    input gradient's, while both are in cache: the weight gradient is
+    ``depthwise3x3_backward_weight``'s (same sums, same order), the input gradient
+    ``depthwise3x3_backward_input_stride2``'s, written rather than added, so dx needs no zeroing.
+    """
+    N, C, H, W = x.shape
+    OH, OW = dout.shape[2], dout.shape[3]
+    xb = make_buffer(OH, OW, 2, 2, x)
+    ub = make_buffer(H, W, 1, 1, x)
+    for n in range(N):
+        for c in range(C):
+            load_plane(x[n, c], xb, pt, pl)
+            plane3x3_weight_grad(xb, dout[n, c], 2, 2, dweight[c, 0])
+            load_plane_upsampled(dout[n, c], ub, 2 - pt, 2 - pl, 2, 2)
+            _input_grad_rows_stride2(ub, w[c, 0], dx[n, c], pt)
