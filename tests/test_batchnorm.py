@@ -134,7 +134,7 @@ def test_eval_ignores_later_running_stat_changes():
 
 @pytest.mark.kernels
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("L", [17, 16, 4, 1])  # per-channel rows; flat rows (below FLAT_MAX_L)
+@pytest.mark.parametrize("L", [17, 16, 4, 1])  # the flat walk at and below FLAT_MAX_L
 def test_kernels_match_naive(dtype, L):
     assert (L < K.FLAT_MAX_L) == (L != 17)
     rng = np.random.default_rng(3)
@@ -173,40 +173,6 @@ def test_channel_stats_stable_across_images_with_offsets_and_outliers(L):
         np.testing.assert_allclose(fast, naive, rtol=1e-9)
 
 
-@pytest.mark.kernels
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_channel_shifted_sums_match_naive(dtype):
-    rng = np.random.default_rng(6)
-    x = (rng.standard_normal((3, 4, 19)) * 2 - 5).astype(dtype)
-    shift = rng.standard_normal(4)
-    sums = K.channel_shifted_sums(x, shift)
-    for fast, naive in zip(sums, K.channel_shifted_sums_naive(x, shift)):
-        np.testing.assert_allclose(fast, naive, rtol=1e-12)
-
-
-@pytest.mark.kernels
-@pytest.mark.parametrize("L", [17, 40, 12544])
-def test_float32_one_pass_stats_match_float64_two_pass(L):
-    """float32 input takes the one-pass shifted sums: against the float64 two-pass NumPy
-    statistics of the same values, on data built to make a plain sum of squares cancel: image
-    offsets far above a tiny spread, an outlier first value (the shift), a constant channel,
-    and a large mean over a small variance."""
-    assert L >= K.FLAT_MAX_L
-    rng = np.random.default_rng(L)
-    offsets = np.array([1e4, -3e3, 7.0, 1e4, 2e4])[:, None, None]
-    x = (rng.standard_normal((5, 4, L)) + offsets).astype(np.float32)
-    x[0, 1, 0] = 1e9  # the shift of channel 1 is an outlier
-    x[:, 2] = 3.25  # constant: variance exactly 0
-    x[:, 3] = (1e5 + rng.standard_normal((5, L))).astype(np.float32)
-    assert K.stats_in_one_pass(x) and not K.stats_in_one_pass(x.astype(np.float64))
-    mean, var = K.channel_stats(x)
-    mean_n, var_n = K.channel_stats_naive(x)
-    # mean = shift + S/M cancels a factor |shift| / |mean| (4e4 for the outlier): 1e-12 here
-    np.testing.assert_allclose(mean, mean_n, rtol=1e-10)
-    np.testing.assert_allclose(var, var_n, rtol=1e-9)  # M values: at most a factor M lost
-    assert var[2] == 0.0
-
-
 # ------------------------------------------------------------------ BN fused with ReLU / ReLU6
 UNFUSED_ACT = {"relu": (relu_forward, relu_backward), "relu6": (relu6_forward, relu6_backward)}
 
@@ -240,65 +206,26 @@ def test_act_matches_bn_then_activation(dtype, activation, training):
 
 
 @pytest.mark.kernels
-@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("six", [False, True])
-def test_act_mask_from_x_is_the_mask_of_the_output_at_the_boundaries(dtype, six):
-    """Planes walked as rows take the activation's mask from x and the forward's coefficients
-    instead of reading out: exactly the mask of out, also where the affine value rounds to 0
-    or to 6 (ties to even, a subnormal) or lands next to them."""
-    tiny = 2.0**-149  # the smallest float32 subnormal
-    f32 = np.float32
-    below6 = float(np.nextafter(f32(6), f32(0)))  # 6 - 2**-21
-    rows = [  # (scale, shift, x values): each a channel
-        (0.5, 0.0, [tiny, 3 * tiny, -tiny, 0.0, 2 * tiny, 5 * tiny, 1.0, -1.0, 7 * tiny]),
-        (1.0, 2.0**-22, [below6, 6.0, 5.0, below6 - 2.0**-21, 7.0, 0.0, -0.0, 1e-30, 6.5]),
-        (1.0, 2.0**-22 - 2.0**-40, [below6, 6.0, 5.0, 1.0, 2.0, 3.0, 4.0, -1.0, 0.25]),
-    ]
-    scale = np.array([r[0] for r in rows] + [1.7, -0.3])
-    shift = np.array([r[1] for r in rows] + [0.61, 2.2])
-    x = np.zeros((2, 5, 9), dtype)
-    for c, r in enumerate(rows):
-        x[:, c] = r[2]
-    for c in (3, 4):  # values around the input where v crosses 0 and 6
-        for j, target in enumerate((0.0, 6.0)):
-            x0 = dtype((target - shift[c]) / scale[c])
-            x[j, c] = [np.nextafter(x0, dtype(np.inf * s), dtype=dtype) if s else x0
-                       for s in (-1, 0, 1, -1, 0, 1, 0, 1, -1)]  # fmt: skip
-    out = np.empty_like(x)
-    K.scale_shift_act(x, scale, shift, out, six)
-    blocked = (out <= 0) | (out >= 6) if six else out <= 0
-    assert blocked.any() and (~blocked).any()
-    dout = np.random.default_rng(7).standard_normal(x.shape).astype(dtype)
-    want = np.where(blocked, 0, dout)
-    ones, zeros, mean = np.ones(5), np.zeros(5), np.zeros(5)
-    dx = np.empty_like(x)  # k = 1, a = b = 0: dx is the masked dout itself
-    K.train_dx_act(dout, out, x, mean, ones, zeros, zeros, dx, six, scale, shift)
-    np.testing.assert_array_equal(dx, want)
-    S, _ = K.grad_sums_act(dout, out, x, mean, six, scale, shift)
-    np.testing.assert_allclose(S, want.astype(np.float64).sum(axis=(0, 2)), rtol=1e-12)
-
-
-@pytest.mark.kernels
-@pytest.mark.parametrize("six", [False, True])
-@pytest.mark.parametrize("L", [17, 16, 4, 1])  # per-channel rows; flat rows (below FLAT_MAX_L)
+@pytest.mark.parametrize("L", [17, 16, 4, 1])  # the flat walk at and below FLAT_MAX_L
 def test_act_kernels_match_naive(six, L):
     rng = np.random.default_rng(5)
     x = (rng.standard_normal((3, 4, L)) * 5 + 2).astype(np.float32)
     dout = rng.standard_normal(x.shape).astype(np.float32)
-    scale, shift, mean, k, a, b = (rng.standard_normal(4) for _ in range(6))
+    scale, shift, mean, k, a, b = (rng.standard_normal(4) for _ in range(6))  # (C,) each
     out, out_n = np.empty_like(x), np.empty_like(x)
     K.scale_shift_act(x, scale, shift, out, six)
     K.scale_shift_act_naive(x, scale, shift, out_n, six)
     np.testing.assert_array_equal(out, out_n)
-    sums = K.grad_sums_act(dout, out, x, mean, six, scale, shift)
+    sums = K.grad_sums_act(dout, out, x, mean, six)
     for fast, naive in zip(sums, K.grad_sums_act_naive(dout, out, x, mean, six)):
         np.testing.assert_allclose(fast, naive, rtol=1e-10, atol=1e-10)
     dx, dx_n = np.empty_like(x), np.empty_like(x)
-    K.train_dx_act(dout, out, x, mean, k, a, b, dx, six, scale, shift)
+    K.train_dx_act(dout, out, x, mean, k, a, b, dx, six)
     K.train_dx_act_naive(dout, out, x, mean, k, a, b, dx_n, six)
     np.testing.assert_allclose(dx, dx_n, **TOL[np.float32])
     d = dout.copy()
-    K.train_dx_act_inplace(d, out, x, mean, k, a, b, six, scale, shift)  # dx over dout
+    K.train_dx_act_inplace(d, out, x, mean, k, a, b, six)  # dx over dout
     np.testing.assert_allclose(d, dx_n, **TOL[np.float32])
 
 
@@ -415,3 +342,135 @@ def test_backward_coefficient_kernel_rounds_as_its_numpy_twin(training):
                        strict=True):  # fmt: skip
         np.testing.assert_array_equal(g, want)
     assert training == bool(np.any(got[1]))  # eval: a = b = 0
+
+
+# ------------------------------------------------------------------ channel kernels (rows)
+# Planes of at least FLAT_MAX_L pixels: forward_channels / backward_channels, one call per range
+# of channels, against their NumPy twins (which reuse the naive kernels above).
+
+CHANNEL_SHAPES = [(1, 3, 17), (2, 5, 17), (3, 4, 49)]  # one image; the smallest row plane; 7x7
+
+
+def _channel_inputs(dtype, shape, seed):
+    rng = np.random.default_rng(seed)
+    C = shape[1]
+    x = (rng.standard_normal(shape) * 3 + 1).astype(dtype)
+    w, b = (rng.standard_normal(C) * 2).astype(dtype), rng.standard_normal(C).astype(dtype)
+    return rng, x, w, b, rng.standard_normal(shape).astype(dtype)
+
+
+def _eval_coef(rng, C):
+    """coef rows for a forward with given statistics: mean, var, invstd, scale, shift."""
+    coef = np.empty((5, C))
+    coef[0], coef[1] = rng.standard_normal(C), rng.uniform(0.5, 2.0, C)
+    coef[2] = 1.0 / np.sqrt(coef[1] + 1e-5)
+    coef[3], coef[4] = rng.standard_normal(C) * 2, rng.standard_normal(C)
+    return coef
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("act", [0, 1, 2])
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("shape", CHANNEL_SHAPES)
+def test_channel_kernels_match_naive(dtype, act, training, shape):
+    assert shape[2] >= K.FLAT_MAX_L
+    rng, x, w, b, dout = _channel_inputs(dtype, shape, 8)
+    N, C, L = shape
+    coef = _eval_coef(rng, C) if not training else np.full((5, C), np.nan)
+    coef_n = coef.copy()
+    out, out_n = np.full_like(x, np.nan), np.full_like(x, np.nan)
+    for lo, hi in ((0, 1), (1, C)):  # two calls, as two threads make them
+        K.forward_channels(x, w, b, 1e-5, coef, out, act, training, lo, hi)
+    K.forward_channels_naive(x, w, b, 1e-5, coef_n, out_n, act, training, 0, C)
+    np.testing.assert_allclose(coef, coef_n, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(out, out_n, **TOL[dtype])
+    whole = np.empty_like(x)  # one call over every channel: the same bits
+    K.forward_channels(x, w, b, 1e-5, coef.copy(), whole, act, training, 0, C)
+    np.testing.assert_array_equal(whole, out)
+    if not training:  # eval mode's kernel, without the statistics: the same bits
+        K.apply_channels(x, coef[3], coef[4], whole, act, 0, C)
+        np.testing.assert_array_equal(whole, out)
+
+    mean, invstd, scale, shift = coef[0], coef[2], coef[3], coef[4]
+    w64 = w.astype(np.float64)
+    args = (x, mean, w64, invstd, training)
+    S, T, dx = np.empty(C), np.empty(C), np.full_like(x, np.nan)
+    for lo, hi in ((0, C - 1), (C - 1, C)):
+        K.backward_channels(dout, *args, S, T, dx, act, scale, shift, lo, hi)
+    S_n, T_n, dx_n = np.empty(C), np.empty(C), np.empty_like(x)
+    K.backward_channels_naive(dout, *args, S_n, T_n, dx_n, act, scale, shift, 0, C)
+    np.testing.assert_allclose(S, S_n, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(T, T_n, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(dx, dx_n, **TOL[dtype])
+    d = dout.copy()  # in place: dx written over dout, the same bits as out of place
+    K.backward_channels(d, *args, S_n, T_n, d, act, scale, shift, 0, C)
+    np.testing.assert_array_equal(d, dx)
+    np.testing.assert_array_equal(S_n, S)
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("L", [17, 40, 12544])
+def test_channel_kernels_float32_one_pass_stats_match_float64_two_pass(L):
+    """The forward's statistics of float32 input (one pass of shifted sums) against the float64
+    two-pass NumPy statistics, on data built to make a plain sum of squares cancel (offsets far
+    above a tiny spread, an outlier shift, a constant channel, a large mean); and float64 input
+    (two passes) at float64 precision."""
+    rng = np.random.default_rng(L)
+    offsets = np.array([1e4, -3e3, 7.0, 1e4, 2e4])[:, None, None]
+    x = (rng.standard_normal((5, 4, L)) + offsets).astype(np.float32)
+    x[0, 1, 0] = 1e9  # the shift of channel 1 is an outlier
+    x[:, 2] = 3.25  # constant: variance exactly 0
+    x[:, 3] = (1e5 + rng.standard_normal((5, L))).astype(np.float32)
+    ones, zeros = np.ones(4, np.float32), np.zeros(4, np.float32)
+    coef, out = np.empty((5, 4)), np.empty_like(x)
+    K.forward_channels(x, ones, zeros, 1e-5, coef, out, 0, True, 0, 4)
+    mean_n, var_n = K.channel_stats_naive(x)
+    np.testing.assert_allclose(coef[0], mean_n, rtol=1e-10)
+    np.testing.assert_allclose(coef[1], var_n, rtol=1e-9)
+    assert coef[1, 2] == 0.0
+    y = 1e6 + 1e-3 * rng.standard_normal((4, 2, L))  # float64: low variance under a large mean
+    y[0, :, 0] = 1e9
+    coef = np.empty((5, 2))
+    K.forward_channels(y, np.ones(2), np.zeros(2), 1e-5, coef, np.empty_like(y), 0, True, 0, 2)
+    for got, want in zip(coef[:2], K.channel_stats_naive(y)):
+        np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("act", [1, 2])
+def test_channel_backward_mask_from_x_is_the_mask_of_the_output_at_the_boundaries(dtype, act):
+    """backward_channels takes the activation's mask from x and the forward's scale and shift:
+    exactly the mask of forward_channels' output, also where the affine value rounds to 0 or
+    to 6 (ties to even, a subnormal) or lands next to them."""
+    tiny, f32 = 2.0**-149, np.float32  # the smallest float32 subnormal
+    below6 = float(np.nextafter(f32(6), f32(0)))  # 6 - 2**-21
+    rows = [  # (scale, shift, x values): each a channel
+        (0.5, 0.0, [tiny, 3 * tiny, -tiny, 0.0, 2 * tiny, 5 * tiny, 1.0, -1.0, 7 * tiny]),
+        (1.0, 2.0**-22, [below6, 6.0, 5.0, below6 - 2.0**-21, 7.0, 0.0, -0.0, 1e-30, 6.5]),
+        (1.0, 2.0**-22 - 2.0**-40, [below6, 6.0, 5.0, 1.0, 2.0, 3.0, 4.0, -1.0, 0.25]),
+    ]
+    scale = np.array([r[0] for r in rows] + [1.7, -0.3])
+    shift = np.array([r[1] for r in rows] + [0.61, 2.2])
+    x = np.ones((2, 5, 18), dtype)  # 18 >= FLAT_MAX_L pixels: the channel kernels
+    for c, r in enumerate(rows):
+        x[:, c, :9] = r[2]
+    for c in (3, 4):  # values around the input where v crosses 0 and 6
+        for j, target in enumerate((0.0, 6.0)):
+            x0 = dtype((target - shift[c]) / scale[c])
+            x[j, c, :9] = [np.nextafter(x0, dtype(np.inf * s), dtype=dtype) if s else x0
+                           for s in (-1, 0, 1, -1, 0, 1, 0, 1, -1)]  # fmt: skip
+    coef, out = np.zeros((5, 5)), np.empty_like(x)
+    coef[3], coef[4] = scale, shift
+    unused = np.empty(5, dtype)
+    K.forward_channels(x, unused, unused, 1.0, coef, out, act, False, 0, 5)
+    blocked = (out <= 0) | (out >= 6) if act == 2 else out <= 0
+    assert blocked.any() and (~blocked).any()
+    dout = np.random.default_rng(7).standard_normal(x.shape).astype(dtype)
+    want = np.where(blocked, 0, dout)
+    ones, zeros = np.ones(5), np.zeros(5)  # k = 1, a = b = 0 (eval): dx is the masked dout
+    S, T, dx = np.empty(5), np.empty(5), np.empty_like(x)
+    K.backward_channels(dout, x, zeros, ones, ones, False, S, T, dx, act, scale, shift, 0, 5)
+    np.testing.assert_array_equal(dx, want)
+    np.testing.assert_allclose(S, want.astype(np.float64).sum(axis=(0, 2)), rtol=1e-12)

@@ -30,9 +30,10 @@ from npmobilenet.kernels.tuned.depthwise3x3 import (
     depthwise3x3_backward_stacked,
     depthwise3x3_backward_stride2,
     depthwise3x3_backward_weight_flat,
-    depthwise3x3_forward_cols2,
-    depthwise3x3_forward_flat,
+    depthwise3x3_forward_rows,
+    depthwise3x3_forward_shifted,
     depthwise3x3_forward_small,
+    depthwise3x3_forward_split_columns,
 )
 from npmobilenet.ops import conv as conv_ops
 from npmobilenet.ops.conv import choose_method, conv2d_backward, conv2d_forward
@@ -214,10 +215,12 @@ def test_depthwise3x3_kernels_match_naive_loops(shape, size, stride, pads, seed)
     naive = np.zeros((N, C * m, OH, OW))
     conv2d_forward_naive(x, w, naive, *geom)
     forward = [depthwise3x3_forward]
-    forward += [depthwise3x3_forward_flat] if (sh, sw) == (1, 1) else []
-    forward += [depthwise3x3_forward_cols2] if sw == 2 else []
+    forward += [depthwise3x3_forward_rows] if (sh, sw) == (1, 1) else []
+    forward += [depthwise3x3_forward_shifted] if (sh, sw) == (1, 1) and OW == W else []
+    forward += [depthwise3x3_forward_split_columns] if sw == 2 else []
+    forward += [depthwise3x3_forward_small] if m == 1 else []
     for kernel in forward:
-        fast = np.zeros((N, C * m, OH, OW))
+        fast = np.full((N, C * m, OH, OW), np.nan)  # the forward kernels write out
         kernel(x, w, fast, sh, sw, pt, pl)
         np.testing.assert_allclose(fast, naive, rtol=1e-12, atol=1e-12, err_msg=kernel.__name__)
 
@@ -241,10 +244,6 @@ def test_depthwise3x3_kernels_match_naive_loops(shape, size, stride, pads, seed)
         kernel(dout, w_flipped, dx, sh, sw, pt, pl)
         np.testing.assert_allclose(dx, dx_n, rtol=1e-12, atol=1e-12, err_msg=kernel.__name__)
 
-    if m == 1:  # the channels-innermost kernels for tiny planes (depth multiplier 1 only)
-        small = np.zeros_like(naive)
-        depthwise3x3_forward_small(x, w, small, sh, sw, pt, pl)
-        np.testing.assert_allclose(small, naive, rtol=1e-12, atol=1e-12)
     both = [depthwise3x3_backward_small] if m == 1 else []  # both gradients: dx written
     both += [depthwise3x3_backward_stacked] if m == 1 and (sh, sw, OH, OW) == (1, 1, H, W) else []
     both += [depthwise3x3_backward_stride2] if m == 1 and (sh, sw) == (2, 2) else []
@@ -289,7 +288,7 @@ def test_depthwise3x3_wide_planes_match_naive_loops(stride):
     conv2d_backward_naive(dout, x, w, dx_n, dw_n, *geom)
     shape = tuned.DepthwiseShape(3, 3, (H, W), (OH, OW), (stride, stride))
     for forward in (depthwise3x3_forward, tuned.depthwise3x3_kernel("forward", shape)):
-        fast = np.zeros((2, 3, OH, OW))
+        fast = np.full((2, 3, OH, OW), np.nan)
         forward(x, w, fast, stride, stride, 1, 1)
         np.testing.assert_allclose(fast, naive, rtol=1e-12, atol=1e-12)
     w_flipped = np.ascontiguousarray(w[:, :, ::-1, ::-1])
@@ -298,6 +297,42 @@ def test_depthwise3x3_wide_planes_match_naive_loops(stride):
         dx = np.zeros_like(x)
         input_grad(dout, w_flipped, dx, stride, stride, 1, 1)
         np.testing.assert_allclose(dx, dx_n, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("multiplier", [1, 2])
+@pytest.mark.parametrize(
+    "size, stride, pads",
+    [
+        ((20, 200), (1, 1), (1, 1, 1, 1)),  # bands of 8 rows: 3 bands, the last one partial
+        ((21, 200), (1, 1), (2, 0, 0, 2)),
+        ((30, 200), (2, 2), (1, 1, 1, 1)),  # bands of 4 output rows: 4, the last one partial
+        ((31, 201), (2, 2), (0, 1, 0, 1)),  # TensorFlow's "SAME" at stride 2, odd width
+        ((30, 199), (1, 2), (1, 1, 2, 0)),
+        ((30, 200), (3, 2), (1, 1, 3, 3)),
+        ((16, 14), (1, 1), (1, 1, 1, 1)),  # shifted copies (and rows) from here on
+        ((14, 28), (1, 1), (3, 0, 0, 2)),
+        ((5, 3), (1, 1), (0, 2, 2, 0)),
+        ((1, 1), (1, 1), (1, 1, 1, 1)),
+    ],
+)
+def test_depthwise3x3_forward_variants_write_the_naive_loops_result(
+    size, stride, pads, multiplier, dtype
+):
+    """Bands of rows, split columns, shifted copies: written over NaN (the kernels write out),
+    equal to the naive loops (float64 to 1e-12, float32 to its rounding), several bands."""
+    (H, W), (sh, sw), (pt, pb, pl, pr), N, C = size, stride, pads, 2, 3
+    OH, OW = (H + pt + pb - 3) // sh + 1, (W + pl + pr - 3) // sw + 1
+    rng = np.random.default_rng(H * W + sh)
+    x, w = rng.standard_normal((N, C, H, W)), rng.standard_normal((C * multiplier, 1, 3, 3))
+    naive = np.zeros((N, C * multiplier, OH, OW))
+    conv2d_forward_naive(x, w, naive, sh, sw, pt, pl, 1, 1, C)
+    kernels = [depthwise3x3_forward_split_columns] if sw == 2 else [depthwise3x3_forward_rows]
+    kernels += [depthwise3x3_forward_shifted] if (sh, sw) == (1, 1) and OW == W else []
+    for kernel in kernels:
+        out = np.full(naive.shape, np.nan, dtype=dtype)
+        kernel(x.astype(dtype), w.astype(dtype), out, sh, sw, pt, pl)
+        np.testing.assert_allclose(out, naive, **tol(dtype), err_msg=kernel.__name__)
 
 
 @pytest.mark.parametrize("size", [(7, 7), (8, 8), (7, 10), (12, 5), (1, 2)])
@@ -570,8 +605,9 @@ def test_strategy_out_shape_is_the_shape_conv2d_returns(cfg):
 def test_every_tuned_depthwise_kernel_is_tested_against_the_naive_loops():
     """The dispatch table holds exactly the kernels the naive-loop tests above exercise."""
     tested = {
-        depthwise3x3_forward, depthwise3x3_forward_flat, depthwise3x3_forward_cols2,
-        depthwise3x3_forward_small, depthwise3x3_backward_small, depthwise3x3_backward_stacked,
+        depthwise3x3_forward, depthwise3x3_forward_rows, depthwise3x3_forward_shifted,
+        depthwise3x3_forward_split_columns, depthwise3x3_forward_small,
+        depthwise3x3_backward_small, depthwise3x3_backward_stacked,
         depthwise3x3_backward_stride2,
         depthwise3x3_backward_weight, depthwise3x3_backward_weight_flat,
         depthwise3x3_backward_input, depthwise3x3_backward_input_flat,
@@ -584,15 +620,16 @@ def test_every_tuned_depthwise_kernel_is_tested_against_the_naive_loops():
 @pytest.mark.parametrize(
     "shape, want",
     [
-        ((32, 32, (112, 112), (112, 112), (1, 1)), ("forward_flat", "stacked", "stacked")),
-        ((32, 64, (112, 112), (112, 112), (1, 1)), ("forward_flat", "weight_flat", "input_flat")),
-        ((8, 8, (10, 10), (8, 8), (1, 1)), ("forward_flat", "weight_flat", "input_flat")),
-        ((8, 8, (40, 41), (20, 21), (2, 2)), ("forward_cols2", "stride2", "stride2")),
-        ((8, 16, (40, 41), (20, 21), (2, 2)), ("forward_cols2", "backward_weight", "stride2")),
+        ((32, 32, (112, 112), (112, 112), (1, 1)), ("forward_rows", "stacked", "stacked")),
+        ((32, 64, (112, 112), (112, 112), (1, 1)), ("forward_rows", "weight_flat", "input_flat")),
+        ((8, 8, (10, 10), (8, 8), (1, 1)), ("forward_rows", "weight_flat", "input_flat")),
+        ((8, 8, (40, 41), (20, 21), (2, 2)), ("forward_split_columns", "stride2", "stride2")),
+        ((8, 16, (40, 41), (20, 21), (2, 2)), ("forward_split_columns", "backward_weight",
+                                                "stride2")),
         ((8, 8, (40, 41), (40, 14), (1, 3)), ("forward", "backward_weight", "input")),
-        ((64, 64, (112, 112), (56, 56), (2, 2)), ("forward_cols2", "stride2", "stride2")),
-        ((512, 512, (14, 14), (14, 14), (1, 1)), ("forward_flat", "stacked", "stacked")),
-        ((256, 256, (28, 28), (28, 28), (1, 1)), ("forward_flat", "stacked", "stacked")),
+        ((64, 64, (112, 112), (56, 56), (2, 2)), ("forward_split_columns", "stride2", "stride2")),
+        ((512, 512, (14, 14), (14, 14), (1, 1)), ("forward_shifted", "stacked", "stacked")),
+        ((256, 256, (28, 28), (28, 28), (1, 1)), ("forward_shifted", "stacked", "stacked")),
         ((1024, 1024, (2, 2), (2, 2), (1, 1)), ("forward_small", None, None)),
     ],
 )
@@ -613,6 +650,26 @@ def test_depthwise_dispatch_picks_the_documented_variant(shape, want):
     assert names[0] == "depthwise3x3_" + want[0]
     if want[1] is not None:
         assert names[1].endswith(want[1]) and names[2].endswith(want[2])
+
+
+@pytest.mark.parametrize(
+    "shape, name",
+    [
+        ((32, 32, (112, 112), (112, 112), (1, 1)), "forward_rows"),
+        ((64, 64, (112, 112), (56, 56), (2, 2)), "forward_split_columns"),
+        ((128, 128, (56, 56), (56, 56), (1, 1)), "forward_rows"),
+        ((256, 256, (28, 28), (28, 28), (1, 1)), "forward_shifted"),
+        ((512, 512, (14, 14), (14, 14), (1, 1)), "forward_shifted"),
+        ((512, 512, (14, 14), (7, 7), (2, 2)), "forward_split_columns"),
+        ((1024, 1024, (7, 7), (7, 7), (1, 1)), "forward_shifted"),
+        ((8, 8, (10, 10), (8, 8), (1, 1)), "forward_rows"),  # no padding: a narrower output
+        ((8, 8, (40, 41), (40, 14), (1, 3)), "forward"),
+        ((1024, 1024, (2, 2), (2, 2), (1, 1)), "forward_small"),
+    ],
+)
+def test_depthwise_forward_dispatch_picks_the_documented_variant(shape, name):
+    kernel = tuned.depthwise3x3_kernel("forward", tuned.DepthwiseShape(*shape))
+    assert kernel.__name__ == "depthwise3x3_" + name
 
 
 @pytest.mark.torch

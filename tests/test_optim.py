@@ -183,6 +183,55 @@ def test_float32_stays_float32(name):
                if isinstance(v, np.ndarray))  # fmt: skip
 
 
+SGD_RULES = [
+    dict(lr=0.1, momentum=0.9, dampening=0.0, weight_decay=0.0, nesterov=False),
+    dict(lr=0.05, momentum=0.8, dampening=0.3, weight_decay=1e-2, nesterov=False),
+    dict(lr=0.2, momentum=0.9, dampening=0.0, weight_decay=5e-4, nesterov=True),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("hp", SGD_RULES)
+def test_sgd_one_pass_is_the_numpy_rule_bit_for_bit(monkeypatch, dtype, hp):
+    """SGD's one-pass kernel (every step after the first, with momentum) against the NumPy
+    rule, operation for operation: the same weights and momentum buffer to the last bit."""
+    from npmobilenet.optim import sgd
+
+    calls = []
+    kernel = sgd.sgd_momentum_step
+    monkeypatch.setattr(sgd, "sgd_momentum_step", lambda *a: calls.append(1) or kernel(*a))
+    rng = np.random.default_rng(3)
+    p0 = rng.standard_normal((7, 5, 3)).astype(dtype)
+    fast, slow, states = p0.copy(), p0.copy(), ({}, {})
+    work = [np.empty_like(p0) for _ in range(2)]
+    for _ in range(4):
+        g = (rng.standard_normal(p0.shape) * 10.0 ** rng.integers(-3, 3, p0.shape)).astype(dtype)
+        sgd.sgd_update(fast, g, states[0], work, **hp)
+        sgd.sgd_update_numpy(slow, g, states[1], work, **hp)
+        np.testing.assert_array_equal(fast, slow)
+        np.testing.assert_array_equal(states[0]["momentum_buffer"], states[1]["momentum_buffer"])
+    assert fast.dtype == dtype and len(calls) == 3  # the first step creates the buffer
+
+
+def test_sgd_one_pass_leaves_numpy_scalars_and_strided_arrays_to_numpy(monkeypatch):
+    """A NumPy float64 hyper-parameter makes NumPy compute a float32 step in float64, and a
+    strided array is no flat stream: both take the NumPy rule (and still match it)."""
+    from npmobilenet.optim import sgd
+
+    monkeypatch.setattr(sgd, "sgd_momentum_step", None)  # would raise if called
+    hp = dict(SGD_RULES[2], lr=np.float64(0.1))
+    rng = np.random.default_rng(4)
+    for p0 in (rng.standard_normal(50).astype(np.float32), rng.standard_normal((6, 8))[:, ::2]):
+        fast, slow = np.asfortranarray(p0), p0.copy()  # (a 2-D Fortran array: not C-ordered)
+        states, work = ({}, {}), [np.empty(p0.shape, p0.dtype) for _ in range(2)]
+        for _ in range(3):
+            g = rng.standard_normal(p0.shape).astype(p0.dtype)
+            step_hp = hp if p0.dtype == np.float32 else SGD_RULES[0]
+            sgd.sgd_update(fast, g, states[0], work, **step_hp)
+            sgd.sgd_update_numpy(slow, g, states[1], work, **step_hp)
+        np.testing.assert_array_equal(fast, slow)
+
+
 def test_frozen_parameter_is_not_updated_and_zero_grad_clears():
     frozen = Parameter(np.ones(3), requires_grad=False)
     live = Parameter(np.ones(3))

@@ -4,8 +4,14 @@ Each fast ``@njit`` kernel has a plain NumPy ``*_naive`` twin with the same sign
 tests run both on the same inputs. Sums are accumulated in float64 whatever the input dtype (as
 PyTorch's CPU kernels do), so a float32 batch of millions of pixels keeps its precision.
 
-The kernels are serial on purpose (``nogil``): a model's training step runs them on slices of the
-batch on a ``npmobilenet.threads.Runner``; see that module.
+Two walks over the planes. Planes of at least ``FLAT_MAX_L`` pixels (all of MobileNet's at 224)
+go to the channel kernels at the end of this module, :func:`forward_channels` and
+:func:`backward_channels`: one call per range of channels does both of a direction's passes.
+Smaller planes are walked as flat rows by the kernels before them, one call per pass.
+
+The kernels are serial on purpose (``nogil``): a model's training step runs them on ranges of
+channels (the channel kernels) or slices of the batch (the flat ones) on a
+``npmobilenet.threads.Runner``; see that module.
 """
 
 from __future__ import annotations
@@ -25,10 +31,10 @@ from npmobilenet.kernels.fastmath import REASSOC
 # kernels of a training step 30 -> 23 us, 3x3 28 -> 16 us, and 5x5 still faster flat, 8x8
 # slower). Larger planes keep their per-channel rows (7x7 and up: a run at 224 never walks flat).
 FLAT_MAX_L = 17
-# The two walks are separate compiled kernels, and each public kernel below is a plain Python
-# function that picks one by the plane size: Numba compiles a kernel on its first call, so a
-# run compiles only the walks its planes use (both walks in one kernel doubled the compile time
-# of a first training step's batch norm, about 4 s).
+# The two walks are separate compiled kernels (the op picks one by the plane size): Numba
+# compiles a kernel on its first call, so a run compiles only the walks its planes use (both
+# walks in one kernel doubled the compile time of a first training step's batch norm, about
+# 4 s). The flat kernels give the same results on planes of any size, only slower on large ones.
 
 
 def _is_flat(a) -> bool:
@@ -54,13 +60,9 @@ def _channel_totals(acc, C, L):
     return out
 
 
+@njit(cache=True, nogil=True, fastmath=REASSOC)
 def channel_sums(x):
     """Sum of each channel over images and pixels, float64. x: (N, C, L) -> (C,)."""
-    return _channel_sums_flat(x) if _is_flat(x) else _channel_sums(x)
-
-
-@njit(cache=True, nogil=True, fastmath=REASSOC)
-def _channel_sums_flat(x):
     N, C, L = x.shape
     x2, acc = _flat(x), np.zeros(C * L, dtype=np.float64)
     for n in range(N):
@@ -70,25 +72,8 @@ def _channel_sums_flat(x):
 
 
 @njit(cache=True, nogil=True, fastmath=REASSOC)
-def _channel_sums(x):
-    N, C, L = x.shape
-    total = np.zeros(C, dtype=np.float64)
-    for n in range(N):  # memory order, images outer (faster than channel-outer)
-        for c in range(C):
-            s = 0.0
-            for i in range(L):
-                s += x[n, c, i]
-            total[c] += s
-    return total
-
-
 def channel_sq_dev(x, mean):
     """Sum of squared deviations from ``mean`` (C,) of each channel, float64. -> (C,)."""
-    return _channel_sq_dev_flat(x, mean) if _is_flat(x) else _channel_sq_dev(x, mean)
-
-
-@njit(cache=True, nogil=True, fastmath=REASSOC)
-def _channel_sq_dev_flat(x, mean):
     N, C, L = x.shape
     x2, mu2, acc = _flat(x), np.repeat(mean, L), np.zeros(C * L, dtype=np.float64)
     for n in range(N):
@@ -98,84 +83,16 @@ def _channel_sq_dev_flat(x, mean):
     return _channel_totals(acc, C, L)
 
 
-@njit(cache=True, nogil=True, fastmath=REASSOC)
-def _channel_sq_dev(x, mean):
-    N, C, L = x.shape
-    total = np.zeros(C, dtype=np.float64)
-    for n in range(N):
-        for c in range(C):
-            mu = mean[c]
-            q = 0.0
-            for i in range(L):
-                d = x[n, c, i] - mu
-                q += d * d
-            total[c] += q
-    return total
-
-
 def channel_stats(x):
     """Mean and biased variance of each channel, float64 accumulation.
 
     x: (N, C, L) C-contiguous float32/float64. Returns mean (C,), var (C,), both float64.
-    Two passes, :func:`channel_sums` and :func:`channel_sq_dev`; or, where
-    :func:`stats_in_one_pass` holds, one pass of :func:`channel_shifted_sums` (a model's
-    training step runs each pass on slices of the batch in parallel and adds the slices' sums).
+    Two passes, :func:`channel_sums` and :func:`channel_sq_dev` (a model's training step runs
+    each pass on slices of the batch in parallel and adds the slices' sums).
     """
     M = x.shape[0] * x.shape[2]
-    if stats_in_one_pass(x):
-        shift = stats_shift(x)
-        return stats_from_shifted_sums(*channel_shifted_sums(x, shift), shift, M)
     mean = channel_sums(x) / M
     return mean, channel_sq_dev(x, mean) / M
-
-
-# One pass for float32: sums of d = x - shift and of d*d, shift a value of the channel (its
-# first). var = Q/M - (S/M)**2 cancels at most a factor M: the shift is one of the M values, so
-# (shift - mean)**2 <= M * var, and the float64 sums lose at most log10(M) of their 16 digits,
-# far below float32's 7. float64 input keeps the two passes (full float64 precision), and so
-# do flat planes (fewer than FLAT_MAX_L pixels), whose two walks are already compiled.
-
-
-def stats_in_one_pass(x) -> bool:
-    """Whether :func:`channel_stats` of the (N, C, L) ``x`` takes one pass (float32, N >= 1,
-    planes of at least ``FLAT_MAX_L`` pixels) rather than two."""
-    return x.dtype == np.float32 and x.shape[0] > 0 and not _is_flat(x)
-
-
-def stats_shift(x):
-    """The per-channel shift of the one-pass sums: each channel's first value, (C,) float64."""
-    return x[0, :, 0].astype(np.float64)
-
-
-@njit(cache=True, nogil=True, fastmath=REASSOC)
-def channel_shifted_sums(x, shift):
-    """Per channel, ``S = sum(x - shift)`` and ``Q = sum((x - shift)**2)`` over images and
-    pixels, in one pass, float64. x: (N, C, L); shift: (C,) float64. Returns S, Q (C,) each."""
-    N, C, L = x.shape
-    S, Q = np.zeros(C, dtype=np.float64), np.zeros(C, dtype=np.float64)
-    for n in range(N):  # memory order, images outer
-        for c in range(C):
-            k, s, q, xr = shift[c], 0.0, 0.0, x[n, c]
-            for i in range(L):
-                d = xr[i] - k
-                s += d
-                q += d * d
-            S[c] += s
-            Q[c] += q
-    return S, Q
-
-
-def channel_shifted_sums_naive(x, shift):
-    """NumPy reference for :func:`channel_shifted_sums`."""
-    d = x.astype(np.float64) - shift[None, :, None]
-    return d.sum(axis=(0, 2)), (d * d).sum(axis=(0, 2))
-
-
-def stats_from_shifted_sums(S, Q, shift, M):
-    """Mean and biased variance, (C,) float64, from :func:`channel_shifted_sums` over M values:
-    ``mean = shift + S/M``, ``var = Q/M - (S/M)**2`` (a rounding below 0 is 0)."""
-    d = S / M
-    return shift + d, np.maximum(Q / M - d * d, 0.0)
 
 
 def channel_stats_naive(x):
@@ -260,34 +177,19 @@ def backward_coefficients_naive(w, invstd, S, T, M, training):
     return k, k * invstd**2 * T / M, k * S / M
 
 
-@njit(cache=True, nogil=True, inline="always", fastmath=REASSOC)
-def _affine_row(x, out, n, c, a, b):
-    """out[n, c, i] = x[n, c, i] * a + b for every i: one (image, channel) row."""
-    for i in range(x.shape[2]):
-        out[n, c, i] = x[n, c, i] * a + b
-
-
 def scale_shift(x, scale, shift, out):
     """out[n, c, i] = x[n, c, i] * scale[c] + shift[c].
 
     x, out: (N, C, L) of one dtype; scale, shift: (C,) float64 (so the large, nearly cancelling
     x * scale and shift of a low-variance channel are added in float64). Writes ``out`` in place.
     """
-    (_scale_shift_flat if _is_flat(x) else _scale_shift)(x, scale, shift, out)
+    _scale_shift_flat(x, scale, shift, out)
 
 
 @njit(cache=True, nogil=True, fastmath=REASSOC)
 def _scale_shift_flat(x, scale, shift, out):
     L = x.shape[2]
     _affine_flat(_flat(x), _flat(out), np.repeat(scale, L), np.repeat(shift, L))
-
-
-@njit(cache=True, nogil=True, fastmath=REASSOC)
-def _scale_shift(x, scale, shift, out):
-    N, C, L = x.shape
-    for n in range(N):
-        for c in range(C):
-            _affine_row(x, out, n, c, scale[c], shift[c])
 
 
 @njit(cache=True, nogil=True, inline="always", fastmath=REASSOC)
@@ -318,13 +220,14 @@ def _grad(dout, out, n, c, i, zero):
     return dout[n, c, i]
 
 
-# On planes walked as rows, the mask is taken from x rather than out, so the backward reads one
-# array fewer in each of its passes (x is read anyway). The forward's output is round(v) with
-# v = x * scale + shift in float64 (``scale_shift_act``; the same expression, compiled alike,
-# gives the same float64 value here), and round(v) <= 0 exactly when v <= lo, round(v) >= 6
-# exactly when v >= hi: for float32, lo = 2**-150 and hi = 6 - 2**-22, the midpoints that
-# round (ties to even) to 0 and to 6; for float64 (no rounding), 0 and 6 (``mask_bounds``).
-# ``m`` is (scale, shift, lo, hi), scale and shift (C,) float64 as in the forward.
+# On planes walked as rows (the channel kernels), the mask is taken from x rather than out, so
+# the backward reads one array fewer in each of its passes (x is read anyway). The forward's
+# output is round(v) with v = x * scale + shift in float64 (``forward_channels``; the same
+# expression, compiled alike, gives the same float64 value here), and round(v) <= 0 exactly
+# when v <= lo, round(v) >= 6 exactly when v >= hi: for float32, lo = 2**-150 and
+# hi = 6 - 2**-22, the midpoints that round (ties to even) to 0 and to 6; for float64 (no
+# rounding), 0 and 6 (``mask_bounds``). ``m`` is (scale, shift, lo, hi), scale and shift (C,)
+# float64 as in the forward.
 
 
 def mask_bounds(dtype) -> tuple[float, float]:
@@ -366,8 +269,8 @@ def _grad_relu6_flat(d2, o2, n, j, zero):
 
 @njit(cache=True, nogil=True, inline="always", fastmath=REASSOC)
 def _grad_sums_flat(grad, dout, out, zero, x, mean):
-    """:func:`_grad_sums` on planes of fewer than ``FLAT_MAX_L`` pixels (flat rows; ``grad`` is
-    a ``_flat`` twin; ``out`` must be an array, dout itself where nothing masks)."""
+    """sum(g) and sum(g * (x - mean)) per channel, (C,) float64 each, g = grad(dout, out, ...)
+    (flat rows: ``grad`` a ``_flat`` twin; ``out`` must be an array, dout where nothing masks)."""
     N, C, L = x.shape
     d2, o2, x2, mu2 = _flat(dout), _flat(out), _flat(x), np.repeat(mean, L)
     s, t = np.zeros(C * L, dtype=np.float64), np.zeros(C * L, dtype=np.float64)
@@ -379,37 +282,12 @@ def _grad_sums_flat(grad, dout, out, zero, x, mean):
     return _channel_totals(s, C, L), _channel_totals(t, C, L)
 
 
-@njit(cache=True, nogil=True, inline="always", fastmath=REASSOC)
-def _grad_sums(grad, dout, out, zero, x, mean):
-    """sum(g) and sum(g * (x - mean)) per channel, (C,) float64 each, g = grad(dout, out, ...)."""
-    N, C, L = x.shape
-    sum_dy = np.zeros(C, dtype=np.float64)
-    sum_dy_xmu = np.zeros(C, dtype=np.float64)
-    for n in range(N):  # memory order: images outer (channel-outer was 1.2-2.3x slower)
-        for c in range(C):
-            mu = mean[c]
-            s = 0.0
-            t = 0.0
-            for i in range(L):
-                g = grad(dout, out, n, c, i, zero)
-                s += g
-                t += g * (x[n, c, i] - mu)
-            sum_dy[c] += s
-            sum_dy_xmu[c] += t
-    return sum_dy, sum_dy_xmu
-
-
 def grad_sums(dout, x, mean):
     """Per-channel sums the backward needs, in one pass: sum(dout) and sum(dout * (x - mean)).
 
     dout, x: (N, C, L) of one dtype; mean: (C,) float64. Returns two (C,) float64 arrays.
     """
-    return (_grad_sums_plain_flat if _is_flat(x) else _grad_sums_plain)(dout, x, mean)
-
-
-@njit(cache=True, nogil=True, fastmath=REASSOC)
-def _grad_sums_plain(dout, x, mean):
-    return _grad_sums(_grad, dout, None, None, x, mean)  # nothing masks dout
+    return _grad_sums_plain_flat(dout, x, mean)
 
 
 @njit(cache=True, nogil=True, fastmath=REASSOC)
@@ -426,31 +304,15 @@ def grad_sums_naive(dout, x, mean):
 
 @njit(cache=True, nogil=True, inline="always", fastmath=REASSOC)
 def _train_dx_flat(grad, d2, o2, zero, x2, mean, k, a, b, dx2, L):
-    """:func:`_train_dx` on (N, C*L) flat views (planes of fewer than ``FLAT_MAX_L`` pixels),
-    each element in float64 as there; ``grad`` is a ``_flat`` twin of the row kernels' one.
-    In place: pass one view as both d2 and dx2 (two views of one array do not vectorise)."""
+    """dx2[n, j] = k * g - a * (x2[n, j] - mean) - b on (N, C*L) flat views, with g =
+    grad(d2, o2, ...) (a ``_flat`` twin) and per-position copies of the (C,) coefficients. Each
+    element is computed in float64 and rounded once: with few values per channel the three
+    terms nearly cancel, and float32 arithmetic would lose digits there. In place: pass one
+    view as both d2 and dx2 (two views of one array do not vectorise)."""
     k2, a2, m2, b2 = np.repeat(k, L), np.repeat(a, L), np.repeat(mean, L), np.repeat(b, L)
     for n in range(x2.shape[0]):
         for j in range(x2.shape[1]):
             dx2[n, j] = k2[j] * grad(d2, o2, n, j, zero) - a2[j] * (x2[n, j] - m2[j]) - b2[j]
-
-
-@njit(cache=True, nogil=True, inline="always", fastmath=REASSOC)
-def _train_dx(grad, dout, out, zero, x, mean, k, a, b, dx):
-    """dx[n, c, i] = k[c] * g - a[c] * (x[n, c, i] - mean[c]) - b[c], g = grad(dout, out, ...).
-
-    Each element is computed in float64 and rounded once: with few values per channel the three
-    terms nearly cancel, and float32 arithmetic would lose digits there.
-    """
-    N, C, L = x.shape
-    for n in range(N):
-        for c in range(C):
-            kc = k[c]
-            ac = a[c]
-            mc = mean[c]
-            bc = b[c]
-            for i in range(L):
-                dx[n, c, i] = kc * grad(dout, out, n, c, i, zero) - ac * (x[n, c, i] - mc) - bc
 
 
 def train_dx(dout, x, mean, k, a, b, dx):
@@ -460,12 +322,7 @@ def train_dx(dout, x, mean, k, a, b, dx):
     ``batch_norm_backward``); with a = b = 0 it is the eval-mode gradient k * dout.
     dout, x, dx: (N, C, L) of one dtype; mean, k, a, b: (C,) float64.
     """
-    (_train_dx_plain_flat if _is_flat(x) else _train_dx_plain)(dout, x, mean, k, a, b, dx)
-
-
-@njit(cache=True, nogil=True, fastmath=REASSOC)
-def _train_dx_plain(dout, x, mean, k, a, b, dx):
-    _train_dx(_grad, dout, None, None, x, mean, k, a, b, dx)  # nothing masks dout
+    _train_dx_plain_flat(dout, x, mean, k, a, b, dx)
 
 
 @njit(cache=True, nogil=True, fastmath=REASSOC)
@@ -494,7 +351,7 @@ def scale_shift_act(x, scale, shift, out, six):
     x's dtype first, exactly as the unfused BN output is, then clamped; a NaN stays NaN (as
     ``np.maximum`` / ``np.clip`` and PyTorch keep it).
     """
-    (_scale_shift_act_flat if _is_flat(x) else _scale_shift_act)(x, scale, shift, out, six)
+    _scale_shift_act_flat(x, scale, shift, out, six)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -510,26 +367,12 @@ def _scale_shift_act_flat(x, scale, shift, out, six):
     L = x.shape[2]
     zero, top = _bounds(out)
     x2, o2, a, b = _flat(x), _flat(out), np.repeat(scale, L), np.repeat(shift, L)
-    for n in range(x2.shape[0]):  # as _scale_shift_act, on (N, C*L) rows: one pass
+    for n in range(x2.shape[0]):  # (N, C*L) rows: one pass
         for j in range(x2.shape[1]):
             o2[n, j] = x2[n, j] * a[j] + b[j]  # rounded to out's dtype by the store ...
             v = o2[n, j]  # ... and read back, then clamped
             v = zero if v < 0 else v
             o2[n, j] = (top if v > 6 else v) if six else v
-
-
-@njit(cache=True, nogil=True, fastmath=REASSOC)
-def _scale_shift_act(x, scale, shift, out, six):
-    N, C, L = x.shape
-    zero, top = _bounds(out)
-    for n in range(N):
-        for c in range(C):
-            a, b, o, xr = scale[c], shift[c], out[n, c], x[n, c]  # o, xr: (L,) rows
-            for i in range(L):
-                o[i] = xr[i] * a + b  # rounded to out's dtype by the store ...
-                v = o[i]  # ... and read back (LLVM keeps it in a register), then clamped
-                v = zero if v < 0 else v
-                o[i] = (top if v > 6 else v) if six else v
 
 
 def scale_shift_act_naive(x, scale, shift, out, six):
@@ -538,33 +381,19 @@ def scale_shift_act_naive(x, scale, shift, out, six):
     out[...] = np.clip(out, 0, 6) if six else np.maximum(out, 0)
 
 
-def grad_sums_act(dout, out, x, mean, six, scale, shift):
+def grad_sums_act(dout, out, x, mean, six):
     """:func:`grad_sums` of the gradient that reaches BN through the activation.
 
     That gradient is 0 where ``out <= 0`` (or ``out >= 6`` for ReLU6) and dout elsewhere.
-    dout, out, x: (N, C, L); mean (C,) float64; scale, shift: (C,) float64, the coefficients
-    that gave ``out = act(x * scale + shift)`` (planes walked as rows take the mask from them
-    and x, and do not read out). Returns sum(g) and sum(g * (x - mean)), (C,) float64 each.
+    dout, out, x: (N, C, L), out the activation's output; mean (C,) float64. Returns sum(g)
+    and sum(g * (x - mean)), (C,) float64 each.
     """
-    if _is_flat(x):
-        return (_grad_sums_relu6_flat if six else _grad_sums_relu_flat)(dout, out, x, mean)
-    m = (scale, shift, *mask_bounds(x.dtype))
-    return (_grad_sums_relu6 if six else _grad_sums_relu)(dout, x, mean, m)
+    return (_grad_sums_relu6_flat if six else _grad_sums_relu_flat)(dout, out, x, mean)
 
 
 # The backward kernels through an activation come in pairs, ReLU and ReLU6, picked in Python
 # rather than by a ``six`` argument: a first run compiles only the one it uses (a kernel taking
 # ``six`` compiles both loops, 1.5-2x the time).
-
-
-@njit(cache=True, nogil=True, fastmath=REASSOC)
-def _grad_sums_relu(dout, x, mean, m):
-    return _grad_sums(_grad_relu, dout, x, m, x, mean)
-
-
-@njit(cache=True, nogil=True, fastmath=REASSOC)
-def _grad_sums_relu6(dout, x, mean, m):
-    return _grad_sums(_grad_relu6, dout, x, m, x, mean)
 
 
 @njit(cache=True, nogil=True, fastmath=REASSOC)
@@ -587,27 +416,12 @@ def grad_sums_act_naive(dout, out, x, mean, six):
     return grad_sums_naive(_act_grad_naive(dout, out, six), x, mean)
 
 
-def train_dx_act(dout, out, x, mean, k, a, b, dx, six, scale, shift):
+def train_dx_act(dout, out, x, mean, k, a, b, dx, six):
     """:func:`train_dx` of the gradient through the activation (masked as in ``grad_sums_act``).
 
-    dout, out, x, dx: (N, C, L) of one dtype; mean, k, a, b, scale, shift: (C,) float64.
-    Writes dx.
+    dout, out, x, dx: (N, C, L) of one dtype; mean, k, a, b: (C,) float64. Writes dx.
     """
-    if _is_flat(x):
-        (_train_dx_relu6_flat if six else _train_dx_relu_flat)(dout, out, x, mean, k, a, b, dx)
-    else:
-        m = (scale, shift, *mask_bounds(x.dtype))
-        (_train_dx_relu6 if six else _train_dx_relu)(dout, x, mean, k, a, b, dx, m)
-
-
-@njit(cache=True, nogil=True, fastmath=REASSOC)
-def _train_dx_relu(dout, x, mean, k, a, b, dx, m):
-    _train_dx(_grad_relu, dout, x, m, x, mean, k, a, b, dx)
-
-
-@njit(cache=True, nogil=True, fastmath=REASSOC)
-def _train_dx_relu6(dout, x, mean, k, a, b, dx, m):
-    _train_dx(_grad_relu6, dout, x, m, x, mean, k, a, b, dx)
+    (_train_dx_relu6_flat if six else _train_dx_relu_flat)(dout, out, x, mean, k, a, b, dx)
 
 
 @njit(cache=True, nogil=True, fastmath=REASSOC)
@@ -630,7 +444,7 @@ def _train_dx_relu6_flat(dout, out, x, mean, k, a, b, dx):
 
 def train_dx_inplace(d, x, mean, k, a, b):
     """:func:`train_dx` with ``dout`` = ``dx`` = ``d`` (N, C, L): d becomes dx."""
-    (_train_dx_inplace_flat if _is_flat(x) else _train_dx_inplace)(d, x, mean, k, a, b)
+    _train_dx_inplace_flat(d, x, mean, k, a, b)
 
 
 @njit(cache=True, nogil=True, fastmath=REASSOC)
@@ -639,30 +453,10 @@ def _train_dx_inplace_flat(d, x, mean, k, a, b):
     _train_dx_flat(_grad_flat, d2, d2, None, _flat(x), mean, k, a, b, d2, x.shape[2])
 
 
-@njit(cache=True, nogil=True, fastmath=REASSOC)
-def _train_dx_inplace(d, x, mean, k, a, b):
-    _train_dx(_grad, d, None, None, x, mean, k, a, b, d)  # nothing masks d
-
-
-def train_dx_act_inplace(d, out, x, mean, k, a, b, six, scale, shift):
+def train_dx_act_inplace(d, out, x, mean, k, a, b, six):
     """:func:`train_dx_act` with ``dout`` = ``dx`` = ``d`` (N, C, L): d becomes dx."""
-    if _is_flat(x):
-        (_train_dx_relu6_inplace_flat if six else _train_dx_relu_inplace_flat)(
-            d, out, x, mean, k, a, b
-        )
-    else:
-        m = (scale, shift, *mask_bounds(x.dtype))
-        (_train_dx_relu6_inplace if six else _train_dx_relu_inplace)(d, x, mean, k, a, b, m)
-
-
-@njit(cache=True, nogil=True, fastmath=REASSOC)
-def _train_dx_relu_inplace(d, x, mean, k, a, b, m):
-    _train_dx(_grad_relu, d, x, m, x, mean, k, a, b, d)
-
-
-@njit(cache=True, nogil=True, fastmath=REASSOC)
-def _train_dx_relu6_inplace(d, x, mean, k, a, b, m):
-    _train_dx(_grad_relu6, d, x, m, x, mean, k, a, b, d)
+    kernel = _train_dx_relu6_inplace_flat if six else _train_dx_relu_inplace_flat
+    kernel(d, out, x, mean, k, a, b)
 
 
 @njit(cache=True, nogil=True, fastmath=REASSOC)
@@ -682,3 +476,220 @@ def _train_dx_relu6_inplace_flat(d, out, x, mean, k, a, b):
 def train_dx_act_naive(dout, out, x, mean, k, a, b, dx, six):
     """NumPy reference for :func:`train_dx_act`."""
     train_dx_naive(_act_grad_naive(dout, out, six), x, mean, k, a, b, dx)
+
+
+# --------------------------------------------------------------------------------------------
+# Channel kernels: planes walked as rows (at least FLAT_MAX_L pixels), one call per range of
+# channels over the whole batch, doing both of batch norm's passes (the sums, then the writes).
+# A runner gives each thread its own channels: one hand-over of work per op and direction
+# instead of one per pass, and a channel's sums are added by one thread in the serial kernels'
+# order, with no reduction across threads (the result does not depend on the thread count).
+# Each pass walks the whole range, image by image: long contiguous runs (shorter blocks of
+# channels, kept in cache for the second pass, measured slower: the first pass's many short
+# runs cost more than the second pass's reads from memory).
+# --------------------------------------------------------------------------------------------
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _forward_coefficient(c, mean, var, weight, bias, eps, invstd, scale, shift):
+    """invstd[c], scale[c], shift[c] of channel c, as :func:`forward_coefficients`."""
+    invstd[c] = 1.0 / math.sqrt(var[c] + eps)
+    scale[c] = np.float64(weight[c]) * invstd[c]
+    shift[c] = np.float64(bias[c]) - mean[c] * scale[c]
+
+
+@njit(cache=True, nogil=True, inline="always", fastmath=REASSOC)
+def _range_stats(x, c, e, one_pass, mean, var):
+    """mean[c:e], var[c:e] (biased) of channels c:e, float64: sums S of d = x - shift and Q of
+    d*d, var = Q/M - (S/M)**2 (0 if rounded below). ``one_pass`` (float32 input): the shift is
+    each channel's first value, one of its M values, so (shift - mean)**2 <= M * var and the
+    subtraction cancels at most a factor M: the float64 sums lose at most log10(M) of their 16
+    digits, far below float32's 7. Else two passes (float64 input: full float64 precision):
+    shift 0, then the mean found."""
+    N, C, L = x.shape
+    M = N * L
+    S, Q = np.zeros(e - c), np.zeros(e - c)
+    for j in range(c, e):
+        mean[j] = x[0, j, 0] if one_pass else 0.0  # the shift of the first pass
+    for _ in range(1 if one_pass else 2):  # the passes
+        S[:] = 0.0
+        Q[:] = 0.0
+        for n in range(N):  # memory order: images outer
+            for j in range(c, e):
+                k, s, q, xr = mean[j], 0.0, 0.0, x[n, j]
+                for i in range(L):
+                    d = xr[i] - k
+                    s += d
+                    q += d * d
+                S[j - c] += s
+                Q[j - c] += q
+        for j in range(c, e):
+            d = S[j - c] / M
+            mean[j] += d  # the shift plus the mean deviation from it
+            var[j] = max(Q[j - c] / M - d * d, 0.0)
+
+
+@njit(cache=True, nogil=True, inline="always", fastmath=REASSOC)
+def _range_apply(x, out, c, e, scale, shift, act):
+    """out = act(x * scale + shift) on channels c:e (act 0: none, 1: ReLU, 2: ReLU6), the
+    affine value rounded to out's dtype first, as ``scale_shift_act``."""
+    zero, top = _bounds(out)
+    for n in range(x.shape[0]):
+        for j in range(c, e):
+            a, b, o, xr = scale[j], shift[j], out[n, j], x[n, j]  # o, xr: (L,) rows
+            for i in range(x.shape[2]):
+                o[i] = xr[i] * a + b
+                if act != 0:
+                    v = o[i]
+                    v = zero if v < 0 else v
+                    o[i] = (top if v > 6 else v) if act == 2 else v
+
+
+@njit(cache=True, nogil=True, fastmath=REASSOC)
+def _forward_channels(x, weight, bias, eps, coef, out, act, training, one_pass, c0, c1):
+    mean, var, invstd, scale, shift = coef[0], coef[1], coef[2], coef[3], coef[4]
+    if training:
+        _range_stats(x, c0, c1, one_pass, mean, var)
+        for c in range(c0, c1):
+            _forward_coefficient(c, mean, var, weight, bias, eps, invstd, scale, shift)
+    _range_apply(x, out, c0, c1, scale, shift, act)
+
+
+def forward_channels(x, weight, bias, eps, coef, out, act, training, c0, c1):
+    """Batch norm's forward (``act``: 0 none, 1 ReLU, 2 ReLU6 after it) on channels c0:c1.
+
+    x, out: (N, C, L) of one dtype, L >= FLAT_MAX_L; weight, bias: (C,) of that dtype; coef:
+    (5, C) float64, the rows mean, var, invstd, scale, shift. ``training``: the batch
+    statistics of the channels are computed (one pass for float32, two for float64;
+    ``_range_stats``) with their coefficients (``forward_coefficients``) into coef, else coef's
+    scale and shift are used as they are (the output again, after a training forward: this
+    kernel is compiled anyway). Writes ``out = act(x * scale + shift)``.
+    """
+    one_pass = x.dtype == np.float32
+    _forward_channels(x, weight, bias, eps, coef, out, act, training, one_pass, c0, c1)
+
+
+def apply_channels(x, scale, shift, out, act, c0, c1):
+    """``out = act(x * scale + shift)`` on channels c0:c1 (as :func:`forward_channels` with
+    given coefficients), in a kernel without the statistics: an eval-mode run compiles it in
+    about half the time. x, out: (N, C, L) of one dtype; scale, shift: (C,) float64."""
+    _apply_channels(x, scale, shift, out, act, c0, c1)
+
+
+@njit(cache=True, nogil=True, fastmath=REASSOC)
+def _apply_channels(x, scale, shift, out, act, c0, c1):
+    _range_apply(x, out, c0, c1, scale, shift, act)
+
+
+def forward_channels_naive(x, weight, bias, eps, coef, out, act, training, c0, c1):
+    """NumPy reference for :func:`forward_channels`."""
+    xs, s = x[:, c0:c1], slice(c0, c1)
+    if training:
+        coef[0, s], coef[1, s] = channel_stats_naive(xs)
+        _, _, coef[2, s], coef[3, s], coef[4, s] = forward_coefficients_naive(
+            coef[0, s], coef[1, s], weight[s], bias[s], eps
+        )
+    o = np.empty_like(xs)
+    scale_shift_naive(xs, coef[3, s], coef[4, s], o)
+    out[:, c0:c1] = np.clip(o, 0, 6 if act == 2 else None) if act else o
+
+
+@njit(cache=True, nogil=True, inline="always", fastmath=REASSOC)
+def _backward_channels(grad, dout, m, x, mean, w, invstd, M, training, S, T, dx, c0, c1):
+    """S, T (``grad_sums``) of channels c0:c1, then their dx (``train_dx``)."""
+    N, C, L = x.shape
+    for c in range(c0, c1):
+        S[c], T[c] = 0.0, 0.0
+    for n in range(N):
+        for c in range(c0, c1):
+            mu, s, t = mean[c], 0.0, 0.0
+            for i in range(L):
+                g = grad(dout, x, n, c, i, m)
+                s += g
+                t += g * (x[n, c, i] - mu)
+            S[c] += s
+            T[c] += t
+    for n in range(N):
+        for c in range(c0, c1):
+            k = w[c] * invstd[c]  # as backward_coefficients
+            a = k * (invstd[c] * invstd[c]) * T[c] / M if training else 0.0
+            b = k * S[c] / M if training else 0.0
+            mu = mean[c]
+            for i in range(L):
+                dx[n, c, i] = k * grad(dout, x, n, c, i, m) - a * (x[n, c, i] - mu) - b
+
+
+def backward_channels(dout, x, mean, w, invstd, training, S, T, dx, act, scale, shift, c0, c1):
+    """Batch norm's backward (through ``act``: 0 none, 1 ReLU, 2 ReLU6) on channels c0:c1.
+
+    dout, x, dx: (N, C, L) of one dtype, L >= FLAT_MAX_L; ``dx`` may be dout itself (in
+    place). mean, w, invstd, scale, shift: (C,) float64 (the forward's). Writes S and T, (C,)
+    float64: ``grad_sums_act`` (``grad_sums`` without act), then dx: ``train_dx_act`` with the
+    coefficients ``backward_coefficients`` gives (training or eval).
+    """
+    M = x.shape[0] * x.shape[2]
+    args = (x, mean, w, invstd, M, training, S, T)
+    if act == 0:
+        if dx is dout:
+            _backward_channels_plain_inplace(dout, *args, c0, c1)
+        else:
+            _backward_channels_plain(dout, *args, dx, c0, c1)
+        return
+    m = (scale, shift, *mask_bounds(x.dtype))
+    if dx is dout:
+        kernel = _backward_channels_relu6_inplace if act == 2 else _backward_channels_relu_inplace
+        kernel(dout, m, *args, c0, c1)
+    else:
+        kernel = _backward_channels_relu6 if act == 2 else _backward_channels_relu
+        kernel(dout, m, *args, dx, c0, c1)
+
+
+def backward_channels_naive(dout, x, mean, w, invstd, training, S, T, dx, act, scale, shift,
+                            c0, c1):  # fmt: skip
+    """NumPy reference for :func:`backward_channels`."""
+    s, M = slice(c0, c1), x.shape[0] * x.shape[2]
+    xs, g = x[:, s], dout[:, s].copy()  # a copy: dx may be dout
+    if act:
+        out = np.empty_like(xs)
+        scale_shift_act_naive(xs, scale[s], shift[s], out, act == 2)
+        g = _act_grad_naive(g, out, act == 2)
+    S[s], T[s] = grad_sums_naive(g, xs, mean[s])
+    k, a, b = backward_coefficients_naive(w[s], invstd[s], S[s], T[s], M, training)
+    d = np.empty_like(xs)
+    train_dx_naive(g, xs, mean[s], k, a, b, d)
+    dx[:, s] = d
+
+
+# One compiled kernel per activation, and per in place (dx is dout: one array read and written,
+# see train_dx_inplace) or not: a run compiles the ones it uses.
+
+
+@njit(cache=True, nogil=True, fastmath=REASSOC)
+def _backward_channels_plain(dout, x, mean, w, invstd, M, training, S, T, dx, c0, c1):
+    _backward_channels(_grad, dout, None, x, mean, w, invstd, M, training, S, T, dx, c0,
+                       c1)  # fmt: skip
+
+
+@njit(cache=True, nogil=True, fastmath=REASSOC)
+def _backward_channels_plain_inplace(d, x, mean, w, invstd, M, training, S, T, c0, c1):
+    _backward_channels(_grad, d, None, x, mean, w, invstd, M, training, S, T, d, c0, c1)
+
+
+@njit(cache=True, nogil=True, fastmath=REASSOC)
+def _backward_channels_relu(dout, m, x, mean, w, invstd, M, training, S, T, dx, c0, c1):
+    _backward_channels(_grad_relu, dout, m, x, mean, w, invstd, M, training, S, T, dx, c0, c1)
+
+
+@njit(cache=True, nogil=True, fastmath=REASSOC)
+def _backward_channels_relu6(dout, m, x, mean, w, invstd, M, training, S, T, dx, c0, c1):
+    _backward_channels(_grad_relu6, dout, m, x, mean, w, invstd, M, training, S, T, dx, c0, c1)
+
+
+@njit(cache=True, nogil=True, fastmath=REASSOC)
+def _backward_channels_relu_inplace(d, m, x, mean, w, invstd, M, training, S, T, c0, c1):
+    _backward_channels(_grad_relu, d, m, x, mean, w, invstd, M, training, S, T, d, c0, c1)
+
+
+@njit(cache=True, nogil=True, fastmath=REASSOC)
+def _backward_channels_relu6_inplace(d, m, x, mean, w, invstd, M, training, S, T, c0, c1):
+    _backward_channels(_grad_relu6, d, m, x, mean, w, invstd, M, training, S, T, d, c0, c1)

@@ -23,12 +23,13 @@ a possibly negative index gets a wraparound test that stops vectorisation; and t
 index the arrays directly rather than through per-row views (each view costs reference counting,
 which dominates small planes).
 
-Variants of these kernels measured faster on particular shapes (flat loops over narrow planes,
-column stride 2, tiny planes) live in ``npmobilenet.kernels.tuned``, behind one dispatch table
-that ends with the kernels here.
+Variants of these kernels measured faster on particular shapes (bands of rows, flat loops over
+narrow planes, column stride 2, tiny planes) live in ``npmobilenet.kernels.tuned``, behind one
+dispatch table that ends with the kernels here.
 
 Shape legend: N batch, C input channels, K = m*C output channels, H, W input size,
-OH, OW output size. All kernels are serial and add into arrays the caller allocated.
+OH, OW output size. All kernels are serial and fill arrays the caller allocated: the forward
+writes its output (old contents ignored), the gradients add into theirs.
 """
 
 from __future__ import annotations
@@ -91,8 +92,9 @@ def plane3x3(buf, wk, dst, sh, sw):
 def depthwise3x3_forward(x, w, out, sh, sw, pt, pl):
     """Depthwise 3x3 convolution. x (N, C, H, W), w (K, 1, 3, 3), out (N, K, OH, OW).
 
-    Output channel k reads input channel k // m (m = K // C). ``out`` must hold zeros or the
-    bias: the kernel adds into it.
+    Output channel k reads input channel k // m (m = K // C). Writes out (its old contents are
+    ignored): each output plane is zeroed, then ``plane3x3`` adds the taps into it while it is
+    in cache.
     """
     N, C = x.shape[0], x.shape[1]
     m = w.shape[0] // C
@@ -101,6 +103,7 @@ def depthwise3x3_forward(x, w, out, sh, sw, pt, pl):
         for c in range(C):
             load_plane(x[n, c], buf, pt, pl)
             for k in range(c * m, (c + 1) * m):
+                out[n, k] = 0
                 plane3x3(buf, w[k, 0], out[n, k], sh, sw)
 
 

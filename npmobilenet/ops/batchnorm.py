@@ -30,6 +30,7 @@ from npmobilenet.threads import SERIAL
 
 _FWD = "batch_norm_forward"
 _BWD = "batch_norm_backward"
+ACT_CODES = {None: 0, "relu": 1, "relu6": 2}  # the channel kernels' activation argument
 
 
 class BatchNormCache(NamedTuple):
@@ -154,32 +155,70 @@ def _forward(x, weight, bias, running_mean, running_var, training, momentum, eps
     N, C = x.shape[:2]
     L = math.prod(x.shape[2:])  # 1 for (N, C) input
     x3 = np.ascontiguousarray(x).reshape(N, C, L)  # (N, C, L)
-    if training:
-        mean, var = _channel_stats(x3, runner)  # (C,), (C,) float64, biased variance
-        if running_mean is not None:  # r = (1 - momentum) * r + momentum * statistic
-            M = x3.shape[0] * x3.shape[2]
-            keep = running_mean.dtype.type(1.0 - momentum)  # rounded as NumPy would
-            K.update_running(running_mean, running_var, mean, var, keep, momentum, M / (M - 1))
-    else:
-        mean = running_mean.astype(np.float64)  # a copy: later in-place updates cannot leak in
-        var = running_var.astype(np.float64)
     w = np.ones(C, x.dtype) if weight is None else weight  # no weight: scale 1
     b = np.zeros(C, x.dtype) if bias is None else bias  # no bias: shift 0
-    # w, b as float64; invstd = 1 / sqrt(var + eps); out = x * scale + shift. (C,) float64 each
-    w, b, invstd, scale, shift = K.forward_coefficients(mean, var, w, b, eps)
     given = out
     out = np.empty_like(x3) if out is None else out.reshape(x3.shape)  # a view of out
-    _apply(x3, scale, shift, act, out, runner)
+    walk = _forward_eval if not training else _forward_flat if K._is_flat(x3) else _forward_rows
+    # mean, var, invstd, scale, shift: (C,) float64 each
+    stats = walk(x3, w, b, running_mean, running_var, eps, act, out, runner)
+    mean, var, invstd, scale, shift = stats
+    if training and running_mean is not None:  # r = (1 - momentum) * r + momentum * statistic
+        M = N * L
+        keep = running_mean.dtype.type(1.0 - momentum)  # rounded as NumPy would
+        K.update_running(running_mean, running_var, mean, var, keep, momentum, M / (M - 1))
     cache = BatchNormCache(
-        x3, w, weight is not None, bias is not None, mean, invstd, bool(training), x.shape, act,
-        None if act is None else out, scale, shift,
+        x3, w.astype(np.float64), weight is not None, bias is not None, mean, invstd,
+        bool(training), x.shape, act, None if act is None else out, scale, shift,
     )  # fmt: skip
     return (out.reshape(x.shape) if given is None else given), cache
 
 
-def _apply(x3, scale, shift, act, out, runner):
+def _forward_eval(x3, w, b, running_mean, running_var, eps, act, out, runner):
+    """Eval mode: out from the running statistics; returns mean, var, invstd, scale, shift,
+    (C,) float64 each."""
+    mean = running_mean.astype(np.float64)  # a copy: later in-place updates cannot leak in
+    var = running_var.astype(np.float64)
+    # invstd = 1 / sqrt(var + eps); out = x * scale + shift. (C,) float64 each
+    _, _, invstd, scale, shift = K.forward_coefficients(mean, var, w, b, eps)
+    _apply(x3, scale, shift, act, out, runner, False)
+    return mean, var, invstd, scale, shift
+
+
+def _forward_flat(x3, w, b, running_mean, running_var, eps, act, out, runner):
+    """Training, planes of fewer than ``K.FLAT_MAX_L`` pixels: the statistics (each pass split
+    over slices of the batch), then out; returns as :func:`_forward_eval`."""
+    mean, var = _channel_stats(x3, runner)  # (C,), (C,) float64, biased variance
+    _, _, invstd, scale, shift = K.forward_coefficients(mean, var, w, b, eps)
+    _apply(x3, scale, shift, act, out, runner, True)
+    return mean, var, invstd, scale, shift
+
+
+def _forward_rows(x3, w, b, running_mean, running_var, eps, act, out, runner):
+    """Training, planes of at least ``K.FLAT_MAX_L`` pixels: ``K.forward_channels`` on ranges
+    of channels split by ``runner`` (statistics and out in one call); returns as
+    :func:`_forward_eval`."""
+    N, C, L = x3.shape
+    coef = np.empty((5, C))  # rows: mean, var, invstd, scale, shift
+    code = ACT_CODES[act]
+
+    def channels(lo, hi):
+        K.forward_channels(x3, w, b, eps, coef, out, code, True, lo, hi)
+
+    runner.map(channels, C, N * L)
+    return tuple(coef)
+
+
+def _apply(x3, scale, shift, act, out, runner, trained):
     """out (N, C, L) = act(x3 * scale + shift) with the (C,) float64 coefficients (see
-    ``K.affine_coefficients``): one rounding per element, then the activation (if any)."""
+    ``K.affine_coefficients``): one rounding per element, then the activation (if any).
+    ``trained``: the coefficients are a training forward's (planes of at least
+    ``K.FLAT_MAX_L`` pixels then use that forward's kernel, which the run has compiled; eval
+    mode's kernel otherwise)."""
+    N, C, L = x3.shape
+    if not K._is_flat(x3):
+        runner.map(_apply_channels(x3, scale, shift, ACT_CODES[act], out, trained), C, N * L)
+        return
 
     def images(lo, hi):  # a slice of the batch (the whole batch unless a runner splits it)
         if act is None:
@@ -187,7 +226,19 @@ def _apply(x3, scale, shift, act, out, runner):
         else:
             K.scale_shift_act(x3[lo:hi], scale, shift, out[lo:hi], act == "relu6")
 
-    runner.map(images, x3.shape[0], x3.shape[1] * x3.shape[2])
+    runner.map(images, N, C * L)
+
+
+def _apply_channels(x3, scale, shift, code, out, trained):
+    """``fn(lo, hi)`` writing out's channels lo:hi, for ``runner.map`` (see :func:`_apply`)."""
+    if not trained:
+        return lambda lo, hi: K.apply_channels(x3, scale, shift, out, code, lo, hi)
+    C = x3.shape[1]
+    coef = np.empty((5, C))  # rows: mean, var, invstd (unused here), scale, shift
+    coef[3], coef[4] = scale, shift
+    unused = np.empty(C, x3.dtype)  # weight and bias: scale and shift are given
+    return lambda lo, hi: K.forward_channels(x3, unused, unused, 1.0, coef, out, code, False,
+                                             lo, hi)  # fmt: skip
 
 
 def batch_norm_output(cache, *, out=None, runner=None):
@@ -205,7 +256,7 @@ def batch_norm_output(cache, *, out=None, runner=None):
     _check_cache(op, cache, (None, *ACTIVATIONS))
     out = _checks.out_array(op, "out", out, cache.shape, cache.x3.dtype, cache.x3)
     out3 = np.empty_like(cache.x3) if out is None else out.reshape(cache.x3.shape)  # a view
-    _apply(cache.x3, cache.scale, cache.shift, cache.act, out3, runner or SERIAL)
+    _apply(cache.x3, cache.scale, cache.shift, cache.act, out3, runner or SERIAL, cache.training)
     cache = cache._replace(out3=None if cache.act is None else out3)
     return (out3.reshape(cache.shape) if out is None else out), cache
 
@@ -215,11 +266,6 @@ def _channel_stats(x3, runner):
     N, C, L = x3.shape
     if runner.threads == 1:
         return K.channel_stats(x3)
-    if K.stats_in_one_pass(x3):
-        shift = K.stats_shift(x3)
-        parts = runner.map(lambda lo, hi: K.channel_shifted_sums(x3[lo:hi], shift), N, C * L)
-        S, Q = (sum(p[i] for p in parts) for i in (0, 1))  # slices added in slice order
-        return K.stats_from_shifted_sums(S, Q, shift, N * L)
     mean = sum(runner.map(lambda lo, hi: K.channel_sums(x3[lo:hi]), N, C * L)) / (N * L)
     sq_dev = runner.map(lambda lo, hi: K.channel_sq_dev(x3[lo:hi], mean), N, C * L)
     return mean, sum(sq_dev) / (N * L)
@@ -293,29 +339,56 @@ def _check_cache(op, cache, acts):
 def _backward(dout, cache, dx, runner):
     """batch_norm_backward / batch_norm_act_backward on a checked dout and dx (None, a separate
     array, or dout itself: in place)."""
-    inplace = dx is not None and dx is dout
-    x3, w, has_weight, has_bias, mean, invstd, training, shape, act, out3 = cache[:10]
+    x3 = cache.x3
     d3 = np.ascontiguousarray(dout).reshape(x3.shape)  # (N, C, L)
-    six = act == "relu6"
+    if dx is not None and dx is dout:
+        dx = d3  # in place
+    else:
+        dx = np.empty_like(x3) if dx is None else dx.reshape(x3.shape)  # a view of dx
+    if K._is_flat(x3):
+        S, T = _backward_flat(d3, cache, dx, runner)
+    else:
+        S, T = _backward_rows(d3, cache, dx, runner)
+    dt = x3.dtype
+    dweight = (T * cache.invstd).astype(dt) if cache.has_weight else None
+    dbias = S.astype(dt) if cache.has_bias else None
+    return dx.reshape(cache.shape), dweight, dbias
 
-    if act is not None:  # the forward's affine coefficients: the activation's mask from x
-        masked = (six, cache.scale, cache.shift)
+
+def _backward_rows(d3, cache, dx, runner):
+    """Planes of at least ``K.FLAT_MAX_L`` pixels: ``K.backward_channels`` on ranges of channels
+    split by ``runner`` (sums and dx in one call; ``dx is d3``: in place). Returns the
+    per-channel sums S = sum(grad), T = sum(grad * (x - mean)), (C,) float64 each."""
+    x3, c = cache.x3, cache
+    N, C, L = x3.shape
+    S, T = np.empty(C), np.empty(C)
+    code = ACT_CODES[c.act]
+
+    def channels(lo, hi):
+        K.backward_channels(d3, x3, c.mean, c.w, c.invstd, c.training, S, T, dx, code,
+                            c.scale, c.shift, lo, hi)  # fmt: skip
+
+    runner.map(channels, C, N * L)
+    return S, T
+
+
+def _backward_flat(d3, cache, dx, runner):
+    """Planes of fewer than ``K.FLAT_MAX_L`` pixels: the sums (split over slices of the batch
+    and added), then dx (``dx is d3``: in place). Returns S, T as :func:`_backward_rows`."""
+    x3, w, has_weight, has_bias, mean, invstd, training, shape, act, out3 = cache[:10]
+    inplace = dx is d3
+    six = act == "relu6"
 
     def sums(lo, hi):  # (C,), (C,) float64 over a slice of the batch
         if act is None:
             return K.grad_sums(d3[lo:hi], x3[lo:hi], mean)
-        o = None if out3 is None else out3[lo:hi]
-        return K.grad_sums_act(d3[lo:hi], o, x3[lo:hi], mean, *masked)  # what act passes
+        return K.grad_sums_act(d3[lo:hi], out3[lo:hi], x3[lo:hi], mean, six)  # what act passes
 
     per_image = x3.shape[1] * x3.shape[2]
     parts = runner.map(sums, x3.shape[0], per_image)  # [(S, T) of each slice]
     S, T = parts[0] if len(parts) == 1 else (sum(p) for p in zip(*parts))
     M = x3.shape[0] * x3.shape[2]
     k, a, b = K.backward_coefficients(w, invstd, S, T, M, training)  # (C,) float64 each
-    dx = np.empty_like(x3) if dx is None else dx.reshape(x3.shape)  # a view of dx (or dout)
-    dt = x3.dtype
-    if inplace:
-        dx = d3
 
     def images(lo, hi):  # float64 coefficients: the terms nearly cancel
         d, xs, o = d3[lo:hi], x3[lo:hi], None if out3 is None else out3[lo:hi]
@@ -323,13 +396,11 @@ def _backward(dout, cache, dx, runner):
             if act is None:
                 K.train_dx_inplace(d, xs, mean, k, a, b)
             else:
-                K.train_dx_act_inplace(d, o, xs, mean, k, a, b, *masked)
+                K.train_dx_act_inplace(d, o, xs, mean, k, a, b, six)
         elif act is None:
             K.train_dx(d, xs, mean, k, a, b, dx[lo:hi])
         else:
-            K.train_dx_act(d, o, xs, mean, k, a, b, dx[lo:hi], *masked)
+            K.train_dx_act(d, o, xs, mean, k, a, b, dx[lo:hi], six)
 
     runner.map(images, x3.shape[0], per_image)
-    dweight = (T * invstd).astype(dt) if has_weight else None
-    dbias = S.astype(dt) if has_bias else None
-    return dx.reshape(shape), dweight, dbias
+    return S, T

@@ -443,7 +443,8 @@ def _zeroed(shape, dtype, buf):
 def _forward_direct(x, weight, out_shape, stride, pad, dilation, groups, out, runner):
     out = np.empty(out_shape, dtype=x.dtype) if out is None else out
     (sh, sw), (dil_h, dil_w) = stride, dilation
-    if _is_depthwise3x3(weight, dilation):
+    depthwise = _is_depthwise3x3(weight, dilation)
+    if depthwise:  # the depthwise kernels write out
         shape = _depthwise_shape(x, weight, out_shape[2:], stride)
         kernel, args = depthwise3x3_kernel("forward", shape), (sh, sw, pad[0], pad[2])
         compile_ahead.wait(kernel, compile_ahead.signature(x.dtype, 3))  # if it was handed on
@@ -452,7 +453,8 @@ def _forward_direct(x, weight, out_shape, stride, pad, dilation, groups, out, ru
         args = (sh, sw, pad[0], pad[2], dil_h, dil_w, groups)
 
     def images(lo, hi):  # a slice of the batch (the whole batch unless a runner splits it)
-        out[lo:hi].fill(0)  # the kernels accumulate into it
+        if not depthwise:
+            out[lo:hi].fill(0)  # the generic kernel accumulates into it
         kernel(x[lo:hi], weight, out[lo:hi], *args)
 
     runner.map(images, x.shape[0], max(_per_image(x), _per_image(out)))

@@ -5,14 +5,16 @@ computes (and what ``conv2d_forward_naive`` computes), on a narrower set of shap
 measured faster. Which one runs is decided by the table in ``npmobilenet.kernels.tuned``; each
 kernel's docstring says which shapes it accepts. Signatures match the readable kernels:
 
-* forward: ``kernel(x, w, out, sh, sw, pt, pl)``, adds into out (N, K, OH, OW);
+* forward: ``kernel(x, w, out, sh, sw, pt, pl)``, writes out (N, K, OH, OW) (old contents
+  ignored);
 * input gradient: ``kernel(dout, w_flipped, dx, sh, sw, pt, pl)``, adds into dx (N, C, H, W);
 * weight gradient: ``kernel(dout, x, dweight, sh, sw, pt, pl)``, adds into dweight (K, 1, 3, 3);
 * both gradients: ``kernel(dout, x, w, dx, dweight, sh, sw, pt, pl)``, for K == C only:
   *writes* dx (every element, so the caller need not zero it) and adds into dweight.
 
 Shape legend: N batch, C input channels, K = m*C output channels, H, W input size,
-OH, OW output size. All kernels are serial and write into arrays the caller allocated.
+OH, OW output size. All kernels are serial and fill arrays the caller allocated (writing or
+adding, as listed above).
 """
 
 from __future__ import annotations
@@ -77,22 +79,6 @@ def plane3x3_flat(taps, cols, wk, dst, fo):
     for oh in range(dst.shape[0]):
         for ow in range(dst.shape[1]):
             dst[oh, ow] += fo[oh * cols + ow]
-
-
-@njit(cache=True, nogil=True, fastmath=REASSOC)
-def depthwise3x3_forward_flat(x, w, out, sh, sw, pt, pl):
-    """``depthwise3x3_forward`` at stride 1 (sh == sw == 1 only), each plane one flat loop."""
-    N, C = x.shape[0], x.shape[1]
-    m = w.shape[0] // C
-    OH, OW = out.shape[2], out.shape[3]
-    buf = make_buffer(OH, OW, 1, 1, x)
-    taps, cols = flat_taps(buf), buf.shape[1]
-    fo = np.empty((OH - 1) * cols + OW, dtype=x.dtype)  # flat output
-    for n in range(N):
-        for c in range(C):
-            load_plane(x[n, c], buf, pt, pl)
-            for k in range(c * m, (c + 1) * m):
-                plane3x3_flat(taps, cols, w[k, 0], out[n, k], fo)
 
 
 @njit(cache=True, nogil=True, fastmath=REASSOC)
@@ -206,44 +192,234 @@ def depthwise3x3_backward_input_stride2(dout, w_flipped, dx, sh, sw, pt, pl):
 
 
 # --------------------------------------------------------------------------------------------
-# Column stride 2: compute every column, keep every second one.
+# Forward in bands of output rows: the scratch holds only the input rows of one band, so it
+# stays in L1, and each output row is written straight into out (one pass over out's memory).
 # --------------------------------------------------------------------------------------------
+
+# Elements of a band's scratch buffer (8 KiB in float32): the input rows of a band fit in L1.
+BAND_ELEMENTS = 2048
+
+
+@njit(cache=True, nogil=True, inline="always")
+def load_band(src, buf, h0, rows, pl):
+    """buf[r, pl + w] = src[h0 + r, w] for r < rows: ``load_plane`` for one band of rows.
+
+    Rows outside the plane are written with zeros; columns outside it are never written, so
+    they stay zero (the padding). pl >= 0. The offsets are made provably non-negative (max),
+    so the copies vectorise.
+    """
+    H, W = src.shape
+    w_lo, w_hi = max(0, -pl), min(W, buf.shape[1] - pl)
+    off = max(0, pl + w_lo)
+    for r in range(rows):
+        h = h0 + r
+        if h < 0 or h >= H:
+            for t in range(w_hi - w_lo):
+                buf[r, off + t] = 0
+        else:
+            for t in range(w_hi - w_lo):
+                buf[r, off + t] = src[h, w_lo + t]
 
 
 @njit(cache=True, nogil=True, inline="always", fastmath=REASSOC)
-def plane3x3_cols2(buf, wk, dst, sh, row):
-    """``plane3x3`` at column stride 2: each output row is computed at every column into
-    ``row`` (contiguous reads, vectorised), then every second value is added into dst.
-
-    Twice the multiply-adds, but faster than the nine stride-2 reads per output (contiguous
-    reads vectorise). Same sums, same order.
-    """
+def _write_rows(buf, wk, dst, o0, b):
+    """dst[o0 + r, q] = sum_ij wk[i, j] * buf[r + i, q + j] for r < b: ``_add_row`` at stride 1,
+    written rather than added (same sums, same order)."""
     ws = (wk[0, 0], wk[0, 1], wk[0, 2], wk[1, 0], wk[1, 1], wk[1, 2], wk[2, 0], wk[2, 1], wk[2, 2])
-    for oh in range(dst.shape[0]):
-        ih = oh * sh
-        for p in range(row.shape[0]):
-            row[p] = (
-                ws[0] * buf[ih, p] + ws[1] * buf[ih, p + 1] + ws[2] * buf[ih, p + 2]
-                + ws[3] * buf[ih + 1, p] + ws[4] * buf[ih + 1, p + 1] + ws[5] * buf[ih + 1, p + 2]
-                + ws[6] * buf[ih + 2, p] + ws[7] * buf[ih + 2, p + 1] + ws[8] * buf[ih + 2, p + 2]
-            )  # fmt: skip
+    for r in range(b):
+        oh = o0 + r
         for q in range(dst.shape[1]):
-            dst[oh, q] += row[2 * q]
+            dst[oh, q] = (
+                ws[0] * buf[r, q] + ws[1] * buf[r, q + 1] + ws[2] * buf[r, q + 2]
+                + ws[3] * buf[r + 1, q] + ws[4] * buf[r + 1, q + 1] + ws[5] * buf[r + 1, q + 2]
+                + ws[6] * buf[r + 2, q] + ws[7] * buf[r + 2, q + 1] + ws[8] * buf[r + 2, q + 2]
+            )  # fmt: skip
 
 
 @njit(cache=True, nogil=True, fastmath=REASSOC)
-def depthwise3x3_forward_cols2(x, w, out, sh, sw, pt, pl):
-    """``depthwise3x3_forward`` at column stride 2 (sw == 2 only; any sh): ``plane3x3_cols2``."""
+def depthwise3x3_forward_rows(x, w, out, sh, sw, pt, pl):
+    """``depthwise3x3_forward`` at stride 1 (sh == sw == 1 only; pt, pl >= 0), by bands of rows.
+
+    x (N, C, H, W), w (K, 1, 3, 3); writes out (N, K, OH, OW). For each band of B output rows,
+    its B + 2 input rows are copied into a zero-bordered scratch of ``BAND_ELEMENTS`` at most
+    (``load_band``), and each output row is computed from it and written into out. A scratch
+    for the whole plane (50 KB at 112x112) and a flat output added into a zeroed out took about
+    four passes over each output plane's memory instead of one.
+    """
     N, C = x.shape[0], x.shape[1]
     m = w.shape[0] // C
     OH, OW = out.shape[2], out.shape[3]
-    buf = make_buffer(OH, OW, sh, 2, x)
-    row = np.empty(2 * OW - 1, dtype=x.dtype)  # one full-width row
+    B = max(1, min(OH, BAND_ELEMENTS // (OW + 2) - 2))
+    buf = np.zeros((B + 2, OW + 2), dtype=x.dtype)
     for n in range(N):
         for c in range(C):
-            load_plane(x[n, c], buf, pt, pl)
+            src = x[n, c]
+            for o0 in range(0, OH, B):
+                b = min(B, OH - o0)
+                load_band(src, buf, o0 - pt, b + 2, pl)
+                for k in range(c * m, (c + 1) * m):
+                    _write_rows(buf, w[k, 0], out[n, k], o0, b)
+
+
+# --------------------------------------------------------------------------------------------
+# Stride 1, narrow planes as wide as their output: three column-shifted copies, no row loops.
+# On rows of 28 columns or fewer, a loop per row is mostly its scalar remainder (16 float32
+# lanes per vector) and its set-up; these kernels have none in the copies or the sum.
+# --------------------------------------------------------------------------------------------
+
+
+@njit(cache=True, nogil=True, inline="always")
+def load_shifted(xf, x0, A, d, pt, H, W, valid):
+    """A[(pt + h)*W + t] = x[h, t + d] for the plane's rows h, 0 where column t + d is outside.
+
+    xf: x flattened, the plane starting at x0; A: (R*W,) with row length W; valid[p]: whether
+    column p % W + d is inside the plane. Target and source are a constant ``d - pt*W`` apart,
+    so the rows are one flat select-copy. A's rows outside the plane are never written (they
+    stay zero).
+    """
+    off = d - pt * W  # source index - target index
+    top, bottom = max(0, pt * W), min(A.shape[0], (pt + H) * W)
+    lo, hi = max(top, -off), min(bottom, H * W - off)  # the source inside the plane
+    z = A[0] * 0
+    for p in range(top, lo):  # a first column that reads before the plane: padding
+        A[p] = z
+    for p in range(max(hi, top), bottom):  # a last column that reads past it
+        A[p] = z
+    a0, s0 = max(0, lo), max(0, x0 + lo + off)
+    for u in range(hi - lo):
+        A[a0 + u] = xf[s0 + u] if valid[a0 + u] else z
+
+
+@njit(cache=True, nogil=True, fastmath=REASSOC)
+def depthwise3x3_forward_shifted(x, w, out, sh, sw, pt, pl):
+    """``depthwise3x3_forward`` at stride 1 with OW == W (sh == sw == 1, pl <= 2, pt >= 0).
+
+    x (N, C, H, W), w (K, 1, 3, 3); writes out (N, K, OH, OW). The padded plane is held as three
+    copies A_j shifted by tap column j, each with rows of W values: A_j[r*W + t] = padded[r,
+    t + j]. Output pixel q = oh*W + ow then reads tap (i, j) at A_j[q + i*W], so the whole plane
+    is one flat loop written straight into out, and each copy is one flat loop over the plane
+    (``load_shifted``). Same sums, same order as ``_add_row``; padding taps multiply zeros.
+    """
+    N, C, H, W = x.shape
+    K = w.shape[0]
+    m = K // C
+    OH = out.shape[2]
+    L = (OH + 2) * W
+    A0, A1, A2 = np.zeros(L, x.dtype), np.zeros(L, x.dtype), np.zeros(L, x.dtype)
+    V0, V1, V2 = np.empty(L, np.bool_), np.empty(L, np.bool_), np.empty(L, np.bool_)
+    for p in range(L):  # whether column p % W + j - pl of tap column j is inside the plane
+        t = p % W - pl
+        V0[p], V1[p], V2[p] = 0 <= t < W, 0 <= t + 1 < W, 0 <= t + 2 < W
+    taps = (A0[0:], A1[0:], A2[0:], A0[W:], A1[W:], A2[W:], A0[2 * W :], A1[2 * W :],
+            A2[2 * W :])  # fmt: skip
+    xf, of = x.reshape(x.size), out.reshape(out.size)
+    for n in range(N):  # separate arrays, no views made per plane: on 7x7 planes they cost
+        for c in range(C):
+            x0 = (n * C + c) * H * W
+            load_shifted(xf, x0, A0, -pl, pt, H, W, V0)
+            load_shifted(xf, x0, A1, 1 - pl, pt, H, W, V1)
+            load_shifted(xf, x0, A2, 2 - pl, pt, H, W, V2)
             for k in range(c * m, (c + 1) * m):
-                plane3x3_cols2(buf, w[k, 0], out[n, k], sh, row)
+                _write_flat(taps, w[k, 0], of, (n * K + k) * OH * W, OH * W)
+
+
+@njit(cache=True, nogil=True, inline="always", fastmath=REASSOC)
+def _write_flat(taps, wk, of, o0, n):
+    """of[o0 + q] = sum_t ws[t] * taps[t][q] for q < n (ws: wk in row-major order)."""
+    ws = (wk[0, 0], wk[0, 1], wk[0, 2], wk[1, 0], wk[1, 1], wk[1, 2], wk[2, 0], wk[2, 1], wk[2, 2])
+    t0, t1, t2, t3, t4, t5, t6, t7, t8 = taps
+    o = of[o0:]
+    for q in range(n):
+        o[q] = (
+            ws[0] * t0[q] + ws[1] * t1[q] + ws[2] * t2[q]
+            + ws[3] * t3[q] + ws[4] * t4[q] + ws[5] * t5[q]
+            + ws[6] * t6[q] + ws[7] * t7[q] + ws[8] * t8[q]
+        )  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# Column stride 2: even and odd columns split into two scratch arrays, so that every tap of
+# an output row is a contiguous read (9 multiply-adds per output instead of computing every
+# column and keeping every second one).
+# --------------------------------------------------------------------------------------------
+
+
+@njit(cache=True, nogil=True, inline="always")
+def load_split_band(src, E, O, h0, rows, pl):
+    """E[r, t] = padded[h0 + r, 2t], O[r, t] = padded[h0 + r, 2t + 1] for r < rows.
+
+    padded[h, p] = src[h, p - pl] (pl >= 0); rows outside the plane are written with zeros.
+    Columns c0 + 2u and c0 + 2u + 1 (c0 = pl % 2) land at the same t = tb + u of E and O:
+    read in pairs, they vectorise as one interleaved load. The columns left over (the first
+    when c0 is 1, the last when W - c0 is odd; any after it fall outside the scratch) are
+    copied one by one. Positions outside the plane's columns are never written (they stay
+    zero). One loop nest: the same copy with a function per row measured 4x slower.
+    """
+    H, W = src.shape
+    c0 = pl % 2
+    tb = max(0, (c0 + pl) // 2)
+    pairs = max(0, min((W - c0) // 2, E.shape[1] - tb, O.shape[1] - tb))
+    cc = max(0, c0)
+    for r in range(rows):
+        h = h0 + r
+        if h < 0 or h >= H:
+            E[r, :] = 0
+            O[r, :] = 0
+            continue
+        hh = max(0, h)
+        for u in range(pairs):
+            a = src[hh, cc + 2 * u]
+            b = src[hh, cc + 2 * u + 1]
+            E[r, tb + u] = a
+            O[r, tb + u] = b
+        t = (pl - 1) // 2
+        if c0 == 1 and 0 <= t < O.shape[1]:  # column 0: an odd padded column
+            O[r, t] = src[hh, 0]
+        last = c0 + 2 * pairs  # an unpaired last column: even padded column tb + pairs
+        if last < W and tb + pairs < E.shape[1]:
+            E[r, tb + pairs] = src[hh, last]
+
+
+@njit(cache=True, nogil=True, inline="always", fastmath=REASSOC)
+def _write_split_rows(E, O, wk, dst, o0, b, sh):
+    """dst[o0 + r, q] = sum_ij wk[i, j] * padded[r*sh + i, 2q + j] for r < b, the even columns
+    2q, 2q + 2 read from E (at q, q + 1) and the odd ones from O: ``_add_row`` at column
+    stride 2, written rather than added (same sums, same order)."""
+    ws = (wk[0, 0], wk[0, 1], wk[0, 2], wk[1, 0], wk[1, 1], wk[1, 2], wk[2, 0], wk[2, 1], wk[2, 2])
+    for r in range(b):
+        oh, e = o0 + r, r * sh
+        for q in range(dst.shape[1]):
+            dst[oh, q] = (
+                ws[0] * E[e, q] + ws[1] * O[e, q] + ws[2] * E[e, q + 1]
+                + ws[3] * E[e + 1, q] + ws[4] * O[e + 1, q] + ws[5] * E[e + 1, q + 1]
+                + ws[6] * E[e + 2, q] + ws[7] * O[e + 2, q] + ws[8] * E[e + 2, q + 1]
+            )  # fmt: skip
+
+
+@njit(cache=True, nogil=True, fastmath=REASSOC)
+def depthwise3x3_forward_split_columns(x, w, out, sh, sw, pt, pl):
+    """``depthwise3x3_forward`` at column stride 2 (sw == 2 only, any sh; pt, pl >= 0).
+
+    x (N, C, H, W), w (K, 1, 3, 3); writes out (N, K, OH, OW). By bands of B output rows, as
+    ``depthwise3x3_forward_rows``: the band's (B - 1)*sh + 3 input rows are split into their
+    even and odd padded columns (``load_split_band``), and each output row is computed from
+    them and written into out. Computing every column and keeping every second one did twice
+    the multiply-adds; reading every second column does not vectorise.
+    """
+    N, C = x.shape[0], x.shape[1]
+    m = w.shape[0] // C
+    OH, OW = out.shape[2], out.shape[3]
+    B = max(1, min(OH, (BAND_ELEMENTS // (2 * OW + 1) - 3) // sh + 1))
+    E = np.zeros(((B - 1) * sh + 3, OW + 1), dtype=x.dtype)  # padded columns 0, 2, ..., 2*OW
+    O = np.zeros(((B - 1) * sh + 3, OW), dtype=x.dtype)  # padded columns 1, 3, ..., 2*OW - 1
+    for n in range(N):
+        for c in range(C):
+            src = x[n, c]
+            for o0 in range(0, OH, B):
+                b = min(B, OH - o0)
+                load_split_band(src, E, O, o0 * sh - pt, (b - 1) * sh + 3, pl)
+                for k in range(c * m, (c + 1) * m):
+                    _write_split_rows(E, O, w[k, 0], out[n, k], o0, b, sh)
 
 
 # --------------------------------------------------------------------------------------------
@@ -268,9 +444,9 @@ def _to_hwc(src, dst):
 
 @njit(cache=True, nogil=True, fastmath=REASSOC)
 def depthwise3x3_forward_small(x, w, out, sh, sw, pt, pl):
-    """``depthwise3x3_forward`` for K == C only, channels innermost: adds into out (N, C, OH, OW).
+    """``depthwise3x3_forward`` for K == C only, channels innermost: writes out (N, C, OH, OW).
 
-    x (N, C, H, W), w (C, 1, 3, 3). ``out[n, c, oh, ow] += sum over the taps inside the image of
+    x (N, C, H, W), w (C, 1, 3, 3). ``out[n, c, oh, ow] = sum over the taps inside the image of
     w[c, 0, i, j] * x[n, c, oh*sh - pt + i, ow*sw - pl + j]``.
     """
     N, C, H, W = x.shape
@@ -295,7 +471,7 @@ def depthwise3x3_forward_small(x, w, out, sh, sw, pt, pl):
                         for c in range(C):
                             acc[c] += wt[i, j, c] * xt[ih, iw, c]
                 for c in range(C):
-                    out[n, c, oh, ow] += acc[c]
+                    out[n, c, oh, ow] = acc[c]
     if not all_finite(w):  # the padded taps skipped above, for IEEE NaN from an inf weight
         add_padded_taps(w, out, H, W, sh, sw, pt, pl, 1, 1, C)
 
