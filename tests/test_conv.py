@@ -252,12 +252,12 @@ def test_depthwise3x3_kernels_match_naive_loops(shape, size, stride, pads, seed)
         np.testing.assert_allclose(dw, dw_n, rtol=1e-12, atol=1e-12, err_msg=kernel.__name__)
 
 
-@pytest.mark.parametrize("size", [(12, 12), (7, 7), (1, 1), (3, 10), (17, 16)])
+@pytest.mark.parametrize("size", [(12, 12), (7, 7), (1, 1), (3, 10), (17, 16), (5, 4), (9, 8)])
 @pytest.mark.parametrize("pads", [(1, 1), (0, 0), (2, 2), (0, 2)])
 def test_depthwise3x3_backward_stacked_matches_naive_loops(size, pads):
     """Enough images for several stacks (the last one partial), padding on either side; planes
-    of more than STACK_MAX_PIXELS one image at a time (17x16); the kernel writes dx and adds
-    into dweight."""
+    of more than STACK_MAX_PIXELS one image at a time (17x16); rows of 1 to 16 columns; the
+    kernel writes dx and adds into dweight."""
     (H, W), (pt, pl) = size, pads
     N = STACK_ELEMENTS // ((H + 2) * (W + 2)) + 3 if H * W > 1 else 3
     rng = np.random.default_rng(H * W + pt)
