@@ -10,7 +10,9 @@ Layer types: first conv, depthwise, pointwise, BN, activation, pooling, linear.
   ``forward_act`` and ``backward`` are wrapped with timers *on the model instance* (instance
   attributes, removed afterwards; a call made inside another timed call is not counted twice).
   In MobileNetV1's blocks ``BatchNorm2d.forward_act`` applies the activation fused with the batch
-  norm, so our "BN" includes the activation and our "activation" is ~0. torch: forward pre/post
+  norm, so our "BN" includes the activation and our "activation" is ~0. ``recompute_output``
+  (batch norm's output computed again in backward, for the pointwise convolution that reads it)
+  is timed as BN backward too. torch: forward pre/post
   hooks and ``register_full_backward_pre_hook`` / ``register_full_backward_hook`` on its leaf
   modules. torch does not compute the first conv's input gradient (the image does not require
   grad): its full backward hook then fires as soon as the output gradient is known, so the first
@@ -186,8 +188,9 @@ def train_ours(model, step, reps):
     """Per-category forward and backward seconds of npmobilenet's training ``step``.
 
     ``model``: the ``MobileNetV1`` that ``step(clock)`` trains. Each leaf module's ``forward``,
-    ``forward_act`` and ``backward`` get a timing wrapper as an instance attribute, removed at
-    the end (the class's methods are untouched).
+    ``forward_act``, ``backward`` and ``recompute_output`` (a backward pass of batch norm's) get
+    a timing wrapper as an instance attribute, removed at the end (the class's methods are
+    untouched).
     """
     from npmobilenet import nn as npnn
 
@@ -198,7 +201,8 @@ def train_ours(model, step, reps):
             cat = category(npnn, name, m)
             if cat is None or next(m.children(), None) is not None:
                 continue
-            for attr, acc in (("forward", fwd), ("forward_act", fwd), ("backward", bwd)):
+            for attr, acc in (("forward", fwd), ("forward_act", fwd), ("backward", bwd),
+                              ("recompute_output", bwd)):  # fmt: skip
                 fn = getattr(m, attr, None)
                 if fn is not None:
                     object.__setattr__(m, attr, _timer(fn, acc, cat, depth))

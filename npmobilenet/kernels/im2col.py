@@ -43,22 +43,27 @@ def _tap_row(cols, c, i, j, kH, kW, sw, pl, dil_w, W, OW):
 def im2col(x, kH, kW, sh, sw, pt, pl, dil_h, dil_w, OH, OW, cols):
     """Fill cols (C*kH*kW, OH*OW) from one image x (C, H, W); padded positions become zero."""
     C, H, W = x.shape
-    for c, i, j in np.ndindex(C, kH, kW):
-        row, off, lo, hi = _tap_row(cols, c, i, j, kH, kW, sw, pl, dil_w, W, OW)
-        for oh in range(OH):
-            base = oh * OW
-            ih = oh * sh - pt + i * dil_h
-            if ih < 0 or ih >= H:
-                for ow in range(OW):
-                    row[base + ow] = 0
-                continue
-            xrow = x[c, ih]  # (W,)
-            for ow in range(lo):
-                row[base + ow] = 0
-            for ow in range(lo, hi):
-                row[base + ow] = xrow[ow * sw + off]
-            for ow in range(hi, OW):
-                row[base + ow] = 0
+    for c in range(C):
+        for i in range(kH):
+            for j in range(kW):
+                row, off, lo, hi = _tap_row(cols, c, i, j, kH, kW, sw, pl, dil_w, W, OW)
+                for oh in range(OH):
+                    base = oh * OW
+                    ih = oh * sh - pt + i * dil_h
+                    if ih < 0 or ih >= H:
+                        for ow in range(OW):
+                            row[base + ow] = 0
+                        continue
+                    for ow in range(lo):
+                        row[base + ow] = 0
+                    # row[base + ow] = x[c, ih, ow*sw + off] for ow in [lo, hi), through slices:
+                    # their indices need no wrap-around check, so LLVM vectorises the copy
+                    src = x[c, ih, lo * sw + off : (hi - 1) * sw + off + 1 : sw]
+                    dst = row[base + lo : base + hi]
+                    for k in range(hi - lo):
+                        dst[k] = src[k]
+                    for ow in range(hi, OW):
+                        row[base + ow] = 0
 
 
 @njit(cache=True, nogil=True)
@@ -75,7 +80,7 @@ def im2col_images(x, kH, kW, sh, sw, pt, pl, dil_h, dil_w, OH, OW, cols):
 def col2im(cols, kH, kW, sh, sw, pt, pl, dil_h, dil_w, OH, OW, dx):
     """Add cols (C*kH*kW, OH*OW) back onto one image's gradient dx (C, H, W) (adjoint of im2col).
 
-    Differentiates ``row[base + ow] = xrow[ow*sw + off]`` of ``im2col``: each input element
+    Differentiates ``im2col``'s copy ``row[base + ow] = x[c, ih, ow*sw + off]``: each input element
     receives the sum of the column entries it was copied to. Padded entries are dropped.
     """
     C, H, W = dx.shape
@@ -85,7 +90,8 @@ def col2im(cols, kH, kW, sh, sw, pt, pl, dil_h, dil_w, OH, OW, dx):
             ih = oh * sh - pt + i * dil_h
             if ih < 0 or ih >= H:
                 continue
-            dxrow = dx[c, ih]  # (W,)
-            base = oh * OW
-            for ow in range(lo, hi):
-                dxrow[ow * sw + off] += row[base + ow]
+            # dx[c, ih, ow*sw + off] += row[base + ow] for ow in [lo, hi), through slices
+            dst = dx[c, ih, lo * sw + off : (hi - 1) * sw + off + 1 : sw]
+            src = row[oh * OW + lo : oh * OW + hi]
+            for k in range(hi - lo):
+                dst[k] += src[k]
