@@ -559,3 +559,17 @@ def test_batch_norm_output_let_go_then_computed_again(rng, workspace, activation
         np.testing.assert_array_equal(bn.backward(dout), dx)
         np.testing.assert_array_equal(bn.weight.grad, grads[0])
         np.testing.assert_array_equal(bn.bias.grad, grads[1])
+
+
+def test_conv2d_output_shape_follows_the_layer_s_current_arguments():
+    """Shape arithmetic (remembered per argument set) against the forward's real output, as a
+    user changes the stride and the padding (a list: not hashable, worked out afresh)."""
+    from npmobilenet.nn import Conv2d
+
+    conv = Conv2d(3, 4, 3, stride=1, padding=1)
+    x = np.zeros((2, 3, 9, 8), np.float32)
+    for attr, value, expected in (("stride", (1, 1), (9, 8)), ("stride", (2, 2), (5, 4)),
+                                  ("padding", [0, 0], (4, 3)), ("padding", (0, 2, 1, 0), (5, 4)),
+                                  ("stride", (1, 1), (9, 7)), ("padding", "valid", (7, 6))):
+        setattr(conv, attr, value)
+        assert conv.output_shape(x.shape) == conv(x).shape == (2, 4, *expected)

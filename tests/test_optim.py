@@ -398,3 +398,29 @@ def test_packed_model_steps_like_an_unpacked_one_as_children_change():
                 np.testing.assert_array_equal(a.data, b.data, err_msg=name)
     assert len(list(packed_runs(packed.parameters()))) > 3  # the runs the changes cut
     assert opts[1]._packed and not opts[0]._packed  # (one updated run by run, one per parameter)
+
+
+def test_a_packed_run_steps_with_the_state_it_is_given_not_the_views_it_kept():
+    """After load_state_dict, or a state entry replaced by hand (the first parameter's), a run
+    of packed parameters steps with that state, as the same optimizer on unpacked ones does."""
+    hp = dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-2)
+    packed, plain = _params(True), _params(False)
+    donor = SGD(_params(False), **hp)
+    for noise_t in _noise()[:4]:
+        _set_grads(donor.param_groups[0]["params"], [2.0 * r for r in noise_t])
+        donor.step()
+    opts = [SGD(ps, **hp) for ps in (packed, plain)]
+    for edit in ("load", "replace"):
+        for opt, ps in zip(opts, (packed, plain)):
+            for noise_t in _noise()[:2]:  # both hold their own momentum buffers by now
+                _set_grads(ps, noise_t)
+                opt.step()
+            if edit == "load":
+                opt.load_state_dict(donor.state_dict())
+            else:
+                opt.state[id(ps[0])]["momentum_buffer"] = np.full(SHAPES[0], 3.0)
+            _set_grads(ps, _noise()[5])
+            opt.step()
+        assert opts[0]._packed
+        for a, b in zip(packed, plain):
+            np.testing.assert_array_equal(a.data, b.data)

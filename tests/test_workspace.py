@@ -70,6 +70,20 @@ def test_each_step_puts_each_request_where_the_previous_step_put_it():
     assert np.shares_memory(first[1], first[2])
 
 
+def test_a_request_unlike_the_previous_step_s_gets_its_own_shape_and_dtype():
+    """The n-th request of a step whose shape or dtype differs from the previous step's n-th
+    gets an array of its own shape and dtype (in the same place: all is free at new_step)."""
+    ws = Workspace()
+    first = ws.output(object(), (4, 6), np.float32)
+    for shape, dtype in (((6, 4), np.float32), ((6, 4), np.int32), ((6, 4), np.float64),
+                         ((6, 4), np.float64)):  # fmt: skip
+        ws.new_step()
+        a = ws.gradient(shape, dtype)
+        assert a.shape == shape and a.dtype == dtype and np.shares_memory(a, first)
+    ws.new_step()
+    assert ws.gradient([6, 4], "float64") is a  # equal requests spelt otherwise: the same array
+
+
 def test_new_step_drops_memory_the_last_step_did_not_use():
     ws = Workspace()
     ws.output(object(), (4,), np.float32)

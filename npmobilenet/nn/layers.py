@@ -13,6 +13,7 @@ Shape legend: N batch, C in channels, K out channels, G groups, H, W in size, OH
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -97,6 +98,16 @@ def _given_input(cache, dropped, x):
                          f" {dropped[0]} and dtype {dropped[1]}, got"
                          f" {chk.describe(x)}")  # fmt: skip
     return cache._replace(x=np.ascontiguousarray(x4))
+
+
+@functools.lru_cache(maxsize=1024)
+def _conv_output_hw(hw, padding, kernel_size, dilation, stride) -> tuple:
+    """``(OH, OW)`` of a ``Conv2d`` with these arguments on an input of size ``hw`` (H, W)."""
+    pad = conv_ops.resolve_padding("Conv2d", padding, kernel_size, dilation, stride, hw)
+    return tuple(
+        output_size(size, k, s, p, d)  # p: (before, after) along the axis
+        for size, k, s, p, d in zip(hw, kernel_size, stride, (pad[0:2], pad[2:4]), dilation)
+    )
 
 
 def _uniform_init(rng, shape, fan_in: int, dtype, op: str = "layer") -> np.ndarray:
@@ -216,15 +227,11 @@ class Conv2d(Module):
 
     def output_shape(self, in_shape: tuple) -> tuple:
         n, _, h, w = in_shape
-        pad = conv_ops.resolve_padding(
-            "Conv2d", self.padding, self.kernel_size, self.dilation, self.stride, (h, w)
-        )
-        sizes = [
-            output_size(size, k, s, p, d)  # p: (before, after) along the axis
-            for size, k, s, p, d in zip(
-                (h, w), self.kernel_size, self.stride, (pad[0:2], pad[2:4]), self.dilation
-            )
-        ]
+        args = ((h, w), self.padding, self.kernel_size, self.dilation, self.stride)
+        try:  # the same arithmetic, remembered for hashable arguments (a layer's own)
+            sizes = _conv_output_hw(*args)
+        except TypeError:
+            sizes = _conv_output_hw.__wrapped__(*args)
         return (n, self.out_channels, *sizes)
 
     def extra_repr(self) -> str:

@@ -107,13 +107,15 @@ def packed_runs(params: Iterable[Parameter], trainable: bool = False) -> Iterato
     ``trainable``: leave out the parameters with ``requires_grad`` False."""
     run, last = [], None
     for p in params:
-        if trainable and not p.requires_grad:
+        if trainable and not p._requires_grad:
             continue
         k = p.packed
         if k is not None and not _holds(p, k):
             k = None  # its arrays were replaced since pack(), or copied (copy.deepcopy)
-        if run and _follows(k, last):
-            run.append(p)
+        if run and k is not None and last is not None and k.start == last.stop \
+                and k.data_buffer is last.data_buffer \
+                and k.grad_buffer is last.grad_buffer:  # fmt: skip
+            run.append(p)  # k starts in the buffers where last ends
         else:
             if run:
                 yield _run(run)
@@ -128,13 +130,6 @@ def _holds(p: Parameter, k: Packed) -> bool:
     copy of a parameter copies each view on its own: the record's buffers are then others)."""
     return (p.data is k.data and p.grad is k.grad and k.data.base is k.data_buffer
             and k.grad.base is k.grad_buffer)  # fmt: skip
-
-
-def _follows(k: Packed | None, last: Packed | None) -> bool:
-    """Whether ``k`` starts in the buffers where ``last`` ends."""
-    if k is None or last is None or k.start != last.stop:
-        return False
-    return k.data_buffer is last.data_buffer and k.grad_buffer is last.grad_buffer
 
 
 def _run(run: list[Parameter]) -> tuple:

@@ -125,15 +125,22 @@ class Workspace:
         self._last: list[tuple] = []  # the same for the previous step
 
     def _take(self, shape, dtype) -> np.ndarray:
+        """An array of ``shape`` and ``dtype``; its place ``(chunk, start, nbytes, array)`` is
+        the step's next entry in ``_order``."""
+        n = len(self._order)
+        place = self._last[n] if n < len(self._last) else None
+        if place is not None and place[3].shape == shape and place[3].dtype == dtype \
+                and place[0].take(place[1], place[2]):  # fmt: skip
+            self._order.append(place)  # the same request as the previous step's n-th
+            return place[3]
         shape, dtype = tuple(map(int, shape)), np.dtype(dtype)
         size = math.prod(shape) * dtype.itemsize
         nbytes = max(-(-size // _ALIGN) * _ALIGN, _ALIGN)
-        n = len(self._order)
-        place = self._last[n] if n < len(self._last) else None
         if place is None or place[2] != nbytes or not place[0].take(place[1], nbytes):
             place = self._best(nbytes)
-        self._order.append(place)
-        return place[0].view(place[1], shape, dtype)
+        array = place[0].view(place[1], shape, dtype)
+        self._order.append((*place[:3], array))
+        return array
 
     def _best(self, nbytes: int) -> tuple:
         """Take the best-fitting free stretch of any chunk (a new chunk if none holds it)."""

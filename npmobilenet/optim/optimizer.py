@@ -28,6 +28,8 @@ safetensors (for the arrays); see :mod:`npmobilenet.optim.state`.
 from __future__ import annotations
 
 import numbers
+from itertools import repeat
+from operator import is_, itemgetter
 
 import numpy as np
 
@@ -56,8 +58,8 @@ class Optimizer:
         self.state: dict[int, dict] = {}  # id(param) -> that parameter's buffers
         self._work: dict[int, list[np.ndarray]] = {}  # id(param) -> scratch arrays, not state
         # a run of packed parameters (_run_key) -> (the state arrays of the whole run,
-        # [{key: view} per parameter]): the views this optimizer put into self.state
-        self._packed: dict[tuple, tuple[dict, list[dict]]] = {}
+        # {key: [view per parameter]}): the views this optimizer put into self.state
+        self._packed: dict[tuple, tuple[dict, dict[str, list]]] = {}
         if isinstance(params, Parameter) or isinstance(params, dict):
             params = [params]
         try:
@@ -151,13 +153,11 @@ class Optimizer:
     def _run_state(self, run: list[Parameter], data: np.ndarray) -> dict | None:
         """The state of the whole run for ``update_rule``: the buffers whose views ``state``
         holds, else new ones from the parameters' state (None if their entries differ)."""
-        states = [self.state.get(id(p)) or {} for p in run]
-        if any(s.keys() != states[0].keys() for s in states):
+        states = list(map(self.state.get, map(id, run), repeat(_NO_STATE)))
+        if not all(map(states[0].keys().__eq__, map(dict.keys, states))):
             return None
         kept = self._packed.get(_run_key(run))
-        if kept is not None and all(
-            all(s.get(k) is a for k, a in v.items()) for s, v in zip(states, kept[1])
-        ):  # fmt: skip
+        if kept is not None and _hold_views(states, kept[1]):
             whole = {k: a for k, a in kept[0].items() if isinstance(a, np.ndarray)}
         elif all(not s for s in states):
             return {}
@@ -176,7 +176,7 @@ class Optimizer:
     def _share_state(self, run: list[Parameter], data: np.ndarray, whole: dict) -> None:
         """Give each parameter of the run its part of the run's state: views of its arrays,
         its numbers as they are."""
-        key, views = _run_key(run), [{} for _ in run]
+        key, views = _run_key(run), {}
         arrays = {k: a for k, a in whole.items() if isinstance(a, np.ndarray)}
         for k in whole.keys() - arrays.keys():
             for p in run:
@@ -187,9 +187,11 @@ class Optimizer:
             return  # the parameters hold views of these arrays already
         start = run[0].packed.start
         for k, a in arrays.items():
-            for p, v in zip(run, views):
+            views[k] = []
+            for p in run:
                 lo, hi = p.packed.start - start, p.packed.stop - start
-                v[k] = self.state.setdefault(id(p), {})[k] = a[lo:hi].reshape(p.data.shape)
+                view = self.state.setdefault(id(p), {})[k] = a[lo:hi].reshape(p.data.shape)
+                views[k].append(view)
         self._packed[key] = (arrays, views)
 
     def _scratch_run(self, run: list[Parameter], data: np.ndarray) -> list[np.ndarray]:
@@ -280,6 +282,18 @@ class Optimizer:
             self._check_group({**group, **new})
             new_groups.append(new)
         return new_state, new_groups
+
+
+_NO_STATE: dict = {}  # (read only) the state of a parameter without any
+
+
+def _hold_views(states: list[dict], views: dict[str, list]) -> bool:
+    """Whether each of ``states`` (one per parameter of a run) still holds, under each key of
+    ``views``, that parameter's view (one identity test per entry, in C loops)."""
+    try:
+        return all(all(map(is_, map(itemgetter(k), states), v)) for k, v in views.items())
+    except KeyError:  # a parameter without that entry
+        return False
 
 
 def _run_key(run: list[Parameter]) -> tuple:
