@@ -129,6 +129,9 @@ def main(argv=None) -> int:
     report = {"machine": timing.machine(), "threads": args.threads, "rounds": args.rounds,
               "quick": args.quick}  # fmt: skip
     print(f"load average at the start: {report['machine'].get('load_average')}")
+    print(f"CPU: {report['machine']['cpu']}\n{report['machine']['blas']}")
+    if timing.blas_kernel_warning():
+        print(timing.blas_kernel_warning())
     with tempfile.TemporaryDirectory() as folder:
         report["sgemm_peak"] = sgemm_peak(args.threads, args.rounds)
         names = args.cases.split(",")

@@ -87,13 +87,52 @@ def summarize(results: list[dict]) -> dict:
     }
 
 
+# Environment variables that choose OpenBLAS's kernels. Set, they override its detection of the
+# CPU: OPENBLAS_CORETYPE=Haswell on an AVX-512 machine runs the AVX2 kernels, at about half the
+# sgemm throughput where the cores execute 512-bit instructions at full width.
+BLAS_KERNEL_VARIABLES = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+
+def cpu_model() -> str:
+    """The CPU's name, family and model as Linux reports them ('' elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+    fields = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+        if not line.strip():  # the first processor's block is enough
+            break
+    return (f"{fields.get('model name', '?')}, family {fields.get('cpu family', '?')}"
+            f" model {fields.get('model', '?')}")  # fmt: skip
+
+
+def blas_kernel_warning() -> str | None:
+    """A warning when the environment pins OpenBLAS's kernels (None when it does not)."""
+    pinned = {k: os.environ[k] for k in BLAS_KERNEL_VARIABLES if k in os.environ}
+    if not pinned:
+        return None
+    names = " ".join(f"-u {k}" for k in BLAS_KERNEL_VARIABLES)
+    return (f"warning: {', '.join(f'{k}={v}' for k, v in pinned.items())} pins OpenBLAS's"
+            f" kernels for numpy, this benchmark and its peak; to time what OpenBLAS picks for"
+            f" this CPU, run it as: env {names} python benchmarks/...")  # fmt: skip
+
+
 def machine() -> dict:
-    """What the numbers depend on: the machine, its load, the library versions."""
+    """What the numbers depend on: the machine, its load, the library versions, the BLAS kernels
+    (``npmobilenet.threads.describe``: library, kernel set, threads, the variables that
+    choose them)."""
     import numba
+
+    from npmobilenet import threads
 
     info = {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
+        "blas": threads.describe(),
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
         "numpy": np.__version__,

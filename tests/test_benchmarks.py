@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import ablation  # noqa: E402
 import cases  # noqa: E402
+import timing  # noqa: E402
 from bench_model import agreement  # noqa: E402
 
 
@@ -31,6 +32,17 @@ def test_agreement_refuses_a_variant_that_differs_from_torch():
     raw["eval"] = [{"check": [1.0, 2.1]}]
     with pytest.raises(AssertionError, match="eval disagrees with torch"):
         agreement(raw)
+
+
+def test_the_run_warns_when_the_environment_pins_openblas(monkeypatch):
+    """A pinned kernel set halves the sgemm peak on AVX-512 cores: the run must say so."""
+    for name in timing.BLAS_KERNEL_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    assert timing.blas_kernel_warning() is None
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
+    warning = timing.blas_kernel_warning()
+    assert "OPENBLAS_CORETYPE=Haswell" in warning
+    assert "env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE" in warning
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
