@@ -16,7 +16,11 @@ from hypothesis import strategies as st
 from npmobilenet import ops, threads
 from npmobilenet.kernels.batchnorm import FLAT_MAX_L
 from npmobilenet.models import MobileNetV1
-from npmobilenet.ops.batchnorm import batch_norm_act_backward, batch_norm_act_forward
+from npmobilenet.ops.batchnorm import (
+    _map_channels,
+    batch_norm_act_backward,
+    batch_norm_act_forward,
+)
 from npmobilenet.ops.conv import conv2d_backward, conv2d_forward
 from npmobilenet.testing.conv import conv2d_configs, conv2d_kwargs, make_conv2d_inputs
 from npmobilenet.threads import SERIAL, Runner
@@ -188,20 +192,21 @@ def test_conv_split_over_the_batch_equals_serial(split_everything, cfg, method, 
 @pytest.mark.parametrize("activation", ["relu", "relu6"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("hw", [6, 3])  # planes of 36 pixels split by channels; 9, by images
-def test_batch_norm_split_equals_serial(split_everything, activation, dtype, hw):
+@pytest.mark.parametrize("C, n_threads", [(5, 3), (41, 2), (41, 3)])  # 41: the caller's range
+def test_batch_norm_split_equals_serial(split_everything, activation, dtype, hw, C, n_threads):
     """Planes walked as rows are split by channels (each channel summed by one thread: the
     same bits as serial), flat planes by images (the slices' sums added: rounding only)."""
     rng = np.random.default_rng(0)
-    x = (rng.standard_normal((7, 5, hw, hw)) * 3 + 1).astype(dtype)
-    w, b = rng.standard_normal(5).astype(dtype), rng.standard_normal(5).astype(dtype)
+    x = (rng.standard_normal((7, C, hw, hw)) * 3 + 1).astype(dtype)
+    w, b = rng.standard_normal(C).astype(dtype), rng.standard_normal(C).astype(dtype)
     dout = rng.standard_normal(x.shape).astype(dtype)
     stats, stats_s = (
-        [np.zeros(5, dtype), np.ones(5, dtype)],
-        [np.zeros(5, dtype), np.ones(5, dtype)],
+        [np.zeros(C, dtype), np.ones(C, dtype)],
+        [np.zeros(C, dtype), np.ones(C, dtype)],
     )
     out, cache = batch_norm_act_forward(x, w, b, *stats, True, activation=activation)
     grads = batch_norm_act_backward(dout, cache)
-    r = Runner(3)
+    r = Runner(n_threads)
     out_s, cache_s = batch_norm_act_forward(
         x, w, b, *stats_s, True, activation=activation, runner=r
     )
@@ -211,6 +216,30 @@ def test_batch_norm_split_equals_serial(split_everything, activation, dtype, hw)
         tol = dict(rtol=0, atol=0)
     for got, want in zip((out_s, *grads_s, *stats_s), (out, *grads, *stats)):
         np.testing.assert_allclose(got, want, **tol)
+
+
+@pytest.mark.parametrize("n_threads", [2, 3, 4])
+@pytest.mark.parametrize(
+    "C, per_channel, lead",
+    [(41, 252, 2**17), (41, 3136, 2**16), (64, 200704, 2**17), (3, 10, 2**17)],
+)
+def test_batch_norm_channel_ranges_give_the_caller_more(split_everything, n_threads, C,
+                                                        per_channel, lead):  # fmt: skip
+    """The channel kernels' ranges cover the channels once, in order, one per thread; the other
+    threads' are equal, the calling thread's (the last) longer than theirs by lead //
+    per_channel channels (at most half of an even share; rounding adds fewer than k)."""
+    calls = []
+    record = lambda lo, hi: calls.append((lo, hi, threading.get_ident()))  # noqa: E731
+    _map_channels(Runner(n_threads), record, C, per_channel, lead)
+    calls.sort()
+    k = min(n_threads, C)
+    assert [lo for lo, _, _ in calls] == [0] + [hi for _, hi, _ in calls[:-1]]
+    assert calls[-1][1] == C and len(calls) == k
+    assert calls[-1][2] == threading.get_ident()  # the caller's
+    assert len({t for _, _, t in calls}) == k
+    (step,) = {hi - lo for lo, hi, _ in calls[:-1]}
+    extra = min(lead // per_channel, C // (2 * k))
+    assert extra <= (C - calls[-1][0]) - step <= extra + k - 1
 
 
 def test_model_training_step_split_equals_serial(split_everything):
