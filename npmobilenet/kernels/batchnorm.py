@@ -489,9 +489,12 @@ def train_dx_act_naive(dout, out, x, mean, k, a, b, dx, six):
 # Each pass walks the whole range, image by image: long contiguous runs (shorter blocks of
 # channels, kept in cache for the second pass, measured slower: the first pass's many short
 # runs cost more than the second pass's reads from memory; blocks of 2-8 MB per thread, sized
-# for the shared L3, were no faster). Planes larger than the caches run at memory speed over two
-# threads (at or below ``benchmarks/floor.py``'s streaming time for the same bytes), so a
-# cheaper element loop helps only the planes that stay in cache. The element loops stay float64
+# for the shared L3, were no faster, nor blocks of 256-768 KB sized for the L2, on any plane
+# size from 7x7 to 112x112). Planes larger than the caches run at memory speed over two threads
+# (at or below ``benchmarks/floor.py``'s streaming time for the same bytes; the forward's
+# writes to ``out`` also read its lines first, and non-temporal stores, which skip that read,
+# measured slower), so a cheaper element loop helps only the planes that stay in cache. Inside
+# a training step the kernels take as long as alone on a cold cache. The element loops stay float64
 # (float32 widened): float32 partial sums, even over blocks of 256 values merged in float64
 # with each block's own mean taken out first, leave relative errors of about 1e-7 in the
 # variance and mean of float32 data with large offsets or an outlier shift (the precision

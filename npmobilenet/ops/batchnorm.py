@@ -48,6 +48,9 @@ def _map_channels(runner, fn, C, per_channel, lead):
     """``fn(lo, hi)`` on ranges of the C channels, as many as ``runner.map(fn, C, per_channel)``
     would make: the other threads' equal, the last (the calling thread's) longer than theirs by
     ``lead // per_channel`` channels (at most half of an even share)."""
+    if runner is SERIAL:  # a step that splits none of its ops
+        fn(0, C)
+        return
     k = len(runner.slices(C, -(-threads.MIN_SLICE_ELEMENTS // max(per_channel, 1))))
     if k == 1:
         fn(0, C)
