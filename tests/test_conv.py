@@ -484,10 +484,10 @@ def test_pointwise_one_gemm_rule_boundary(
 
 
 @pytest.mark.torch
-@pytest.mark.parametrize("hw", [(1, 1), (2, 2), (1, 3), (5, 3)])
+@pytest.mark.parametrize("hw", [(1, 1), (2, 2), (1, 3), (5, 3), (16, 17)])
 def test_grouped_pointwise_small_planes_match_torch(torch, rng, hw):
-    """Pointwise with groups, on planes small enough for the one-GEMM path (and one larger):
-    output and all gradients as torch computes them."""
+    """Pointwise with groups, on planes small enough for the one-GEMM path and on one of 272
+    pixels (dW and dx image by image): output and all gradients as torch computes them."""
     arrays = dict(x=rng.standard_normal((5, 6, *hw)), weight=rng.standard_normal((4, 3, 1, 1)),
                   bias=rng.standard_normal(4))  # fmt: skip
     dout = rng.standard_normal((5, 4, *hw))
