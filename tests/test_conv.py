@@ -483,6 +483,34 @@ def test_pointwise_one_gemm_rule_boundary(
         assert dw is None
 
 
+def test_pointwise_backward_image_by_image_order(rng, monkeypatch):
+    """Planes over POINTWISE_BATCHED_DW_MAX_HW pixels: dx image by image between the dW products
+    (slices of POINTWISE_INTERLEAVE_MIN_BYTES of dout or more) gives the same bits as dx all
+    first, and both match the float64 einsum."""
+    n, groups, cg, hw = 3, 2, 5, (16, 17)
+    x = rng.standard_normal((n, groups * cg, *hw)).astype(np.float32)
+    w = rng.standard_normal((groups * cg, cg, 1, 1)).astype(np.float32)
+    dout = rng.standard_normal((n, groups * cg, *hw)).astype(np.float32)
+    _, cache = conv2d_forward(x, w, groups=groups, method="auto")
+    assert cache.method == "pointwise"
+    dx_first = conv2d_backward(dout, cache)
+    calls = []
+    per_image = conv_ops._dweight_per_image
+    monkeypatch.setattr(conv_ops, "_dweight_per_image", lambda *a: calls.append(len(a)) or
+                        per_image(*a))  # fmt: skip
+    monkeypatch.setattr(conv_ops, "POINTWISE_INTERLEAVE_MIN_BYTES", dout.nbytes)
+    interleaved = conv2d_backward(dout, cache)
+    assert calls == [4]  # (d4, x4, w3, dx4): dx went through the per-image loop
+    for a, b in zip(dx_first[:2], interleaved[:2]):
+        np.testing.assert_array_equal(a, b)
+    x64, d64 = (a.astype(np.float64).reshape(n, groups, cg, -1) for a in (x, dout))
+    w64 = w.astype(np.float64).reshape(groups, cg, cg)
+    want_dx = np.einsum("gkc,ngkl->ngcl", w64, d64).reshape(x.shape)
+    want_dw = np.einsum("ngkl,ngcl->gkc", d64, x64).reshape(w.shape)
+    np.testing.assert_allclose(interleaved[0], want_dx, **tol(np.float32))
+    np.testing.assert_allclose(interleaved[1], want_dw, **tol(np.float32))
+
+
 @pytest.mark.torch
 @pytest.mark.parametrize("hw", [(1, 1), (2, 2), (1, 3), (5, 3), (16, 17)])
 def test_grouped_pointwise_small_planes_match_torch(torch, rng, hw):

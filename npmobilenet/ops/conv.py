@@ -690,14 +690,15 @@ def _backward_pointwise(
         n, L = hi - lo, H * W
         if input_grad and weight_grad and n > 1 and 1 < L <= POINTWISE_BATCHED_DW_MAX_HW:
             # dW moves dout next to the pixels anyway, so dx as one GEMM costs only its copy back
-            # (measured at N=16 on 2 threads, dx and dW of 14x14, 512 -> 512: 14.2 ms against
-            # 14.5 per image; 256 -> 512: 7.3 against 7.6)
+            # (N=16 on 2 threads, dx and dW, SkylakeX kernels: 14x14, 512 -> 512 7.9 ms against
+            # 8.3 with dx per image; 7x7, 1024 -> 1024 8.0 against 10.3)
             d2 = _channel_major(d4[lo:hi])  # (G, Kg, n*L): one copy for both products
             _gemm_batch_major(w3.transpose(0, 2, 1), d2, dx4[lo:hi])
             return np.matmul(d2, _channel_major(x4[lo:hi]).transpose(0, 2, 1))  # (G, Kg, Cg)
         if input_grad and _one_gemm_pays(n, L, K // groups, C // groups):
             _one_gemm(w3.transpose(0, 2, 1), d4[lo:hi], dx4[lo:hi])
-        elif input_grad and weight_grad and L > POINTWISE_BATCHED_DW_MAX_HW:
+        elif input_grad and weight_grad and L > POINTWISE_BATCHED_DW_MAX_HW \
+                and d4[lo:hi].nbytes >= POINTWISE_INTERLEAVE_MIN_BYTES:  # fmt: skip
             return _dweight_per_image(d4[lo:hi], x4[lo:hi], w3, dx4[lo:hi])  # and dx
         elif input_grad:
             np.matmul(w3.transpose(0, 2, 1), d4[lo:hi], out=dx4[lo:hi])  # (n, G, Cg, H*W)
@@ -788,14 +789,19 @@ def _copy_transposed(dst, src, axes):
 
 
 # Up to this many pixels per image, dW is one GEMM over the whole batch (a small transposing copy
-# of each operand); above it, one GEMM per image with no copy, each image's dx product right
-# after its dW product (its dout still in the caches). Measured at N=16 on 2 threads, dx and dW
-# together, under OpenBLAS's SkylakeX (AVX-512) kernels and its Haswell (AVX2) ones: 7x7,
-# 1024 -> 1024 8.0 ms batched against 11.2 per image (Haswell 13.9 against 16.7); 14x14,
-# 512 -> 512 even (8.0 and 7.9; Haswell 14.2 and 14.2); 112x112, 32 -> 64 8.3 per image in
-# that order, 9.1 with all of dx first, 14.2 batched (Haswell 10.5, 10.8, 16.3); at N=64, 16x16,
-# 64 -> 128: 1.75 per image against 2.3 batched.
+# of each operand); above it, one GEMM per image with no copy. Measured at N=16 on 2 threads, dx
+# and dW together, under OpenBLAS's SkylakeX (AVX-512) kernels and its Haswell (AVX2) ones:
+# 7x7, 1024 -> 1024 8.0 ms batched against 11.2 per image (Haswell 13.9 against 16.7); 14x14,
+# 512 -> 512 even (8.0 and 7.9; Haswell 14.2 and 14.2); 112x112, 32 -> 64 14.2 batched against
+# 9.1 per image (Haswell 16.3 against 10.8); at N=64, 16x16, 64 -> 128: 2.3 against 1.7.
 POINTWISE_BATCHED_DW_MAX_HW = 255
+# Per image, each image's dx product runs right after its dW product (its dout still in the
+# caches) when a slice's dout has at least this many bytes; below, all of dx is one NumPy call
+# before the dW loop (a Python-level call per image costs more than the caches save). Measured
+# as above (SkylakeX): 112x112, 32 -> 64 8.3 ms against 9.1 (Haswell 10.5 against 10.8), 56x56,
+# 128 -> 128 9.8 against 10.2, 28x28 even; at N=64, 16x16, 8 -> 16 (32 KiB of dout per slice
+# of 32 images) 0.20 against 0.14.
+POINTWISE_INTERLEAVE_MIN_BYTES = 4 * 2**20
 
 
 def _pointwise_dweight(d4, x4):
