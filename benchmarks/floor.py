@@ -309,7 +309,8 @@ def _training_path(g: Gemm, x, y, w, runner) -> dict:
     ``ops.conv``, slices that ``conv._one_gemm_pays`` picks run the forward and dx as one GEMM
     per slice (``conv._one_gemm``, with its transposing copies), and planes of at
     most ``POINTWISE_BATCHED_DW_MAX_HW`` pixels run ``dW`` as one GEMM per slice on operands
-    laid out ``(K, n*L)``, ``(C, n*L)`` beforehand."""
+    laid out ``(K, n*L)``, ``(C, n*L)`` beforehand. dx and dW are timed apart (the op runs an
+    image's dx product right after its dW product on large planes, ``_dweight_per_image``)."""
     x4, y4 = x.reshape(g.n, 1, g.c, g.l), y.reshape(g.n, 1, g.k, g.l)  # (N, G, C or K, L)
     w3 = w.reshape(1, g.k, g.c)  # (G, K, C)
     work = conv._pointwise_work(x4, y4)

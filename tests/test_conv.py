@@ -420,9 +420,9 @@ def test_depthwise_equals_per_channel_convolutions(rng, method, multiplier):
 
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-# up to 16 pixels: output and dx as one GEMM over the batch (1 pixel: no copy); dW as one GEMM
+# up to 9 pixels: output and dx as one GEMM over the batch (1 pixel: no copy); dW as one GEMM
 # below 256 pixels, one per image from 256 on
-@pytest.mark.parametrize("hw", [(1, 1), (2, 2), (4, 4), (4, 5), (16, 16), (16, 17)])
+@pytest.mark.parametrize("hw", [(1, 1), (2, 2), (3, 3), (2, 5), (16, 16), (16, 17)])
 def test_pointwise_equals_matmul(rng, method, dtype, hw):
     x = rng.standard_normal((3, 6, *hw)).astype(dtype)
     w = rng.standard_normal((7, 6, 1, 1)).astype(dtype)
@@ -437,21 +437,22 @@ def test_pointwise_equals_matmul(rng, method, dtype, hw):
     assert out.dtype == dx.dtype == dw.dtype == dtype
 
 
-# Planes over 16 pixels run as one GEMM over a slice's images when
-# pixels * (C + K) * POINTWISE_ONE_GEMM_COPY_RATIO <= C * K (per group), and only for slices of
-# two images or more: 17 pixels need C = K >= 136, 25 pixels C = K >= 200.
+# Planes of up to 9 pixels run as one GEMM over a slice's images; larger ones when
+# pixels * (C + K) * POINTWISE_ONE_GEMM_COPY_RATIO <= C * K (per group); only for slices of
+# two images or more: 17 pixels need C = K >= 102, 25 pixels C = K >= 150.
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(
     "n,hw,channels,groups,one_gemm",
-    [(3, (1, 17), 136, 1, True), (3, (1, 17), 135, 1, False), (2, (5, 5), 200, 1, True),
-     (2, (5, 5), 199, 1, False), (1, (1, 17), 136, 1, False), (3, (17, 1), 272, 2, True),
-     (3, (17, 1), 270, 2, False)],
+    [(3, (1, 17), 102, 1, True), (3, (1, 17), 101, 1, False), (2, (5, 5), 150, 1, True),
+     (2, (5, 5), 149, 1, False), (1, (1, 17), 102, 1, False), (3, (17, 1), 204, 2, True),
+     (3, (17, 1), 202, 2, False), (3, (3, 3), 6, 1, True), (3, (2, 5), 6, 1, False)],
 )  # fmt: skip
 @pytest.mark.parametrize("grads", [(True, True), (True, False), (False, True)])
 def test_pointwise_one_gemm_rule_boundary(
     rng, monkeypatch, dtype, n, hw, channels, groups, one_gemm, grads
 ):
-    assert conv_ops.POINTWISE_ONE_GEMM_COPY_RATIO == 4  # the boundaries above assume it
+    assert conv_ops.POINTWISE_ONE_GEMM_COPY_RATIO == 3  # the boundaries above assume them
+    assert conv_ops.POINTWISE_ONE_GEMM_MAX_HW == 9
     calls = []  # the forward and a dx without dW go through _one_gemm exactly on one side
     one_gemm_fn = conv_ops._one_gemm
     monkeypatch.setattr(conv_ops, "_one_gemm", lambda *a: calls.append(one_gemm_fn(*a)))

@@ -719,18 +719,21 @@ def _pointwise_work(x4, y4):
 
 # Up to this many pixels per image, a pointwise layer's output (and its dx) is one GEMM over
 # the whole batch instead of one per image: N GEMMs of H*W columns each run at a fraction of
-# BLAS's speed (measured at N=64, 64 -> 64 channels, 4x4 pixels: the layer's forward takes
-# 0.08 ms as one GEMM with its two transposing copies, 0.10 ms per image; at 8x8 pixels per
-# image is as fast).
-POINTWISE_ONE_GEMM_MAX_HW = 16
+# BLAS's speed. Measured at N=64 on 2 threads, the forward as one GEMM with its two transposing
+# copies against one per image, under OpenBLAS's SkylakeX (AVX-512) kernels and its Haswell
+# (AVX2) ones: 2x2, 128 -> 128 0.061 against 0.057 ms (Haswell 0.092 against 0.201); 3x3,
+# 64 -> 64 0.041 against 0.049 (Haswell 0.060 against 0.078); at 4x4, 64 -> 64 one per image
+# is faster, 0.049 against 0.074 (Haswell 0.091 against 0.099).
+POINTWISE_ONE_GEMM_MAX_HW = 9
 # Larger planes too when the copies are small beside the weight: per image, BLAS packs the whole
 # (K, C) weight again for only H*W columns, while one GEMM pays for moving H*W * (C + K)
 # elements of input and output. One GEMM when H*W * (C + K) * this <= C * K. Measured at N=16
-# on 2 threads (8 images a slice), forward and dx one GEMM against one per image: 7x7,
-# 1024 -> 1024 6.97 and 6.96 ms against 7.71 and 8.30; 7x7, 512 -> 1024 3.46 and 3.48 against
-# 3.87 and 4.05; 7x7, 256 -> 256 even; slower at 7x7, 128 -> 128 (0.217 against 0.195 ms)
-# and at 14x14, 1024 -> 1024 (28.0 against 26.2 ms), where the copies leave the caches.
-POINTWISE_ONE_GEMM_COPY_RATIO = 4
+# on 2 threads (8 images a slice), forward one GEMM against one per image, SkylakeX (Haswell):
+# 7x7, 512 -> 512 0.96 against 1.19 ms (1.78 against 1.99); 7x7, 256 -> 512 0.53 against 0.61
+# (0.92 against 1.00); 14x14, 1024 -> 1024 even (14.5 and 14.4; 27.5 and 27.4); slower at 7x7,
+# 256 -> 256 (0.56 against 0.34; 0.75 against 0.53) and at 10x10, 512 -> 512 (3.2 against 2.1;
+# 5.0 against 3.7). dx gives the same order.
+POINTWISE_ONE_GEMM_COPY_RATIO = 3
 
 
 def _one_gemm_pays(n, pixels, c_in, c_out):
