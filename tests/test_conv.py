@@ -484,32 +484,39 @@ def test_pointwise_one_gemm_rule_boundary(
         assert dw is None
 
 
-def test_pointwise_backward_image_by_image_order(rng, monkeypatch):
-    """Planes over POINTWISE_BATCHED_DW_MAX_HW pixels: dx image by image between the dW products
-    (slices of POINTWISE_INTERLEAVE_MIN_BYTES of dout or more) gives the same bits as dx all
-    first, and both match the float64 einsum."""
-    n, groups, cg, hw = 3, 2, 5, (16, 17)
-    x = rng.standard_normal((n, groups * cg, *hw)).astype(np.float32)
-    w = rng.standard_normal((groups * cg, cg, 1, 1)).astype(np.float32)
-    dout = rng.standard_normal((n, groups * cg, *hw)).astype(np.float32)
+# Slices with POINTWISE_BATCHED_DW_MAX_BYTES of dout or more run dW image by image on planes of
+# up to POINTWISE_BATCHED_DW_MAX_HW pixels too, unless _one_gemm_pays for their dx (25 pixels:
+# C = K >= 150); with POINTWISE_INTERLEAVE_MIN_BYTES, each image's dx right after its dW product.
+@pytest.mark.parametrize(
+    "hw,channels,groups,per_image",
+    [((16, 17), 10, 2, True), ((5, 5), 10, 2, True), ((5, 5), 150, 1, False)],
+)
+def test_pointwise_backward_large_slices(rng, monkeypatch, hw, channels, groups, per_image):
+    n, cg = 3, channels // groups
+    x = rng.standard_normal((n, channels, *hw)).astype(np.float32)
+    w = (rng.standard_normal((channels, cg, 1, 1)) / np.sqrt(cg)).astype(np.float32)
+    dout = rng.standard_normal((n, channels, *hw)).astype(np.float32)
     _, cache = conv2d_forward(x, w, groups=groups, method="auto")
     assert cache.method == "pointwise"
-    dx_first = conv2d_backward(dout, cache)
+    small = conv2d_backward(dout, cache)  # these slices are far below both byte limits
     calls = []
-    per_image = conv_ops._dweight_per_image
+    per_image_fn = conv_ops._dweight_per_image
     monkeypatch.setattr(conv_ops, "_dweight_per_image", lambda *a: calls.append(len(a)) or
-                        per_image(*a))  # fmt: skip
+                        per_image_fn(*a))  # fmt: skip
+    monkeypatch.setattr(conv_ops, "POINTWISE_BATCHED_DW_MAX_BYTES", dout.nbytes)
     monkeypatch.setattr(conv_ops, "POINTWISE_INTERLEAVE_MIN_BYTES", dout.nbytes)
-    interleaved = conv2d_backward(dout, cache)
-    assert calls == [4]  # (d4, x4, w3, dx4): dx went through the per-image loop
-    for a, b in zip(dx_first[:2], interleaved[:2]):
-        np.testing.assert_array_equal(a, b)
+    large = conv2d_backward(dout, cache)
+    assert calls == ([4] if per_image else [])  # (d4, x4, w3, dx4): dx in the per-image loop
+    if hw[0] * hw[1] > conv_ops.POINTWISE_BATCHED_DW_MAX_HW:  # the same products, reordered
+        for a, b in zip(small[:2], large[:2]):
+            np.testing.assert_array_equal(a, b)
     x64, d64 = (a.astype(np.float64).reshape(n, groups, cg, -1) for a in (x, dout))
     w64 = w.astype(np.float64).reshape(groups, cg, cg)
     want_dx = np.einsum("gkc,ngkl->ngcl", w64, d64).reshape(x.shape)
     want_dw = np.einsum("ngkl,ngcl->gkc", d64, x64).reshape(w.shape)
-    np.testing.assert_allclose(interleaved[0], want_dx, **tol(np.float32))
-    np.testing.assert_allclose(interleaved[1], want_dw, **tol(np.float32))
+    for got in (small, large):
+        np.testing.assert_allclose(got[0], want_dx, **tol(np.float32))
+        np.testing.assert_allclose(got[1], want_dw, **tol(np.float32))
 
 
 @pytest.mark.torch

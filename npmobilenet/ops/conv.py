@@ -687,22 +687,26 @@ def _backward_pointwise(
     dx4 = dx.reshape(x4.shape) if input_grad else None  # a view
 
     def images(lo, hi):  # a slice of the batch: its dx, and its part of dW
-        n, L = hi - lo, H * W
-        if input_grad and weight_grad and n > 1 and 1 < L <= POINTWISE_BATCHED_DW_MAX_HW:
+        n, L, d, xs = hi - lo, H * W, d4[lo:hi], x4[lo:hi]
+        dxs = dx4[lo:hi] if input_grad else None
+        batched = weight_grad and _batched_dweight_pays(n, L, K // groups, C // groups, d.nbytes)
+        if input_grad and batched and n > 1 and L > 1:
             # dW moves dout next to the pixels anyway, so dx as one GEMM costs only its copy back
-            # (N=16 on 2 threads, dx and dW, SkylakeX kernels: 14x14, 512 -> 512 7.9 ms against
-            # 8.3 with dx per image; 7x7, 1024 -> 1024 8.0 against 10.3)
-            d2 = _channel_major(d4[lo:hi])  # (G, Kg, n*L): one copy for both products
-            _gemm_batch_major(w3.transpose(0, 2, 1), d2, dx4[lo:hi])
-            return np.matmul(d2, _channel_major(x4[lo:hi]).transpose(0, 2, 1))  # (G, Kg, Cg)
+            # (N=16 on 2 threads, dx and dW, SkylakeX kernels: 7x7, 1024 -> 1024 8.0 ms against
+            # 10.3 with dx per image)
+            d2 = _channel_major(d)  # (G, Kg, n*L): one copy for both products
+            _gemm_batch_major(w3.transpose(0, 2, 1), d2, dxs)
+            return np.matmul(d2, _channel_major(xs).transpose(0, 2, 1))  # (G, Kg, Cg)
         if input_grad and _one_gemm_pays(n, L, K // groups, C // groups):
-            _one_gemm(w3.transpose(0, 2, 1), d4[lo:hi], dx4[lo:hi])
-        elif input_grad and weight_grad and L > POINTWISE_BATCHED_DW_MAX_HW \
-                and d4[lo:hi].nbytes >= POINTWISE_INTERLEAVE_MIN_BYTES:  # fmt: skip
-            return _dweight_per_image(d4[lo:hi], x4[lo:hi], w3, dx4[lo:hi])  # and dx
+            _one_gemm(w3.transpose(0, 2, 1), d, dxs)
+        elif input_grad and weight_grad and not batched \
+                and d.nbytes >= POINTWISE_INTERLEAVE_MIN_BYTES:  # fmt: skip
+            return _dweight_per_image(d, xs, w3, dxs)  # and dx
         elif input_grad:
-            np.matmul(w3.transpose(0, 2, 1), d4[lo:hi], out=dx4[lo:hi])  # (n, G, Cg, H*W)
-        return _pointwise_dweight(d4[lo:hi], x4[lo:hi]) if weight_grad else None
+            np.matmul(w3.transpose(0, 2, 1), d, out=dxs)  # (n, G, Cg, H*W)
+        if not weight_grad:
+            return None
+        return _pointwise_dweight(d, xs) if batched else _dweight_per_image(d, xs)
 
     slices = runner.map(images, N, _pointwise_work(x4, d4))
     dweight = _sum_slices(slices).reshape(weight.shape) if weight_grad else None
@@ -794,17 +798,34 @@ def _copy_transposed(dst, src, axes):
 # Up to this many pixels per image, dW is one GEMM over the whole batch (a small transposing copy
 # of each operand); above it, one GEMM per image with no copy. Measured at N=16 on 2 threads, dx
 # and dW together, under OpenBLAS's SkylakeX (AVX-512) kernels and its Haswell (AVX2) ones:
-# 7x7, 1024 -> 1024 8.0 ms batched against 11.2 per image (Haswell 13.9 against 16.7); 14x14,
-# 512 -> 512 even (8.0 and 7.9; Haswell 14.2 and 14.2); 112x112, 32 -> 64 14.2 batched against
-# 9.1 per image (Haswell 16.3 against 10.8); at N=64, 16x16, 64 -> 128: 2.3 against 1.7.
+# 7x7, 1024 -> 1024 8.0 ms batched against 11.2 per image (Haswell 13.9 against 16.7); 112x112,
+# 32 -> 64 14.2 batched against 9.1 per image (Haswell 16.3 against 10.8); at N=64, 16x16,
+# 64 -> 128: 2.3 against 1.7.
 POINTWISE_BATCHED_DW_MAX_HW = 255
+# A pointwise backward's slice with at least this many bytes of dout runs dW one GEMM per image
+# on smaller planes too, unless one GEMM pays for its dx (:func:`_one_gemm_pays`): its copies
+# would come from memory, not the caches. In a batch-16 224 training step on 2 threads (14x14,
+# 8 images a slice, 3.1 MiB), dx and dW of 512 -> 512 take 8.2 ms per image against 8.4 batched
+# under the SkylakeX kernels (Haswell 14.3 against 14.5); measured alone, with warm caches, the
+# two are even. Smaller slices keep the copies: at N=64, 14x14, 32 -> 64 (1.5 MiB a slice),
+# 0.52 ms batched against 0.71 per image (Haswell 0.65 against 0.77).
+POINTWISE_BATCHED_DW_MAX_BYTES = 2 * 2**20
 # Per image, each image's dx product runs right after its dW product (its dout still in the
 # caches) when a slice's dout has at least this many bytes; below, all of dx is one NumPy call
 # before the dW loop (a Python-level call per image costs more than the caches save). Measured
 # as above (SkylakeX): 112x112, 32 -> 64 8.3 ms against 9.1 (Haswell 10.5 against 10.8), 56x56,
-# 128 -> 128 9.8 against 10.2, 28x28 even; at N=64, 16x16, 8 -> 16 (32 KiB of dout per slice
-# of 32 images) 0.20 against 0.14.
+# 128 -> 128 9.8 against 10.2, 28x28 even; 14x14, 512 -> 512 in the training step 0.1 ms
+# slower; at N=64, 16x16, 8 -> 16 (512 KiB of dout per slice of 32 images) 0.20 against 0.14.
 POINTWISE_INTERLEAVE_MIN_BYTES = 4 * 2**20
+
+
+def _batched_dweight_pays(n, pixels, c_out, c_in, dout_bytes):
+    """Whether a pointwise backward's slice of ``n`` images (``c_out`` channels of dout and
+    ``c_in`` of x per group, ``dout_bytes`` of dout) runs dW as one GEMM over the slice
+    (:func:`_pointwise_dweight`) rather than one per image."""
+    return pixels <= POINTWISE_BATCHED_DW_MAX_HW and (
+        dout_bytes < POINTWISE_BATCHED_DW_MAX_BYTES or _one_gemm_pays(n, pixels, c_out, c_in)
+    )
 
 
 def _pointwise_dweight(d4, x4):
