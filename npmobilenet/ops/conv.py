@@ -721,13 +721,13 @@ def _pointwise_work(x4, y4):
     return max(_per_image(x4), _per_image(y4), macs // MACS_PER_ELEMENT)
 
 
-# Up to this many pixels per image, a pointwise layer's output (and its dx) is one GEMM over
-# the whole batch instead of one per image: N GEMMs of H*W columns each run at a fraction of
-# BLAS's speed. Measured at N=64 on 2 threads, the forward as one GEMM with its two transposing
-# copies against one per image, under OpenBLAS's SkylakeX (AVX-512) kernels and its Haswell
-# (AVX2) ones: 2x2, 128 -> 128 0.061 against 0.057 ms (Haswell 0.092 against 0.201); 3x3,
-# 64 -> 64 0.041 against 0.049 (Haswell 0.060 against 0.078); at 4x4, 64 -> 64 one per image
-# is faster, 0.049 against 0.074 (Haswell 0.091 against 0.099).
+# Up to this many pixels per image, a pointwise layer's output (and its dx) is one GEMM over the
+# whole batch instead of one per image: N GEMMs of H*W columns each run at a fraction of BLAS's
+# speed. Measured at N=64 on 2 threads, the forward as one GEMM with its two transposing copies
+# against one per image, under OpenBLAS's SkylakeX (AVX-512) kernels and its Haswell (AVX2) ones:
+# 2x2, 128 -> 128 0.061 against 0.057 ms, even (Haswell 0.092 against 0.201); 3x3, 64 -> 64 0.041
+# against 0.049 (Haswell 0.060 against 0.078); at 4x4, 64 -> 64 one per image is faster, 0.049
+# against 0.074 (Haswell 0.091 against 0.099).
 POINTWISE_ONE_GEMM_MAX_HW = 9
 # Larger planes too when the copies are small beside the weight: per image, BLAS packs the whole
 # (K, C) weight again for only H*W columns, while one GEMM pays for moving H*W * (C + K)
@@ -802,13 +802,13 @@ def _copy_transposed(dst, src, axes):
 # 32 -> 64 14.2 batched against 9.1 per image (Haswell 16.3 against 10.8); at N=64, 16x16,
 # 64 -> 128: 2.3 against 1.7.
 POINTWISE_BATCHED_DW_MAX_HW = 255
-# A pointwise backward's slice with at least this many bytes of dout runs dW one GEMM per image
-# on smaller planes too, unless one GEMM pays for its dx (:func:`_one_gemm_pays`): its copies
-# would come from memory, not the caches. In a batch-16 224 training step on 2 threads (14x14,
-# 8 images a slice, 3.1 MiB), dx and dW of 512 -> 512 take 8.2 ms per image against 8.4 batched
-# under the SkylakeX kernels (Haswell 14.3 against 14.5); measured alone, with warm caches, the
-# two are even. Smaller slices keep the copies: at N=64, 14x14, 32 -> 64 (1.5 MiB a slice),
-# 0.52 ms batched against 0.71 per image (Haswell 0.65 against 0.77).
+# A pointwise backward's slice with at least this many bytes of dout runs dW one GEMM per image on
+# planes of up to POINTWISE_BATCHED_DW_MAX_HW pixels too, unless one GEMM pays for its dx
+# (:func:`_one_gemm_pays`): its copies would come from memory, not the caches. In a batch-16 224
+# training step on 2 threads (14x14, 8 images a slice, 3.1 MiB), dx and dW of 512 -> 512 take 8.2 ms
+# per image against 8.4 batched under the SkylakeX kernels (Haswell 14.3 against 14.5); measured
+# alone, with warm caches, the two are even. Smaller slices keep the copies: at N=64, 14x14,
+# 32 -> 64 (1.5 MiB a slice), 0.52 ms batched against 0.71 per image (Haswell 0.65 against 0.77).
 POINTWISE_BATCHED_DW_MAX_BYTES = 2 * 2**20
 # Per image, each image's dx product runs right after its dW product (its dout still in the
 # caches) when a slice's dout has at least this many bytes; below, all of dx is one NumPy call
