@@ -307,19 +307,20 @@ def _training_path(g: Gemm, x, y, w, runner) -> dict:
     """The training path's calls (``ops.conv``'s pointwise forward and backward): per image
     ``W @ X[n]``, ``W^T @ dY[n]``, ``dY[n] @ X[n]^T``, the batch split by ``runner``. As in
     ``ops.conv``, slices that ``conv._one_gemm_pays`` picks run the forward and dx as one GEMM
-    per slice (``conv._one_gemm``, with its transposing copies), and planes of at
-    most ``POINTWISE_BATCHED_DW_MAX_HW`` pixels run ``dW`` as one GEMM per slice on operands
-    laid out ``(K, n*L)``, ``(C, n*L)`` beforehand."""
+    per slice (``conv._one_gemm``, with its transposing copies), and slices that
+    ``conv._batched_dweight_pays`` picks run ``dW`` as one GEMM per slice on operands laid out
+    ``(K, n*L)``, ``(C, n*L)`` beforehand. dx and dW are timed apart (on large slices the op
+    runs an image's dx product right after its dW product, ``conv._dweight_per_image``)."""
     x4, y4 = x.reshape(g.n, 1, g.c, g.l), y.reshape(g.n, 1, g.k, g.l)  # (N, G, C or K, L)
     w3 = w.reshape(1, g.k, g.c)  # (G, K, C)
     work = conv._pointwise_work(x4, y4)
-    batched = g.l <= conv.POINTWISE_BATCHED_DW_MAX_HW
-    scratch = {lo: _dw_operands(y4[lo:hi], x4[lo:hi], batched)
+    scratch = {lo: _dw_operands(y4[lo:hi], x4[lo:hi], conv._batched_dweight_pays(
+                   hi - lo, g.l, g.k, g.c, y4[lo:hi].nbytes))
                for lo, hi in _ranges(runner, g.n, work)}  # fmt: skip
 
     def dweight(lo, hi):  # returns the slice's dW (batched), or its last image's product
         d2, x2, out = scratch[lo]
-        if batched:
+        if d2 is not None:
             return np.matmul(d2, x2.transpose(0, 2, 1), out=out)
         for i in range(lo, hi):
             np.matmul(y4[i], x4[i].transpose(0, 2, 1), out=out)
@@ -473,7 +474,7 @@ def _against(need: float, t: dict) -> str:
 
 def _dw_operands(d4, x4, batched: bool):
     """A slice's dW operands and output: ``dout`` as (G, K, n*L) and ``x`` as (G, C, n*L), laid
-    out as ``ops.conv`` copies them for small planes (None, None otherwise), and (G, K, C)."""
+    out as ``ops.conv`` copies them when dW is one GEMM (None, None otherwise), and (G, K, C)."""
     n, g, k, l = d4.shape  # noqa: E741
     c = x4.shape[2]
     out = np.empty((g, k, c), np.float32)

@@ -420,9 +420,9 @@ def test_depthwise_equals_per_channel_convolutions(rng, method, multiplier):
 
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-# up to 16 pixels: output and dx as one GEMM over the batch (1 pixel: no copy); dW as one GEMM
+# up to 9 pixels: output and dx as one GEMM over the batch (1 pixel: no copy); dW as one GEMM
 # below 256 pixels, one per image from 256 on
-@pytest.mark.parametrize("hw", [(1, 1), (2, 2), (4, 4), (4, 5), (16, 16), (16, 17)])
+@pytest.mark.parametrize("hw", [(1, 1), (2, 2), (3, 3), (2, 5), (16, 16), (16, 17)])
 def test_pointwise_equals_matmul(rng, method, dtype, hw):
     x = rng.standard_normal((3, 6, *hw)).astype(dtype)
     w = rng.standard_normal((7, 6, 1, 1)).astype(dtype)
@@ -437,21 +437,22 @@ def test_pointwise_equals_matmul(rng, method, dtype, hw):
     assert out.dtype == dx.dtype == dw.dtype == dtype
 
 
-# Planes over 16 pixels run as one GEMM over a slice's images when
-# pixels * (C + K) * POINTWISE_ONE_GEMM_COPY_RATIO <= C * K (per group), and only for slices of
-# two images or more: 17 pixels need C = K >= 136, 25 pixels C = K >= 200.
+# Planes of up to 9 pixels run as one GEMM over a slice's images; larger ones when
+# pixels * (C + K) * POINTWISE_ONE_GEMM_COPY_RATIO <= C * K (per group); only for slices of
+# two images or more: 17 pixels need C = K >= 102, 25 pixels C = K >= 150.
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(
     "n,hw,channels,groups,one_gemm",
-    [(3, (1, 17), 136, 1, True), (3, (1, 17), 135, 1, False), (2, (5, 5), 200, 1, True),
-     (2, (5, 5), 199, 1, False), (1, (1, 17), 136, 1, False), (3, (17, 1), 272, 2, True),
-     (3, (17, 1), 270, 2, False)],
+    [(3, (1, 17), 102, 1, True), (3, (1, 17), 101, 1, False), (2, (5, 5), 150, 1, True),
+     (2, (5, 5), 149, 1, False), (1, (1, 17), 102, 1, False), (3, (17, 1), 204, 2, True),
+     (3, (17, 1), 202, 2, False), (3, (3, 3), 6, 1, True), (3, (2, 5), 6, 1, False)],
 )  # fmt: skip
 @pytest.mark.parametrize("grads", [(True, True), (True, False), (False, True)])
 def test_pointwise_one_gemm_rule_boundary(
     rng, monkeypatch, dtype, n, hw, channels, groups, one_gemm, grads
 ):
-    assert conv_ops.POINTWISE_ONE_GEMM_COPY_RATIO == 4  # the boundaries above assume it
+    assert conv_ops.POINTWISE_ONE_GEMM_COPY_RATIO == 3  # the boundaries above assume them
+    assert conv_ops.POINTWISE_ONE_GEMM_MAX_HW == 9
     calls = []  # the forward and a dx without dW go through _one_gemm exactly on one side
     one_gemm_fn = conv_ops._one_gemm
     monkeypatch.setattr(conv_ops, "_one_gemm", lambda *a: calls.append(one_gemm_fn(*a)))
@@ -483,11 +484,46 @@ def test_pointwise_one_gemm_rule_boundary(
         assert dw is None
 
 
+# Slices with POINTWISE_BATCHED_DW_MAX_BYTES of dout or more run dW image by image on planes of
+# up to POINTWISE_BATCHED_DW_MAX_HW pixels too, unless _one_gemm_pays for their dx (25 pixels:
+# C = K >= 150); with POINTWISE_INTERLEAVE_MIN_BYTES, each image's dx right after its dW product.
+@pytest.mark.parametrize(
+    "hw,channels,groups,per_image",
+    [((16, 17), 10, 2, True), ((5, 5), 10, 2, True), ((5, 5), 150, 1, False)],
+)
+def test_pointwise_backward_large_slices(rng, monkeypatch, hw, channels, groups, per_image):
+    n, cg = 3, channels // groups
+    x = rng.standard_normal((n, channels, *hw)).astype(np.float32)
+    w = (rng.standard_normal((channels, cg, 1, 1)) / np.sqrt(cg)).astype(np.float32)
+    dout = rng.standard_normal((n, channels, *hw)).astype(np.float32)
+    _, cache = conv2d_forward(x, w, groups=groups, method="auto")
+    assert cache.method == "pointwise"
+    small = conv2d_backward(dout, cache)  # these slices are far below both byte limits
+    calls = []
+    per_image_fn = conv_ops._dweight_per_image
+    monkeypatch.setattr(conv_ops, "_dweight_per_image", lambda *a: calls.append(len(a)) or
+                        per_image_fn(*a))  # fmt: skip
+    monkeypatch.setattr(conv_ops, "POINTWISE_BATCHED_DW_MAX_BYTES", dout.nbytes)
+    monkeypatch.setattr(conv_ops, "POINTWISE_INTERLEAVE_MIN_BYTES", dout.nbytes)
+    large = conv2d_backward(dout, cache)
+    assert calls == ([4] if per_image else [])  # (d4, x4, w3, dx4): dx in the per-image loop
+    if hw[0] * hw[1] > conv_ops.POINTWISE_BATCHED_DW_MAX_HW:  # the same products, reordered
+        for a, b in zip(small[:2], large[:2]):
+            np.testing.assert_array_equal(a, b)
+    x64, d64 = (a.astype(np.float64).reshape(n, groups, cg, -1) for a in (x, dout))
+    w64 = w.astype(np.float64).reshape(groups, cg, cg)
+    want_dx = np.einsum("gkc,ngkl->ngcl", w64, d64).reshape(x.shape)
+    want_dw = np.einsum("ngkl,ngcl->gkc", d64, x64).reshape(w.shape)
+    for got in (small, large):
+        np.testing.assert_allclose(got[0], want_dx, **tol(np.float32))
+        np.testing.assert_allclose(got[1], want_dw, **tol(np.float32))
+
+
 @pytest.mark.torch
-@pytest.mark.parametrize("hw", [(1, 1), (2, 2), (1, 3), (5, 3)])
+@pytest.mark.parametrize("hw", [(1, 1), (2, 2), (1, 3), (5, 3), (16, 17)])
 def test_grouped_pointwise_small_planes_match_torch(torch, rng, hw):
-    """Pointwise with groups, on planes small enough for the one-GEMM path (and one larger):
-    output and all gradients as torch computes them."""
+    """Pointwise with groups, on planes small enough for the one-GEMM path and on one of 272
+    pixels (dW and dx image by image): output and all gradients as torch computes them."""
     arrays = dict(x=rng.standard_normal((5, 6, *hw)), weight=rng.standard_normal((4, 3, 1, 1)),
                   bias=rng.standard_normal(4))  # fmt: skip
     dout = rng.standard_normal((5, 4, *hw))

@@ -687,19 +687,26 @@ def _backward_pointwise(
     dx4 = dx.reshape(x4.shape) if input_grad else None  # a view
 
     def images(lo, hi):  # a slice of the batch: its dx, and its part of dW
-        n, L = hi - lo, H * W
-        if input_grad and weight_grad and n > 1 and 1 < L <= POINTWISE_BATCHED_DW_MAX_HW:
+        n, L, d, xs = hi - lo, H * W, d4[lo:hi], x4[lo:hi]
+        dxs = dx4[lo:hi] if input_grad else None
+        batched = weight_grad and _batched_dweight_pays(n, L, K // groups, C // groups, d.nbytes)
+        if input_grad and batched and n > 1 and L > 1:
             # dW moves dout next to the pixels anyway, so dx as one GEMM costs only its copy back
-            # (measured at N=16 on 2 threads, dx and dW of 14x14, 512 -> 512: 14.2 ms against
-            # 14.5 per image; 256 -> 512: 7.3 against 7.6)
-            d2 = _channel_major(d4[lo:hi])  # (G, Kg, n*L): one copy for both products
-            _gemm_batch_major(w3.transpose(0, 2, 1), d2, dx4[lo:hi])
-            return np.matmul(d2, _channel_major(x4[lo:hi]).transpose(0, 2, 1))  # (G, Kg, Cg)
+            # (N=16 on 2 threads, dx and dW, SkylakeX kernels: 7x7, 1024 -> 1024 8.0 ms against
+            # 10.3 with dx per image)
+            d2 = _channel_major(d)  # (G, Kg, n*L): one copy for both products
+            _gemm_batch_major(w3.transpose(0, 2, 1), d2, dxs)
+            return np.matmul(d2, _channel_major(xs).transpose(0, 2, 1))  # (G, Kg, Cg)
         if input_grad and _one_gemm_pays(n, L, K // groups, C // groups):
-            _one_gemm(w3.transpose(0, 2, 1), d4[lo:hi], dx4[lo:hi])
+            _one_gemm(w3.transpose(0, 2, 1), d, dxs)
+        elif input_grad and weight_grad and not batched \
+                and d.nbytes >= POINTWISE_INTERLEAVE_MIN_BYTES:  # fmt: skip
+            return _dweight_per_image(d, xs, w3, dxs)  # and dx
         elif input_grad:
-            np.matmul(w3.transpose(0, 2, 1), d4[lo:hi], out=dx4[lo:hi])  # (n, G, Cg, H*W)
-        return _pointwise_dweight(d4[lo:hi], x4[lo:hi]) if weight_grad else None
+            np.matmul(w3.transpose(0, 2, 1), d, out=dxs)  # (n, G, Cg, H*W)
+        if not weight_grad:
+            return None
+        return _pointwise_dweight(d, xs) if batched else _dweight_per_image(d, xs)
 
     slices = runner.map(images, N, _pointwise_work(x4, d4))
     dweight = _sum_slices(slices).reshape(weight.shape) if weight_grad else None
@@ -714,20 +721,23 @@ def _pointwise_work(x4, y4):
     return max(_per_image(x4), _per_image(y4), macs // MACS_PER_ELEMENT)
 
 
-# Up to this many pixels per image, a pointwise layer's output (and its dx) is one GEMM over
-# the whole batch instead of one per image: N GEMMs of H*W columns each run at a fraction of
-# BLAS's speed (measured at N=64, 64 -> 64 channels, 4x4 pixels: the layer's forward takes
-# 0.08 ms as one GEMM with its two transposing copies, 0.10 ms per image; at 8x8 pixels per
-# image is as fast).
-POINTWISE_ONE_GEMM_MAX_HW = 16
+# Up to this many pixels per image, a pointwise layer's output (and its dx) is one GEMM over the
+# whole batch instead of one per image: N GEMMs of H*W columns each run at a fraction of BLAS's
+# speed. Measured at N=64 on 2 threads, the forward as one GEMM with its two transposing copies
+# against one per image, under OpenBLAS's SkylakeX (AVX-512) kernels and its Haswell (AVX2) ones:
+# 2x2, 128 -> 128 0.061 against 0.057 ms, even (Haswell 0.092 against 0.201); 3x3, 64 -> 64 0.041
+# against 0.049 (Haswell 0.060 against 0.078); at 4x4, 64 -> 64 one per image is faster, 0.049
+# against 0.074 (Haswell 0.091 against 0.099).
+POINTWISE_ONE_GEMM_MAX_HW = 9
 # Larger planes too when the copies are small beside the weight: per image, BLAS packs the whole
 # (K, C) weight again for only H*W columns, while one GEMM pays for moving H*W * (C + K)
 # elements of input and output. One GEMM when H*W * (C + K) * this <= C * K. Measured at N=16
-# on 2 threads (8 images a slice), forward and dx one GEMM against one per image: 7x7,
-# 1024 -> 1024 6.97 and 6.96 ms against 7.71 and 8.30; 7x7, 512 -> 1024 3.46 and 3.48 against
-# 3.87 and 4.05; 7x7, 256 -> 256 even; slower at 7x7, 128 -> 128 (0.217 against 0.195 ms)
-# and at 14x14, 1024 -> 1024 (28.0 against 26.2 ms), where the copies leave the caches.
-POINTWISE_ONE_GEMM_COPY_RATIO = 4
+# on 2 threads (8 images a slice), forward one GEMM against one per image, SkylakeX (Haswell):
+# 7x7, 512 -> 512 0.96 against 1.19 ms (1.78 against 1.99); 7x7, 256 -> 512 0.53 against 0.61
+# (0.92 against 1.00); 14x14, 1024 -> 1024 even (14.5 and 14.4; 27.5 and 27.4); slower at 7x7,
+# 256 -> 256 (0.56 against 0.34; 0.75 against 0.53) and at 10x10, 512 -> 512 (3.2 against 2.1;
+# 5.0 against 3.7). dx gives the same order.
+POINTWISE_ONE_GEMM_COPY_RATIO = 3
 
 
 def _one_gemm_pays(n, pixels, c_in, c_out):
@@ -785,11 +795,37 @@ def _copy_transposed(dst, src, axes):
     np.copyto(dst, src.transpose(axes))
 
 
-# Below this many pixels per image, dW is one GEMM over the whole batch (a small transposing copy
-# of each operand); above it, one GEMM per image with no copy. Measured at N=64, K=C=256,
-# H*W=1: one GEMM 0.09 ms, per image 9.4 ms; at N=16, C=32, K=64, H*W=12544: one GEMM 44 ms,
-# per image 24 ms.
+# Up to this many pixels per image, dW is one GEMM over the whole batch (a small transposing copy
+# of each operand); above it, one GEMM per image with no copy. Measured at N=16 on 2 threads, dx
+# and dW together, under OpenBLAS's SkylakeX (AVX-512) kernels and its Haswell (AVX2) ones:
+# 7x7, 1024 -> 1024 8.0 ms batched against 11.2 per image (Haswell 13.9 against 16.7); 112x112,
+# 32 -> 64 14.2 batched against 9.1 per image (Haswell 16.3 against 10.8); at N=64, 16x16,
+# 64 -> 128: 2.3 against 1.7.
 POINTWISE_BATCHED_DW_MAX_HW = 255
+# A pointwise backward's slice with at least this many bytes of dout runs dW one GEMM per image on
+# planes of up to POINTWISE_BATCHED_DW_MAX_HW pixels too, unless one GEMM pays for its dx
+# (:func:`_one_gemm_pays`): its copies would come from memory, not the caches. In a batch-16 224
+# training step on 2 threads (14x14, 8 images a slice, 3.1 MiB), dx and dW of 512 -> 512 take 8.2 ms
+# per image against 8.4 batched under the SkylakeX kernels (Haswell 14.3 against 14.5); measured
+# alone, with warm caches, the two are even. Smaller slices keep the copies: at N=64, 14x14,
+# 32 -> 64 (1.5 MiB a slice), 0.52 ms batched against 0.71 per image (Haswell 0.65 against 0.77).
+POINTWISE_BATCHED_DW_MAX_BYTES = 2 * 2**20
+# Per image, each image's dx product runs right after its dW product (its dout still in the
+# caches) when a slice's dout has at least this many bytes; below, all of dx is one NumPy call
+# before the dW loop (a Python-level call per image costs more than the caches save). Measured
+# as above (SkylakeX): 112x112, 32 -> 64 8.3 ms against 9.1 (Haswell 10.5 against 10.8), 56x56,
+# 128 -> 128 9.8 against 10.2, 28x28 even; 14x14, 512 -> 512 in the training step 0.1 ms
+# slower; at N=64, 16x16, 8 -> 16 (512 KiB of dout per slice of 32 images) 0.20 against 0.14.
+POINTWISE_INTERLEAVE_MIN_BYTES = 4 * 2**20
+
+
+def _batched_dweight_pays(n, pixels, c_out, c_in, dout_bytes):
+    """Whether a pointwise backward's slice of ``n`` images (``c_out`` channels of dout and
+    ``c_in`` of x per group, ``dout_bytes`` of dout) runs dW as one GEMM over the slice
+    (:func:`_pointwise_dweight`) rather than one per image."""
+    return pixels <= POINTWISE_BATCHED_DW_MAX_HW and (
+        dout_bytes < POINTWISE_BATCHED_DW_MAX_BYTES or _one_gemm_pays(n, pixels, c_out, c_in)
+    )
 
 
 def _pointwise_dweight(d4, x4):
@@ -799,16 +835,26 @@ def _pointwise_dweight(d4, x4):
     to BLAS as one GEMM, ``(G, Kg, N*L) @ (G, N*L, Cg)``, after moving the batch axis next to
     the pixels (a copy of each operand; the transpose of x is a view).
     """
-    N, G, Kg, L = d4.shape
-    Cg = x4.shape[2]
+    L = d4.shape[3]
     if L <= POINTWISE_BATCHED_DW_MAX_HW:
         d2 = _channel_major(d4)  # (G, Kg, N*L)
         x2 = _channel_major(x4)  # (G, Cg, N*L)
         return np.matmul(d2, x2.transpose(0, 2, 1))
-    dw3 = np.zeros((G, Kg, Cg), dtype=d4.dtype)
+    return _dweight_per_image(d4, x4)
+
+
+def _dweight_per_image(d4, x4, w3=None, dx4=None):
+    """dW (G, Kg, Cg) = sum over images n of d4[n] (G, Kg, L) @ x4[n].T (G, L, Cg), one GEMM
+    per image, no copy. With ``w3`` (G, Kg, Cg) and ``dx4`` (N, G, Cg, L), also
+    ``dx4[n] = w3.T @ d4[n]`` right after image n's dW product, while d4[n] is still in the
+    caches (the same products as computing all of dx first, in a cheaper order)."""
+    N, G, Kg, _ = d4.shape
+    dw3 = np.zeros((G, Kg, x4.shape[2]), dtype=d4.dtype)
     step = np.empty_like(dw3)
     for n in range(N):
         dw3 += np.matmul(d4[n], x4[n].transpose(0, 2, 1), out=step)
+        if dx4 is not None:
+            np.matmul(w3.transpose(0, 2, 1), d4[n], out=dx4[n])  # (G, Cg, L)
     return dw3
 
 
