@@ -49,7 +49,7 @@ from npmobilenet.kernels.conv_direct import (
     conv2d_direct_backward_weight,
     conv2d_direct_forward,
 )
-from npmobilenet.kernels.im2col import col2im, im2col, im2col_images
+from npmobilenet.kernels.im2col import col2im, im2col_images
 from npmobilenet.kernels.tuned import DepthwiseShape, depthwise3x3_kernel
 from npmobilenet.threads import MACS_PER_ELEMENT, SERIAL
 
@@ -69,9 +69,11 @@ class Conv2dCache(NamedTuple):
         matmul); backward uses the same one.
     unbatched: the input was (C, H, W), so the output and dx drop the batch axis.
     out_shape: the shape of the returned ``out`` (dout is checked against it).
-    cols: the "im2col" method's column matrices (N, C*kH*kW, OH*OW), kept for the backward
-        when one was announced (``backward_ahead``) and they are small
-        (:data:`IM2COL_KEEP_MAX_BYTES`), else None (the backward builds them again).
+    cols: the "im2col" method's column matrices (N, C*kH*kW*OH*OW): per image its (C*kH*kW,
+        OH*OW) matrix, or for a large image the matrices of its bands of output rows one
+        after another (``ops.conv._bands``); kept for the backward when one was announced
+        (``backward_ahead``) and they are small (:data:`IM2COL_KEEP_MAX_BYTES`), else None (the
+        backward builds them again).
     """
 
     x: np.ndarray
@@ -260,10 +262,11 @@ def conv2d_forward(
 
 
 def _kept_columns(x4, weight, out_shape):
-    """An array for the im2col column matrices of the whole batch, (N, C*kH*kW, OH*OW), when
+    """An array for the im2col column matrices of the whole batch, (N, C*kH*kW*OH*OW) (each
+    image's (C*kH*kW, L) matrix, or its bands' one after another: see :func:`_bands`), when
     they take at most :data:`IM2COL_KEEP_MAX_BYTES`, else None."""
     rows = x4.shape[1] * weight.shape[2] * weight.shape[3]  # C*kH*kW
-    shape = (x4.shape[0], rows, out_shape[2] * out_shape[3])  # (N, C*kH*kW, L)
+    shape = (x4.shape[0], rows * out_shape[2] * out_shape[3])  # (N, C*kH*kW*L)
     if math.prod(shape) * x4.itemsize > IM2COL_KEEP_MAX_BYTES:
         return None
     return np.empty(shape, dtype=x4.dtype)
@@ -522,37 +525,82 @@ def _sum_slices(parts):
 
 # --------------------------------------------------------------------------------------------
 # im2col + GEMM: a small batch's columns at once, else one image at a time (the column
-# matrix of a whole batch can be gigabytes)
+# matrix of a whole batch can be gigabytes); a large image's in bands of output rows
 # --------------------------------------------------------------------------------------------
 
 
 def _forward_im2col(x, weight, out_shape, stride, pad, dilation, groups, out, runner, cols=None):
-    """``cols``: None, or an array for the whole batch's column matrices to fill (see
-    :func:`_kept_columns`)."""
+    """``cols``: None, or an array (N, C*kH*kW*OH*OW) to keep each image's column matrices in
+    (see :func:`_kept_columns`)."""
     N, K, OH, OW = out_shape
-    C, kH, kW = x.shape[1], weight.shape[2], weight.shape[3]
-    (sh, sw), (dil_h, dil_w) = stride, dilation
+    rows, L = x.shape[1] * weight.shape[2] * weight.shape[3], OH * OW  # C*kH*kW, L
     w3 = weight.reshape(groups, K // groups, -1)  # (G, Kg, Cg*kH*kW)
     out = np.empty(out_shape, dtype=x.dtype) if out is None else out  # fully written below
-    out4 = out.reshape(N, groups, K // groups, OH * OW)  # (N, G, Kg, L) view
+    out4 = out.reshape(N, groups, K // groups, L)  # (N, G, Kg, L) view
+    taps = _taps(weight, stride, pad, dilation, OW)
+    bands = _bands(rows, OH, OW, x.itemsize)
     kept = cols
 
     def images(lo, hi):  # a slice of the batch (the whole batch unless a runner splits it)
-        rows = (hi - lo, C * kH * kW, OH * OW)  # (n, C*kH*kW, L)
-        if kept is not None or math.prod(rows) * x.itemsize <= IM2COL_BATCHED_MAX_BYTES:
-            cols = np.empty(rows, dtype=x.dtype) if kept is None else kept[lo:hi]
-            im2col_images(x[lo:hi], kH, kW, sh, sw, pad[0], pad[2], dil_h, dil_w, OH, OW, cols)
-            cols4 = cols.reshape(hi - lo, groups, C // groups * kH * kW, OH * OW)  # a view
+        n = hi - lo
+        if len(bands) == 1 and (kept is not None or n * rows * L * x.itemsize
+                                <= IM2COL_BATCHED_MAX_BYTES):  # fmt: skip
+            cols = np.empty((n, rows * L), dtype=x.dtype) if kept is None else kept[lo:hi]
+            _im2col_rows(x[lo:hi], taps, 0, OH, cols.reshape(n, rows, L))
+            cols4 = cols.reshape(n, groups, rows // groups, L)  # (n, G, Cg*kH*kW, L) view
             np.matmul(w3, cols4, out=out4[lo:hi])
             return
-        one = np.empty((C * kH * kW, OH * OW), dtype=x.dtype)  # (C*kH*kW, L), per image
-        cols3 = one.reshape(groups, -1, OH * OW)  # (G, Cg*kH*kW, L)
-        for n in range(lo, hi):
-            im2col(x[n], kH, kW, sh, sw, pad[0], pad[2], dil_h, dil_w, OH, OW, one)
-            np.matmul(w3, cols3, out=out4[n])  # (G, Kg, Cg*kH*kW) @ (G, Cg*kH*kW, L)
+        store = _band_scratch(rows, bands, OW, x.dtype) if kept is None else None
+        for i in range(lo, hi):
+            image = store if kept is None else kept[i]
+            for a, b in bands:  # (G, Kg, Cg*kH*kW) @ (G, Cg*kH*kW, p) -> out's p columns
+                block = _band_block(image, rows, OW, a, b, kept is not None)
+                _im2col_rows(x[i : i + 1], taps, a, b, block)
+                np.matmul(w3, block.reshape(groups, -1, block.shape[2]),
+                          out=out4[i, :, :, a * OW : b * OW])  # fmt: skip
 
-    runner.map(images, N, max(_per_image(x), C * kH * kW * OH * OW))
+    runner.map(images, N, max(_per_image(x), rows * L))
     return out
+
+
+def _taps(weight, stride, pad, dilation, OW):
+    """The arguments im2col needs besides the images, rows and columns: (kH, kW, sh, sw, pt,
+    pl, dil_h, dil_w, OW)."""
+    return (*weight.shape[2:], *stride, pad[0], pad[2], *dilation, OW)
+
+
+def _im2col_rows(x, taps, a, b, cols):
+    """cols (n, C*kH*kW, (b - a)*OW) = the column matrices of output rows a..b-1 of the images
+    x (n, C, H, W) (all of them for a, b = 0, OH)."""
+    kH, kW, sh, sw, pt, pl, dil_h, dil_w, OW = taps
+    # output row a + r reads input row (a + r)*sh - pt + i*dil_h: rows a..b-1 are those of an
+    # image with pt - a*sh rows of padding above it (a negative padding cuts rows off)
+    im2col_images(x, kH, kW, sh, sw, pt - a * sh, pl, dil_h, dil_w, b - a, OW, cols)
+
+
+def _bands(rows, OH, OW, itemsize):
+    """An image's output rows cut into bands ``[(a, b), ...]`` (rows a..b-1, in order) whose
+    column matrices, (rows, (b - a)*OW) for rows = C*kH*kW, take at most
+    :data:`IM2COL_BAND_BYTES` (or hold one output row); ``[(0, OH)]`` when the whole image's
+    do."""
+    per_row = rows * OW * itemsize
+    if OH * per_row <= IM2COL_BAND_BYTES:
+        return [(0, OH)]
+    count = -(-OH // max(1, IM2COL_BAND_BYTES // per_row))  # bands of at most that many rows
+    return [(OH * i // count, OH * (i + 1) // count) for i in range(count)]
+
+
+def _band_scratch(rows, bands, OW, dtype):
+    """A flat array for the column matrix of any one band (rows, p)."""
+    return np.empty(rows * OW * max(b - a for a, b in bands), dtype=dtype)
+
+
+def _band_block(image, rows, OW, a, b, kept):
+    """The (1, rows, (b - a)*OW) column matrix of output rows a..b-1 inside the flat array
+    ``image``: in a kept image's columns the bands lie one after another (rows*a*OW elements
+    before this one); in a scratch buffer each band starts at 0."""
+    start = rows * a * OW if kept else 0
+    return image[start : start + rows * (b - a) * OW].reshape(1, rows, (b - a) * OW)
 
 
 def _backward_im2col(
@@ -582,32 +630,48 @@ def _backward_im2col_images(
     dout, x, weight, stride, pad, dilation, groups, dx, input_grad, cols=None
 ):  # fmt: skip
     """``_backward_im2col`` of a batch (or a slice of one), serially; ``cols`` the slice's
-    column matrices, when the forward kept them."""
+    column matrices (n, C*kH*kW*L), when the forward kept them."""
     N, K, OH, OW = dout.shape
-    C, kH, kW = x.shape[1], weight.shape[2], weight.shape[3]
-    (sh, sw), (dil_h, dil_w) = stride, dilation
-    w3 = weight.reshape(groups, K // groups, -1)  # (G, Kg, Cg*kH*kW)
-    d4 = dout.reshape(N, groups, K // groups, OH * OW)  # (N, G, Kg, L)
-    if cols is not None or N * C * kH * kW * OH * OW * x.itemsize <= IM2COL_BATCHED_MAX_BYTES:
+    rows, L = x.shape[1] * weight.shape[2] * weight.shape[3], OH * OW  # C*kH*kW, L
+    bands = _bands(rows, OH, OW, x.itemsize)
+    if len(bands) == 1 and (cols is not None or N * rows * L * x.itemsize
+                            <= IM2COL_BATCHED_MAX_BYTES):  # fmt: skip
+        kept = None if cols is None else cols.reshape(N, rows, L)
         return _backward_im2col_batched(
-            dout, x, weight, stride, pad, dilation, groups, dx, input_grad, cols
+            dout, x, weight, stride, pad, dilation, groups, dx, input_grad, kept
         )
-    cols = np.empty((C * kH * kW, OH * OW), dtype=x.dtype)
-    cols3 = cols.reshape(groups, -1, OH * OW)  # (G, Cg*kH*kW, L)
-    dcols = np.empty_like(cols)
-    dcols3 = dcols.reshape(cols3.shape)
-    dw3 = np.zeros_like(w3)
-    step = np.empty_like(w3)
-    dx = _zeroed(x.shape, x.dtype, dx) if input_grad else None  # col2im adds into it
-    for n in range(N):
-        # forward: out[n] = w3 @ cols3, with cols3 = im2col(x[n])
-        im2col(x[n], kH, kW, sh, sw, pad[0], pad[2], dil_h, dil_w, OH, OW, cols)
-        dw3 += np.matmul(d4[n], cols3.transpose(0, 2, 1), out=step)  # dW = dout @ cols.T
-        if not input_grad:
-            continue
-        np.matmul(w3.transpose(0, 2, 1), d4[n], out=dcols3)  # dcols = W.T @ dout
-        col2im(dcols, kH, kW, sh, sw, pad[0], pad[2], dil_h, dil_w, OH, OW, dx[n])  # dx = im2col^T
+    w3 = weight.reshape(groups, K // groups, -1)  # (G, Kg, Cg*kH*kW)
+    d4 = dout.reshape(N, groups, K // groups, L)  # (N, G, Kg, L)
+    taps = _taps(weight, stride, pad, dilation, OW)
+    dw3 = _dweight_bands(d4, x, taps, bands, cols)
+    if not input_grad:
+        return None, dw3.reshape(weight.shape)
+    dcols = np.empty((rows, L), dtype=x.dtype)
+    dx = _zeroed(x.shape, x.dtype, dx)  # col2im adds into it
+    for n in range(N):  # forward: out[n] = w3 @ cols[n], so dcols = W.T @ dout[n]
+        np.matmul(w3.transpose(0, 2, 1), d4[n], out=dcols.reshape(groups, -1, L))
+        col2im(dcols, *taps[:8], OH, OW, dx[n])  # dx = im2col^T
     return dx, dw3.reshape(weight.shape)
+
+
+def _dweight_bands(d4, x, taps, bands, cols):
+    """dW (G, Kg, Cg*kH*kW) = sum over images n and bands of d4[n]'s band columns (G, Kg, p)
+    @ that band's column matrix transposed (G, p, Cg*kH*kW), added in that order; the column
+    matrices from ``cols`` (n, C*kH*kW*L) when kept, else built band by band into a scratch."""
+    N, G, Kg, L = d4.shape
+    rows, OW = x.shape[1] * taps[0] * taps[1], taps[8]  # C*kH*kW, OW
+    dw3 = np.zeros((G, Kg, rows // G), dtype=d4.dtype)
+    step = np.empty_like(dw3)
+    store = _band_scratch(rows, bands, OW, x.dtype) if cols is None else None
+    for n in range(N):
+        image = store if cols is None else cols[n]
+        for a, b in bands:  # forward: out[n]'s band columns = w3 @ block
+            block = _band_block(image, rows, OW, a, b, cols is not None)
+            if cols is None:
+                _im2col_rows(x[n : n + 1], taps, a, b, block)
+            blockT = block.reshape(G, -1, block.shape[2]).transpose(0, 2, 1)  # (G, p, Cg*kH*kW)
+            dw3 += np.matmul(d4[n, :, :, a * OW : b * OW], blockT, out=step)
+    return dw3
 
 
 # When the column matrices of the whole batch fit in this many bytes, the forward and the
@@ -621,6 +685,15 @@ IM2COL_BATCHED_MAX_BYTES = 32 * 2**20
 # batch 16, 21.7 MB held through the step (its peak is about 800 MiB) and about 2 ms of the
 # first layer's 5.4 ms weight gradient on 2 threads. Larger ones (batch 32 at 224) are rebuilt.
 IM2COL_KEEP_MAX_BYTES = 32 * 2**20
+# An image whose column matrix takes more than this many bytes is built and multiplied in bands
+# of whole output rows of at most this size: each band's columns are multiplied while they are
+# still in the core's L2 cache, for the output and again for the weight gradient, and each
+# band's weight-gradient GEMM is small (OpenBLAS multiplies GEMMs of M*N*K <= 100^3 without
+# packing them on its AVX-512 kernels: 32 x 27 x 1120 is one, 32 x 27 x 12544 is not). The
+# first layer at 224x224, batch 16, columns kept, 2 threads, AVX-512 OpenBLAS: forward 4.2 ->
+# 3.4 ms, weight gradient 3.6 -> 2.2 ms (bands of 9-10 rows; at 4 rows Python's per-band calls
+# cost more than the cache saves).
+IM2COL_BAND_BYTES = 128 * 2**10
 
 
 def _backward_im2col_batched(
