@@ -177,10 +177,10 @@ def test_im2col_batched_equals_per_image(cfg, seed):
 
 
 def _in_bands(cfg, band_rows, kept, input_grad, n_threads, arrays, dout):
-    """conv2d_forward and conv2d_backward by im2col with each image's columns in bands of at
-    most ``band_rows`` output rows (IM2COL_BAND_BYTES set just below band_rows + 1 rows' worth),
-    the batch split over ``n_threads`` threads whatever its size. Returns (out, grads, cache,
-    bands, im2col_images calls in the forward, in the backward)."""
+    """conv2d_forward and conv2d_backward by im2col, the backward's weight gradient in bands of
+    at most ``band_rows`` output rows (IM2COL_BAND_BYTES set just below band_rows + 1 rows'
+    worth), the batch split over ``n_threads`` threads whatever its size. Returns (out, grads,
+    cache, bands, im2col_images calls in the backward)."""
     x, w = arrays["x"], arrays["weight"]
     rows, OW = x.shape[-3] * w.shape[2] * w.shape[3], cfg["out_shape"][-1]
     per_row = rows * OW * x.itemsize
@@ -193,13 +193,13 @@ def _in_bands(cfg, band_rows, kept, input_grad, n_threads, arrays, dout):
     try:
         out, cache = conv2d_forward(**arrays, **conv2d_kwargs(cfg), method="im2col",
                                     runner=runner, backward_ahead=kept)  # fmt: skip
-        forward_builds = len(builds)
+        del builds[:]
         grads = conv2d_backward(dout, cache, input_grad=input_grad, runner=runner)
         bands = conv_ops._bands(rows, cfg["out_shape"][-2], OW, x.itemsize)
     finally:
         conv_ops.IM2COL_BAND_BYTES, threads.MIN_SLICE_ELEMENTS, conv_ops.im2col_images = saved
     assume(cache.method == "im2col")  # (a pointwise geometry multiplies x as it lies)
-    return out, grads, cache, bands, forward_builds, len(builds) - forward_builds
+    return out, grads, cache, bands, len(builds)
 
 
 @pytest.mark.torch
@@ -210,19 +210,20 @@ def _in_bands(cfg, band_rows, kept, input_grad, n_threads, arrays, dout):
 def test_im2col_in_bands_of_rows_matches_torch(
     torch, cfg, band_rows, kept, input_grad, n_threads, seed
 ):
-    """Images whose column matrices exceed IM2COL_BAND_BYTES are built and multiplied band by
-    band (kept for the backward band by band, or built again there): torch's output and
-    gradients, float32 and float64, batches of 1-3 split unevenly over two threads."""
+    """The weight gradient of images whose column matrices exceed IM2COL_BAND_BYTES, band by
+    band from the kept columns or from columns built again band by band, with dx or not:
+    torch's output and gradients, float32 and float64, batches of 1-3 split unevenly over two
+    threads."""
     arrays = make_conv2d_inputs(cfg, seed)
     dout = np.random.default_rng(seed + 1).standard_normal(cfg["out_shape"]).astype(cfg["dtype"])
     ref_out, ref_grads = torch_conv(torch, arrays, dout, conv2d_kwargs(cfg))
-    out, grads, _, bands, fwd, bwd = _in_bands(
+    out, grads, _, bands, builds = _in_bands(
         cfg, band_rows, kept, input_grad, n_threads, arrays, dout
     )
     OH, N = cfg["out_shape"][-2], (cfg["x_shape"][0] if len(cfg["x_shape"]) == 4 else 1)
     assert len(bands) == (1 if OH <= band_rows else -(-OH // band_rows))
-    if len(bands) > 1:  # one build per band and image, and none in the backward when kept
-        assert fwd == N * len(bands) and bwd == (0 if kept else N * len(bands))
+    if len(bands) > 1:  # the kept columns are used, else each image's bands are built
+        assert builds == (0 if kept else N * len(bands))
     assert out.dtype == cfg["dtype"]
     np.testing.assert_allclose(out, ref_out, **tol(cfg["dtype"]))
     for name, got, want in zip(("dx", "dweight", "dbias"), grads, ref_grads):
@@ -236,7 +237,7 @@ def test_im2col_in_bands_of_rows_matches_torch(
 @given(cfg=conv2d_configs(dtypes=(np.float64,), allow_unbatched=False),
        band_rows=st.integers(1, 3), kept=st.booleans(), seed=st.integers(0, 2**16))  # fmt: skip
 def test_im2col_in_bands_of_rows_matches_naive_loops(cfg, band_rows, kept, seed):
-    """The banded forward and both gradients against the textbook loops, in float64."""
+    """The forward and both gradients, dW in bands, against the textbook loops, in float64."""
     arrays = make_conv2d_inputs(cfg, seed)
     dout = np.random.default_rng(seed + 1).standard_normal(cfg["out_shape"])
     out, (dx, dw, _), cache, *_ = _in_bands(cfg, band_rows, kept, True, 2, arrays, dout)

@@ -69,11 +69,9 @@ class Conv2dCache(NamedTuple):
         matmul); backward uses the same one.
     unbatched: the input was (C, H, W), so the output and dx drop the batch axis.
     out_shape: the shape of the returned ``out`` (dout is checked against it).
-    cols: the "im2col" method's column matrices (N, C*kH*kW*OH*OW): per image its (C*kH*kW,
-        OH*OW) matrix, or for a large image the matrices of its bands of output rows one
-        after another (``ops.conv._bands``); kept for the backward when one was announced
-        (``backward_ahead``) and they are small (:data:`IM2COL_KEEP_MAX_BYTES`), else None (the
-        backward builds them again).
+    cols: the "im2col" method's column matrices (N, C*kH*kW, OH*OW), kept for the backward
+        when one was announced (``backward_ahead``) and they are small
+        (:data:`IM2COL_KEEP_MAX_BYTES`), else None (the backward builds them again).
     """
 
     x: np.ndarray
@@ -262,11 +260,10 @@ def conv2d_forward(
 
 
 def _kept_columns(x4, weight, out_shape):
-    """An array for the im2col column matrices of the whole batch, (N, C*kH*kW*OH*OW) (each
-    image's (C*kH*kW, L) matrix, or its bands' one after another: see :func:`_bands`), when
+    """An array for the im2col column matrices of the whole batch, (N, C*kH*kW, OH*OW), when
     they take at most :data:`IM2COL_KEEP_MAX_BYTES`, else None."""
     rows = x4.shape[1] * weight.shape[2] * weight.shape[3]  # C*kH*kW
-    shape = (x4.shape[0], rows * out_shape[2] * out_shape[3])  # (N, C*kH*kW*L)
+    shape = (x4.shape[0], rows, out_shape[2] * out_shape[3])  # (N, C*kH*kW, L)
     if math.prod(shape) * x4.itemsize > IM2COL_KEEP_MAX_BYTES:
         return None
     return np.empty(shape, dtype=x4.dtype)
@@ -525,39 +522,34 @@ def _sum_slices(parts):
 
 # --------------------------------------------------------------------------------------------
 # im2col + GEMM: a small batch's columns at once, else one image at a time (the column
-# matrix of a whole batch can be gigabytes); a large image's in bands of output rows
+# matrix of a whole batch can be gigabytes); a large image's weight gradient in bands of
+# output rows
 # --------------------------------------------------------------------------------------------
 
 
 def _forward_im2col(x, weight, out_shape, stride, pad, dilation, groups, out, runner, cols=None):
-    """``cols``: None, or an array (N, C*kH*kW*OH*OW) to keep each image's column matrices in
-    (see :func:`_kept_columns`)."""
+    """``cols``: None, or an array for the whole batch's column matrices to fill (see
+    :func:`_kept_columns`)."""
     N, K, OH, OW = out_shape
     rows, L = x.shape[1] * weight.shape[2] * weight.shape[3], OH * OW  # C*kH*kW, L
     w3 = weight.reshape(groups, K // groups, -1)  # (G, Kg, Cg*kH*kW)
     out = np.empty(out_shape, dtype=x.dtype) if out is None else out  # fully written below
     out4 = out.reshape(N, groups, K // groups, L)  # (N, G, Kg, L) view
     taps = _taps(weight, stride, pad, dilation, OW)
-    bands = _bands(rows, OH, OW, x.itemsize)
     kept = cols
 
     def images(lo, hi):  # a slice of the batch (the whole batch unless a runner splits it)
         n = hi - lo
-        if len(bands) == 1 and (kept is not None or n * rows * L * x.itemsize
-                                <= IM2COL_BATCHED_MAX_BYTES):  # fmt: skip
-            cols = np.empty((n, rows * L), dtype=x.dtype) if kept is None else kept[lo:hi]
-            _im2col_rows(x[lo:hi], taps, 0, OH, cols.reshape(n, rows, L))
+        if kept is not None or n * rows * L * x.itemsize <= IM2COL_BATCHED_MAX_BYTES:
+            cols = np.empty((n, rows, L), dtype=x.dtype) if kept is None else kept[lo:hi]
+            _im2col_rows(x[lo:hi], taps, 0, OH, cols)
             cols4 = cols.reshape(n, groups, rows // groups, L)  # (n, G, Cg*kH*kW, L) view
             np.matmul(w3, cols4, out=out4[lo:hi])
             return
-        store = _band_scratch(rows, bands, OW, x.dtype) if kept is None else None
+        one = np.empty((1, rows, L), dtype=x.dtype)  # (1, C*kH*kW, L), per image
         for i in range(lo, hi):
-            image = store if kept is None else kept[i]
-            for a, b in bands:  # (G, Kg, Cg*kH*kW) @ (G, Cg*kH*kW, p) -> out's p columns
-                block = _band_block(image, rows, OW, a, b, kept is not None)
-                _im2col_rows(x[i : i + 1], taps, a, b, block)
-                np.matmul(w3, block.reshape(groups, -1, block.shape[2]),
-                          out=out4[i, :, :, a * OW : b * OW])  # fmt: skip
+            _im2col_rows(x[i : i + 1], taps, 0, OH, one)
+            np.matmul(w3, one.reshape(groups, -1, L), out=out4[i])  # (G, Kg, L)
 
     runner.map(images, N, max(_per_image(x), rows * L))
     return out
@@ -590,17 +582,16 @@ def _bands(rows, OH, OW, itemsize):
     return [(OH * i // count, OH * (i + 1) // count) for i in range(count)]
 
 
-def _band_scratch(rows, bands, OW, dtype):
-    """A flat array for the column matrix of any one band (rows, p)."""
-    return np.empty(rows * OW * max(b - a for a, b in bands), dtype=dtype)
-
-
-def _band_block(image, rows, OW, a, b, kept):
-    """The (1, rows, (b - a)*OW) column matrix of output rows a..b-1 inside the flat array
-    ``image``: in a kept image's columns the bands lie one after another (rows*a*OW elements
-    before this one); in a scratch buffer each band starts at 0."""
-    start = rows * a * OW if kept else 0
-    return image[start : start + rows * (b - a) * OW].reshape(1, rows, (b - a) * OW)
+def _band_columns(x, taps, a, b, cols, n, scratch):
+    """The column matrix (rows, (b - a)*OW) of output rows a..b-1 of image n: a view of the
+    kept ``cols`` (N, rows, L), or built from x into ``scratch`` (flat, large enough)."""
+    OW = taps[8]
+    if cols is not None:
+        return cols[n, :, a * OW : b * OW]
+    rows = x.shape[1] * taps[0] * taps[1]  # C*kH*kW
+    block = scratch[: rows * (b - a) * OW].reshape(1, rows, (b - a) * OW)
+    _im2col_rows(x[n : n + 1], taps, a, b, block)
+    return block[0]
 
 
 def _backward_im2col(
@@ -630,15 +621,14 @@ def _backward_im2col_images(
     dout, x, weight, stride, pad, dilation, groups, dx, input_grad, cols=None
 ):  # fmt: skip
     """``_backward_im2col`` of a batch (or a slice of one), serially; ``cols`` the slice's
-    column matrices (n, C*kH*kW*L), when the forward kept them."""
+    column matrices (n, C*kH*kW, L), when the forward kept them."""
     N, K, OH, OW = dout.shape
     rows, L = x.shape[1] * weight.shape[2] * weight.shape[3], OH * OW  # C*kH*kW, L
     bands = _bands(rows, OH, OW, x.itemsize)
     if len(bands) == 1 and (cols is not None or N * rows * L * x.itemsize
                             <= IM2COL_BATCHED_MAX_BYTES):  # fmt: skip
-        kept = None if cols is None else cols.reshape(N, rows, L)
         return _backward_im2col_batched(
-            dout, x, weight, stride, pad, dilation, groups, dx, input_grad, kept
+            dout, x, weight, stride, pad, dilation, groups, dx, input_grad, cols
         )
     w3 = weight.reshape(groups, K // groups, -1)  # (G, Kg, Cg*kH*kW)
     d4 = dout.reshape(N, groups, K // groups, L)  # (N, G, Kg, L)
@@ -657,19 +647,17 @@ def _backward_im2col_images(
 def _dweight_bands(d4, x, taps, bands, cols):
     """dW (G, Kg, Cg*kH*kW) = sum over images n and bands of d4[n]'s band columns (G, Kg, p)
     @ that band's column matrix transposed (G, p, Cg*kH*kW), added in that order; the column
-    matrices from ``cols`` (n, C*kH*kW*L) when kept, else built band by band into a scratch."""
+    matrices from ``cols`` (N, C*kH*kW, L) when kept, else built band by band."""
     N, G, Kg, L = d4.shape
     rows, OW = x.shape[1] * taps[0] * taps[1], taps[8]  # C*kH*kW, OW
     dw3 = np.zeros((G, Kg, rows // G), dtype=d4.dtype)
     step = np.empty_like(dw3)
-    store = _band_scratch(rows, bands, OW, x.dtype) if cols is None else None
+    most = max(b - a for a, b in bands)
+    scratch = np.empty(rows * most * OW, dtype=x.dtype) if cols is None else None
     for n in range(N):
-        image = store if cols is None else cols[n]
         for a, b in bands:  # forward: out[n]'s band columns = w3 @ block
-            block = _band_block(image, rows, OW, a, b, cols is not None)
-            if cols is None:
-                _im2col_rows(x[n : n + 1], taps, a, b, block)
-            blockT = block.reshape(G, -1, block.shape[2]).transpose(0, 2, 1)  # (G, p, Cg*kH*kW)
+            block = _band_columns(x, taps, a, b, cols, n, scratch)  # (C*kH*kW, p)
+            blockT = block.reshape(G, rows // G, -1).transpose(0, 2, 1)  # (G, p, Cg*kH*kW)
             dw3 += np.matmul(d4[n, :, :, a * OW : b * OW], blockT, out=step)
     return dw3
 
@@ -685,14 +673,16 @@ IM2COL_BATCHED_MAX_BYTES = 32 * 2**20
 # batch 16, 21.7 MB held through the step (its peak is about 800 MiB) and about 2 ms of the
 # first layer's 5.4 ms weight gradient on 2 threads. Larger ones (batch 32 at 224) are rebuilt.
 IM2COL_KEEP_MAX_BYTES = 32 * 2**20
-# An image whose column matrix takes more than this many bytes is built and multiplied in bands
-# of whole output rows of at most this size: each band's columns are multiplied while they are
-# still in the core's L2 cache, for the output and again for the weight gradient, and each
-# band's weight-gradient GEMM is small (OpenBLAS multiplies GEMMs of M*N*K <= 100^3 without
-# packing them on its AVX-512 kernels: 32 x 27 x 1120 is one, 32 x 27 x 12544 is not). The
-# first layer at 224x224, batch 16, columns kept, 2 threads, AVX-512 OpenBLAS: forward 4.2 ->
-# 3.4 ms, weight gradient 3.6 -> 2.2 ms (bands of 9-10 rows; at 4 rows Python's per-band calls
-# cost more than the cache saves).
+# An image whose column matrix takes more than this many bytes has its weight gradient summed
+# in bands of whole output rows of at most this size, one GEMM per band (a rebuilt band's
+# columns built into a scratch that stays in the core's L2 cache): OpenBLAS multiplies GEMMs of
+# M*N*K <= 100^3 without packing them on its AVX-512 kernels, and (32, 1120) @ (1120, 27) is
+# one, (32, 12544) @ (12544, 27), a whole 112x112 image's, is not. Measured on the first layer
+# at 224x224, 2 threads, unpinned OpenBLAS: batch 16, kept columns, 2.9 ms in the training step
+# against 3.8 ms per whole image (2.3-2.5 against 3.8 ms alone); batch 32, columns rebuilt,
+# 8.0 against 11.4-12.2 ms alone. Bands of 96 KiB ran 2.5 ms, 64 KiB 2.9, 150 KiB (over 100^3)
+# 3.7. The forward multiplies whole images: in bands (each band's columns multiplied while in
+# L2) it ran 3.3 against 4.3 ms alone but 5.1 against 4.5 ms inside the training step.
 IM2COL_BAND_BYTES = 128 * 2**10
 
 
