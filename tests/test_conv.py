@@ -8,6 +8,7 @@ from conftest import TOL
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from npmobilenet import threads
 from npmobilenet.kernels import tuned
 from npmobilenet.kernels.conv_depthwise import (
     depthwise3x3_backward_input,
@@ -173,6 +174,102 @@ def test_im2col_batched_equals_per_image(cfg, seed):
             assert got is None
         else:
             np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def _in_bands(cfg, band_rows, kept, input_grad, n_threads, arrays, dout):
+    """conv2d_forward and conv2d_backward by im2col, the backward's weight gradient in bands of
+    at most ``band_rows`` output rows (IM2COL_BAND_BYTES set just below band_rows + 1 rows'
+    worth), the batch split over ``n_threads`` threads whatever its size. Returns (out, grads,
+    cache, bands, im2col_images calls in the backward)."""
+    x, w = arrays["x"], arrays["weight"]
+    rows, OW = x.shape[-3] * w.shape[2] * w.shape[3], cfg["out_shape"][-1]
+    per_row = rows * OW * x.itemsize
+    saved = conv_ops.IM2COL_BAND_BYTES, threads.MIN_SLICE_ELEMENTS, conv_ops.im2col_images
+    builds = []
+    conv_ops.IM2COL_BAND_BYTES = (band_rows + 1) * per_row - 1
+    threads.MIN_SLICE_ELEMENTS = 1
+    conv_ops.im2col_images = lambda *a: builds.append(saved[2](*a))
+    runner = threads.Runner(n_threads)
+    try:
+        out, cache = conv2d_forward(**arrays, **conv2d_kwargs(cfg), method="im2col",
+                                    runner=runner, backward_ahead=kept)  # fmt: skip
+        del builds[:]
+        grads = conv2d_backward(dout, cache, input_grad=input_grad, runner=runner)
+        bands = conv_ops._bands(rows, cfg["out_shape"][-2], OW, x.itemsize)
+    finally:
+        conv_ops.IM2COL_BAND_BYTES, threads.MIN_SLICE_ELEMENTS, conv_ops.im2col_images = saved
+    assume(cache.method == "im2col")  # (a pointwise geometry multiplies x as it lies)
+    return out, grads, cache, bands, len(builds)
+
+
+@pytest.mark.torch
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
+@given(cfg=conv2d_configs(), band_rows=st.integers(1, 3), kept=st.booleans(),
+       input_grad=st.booleans(), n_threads=st.sampled_from([1, 2]),
+       seed=st.integers(0, 2**16))  # fmt: skip
+def test_im2col_in_bands_of_rows_matches_torch(
+    torch, cfg, band_rows, kept, input_grad, n_threads, seed
+):
+    """The weight gradient of images whose column matrices exceed IM2COL_BAND_BYTES, band by
+    band from the kept columns or from columns built again band by band, with dx or not:
+    torch's output and gradients, float32 and float64, batches of 1-3 split unevenly over two
+    threads."""
+    arrays = make_conv2d_inputs(cfg, seed)
+    dout = np.random.default_rng(seed + 1).standard_normal(cfg["out_shape"]).astype(cfg["dtype"])
+    ref_out, ref_grads = torch_conv(torch, arrays, dout, conv2d_kwargs(cfg))
+    out, grads, _, bands, builds = _in_bands(
+        cfg, band_rows, kept, input_grad, n_threads, arrays, dout
+    )
+    OH, N = cfg["out_shape"][-2], (cfg["x_shape"][0] if len(cfg["x_shape"]) == 4 else 1)
+    assert len(bands) == (1 if OH <= band_rows else -(-OH // band_rows))
+    if len(bands) > 1:  # the kept columns are used, else each image's bands are built
+        assert builds == (0 if kept else N * len(bands))
+    assert out.dtype == cfg["dtype"]
+    np.testing.assert_allclose(out, ref_out, **tol(cfg["dtype"]))
+    for name, got, want in zip(("dx", "dweight", "dbias"), grads, ref_grads):
+        if want is None or (name == "dx" and not input_grad):
+            assert got is None
+        else:
+            assert got.dtype == cfg["dtype"], name
+            np.testing.assert_allclose(got, want, err_msg=name, **tol(cfg["dtype"]))
+
+
+@given(cfg=conv2d_configs(dtypes=(np.float64,), allow_unbatched=False),
+       band_rows=st.integers(1, 3), kept=st.booleans(), seed=st.integers(0, 2**16))  # fmt: skip
+def test_im2col_in_bands_of_rows_matches_naive_loops(cfg, band_rows, kept, seed):
+    """The forward and both gradients, dW in bands, against the textbook loops, in float64."""
+    arrays = make_conv2d_inputs(cfg, seed)
+    dout = np.random.default_rng(seed + 1).standard_normal(cfg["out_shape"])
+    out, (dx, dw, _), cache, *_ = _in_bands(cfg, band_rows, kept, True, 2, arrays, dout)
+    x, w = arrays["x"], arrays["weight"]
+    (sh, sw), (pt, _, pl, _), (dh, dw_) = cache.stride, cache.padding, cache.dilation
+    geom = (sh, sw, pt, pl, dh, dw_, cfg["groups"])
+    naive, dx_n, dw_n = np.zeros(cfg["out_shape"]), np.zeros_like(x), np.zeros_like(w)
+    conv2d_forward_naive(x, w, naive, *geom)
+    conv2d_backward_naive(dout, x, w, dx_n, dw_n, *geom)
+    if arrays["bias"] is not None:
+        naive += arrays["bias"].reshape(1, -1, 1, 1)
+    np.testing.assert_allclose(out, naive, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dx, dx_n, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dw, dw_n, rtol=1e-12, atol=1e-12)
+
+
+@given(rows=st.integers(1, 64), OH=st.integers(1, 300), OW=st.integers(1, 300),
+       itemsize=st.sampled_from([4, 8]), budget=st.integers(1, 2**20))  # fmt: skip
+def test_im2col_bands_cover_the_rows_within_the_budget(rows, OH, OW, itemsize, budget):
+    saved = conv_ops.IM2COL_BAND_BYTES
+    conv_ops.IM2COL_BAND_BYTES = budget
+    try:
+        bands = conv_ops._bands(rows, OH, OW, itemsize)
+    finally:
+        conv_ops.IM2COL_BAND_BYTES = saved
+    per_row = rows * OW * itemsize
+    assert [r for a, b in bands for r in range(a, b)] == list(range(OH))
+    assert all(b > a for a, b in bands)
+    assert (len(bands) == 1) == (OH * per_row <= budget or OH == 1 == len(bands))
+    if len(bands) > 1:
+        assert all((b - a) * per_row <= budget or b - a == 1 for a, b in bands)
+        assert len(bands) == -(-OH // max(1, budget // per_row))  # as few as the budget allows
 
 
 @given(cfg=conv2d_configs(dtypes=(np.float64,), allow_unbatched=False), seed=st.integers(0, 99))

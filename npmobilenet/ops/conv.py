@@ -49,7 +49,7 @@ from npmobilenet.kernels.conv_direct import (
     conv2d_direct_backward_weight,
     conv2d_direct_forward,
 )
-from npmobilenet.kernels.im2col import col2im, im2col, im2col_images
+from npmobilenet.kernels.im2col import col2im, im2col_images
 from npmobilenet.kernels.tuned import DepthwiseShape, depthwise3x3_kernel
 from npmobilenet.threads import MACS_PER_ELEMENT, SERIAL
 
@@ -522,7 +522,8 @@ def _sum_slices(parts):
 
 # --------------------------------------------------------------------------------------------
 # im2col + GEMM: a small batch's columns at once, else one image at a time (the column
-# matrix of a whole batch can be gigabytes)
+# matrix of a whole batch can be gigabytes); a large image's weight gradient in bands of
+# output rows
 # --------------------------------------------------------------------------------------------
 
 
@@ -530,29 +531,67 @@ def _forward_im2col(x, weight, out_shape, stride, pad, dilation, groups, out, ru
     """``cols``: None, or an array for the whole batch's column matrices to fill (see
     :func:`_kept_columns`)."""
     N, K, OH, OW = out_shape
-    C, kH, kW = x.shape[1], weight.shape[2], weight.shape[3]
-    (sh, sw), (dil_h, dil_w) = stride, dilation
+    rows, L = x.shape[1] * weight.shape[2] * weight.shape[3], OH * OW  # C*kH*kW, L
     w3 = weight.reshape(groups, K // groups, -1)  # (G, Kg, Cg*kH*kW)
     out = np.empty(out_shape, dtype=x.dtype) if out is None else out  # fully written below
-    out4 = out.reshape(N, groups, K // groups, OH * OW)  # (N, G, Kg, L) view
+    out4 = out.reshape(N, groups, K // groups, L)  # (N, G, Kg, L) view
+    taps = _taps(weight, stride, pad, dilation, OW)
     kept = cols
 
     def images(lo, hi):  # a slice of the batch (the whole batch unless a runner splits it)
-        rows = (hi - lo, C * kH * kW, OH * OW)  # (n, C*kH*kW, L)
-        if kept is not None or math.prod(rows) * x.itemsize <= IM2COL_BATCHED_MAX_BYTES:
-            cols = np.empty(rows, dtype=x.dtype) if kept is None else kept[lo:hi]
-            im2col_images(x[lo:hi], kH, kW, sh, sw, pad[0], pad[2], dil_h, dil_w, OH, OW, cols)
-            cols4 = cols.reshape(hi - lo, groups, C // groups * kH * kW, OH * OW)  # a view
+        n = hi - lo
+        if kept is not None or n * rows * L * x.itemsize <= IM2COL_BATCHED_MAX_BYTES:
+            cols = np.empty((n, rows, L), dtype=x.dtype) if kept is None else kept[lo:hi]
+            _im2col_rows(x[lo:hi], taps, 0, OH, cols)
+            cols4 = cols.reshape(n, groups, rows // groups, L)  # (n, G, Cg*kH*kW, L) view
             np.matmul(w3, cols4, out=out4[lo:hi])
             return
-        one = np.empty((C * kH * kW, OH * OW), dtype=x.dtype)  # (C*kH*kW, L), per image
-        cols3 = one.reshape(groups, -1, OH * OW)  # (G, Cg*kH*kW, L)
-        for n in range(lo, hi):
-            im2col(x[n], kH, kW, sh, sw, pad[0], pad[2], dil_h, dil_w, OH, OW, one)
-            np.matmul(w3, cols3, out=out4[n])  # (G, Kg, Cg*kH*kW) @ (G, Cg*kH*kW, L)
+        one = np.empty((1, rows, L), dtype=x.dtype)  # (1, C*kH*kW, L), per image
+        for i in range(lo, hi):
+            _im2col_rows(x[i : i + 1], taps, 0, OH, one)
+            np.matmul(w3, one.reshape(groups, -1, L), out=out4[i])  # (G, Kg, L)
 
-    runner.map(images, N, max(_per_image(x), C * kH * kW * OH * OW))
+    runner.map(images, N, max(_per_image(x), rows * L))
     return out
+
+
+def _taps(weight, stride, pad, dilation, OW):
+    """The arguments im2col needs besides the images, rows and columns: (kH, kW, sh, sw, pt,
+    pl, dil_h, dil_w, OW)."""
+    return (*weight.shape[2:], *stride, pad[0], pad[2], *dilation, OW)
+
+
+def _im2col_rows(x, taps, a, b, cols):
+    """cols (n, C*kH*kW, (b - a)*OW) = the column matrices of output rows a..b-1 of the images
+    x (n, C, H, W) (all of them for a, b = 0, OH)."""
+    kH, kW, sh, sw, pt, pl, dil_h, dil_w, OW = taps
+    # output row a + r reads input row (a + r)*sh - pt + i*dil_h: rows a..b-1 are those of an
+    # image with pt - a*sh rows of padding above it (a negative padding cuts rows off)
+    im2col_images(x, kH, kW, sh, sw, pt - a * sh, pl, dil_h, dil_w, b - a, OW, cols)
+
+
+def _bands(rows, OH, OW, itemsize):
+    """An image's output rows cut into bands ``[(a, b), ...]`` (rows a..b-1, in order) whose
+    column matrices, (rows, (b - a)*OW) for rows = C*kH*kW, take at most
+    :data:`IM2COL_BAND_BYTES` (or hold one output row); ``[(0, OH)]`` when the whole image's
+    do."""
+    per_row = rows * OW * itemsize
+    if OH * per_row <= IM2COL_BAND_BYTES:
+        return [(0, OH)]
+    count = -(-OH // max(1, IM2COL_BAND_BYTES // per_row))  # bands of at most that many rows
+    return [(OH * i // count, OH * (i + 1) // count) for i in range(count)]
+
+
+def _band_columns(x, taps, a, b, cols, n, scratch):
+    """The column matrix (rows, (b - a)*OW) of output rows a..b-1 of image n: a view of the
+    kept ``cols`` (N, rows, L), or built from x into ``scratch`` (flat, large enough)."""
+    OW = taps[8]
+    if cols is not None:
+        return cols[n, :, a * OW : b * OW]
+    rows = x.shape[1] * taps[0] * taps[1]  # C*kH*kW
+    block = scratch[: rows * (b - a) * OW].reshape(1, rows, (b - a) * OW)
+    _im2col_rows(x[n : n + 1], taps, a, b, block)
+    return block[0]
 
 
 def _backward_im2col(
@@ -582,32 +621,45 @@ def _backward_im2col_images(
     dout, x, weight, stride, pad, dilation, groups, dx, input_grad, cols=None
 ):  # fmt: skip
     """``_backward_im2col`` of a batch (or a slice of one), serially; ``cols`` the slice's
-    column matrices, when the forward kept them."""
+    column matrices (n, C*kH*kW, L), when the forward kept them."""
     N, K, OH, OW = dout.shape
-    C, kH, kW = x.shape[1], weight.shape[2], weight.shape[3]
-    (sh, sw), (dil_h, dil_w) = stride, dilation
-    w3 = weight.reshape(groups, K // groups, -1)  # (G, Kg, Cg*kH*kW)
-    d4 = dout.reshape(N, groups, K // groups, OH * OW)  # (N, G, Kg, L)
-    if cols is not None or N * C * kH * kW * OH * OW * x.itemsize <= IM2COL_BATCHED_MAX_BYTES:
+    rows, L = x.shape[1] * weight.shape[2] * weight.shape[3], OH * OW  # C*kH*kW, L
+    bands = _bands(rows, OH, OW, x.itemsize)
+    if len(bands) == 1 and (cols is not None or N * rows * L * x.itemsize
+                            <= IM2COL_BATCHED_MAX_BYTES):  # fmt: skip
         return _backward_im2col_batched(
             dout, x, weight, stride, pad, dilation, groups, dx, input_grad, cols
         )
-    cols = np.empty((C * kH * kW, OH * OW), dtype=x.dtype)
-    cols3 = cols.reshape(groups, -1, OH * OW)  # (G, Cg*kH*kW, L)
-    dcols = np.empty_like(cols)
-    dcols3 = dcols.reshape(cols3.shape)
-    dw3 = np.zeros_like(w3)
-    step = np.empty_like(w3)
-    dx = _zeroed(x.shape, x.dtype, dx) if input_grad else None  # col2im adds into it
-    for n in range(N):
-        # forward: out[n] = w3 @ cols3, with cols3 = im2col(x[n])
-        im2col(x[n], kH, kW, sh, sw, pad[0], pad[2], dil_h, dil_w, OH, OW, cols)
-        dw3 += np.matmul(d4[n], cols3.transpose(0, 2, 1), out=step)  # dW = dout @ cols.T
-        if not input_grad:
-            continue
-        np.matmul(w3.transpose(0, 2, 1), d4[n], out=dcols3)  # dcols = W.T @ dout
-        col2im(dcols, kH, kW, sh, sw, pad[0], pad[2], dil_h, dil_w, OH, OW, dx[n])  # dx = im2col^T
+    w3 = weight.reshape(groups, K // groups, -1)  # (G, Kg, Cg*kH*kW)
+    d4 = dout.reshape(N, groups, K // groups, L)  # (N, G, Kg, L)
+    taps = _taps(weight, stride, pad, dilation, OW)
+    dw3 = _dweight_bands(d4, x, taps, bands, cols)
+    if not input_grad:
+        return None, dw3.reshape(weight.shape)
+    dcols = np.empty((rows, L), dtype=x.dtype)
+    dx = _zeroed(x.shape, x.dtype, dx)  # col2im adds into it
+    for n in range(N):  # forward: out[n] = w3 @ cols[n], so dcols = W.T @ dout[n]
+        np.matmul(w3.transpose(0, 2, 1), d4[n], out=dcols.reshape(groups, -1, L))
+        col2im(dcols, *taps[:8], OH, OW, dx[n])  # dx = im2col^T
     return dx, dw3.reshape(weight.shape)
+
+
+def _dweight_bands(d4, x, taps, bands, cols):
+    """dW (G, Kg, Cg*kH*kW) = sum over images n and bands of d4[n]'s band columns (G, Kg, p)
+    @ that band's column matrix transposed (G, p, Cg*kH*kW), added in that order; the column
+    matrices from ``cols`` (N, C*kH*kW, L) when kept, else built band by band."""
+    N, G, Kg, L = d4.shape
+    rows, OW = x.shape[1] * taps[0] * taps[1], taps[8]  # C*kH*kW, OW
+    dw3 = np.zeros((G, Kg, rows // G), dtype=d4.dtype)
+    step = np.empty_like(dw3)
+    most = max(b - a for a, b in bands)
+    scratch = np.empty(rows * most * OW, dtype=x.dtype) if cols is None else None
+    for n in range(N):
+        for a, b in bands:  # forward: out[n]'s band columns = w3 @ block
+            block = _band_columns(x, taps, a, b, cols, n, scratch)  # (C*kH*kW, p)
+            blockT = block.reshape(G, rows // G, -1).transpose(0, 2, 1)  # (G, p, Cg*kH*kW)
+            dw3 += np.matmul(d4[n, :, :, a * OW : b * OW], blockT, out=step)
+    return dw3
 
 
 # When the column matrices of the whole batch fit in this many bytes, the forward and the
@@ -621,6 +673,17 @@ IM2COL_BATCHED_MAX_BYTES = 32 * 2**20
 # batch 16, 21.7 MB held through the step (its peak is about 800 MiB) and about 2 ms of the
 # first layer's 5.4 ms weight gradient on 2 threads. Larger ones (batch 32 at 224) are rebuilt.
 IM2COL_KEEP_MAX_BYTES = 32 * 2**20
+# An image whose column matrix takes more than this many bytes has its weight gradient summed
+# in bands of whole output rows of at most this size, one GEMM per band (a rebuilt band's
+# columns built into a scratch that stays in the core's L2 cache): OpenBLAS multiplies GEMMs of
+# M*N*K <= 100^3 without packing them on its AVX-512 kernels, and (32, 1120) @ (1120, 27) is
+# one, (32, 12544) @ (12544, 27), a whole 112x112 image's, is not. Measured on the first layer
+# at 224x224, 2 threads, unpinned OpenBLAS: batch 16, kept columns, 2.9 ms in the training step
+# against 3.8 ms per whole image (2.3-2.5 against 3.8 ms alone); batch 32, columns rebuilt,
+# 8.0 against 11.4-12.2 ms alone. Bands of 96 KiB ran 2.5 ms, 64 KiB 2.9, 150 KiB (over 100^3)
+# 3.7. The forward multiplies whole images: in bands (each band's columns multiplied while in
+# L2) it ran 3.3 against 4.3 ms alone but 5.1 against 4.5 ms inside the training step.
+IM2COL_BAND_BYTES = 128 * 2**10
 
 
 def _backward_im2col_batched(
