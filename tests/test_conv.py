@@ -367,6 +367,28 @@ def test_depthwise3x3_backward_stride2_matches_naive_loops(size, pads):
     np.testing.assert_allclose(dw - 0.25, dw_n, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize(
+    "size, pads", [((112, 112), (1, 1)), ((57, 31), (0, 1)), ((28, 9), (1, 0))]
+)
+def test_depthwise3x3_backward_stride2_float32_matches_float64_loops(size, pads):
+    """The stride-2 kernel in float32 on MobileNet's largest plane and odd ones (odd and even
+    column counts, TF "same" padding (0, 1)): dx and dW are the float64 naive loops' to float32
+    precision (dW sums 3136 products a tap on 112x112)."""
+    (H, W), (pt, pl), N, C = size, pads, 2, 3
+    OH, OW = (H + 2 * pt - 3 + (pt == 0)) // 2 + 1, (W + 2 * pl - 3 + (pl == 0)) // 2 + 1
+    rng = np.random.default_rng(H + W)
+    x, w = rng.standard_normal((N, C, H, W)), rng.standard_normal((C, 1, 3, 3))
+    dout = rng.standard_normal((N, C, OH, OW))
+    dx_n, dw_n = np.zeros_like(x), np.zeros_like(w)
+    conv2d_backward_naive(dout, x, w, dx_n, dw_n, 2, 2, pt, pl, 1, 1, C)
+    x32, w32, d32 = (a.astype(np.float32) for a in (x, w, dout))
+    dx, dw = np.full_like(x32, np.nan), np.zeros_like(w32)
+    depthwise3x3_backward_stride2(d32, x32, w32, dx, dw, 2, 2, pt, pl)
+    np.testing.assert_allclose(dx, dx_n, rtol=1e-5, atol=1e-5)
+    scale = np.sqrt(N * OH * OW)  # dW's terms are of order one with random signs
+    np.testing.assert_allclose(dw, dw_n, rtol=0, atol=2e-6 * scale)
+
+
 @pytest.mark.torch
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(

@@ -27,7 +27,6 @@ from npmobilenet.kernels.conv_depthwise import (
     load_plane,
     load_plane_upsampled,
     make_buffer,
-    plane3x3_weight_grad,
 )
 from npmobilenet.kernels.conv_direct import (
     add_padded_taps,
@@ -585,23 +584,53 @@ def _input_grad_rows_stride2(ub, wk, dst, pt):
                 )  # fmt: skip
 
 
+@njit(cache=True, nogil=True, inline="always", fastmath=REASSOC)
+def _weight_grad_split(E, O, d, acc):
+    """acc (3, 3) += sum over pixels of d[oh, q] * padded[2*oh + i, 2*q + j]: the stride-2
+    weight gradient of one plane, read from its even (E) and odd (O) padded columns as
+    ``load_split_band`` lays them out, so that every tap is a contiguous row.
+
+    Differentiates ``_write_split_rows`` with respect to the weight. The nine sums run in
+    float64 over the whole plane (each product is rounded to the input's precision first, as
+    in ``_row_weight_grad``).
+    """
+    g0 = g1 = g2 = g3 = g4 = g5 = g6 = g7 = g8 = 0.0
+    for oh in range(d.shape[0]):
+        e = 2 * oh
+        for q in range(d.shape[1]):
+            dq = d[oh, q]
+            g0 += dq * E[e, q]
+            g1 += dq * O[e, q]
+            g2 += dq * E[e, q + 1]
+            g3 += dq * E[e + 1, q]
+            g4 += dq * O[e + 1, q]
+            g5 += dq * E[e + 1, q + 1]
+            g6 += dq * E[e + 2, q]
+            g7 += dq * O[e + 2, q]
+            g8 += dq * E[e + 2, q + 1]
+    add_tap_sums(acc, (g0, g1, g2, g3, g4, g5, g6, g7, g8))
+
+
 @njit(cache=True, nogil=True, fastmath=REASSOC)
 def depthwise3x3_backward_stride2(dout, x, w, dx, dweight, sh, sw, pt, pl):
     """Both gradients at stride 2 (sh == sw == 2) for K == C; writes dx (N, C, H, W) and adds
-    into dweight (C, 1, 3, 3). dout (N, C, OH, OW), w (C, 1, 3, 3).
+    into dweight (C, 1, 3, 3). dout (N, C, OH, OW), w (C, 1, 3, 3); pt, pl >= 0.
 
-    Per plane, x goes into the forward's zero-bordered scratch and dout, spread out, into the
-    input gradient's, while both are in cache: the weight gradient is
-    ``depthwise3x3_backward_weight``'s (same sums, same order), the input gradient
-    ``depthwise3x3_backward_input_stride2``'s, written rather than added, so dx needs no zeroing.
+    Per plane, x is split into its even and odd padded columns (``load_split_band``, as the
+    stride-2 forward reads it) for the weight gradient (``_weight_grad_split``), and dout,
+    spread out, goes into the input gradient's scratch, while both are in cache: the input
+    gradient is ``depthwise3x3_backward_input_stride2``'s, written rather than added, so dx
+    needs no zeroing. Reading every second column of an unsplit scratch for the weight
+    gradient took vector shuffles that made it the kernel's slowest part.
     """
     N, C, H, W = x.shape
     OH, OW = dout.shape[2], dout.shape[3]
-    xb = make_buffer(OH, OW, 2, 2, x)
+    E = np.zeros((2 * OH + 1, OW + 1), dtype=x.dtype)  # padded columns 0, 2, ..., 2*OW
+    O = np.zeros((2 * OH + 1, OW), dtype=x.dtype)  # padded columns 1, 3, ..., 2*OW - 1
     ub = make_buffer(H, W, 1, 1, x)
     for n in range(N):
         for c in range(C):
-            load_plane(x[n, c], xb, pt, pl)
-            plane3x3_weight_grad(xb, dout[n, c], 2, 2, dweight[c, 0])
+            load_split_band(x[n, c], E, O, -pt, 2 * OH + 1, pl)
+            _weight_grad_split(E, O, dout[n, c], dweight[c, 0])
             load_plane_upsampled(dout[n, c], ub, 2 - pt, 2 - pl, 2, 2)
             _input_grad_rows_stride2(ub, w[c, 0], dx[n, c], pt)
