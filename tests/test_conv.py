@@ -367,6 +367,21 @@ def test_depthwise3x3_backward_stride2_matches_naive_loops(size, pads):
     np.testing.assert_allclose(dw - 0.25, dw_n, rtol=1e-12, atol=1e-12)
 
 
+def test_depthwise3x3_backward_stride2_infinite_gradient_is_the_naive_loops():
+    """An inf in dout gives the naive loops' dx (inf where it reaches, never NaN from a zero
+    times inf: the kernel's odd rows add zero weights times its zero border only)."""
+    rng = np.random.default_rng(3)
+    x, w = rng.standard_normal((1, 2, 9, 8)), rng.standard_normal((2, 1, 3, 3))
+    dout = rng.standard_normal((1, 2, 5, 4))
+    dout[0, 1, 2, 1] = np.inf
+    dx_n, dw_n = np.zeros_like(x), np.zeros_like(w)
+    conv2d_backward_naive(dout, x, w, dx_n, dw_n, 2, 2, 1, 1, 1, 1, 2)
+    dx, dw = np.full_like(x, np.nan), np.zeros_like(w)
+    depthwise3x3_backward_stride2(dout, x, w, dx, dw, 2, 2, 1, 1)
+    assert np.isinf(dx).any() and not np.isnan(dx_n).any()
+    np.testing.assert_allclose(dx, dx_n, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize(
     "size, pads", [((112, 112), (1, 1)), ((57, 31), (0, 1)), ((28, 9), (1, 0))]
 )

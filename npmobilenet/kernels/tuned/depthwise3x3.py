@@ -559,32 +559,6 @@ def depthwise3x3_backward_stacked(dout, x, w, dx, dweight, sh, sw, pt, pl):
 
 
 @njit(cache=True, nogil=True, inline="always", fastmath=REASSOC)
-def _input_grad_rows_stride2(ub, wk, dst, pt):
-    """dst (H, W) = the stride-2 input gradient from the spread-out gradient ``ub``, written.
-
-    ``ub`` holds dout spread out at ``(2 - pt, 2 - pl)`` as ``load_plane_upsampled`` lays it
-    out, wk (3, 3) the forward's filter. As ``depthwise3x3_backward_input_stride2``: of the
-    three ub rows dx row h reads, only rows h and h+2 (taps 2 and 0 of the forward's filter)
-    or row h+1 alone (tap 1) hold data, by the parity of h + pt.
-    """
-    # the filter rotated by 180 degrees
-    ws = (wk[2, 2], wk[2, 1], wk[2, 0], wk[1, 2], wk[1, 1], wk[1, 0],
-          wk[0, 2], wk[0, 1], wk[0, 0])  # fmt: skip
-    for h in range(dst.shape[0]):
-        if (h + pt) % 2 == 0:
-            for q in range(dst.shape[1]):
-                dst[h, q] = (
-                    ws[0] * ub[h, q] + ws[1] * ub[h, q + 1] + ws[2] * ub[h, q + 2]
-                    + ws[6] * ub[h + 2, q] + ws[7] * ub[h + 2, q + 1] + ws[8] * ub[h + 2, q + 2]
-                )  # fmt: skip
-        else:
-            for q in range(dst.shape[1]):
-                dst[h, q] = (
-                    ws[3] * ub[h + 1, q] + ws[4] * ub[h + 1, q + 1] + ws[5] * ub[h + 1, q + 2]
-                )  # fmt: skip
-
-
-@njit(cache=True, nogil=True, inline="always", fastmath=REASSOC)
 def _weight_grad_split(E, O, d, acc):
     """acc (3, 3) += sum over pixels of d[oh, q] * padded[2*oh + i, 2*q + j]: the stride-2
     weight gradient of one plane, read from its even (E) and odd (O) padded columns as
@@ -611,26 +585,71 @@ def _weight_grad_split(E, O, d, acc):
     add_tap_sums(acc, (g0, g1, g2, g3, g4, g5, g6, g7, g8))
 
 
+@njit(cache=True, nogil=True, inline="always", fastmath=REASSOC)
+def _split_pair(D, a, b, t, ce, co):
+    """The input gradient at padded columns 2t and 2t + 1 of one row, from D's rows a and b:
+    (ce[0]*D[a, t + 1] + ce[1]*D[a, t] + ce[2]*D[b, t + 1] + ce[3]*D[b, t],
+    co[0]*D[a, t + 1] + co[1]*D[b, t + 1])."""
+    even = ce[0] * D[a, t + 1] + ce[1] * D[a, t] + ce[2] * D[b, t + 1] + ce[3] * D[b, t]
+    return even, co[0] * D[a, t + 1] + co[1] * D[b, t + 1]
+
+
+@njit(cache=True, nogil=True, inline="always", fastmath=REASSOC)
+def _input_grad_split(D, wk, dst, pt, pl):
+    """dst (H, W) = the stride-2 input gradient, written, from D (OH + 2, OW + 2): dout with a
+    zero border of one (``load_plane(dout, D, 1, 1)``); wk (3, 3) the forward's filter.
+
+    Differentiates ``_write_split_rows``: padded position (P, p) receives w[i, j]*dout[oh, q]
+    where P = 2*oh + i and p = 2*q + j. An even column p = 2t takes taps j = 0 (q = t) and
+    j = 2 (q = t - 1), an odd one tap j = 1 (q = t); an even row P takes taps i = 0
+    (oh = P/2) and i = 2 (oh = P/2 - 1), an odd one tap i = 1. So each pair of columns (2t,
+    2t + 1) is 6 or 3 multiply-adds from contiguous rows of D, written as a pair (the same
+    column pairing as ``load_split_band``; the columns left over one by one).
+    """
+    H, W = dst.shape
+    c0 = max(0, pl % 2)  # indices provably non-negative (max): the loops vectorise
+    tb = max(0, (c0 + pl) // 2)
+    pairs = max(0, (W - c0) // 2)
+    for h in range(H):
+        P = max(0, h + pt)
+        if P % 2 == 0:  # taps i = 0 (D row a) and i = 2 (D row b)
+            a, b = P // 2 + 1, P // 2
+            ce = (wk[0, 0], wk[0, 2], wk[2, 0], wk[2, 2])
+            co = (wk[0, 1], wk[2, 1])
+        else:  # tap i = 1 only (D row a); row b is D's zero border, times zero weights
+            a, b = (P - 1) // 2 + 1, 0
+            ce = (wk[1, 0], wk[1, 2], wk[1, 0] * 0, wk[1, 2] * 0)
+            co = (wk[1, 1], wk[1, 1] * 0)
+        for u in range(pairs):
+            even, odd = _split_pair(D, a, b, tb + u, ce, co)
+            dst[h, c0 + 2 * u] = even
+            dst[h, c0 + 2 * u + 1] = odd
+        if c0 == 1:  # column 0: padded column pl, odd
+            dst[h, 0] = _split_pair(D, a, b, (pl - 1) // 2, ce, co)[1]
+        if c0 + 2 * pairs < W:  # an unpaired last column: even padded column
+            dst[h, W - 1] = _split_pair(D, a, b, tb + pairs, ce, co)[0]
+
+
 @njit(cache=True, nogil=True, fastmath=REASSOC)
 def depthwise3x3_backward_stride2(dout, x, w, dx, dweight, sh, sw, pt, pl):
     """Both gradients at stride 2 (sh == sw == 2) for K == C; writes dx (N, C, H, W) and adds
     into dweight (C, 1, 3, 3). dout (N, C, OH, OW), w (C, 1, 3, 3); pt, pl >= 0.
 
     Per plane, x is split into its even and odd padded columns (``load_split_band``, as the
-    stride-2 forward reads it) for the weight gradient (``_weight_grad_split``), and dout,
-    spread out, goes into the input gradient's scratch, while both are in cache: the input
-    gradient is ``depthwise3x3_backward_input_stride2``'s, written rather than added, so dx
-    needs no zeroing. Reading every second column of an unsplit scratch for the weight
-    gradient took vector shuffles that made it the kernel's slowest part.
+    stride-2 forward reads it) for the weight gradient (``_weight_grad_split``), and dout is
+    copied into a zero-bordered scratch for the input gradient (``_input_grad_split``), which
+    is written, so dx needs no zeroing. Reading every second column of an unsplit scratch for
+    the weight gradient took vector shuffles; the input gradient as a stride-1 correlation of
+    the zero-spread dout (``depthwise3x3_backward_input_stride2``) multiplies the zeros too.
     """
     N, C, H, W = x.shape
     OH, OW = dout.shape[2], dout.shape[3]
     E = np.zeros((2 * OH + 1, OW + 1), dtype=x.dtype)  # padded columns 0, 2, ..., 2*OW
     O = np.zeros((2 * OH + 1, OW), dtype=x.dtype)  # padded columns 1, 3, ..., 2*OW - 1
-    ub = make_buffer(H, W, 1, 1, x)
+    D = np.zeros((OH + 2, OW + 2), dtype=x.dtype)
     for n in range(N):
         for c in range(C):
             load_split_band(x[n, c], E, O, -pt, 2 * OH + 1, pl)
             _weight_grad_split(E, O, dout[n, c], dweight[c, 0])
-            load_plane_upsampled(dout[n, c], ub, 2 - pt, 2 - pl, 2, 2)
-            _input_grad_rows_stride2(ub, w[c, 0], dx[n, c], pt)
+            load_plane(dout[n, c], D, 1, 1)
+            _input_grad_split(D, w[c, 0], dx[n, c], pt, pl)
