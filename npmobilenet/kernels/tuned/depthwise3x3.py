@@ -564,13 +564,13 @@ def _weight_grad_split(E, O, d, acc):
     weight gradient of one plane, read from its even (E) and odd (O) padded columns as
     ``load_split_band`` lays them out, so that every tap is a contiguous row.
 
-    Differentiates ``_write_split_rows`` with respect to the weight. The nine sums run in
-    float64 over the whole plane (each product is rounded to the input's precision first, as
-    in ``_row_weight_grad``).
+    Differentiates ``_write_split_rows`` with respect to the weight. Row by row, as
+    ``_row_weight_grad``: the same products summed in float64 over a row, then added into acc
+    (in float32, the readable kernel's weight gradient bit for bit on this machine).
     """
-    g0 = g1 = g2 = g3 = g4 = g5 = g6 = g7 = g8 = 0.0
     for oh in range(d.shape[0]):
         e = 2 * oh
+        g0 = g1 = g2 = g3 = g4 = g5 = g6 = g7 = g8 = acc[0, 0] * 0
         for q in range(d.shape[1]):
             dq = d[oh, q]
             g0 += dq * E[e, q]
@@ -582,16 +582,17 @@ def _weight_grad_split(E, O, d, acc):
             g6 += dq * E[e + 2, q]
             g7 += dq * O[e + 2, q]
             g8 += dq * E[e + 2, q + 1]
-    add_tap_sums(acc, (g0, g1, g2, g3, g4, g5, g6, g7, g8))
+        add_tap_sums(acc, (g0, g1, g2, g3, g4, g5, g6, g7, g8))
 
 
 @njit(cache=True, nogil=True, inline="always", fastmath=REASSOC)
 def _split_pair(D, a, b, t, ce, co):
-    """The input gradient at padded columns 2t and 2t + 1 of one row, from D's rows a and b:
-    (ce[0]*D[a, t + 1] + ce[1]*D[a, t] + ce[2]*D[b, t + 1] + ce[3]*D[b, t],
-    co[0]*D[a, t + 1] + co[1]*D[b, t + 1])."""
-    even = ce[0] * D[a, t + 1] + ce[1] * D[a, t] + ce[2] * D[b, t + 1] + ce[3] * D[b, t]
-    return even, co[0] * D[a, t + 1] + co[1] * D[b, t + 1]
+    """The input gradient at padded columns 2t and 2t + 1 of one row, from D's rows b and a:
+    (ce[0]*D[b, t] + ce[1]*D[b, t + 1] + ce[2]*D[a, t] + ce[3]*D[a, t + 1],
+    co[0]*D[b, t + 1] + co[1]*D[a, t + 1]), the terms in the order in which the correlation of
+    the zero-spread dout (``_input_grad_rows_stride2``'s) meets them."""
+    even = ce[0] * D[b, t] + ce[1] * D[b, t + 1] + ce[2] * D[a, t] + ce[3] * D[a, t + 1]
+    return even, co[0] * D[b, t + 1] + co[1] * D[a, t + 1]
 
 
 @njit(cache=True, nogil=True, inline="always", fastmath=REASSOC)
@@ -612,13 +613,13 @@ def _input_grad_split(D, wk, dst, pt, pl):
     pairs = max(0, (W - c0) // 2)
     for h in range(H):
         P = max(0, h + pt)
-        if P % 2 == 0:  # taps i = 0 (D row a) and i = 2 (D row b)
+        if P % 2 == 0:  # taps i = 2 (D row b) and i = 0 (D row a)
             a, b = P // 2 + 1, P // 2
-            ce = (wk[0, 0], wk[0, 2], wk[2, 0], wk[2, 2])
-            co = (wk[0, 1], wk[2, 1])
-        else:  # tap i = 1 only (D row a); row b is D's zero border, times zero weights
-            a, b = (P - 1) // 2 + 1, 0
-            ce = (wk[1, 0], wk[1, 2], wk[1, 0] * 0, wk[1, 2] * 0)
+            ce = (wk[2, 2], wk[2, 0], wk[0, 2], wk[0, 0])
+            co = (wk[2, 1], wk[0, 1])
+        else:  # tap i = 1 only (D row b); row a is D's zero border, times zero weights
+            a, b = 0, (P - 1) // 2 + 1
+            ce = (wk[1, 2], wk[1, 0], wk[1, 2] * 0, wk[1, 0] * 0)
             co = (wk[1, 1], wk[1, 1] * 0)
         for u in range(pairs):
             even, odd = _split_pair(D, a, b, tb + u, ce, co)
