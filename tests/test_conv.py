@@ -22,6 +22,7 @@ from npmobilenet.kernels.conv_direct import (
     conv2d_forward_naive,
 )
 from npmobilenet.kernels.tuned.depthwise3x3 import (
+    ROWS_MIN_WIDTH,
     STACK_ELEMENTS,
     depthwise3x3_backward_input_flat,
     depthwise3x3_backward_input_skip_padding,
@@ -252,12 +253,16 @@ def test_depthwise3x3_kernels_match_naive_loops(shape, size, stride, pads, seed)
         np.testing.assert_allclose(dw, dw_n, rtol=1e-12, atol=1e-12, err_msg=kernel.__name__)
 
 
-@pytest.mark.parametrize("size", [(12, 12), (7, 7), (1, 1), (3, 10), (17, 16), (5, 4), (9, 8)])
+@pytest.mark.parametrize(
+    "size", [(12, 12), (7, 7), (1, 1), (3, 10), (17, 16), (5, 4), (9, 8), (6, 112), (1, 97)]
+)
 @pytest.mark.parametrize("pads", [(1, 1), (0, 0), (2, 2), (0, 2)])
 def test_depthwise3x3_backward_stacked_matches_naive_loops(size, pads):
     """Enough images for several stacks (the last one partial), padding on either side; planes
-    of more than STACK_MAX_PIXELS one image at a time (17x16); rows of 1 to 16 columns; the
-    kernel writes dx and adds into dweight."""
+    of more than STACK_MAX_PIXELS one image at a time (17x16); rows of 1 to 16 columns; planes
+    of ROWS_MIN_WIDTH columns or more a row at a time (6x112, 1x97: ring rows outside the
+    plane); the kernel writes dx and adds into dweight."""
+    assert ROWS_MIN_WIDTH <= 97
     (H, W), (pt, pl) = size, pads
     N = STACK_ELEMENTS // ((H + 2) * (W + 2)) + 3 if H * W > 1 else 3
     rng = np.random.default_rng(H * W + pt)
@@ -409,7 +414,8 @@ def test_depthwise3x3_backward_stride2_float32_matches_float64_loops(size, pads)
 @pytest.mark.parametrize(
     "size, stride, padding",
     [((15, 15), 2, 1), ((14, 14), 2, "tf_same"), ((9, 12), 2, (0, 1)), ((1, 1), 2, 1),
-     ((3, 3), 2, 1), ((14, 14), 1, 1), ((2, 2), 1, 1), ((28, 28), 2, "tf_same")],
+     ((3, 3), 2, 1), ((14, 14), 1, 1), ((2, 2), 1, 1), ((28, 28), 2, "tf_same"),
+     ((6, 112), 1, 1), ((5, 100), 1, "tf_same")],
 )  # fmt: skip
 def test_depthwise_backward_both_gradient_kernels_match_torch(torch, dtype, size, stride, padding):
     """The op through the both-gradients kernels (stride 2; stride 1 stacked; tiny planes), TF
