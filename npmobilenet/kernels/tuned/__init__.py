@@ -85,8 +85,7 @@ DEPTHWISE3X3: tuple[Variant, ...] = (
             "stride 1, output the input's size, depth multiplier 1, finite weight: both "
             "gradients in one flat loop, over several images' planes stacked when they have at "
             "most 256 pixels (8 images a thread, 2 threads: 7x7 2.3-2.8x, 14x14 1.5x faster than "
-            "the flat pair; 28x28 1.2x, 56x56 as fast, one image at a time; planes of 96 columns "
-            "or more a row at a time, copies and sums alternating: 112x112 1.4x); one "
+            "the flat pair; 28x28 1.2x, 112x112 1.04x, 56x56 as fast, one image at a time); one "
             "kernel for all these layers is two compilations less on a first training run"),
     Variant("backward", _stride2_single, tuned.depthwise3x3_backward_stride2,
             "stride 2, depth multiplier 1, finite weight: both gradients in one pass over each "

@@ -27,6 +27,7 @@ from npmobilenet.kernels.conv_depthwise import (
     load_plane,
     load_plane_upsampled,
     make_buffer,
+    plane3x3_weight_grad,
 )
 from npmobilenet.kernels.conv_direct import (
     add_padded_taps,
@@ -470,10 +471,6 @@ STACK_ELEMENTS = 8192
 # Planes of more pixels are taken one image at a time (stacked 28x28 and 56x56 planes were
 # 1.2-1.35x slower than one at a time, which is as fast as the separate flat kernels or faster).
 STACK_MAX_PIXELS = 256
-# Planes of this many columns or more are taken a row at a time (``_plane_by_rows``): 112x112
-# 1.15x faster than one image at a time; 56x56 1.15x slower (a row's set-up and nine sums
-# reduced per row of 56).
-ROWS_MIN_WIDTH = 96
 
 
 @njit(cache=True, nogil=True, inline="always", fastmath=REASSOC)
@@ -512,69 +509,6 @@ def _stacked_pass(xtaps, utaps, d, ws, fo, acc, n):
     acc[8] += g8
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _ring_row(src, ring, s, h, off):
-    """ring[s, off + w] = src[h, w], or zeros when row h is outside src (off >= 0)."""
-    H, W = src.shape
-    dst = ring[s, max(0, off) :]  # a view indexed from 0: the copy vectorises
-    if h < 0 or h >= H:
-        for t in range(W):
-            dst[t] = 0
-    else:
-        hh = max(0, h)
-        for t in range(W):
-            dst[t] = src[hh, t]
-
-
-@njit(cache=True, nogil=True, inline="always", fastmath=REASSOC)
-def _plane_by_rows(src, dsrc, ws, dst, xr, ur, acc, pt, pl):
-    """Both stride-1 gradients of one wide plane, a row at a time: writes dst (H, W), adds the
-    nine weight-gradient sums into acc (9,). src: x (H, W); dsrc: dout (H, W); ws: the filter
-    rotated by 180 degrees; xr, ur: zeroed rings of 4 rows of W + 2 columns.
-
-    Padded rows p of x (x row p - pt) and of the gradient's correlation (dout row p - 2 + pt)
-    go into ring row p % 4 just before use, and each output row r is computed from ring rows
-    r, r + 1, r + 2 (the sums of ``_stacked_pass``) and written into dst while row r + 3 is
-    copied in: the copies and the sums alternate a row at a time, instead of a whole plane
-    copied in, computed into a flat scratch and copied out again.
-    """
-    H, W = dst.shape
-    for p in range(3):
-        _ring_row(src, xr, p, p - pt, pl)
-        _ring_row(dsrc, ur, p, p - 2 + pt, 2 - pl)
-    g0 = g1 = g2 = g3 = g4 = g5 = g6 = g7 = g8 = acc[0] * 0
-    for r in range(H):
-        s0, s1 = max(0, r % 4), max(0, (r + 1) % 4)  # ring rows, provably non-negative
-        s2, s3 = max(0, (r + 2) % 4), max(0, (r + 3) % 4)
-        _ring_row(src, xr, s3, r + 3 - pt, pl)
-        _ring_row(dsrc, ur, s3, r + 1 + pt, 2 - pl)
-        for q in range(W):
-            dst[r, q] = (
-                ws[0] * ur[s0, q] + ws[1] * ur[s0, q + 1] + ws[2] * ur[s0, q + 2]
-                + ws[3] * ur[s1, q] + ws[4] * ur[s1, q + 1] + ws[5] * ur[s1, q + 2]
-                + ws[6] * ur[s2, q] + ws[7] * ur[s2, q + 1] + ws[8] * ur[s2, q + 2]
-            )  # fmt: skip
-            dq = dsrc[r, q]
-            g0 += dq * xr[s0, q]
-            g1 += dq * xr[s0, q + 1]
-            g2 += dq * xr[s0, q + 2]
-            g3 += dq * xr[s1, q]
-            g4 += dq * xr[s1, q + 1]
-            g5 += dq * xr[s1, q + 2]
-            g6 += dq * xr[s2, q]
-            g7 += dq * xr[s2, q + 1]
-            g8 += dq * xr[s2, q + 2]
-    acc[0] += g0
-    acc[1] += g1
-    acc[2] += g2
-    acc[3] += g3
-    acc[4] += g4
-    acc[5] += g5
-    acc[6] += g6
-    acc[7] += g7
-    acc[8] += g8
-
-
 @njit(cache=True, nogil=True, fastmath=REASSOC)
 def depthwise3x3_backward_stacked(dout, x, w, dx, dweight, sh, sw, pt, pl):
     """Both gradients at stride 1 for K == C and an output the input's size (pt, pl <= 2);
@@ -589,29 +523,17 @@ def depthwise3x3_backward_stacked(dout, x, w, dx, dweight, sh, sw, pt, pl):
     flipped filter) and dW (``_flat_weight_grad_stride1``'s sums; d is the spread-out gradient
     read ``(2 - pt)*cols + (2 - pl)`` further on) for all of them: 7x7 or 14x14 planes, one
     image at a time, were all loop overhead. Positions between the planes (junk) read only
-    zero borders for dW's d, and their dx values are dropped. Planes of ``ROWS_MIN_WIDTH``
-    columns or more are taken a row at a time instead (``_plane_by_rows``).
+    zero borders for dW's d, and their dx values are dropped.
     """
     N, C, H, W = x.shape
     R, cols = H + 2, W + 2
-    acc = np.zeros((C, 9), dtype=x.dtype)  # per channel, summed over all the stacks
-    if W >= ROWS_MIN_WIDTH:
-        xr, ur = np.zeros((4, cols), dtype=x.dtype), np.zeros((4, cols), dtype=x.dtype)
-        for n in range(N):
-            for c in range(C):
-                wk = w[c, 0]
-                ws = (wk[2, 2], wk[2, 1], wk[2, 0], wk[1, 2], wk[1, 1], wk[1, 0],
-                      wk[0, 2], wk[0, 1], wk[0, 0])  # fmt: skip
-                _plane_by_rows(x[n, c], dout[n, c], ws, dx[n, c], xr, ur, acc[c], pt, pl)
-        for c in range(C):
-            add_tap_sums(dweight[c, 0], acc[c])
-        return
     g = 1 if H * W > STACK_MAX_PIXELS else max(1, min(N, STACK_ELEMENTS // (R * cols)))
     xb = np.zeros((g * R, cols), dtype=x.dtype)
     ub = np.zeros_like(xb)
     fo = np.empty(g * R * cols, dtype=x.dtype)
     xtaps, utaps = flat_taps(xb), flat_taps(ub)
     d = ub.reshape(g * R * cols)[(2 - pt) * cols + 2 - pl :]
+    acc = np.zeros((C, 9), dtype=x.dtype)  # per channel, summed over all the stacks
     for n0 in range(0, N, g):  # a stack of images, then its channels: the arrays' order
         gl = min(g, N - n0)
         for c in range(C):
@@ -638,98 +560,48 @@ def depthwise3x3_backward_stacked(dout, x, w, dx, dweight, sh, sw, pt, pl):
 
 
 @njit(cache=True, nogil=True, inline="always", fastmath=REASSOC)
-def _weight_grad_split(E, O, d, acc):
-    """acc (3, 3) += sum over pixels of d[oh, q] * padded[2*oh + i, 2*q + j]: the stride-2
-    weight gradient of one plane, read from its even (E) and odd (O) padded columns as
-    ``load_split_band`` lays them out, so that every tap is a contiguous row.
+def _input_grad_rows_stride2(ub, wk, dst, pt):
+    """dst (H, W) = the stride-2 input gradient from the spread-out gradient ``ub``, written.
 
-    Differentiates ``_write_split_rows`` with respect to the weight. Row by row, as
-    ``_row_weight_grad``: the same products summed in float64 over a row, then added into acc
-    (in float32, the readable kernel's weight gradient bit for bit on this machine).
+    ``ub`` holds dout spread out at ``(2 - pt, 2 - pl)`` as ``load_plane_upsampled`` lays it
+    out, wk (3, 3) the forward's filter. As ``depthwise3x3_backward_input_stride2``: of the
+    three ub rows dx row h reads, only rows h and h+2 (taps 2 and 0 of the forward's filter)
+    or row h+1 alone (tap 1) hold data, by the parity of h + pt.
     """
-    for oh in range(d.shape[0]):
-        e = 2 * oh
-        g0 = g1 = g2 = g3 = g4 = g5 = g6 = g7 = g8 = acc[0, 0] * 0
-        for q in range(d.shape[1]):
-            dq = d[oh, q]
-            g0 += dq * E[e, q]
-            g1 += dq * O[e, q]
-            g2 += dq * E[e, q + 1]
-            g3 += dq * E[e + 1, q]
-            g4 += dq * O[e + 1, q]
-            g5 += dq * E[e + 1, q + 1]
-            g6 += dq * E[e + 2, q]
-            g7 += dq * O[e + 2, q]
-            g8 += dq * E[e + 2, q + 1]
-        add_tap_sums(acc, (g0, g1, g2, g3, g4, g5, g6, g7, g8))
-
-
-@njit(cache=True, nogil=True, inline="always", fastmath=REASSOC)
-def _split_pair(D, a, b, t, ce, co):
-    """The input gradient at padded columns 2t and 2t + 1 of one row, from D's rows b and a:
-    (ce[0]*D[b, t] + ce[1]*D[b, t + 1] + ce[2]*D[a, t] + ce[3]*D[a, t + 1],
-    co[0]*D[b, t + 1] + co[1]*D[a, t + 1]), the terms in the order in which the correlation of
-    the zero-spread dout (``_input_grad_rows_stride2``'s) meets them."""
-    even = ce[0] * D[b, t] + ce[1] * D[b, t + 1] + ce[2] * D[a, t] + ce[3] * D[a, t + 1]
-    return even, co[0] * D[b, t + 1] + co[1] * D[a, t + 1]
-
-
-@njit(cache=True, nogil=True, inline="always", fastmath=REASSOC)
-def _input_grad_split(D, wk, dst, pt, pl):
-    """dst (H, W) = the stride-2 input gradient, written, from D (OH + 2, OW + 2): dout with a
-    zero border of one (``load_plane(dout, D, 1, 1)``); wk (3, 3) the forward's filter.
-
-    Differentiates ``_write_split_rows``: padded position (P, p) receives w[i, j]*dout[oh, q]
-    where P = 2*oh + i and p = 2*q + j. An even column p = 2t takes taps j = 0 (q = t) and
-    j = 2 (q = t - 1), an odd one tap j = 1 (q = t); an even row P takes taps i = 0
-    (oh = P/2) and i = 2 (oh = P/2 - 1), an odd one tap i = 1. So each pair of columns (2t,
-    2t + 1) is 6 or 3 multiply-adds from contiguous rows of D, written as a pair (the same
-    column pairing as ``load_split_band``; the columns left over one by one).
-    """
-    H, W = dst.shape
-    c0 = max(0, pl % 2)  # indices provably non-negative (max): the loops vectorise
-    tb = max(0, (c0 + pl) // 2)
-    pairs = max(0, (W - c0) // 2)
-    for h in range(H):
-        P = max(0, h + pt)
-        if P % 2 == 0:  # taps i = 2 (D row b) and i = 0 (D row a)
-            a, b = P // 2 + 1, P // 2
-            ce = (wk[2, 2], wk[2, 0], wk[0, 2], wk[0, 0])
-            co = (wk[2, 1], wk[0, 1])
-        else:  # tap i = 1 only (D row b); row a is D's zero border, times zero weights
-            a, b = 0, (P - 1) // 2 + 1
-            ce = (wk[1, 2], wk[1, 0], wk[1, 2] * 0, wk[1, 0] * 0)
-            co = (wk[1, 1], wk[1, 1] * 0)
-        for u in range(pairs):
-            even, odd = _split_pair(D, a, b, tb + u, ce, co)
-            dst[h, c0 + 2 * u] = even
-            dst[h, c0 + 2 * u + 1] = odd
-        if c0 == 1:  # column 0: padded column pl, odd
-            dst[h, 0] = _split_pair(D, a, b, (pl - 1) // 2, ce, co)[1]
-        if c0 + 2 * pairs < W:  # an unpaired last column: even padded column
-            dst[h, W - 1] = _split_pair(D, a, b, tb + pairs, ce, co)[0]
+    # the filter rotated by 180 degrees
+    ws = (wk[2, 2], wk[2, 1], wk[2, 0], wk[1, 2], wk[1, 1], wk[1, 0],
+          wk[0, 2], wk[0, 1], wk[0, 0])  # fmt: skip
+    for h in range(dst.shape[0]):
+        if (h + pt) % 2 == 0:
+            for q in range(dst.shape[1]):
+                dst[h, q] = (
+                    ws[0] * ub[h, q] + ws[1] * ub[h, q + 1] + ws[2] * ub[h, q + 2]
+                    + ws[6] * ub[h + 2, q] + ws[7] * ub[h + 2, q + 1] + ws[8] * ub[h + 2, q + 2]
+                )  # fmt: skip
+        else:
+            for q in range(dst.shape[1]):
+                dst[h, q] = (
+                    ws[3] * ub[h + 1, q] + ws[4] * ub[h + 1, q + 1] + ws[5] * ub[h + 1, q + 2]
+                )  # fmt: skip
 
 
 @njit(cache=True, nogil=True, fastmath=REASSOC)
 def depthwise3x3_backward_stride2(dout, x, w, dx, dweight, sh, sw, pt, pl):
     """Both gradients at stride 2 (sh == sw == 2) for K == C; writes dx (N, C, H, W) and adds
-    into dweight (C, 1, 3, 3). dout (N, C, OH, OW), w (C, 1, 3, 3); pt, pl >= 0.
+    into dweight (C, 1, 3, 3). dout (N, C, OH, OW), w (C, 1, 3, 3).
 
-    Per plane, x is split into its even and odd padded columns (``load_split_band``, as the
-    stride-2 forward reads it) for the weight gradient (``_weight_grad_split``), and dout is
-    copied into a zero-bordered scratch for the input gradient (``_input_grad_split``), which
-    is written, so dx needs no zeroing. Reading every second column of an unsplit scratch for
-    the weight gradient took vector shuffles; the input gradient as a stride-1 correlation of
-    the zero-spread dout (``depthwise3x3_backward_input_stride2``) multiplies the zeros too.
+    Per plane, x goes into the forward's zero-bordered scratch and dout, spread out, into the
+    input gradient's, while both are in cache: the weight gradient is
+    ``depthwise3x3_backward_weight``'s (same sums, same order), the input gradient
+    ``depthwise3x3_backward_input_stride2``'s, written rather than added, so dx needs no zeroing.
     """
     N, C, H, W = x.shape
     OH, OW = dout.shape[2], dout.shape[3]
-    E = np.zeros((2 * OH + 1, OW + 1), dtype=x.dtype)  # padded columns 0, 2, ..., 2*OW
-    O = np.zeros((2 * OH + 1, OW), dtype=x.dtype)  # padded columns 1, 3, ..., 2*OW - 1
-    D = np.zeros((OH + 2, OW + 2), dtype=x.dtype)
+    xb = make_buffer(OH, OW, 2, 2, x)
+    ub = make_buffer(H, W, 1, 1, x)
     for n in range(N):
         for c in range(C):
-            load_split_band(x[n, c], E, O, -pt, 2 * OH + 1, pl)
-            _weight_grad_split(E, O, dout[n, c], dweight[c, 0])
-            load_plane(dout[n, c], D, 1, 1)
-            _input_grad_split(D, w[c, 0], dx[n, c], pt, pl)
+            load_plane(x[n, c], xb, pt, pl)
+            plane3x3_weight_grad(xb, dout[n, c], 2, 2, dweight[c, 0])
+            load_plane_upsampled(dout[n, c], ub, 2 - pt, 2 - pl, 2, 2)
+            _input_grad_rows_stride2(ub, w[c, 0], dx[n, c], pt)
