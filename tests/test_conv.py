@@ -349,12 +349,14 @@ def test_depthwise3x3_kernels_match_naive_loops(shape, size, stride, pads, seed)
         np.testing.assert_allclose(dw, dw_n, rtol=1e-12, atol=1e-12, err_msg=kernel.__name__)
 
 
-@pytest.mark.parametrize("size", [(12, 12), (7, 7), (1, 1), (3, 10), (17, 16), (5, 4), (9, 8)])
+@pytest.mark.parametrize(
+    "size", [(12, 12), (7, 7), (1, 1), (3, 10), (17, 16), (5, 4), (9, 8), (6, 112), (1, 97)]
+)
 @pytest.mark.parametrize("pads", [(1, 1), (0, 0), (2, 2), (0, 2)])
 def test_depthwise3x3_backward_stacked_matches_naive_loops(size, pads):
     """Enough images for several stacks (the last one partial), padding on either side; planes
-    of more than STACK_MAX_PIXELS one image at a time (17x16); rows of 1 to 16 columns; the
-    kernel writes dx and adds into dweight."""
+    of more than STACK_MAX_PIXELS one image at a time (17x16, 6x112, 1x97); rows of 1 to 112
+    columns; the kernel writes dx and adds into dweight."""
     (H, W), (pt, pl) = size, pads
     N = STACK_ELEMENTS // ((H + 2) * (W + 2)) + 3 if H * W > 1 else 3
     rng = np.random.default_rng(H * W + pt)
@@ -446,11 +448,14 @@ def test_depthwise3x3_stride2_input_grad_matches_naive_loops(size, pads, multipl
     np.testing.assert_allclose(dx - 0.5, dx_n, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("size", [(7, 7), (8, 8), (7, 10), (12, 5), (1, 2), (1, 1), (2, 1)])
+@pytest.mark.parametrize(
+    "size", [(7, 7), (8, 8), (7, 10), (12, 5), (1, 2), (1, 1), (2, 1), (5, 50), (4, 47), (1, 48)]
+)
 @pytest.mark.parametrize("pads", [(1, 1, 1, 1), (0, 2, 1, 1), (2, 0, 3, 1), (3, 3, 0, 2)])
 def test_depthwise3x3_backward_stride2_matches_naive_loops(size, pads):
     """Both gradients at stride 2: odd and even sizes, 1-pixel planes, asymmetric and wide
-    padding (crops of the spread-out gradient); writes dx, adds into dweight."""
+    padding (crops of the spread-out gradient), rows of 1 to 25 output columns; writes dx,
+    adds into dweight."""
     (H, W), (pt, pb, pl, pr), N, C = size, pads, 3, 4
     OH, OW = (H + pt + pb - 3) // 2 + 1, (W + pl + pr - 3) // 2 + 1
     rng = np.random.default_rng(H * W + pt)
@@ -464,12 +469,50 @@ def test_depthwise3x3_backward_stride2_matches_naive_loops(size, pads):
     np.testing.assert_allclose(dw - 0.25, dw_n, rtol=1e-12, atol=1e-12)
 
 
+def test_depthwise3x3_backward_stride2_infinite_gradient_is_the_naive_loops():
+    """An inf in dout gives the naive loops' dx (inf where it reaches, never NaN from a zero
+    times inf)."""
+    rng = np.random.default_rng(3)
+    x, w = rng.standard_normal((1, 2, 9, 50)), rng.standard_normal((2, 1, 3, 3))
+    dout = rng.standard_normal((1, 2, 5, 25))
+    dout[0, 1, 2, 1] = np.inf
+    dx_n, dw_n = np.zeros_like(x), np.zeros_like(w)
+    conv2d_backward_naive(dout, x, w, dx_n, dw_n, 2, 2, 1, 1, 1, 1, 2)
+    dx, dw = np.full_like(x, np.nan), np.zeros_like(w)
+    depthwise3x3_backward_stride2(dout, x, w, dx, dw, 2, 2, 1, 1)
+    assert np.isinf(dx).any() and not np.isnan(dx_n).any()
+    np.testing.assert_allclose(dx, dx_n, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "size, pads", [((112, 112), (1, 1)), ((57, 51), (0, 1)), ((28, 49), (1, 0)), ((28, 9), (1, 1))]
+)
+def test_depthwise3x3_backward_stride2_float32_matches_float64_loops(size, pads):
+    """The stride-2 kernel in float32 on MobileNet's largest plane and odd ones (odd and even
+    column counts, TF "same" padding (0, 1)): dx and dW are the float64 naive loops' to float32
+    precision (dW sums 3136 products a tap on 112x112)."""
+    (H, W), (pt, pl), N, C = size, pads, 2, 3
+    OH, OW = (H + 2 * pt - 3 + (pt == 0)) // 2 + 1, (W + 2 * pl - 3 + (pl == 0)) // 2 + 1
+    rng = np.random.default_rng(H + W)
+    x, w = rng.standard_normal((N, C, H, W)), rng.standard_normal((C, 1, 3, 3))
+    dout = rng.standard_normal((N, C, OH, OW))
+    dx_n, dw_n = np.zeros_like(x), np.zeros_like(w)
+    conv2d_backward_naive(dout, x, w, dx_n, dw_n, 2, 2, pt, pl, 1, 1, C)
+    x32, w32, d32 = (a.astype(np.float32) for a in (x, w, dout))
+    dx, dw = np.full_like(x32, np.nan), np.zeros_like(w32)
+    depthwise3x3_backward_stride2(d32, x32, w32, dx, dw, 2, 2, pt, pl)
+    np.testing.assert_allclose(dx, dx_n, rtol=1e-5, atol=1e-5)
+    scale = np.sqrt(N * OH * OW)  # dW's terms are of order one with random signs
+    np.testing.assert_allclose(dw, dw_n, rtol=0, atol=2e-6 * scale)
+
+
 @pytest.mark.torch
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(
     "size, stride, padding",
     [((15, 15), 2, 1), ((14, 14), 2, "tf_same"), ((9, 12), 2, (0, 1)), ((1, 1), 2, 1),
-     ((3, 3), 2, 1), ((14, 14), 1, 1), ((2, 2), 1, 1), ((28, 28), 2, "tf_same")],
+     ((3, 3), 2, 1), ((14, 14), 1, 1), ((2, 2), 1, 1), ((28, 28), 2, "tf_same"),
+     ((6, 112), 1, 1), ((5, 100), 1, "tf_same")],
 )  # fmt: skip
 def test_depthwise_backward_both_gradient_kernels_match_torch(torch, dtype, size, stride, padding):
     """The op through the both-gradients kernels (stride 2; stride 1 stacked; tiny planes), TF
