@@ -111,26 +111,44 @@ class Runner:
     def __repr__(self) -> str:
         return f"Runner(threads={self._threads!r})"
 
-    def slices(self, n_items: int, min_items: int = 1) -> list[tuple[int, int]]:
+    def slices(
+        self, n_items: int, min_items: int = 1, last_extra: int = 0
+    ) -> list[tuple[int, int]]:
         """``n_items`` cut into contiguous ``(lo, hi)`` ranges, at most one per thread, each at
-        least ``min_items`` long (fewer ranges when the work is too small to be worth it)."""
+        least ``min_items`` long (fewer ranges when the work is too small to be worth it).
+        ``last_extra``: the last range is longer than the others by that many items (at most
+        half of an even share, and never leaving the others under ``min_items``; the others
+        equal, rounding adds fewer than one item per range)."""
         k = max(1, min(self.threads, n_items // max(min_items, 1)))
         if k == 1:
             return [(0, n_items)]
-        bounds = [n_items * i // k for i in range(k + 1)]
+        if last_extra <= 0:
+            bounds = [n_items * i // k for i in range(k + 1)]
+        else:
+            extra = min(last_extra, n_items // (2 * k), n_items - k * min_items)
+            step = (n_items - extra) // k  # the other ranges' length
+            bounds = [i * step for i in range(k)] + [n_items]
         return [(bounds[i], bounds[i + 1]) for i in range(k)]
 
-    def map(self, fn, n_items: int, item_size: int = MIN_SLICE_ELEMENTS) -> list:
+    def map(
+        self, fn, n_items: int, item_size: int = MIN_SLICE_ELEMENTS, caller_lead: int = 0
+    ) -> list:
         """``[fn(lo, hi) for (lo, hi) in slices]``, the slices in parallel, results in order.
 
         ``item_size``: elements per item (per image) of the largest array the work touches;
         slices hold at least :data:`MIN_SLICE_ELEMENTS` elements, so small work is not split.
         The calling thread runs the last slice itself; an exception in any slice is raised here
         after every slice has finished (so no thread still writes into the caller's arrays).
+        ``caller_lead``: elements by which the caller's slice is made longer than the others'
+        (whole items of ``item_size``). The caller starts at once, another thread some 20-30 us
+        later, once woken; a lead worth that time lets the others end first, so the map need
+        not wait for one more wake-up (fine-grained items only: a lead shorter than one item
+        changes nothing).
         """
         if self._threads == 1:  # SERIAL: one slice, whatever the sizes
             return [fn(0, n_items)]
-        ranges = self.slices(n_items, -(-MIN_SLICE_ELEMENTS // max(int(item_size), 1)))
+        size = max(int(item_size), 1)
+        ranges = self.slices(n_items, -(-MIN_SLICE_ELEMENTS // size), caller_lead // size)
         if len(ranges) == 1:
             return [fn(*ranges[0])]
         return _run_ranges(fn, ranges)

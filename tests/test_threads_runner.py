@@ -16,11 +16,7 @@ from hypothesis import strategies as st
 from npmobilenet import ops, threads
 from npmobilenet.kernels.batchnorm import FLAT_MAX_L
 from npmobilenet.models import MobileNetV1
-from npmobilenet.ops.batchnorm import (
-    _map_channels,
-    batch_norm_act_backward,
-    batch_norm_act_forward,
-)
+from npmobilenet.ops.batchnorm import batch_norm_act_backward, batch_norm_act_forward
 from npmobilenet.ops.conv import conv2d_backward, conv2d_forward
 from npmobilenet.testing.conv import conv2d_configs, conv2d_kwargs, make_conv2d_inputs
 from npmobilenet.threads import SERIAL, Runner
@@ -38,14 +34,23 @@ def split_everything(monkeypatch):
         threads.set_blas_threads(before)
 
 
-@given(n=st.integers(0, 50), parts=st.integers(1, 5), min_items=st.integers(1, 7))
-def test_slices_cover_the_items_in_order(n, parts, min_items):
-    ranges = Runner(parts).slices(n, min_items)
+@given(n=st.integers(0, 50), parts=st.integers(1, 5), min_items=st.integers(1, 7),
+       extra=st.integers(0, 30))  # fmt: skip
+def test_slices_cover_the_items_in_order(n, parts, min_items, extra):
+    ranges = Runner(parts).slices(n, min_items, extra)
     assert ranges[0][0] == 0 and ranges[-1][1] == n
     assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
     assert 1 <= len(ranges) <= parts
     if len(ranges) > 1:
+        k = len(ranges)
         assert all(hi - lo >= min_items for lo, hi in ranges)
+        lengths = [hi - lo for lo, hi in ranges]
+        if extra == 0:  # even: lengths differ by at most one
+            assert max(lengths) - min(lengths) <= 1
+        else:  # the others equal, the last longer by the extra (capped), plus rounding
+            (step,) = set(lengths[:-1])
+            want = min(extra, n // (2 * k), n - k * min_items)
+            assert want <= lengths[-1] - step <= want + k - 1
 
 
 def test_serial_runs_once_and_a_runner_splits_in_order(split_everything):
@@ -223,14 +228,14 @@ def test_batch_norm_split_equals_serial(split_everything, activation, dtype, hw,
     "C, per_channel, lead",
     [(41, 252, 2**17), (41, 3136, 2**16), (64, 200704, 2**17), (3, 10, 2**17)],
 )
-def test_batch_norm_channel_ranges_give_the_caller_more(split_everything, n_threads, C,
+def test_map_gives_the_caller_a_longer_slice(split_everything, n_threads, C,
                                                         per_channel, lead):  # fmt: skip
     """The channel kernels' ranges cover the channels once, in order, one per thread; the other
     threads' are equal, the calling thread's (the last) longer than theirs by lead //
     per_channel channels (at most half of an even share; rounding adds fewer than k)."""
     calls = []
     record = lambda lo, hi: calls.append((lo, hi, threading.get_ident()))  # noqa: E731
-    _map_channels(Runner(n_threads), record, C, per_channel, lead)
+    Runner(n_threads).map(record, C, per_channel, caller_lead=lead)
     calls.sort()
     k = min(n_threads, C)
     assert [lo for lo, _, _ in calls] == [0] + [hi for _, hi, _ in calls[:-1]]

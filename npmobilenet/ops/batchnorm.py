@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from npmobilenet import _checks, threads
+from npmobilenet import _checks
 from npmobilenet.kernels import batchnorm as K
 from npmobilenet.ops.activations import ACTIVATIONS
 from npmobilenet.threads import SERIAL
@@ -32,32 +32,13 @@ _FWD = "batch_norm_forward"
 _BWD = "batch_norm_backward"
 ACT_CODES = {None: 0, "relu": 1, "relu6": 2}  # the channel kernels' activation argument
 
-# The channel kernels' ranges (planes of at least K.FLAT_MAX_L pixels) are not cut equal:
-# Runner.map runs its last range in the calling thread, which starts on it at once, while each
-# other thread starts its range some 20-30 us later (woken, then waiting for the GIL), and a
-# thread that ends after the caller costs one more wake-up (20-40 us) before the map returns.
-# So the caller's range is longer, by about this many elements (a channel holds N * L) of the
-# forward's passes (about 0.33 ns an element per thread on planes out of cache: 40 us) and of
-# the backward's (0.46 ns: 30 us), and the other threads end first. (Planes of 112x112 hold
-# more than that per channel, and there the split stays even.)
+# The channel kernels' ranges (planes of at least K.FLAT_MAX_L pixels) are not cut equal: the
+# calling thread's range (``Runner.map``'s ``caller_lead``) is longer by about this many elements
+# (a channel holds N * L) of the forward's passes (about 0.33 ns an element per thread on planes
+# out of cache: 40 us) and of the backward's (0.46 ns: 30 us), the time another thread takes to
+# start. (Planes of 112x112 hold more than that per channel, and there the split stays even.)
 CALLER_LEAD_FORWARD = 2**17
 CALLER_LEAD_BACKWARD = 2**16
-
-
-def _map_channels(runner, fn, C, per_channel, lead):
-    """``fn(lo, hi)`` on ranges of the C channels, as many as ``runner.map(fn, C, per_channel)``
-    would make: the other threads' equal, the last (the calling thread's) longer than theirs by
-    ``lead // per_channel`` channels (at most half of an even share)."""
-    if runner is SERIAL:  # a step that splits none of its ops
-        fn(0, C)
-        return
-    k = len(runner.slices(C, -(-threads.MIN_SLICE_ELEMENTS // max(per_channel, 1))))
-    if k == 1:
-        fn(0, C)
-        return
-    step = (C - min(lead // per_channel, C // (2 * k))) // k  # the other threads' ranges
-    bounds = [i * step for i in range(k)] + [C]
-    runner.map(lambda lo, hi: fn(bounds[lo], bounds[hi]), k, threads.MIN_SLICE_ELEMENTS)
 
 
 class BatchNormCache(NamedTuple):
@@ -232,7 +213,7 @@ def _forward_rows(x3, w, b, running_mean, running_var, eps, act, out, runner):
     def channels(lo, hi):
         K.forward_channels(x3, w, b, eps, coef, out, code, True, lo, hi)
 
-    _map_channels(runner, channels, C, N * L, CALLER_LEAD_FORWARD)
+    runner.map(channels, C, N * L, caller_lead=CALLER_LEAD_FORWARD)
     return tuple(coef)
 
 
@@ -245,7 +226,7 @@ def _apply(x3, scale, shift, act, out, runner, trained):
     N, C, L = x3.shape
     if not K._is_flat(x3):
         fn = _apply_channels(x3, scale, shift, ACT_CODES[act], out, trained)
-        _map_channels(runner, fn, C, N * L, CALLER_LEAD_FORWARD)
+        runner.map(fn, C, N * L, caller_lead=CALLER_LEAD_FORWARD)
         return
 
     def images(lo, hi):  # a slice of the batch (the whole batch unless a runner splits it)
@@ -396,7 +377,7 @@ def _backward_rows(d3, cache, dx, runner):
         K.backward_channels(d3, x3, c.mean, c.w, c.invstd, c.training, S, T, dx, code,
                             c.scale, c.shift, lo, hi)  # fmt: skip
 
-    _map_channels(runner, channels, C, N * L, CALLER_LEAD_BACKWARD)
+    runner.map(channels, C, N * L, caller_lead=CALLER_LEAD_BACKWARD)
     return S, T
 
 
