@@ -661,7 +661,7 @@ def _input_grad_pairs(D, wk, dst, pt, pl):
     tb = max(0, (c0 + pl) // 2)
     pairs = max(0, (W - c0) // 2)
     cc = max(0, c0)
-    z = wk[0, 0] * 0
+    z = D[0, 0]  # D's zero border: a zero weight in the input's precision
     for h in range(H):
         R = max(0, h + pt)
         if R % 2 == 0:  # taps i = 0 (row a) and i = 2 (row b)
