@@ -585,68 +585,71 @@ def _input_grad_rows_stride2(ub, wk, dst, pt):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def load_plane_phases(src, E, O, pt, pl):
+def load_plane_phases(src, e, o, pt, pl, cols):
     """Split the zero-padded plane into its four phases (even and odd rows, even and odd
-    columns): E (2*R1, cols) and O (2*R1, cols), R1 = E.shape[0] // 2, zeroed when allocated.
+    columns), flattened: e and o (2*R1*cols,), R1 rows of cols per phase, zeroed when allocated.
 
     padded[R, p] = src[R - pt, p - pl] (pt, pl >= 0). Padded row R goes to row
-    ``(R % 2)*R1 + R // 2``: ``E[a*R1 + r, t] = padded[2r + a, 2t]``, ``O[a*R1 + r, t] =
-    padded[2r + a, 2t + 1]``, so each phase is a contiguous (R1, cols) block. Positions outside
-    the plane are never written, so they stay zero (the padding). Within a row, columns are
-    copied in pairs as ``load_split_band`` does (an interleaved load).
+    ``(R % 2)*R1 + R // 2``: ``e[(a*R1 + r)*cols + t] = padded[2r + a, 2t]`` and o likewise
+    holds ``padded[2r + a, 2t + 1]``, so each phase is a contiguous block of R1 rows.
+    Positions outside the plane are never written, so they stay zero (the padding). Within a
+    row, columns are copied in pairs as ``load_split_band`` does (an interleaved load).
+    Offsets into e and o are unsigned, so no index needs a wraparound test.
     """
     H, W = src.shape
-    R1 = E.shape[0] // 2
+    R1 = e.shape[0] // (2 * cols)
     c0 = pl % 2
     tb = max(0, (c0 + pl) // 2)
-    pairs = max(0, min((W - c0) // 2, E.shape[1] - tb, O.shape[1] - tb))
+    pairs = max(0, min((W - c0) // 2, cols - tb))
     cc = max(0, c0)
-    for h in range(max(0, -pt), min(H, 2 * R1 - pt)):
-        R = max(0, h + pt)
-        dr = (R % 2) * R1 + R // 2
+    for h in range(min(H, 2 * R1 - pt)):
+        R = h + pt
+        row = np.uint64(((R % 2) * R1 + R // 2) * cols)
         for u in range(pairs):
-            E[dr, tb + u] = src[h, cc + 2 * u]
-            O[dr, tb + u] = src[h, cc + 2 * u + 1]
+            e[row + np.uint64(tb + u)] = src[h, cc + 2 * u]
+            o[row + np.uint64(tb + u)] = src[h, cc + 2 * u + 1]
         t = (pl - 1) // 2
-        if c0 == 1 and 0 <= t < O.shape[1]:  # column 0: an odd padded column
-            O[dr, t] = src[h, 0]
+        if c0 == 1 and 0 <= t < cols:  # column 0: an odd padded column
+            o[row + np.uint64(t)] = src[h, 0]
         last = c0 + 2 * pairs  # an unpaired last column: even padded column tb + pairs
-        if last < W and tb + pairs < E.shape[1]:
-            E[dr, tb + pairs] = src[h, last]
+        if last < W and tb + pairs < cols:
+            e[row + np.uint64(tb + pairs)] = src[h, last]
 
 
 @njit(cache=True, nogil=True, inline="always", fastmath=REASSOC)
-def _weight_grad_phases(taps, d, n, acc, zero):
-    """acc (3, 3) += sum_k d[k] * taps[3*i + j][k] over k < n: the stride-2 weight gradient of
-    one plane as one flat loop, the nine sums in the input's precision (``zero`` its zero).
+def _weight_grad_phases(e, o, d, n, cols, acc, zero):
+    """acc (3, 3) += sum over k < n of d[cols + 1 + k] times the nine taps of flat position k
+    in the phases e and o (``load_plane_phases``): the stride-2 weight gradient of one plane
+    as one flat loop, the nine sums in the input's precision (``zero`` its zero).
 
-    With the phases of ``load_plane_phases`` (row length cols) and the output gradient laid out
-    with the same row length (d[oh*cols + ow] = dout[oh, ow], zero at ow >= OW), output pixel
-    (oh, ow)'s tap (i, j), padded[2*oh + i, 2*ow + j], is phase (i % 2, j % 2) at
-    (oh + i // 2, ow + j // 2): a constant offset from k = oh*cols + ow in that phase, so every
-    tap is a contiguous read (taps[3*i + j] starts at it). Row by row, every second column of
-    an unsplit plane needed vector shuffles, and the nine sums were reduced once per row.
+    d: dout flattened with the phases' row length at (1, 1), zero elsewhere. Output pixel
+    (oh, ow) is k = oh*cols + ow, and its tap (i, j), padded[2*oh + i, 2*ow + j], is phase
+    (i % 2, j % 2) at k + (i // 2)*cols + j // 2: a constant offset, a contiguous read. Row
+    by row, every second column of an unsplit plane needed vector shuffles, and the nine sums
+    were reduced once per row.
     """
-    p0, p1, p2, p3, p4, p5, p6, p7, p8 = taps
+    one, c = np.uint64(1), np.uint64(cols)
+    c1, h1 = c + one, np.uint64(e.shape[0] // 2)  # h1: the odd rows' phases
     g0 = g1 = g2 = g3 = g4 = g5 = g6 = g7 = g8 = zero
-    for k in range(n):
-        dk = d[k]
-        g0 += dk * p0[k]
-        g1 += dk * p1[k]
-        g2 += dk * p2[k]
-        g3 += dk * p3[k]
-        g4 += dk * p4[k]
-        g5 += dk * p5[k]
-        g6 += dk * p6[k]
-        g7 += dk * p7[k]
-        g8 += dk * p8[k]
+    for k in range(np.uint64(n)):
+        dk = d[k + c1]
+        g0 += dk * e[k]
+        g1 += dk * o[k]
+        g2 += dk * e[k + one]
+        g3 += dk * e[k + h1]
+        g4 += dk * o[k + h1]
+        g5 += dk * e[k + h1 + one]
+        g6 += dk * e[k + c]
+        g7 += dk * o[k + c]
+        g8 += dk * e[k + c1]
     add_tap_sums(acc, (g0, g1, g2, g3, g4, g5, g6, g7, g8))
 
 
 @njit(cache=True, nogil=True, inline="always", fastmath=REASSOC)
-def _input_grad_pairs(D, wk, dst, pt, pl):
-    """dst (H, W) = the stride-2 input gradient, written, from D (OH + 2, OW + 2): dout with a
-    zero border (``load_plane(dout, D, 1, 1)``); wk (3, 3) the forward's filter.
+def _input_grad_pairs(d, wk, dst, pt, pl, cols):
+    """dst (H, W) = the stride-2 input gradient, written, from d: dout (OH, OW) flattened
+    with row length cols at (1, 1), zero elsewhere (D[r, t] = d[r*cols + t]); wk (3, 3) the
+    forward's filter.
 
     Padded position (P, p) = (h + pt, w + pl) receives w[i, j]*dout[(P - i)/2, (p - j)/2]
     over the taps where both divisions are exact: an even row P = 2r takes taps i = 0 (D row
@@ -661,25 +664,28 @@ def _input_grad_pairs(D, wk, dst, pt, pl):
     tb = max(0, (c0 + pl) // 2)
     pairs = max(0, (W - c0) // 2)
     cc = max(0, c0)
-    z = D[0, 0]  # D's zero border: a zero weight in the input's precision
+    z, one = d[0], np.uint64(1)  # D's zero border: a zero weight in the input's precision
     for h in range(H):
-        R = max(0, h + pt)
+        R = h + pt
         if R % 2 == 0:  # taps i = 0 (row a) and i = 2 (row b)
-            a, b = R // 2 + 1, R // 2
+            a, b = np.uint64((R // 2 + 1) * cols), np.uint64(R // 2 * cols)
             e0, e2, f0, f2, o1, p1 = wk[0, 0], wk[0, 2], wk[2, 0], wk[2, 2], wk[0, 1], wk[2, 1]
         else:  # tap i = 1 (row a)
-            a, b = R // 2 + 1, 0
+            a, b = np.uint64((R // 2 + 1) * cols), np.uint64(0)
             e0, e2, f0, f2, o1, p1 = wk[1, 0], wk[1, 2], z, z, wk[1, 1], z
         for u in range(pairs):
-            t = tb + u
-            dst[h, cc + 2 * u] = e0 * D[a, t + 1] + e2 * D[a, t] + f0 * D[b, t + 1] + f2 * D[b, t]
-            dst[h, cc + 2 * u + 1] = o1 * D[a, t + 1] + p1 * D[b, t + 1]
+            t = np.uint64(tb + u)
+            at, at1, bt, bt1 = d[a + t], d[a + t + one], d[b + t], d[b + t + one]
+            dst[h, cc + 2 * u] = e0 * at1 + e2 * at + f0 * bt1 + f2 * bt
+            dst[h, cc + 2 * u + 1] = o1 * at1 + p1 * bt1
         if c0 == 1:  # column 0: an odd padded column
-            t = max(0, (pl - 1) // 2)
-            dst[h, 0] = o1 * D[a, t + 1] + p1 * D[b, t + 1]
+            t = np.uint64(max(0, (pl - 1) // 2))
+            dst[h, 0] = o1 * d[a + t + one] + p1 * d[b + t + one]
         if cc + 2 * pairs < W:  # an unpaired last column: an even padded column
-            t = tb + pairs
-            dst[h, W - 1] = e0 * D[a, t + 1] + e2 * D[a, t] + f0 * D[b, t + 1] + f2 * D[b, t]
+            t = np.uint64(tb + pairs)
+            dst[h, W - 1] = (
+                e0 * d[a + t + one] + e2 * d[a + t] + f0 * d[b + t + one] + f2 * d[b + t]
+            )
 
 
 @njit(cache=True, nogil=True, fastmath=REASSOC)
@@ -687,31 +693,30 @@ def depthwise3x3_backward_stride2(dout, x, w, dx, dweight, sh, sw, pt, pl):
     """Both gradients at stride 2 (sh == sw == 2) for K == C; writes dx (N, C, H, W) and adds
     into dweight (C, 1, 3, 3). dout (N, C, OH, OW), w (C, 1, 3, 3); pt, pl >= 0.
 
-    Per plane, while x and dout are in cache: dout is copied into D, a zero-bordered scratch
-    whose rows are as long as the phases of the padded x (``load_plane_phases``: even and odd
-    rows and columns), in which a stride-2 correlation reads every tap contiguously. The
-    weight gradient is one flat loop over them (``_weight_grad_phases``), the input gradient
-    pairs of columns from two rows of D (``_input_grad_pairs``), written, so dx needs no
-    zeroing. Row by row on an unsplit plane, every second column took vector shuffles, and
-    the spread-out dout of the readable input gradient multiplies zeros. The weight
-    gradient's loop also multiplies D's zero columns (past OW) by the phases: as in the
-    stride-1 kernels, an inf in x can then give NaN in a neighbouring tap's sum.
+    Per plane, while x and dout are in cache: dout is copied into d, a flat zero-bordered
+    scratch whose rows are as long as the phases of the padded x (``load_plane_phases``: even
+    and odd rows and columns), in which a stride-2 correlation reads every tap contiguously.
+    The weight gradient is one flat loop over them (``_weight_grad_phases``), the input
+    gradient pairs of columns from two rows of d (``_input_grad_pairs``), written, so dx
+    needs no zeroing. Row by row on an unsplit plane, every second column took vector
+    shuffles, and the spread-out dout of the readable input gradient multiplies zeros. The
+    weight gradient's loop also multiplies d's zero columns (past OW) by the phases: as in
+    the stride-1 kernels, an inf in x can then give NaN in a neighbouring tap's sum.
     """
     N, C, H, W = x.shape
     OH, OW = dout.shape[2], dout.shape[3]
-    cols = OW + 2  # phase column t holds padded column 2t (+ 1); D's last column stays zero
-    E = np.zeros((2 * (OH + 1), cols), dtype=x.dtype)
-    O = np.zeros((2 * (OH + 1), cols), dtype=x.dtype)
-    D = np.zeros((OH + 2, cols), dtype=x.dtype)  # dout at (1, 1)
-    e, o, h1 = E.reshape(E.size), O.reshape(O.size), (OH + 1) * cols  # h1: the odd rows
-    taps = (e[0:], o[0:], e[1:], e[h1:], o[h1:], e[h1 + 1 :], e[cols:], o[cols:],
-            e[cols + 1 :])  # fmt: skip
-    d = D.reshape(D.size)[cols + 1 :]  # d[oh*cols + ow] = dout[oh, ow]
+    cols = OW + 2  # phase column t holds padded column 2t (+ 1); d's last column stays zero
+    e = np.zeros(2 * (OH + 1) * cols, dtype=x.dtype)
+    o = np.zeros(2 * (OH + 1) * cols, dtype=x.dtype)
+    d = np.zeros((OH + 2) * cols, dtype=x.dtype)  # dout at (1, 1)
     n = (OH - 1) * cols + OW  # up to the last output pixel
-    zero = D[0, 0]  # in the input's precision
     for n_ in range(N):
         for c in range(C):
-            load_plane_phases(x[n_, c], E, O, pt, pl)
-            load_plane(dout[n_, c], D, 1, 1)
-            _weight_grad_phases(taps, d, n, dweight[c, 0], zero)
-            _input_grad_pairs(D, w[c, 0], dx[n_, c], pt, pl)
+            load_plane_phases(x[n_, c], e, o, pt, pl, cols)
+            src = dout[n_, c]
+            for oh in range(OH):
+                row = np.uint64((oh + 1) * cols + 1)
+                for ow in range(OW):
+                    d[row + np.uint64(ow)] = src[oh, ow]
+            _weight_grad_phases(e, o, d, n, cols, dweight[c, 0], d[0])
+            _input_grad_pairs(d, w[c, 0], dx[n_, c], pt, pl, cols)
