@@ -558,32 +558,6 @@ def depthwise3x3_backward_stacked(dout, x, w, dx, dweight, sh, sw, pt, pl):
 # --------------------------------------------------------------------------------------------
 
 
-@njit(cache=True, nogil=True, inline="always", fastmath=REASSOC)
-def _input_grad_rows_stride2(ub, wk, dst, pt):
-    """dst (H, W) = the stride-2 input gradient from the spread-out gradient ``ub``, written.
-
-    ``ub`` holds dout spread out at ``(2 - pt, 2 - pl)`` as ``load_plane_upsampled`` lays it
-    out, wk (3, 3) the forward's filter. As ``depthwise3x3_backward_input_stride2``: of the
-    three ub rows dx row h reads, only rows h and h+2 (taps 2 and 0 of the forward's filter)
-    or row h+1 alone (tap 1) hold data, by the parity of h + pt.
-    """
-    # the filter rotated by 180 degrees
-    ws = (wk[2, 2], wk[2, 1], wk[2, 0], wk[1, 2], wk[1, 1], wk[1, 0],
-          wk[0, 2], wk[0, 1], wk[0, 0])  # fmt: skip
-    for h in range(dst.shape[0]):
-        if (h + pt) % 2 == 0:
-            for q in range(dst.shape[1]):
-                dst[h, q] = (
-                    ws[0] * ub[h, q] + ws[1] * ub[h, q + 1] + ws[2] * ub[h, q + 2]
-                    + ws[6] * ub[h + 2, q] + ws[7] * ub[h + 2, q + 1] + ws[8] * ub[h + 2, q + 2]
-                )  # fmt: skip
-        else:
-            for q in range(dst.shape[1]):
-                dst[h, q] = (
-                    ws[3] * ub[h + 1, q] + ws[4] * ub[h + 1, q + 1] + ws[5] * ub[h + 1, q + 2]
-                )  # fmt: skip
-
-
 @njit(cache=True, nogil=True, inline="always")
 def load_plane_phases(src, e, o, pt, pl, cols):
     """Split the zero-padded plane into its four phases (even and odd rows, even and odd
