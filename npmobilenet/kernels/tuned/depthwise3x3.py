@@ -27,7 +27,6 @@ from npmobilenet.kernels.conv_depthwise import (
     load_plane,
     load_plane_upsampled,
     make_buffer,
-    plane3x3_weight_grad,
 )
 from npmobilenet.kernels.conv_direct import (
     add_padded_taps,
@@ -594,49 +593,139 @@ def depthwise3x3_backward_stacked(dout, x, w, dx, dweight, sh, sw, pt, pl):
 # --------------------------------------------------------------------------------------------
 
 
-@njit(cache=True, nogil=True, inline="always", fastmath=REASSOC)
-def _input_grad_rows_stride2(ub, wk, dst, pt):
-    """dst (H, W) = the stride-2 input gradient from the spread-out gradient ``ub``, written.
+@njit(cache=True, nogil=True, inline="always")
+def load_plane_phases(src, e, o, pt, pl, cols):
+    """Split the zero-padded plane into its four phases (even and odd rows, even and odd
+    columns), flattened: e and o (2*R1*cols,), R1 rows of cols per phase, zeroed when allocated.
 
-    ``ub`` holds dout spread out at ``(2 - pt, 2 - pl)`` as ``load_plane_upsampled`` lays it
-    out, wk (3, 3) the forward's filter. As ``depthwise3x3_backward_input_stride2``: of the
-    three ub rows dx row h reads, only rows h and h+2 (taps 2 and 0 of the forward's filter)
-    or row h+1 alone (tap 1) hold data, by the parity of h + pt.
+    padded[R, p] = src[R - pt, p - pl] (pt, pl >= 0). Padded row R goes to row
+    ``(R % 2)*R1 + R // 2``: ``e[(a*R1 + r)*cols + t] = padded[2r + a, 2t]`` and o likewise
+    holds ``padded[2r + a, 2t + 1]``, so each phase is a contiguous block of R1 rows.
+    Positions outside the plane are never written, so they stay zero (the padding). Within a
+    row, columns are copied in pairs as ``load_split_band`` does (an interleaved load).
+    Offsets into e and o are unsigned, so no index needs a wraparound test.
     """
-    # the filter rotated by 180 degrees
-    ws = (wk[2, 2], wk[2, 1], wk[2, 0], wk[1, 2], wk[1, 1], wk[1, 0],
-          wk[0, 2], wk[0, 1], wk[0, 0])  # fmt: skip
-    for h in range(dst.shape[0]):
-        if (h + pt) % 2 == 0:
-            for q in range(dst.shape[1]):
-                dst[h, q] = (
-                    ws[0] * ub[h, q] + ws[1] * ub[h, q + 1] + ws[2] * ub[h, q + 2]
-                    + ws[6] * ub[h + 2, q] + ws[7] * ub[h + 2, q + 1] + ws[8] * ub[h + 2, q + 2]
-                )  # fmt: skip
-        else:
-            for q in range(dst.shape[1]):
-                dst[h, q] = (
-                    ws[3] * ub[h + 1, q] + ws[4] * ub[h + 1, q + 1] + ws[5] * ub[h + 1, q + 2]
-                )  # fmt: skip
+    H, W = src.shape
+    R1 = e.shape[0] // (2 * cols)
+    c0 = pl % 2
+    tb = max(0, (c0 + pl) // 2)
+    pairs = max(0, min((W - c0) // 2, cols - tb))
+    cc = max(0, c0)
+    for h in range(min(H, 2 * R1 - pt)):
+        R = h + pt
+        row = np.uint64(((R % 2) * R1 + R // 2) * cols)
+        for u in range(pairs):
+            e[row + np.uint64(tb + u)] = src[h, cc + 2 * u]
+            o[row + np.uint64(tb + u)] = src[h, cc + 2 * u + 1]
+        t = (pl - 1) // 2
+        if c0 == 1 and 0 <= t < cols:  # column 0: an odd padded column
+            o[row + np.uint64(t)] = src[h, 0]
+        last = c0 + 2 * pairs  # an unpaired last column: even padded column tb + pairs
+        if last < W and tb + pairs < cols:
+            e[row + np.uint64(tb + pairs)] = src[h, last]
+
+
+@njit(cache=True, nogil=True, inline="always", fastmath=REASSOC)
+def _weight_grad_phases(e, o, d, n, cols, acc, zero):
+    """acc (3, 3) += sum over k < n of d[cols + 1 + k] times the nine taps of flat position k
+    in the phases e and o (``load_plane_phases``): the stride-2 weight gradient of one plane
+    as one flat loop, the nine sums in the input's precision (``zero`` its zero).
+
+    d: dout flattened with the phases' row length at (1, 1), zero elsewhere. Output pixel
+    (oh, ow) is k = oh*cols + ow, and its tap (i, j), padded[2*oh + i, 2*ow + j], is phase
+    (i % 2, j % 2) at k + (i // 2)*cols + j // 2: a constant offset, a contiguous read. Row
+    by row, every second column of an unsplit plane needed vector shuffles, and the nine sums
+    were reduced once per row.
+    """
+    one, c = np.uint64(1), np.uint64(cols)
+    c1, h1 = c + one, np.uint64(e.shape[0] // 2)  # h1: the odd rows' phases
+    g0 = g1 = g2 = g3 = g4 = g5 = g6 = g7 = g8 = zero
+    for k in range(np.uint64(n)):
+        dk = d[k + c1]
+        g0 += dk * e[k]
+        g1 += dk * o[k]
+        g2 += dk * e[k + one]
+        g3 += dk * e[k + h1]
+        g4 += dk * o[k + h1]
+        g5 += dk * e[k + h1 + one]
+        g6 += dk * e[k + c]
+        g7 += dk * o[k + c]
+        g8 += dk * e[k + c1]
+    add_tap_sums(acc, (g0, g1, g2, g3, g4, g5, g6, g7, g8))
+
+
+@njit(cache=True, nogil=True, inline="always", fastmath=REASSOC)
+def _input_grad_pairs(d, wk, dst, pt, pl, cols):
+    """dst (H, W) = the stride-2 input gradient, written, from d: dout (OH, OW) flattened
+    with row length cols at (1, 1), zero elsewhere (D[r, t] = d[r*cols + t]); wk (3, 3) the
+    forward's filter.
+
+    Padded position (P, p) = (h + pt, w + pl) receives w[i, j]*dout[(P - i)/2, (p - j)/2]
+    over the taps where both divisions are exact: an even row P = 2r takes taps i = 0 (D row
+    r + 1) and i = 2 (D row r), an odd one tap i = 1 (D row r + 1; D's zero row 0 stands in
+    for the second row, times zero weights); an even column 2t taps j = 0 and 2 (D columns
+    t + 1 and t), an odd one tap j = 1 (column t + 1). So each pair of dx columns is 6 or 3
+    multiply-adds from two contiguous rows of D, written as a pair (the column pairs of
+    ``load_plane_phases``; the columns left over one by one).
+    """
+    H, W = dst.shape
+    c0 = pl % 2
+    tb = max(0, (c0 + pl) // 2)
+    pairs = max(0, (W - c0) // 2)
+    cc = max(0, c0)
+    z, one = d[0], np.uint64(1)  # D's zero border: a zero weight in the input's precision
+    for h in range(H):
+        R = h + pt
+        if R % 2 == 0:  # taps i = 0 (row a) and i = 2 (row b)
+            a, b = np.uint64((R // 2 + 1) * cols), np.uint64(R // 2 * cols)
+            e0, e2, f0, f2, o1, p1 = wk[0, 0], wk[0, 2], wk[2, 0], wk[2, 2], wk[0, 1], wk[2, 1]
+        else:  # tap i = 1 (row a)
+            a, b = np.uint64((R // 2 + 1) * cols), np.uint64(0)
+            e0, e2, f0, f2, o1, p1 = wk[1, 0], wk[1, 2], z, z, wk[1, 1], z
+        for u in range(pairs):
+            t = np.uint64(tb + u)
+            at, at1, bt, bt1 = d[a + t], d[a + t + one], d[b + t], d[b + t + one]
+            dst[h, cc + 2 * u] = e0 * at1 + e2 * at + f0 * bt1 + f2 * bt
+            dst[h, cc + 2 * u + 1] = o1 * at1 + p1 * bt1
+        if c0 == 1:  # column 0: an odd padded column
+            t = np.uint64(max(0, (pl - 1) // 2))
+            dst[h, 0] = o1 * d[a + t + one] + p1 * d[b + t + one]
+        if cc + 2 * pairs < W:  # an unpaired last column: an even padded column
+            t = np.uint64(tb + pairs)
+            dst[h, W - 1] = (
+                e0 * d[a + t + one] + e2 * d[a + t] + f0 * d[b + t + one] + f2 * d[b + t]
+            )
 
 
 @njit(cache=True, nogil=True, fastmath=REASSOC)
 def depthwise3x3_backward_stride2(dout, x, w, dx, dweight, sh, sw, pt, pl):
     """Both gradients at stride 2 (sh == sw == 2) for K == C; writes dx (N, C, H, W) and adds
-    into dweight (C, 1, 3, 3). dout (N, C, OH, OW), w (C, 1, 3, 3).
+    into dweight (C, 1, 3, 3). dout (N, C, OH, OW), w (C, 1, 3, 3); pt, pl >= 0.
 
-    Per plane, x goes into the forward's zero-bordered scratch and dout, spread out, into the
-    input gradient's, while both are in cache: the weight gradient is
-    ``depthwise3x3_backward_weight``'s (same sums, same order), the input gradient
-    ``depthwise3x3_backward_input_stride2``'s, written rather than added, so dx needs no zeroing.
+    Per plane, while x and dout are in cache: dout is copied into d, a flat zero-bordered
+    scratch whose rows are as long as the phases of the padded x (``load_plane_phases``: even
+    and odd rows and columns), in which a stride-2 correlation reads every tap contiguously.
+    The weight gradient is one flat loop over them (``_weight_grad_phases``), the input
+    gradient pairs of columns from two rows of d (``_input_grad_pairs``), written, so dx
+    needs no zeroing. Row by row on an unsplit plane, every second column took vector
+    shuffles, and the spread-out dout of the readable input gradient multiplies zeros. The
+    weight gradient's loop also multiplies d's zero columns (past OW) by the phases: as in
+    the stride-1 kernels, an inf in x can then give NaN in a neighbouring tap's sum.
     """
     N, C, H, W = x.shape
     OH, OW = dout.shape[2], dout.shape[3]
-    xb = make_buffer(OH, OW, 2, 2, x)
-    ub = make_buffer(H, W, 1, 1, x)
-    for n in range(N):
+    cols = OW + 2  # phase column t holds padded column 2t (+ 1); d's last column stays zero
+    e = np.zeros(2 * (OH + 1) * cols, dtype=x.dtype)
+    o = np.zeros(2 * (OH + 1) * cols, dtype=x.dtype)
+    d = np.zeros((OH + 2) * cols, dtype=x.dtype)  # dout at (1, 1)
+    n = (OH - 1) * cols + OW  # up to the last output pixel
+    for n_ in range(N):
         for c in range(C):
-            load_plane(x[n, c], xb, pt, pl)
-            plane3x3_weight_grad(xb, dout[n, c], 2, 2, dweight[c, 0])
-            load_plane_upsampled(dout[n, c], ub, 2 - pt, 2 - pl, 2, 2)
-            _input_grad_rows_stride2(ub, w[c, 0], dx[n, c], pt)
+            load_plane_phases(x[n_, c], e, o, pt, pl, cols)
+            src = dout[n_, c]
+            for oh in range(OH):
+                row = np.uint64((oh + 1) * cols + 1)
+                for ow in range(OW):
+                    d[row + np.uint64(ow)] = src[oh, ow]
+            _weight_grad_phases(e, o, d, n, cols, dweight[c, 0], d[0])
+            _input_grad_pairs(d, w[c, 0], dx[n_, c], pt, pl, cols)
