@@ -85,8 +85,8 @@ DEPTHWISE3X3: tuple[Variant, ...] = (
             "stride 1, output the input's size, depth multiplier 1, finite weight: both "
             "gradients in one flat loop over scratch rows as long as the image's (a plane one "
             "flat copy, columns past a row's ends masked), over several images' planes stacked "
-            "when they have at most 256 pixels (8 images, one thread: 112x112 2.9 ms, 56x56 2.9, "
-            "28x28 1.1, 14x14 0.55, 7x7 0.32; 1.2x, 1.2x, 1.35x, 2.1x, 2.5x faster than "
+            "when they have at most 256 pixels (8 images, one thread: 112x112 2.5 ms, 56x56 2.5, "
+            "28x28 0.91, 14x14 0.51, 7x7 0.30; 1.4x, 1.4x, 1.7x, 2.4x, 2.8x faster than "
             "zero-bordered scratch rows copied one by one); one kernel for all these layers is "
             "two compilations less on a first training run"),
     Variant("backward", _stride2_single, tuned.depthwise3x3_backward_stride2,

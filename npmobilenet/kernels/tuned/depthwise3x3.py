@@ -477,10 +477,11 @@ SUM_CHUNK = 1024
 
 
 @njit(cache=True, nogil=True, inline="always")
-def column_masks(W, n, like):
-    """(5, n) of ``like``'s dtype: ``m[e + 2, q]`` is 1 where column ``q % W + e`` is inside a
-    row of W (e = -2 .. 2), 0 where it is not, for flat positions q of rows of W."""
-    m = np.zeros((5, n), dtype=like.dtype)
+def column_masks(W, n):
+    """(5, n) uint8: ``m[e + 2, q]`` is 1 where column ``q % W + e`` is inside a row of W
+    (e = -2 .. 2), 0 where it is not, for flat positions q of rows of W. One byte a mask: as
+    wide as the data, the masks' loads measured 1.2-1.45x slower on the large planes."""
+    m = np.zeros((5, n), dtype=np.uint8)
     for q in range(n):
         col = q % W
         for e in range(max(0, 2 - col), min(5, W + 2 - col)):
@@ -559,7 +560,7 @@ def depthwise3x3_backward_stacked(dout, x, w, dx, dweight, sh, sw, pt, pl):
     xb = np.zeros((g * S + G + 4, W), dtype=x.dtype)  # spare rows at the end: the masked
     xs, us = xb.reshape(xb.size), np.zeros_like(xb).reshape(xb.size)  # taps of the first
     fo = np.empty(g * S * W, dtype=x.dtype)  # and last positions read 2 elements past them
-    m = column_masks(W, g * S * W, x)
+    m = column_masks(W, g * S * W)
     o = 2 + G * W  # output position 0 (the first plane's first pixel) in xs and us
     v = (us[o + (pt - 2) * W + pl - 2 :], us[o + (pt - 1) * W + pl - 2 :],
          us[o + pt * W + pl - 2 :])  # fmt: skip
