@@ -24,6 +24,7 @@ from npmobilenet.kernels.conv_direct import (
 )
 from npmobilenet.kernels.tuned.depthwise3x3 import (
     STACK_ELEMENTS,
+    STACK_MAX_PIXELS,
     depthwise3x3_backward_input_flat,
     depthwise3x3_backward_input_skip_padding,
     depthwise3x3_backward_input_stride2,
@@ -350,15 +351,18 @@ def test_depthwise3x3_kernels_match_naive_loops(shape, size, stride, pads, seed)
 
 
 @pytest.mark.parametrize(
-    "size", [(12, 12), (7, 7), (1, 1), (3, 10), (17, 16), (5, 4), (9, 8), (6, 112), (1, 97)]
-)
+    "size",
+    [(12, 12), (7, 7), (14, 14), (1, 1), (3, 10), (17, 16), (5, 4), (9, 8), (6, 112), (1, 97),
+     (40, 30)],
+)  # fmt: skip
 @pytest.mark.parametrize("pads", [(1, 1), (0, 0), (2, 2), (0, 2)])
 def test_depthwise3x3_backward_stacked_matches_naive_loops(size, pads):
     """Enough images for several stacks (the last one partial), padding on either side; planes
-    of more than STACK_MAX_PIXELS one image at a time (17x16, 6x112, 1x97); rows of 1 to 112
-    columns; the kernel writes dx and adds into dweight."""
+    of more than STACK_MAX_PIXELS one image at a time (17x16, 6x112, 1x97, 40x30); rows of 1 to
+    112 columns; loops of more than SUM_CHUNK positions (a 14x14 stack, 40x30: several chunks of
+    sums); the kernel writes dx and adds into dweight."""
     (H, W), (pt, pl) = size, pads
-    N = STACK_ELEMENTS // ((H + 2) * (W + 2)) + 3 if H * W > 1 else 3
+    N = STACK_ELEMENTS // ((H + 1) * W) + 3 if H * W > 1 else 3
     rng = np.random.default_rng(H * W + pt)
     x, w = rng.standard_normal((N, 2, H, W)), rng.standard_normal((2, 1, 3, 3))
     dout = rng.standard_normal((N, 2, H, W))
@@ -368,6 +372,41 @@ def test_depthwise3x3_backward_stacked_matches_naive_loops(size, pads):
     depthwise3x3_backward_stacked(dout, x, w, dx, dw, 1, 1, pt, pl)
     np.testing.assert_allclose(dx, dx_n, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(dw - 0.25, dw_n, rtol=1e-12, atol=1e-11)
+
+
+@pytest.mark.parametrize("size, pads", [((112, 112), (1, 1)), ((14, 14), (1, 1)), ((7, 9), (0, 2))])
+def test_depthwise3x3_backward_stacked_float32_matches_float64_loops(size, pads):
+    """The stacked kernel in float32 (dW summed in float32 over chunks of positions, then in
+    float64) on MobileNet's largest plane, a stack of 14x14 planes and a padded one: dx and dW
+    are the float64 naive loops' to float32 precision."""
+    (H, W), (pt, pl), C = size, pads, 3
+    N = 2 if H * W > STACK_MAX_PIXELS else 12
+    rng = np.random.default_rng(H + W)
+    x, w = rng.standard_normal((N, C, H, W)), rng.standard_normal((C, 1, 3, 3))
+    dout = rng.standard_normal((N, C, H, W))
+    dx_n, dw_n = np.zeros_like(x), np.zeros_like(w)
+    conv2d_backward_naive(dout, x, w, dx_n, dw_n, 1, 1, pt, pl, 1, 1, C)
+    x32, w32, d32 = (a.astype(np.float32) for a in (x, w, dout))
+    dx, dw = np.full_like(x32, np.nan), np.zeros_like(w32)
+    depthwise3x3_backward_stacked(d32, x32, w32, dx, dw, 1, 1, pt, pl)
+    np.testing.assert_allclose(dx, dx_n, rtol=1e-5, atol=1e-5)
+    scale = np.sqrt(N * H * W)  # dW's terms are of order one with random signs
+    np.testing.assert_allclose(dw, dw_n, rtol=0, atol=2e-6 * scale)
+
+
+def test_depthwise3x3_backward_stacked_infinite_gradient_is_the_naive_loops():
+    """An inf in dout at a row's first and last column gives the naive loops' dx: inf where it
+    reaches, never NaN in the row above or below, where the flat loop's index wraps to it."""
+    rng = np.random.default_rng(4)
+    x, w = rng.standard_normal((3, 2, 9, 10)), rng.standard_normal((2, 1, 3, 3))
+    dout = rng.standard_normal((3, 2, 9, 10))
+    dout[1, 0, 4, 0] = dout[1, 1, 5, 9] = np.inf
+    dx_n, dw_n = np.zeros_like(x), np.zeros_like(w)
+    conv2d_backward_naive(dout, x, w, dx_n, dw_n, 1, 1, 1, 1, 1, 1, 2)
+    dx, dw = np.full_like(x, np.nan), np.zeros_like(w)
+    depthwise3x3_backward_stacked(dout, x, w, dx, dw, 1, 1, 1, 1)
+    assert np.isinf(dx).any() and not np.isnan(dx_n).any()
+    np.testing.assert_allclose(dx, dx_n, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("stride", [1, 2])

@@ -83,10 +83,12 @@ DEPTHWISE3X3: tuple[Variant, ...] = (
             "as the tiny-plane forward; both gradients in one pass over the channels-last copy"),
     Variant("backward", _same_size_stride1, tuned.depthwise3x3_backward_stacked,
             "stride 1, output the input's size, depth multiplier 1, finite weight: both "
-            "gradients in one flat loop, over several images' planes stacked when they have at "
-            "most 256 pixels (8 images a thread, 2 threads: 7x7 2.3-2.8x, 14x14 1.5x faster than "
-            "the flat pair; 28x28 1.2x, 112x112 1.04x, 56x56 as fast, one image at a time); one "
-            "kernel for all these layers is two compilations less on a first training run"),
+            "gradients in one flat loop over scratch rows as long as the image's (a plane one "
+            "flat copy, columns past a row's ends masked), over several images' planes stacked "
+            "when they have at most 256 pixels (8 images, one thread: 112x112 2.5 ms, 56x56 2.5, "
+            "28x28 0.91, 14x14 0.51, 7x7 0.30; 1.4x, 1.4x, 1.7x, 2.4x, 2.8x faster than "
+            "zero-bordered scratch rows copied one by one); one kernel for all these layers is "
+            "two compilations less on a first training run"),
     Variant("backward", _stride2_single, tuned.depthwise3x3_backward_stride2,
             "stride 2, depth multiplier 1, finite weight: both gradients in one pass over each "
             "plane, x split into the padded plane's four phases (every tap a contiguous read), "
