@@ -549,8 +549,8 @@ def depthwise3x3_backward_stacked(dout, x, w, dx, dweight, sh, sw, pt, pl):
     are never written): x's and dout's, a plane each a flat copy. Positions a constant apart stay
     a constant apart across the whole stack, so one loop (``_masked_pass``) computes dx (the
     flipped-filter correlation of dout) and dW for all of them, columns outside a row masked
-    rather than bordered: 7x7 or 14x14 planes one at a time, or copied row by row into a
-    bordered scratch, were all loop overhead. One image's dx is written straight into dx; a
+    rather than bordered (7x7 or 14x14 planes one at a time, or copied row by row into a
+    bordered scratch, would be mostly loop overhead). One image's dx is written straight into dx; a
     stack's goes into a scratch (the rows between the planes dropped) and is copied out.
     """
     N, C, H, W = x.shape
@@ -634,9 +634,8 @@ def _weight_grad_phases(e, o, d, n, cols, acc, zero):
 
     d: dout flattened with the phases' row length at (1, 1), zero elsewhere. Output pixel
     (oh, ow) is k = oh*cols + ow, and its tap (i, j), padded[2*oh + i, 2*ow + j], is phase
-    (i % 2, j % 2) at k + (i // 2)*cols + j // 2: a constant offset, a contiguous read. Row
-    by row, every second column of an unsplit plane needed vector shuffles, and the nine sums
-    were reduced once per row.
+    (i % 2, j % 2) at k + (i // 2)*cols + j // 2: a constant offset, a contiguous read (every
+    second column of an unsplit plane would need vector shuffles).
     """
     one, c = np.uint64(1), np.uint64(cols)
     c1, h1 = c + one, np.uint64(e.shape[0] // 2)  # h1: the odd rows' phases
@@ -708,9 +707,8 @@ def depthwise3x3_backward_stride2(dout, x, w, dx, dweight, sh, sw, pt, pl):
     and odd rows and columns), in which a stride-2 correlation reads every tap contiguously.
     The weight gradient is one flat loop over them (``_weight_grad_phases``), the input
     gradient pairs of columns from two rows of d (``_input_grad_pairs``), written, so dx
-    needs no zeroing. Row by row on an unsplit plane, every second column took vector
-    shuffles, and the spread-out dout of the readable input gradient multiplies zeros. The
-    weight gradient's loop also multiplies d's zero columns (past OW) by the phases: as in
+    needs no zeroing (the readable input gradient's spread-out dout would multiply its zeros).
+    The weight gradient's loop also multiplies d's zero columns (past OW) by the phases: as in
     the stride-1 kernels, an inf in x can then give NaN in a neighbouring tap's sum.
     """
     N, C, H, W = x.shape
