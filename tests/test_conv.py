@@ -885,6 +885,55 @@ def test_depthwise_forward_dispatch_picks_the_documented_variant(shape, name):
 
 @pytest.mark.torch
 @pytest.mark.filterwarnings("ignore:invalid value encountered")
+@pytest.mark.parametrize("groups", [1, 4])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_direct_weight_gradient_with_infinite_dout_is_torchs(torch, groups, stride):
+    """An inf in dout: the direct kernels' weight gradients are inf where PyTorch's are, and
+    finite elsewhere (a sum that starts from the previous one times zero would turn NaN)."""
+    rng = np.random.default_rng(groups + stride)
+    x, w = rng.standard_normal((2, 4, 11, 12)), rng.standard_normal((4, 4 // groups, 3, 3))
+    kw = dict(stride=stride, padding=1, groups=groups)
+    out, cache = conv2d_forward(x, w, method="direct", **kw)
+    dout = rng.standard_normal(out.shape)
+    dout[0, 0, 4, 1] = np.inf  # the first element of the row sums of the taps j = 0
+    dout[1, 1, 3, 2] = -np.inf  # (both read no padding: torch has no 0 * inf there)
+    _, dw, _ = conv2d_backward(dout, cache)
+    tx, tw = (torch.tensor(a, requires_grad=True) for a in (x, w))
+    torch.nn.functional.conv2d(tx, tw, **kw).backward(torch.from_numpy(dout))
+    ref = tw.grad.numpy()
+    assert np.isinf(ref).any() and np.isfinite(ref).any()
+    np.testing.assert_array_equal(np.isnan(dw), np.isnan(ref))
+    np.testing.assert_allclose(dw, ref, rtol=1e-12, atol=1e-12, equal_nan=True)
+
+
+@pytest.mark.torch
+@pytest.mark.filterwarnings("ignore:invalid value encountered")
+@pytest.mark.parametrize(
+    "size, stride", [((4, 4), 1), ((14, 14), 1), ((30, 17), 1), ((9, 9), 2), ((28, 28), 2)]
+)
+def test_depthwise_weight_gradient_with_nonfinite_input_is_torchs(torch, size, stride):
+    """An inf or NaN in x: dW has NaN exactly where PyTorch's has (inf + -inf in a tap's sum),
+    also for the tuned kernels whose flat loops multiply x by zeros outside the output."""
+    rng = np.random.default_rng(size[0] + stride)
+    C = 3
+    x, w = rng.standard_normal((2, C, *size)), rng.standard_normal((C, 1, 3, 3))
+    x[0, 0, 0, 0] = np.inf  # a corner: read by some taps only at stride 2
+    x[1, 1, size[0] // 2, size[1] - 1] = -np.inf  # a row's last column
+    x[0, 2, size[0] - 1, 1] = np.nan
+    kw = dict(stride=stride, padding=1, groups=C)
+    out, cache = conv2d_forward(x, w, method="direct", **kw)
+    dout = rng.standard_normal(out.shape)
+    _, dw, _ = conv2d_backward(dout, cache)
+    tx, tw = (torch.tensor(a, requires_grad=True) for a in (x, w))
+    torch.nn.functional.conv2d(tx, tw, **kw).backward(torch.from_numpy(dout))
+    ref = tw.grad.numpy()
+    assert np.isfinite(ref).any() or stride == 1  # stride 2: some taps never read the corner
+    np.testing.assert_array_equal(np.isnan(dw), np.isnan(ref))
+    np.testing.assert_allclose(dw, ref, rtol=1e-12, atol=1e-12, equal_nan=True)
+
+
+@pytest.mark.torch
+@pytest.mark.filterwarnings("ignore:invalid value encountered")
 @pytest.mark.parametrize("method", ["direct", "im2col"])
 @pytest.mark.parametrize("depthwise", [False, True])
 @pytest.mark.parametrize(

@@ -128,7 +128,7 @@ def _row_weight_grad(d, oh, buf, ih, acc, sw):
     Differentiates ``dst[oh, q] += sum_ij ws[3*i + j] * buf[ih + i, q*sw + j]`` of ``_add_row``
     with respect to the weight: the dot product of the output-gradient row with each tap's row.
     """
-    g00 = g01 = g02 = g10 = g11 = g12 = g20 = g21 = g22 = acc[0, 0] * 0
+    g00 = g01 = g02 = g10 = g11 = g12 = g20 = g21 = g22 = 0.0  # float64 sums
     for q in range(d.shape[1]):
         p, dq = q * sw, d[oh, q]
         g00 += dq * buf[ih, p]

@@ -173,7 +173,7 @@ def _axpy_strided(dxs, ds, wv, sw):
 @njit(cache=True, nogil=True, inline="always", fastmath=REASSOC)
 def _dot(ds, xs, sw):
     """sum_t ds[t] * xs[t*sw]: the weight gradient of one tap over a stretch of a row."""
-    acc = ds[0] * 0
+    acc = 0.0  # a float64 sum
     for t in range(ds.shape[0]):
         acc += ds[t] * xs[t * sw]
     return acc

@@ -44,6 +44,7 @@ import numpy as np
 
 from npmobilenet import _checks, compile_ahead
 from npmobilenet._geometry import output_size, window_span
+from npmobilenet.kernels.conv_depthwise import depthwise3x3_backward_weight
 from npmobilenet.kernels.conv_direct import (
     conv2d_direct_backward_input,
     conv2d_direct_backward_weight,
@@ -489,6 +490,8 @@ def _backward_direct(
         if both is not None:  # dx is cheap here, computed even if not wanted; written, not added
             dxs = dx[lo:hi] if input_grad else np.empty_like(xs)
             both(d, xs, weight, dxs, dweight, sh, sw, pad[0], pad[2])
+            if weight_grad and not np.isfinite(dweight).all():
+                _readable_weight_grad(d, xs, dweight, stride, pad)
             return dweight
         if weight_grad and depthwise:
             dw_kernel(d, xs, dweight, sh, sw, pad[0], pad[2])
@@ -510,6 +513,16 @@ def _backward_direct(
 
     slices = runner.map(images, x.shape[0], max(_per_image(x), _per_image(dout)))
     return (dx if input_grad else None), (_sum_slices(slices) if weight_grad else None)
+
+
+def _readable_weight_grad(d, xs, dweight, stride, pad):
+    """dweight = the readable kernel's depthwise weight gradient, written. The tuned
+    both-gradients kernels' flat loops also multiply x by zeros outside the output, which turns
+    an inf or NaN in x into NaN in taps whose sums never read it; with a non-finite dW their
+    result is replaced by the readable kernel's, whose sums have exactly the products of the
+    convolution (and PyTorch's NaN)."""
+    dweight.fill(0)
+    depthwise3x3_backward_weight(d, xs, dweight, *stride, pad[0], pad[2])
 
 
 def _sum_slices(parts):

@@ -94,7 +94,7 @@ def _flat_weight_grad_stride1(buf, dbuf, acc):
     b00, b01, b02 = flat[0:], flat[1:], flat[2:]  # views indexed from 0 (no wraparound test)
     b10, b11, b12 = flat[cols:], flat[cols + 1 :], flat[cols + 2 :]
     b20, b21, b22 = flat[2 * cols :], flat[2 * cols + 1 :], flat[2 * cols + 2 :]
-    g00 = g01 = g02 = g10 = g11 = g12 = g20 = g21 = g22 = acc[0, 0] * 0
+    g00 = g01 = g02 = g10 = g11 = g12 = g20 = g21 = g22 = 0.0  # float64 sums
     for q in range((rows - 2) * cols - 2):  # up to the last real pixel (rows-3, cols-3)
         dq = d[q]
         g00 += dq * b00[q]
