@@ -498,8 +498,9 @@ def _masked_pass(v, xr, d, mx, mw, ws, out, acc, n):
     Tap column j of position q lies outside its row where ``mx[j][q]`` (dx) or ``mw[j][q]``
     (dW) is 0; there the flat index wraps to the neighbouring row. Such a column's three dx
     products are dropped together, and d is taken as zero in its dW products, as a zero border
-    would give (the dropped dx products are never added, so an inf wrapped in gives no NaN).
-    The dW products are summed in the input's dtype over ``SUM_CHUNK`` positions at a time
+    would give (the dropped dx products are never added, so an inf wrapped in gives no NaN;
+    dW's zero d times an inf in x is NaN, which ``ops.conv`` replaces by the readable kernel's
+    sums). The dW products are summed in the input's dtype over ``SUM_CHUNK`` positions at a time
     (vector registers), those sums in float64 over the n positions, as the flat kernels' sums.
     """
     v0, v1, v2 = v
@@ -709,7 +710,8 @@ def depthwise3x3_backward_stride2(dout, x, w, dx, dweight, sh, sw, pt, pl):
     gradient pairs of columns from two rows of d (``_input_grad_pairs``), written, so dx
     needs no zeroing (the readable input gradient's spread-out dout would multiply its zeros).
     The weight gradient's loop also multiplies d's zero columns (past OW) by the phases: as in
-    the stride-1 kernels, an inf in x can then give NaN in a neighbouring tap's sum.
+    the stride-1 kernel, an inf in x can then give NaN in a neighbouring tap's sum (``ops.conv``
+    computes a non-finite dW again with the readable kernel).
     """
     N, C, H, W = x.shape
     OH, OW = dout.shape[2], dout.shape[3]
