@@ -384,14 +384,21 @@ def test_depthwise3x3_backward_stacked_float32_matches_float64_loops(size, pads)
     rng = np.random.default_rng(H + W)
     x, w = rng.standard_normal((N, C, H, W)), rng.standard_normal((C, 1, 3, 3))
     dout = rng.standard_normal((N, C, H, W))
+    _assert_float32_is_float64_loops(depthwise3x3_backward_stacked, dout, x, w, 1, pt, pl)
+
+
+def _assert_float32_is_float64_loops(kernel, dout, x, w, stride, pt, pl):
+    """A both-gradients kernel run in float32 gives the float64 naive loops' dx and dW to
+    float32 precision (dW's terms are of order one with random signs: their sum's rounding
+    grows as the square root of their count)."""
     dx_n, dw_n = np.zeros_like(x), np.zeros_like(w)
-    conv2d_backward_naive(dout, x, w, dx_n, dw_n, 1, 1, pt, pl, 1, 1, C)
+    conv2d_backward_naive(dout, x, w, dx_n, dw_n, stride, stride, pt, pl, 1, 1, x.shape[1])
     x32, w32, d32 = (a.astype(np.float32) for a in (x, w, dout))
     dx, dw = np.full_like(x32, np.nan), np.zeros_like(w32)
-    depthwise3x3_backward_stacked(d32, x32, w32, dx, dw, 1, 1, pt, pl)
+    kernel(d32, x32, w32, dx, dw, stride, stride, pt, pl)
     np.testing.assert_allclose(dx, dx_n, rtol=1e-5, atol=1e-5)
-    scale = np.sqrt(N * H * W)  # dW's terms are of order one with random signs
-    np.testing.assert_allclose(dw, dw_n, rtol=0, atol=2e-6 * scale)
+    terms = dout.shape[0] * dout.shape[2] * dout.shape[3]
+    np.testing.assert_allclose(dw, dw_n, rtol=0, atol=2e-6 * np.sqrt(terms))
 
 
 def test_depthwise3x3_backward_stacked_infinite_gradient_is_the_naive_loops():
@@ -535,14 +542,7 @@ def test_depthwise3x3_backward_stride2_float32_matches_float64_loops(size, pads)
     rng = np.random.default_rng(H + W)
     x, w = rng.standard_normal((N, C, H, W)), rng.standard_normal((C, 1, 3, 3))
     dout = rng.standard_normal((N, C, OH, OW))
-    dx_n, dw_n = np.zeros_like(x), np.zeros_like(w)
-    conv2d_backward_naive(dout, x, w, dx_n, dw_n, 2, 2, pt, pl, 1, 1, C)
-    x32, w32, d32 = (a.astype(np.float32) for a in (x, w, dout))
-    dx, dw = np.full_like(x32, np.nan), np.zeros_like(w32)
-    depthwise3x3_backward_stride2(d32, x32, w32, dx, dw, 2, 2, pt, pl)
-    np.testing.assert_allclose(dx, dx_n, rtol=1e-5, atol=1e-5)
-    scale = np.sqrt(N * OH * OW)  # dW's terms are of order one with random signs
-    np.testing.assert_allclose(dw, dw_n, rtol=0, atol=2e-6 * scale)
+    _assert_float32_is_float64_loops(depthwise3x3_backward_stride2, dout, x, w, 2, pt, pl)
 
 
 @pytest.mark.torch
