@@ -70,9 +70,10 @@ class Conv2dCache(NamedTuple):
         matmul); backward uses the same one.
     unbatched: the input was (C, H, W), so the output and dx drop the batch axis.
     out_shape: the shape of the returned ``out`` (dout is checked against it).
-    cols: the "im2col" method's column matrices (N, C*kH*kW, OH*OW), kept for the backward
-        when one was announced (``backward_ahead``) and they are small
-        (:data:`IM2COL_KEEP_MAX_BYTES`), else None (the backward builds them again).
+    cols: the "im2col" method's column matrices (N, C*kH*kW*OH*OW), each image's band after
+        band (:func:`_band_block`), kept for the backward when one was announced
+        (``backward_ahead``) and they are small (:data:`IM2COL_KEEP_MAX_BYTES`), else None
+        (the backward builds them again).
     """
 
     x: np.ndarray
@@ -261,10 +262,11 @@ def conv2d_forward(
 
 
 def _kept_columns(x4, weight, out_shape):
-    """An array for the im2col column matrices of the whole batch, (N, C*kH*kW, OH*OW), when
-    they take at most :data:`IM2COL_KEEP_MAX_BYTES`, else None."""
+    """An array for the im2col column matrices of the whole batch, (N, C*kH*kW*OH*OW) (each
+    image's band after band, :func:`_band_block`), when they take at most
+    :data:`IM2COL_KEEP_MAX_BYTES`, else None."""
     rows = x4.shape[1] * weight.shape[2] * weight.shape[3]  # C*kH*kW
-    shape = (x4.shape[0], rows, out_shape[2] * out_shape[3])  # (N, C*kH*kW, L)
+    shape = (x4.shape[0], rows * out_shape[2] * out_shape[3])  # (N, C*kH*kW*L)
     if math.prod(shape) * x4.itemsize > IM2COL_KEEP_MAX_BYTES:
         return None
     return np.empty(shape, dtype=x4.dtype)
@@ -542,27 +544,34 @@ def _sum_slices(parts):
 
 def _forward_im2col(x, weight, out_shape, stride, pad, dilation, groups, out, runner, cols=None):
     """``cols``: None, or an array for the whole batch's column matrices to fill (see
-    :func:`_kept_columns`)."""
+    :func:`_kept_columns`). A small batch's columns are built at once and multiplied in one
+    batched product; else each image's in bands of output rows (:func:`_bands`), each band
+    multiplied while its columns are in the core's cache."""
     N, K, OH, OW = out_shape
     rows, L = x.shape[1] * weight.shape[2] * weight.shape[3], OH * OW  # C*kH*kW, L
     w3 = weight.reshape(groups, K // groups, -1)  # (G, Kg, Cg*kH*kW)
     out = np.empty(out_shape, dtype=x.dtype) if out is None else out  # fully written below
     out4 = out.reshape(N, groups, K // groups, L)  # (N, G, Kg, L) view
     taps = _taps(weight, stride, pad, dilation, OW)
+    bands = _bands(rows, OH, OW, x.itemsize)
     kept = cols
 
     def images(lo, hi):  # a slice of the batch (the whole batch unless a runner splits it)
         n = hi - lo
-        if kept is not None or n * rows * L * x.itemsize <= IM2COL_BATCHED_MAX_BYTES:
-            cols = np.empty((n, rows, L), dtype=x.dtype) if kept is None else kept[lo:hi]
-            _im2col_rows(x[lo:hi], taps, 0, OH, cols)
+        batched = kept is not None or n * rows * L * x.itemsize <= IM2COL_BATCHED_MAX_BYTES
+        if len(bands) == 1 and batched:
+            cols = np.empty((n, rows * L), dtype=x.dtype) if kept is None else kept[lo:hi]
+            _im2col_rows(x[lo:hi], taps, 0, OH, cols.reshape(n, rows, L))
             cols4 = cols.reshape(n, groups, rows // groups, L)  # (n, G, Cg*kH*kW, L) view
             np.matmul(w3, cols4, out=out4[lo:hi])
             return
-        one = np.empty((1, rows, L), dtype=x.dtype)  # (1, C*kH*kW, L), per image
+        most = max(b - a for a, b in bands)
+        scratch = np.empty(rows * most * OW, dtype=x.dtype) if kept is None else None
         for i in range(lo, hi):
-            _im2col_rows(x[i : i + 1], taps, 0, OH, one)
-            np.matmul(w3, one.reshape(groups, -1, L), out=out4[i])  # (G, Kg, L)
+            for a, b in bands:  # out[i]'s band (G, Kg, p) = w3 @ the band's columns
+                block = _band_columns(x, taps, a, b, kept, i, scratch, build=True)
+                np.matmul(w3, block.reshape(groups, rows // groups, -1),
+                          out=out4[i, :, :, a * OW : b * OW])  # fmt: skip
 
     runner.map(images, N, max(_per_image(x), rows * L))
     return out
@@ -595,16 +604,28 @@ def _bands(rows, OH, OW, itemsize):
     return [(OH * i // count, OH * (i + 1) // count) for i in range(count)]
 
 
-def _band_columns(x, taps, a, b, cols, n, scratch):
-    """The column matrix (rows, (b - a)*OW) of output rows a..b-1 of image n: a view of the
-    kept ``cols`` (N, rows, L), or built from x into ``scratch`` (flat, large enough)."""
+def _band_columns(x, taps, a, b, cols, n, scratch, build=False):
+    """The column matrix (rows, (b - a)*OW) of output rows a..b-1 of image n: its block of the
+    kept ``cols`` (N, rows*L) (:func:`_band_block`), built from x into it when ``build``; or,
+    with no kept columns, built from x into ``scratch`` (flat, large enough)."""
     OW = taps[8]
-    if cols is not None:
-        return cols[n, :, a * OW : b * OW]
     rows = x.shape[1] * taps[0] * taps[1]  # C*kH*kW
-    block = scratch[: rows * (b - a) * OW].reshape(1, rows, (b - a) * OW)
-    _im2col_rows(x[n : n + 1], taps, a, b, block)
-    return block[0]
+    p = (b - a) * OW
+    if cols is not None:
+        block = _band_block(cols, n, rows, a, b, OW)
+        if not build:
+            return block
+    else:
+        block = scratch[: rows * p].reshape(rows, p)
+    _im2col_rows(x[n : n + 1], taps, a, b, block.reshape(1, rows, p))
+    return block
+
+
+def _band_block(cols, n, rows, a, b, OW):
+    """Image n's band of output rows a..b-1 in the kept columns ``cols`` (N, rows*L): its
+    column matrix (rows, (b - a)*OW), stored contiguously after the bands above it (an image
+    of one band is its (rows, L) matrix)."""
+    return cols[n, rows * a * OW : rows * b * OW].reshape(rows, (b - a) * OW)
 
 
 def _backward_im2col(
@@ -634,7 +655,7 @@ def _backward_im2col_images(
     dout, x, weight, stride, pad, dilation, groups, dx, input_grad, cols=None
 ):  # fmt: skip
     """``_backward_im2col`` of a batch (or a slice of one), serially; ``cols`` the slice's
-    column matrices (n, C*kH*kW, L), when the forward kept them."""
+    column matrices (n, C*kH*kW*L), when the forward kept them."""
     N, K, OH, OW = dout.shape
     rows, L = x.shape[1] * weight.shape[2] * weight.shape[3], OH * OW  # C*kH*kW, L
     bands = _bands(rows, OH, OW, x.itemsize)
@@ -660,7 +681,7 @@ def _backward_im2col_images(
 def _dweight_bands(d4, x, taps, bands, cols):
     """dW (G, Kg, Cg*kH*kW) = sum over images n and bands of d4[n]'s band columns (G, Kg, p)
     @ that band's column matrix transposed (G, p, Cg*kH*kW), added in that order; the column
-    matrices from ``cols`` (N, C*kH*kW, L) when kept, else built band by band."""
+    matrices from ``cols`` (N, C*kH*kW*L) when kept, else built band by band."""
     N, G, Kg, L = d4.shape
     rows, OW = x.shape[1] * taps[0] * taps[1], taps[8]  # C*kH*kW, OW
     dw3 = np.zeros((G, Kg, rows // G), dtype=d4.dtype)
@@ -703,7 +724,8 @@ def _backward_im2col_batched(
     dout, x, weight, stride, pad, dilation, groups, dx=None, input_grad=True, cols=None
 ):
     """``_backward_im2col`` with every image's columns at once: the same sums, fewer calls.
-    ``cols``: the forward's (N, C*kH*kW, L) column matrices, or None to build them here."""
+    ``cols``: the forward's column matrices (N, C*kH*kW*L), one band each, or None to build
+    them here."""
     N, K, OH, OW = dout.shape
     C, kH, kW = x.shape[1], weight.shape[2], weight.shape[3]
     (sh, sw), (dil_h, dil_w), L = stride, dilation, OH * OW
@@ -712,6 +734,7 @@ def _backward_im2col_batched(
     if cols is None:
         cols = np.empty((N, C * kH * kW, L), dtype=x.dtype)  # (N, C*kH*kW, L)
         im2col_images(x, kH, kW, sh, sw, pad[0], pad[2], dil_h, dil_w, OH, OW, cols)
+    cols = cols.reshape(N, C * kH * kW, L)  # kept ones are (N, C*kH*kW*L)
     # forward: out[n] = w3 @ cols[n], so dW = sum_n dout[n] @ cols[n].T, dcols = W.T @ dout
     dw3 = _pointwise_dweight(d4, cols.reshape(N, groups, C // groups * kH * kW, L))
     if not input_grad:
