@@ -73,32 +73,22 @@ def im2col_images(x, kH, kW, sh, sw, pt, pl, dil_h, dil_w, OH, OW, cols):
     inlined here, so a first run compiles this kernel alone (a call to a separately compiled
     kernel would compile and optimise its body twice).
 
-    Each image's input rows that the output rows read are first read in memory order, one
-    value per 64-byte line (:func:`_read_rows`): im2col then walks them once per tap, every
+    Each image's input rows that the output rows read are first read in memory order, every
+    8th value (at least one per 64-byte line): im2col then walks them once per tap, every
     ``sh``-th row, an order in which the hardware prefetcher does not bring them from memory
     ahead of use, while rows read in order come at streaming speed. Returns the sum of the
     values read ahead, of no use to the caller: returning it keeps the compiler from dropping
     the reads."""
+    N, C, H, W = x.shape
     top = max(0, -pt)  # the first input row read
-    bottom = min(x.shape[2], (OH - 1) * sh - pt + (kH - 1) * dil_h + 1)  # one past the last
+    bottom = min(H, (OH - 1) * sh - pt + (kH - 1) * dil_h + 1)  # one past the last
     s = 0.0
-    for n in range(x.shape[0]):
-        s += _read_rows(x[n], top, bottom)
+    for n in range(N):
+        for c in range(C):
+            for r in range(top, bottom):
+                for q in range(0, W, 8):
+                    s += x[n, c, r, q]
         im2col(x[n], kH, kW, sh, sw, pt, pl, dil_h, dil_w, OH, OW, cols[n])
-    return s
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _read_rows(x, top, bottom):
-    """The sum of one value per 64 bytes of rows top..bottom-1 of every channel of x (C, H, W):
-    reads them into the cache in memory order."""
-    step = max(1, 64 // x.itemsize)
-    s = 0.0
-    for c in range(x.shape[0]):
-        for r in range(top, bottom):
-            row = x[c, r]
-            for q in range(0, row.size, step):
-                s += row[q]
     return s
 
 
