@@ -715,8 +715,9 @@ IM2COL_KEEP_MAX_BYTES = 32 * 2**20
 # at 224x224, 2 threads, unpinned OpenBLAS: batch 16, kept columns, 2.9 ms in the training step
 # against 3.8 ms per whole image (2.3-2.5 against 3.8 ms alone); batch 32, columns rebuilt,
 # 8.0 against 11.4-12.2 ms alone. Bands of 96 KiB ran 2.5 ms, 64 KiB 2.9, 150 KiB (over 100^3)
-# 3.7. The forward multiplies whole images: in bands (each band's columns multiplied while in
-# L2) it ran 3.3 against 4.3 ms alone but 5.1 against 4.5 ms inside the training step.
+# 3.7. The forward builds and multiplies the same bands, each band's columns while they are in
+# the core's cache (with im2col's read-ahead, batch 16 on 2 threads: 2.6-2.7 ms alone against
+# 4.0-4.1 for whole images, 3.1-3.2 against 4.3-4.5 in the training step).
 IM2COL_BAND_BYTES = 128 * 2**10
 
 
