@@ -32,6 +32,15 @@ def test_an_output_is_its_owner_s_until_released_and_a_gradient_until_freed():
     assert ws.owns(out_a[0]) and not ws.owns(np.zeros((2, 3), np.float32))
 
 
+def test_free_takes_a_gradient_or_a_view_of_its_start_only():
+    ws = Workspace()
+    g = ws.gradient((4, 6), np.float32)
+    ws.free(g[1:])  # starts elsewhere: not the gradient, left taken
+    assert not np.shares_memory(ws.gradient((4, 6), np.float32), g)
+    ws.free(g.reshape(2, 2, 6))  # the same start (another array object): given back
+    assert np.shares_memory(ws.gradient((24,), np.float32), g)
+
+
 def test_memory_given_back_merges_with_free_neighbours():
     """Two released outputs side by side hold one array of twice their size: the workspace
     grows by the largest set of arrays alive at once, not by the sum of the shapes it saw."""
