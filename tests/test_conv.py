@@ -25,6 +25,7 @@ from npmobilenet.kernels.conv_direct import (
 from npmobilenet.kernels.tuned.depthwise3x3 import (
     STACK_ELEMENTS,
     STACK_MAX_PIXELS,
+    column_masks,
     depthwise3x3_backward_input_flat,
     depthwise3x3_backward_input_skip_padding,
     depthwise3x3_backward_input_stride2,
@@ -387,6 +388,17 @@ def test_depthwise3x3_backward_stacked_float32_matches_float64_loops(size, pads)
     x, w = rng.standard_normal((N, C, H, W)), rng.standard_normal((C, 1, 3, 3))
     dout = rng.standard_normal((N, C, H, W))
     _assert_float32_is_float64_loops(depthwise3x3_backward_stacked, dout, x, w, 1, pt, pl)
+
+
+@pytest.mark.parametrize("W", [1, 2, 3, 7, 14])
+def test_column_masks_bits_are_the_columns_inside_a_row(W):
+    """Bit e + 2 of the stacked kernel's mask at flat position q is set exactly where column
+    q % W + e lies inside a row of W (e = -2 .. 2): the taps the flat loop keeps."""
+    q = np.arange(3 * W + 2)
+    m = column_masks(W, q.size)
+    for e in range(-2, 3):
+        inside = (q % W + e >= 0) & (q % W + e < W)
+        np.testing.assert_array_equal((m >> (e + 2)) & 1, inside.astype(np.uint8), err_msg=str(e))
 
 
 def _assert_float32_is_float64_loops(kernel, dout, x, w, stride, pt, pl):
