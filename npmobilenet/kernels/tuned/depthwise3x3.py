@@ -712,60 +712,6 @@ def _input_grad_pairs(d, wk, dst, pt, pl, cols):
             )
 
 
-FLAT_DX_MAX_OW = 32  # 8 images, one thread: 56x56 input 0.58 -> 0.38 ms, 112x112 0.98 -> 1.5
-
-
-@njit(cache=True, nogil=True, inline="always")
-def load_doubled_rows(src, d, A, cols, pt):
-    """Copies dout src (OH, OW) into d at (1, 1) (rows of cols) and into A ((H + 2)*OW + 1,
-    zeroed when allocated) at the two rows of dx that read it, ``A[j*OW + u] =
-    src[(j - 2 + pt) // 2, u]``: row h + 2 of A is the row an input row h takes taps
-    i = 0, 1 from (D row a of ``_input_grad_pairs``), row h the one it takes i = 2 from (row
-    b). A's rows outside src are never written, so they stay zero."""
-    OH, OW = src.shape
-    J = A.shape[0] // OW
-    for r in range(OH):
-        row = np.uint64((r + 1) * cols + 1)
-        j0 = 2 * r + 2 - pt
-        a0, a1 = np.uint64(j0 * OW), np.uint64((j0 + 1) * OW)
-        both = j0 + 1 < J
-        for u in range(OW):
-            v, k = src[r, u], np.uint64(u)
-            d[row + k] = v
-            A[a0 + k] = v
-            if both:
-                A[a1 + k] = v
-
-
-@njit(cache=True, nogil=True, inline="always", fastmath=REASSOC)
-def _input_grad_flat(A, even, wk, dxf, p0, OW):
-    """dxf[p0 : p0 + 2*H*OW] = the stride-2 input gradient of one plane (H, W = 2*OW), for
-    a left padding of 1: A from ``load_doubled_rows``; even (H*OW,) whether position m's
-    input row is an even padded row; wk (3, 3) the forward's filter.
-
-    With pl == 1, dx's column 2u is padded column 2u + 1 (tap j = 1, dout column u) and
-    column 2u + 1 is padded column 2u + 2 (taps j = 0 and 2, dout columns u + 1 and u), so
-    the plane, read flat, is pairs m = h*OW + u of (odd, even) padded columns: one flat loop
-    over the plane with the row's parity a select (the formulas of ``_input_grad_pairs``),
-    where rows of pairs would be too short for vectors. Its dout column u + 1 runs into the
-    next row at u = OW - 1: each row's last column is written again after it.
-    """
-    e0, e2, f0, f2, o1, p1 = wk[0, 0], wk[0, 2], wk[2, 0], wk[2, 2], wk[0, 1], wk[2, 1]
-    g0, g2, g1 = wk[1, 0], wk[1, 2], wk[1, 1]
-    one, c2, q0 = np.uint64(1), np.uint64(2 * OW), np.uint64(p0)
-    n = np.uint64(even.shape[0])
-    for m in range(n):
-        dr, dr1, br, br1 = A[m + c2], A[m + c2 + one], A[m], A[m + one]
-        ev = even[m]
-        x0, y0 = o1 * dr + p1 * br, g1 * dr
-        x1, y1 = e0 * dr1 + e2 * dr + f0 * br1 + f2 * br, g0 * dr1 + g2 * dr
-        dxf[q0 + m + m] = x0 if ev else y0
-        dxf[q0 + m + m + one] = x1 if ev else y1
-    for m in range(np.uint64(OW - 1), n, np.uint64(OW)):  # dout column OW is zero
-        dr, br = A[m + c2], A[m]
-        dxf[q0 + m + m + one] = e2 * dr + f2 * br if even[m] else g2 * dr
-
-
 @njit(cache=True, nogil=True, fastmath=REASSOC)
 def depthwise3x3_backward_stride2(dout, x, w, dx, dweight, sh, sw, pt, pl):
     """Both gradients at stride 2 (sh == sw == 2) for K == C; writes dx (N, C, H, W) and adds
@@ -780,6 +726,13 @@ def depthwise3x3_backward_stride2(dout, x, w, dx, dweight, sh, sw, pt, pl):
     The weight gradient's loop also multiplies d's zero columns (past OW) by the phases: as in
     the stride-1 kernel, an inf in x can then give NaN in a neighbouring tap's sum (``ops.conv``
     computes a non-finite dW again with the readable kernel).
+
+    Measured and not used: with pl == 1 and W == 2*OW, dx read flat is pairs of (odd, even)
+    padded columns, so its input gradient can be one flat loop over the plane (the row's
+    parity a select, dout rows copied to the two dx rows that read them). Alone it beats the
+    pairs (8 images, one thread: 56x56 0.39 ms against 0.50, 28x28 0.28 against 0.37, 14x14
+    0.23 against 0.34), but not after ``load_plane_phases`` in this kernel (whole kernel:
+    56x56 2.0-2.1 ms against 1.4-1.6, 28x28 and 14x14 within 7% either way).
     """
     N, C, H, W = x.shape
     OH, OW = dout.shape[2], dout.shape[3]
@@ -788,25 +741,13 @@ def depthwise3x3_backward_stride2(dout, x, w, dx, dweight, sh, sw, pt, pl):
     o = np.zeros(2 * (OH + 1) * cols, dtype=x.dtype)
     d = np.zeros((OH + 2) * cols, dtype=x.dtype)  # dout at (1, 1)
     n = (OH - 1) * cols + OW  # up to the last output pixel
-    flat = pl == 1 and W == 2 * OW and OW <= FLAT_DX_MAX_OW
-    A = np.zeros((H + 2) * OW + 1 if flat else 0, dtype=x.dtype)
-    even = np.empty(H * OW if flat else 0, dtype=np.bool_)
-    for m in range(even.shape[0]):
-        even[m] = (m // OW + pt) % 2 == 0
-    dxf = dx.reshape(dx.size)
     for n_ in range(N):
         for c in range(C):
             load_plane_phases(x[n_, c], e, o, pt, pl, cols)
             src = dout[n_, c]
-            if flat:
-                load_doubled_rows(src, d, A, cols, pt)
-            else:
-                for oh in range(OH):
-                    row = np.uint64((oh + 1) * cols + 1)
-                    for ow in range(OW):
-                        d[row + np.uint64(ow)] = src[oh, ow]
+            for oh in range(OH):
+                row = np.uint64((oh + 1) * cols + 1)
+                for ow in range(OW):
+                    d[row + np.uint64(ow)] = src[oh, ow]
             _weight_grad_phases(e, o, d, n, cols, dweight[c, 0], d[0])
-            if flat:
-                _input_grad_flat(A, even, w[c, 0], dxf, (n_ * C + c) * H * W, OW)
-            else:
-                _input_grad_pairs(d, w[c, 0], dx[n_, c], pt, pl, cols)
+            _input_grad_pairs(d, w[c, 0], dx[n_, c], pt, pl, cols)
