@@ -273,3 +273,27 @@ def test_worker_imports_this_package_not_a_copy_in_the_working_directory(tmp_pat
     assert replies == [{"id": None, "file": os.path.abspath(compile_ahead.__file__)}, {"id": 0}]
     assert "[cache]" in out.stderr  # Numba's cache log went to stderr
     assert list((tmp_path / "cache").rglob("*all_finite*.nbi"))  # compiled into the cache
+
+
+def test_worker_does_not_run_the_package_init(tmp_path):
+    """The worker imports only compile_ahead and the kernel modules it is asked for: a package
+    whose ``__init__`` fails still gives a worker that starts, says where it runs from and
+    compiles a kernel of a module beside it."""
+    package = tmp_path / compile_ahead.PACKAGE
+    package.mkdir()
+    (package / "__init__.py").write_text("raise ImportError('the package init ran')\n")
+    (package / "compile_ahead.py").write_text(open(compile_ahead.__file__).read())
+    (package / "k.py").write_text(
+        "from numba import njit\n\n\n@njit(cache=True)\ndef twice(x):\n    return 2 * x\n"
+    )
+    request = {"id": 0, "module": f"{compile_ahead.PACKAGE}.k", "name": "twice",
+               "args": compile_ahead._encode((types.float64,))}  # fmt: skip
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+    out = subprocess.run(
+        [sys.executable, "-c", compile_ahead._WORKER_MAIN, str(tmp_path), compile_ahead.PACKAGE],
+        input=json.dumps(request) + "\n", capture_output=True, text=True, timeout=120,
+        cwd=tmp_path, env=env,
+    )  # fmt: skip
+    replies = [json.loads(line) for line in out.stdout.splitlines()]
+    assert replies == [{"id": None, "file": str(package / "compile_ahead.py")}, {"id": 0}]
+    assert list((tmp_path / "cache").rglob("*twice*.nbi"))  # compiled into the cache

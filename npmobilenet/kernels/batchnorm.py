@@ -511,21 +511,21 @@ def _forward_coefficient(c, mean, var, weight, bias, eps, invstd, scale, shift):
 
 
 @njit(cache=True, nogil=True, inline="always", fastmath=REASSOC)
-def _range_stats(x, c, e, one_pass, mean, var):
+def _range_stats(x, c, e, one_pass, mean, var, S, Q):
     """mean[c:e], var[c:e] (biased) of channels c:e, float64: sums S of d = x - shift and Q of
     d*d, var = Q/M - (S/M)**2 (0 if rounded below). ``one_pass`` (float32 input): the shift is
     each channel's first value, one of its M values, so (shift - mean)**2 <= M * var and the
     subtraction cancels at most a factor M: the float64 sums lose at most log10(M) of their 16
     digits, far below float32's 7. Else two passes (float64 input: full float64 precision):
-    shift 0, then the mean found."""
+    shift 0, then the mean found. S, Q: (C,) float64 rows the sums are kept in (their c:e are
+    overwritten): an array allocated here would cost the kernel about 0.15 s of compile time."""
     N, C, L = x.shape
     M = N * L
-    S, Q = np.zeros(e - c), np.zeros(e - c)
     for j in range(c, e):
         mean[j] = x[0, j, 0] if one_pass else 0.0  # the shift of the first pass
     for _ in range(1 if one_pass else 2):  # the passes
-        S[:] = 0.0
-        Q[:] = 0.0
+        for j in range(c, e):
+            S[j], Q[j] = 0.0, 0.0
         for n in range(N):  # memory order: images outer
             for j in range(c, e):
                 k, s, q, xr = mean[j], 0.0, 0.0, x[n, j]
@@ -533,12 +533,12 @@ def _range_stats(x, c, e, one_pass, mean, var):
                     d = xr[i] - k
                     s += d
                     q += d * d
-                S[j - c] += s
-                Q[j - c] += q
+                S[j] += s
+                Q[j] += q
         for j in range(c, e):
-            d = S[j - c] / M
+            d = S[j] / M
             mean[j] += d  # the shift plus the mean deviation from it
-            var[j] = max(Q[j - c] / M - d * d, 0.0)
+            var[j] = max(Q[j] / M - d * d, 0.0)
 
 
 @njit(cache=True, nogil=True, inline="always", fastmath=REASSOC)
@@ -561,7 +561,7 @@ def _range_apply(x, out, c, e, scale, shift, act):
 def _forward_channels(x, weight, bias, eps, coef, out, act, training, one_pass, c0, c1):
     mean, var, invstd, scale, shift = coef[0], coef[1], coef[2], coef[3], coef[4]
     if training:
-        _range_stats(x, c0, c1, one_pass, mean, var)
+        _range_stats(x, c0, c1, one_pass, mean, var, invstd, scale)  # scratch until set below
         for c in range(c0, c1):
             _forward_coefficient(c, mean, var, weight, bias, eps, invstd, scale, shift)
     _range_apply(x, out, c0, c1, scale, shift, act)
