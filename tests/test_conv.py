@@ -32,6 +32,7 @@ from npmobilenet.kernels.tuned.depthwise3x3 import (
     depthwise3x3_backward_small,
     depthwise3x3_backward_stacked,
     depthwise3x3_backward_stride2,
+    depthwise3x3_backward_stride2_pad1,
     depthwise3x3_backward_weight_flat,
     depthwise3x3_forward_rows,
     depthwise3x3_forward_small,
@@ -346,6 +347,8 @@ def test_depthwise3x3_kernels_match_naive_loops(shape, size, stride, pads, seed)
     both = [depthwise3x3_backward_small] if m == 1 else []  # both gradients: dx written
     both += [depthwise3x3_backward_stacked] if m == 1 and (sh, sw, OH, OW) == (1, 1, H, W) else []
     both += [depthwise3x3_backward_stride2] if m == 1 and (sh, sw) == (2, 2) else []
+    pad1 = _pad1_halved(m, sh, sw, pt, pl, H, W, OH, OW)
+    both += [depthwise3x3_backward_stride2_pad1] if pad1 else []
     for kernel in both:
         dx, dw = np.full_like(x, np.nan), np.zeros_like(w)
         kernel(dout, x, w, dx, dw, sh, sw, pt, pl)
@@ -514,14 +517,30 @@ def test_depthwise3x3_stride2_input_grad_matches_naive_loops(size, pads, multipl
     np.testing.assert_allclose(dx - 0.5, dx_n, rtol=1e-12, atol=1e-12)
 
 
+def _pad1_halved(m, sh, sw, pt, pl, H, W, OH, OW):
+    """Whether ``depthwise3x3_backward_stride2_pad1`` takes this geometry."""
+    return (m, sh, sw, pt, pl) == (1, 2, 2, 1, 1) and (H, W) == (2 * OH, 2 * OW)
+
+
+def _stride2_kernels(pt, pl, H, W, OH, OW):
+    """The stride-2 both-gradients kernels that take this geometry (depth multiplier 1)."""
+    pad1 = _pad1_halved(1, 2, 2, pt, pl, H, W, OH, OW)
+    return [depthwise3x3_backward_stride2] + ([depthwise3x3_backward_stride2_pad1] if pad1 else [])
+
+
 @pytest.mark.parametrize(
-    "size", [(7, 7), (8, 8), (7, 10), (12, 5), (1, 2), (1, 1), (2, 1), (5, 50), (4, 47), (1, 48)]
+    "size",
+    [(7, 7), (8, 8), (7, 10), (12, 5), (1, 2), (1, 1), (2, 1), (5, 50), (4, 47), (1, 48),
+     (2, 2), (6, 4), (14, 28), (4, 7)],
+)  # fmt: skip
+@pytest.mark.parametrize(
+    "pads", [(1, 1, 1, 1), (0, 2, 1, 1), (2, 0, 3, 1), (3, 3, 0, 2), (1, 0, 1, 0), (1, 1, 0, 1)]
 )
-@pytest.mark.parametrize("pads", [(1, 1, 1, 1), (0, 2, 1, 1), (2, 0, 3, 1), (3, 3, 0, 2)])
 def test_depthwise3x3_backward_stride2_matches_naive_loops(size, pads):
     """Both gradients at stride 2: odd and even sizes, 1-pixel planes, asymmetric and wide
-    padding (crops of the spread-out gradient), rows of 1 to 25 output columns; writes dx,
-    adds into dweight."""
+    padding (crops of the spread-out gradient), rows of 1 to 25 output columns; the loops for
+    padding 1 on even sizes (the output half the input: bottom and right padding 1 or 0) and
+    their neighbours (one padding 0, one size odd); writes dx, adds into dweight."""
     (H, W), (pt, pb, pl, pr), N, C = size, pads, 3, 4
     OH, OW = (H + pt + pb - 3) // 2 + 1, (W + pl + pr - 3) // 2 + 1
     rng = np.random.default_rng(H * W + pt)
@@ -529,20 +548,23 @@ def test_depthwise3x3_backward_stride2_matches_naive_loops(size, pads):
     dout = rng.standard_normal((N, C, OH, OW))
     dx_n, dw_n = np.zeros_like(x), np.zeros_like(w)
     conv2d_backward_naive(dout, x, w, dx_n, dw_n, 2, 2, pt, pl, 1, 1, C)
-    dx, dw = np.full_like(x, np.nan), np.full_like(w, 0.25)
-    depthwise3x3_backward_stride2(dout, x, w, dx, dw, 2, 2, pt, pl)
-    np.testing.assert_allclose(dx, dx_n, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(dw - 0.25, dw_n, rtol=1e-12, atol=1e-12)
+    for kernel in _stride2_kernels(pt, pl, H, W, OH, OW):
+        dx, dw = np.full_like(x, np.nan), np.full_like(w, 0.25)
+        kernel(dout, x, w, dx, dw, 2, 2, pt, pl)
+        np.testing.assert_allclose(dx, dx_n, rtol=1e-12, atol=1e-12, err_msg=kernel.__name__)
+        np.testing.assert_allclose(dw - 0.25, dw_n, rtol=1e-12, atol=1e-12)
 
 
-def test_depthwise3x3_backward_stride2_infinite_gradient_is_the_naive_loops():
+@pytest.mark.parametrize("H", [9, 8])
+def test_depthwise3x3_backward_stride2_infinite_gradient_is_the_naive_loops(H):
     """An inf in dout gives the naive loops' dx (inf where it reaches, never NaN from a zero
-    times inf)."""
+    times inf): an odd plane and an even one (padding 1, the output half the input)."""
     rng = np.random.default_rng(3)
-    x, w = rng.standard_normal((1, 2, 9, 50)), rng.standard_normal((2, 1, 3, 3))
-    dout = rng.standard_normal((1, 2, 5, 25))
+    x, w = rng.standard_normal((1, 2, H, 50)), rng.standard_normal((2, 1, 3, 3))
+    dout = rng.standard_normal((1, 2, (H + 1) // 2, 25))
     dout[0, 1, 2, 1] = np.inf
-    _assert_infinite_dout_gives_naive_dx(depthwise3x3_backward_stride2, dout, x, w, 2)
+    for kernel in _stride2_kernels(1, 1, H, 50, *dout.shape[2:]):
+        _assert_infinite_dout_gives_naive_dx(kernel, dout, x, w, 2)
 
 
 @pytest.mark.parametrize(
@@ -557,7 +579,8 @@ def test_depthwise3x3_backward_stride2_float32_matches_float64_loops(size, pads)
     rng = np.random.default_rng(H + W)
     x, w = rng.standard_normal((N, C, H, W)), rng.standard_normal((C, 1, 3, 3))
     dout = rng.standard_normal((N, C, OH, OW))
-    _assert_float32_is_float64_loops(depthwise3x3_backward_stride2, dout, x, w, 2, pt, pl)
+    for kernel in _stride2_kernels(pt, pl, H, W, OH, OW):
+        _assert_float32_is_float64_loops(kernel, dout, x, w, 2, pt, pl)
 
 
 @pytest.mark.torch
@@ -834,13 +857,42 @@ def test_every_tuned_depthwise_kernel_is_tested_against_the_naive_loops():
         depthwise3x3_forward, depthwise3x3_forward_rows, depthwise3x3_forward_split_columns,
         depthwise3x3_forward_small,
         depthwise3x3_backward_small, depthwise3x3_backward_stacked,
-        depthwise3x3_backward_stride2,
+        depthwise3x3_backward_stride2, depthwise3x3_backward_stride2_pad1,
         depthwise3x3_backward_weight, depthwise3x3_backward_weight_flat,
         depthwise3x3_backward_input, depthwise3x3_backward_input_flat,
         depthwise3x3_backward_input_stride2, depthwise3x3_backward_input_skip_padding,
     }  # fmt: skip
     assert {v.kernel for v in tuned.DEPTHWISE3X3} == tested
     assert {v.op for v in tuned.DEPTHWISE3X3} == set(tuned.OPS)
+
+
+@pytest.mark.parametrize(
+    "shape, padding, want",
+    [
+        ((64, 64, (112, 112), (56, 56), (2, 2)), (1, 1), depthwise3x3_backward_stride2_pad1),
+        ((512, 512, (14, 14), (7, 7), (2, 2)), (1, 1), depthwise3x3_backward_stride2_pad1),
+        ((512, 512, (14, 14), (7, 7), (2, 2)), (0, 0), depthwise3x3_backward_stride2),
+        ((512, 512, (14, 14), (7, 7), (2, 2)), (1, 0), depthwise3x3_backward_stride2),
+        ((512, 512, (14, 14), (7, 7), (2, 2)), None, depthwise3x3_backward_stride2),
+        ((8, 8, (15, 14), (8, 7), (2, 2)), (1, 1), depthwise3x3_backward_stride2),
+        ((8, 8, (14, 14), (8, 7), (2, 2)), (1, 1), depthwise3x3_backward_stride2),
+        ((8, 16, (14, 14), (7, 7), (2, 2)), (1, 1), None),
+    ],
+)
+def test_depthwise_stride2_dispatch_by_padding(shape, padding, want):
+    """Padding 1 at the top and left of an even plane halved: the two-rows-a-pass kernel; any
+    other padding, an unknown one, odd sizes or another output size: the general one."""
+    s = tuned.DepthwiseShape(*shape, padding=padding)
+    assert tuned.depthwise3x3_kernel("backward", s) is want
+
+
+def test_depthwise_stride2_pad1_refuses_another_geometry():
+    """The kernel for padding 1 raises (rather than computing another padding's gradients) if
+    called with another."""
+    x, w = np.zeros((1, 1, 8, 8)), np.zeros((1, 1, 3, 3))
+    dout, dx, dw = np.zeros((1, 1, 4, 4)), np.zeros_like(x), np.zeros_like(w)
+    with pytest.raises(ValueError, match="padding 1"):
+        depthwise3x3_backward_stride2_pad1(dout, x, w, dx, dw, 2, 2, 0, 0)
 
 
 @pytest.mark.parametrize(

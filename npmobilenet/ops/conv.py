@@ -247,7 +247,7 @@ def conv2d_forward(
     if backward_ahead:
         compile_ahead.expect_backward()
         if method == "direct" and _is_depthwise3x3(weight, geom[2]):
-            _compile_backward_ahead(x4, weight, out_shape, geom[0])
+            _compile_backward_ahead(x4, weight, out_shape, geom[0], geom[1])
     cols = _kept_columns(x4, weight, out_shape) if backward_ahead and method == "im2col" else None
     kw = {} if cols is None else {"cols": cols}
     out4 = _FORWARD[method](x4, weight, out_shape, *geom, out=out4, runner=runner or SERIAL, **kw)
@@ -375,32 +375,37 @@ def conv2d_kernels(x_shape, weight_shape, stride=1, padding=0, dilation=1, group
     if method != "direct" or not _is_depthwise3x3_shape(weight_shape, geom[2]):
         return (), ()
     return _depthwise_plan(x_shape[1], weight_shape[0], tuple(x_shape[2:]), out_shape[2:],
-                           geom[0], np.dtype(dtype))  # fmt: skip
+                           geom[0], (geom[1][0], geom[1][2]), np.dtype(dtype))  # fmt: skip
 
 
 @lru_cache(maxsize=256)
-def _depthwise_plan(channels, out_channels, in_hw, out_hw, stride, dtype):
-    """``conv2d_kernels`` of a depthwise 3x3 convolution: (forward, backward)."""
-    shape = DepthwiseShape(channels, out_channels, in_hw, out_hw, stride)
+def _depthwise_plan(channels, out_channels, in_hw, out_hw, stride, top_left, dtype):
+    """``conv2d_kernels`` of a depthwise 3x3 convolution: (forward, backward). top_left: the
+    padding (top, left)."""
+    shape = DepthwiseShape(channels, out_channels, in_hw, out_hw, stride, padding=top_left)
     forward = ((depthwise3x3_kernel("forward", shape), compile_ahead.signature(dtype, 3)),)
-    backward = _depthwise_backward_plan(channels, out_channels, in_hw, out_hw, stride, dtype)
+    backward = _depthwise_backward_plan(
+        channels, out_channels, in_hw, out_hw, stride, top_left, dtype
+    )
     return forward, backward[::-1]  # the weight gradient is computed first
 
 
-def _compile_backward_ahead(x4, weight, out_shape, stride) -> None:
+def _compile_backward_ahead(x4, weight, out_shape, stride, pad) -> None:
     """Hand the depthwise 3x3 backward kernels ``conv2d_backward`` will run to
     :mod:`npmobilenet.compile_ahead` (they are the slow ones to compile)."""
     plan = _depthwise_backward_plan(
-        x4.shape[1], weight.shape[0], x4.shape[2:], out_shape[2:], stride, x4.dtype
-    )
+        x4.shape[1], weight.shape[0], x4.shape[2:], out_shape[2:], stride, (pad[0], pad[2]),
+        x4.dtype,
+    )  # fmt: skip
     for kernel, sig in plan:
         compile_ahead.submit(kernel, sig)
 
 
 @lru_cache(maxsize=256)
-def _depthwise_backward_plan(channels, out_channels, in_hw, out_hw, stride, dtype):
-    """((kernel, argument types), ...) of a depthwise backward (weights assumed finite)."""
-    shape = DepthwiseShape(channels, out_channels, in_hw, out_hw, stride)
+def _depthwise_backward_plan(channels, out_channels, in_hw, out_hw, stride, top_left, dtype):
+    """((kernel, argument types), ...) of a depthwise backward (weights assumed finite;
+    top_left: the padding (top, left))."""
+    shape = DepthwiseShape(channels, out_channels, in_hw, out_hw, stride, padding=top_left)
     both = depthwise3x3_kernel("backward", shape)
     if both is not None:  # (dout, x, w, dx, dweight, sh, sw, pt, pl)
         return ((both, compile_ahead.signature(dtype, 5)),)
@@ -430,9 +435,11 @@ def _is_depthwise3x3_shape(w_shape, dilation):
     return tuple(w_shape[1:]) == (1, 3, 3) and dilation == (1, 1)
 
 
-def _depthwise_shape(x, weight, out_hw, stride):
+def _depthwise_shape(x, weight, out_hw, stride, pad):
     finite = bool(np.isfinite(weight).all())
-    return DepthwiseShape(x.shape[1], weight.shape[0], x.shape[2:], tuple(out_hw), stride, finite)
+    return DepthwiseShape(
+        x.shape[1], weight.shape[0], x.shape[2:], tuple(out_hw), stride, finite, (pad[0], pad[2])
+    )
 
 
 def _zeroed(shape, dtype, buf):
@@ -448,7 +455,7 @@ def _forward_direct(x, weight, out_shape, stride, pad, dilation, groups, out, ru
     (sh, sw), (dil_h, dil_w) = stride, dilation
     depthwise = _is_depthwise3x3(weight, dilation)
     if depthwise:  # the depthwise kernels write out
-        shape = _depthwise_shape(x, weight, out_shape[2:], stride)
+        shape = _depthwise_shape(x, weight, out_shape[2:], stride, pad)
         kernel, args = depthwise3x3_kernel("forward", shape), (sh, sw, pad[0], pad[2])
         compile_ahead.wait(kernel, compile_ahead.signature(x.dtype, 3))  # if it was handed on
     else:
@@ -475,7 +482,7 @@ def _backward_direct(
     depthwise = _is_depthwise3x3(weight, dilation)
     both = dw_kernel = dx_kernel = w_flipped = None
     if depthwise:
-        shape = _depthwise_shape(x, weight, dout.shape[2:], stride)
+        shape = _depthwise_shape(x, weight, dout.shape[2:], stride, pad)
         both = depthwise3x3_kernel("backward", shape)  # one kernel for dx and dW, or None
         if both is None:
             dw_kernel = depthwise3x3_kernel("backward_weight", shape)
