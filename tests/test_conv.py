@@ -34,6 +34,7 @@ from npmobilenet.kernels.tuned.depthwise3x3 import (
     depthwise3x3_backward_stride2,
     depthwise3x3_backward_stride2_pad1,
     depthwise3x3_backward_weight_flat,
+    depthwise3x3_forward_flat_bands,
     depthwise3x3_forward_rows,
     depthwise3x3_forward_small,
     depthwise3x3_forward_split_columns,
@@ -319,6 +320,7 @@ def test_depthwise3x3_kernels_match_naive_loops(shape, size, stride, pads, seed)
     forward += [depthwise3x3_forward_rows] if (sh, sw) == (1, 1) else []
     forward += [depthwise3x3_forward_split_columns] if sw == 2 else []
     forward += [depthwise3x3_forward_small] if m == 1 else []
+    forward += [depthwise3x3_forward_flat_bands] if (sh, sw) == (1, 1) and OW == W else []
     for kernel in forward:
         fast = np.full((N, C * m, OH, OW), np.nan)  # the forward kernels write out
         kernel(x, w, fast, sh, sw, pt, pl)
@@ -497,6 +499,59 @@ def test_depthwise3x3_forward_variants_write_the_naive_loops_result(
     out = np.full(naive.shape, np.nan, dtype=dtype)
     kernel(x.astype(dtype), w.astype(dtype), out, sh, sw, pt, pl)
     np.testing.assert_allclose(out, naive, **tol(dtype), err_msg=kernel.__name__)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("multiplier", [1, 2])
+@pytest.mark.parametrize(
+    "size, stride, pads",
+    [
+        ((40, 112), (1, 1), (1, 1, 1, 1)),  # bands of 16 rows: 3 bands, the last one partial
+        ((21, 200), (1, 1), (2, 0, 0, 2)),  # taps reaching two columns past either end
+        ((9, 97), (1, 1), (0, 2, 2, 0)),
+        ((14, 14), (1, 1), (1, 1, 1, 1)),
+        ((7, 7), (1, 1), (1, 1, 1, 1)),
+        ((3, 1), (1, 1), (1, 1, 1, 1)),  # rows of one column: every side tap outside
+        ((5, 2), (1, 1), (3, 0, 2, 0)),
+    ],
+)
+def test_depthwise3x3_forward_flat_bands_writes_the_naive_loops_result(
+    size, stride, pads, multiplier, dtype
+):
+    """Flat bands: written over NaN (the kernel writes out), equal to the naive loops (float64
+    to 1e-12, float32 to its rounding) over several bands, with padding on either side and
+    rows as short as one column."""
+    (H, W), (sh, sw), (pt, pb, pl, pr), N, C = size, stride, pads, 2, 3
+    OH, OW = (H + pt + pb - 3) // sh + 1, (W + pl + pr - 3) // sw + 1
+    assert OW == W  # the shapes the kernel is dispatched on
+    rng = np.random.default_rng(H * W + sh + pl)
+    x, w = rng.standard_normal((N, C, H, W)), rng.standard_normal((C * multiplier, 1, 3, 3))
+    naive = np.zeros((N, C * multiplier, OH, OW))
+    conv2d_forward_naive(x, w, naive, sh, sw, pt, pl, 1, 1, C)
+    out = np.full(naive.shape, np.nan, dtype=dtype)
+    depthwise3x3_forward_flat_bands(x.astype(dtype), w.astype(dtype), out, sh, sw, pt, pl)
+    np.testing.assert_allclose(out, naive, **tol(dtype))
+
+
+@pytest.mark.parametrize("pad", [0, 1, 2])
+def test_depthwise3x3_forward_flat_bands_non_finite_values_are_the_naive_loops(pad):
+    """An inf in x at a row's first and last columns reaches only the outputs whose taps read
+    it (a flat read past a row's end is masked, not multiplied), and an inf weight gives NaN
+    where its tap lies on the zero border, as the naive loops give."""
+    rng = np.random.default_rng(pad)
+    x, w = rng.standard_normal((2, 2, 12, 12)), rng.standard_normal((2, 1, 3, 3))
+    x[0, 0, 3, 0], x[0, 0, 6, 11], x[1, 1, 0, 0] = np.inf, -np.inf, np.inf
+    w[1, 0, 0, 2], w[0, 0, 1, 0] = np.inf, -np.inf
+    naive, out = np.zeros((2, 2, 12, 12)), np.full((2, 2, 12, 12), 0.5)  # pads: pad, 2 - pad
+    with np.errstate(invalid="ignore"):
+        conv2d_forward_naive(x, w, naive, 1, 1, pad, pad, 1, 1, 2)
+    depthwise3x3_forward_flat_bands(x, w, out, 1, 1, pad, pad)
+    assert np.isinf(naive).any() and np.isnan(naive).any()  # the case is the intended one
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(naive))
+    np.testing.assert_array_equal(np.isposinf(out), np.isposinf(naive))
+    np.testing.assert_array_equal(np.isneginf(out), np.isneginf(naive))
+    finite = np.isfinite(naive)
+    np.testing.assert_allclose(out[finite], naive[finite], rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("size", [(7, 7), (8, 8), (7, 10), (12, 5), (1, 2)])
@@ -855,7 +910,7 @@ def test_every_tuned_depthwise_kernel_is_tested_against_the_naive_loops():
     """The dispatch table holds exactly the kernels the naive-loop tests above exercise."""
     tested = {
         depthwise3x3_forward, depthwise3x3_forward_rows, depthwise3x3_forward_split_columns,
-        depthwise3x3_forward_small,
+        depthwise3x3_forward_small, depthwise3x3_forward_flat_bands,
         depthwise3x3_backward_small, depthwise3x3_backward_stacked,
         depthwise3x3_backward_stride2, depthwise3x3_backward_stride2_pad1,
         depthwise3x3_backward_weight, depthwise3x3_backward_weight_flat,
@@ -898,16 +953,17 @@ def test_depthwise_stride2_pad1_refuses_another_geometry():
 @pytest.mark.parametrize(
     "shape, want",
     [
-        ((32, 32, (112, 112), (112, 112), (1, 1)), ("forward_rows", "stacked", "stacked")),
-        ((32, 64, (112, 112), (112, 112), (1, 1)), ("forward_rows", "weight_flat", "input_flat")),
+        ((32, 32, (112, 112), (112, 112), (1, 1)), ("forward_flat_bands", "stacked", "stacked")),
+        ((32, 64, (112, 112), (112, 112), (1, 1)), ("forward_flat_bands", "weight_flat",
+                                                    "input_flat")),
         ((8, 8, (10, 10), (8, 8), (1, 1)), ("forward_rows", "weight_flat", "input_flat")),
         ((8, 8, (40, 41), (20, 21), (2, 2)), ("forward_split_columns", "stride2", "stride2")),
         ((8, 16, (40, 41), (20, 21), (2, 2)), ("forward_split_columns", "backward_weight",
                                                 "stride2")),
         ((8, 8, (40, 41), (40, 14), (1, 3)), ("forward", "backward_weight", "input")),
         ((64, 64, (112, 112), (56, 56), (2, 2)), ("forward_split_columns", "stride2", "stride2")),
-        ((512, 512, (14, 14), (14, 14), (1, 1)), ("forward_rows", "stacked", "stacked")),
-        ((256, 256, (28, 28), (28, 28), (1, 1)), ("forward_rows", "stacked", "stacked")),
+        ((512, 512, (14, 14), (14, 14), (1, 1)), ("forward_flat_bands", "stacked", "stacked")),
+        ((256, 256, (28, 28), (28, 28), (1, 1)), ("forward_flat_bands", "stacked", "stacked")),
         ((1024, 1024, (2, 2), (2, 2), (1, 1)), ("forward_small", None, None)),
     ],
 )
@@ -933,13 +989,13 @@ def test_depthwise_dispatch_picks_the_documented_variant(shape, want):
 @pytest.mark.parametrize(
     "shape, name",
     [
-        ((32, 32, (112, 112), (112, 112), (1, 1)), "forward_rows"),
+        ((32, 32, (112, 112), (112, 112), (1, 1)), "forward_flat_bands"),
         ((64, 64, (112, 112), (56, 56), (2, 2)), "forward_split_columns"),
-        ((128, 128, (56, 56), (56, 56), (1, 1)), "forward_rows"),
-        ((256, 256, (28, 28), (28, 28), (1, 1)), "forward_rows"),
-        ((512, 512, (14, 14), (14, 14), (1, 1)), "forward_rows"),
+        ((128, 128, (56, 56), (56, 56), (1, 1)), "forward_flat_bands"),
+        ((256, 256, (28, 28), (28, 28), (1, 1)), "forward_flat_bands"),
+        ((512, 512, (14, 14), (14, 14), (1, 1)), "forward_flat_bands"),
         ((512, 512, (14, 14), (7, 7), (2, 2)), "forward_split_columns"),
-        ((1024, 1024, (7, 7), (7, 7), (1, 1)), "forward_rows"),
+        ((1024, 1024, (7, 7), (7, 7), (1, 1)), "forward_flat_bands"),
         ((8, 8, (10, 10), (8, 8), (1, 1)), "forward_rows"),  # no padding: a narrower output
         ((8, 8, (40, 41), (40, 14), (1, 3)), "forward"),
         ((1024, 1024, (2, 2), (2, 2), (1, 1)), "forward_small"),

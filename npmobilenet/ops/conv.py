@@ -52,6 +52,7 @@ from npmobilenet.kernels.conv_direct import (
 )
 from npmobilenet.kernels.im2col import col2im, im2col_images
 from npmobilenet.kernels.tuned import DepthwiseShape, depthwise3x3_kernel
+from npmobilenet.kernels.tuned import compiled as tuned_compiled
 from npmobilenet.threads import MACS_PER_ELEMENT, SERIAL
 
 METHODS = ("auto", "direct", "im2col")
@@ -383,11 +384,17 @@ def _depthwise_plan(channels, out_channels, in_hw, out_hw, stride, top_left, dty
     """``conv2d_kernels`` of a depthwise 3x3 convolution: (forward, backward). top_left: the
     padding (top, left)."""
     shape = DepthwiseShape(channels, out_channels, in_hw, out_hw, stride, padding=top_left)
-    forward = ((depthwise3x3_kernel("forward", shape), compile_ahead.signature(dtype, 3)),)
+    forward = (_forward_compiled(shape, dtype),)
     backward = _depthwise_backward_plan(
         channels, out_channels, in_hw, out_hw, stride, top_left, dtype
     )
     return forward, backward[::-1]  # the weight gradient is computed first
+
+
+def _forward_compiled(shape, dtype):
+    """(compiled kernel, argument types) the depthwise 3x3 forward of ``shape`` runs."""
+    kernel, arrays, ndim, ints = tuned_compiled(depthwise3x3_kernel("forward", shape))
+    return kernel, compile_ahead.signature(dtype, arrays, ndim, ints)
 
 
 def _compile_backward_ahead(x4, weight, out_shape, stride, pad) -> None:
@@ -457,7 +464,7 @@ def _forward_direct(x, weight, out_shape, stride, pad, dilation, groups, out, ru
     if depthwise:  # the depthwise kernels write out
         shape = _depthwise_shape(x, weight, out_shape[2:], stride, pad)
         kernel, args = depthwise3x3_kernel("forward", shape), (sh, sw, pad[0], pad[2])
-        compile_ahead.wait(kernel, compile_ahead.signature(x.dtype, 3))  # if it was handed on
+        compile_ahead.wait(*_forward_compiled(shape, x.dtype))  # if it was handed on
     else:
         kernel = conv2d_direct_forward
         args = (sh, sw, pad[0], pad[2], dil_h, dil_w, groups)

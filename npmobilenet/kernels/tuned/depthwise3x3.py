@@ -260,6 +260,70 @@ def depthwise3x3_forward_rows(x, w, out, sh, sw, pt, pl):
                     _write_rows(buf, w[k, 0], out[n, k], o0, b)
 
 
+def depthwise3x3_forward_flat_bands(x, w, out, sh, sw, pt, pl):
+    """``depthwise3x3_forward`` at stride 1 with an output as wide as the input (sh == sw == 1,
+    OW == W): by bands of rows, each band one flat loop (``forward_flat_bands``) when the left
+    padding is 1, else by ``depthwise3x3_forward_rows``. x (N, C, H, W), w (K, 1, 3, 3);
+    writes out (N, K, OH, W). A plain function: the compiled kernel takes the arrays flat
+    (views; ``npmobilenet.kernels.tuned.compiled`` gives its argument types)."""
+    if pl != 1:
+        depthwise3x3_forward_rows(x, w, out, sh, sw, pt, pl)
+        return
+    N, C, H, W = x.shape
+    forward_flat_bands(x.reshape(-1), w.reshape(-1), out.reshape(-1), N, C, H, W,
+                       out.shape[2], pt)  # fmt: skip
+
+
+@njit(cache=True, nogil=True, fastmath=REASSOC)
+def forward_flat_bands(x, w, out, N, C, H, W, OH, pt):
+    """The stride-1 depthwise 3x3 forward with padding 1 left and right, on flat arrays: x
+    (N*C*H*W,), w (K*9,), out (N*K*OH*W,), the output rows as long as the input's.
+
+    The B + 2 input rows of a band of B output rows are one contiguous run of the plane, copied
+    into a flat scratch of rows of W (rows outside the plane zero). With output rows as long as
+    the scratch's, tap (i, j) of flat output position q is the constant i*W + j further on, so
+    the band is one vectorised loop written straight into out; a side tap of a row's first or
+    last column would read the neighbouring row's end, and is taken as the zero border instead
+    (``mask``: the products of ``_write_rows``, in its order). Rows of 14 or 7 columns, a loop
+    each, were mostly loop overhead and scalar remainders. Flat arguments, unsigned offsets and
+    no helper to inline keep the compilation as quick as the row kernel's.
+    """
+    m = w.shape[0] // (9 * C)  # depth multiplier: output channels k of input channel c
+    B = max(1, min(OH, BAND_ELEMENTS // W - 2))
+    buf = np.zeros((B + 2) * W + 2, dtype=x.dtype)  # from buf[1]; a spare either end
+    mask = np.ones((2, B * W), dtype=np.bool_)  # the left and right taps inside the row
+    for r in range(B):
+        mask[0, r * W] = False
+        mask[1, r * W + W - 1] = False
+    u, z = np.uint64, x.dtype.type(0)
+    one, two, w1, w2 = u(1), u(2), u(W), u(2 * W)
+    for n in range(N):
+        for c in range(C):
+            for o0 in range(0, OH, B):
+                b, h0 = min(B, OH - o0), o0 - pt  # h0: the input row of scratch row 0
+                lo = min(b + 2, max(0, -h0))  # scratch rows [lo, hi) hold plane rows
+                hi = max(lo, min(b + 2, H - h0))
+                for t in range(1, 1 + lo * W):
+                    buf[t] = 0
+                for t in range(1 + hi * W, 1 + (b + 2) * W):
+                    buf[t] = 0
+                d0, s0 = u(1 + lo * W), u(((n * C + c) * H + h0 + lo) * W)
+                for t in range(u((hi - lo) * W)):
+                    buf[d0 + t] = x[s0 + t]
+                for k in range(c * m, (c + 1) * m):
+                    ws, o = w[9 * k : 9 * k + 9], u(((n * C * m + k) * OH + o0) * W)
+                    for q in range(u(b * W)):
+                        left, right = mask[0, q], mask[1, q]
+                        out[o + q] = (
+                            ws[0] * (buf[q] if left else z) + ws[1] * buf[q + one]
+                            + ws[2] * (buf[q + two] if right else z)
+                            + ws[3] * (buf[q + w1] if left else z) + ws[4] * buf[q + w1 + one]
+                            + ws[5] * (buf[q + w1 + two] if right else z)
+                            + ws[6] * (buf[q + w2] if left else z) + ws[7] * buf[q + w2 + one]
+                            + ws[8] * (buf[q + w2 + two] if right else z)
+                        )  # fmt: skip
+
+
 # --------------------------------------------------------------------------------------------
 # Column stride 2: even and odd columns split into two scratch arrays, so that every tap of
 # an output row is a contiguous read (9 multiply-adds per output instead of computing every
