@@ -717,9 +717,9 @@ def test_pointwise_backward_large_slices(rng, monkeypatch, hw, channels, groups,
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("with_dx", [False, True])
 def test_pointwise_dweight_per_image_sums_every_image(rng, n, dtype, with_dx):
-    """The per-image weight gradient (the first image's product is the sum's start, no zeros)
-    against float64 einsum, for empty, one-image and longer slices, with and without dx in
-    the same loop; dW is a new array each call, not a buffer the next call reuses."""
+    """The per-image weight gradient against float64 einsum, for empty, one-image and longer
+    slices, with and without dx in the same loop; dW is a new array each call, not a buffer
+    the next call reuses."""
     g, kg, cg, pixels = 2, 5, 3, 7
     d4 = rng.standard_normal((n, g, kg, pixels)).astype(dtype)
     x4 = rng.standard_normal((n, g, cg, pixels)).astype(dtype)

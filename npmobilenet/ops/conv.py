@@ -949,16 +949,10 @@ def _dweight_per_image(d4, x4, w3=None, dx4=None):
     ``dx4[n] = w3.T @ d4[n]`` right after image n's dW product, while d4[n] is still in the
     caches (the same products as computing all of dx first, in a cheaper order)."""
     N, G, Kg, _ = d4.shape
-    if N == 0:
-        return np.zeros((G, Kg, x4.shape[2]), dtype=d4.dtype)
-    step = None
+    dw3 = np.zeros((G, Kg, x4.shape[2]), dtype=d4.dtype)
+    step = np.empty_like(dw3)
     for n in range(N):
-        product = np.matmul(d4[n], x4[n].transpose(0, 2, 1), out=step)  # (G, Kg, Cg)
-        if n == 0:  # the first image's product is dW's first value: no zeros to add it to
-            dw3 = product
-            step = np.empty_like(dw3) if N > 1 else None
-        else:
-            dw3 += product
+        dw3 += np.matmul(d4[n], x4[n].transpose(0, 2, 1), out=step)
         if dx4 is not None:
             np.matmul(w3.transpose(0, 2, 1), d4[n], out=dx4[n])  # (G, Cg, L)
     return dw3
