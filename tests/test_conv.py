@@ -791,6 +791,31 @@ def test_pointwise_backward_large_slices(rng, monkeypatch, hw, channels, groups,
         np.testing.assert_allclose(got[1], want_dw, **tol(np.float32))
 
 
+@pytest.mark.parametrize("n", [0, 1, 2, 3])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("with_dx", [False, True])
+def test_pointwise_dweight_per_image_sums_every_image(rng, n, dtype, with_dx):
+    """The per-image weight gradient against float64 einsum, for empty, one-image and longer
+    slices, with and without dx in the same loop; dW is a new array each call, not a buffer
+    the next call reuses."""
+    g, kg, cg, pixels = 2, 5, 3, 7
+    d4 = rng.standard_normal((n, g, kg, pixels)).astype(dtype)
+    x4 = rng.standard_normal((n, g, cg, pixels)).astype(dtype)
+    w3 = rng.standard_normal((g, kg, cg)).astype(dtype)
+    dx4 = np.full(x4.shape, np.nan, dtype) if with_dx else None
+    dw = conv_ops._dweight_per_image(d4, x4, w3, dx4) if with_dx \
+        else conv_ops._dweight_per_image(d4, x4)  # fmt: skip
+    assert dw.shape == (g, kg, cg) and dw.dtype == dtype
+    d64, x64 = d4.astype(np.float64), x4.astype(np.float64)
+    np.testing.assert_allclose(dw, np.einsum("ngkl,ngcl->gkc", d64, x64), **tol(dtype))
+    if with_dx:
+        want = np.einsum("gkc,ngkl->ngcl", w3.astype(np.float64), d64)
+        np.testing.assert_allclose(dx4, want, **tol(dtype))
+    again = conv_ops._dweight_per_image(d4, x4)
+    assert not np.shares_memory(dw, again)
+    np.testing.assert_array_equal(dw, again)
+
+
 @pytest.mark.torch
 @pytest.mark.parametrize("hw", [(1, 1), (2, 2), (1, 3), (5, 3), (16, 17)])
 def test_grouped_pointwise_small_planes_match_torch(torch, rng, hw):
