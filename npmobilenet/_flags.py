@@ -7,17 +7,18 @@ and sleeps on a lock. Both steps need atomic memory operations, which Python doe
 they are two small functions written in LLVM IR, compiled by llvmlite (Numba's back end, so
 already installed) in a few milliseconds and called through ctypes.
 
-``wait(address, spins, new, grace)``, on the int64 flag at ``address``: while the flag holds
-0, spin (a pause instruction between atomic loads) at most ``spins`` times; then
+``wait(address, allowed, spins, new, grace)``, on the int64 flag at ``address``: while the
+flag holds 0 and the int64 at ``allowed`` does not, spin (a pause instruction between atomic
+loads) at most ``spins`` times; then
 compare-and-swap the flag from 0 to ``new``. It returns what the flag held before the swap: 0
 if the swap happened (nothing came), otherwise the value another thread stored (which the swap
 left in place), after ``grace`` more pauses. It releases the GIL while it runs; ``swap`` keeps
 it (the same function, no spins, no grace).
 
-``hand_over(done, job, spins, new, grace)`` swaps the flag at ``done`` from 0 to 1; if it held
-something else (its waiter fell asleep), returns :data:`CALLER_ASLEEP` at once, otherwise
-``wait(job, spins, new, grace)``. It too runs without the GIL, so the thread waiting on
-``done`` finds the GIL free when it sees the flag.
+``hand_over(done, job, allowed, spins, new, grace)`` swaps the flag at ``done`` from 0 to 1;
+if it held something else (its waiter fell asleep), returns :data:`CALLER_ASLEEP` at once,
+otherwise ``wait(job, allowed, spins, new, grace)``. It too runs without the GIL, so the thread
+waiting on ``done`` finds the GIL free when it sees the flag.
 
 ``available`` is False where the functions could not be built: :mod:`npmobilenet.threads` then
 uses its locks alone.
@@ -36,7 +37,7 @@ _PAUSE = {  # the CPU's spin-loop hint: lets the other hyperthread run, saves po
 }
 
 _IR = """
-define i64 @wait(ptr %flag, i64 %spins, i64 %new, i64 %grace) {
+define i64 @wait(ptr %flag, ptr %allowed, i64 %spins, i64 %new, i64 %grace) {
 entry:
   br label %loop
 loop:
@@ -46,7 +47,11 @@ loop:
 load:
   %v = load atomic i64, ptr %flag acquire, align 8
   %unset = icmp eq i64 %v, 0
-  br i1 %unset, label %pause, label %swap
+  br i1 %unset, label %check, label %swap
+check:
+  %a = load atomic i64, ptr %allowed monotonic, align 8
+  %go_on = icmp ne i64 %a, 0
+  br i1 %go_on, label %pause, label %swap
 pause:
   PAUSE
   %k1 = add i64 %k, 1
@@ -68,7 +73,7 @@ done:
   ret i64 %old
 }
 
-define i64 @hand_over(ptr %done, ptr %job, i64 %spins, i64 %new, i64 %grace) {
+define i64 @hand_over(ptr %done, ptr %job, ptr %allowed, i64 %spins, i64 %new, i64 %grace) {
 entry:
   %pair = cmpxchg ptr %done, i64 0, i64 1 acq_rel acquire
   %old = extractvalue {i64, i1} %pair, 0
@@ -77,7 +82,7 @@ entry:
 woke:
   ret i64 -2 ; CALLER_ASLEEP
 wait:
-  %got = call i64 @wait(ptr %job, i64 %spins, i64 %new, i64 %grace)
+  %got = call i64 @wait(ptr %job, ptr %allowed, i64 %spins, i64 %new, i64 %grace)
   ret i64 %got
 }
 DECLARE
@@ -102,9 +107,9 @@ def _build():
     engine.finalize_object()
     wait, hand_over = (engine.get_function_address(name) for name in ("wait", "hand_over"))
     return (
-        ctypes.CFUNCTYPE(_I64, _PTR, _I64, _I64, _I64)(wait),
-        ctypes.PYFUNCTYPE(_I64, _PTR, _I64, _I64, _I64)(wait),
-        ctypes.CFUNCTYPE(_I64, _PTR, _PTR, _I64, _I64, _I64)(hand_over),
+        ctypes.CFUNCTYPE(_I64, _PTR, _PTR, _I64, _I64, _I64)(wait),
+        ctypes.PYFUNCTYPE(_I64, _PTR, _PTR, _I64, _I64, _I64)(wait),
+        ctypes.CFUNCTYPE(_I64, _PTR, _PTR, _PTR, _I64, _I64, _I64)(hand_over),
         engine,
     )
 
@@ -120,4 +125,4 @@ except Exception:  # noqa: BLE001 - no llvmlite, an unknown target: the locks al
 def swap(address: int, new: int) -> int:
     """Compare-and-swap the flag at ``address`` from 0 to ``new``, keeping the GIL; returns
     what the flag held (0: swapped)."""
-    return _swap(address, 0, new, 0)
+    return _swap(address, address, 0, new, 0)

@@ -253,7 +253,8 @@ class _Worker:
         """Report the job's end, then wait for the next job: :func:`_wait`'s answer."""
         if _flags.available:
             spins, grace = _spin_counts()
-            got = _flags.hand_over(self._done_flag, self._job_flag, spins, _ASLEEP, grace)
+            flags = (self._done_flag, self._job_flag, _ALLOWED)
+            got = _flags.hand_over(*flags, spins, _ASLEEP, grace)
             if got != _flags.CALLER_ASLEEP:
                 return got
         self._done.release()
@@ -270,8 +271,10 @@ SPIN_MICROSECONDS = 1000
 # How long a worker that sees a job waits before it asks for the GIL, while the caller runs its
 # slice's Python up to its first kernel (3-20 us in a training step's ops); asking earlier
 # finds the GIL held and puts the worker to sleep until the caller releases it, some 25-45 us.
-GIL_GRACE_MICROSECONDS = 15
+GIL_GRACE_MICROSECONDS = 20
 _spin_state = {"sessions": 0, "per_us": 0.0}  # open sessions, pause instructions a microsecond
+_allowed = np.zeros(1, np.int64)  # 1 while a session is open: a spinning wait stops when it is 0
+_ALLOWED = _allowed.ctypes.data
 _spin_lock = threading.Lock()
 
 
@@ -291,7 +294,7 @@ def _wait(address: int, grace: bool = False) -> int:
     if not _flags.available:
         return _EMPTY
     spins, wait_gil = _spin_counts()
-    return _flags.wait(address, spins, _ASLEEP, wait_gil if grace else 0)
+    return _flags.wait(address, _ALLOWED, spins, _ASLEEP, wait_gil if grace else 0)
 
 
 def _set(address: int) -> int:
@@ -301,11 +304,13 @@ def _set(address: int) -> int:
 
 
 def _enter_session(delta: int) -> None:
-    """Count a session in (+1) or out (-1): inside any, waiting threads spin."""
+    """Count a session in (+1) or out (-1): inside any, waiting threads spin; after the last,
+    threads still spinning stop (and sleep on their locks)."""
     with _spin_lock:
+        _spin_state["sessions"] += delta
+        _allowed[0] = 1 if _spin_state["sessions"] else 0
         if _flags.available and not _spin_state["per_us"]:
             _spin_state["per_us"] = _pauses_per_microsecond()
-        _spin_state["sessions"] += delta
 
 
 def _pauses_per_microsecond() -> float:
@@ -313,7 +318,7 @@ def _pauses_per_microsecond() -> float:
     hundred, depending on the CPU), from 2000 on a private flag."""
     flag = np.zeros(1, np.int64)
     start = time.perf_counter()
-    _flags.wait(flag.ctypes.data, 2000, _ASLEEP, 0)
+    _flags.wait(flag.ctypes.data, _ALLOWED, 2000, _ASLEEP, 0)
     return 2000 / max((time.perf_counter() - start) * 1e6, 1.0)
 
 

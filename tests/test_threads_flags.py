@@ -38,11 +38,17 @@ def test_flags_are_built_here():
     assert _flags.available  # x86-64 and aarch64 with llvmlite: CI must run the spinning path
 
 
+ON = np.ones(1, np.int64)  # spinning allowed
+OFF = np.zeros(1, np.int64)
+
+
 def test_wait_swaps_an_unset_flag_to_asleep_and_returns_a_set_one():
     flag = np.zeros(1, np.int64)
-    assert _flags.wait(flag.ctypes.data, 100, -1, 0) == 0 and flag[0] == -1  # nothing came
+    assert _flags.wait(flag.ctypes.data, ON.ctypes.data, 100, -1, 0) == 0  # nothing came
+    assert flag[0] == -1
     flag[0] = 7
-    assert _flags.wait(flag.ctypes.data, 100, -1, 10) == 7 and flag[0] == 7  # left in place
+    assert _flags.wait(flag.ctypes.data, ON.ctypes.data, 100, -1, 10) == 7  # left in place
+    assert flag[0] == 7
     flag[0] = 0
     assert _flags.swap(flag.ctypes.data, 1) == 0 and flag[0] == 1  # swapped
     assert _flags.swap(flag.ctypes.data, 5) == 1 and flag[0] == 1  # held 1: not swapped
@@ -51,27 +57,35 @@ def test_wait_swaps_an_unset_flag_to_asleep_and_returns_a_set_one():
 def test_wait_sees_a_value_another_thread_stores_while_it_spins():
     flag = np.zeros(1, np.int64)
     got = []
-    t = threading.Thread(target=lambda: got.append(_flags.wait(flag.ctypes.data, 10**9, -1, 0)))
-    t.start()  # spins without the GIL: this thread keeps running
-    time.sleep(0.02)
-    assert t.is_alive()
-    assert _flags.swap(flag.ctypes.data, 3) == 0
-    t.join(10)
-    assert got == [3]
+    allowed = np.ones(1, np.int64)
+    args = (flag.ctypes.data, allowed.ctypes.data, 10**12, -1, 0)  # hours of spinning
+    for stop in ("set", "disallow"):
+        got = []
+        t = threading.Thread(target=lambda got=got: got.append(_flags.wait(*args)))
+        t.start()  # spins without the GIL: this thread keeps running
+        time.sleep(0.02)
+        assert t.is_alive()
+        if stop == "set":
+            assert _flags.swap(flag.ctypes.data, 3) == 0
+        else:
+            allowed[0] = 0  # stops spinning: swaps the flag to asleep
+        t.join(10)
+        assert got == ([3] if stop == "set" else [0]) and flag[0] == (3 if stop == "set" else -1)
+        flag[0], allowed[0] = 0, 1
 
 
 def test_hand_over_reports_a_sleeping_waiter_or_waits_for_the_next_job():
     flags = np.zeros(16, np.int64)
     done, job = flags.ctypes.data, flags.ctypes.data + 64
     flags[0] = -1  # the caller sleeps on its lock
-    assert _flags.hand_over(done, job, 100, -1, 0) == _flags.CALLER_ASLEEP
+    assert _flags.hand_over(done, job, ON.ctypes.data, 100, -1, 0) == _flags.CALLER_ASLEEP
     assert flags[0] == -1 and flags[8] == 0  # nothing else touched
     flags[0] = 0
-    assert _flags.hand_over(done, job, 100, -1, 0) == 0  # no job came: the worker sleeps
+    assert _flags.hand_over(done, job, OFF.ctypes.data, 10**12, -1, 0) == 0  # no job: asleep
     assert flags[0] == 1 and flags[8] == -1
     flags[:] = 0
     flags[8] = 1
-    assert _flags.hand_over(done, job, 100, -1, 0) == 1 and flags[0] == 1
+    assert _flags.hand_over(done, job, ON.ctypes.data, 100, -1, 0) == 1 and flags[0] == 1
 
 
 def _worker_flag(k):
@@ -98,6 +112,11 @@ def test_nothing_spins_outside_a_session(split_everything, monkeypatch):
     monkeypatch.setattr(threads, "SPIN_MICROSECONDS", 10**8)  # 100 s, were it spinning
     assert Runner(2).map(lambda lo, hi: hi, 4) == [2, 4]
     assert _until(lambda: _worker_flag(threads._JOB) == threads._ASLEEP, 5.0)
+    with Runner(2).session() as r:
+        assert r.map(lambda lo, hi: hi, 4) == [2, 4]
+        time.sleep(0.05)
+        assert _worker_flag(threads._JOB) == threads._EMPTY  # spinning inside
+    assert _until(lambda: _worker_flag(threads._JOB) == threads._ASLEEP, 5.0)  # stopped at exit
 
 
 def test_a_caller_that_fell_asleep_is_woken_with_the_worker_result(
