@@ -266,8 +266,9 @@ _LINE = 8  # int64s in a 64-byte cache line
 _JOB, _DONE = 0, _LINE  # the flags' places in a worker's array
 # How long a side waiting for a flag spins before it sleeps, inside a session. Between the maps
 # of a batch-16, 224 training step the worker waits 50-200 us (10th to 90th percentile) while
-# the caller runs the op's Python and single-thread work.
-SPIN_MICROSECONDS = 1000
+# the caller runs the op's Python and single-thread work; a longer spin takes a core from
+# whatever else runs then (a first step's compilations in another process).
+SPIN_MICROSECONDS = 300
 # How long a worker that sees a job waits before it asks for the GIL, while the caller runs its
 # slice's Python up to its first kernel (3-20 us in a training step's ops); asking earlier
 # finds the GIL held and puts the worker to sleep until the caller releases it, some 25-45 us.
