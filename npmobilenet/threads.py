@@ -180,7 +180,7 @@ def _slice_ranges(threads: int, n_items: int, min_items: int, last_extra: int) -
     """:meth:`Runner.slices` for a runner of ``threads`` threads: a tuple of ``(lo, hi)``.
     A function of its arguments alone; a training step asks for the same few cuts over and
     over, so the answers for plain ints are remembered (computing one again costs a few
-    microseconds, some of the ~45 us a two-thread map costs)."""
+    microseconds, some of the ~20 us a two-thread map costs inside a session)."""
     k = max(1, min(threads, n_items // max(min_items, 1)))
     if k == 1:
         return ((0, n_items),)
