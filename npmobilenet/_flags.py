@@ -5,7 +5,9 @@ thread waiting for a flag first spins on it (the other thread usually answers wi
 microseconds, and waking a thread that sleeps in the kernel costs tens of them), then gives up
 and sleeps on a lock. Both steps need atomic memory operations, which Python does not offer:
 they are two small functions written in LLVM IR, compiled by llvmlite (Numba's back end, so
-already installed) in a few milliseconds and called through ctypes.
+already installed) in a few milliseconds and called through ctypes. The IR spells pointers
+typed (``i64*``), the syntax older LLVMs require (LLVM 14 under Numba 0.59) and newer ones
+read as opaque pointers.
 
 ``wait(address, allowed, spins, new, grace)``, on the int64 flag at ``address``: while the
 flag holds 0 and the int64 at ``allowed`` does not, spin (a pause instruction between atomic
@@ -37,7 +39,7 @@ _PAUSE = {  # the CPU's spin-loop hint: lets the other hyperthread run, saves po
 }
 
 _IR = """
-define i64 @wait(ptr %flag, ptr %allowed, i64 %spins, i64 %new, i64 %grace) {
+define i64 @wait(i64* %flag, i64* %allowed, i64 %spins, i64 %new, i64 %grace) {
 entry:
   br label %loop
 loop:
@@ -45,11 +47,11 @@ loop:
   %more = icmp slt i64 %k, %spins
   br i1 %more, label %load, label %swap
 load:
-  %v = load atomic i64, ptr %flag acquire, align 8
+  %v = load atomic i64, i64* %flag acquire, align 8
   %unset = icmp eq i64 %v, 0
   br i1 %unset, label %check, label %swap
 check:
-  %a = load atomic i64, ptr %allowed monotonic, align 8
+  %a = load atomic i64, i64* %allowed monotonic, align 8
   %go_on = icmp ne i64 %a, 0
   br i1 %go_on, label %pause, label %swap
 pause:
@@ -57,7 +59,7 @@ pause:
   %k1 = add i64 %k, 1
   br label %loop
 swap:
-  %pair = cmpxchg ptr %flag, i64 0, i64 %new acq_rel acquire
+  %pair = cmpxchg i64* %flag, i64 0, i64 %new acq_rel acquire
   %old = extractvalue {i64, i1} %pair, 0
   %came = icmp ne i64 %old, 0
   br i1 %came, label %grace_loop, label %done
@@ -73,16 +75,16 @@ done:
   ret i64 %old
 }
 
-define i64 @hand_over(ptr %done, ptr %job, ptr %allowed, i64 %spins, i64 %new, i64 %grace) {
+define i64 @hand_over(i64* %done, i64* %job, i64* %allowed, i64 %spins, i64 %new, i64 %grace) {
 entry:
-  %pair = cmpxchg ptr %done, i64 0, i64 1 acq_rel acquire
+  %pair = cmpxchg i64* %done, i64 0, i64 1 acq_rel acquire
   %old = extractvalue {i64, i1} %pair, 0
   %asleep = icmp ne i64 %old, 0
   br i1 %asleep, label %woke, label %wait
 woke:
   ret i64 -2 ; CALLER_ASLEEP
 wait:
-  %got = call i64 @wait(ptr %job, ptr %allowed, i64 %spins, i64 %new, i64 %grace)
+  %got = call i64 @wait(i64* %job, i64* %allowed, i64 %spins, i64 %new, i64 %grace)
   ret i64 %got
 }
 DECLARE
