@@ -35,9 +35,10 @@ ACT_CODES = {None: 0, "relu": 1, "relu6": 2}  # the channel kernels' activation 
 # The channel kernels' ranges (planes of at least K.FLAT_MAX_L pixels) are not cut equal: the
 # calling thread's range (``Runner.map``'s ``caller_lead``) is longer by about this many elements
 # (a channel holds N * L) of the forward's passes (about 0.33 ns an element per thread on planes
-# out of cache: 40 us) and of the backward's (0.46 ns: 30 us), the time another thread takes to
-# start. (Planes of 112x112 hold more than that per channel, and there the split stays even.)
-CALLER_LEAD_FORWARD = 2**17
+# out of cache: 22 us) and of the backward's (0.46 ns: 30 us), about the time another thread
+# takes to start inside a session (25-27 us, median, in a batch-16 224 training step). (Planes of
+# 112x112 hold more than that per channel, and there the split stays even.)
+CALLER_LEAD_FORWARD = 2**16
 CALLER_LEAD_BACKWARD = 2**16
 
 
