@@ -55,6 +55,19 @@ def torch():
 
 
 @pytest.fixture
+def split_everything(monkeypatch):
+    """Every array worth splitting over a runner's threads (tiny test arrays included); BLAS's
+    thread count restored afterwards."""
+    from npmobilenet import threads
+
+    monkeypatch.setattr(threads, "MIN_SLICE_ELEMENTS", 1)
+    before = threads.blas_num_threads()
+    yield
+    if before is not None:
+        threads.set_blas_threads(before)
+
+
+@pytest.fixture
 def rng():
     """A seeded generator, fresh for every test."""
     return np.random.default_rng(12345)

@@ -15,16 +15,6 @@ from npmobilenet import _flags, threads
 from npmobilenet.threads import Runner
 
 
-@pytest.fixture
-def split_everything(monkeypatch):
-    """Every array worth splitting; BLAS restored afterwards."""
-    monkeypatch.setattr(threads, "MIN_SLICE_ELEMENTS", 1)
-    before = threads.blas_num_threads()
-    yield
-    if before is not None:
-        threads.set_blas_threads(before)
-
-
 def _until(predicate, seconds=10.0):
     end = time.monotonic() + seconds
     while not predicate():

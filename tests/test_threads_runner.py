@@ -24,16 +24,6 @@ from npmobilenet.threads import SERIAL, Runner
 pytestmark = pytest.mark.kernels  # also run under NUMBA_BOUNDSCHECK=1 in CI: kernels on slices
 
 
-@pytest.fixture
-def split_everything(monkeypatch):
-    """Every array worth splitting (tiny test arrays included); BLAS restored afterwards."""
-    monkeypatch.setattr(threads, "MIN_SLICE_ELEMENTS", 1)
-    before = threads.blas_num_threads()
-    yield
-    if before is not None:
-        threads.set_blas_threads(before)
-
-
 @given(n=st.integers(0, 50), parts=st.integers(1, 5), min_items=st.integers(1, 7),
        extra=st.integers(0, 30), numpy_ints=st.booleans())  # fmt: skip
 def test_slices_cover_the_items_in_order(n, parts, min_items, extra, numpy_ints):
