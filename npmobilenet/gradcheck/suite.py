@@ -29,6 +29,32 @@ def _weighted(fn, W, axis):
     return lambda x: float(np.sum(W * fn(x, axis=axis)))
 
 
+def _bn_act_written(x, weight, bias, running_mean, running_var, training, activation):
+    """``batch_norm_act_coefficients``, its output then written by ``channel_affine``."""
+    affine, cache = ops.batch_norm_act_coefficients(
+        x, weight, bias, running_mean, running_var, training, activation=activation
+    )
+    return ops.channel_affine(x, affine), cache
+
+
+def _bn_act_read_by_depthwise(x, weight, bias, dw_weight, running_mean, running_var, training):
+    """A batch norm + ReLU whose output a 3x3 depthwise conv (padding 1) reads through
+    ``input_affine``, never written; the backward differentiates both."""
+    affine, bn_cache = ops.batch_norm_act_coefficients(
+        x, weight, bias, running_mean, running_var, training
+    )
+    out, conv_cache = ops.conv2d_forward(
+        x, dw_weight, padding=1, groups=x.shape[1], input_affine=affine
+    )
+    return out, (bn_cache, conv_cache)
+
+
+def _bn_act_read_by_depthwise_backward(dout, cache):
+    bn_cache, conv_cache = cache
+    dz, d_dw_weight, _ = ops.conv2d_backward(dout, conv_cache)
+    return (*ops.batch_norm_act_backward(dz, bn_cache), d_dw_weight)
+
+
 def _cases(rng):
     """(label, kind, args) per case; kind "op" -> check_op(*args), "grad" -> check_grad(*args)."""
     n = rng.standard_normal
@@ -64,6 +90,15 @@ def _cases(rng):
           {"x": n((2, 3, 3, 3)), "weight": n(3), "bias": n(3)},
           {"running_mean": n(3), "running_var": rng.uniform(0.5, 2, 3), "training": True,
            "activation": "relu"})),
+        ("batch_norm_act_coefficients, channel_affine", "op",
+         (_bn_act_written, ops.batch_norm_act_backward,
+          {"x": n((2, 3, 3, 3)), "weight": n(3), "bias": n(3)},
+          {"running_mean": n(3), "running_var": rng.uniform(0.5, 2, 3), "training": True,
+           "activation": "relu6"})),
+        ("batch norm read by depthwise (input_affine)", "op",
+         (_bn_act_read_by_depthwise, _bn_act_read_by_depthwise_backward,
+          {"x": n((2, 3, 6, 6)), "weight": n(3), "bias": n(3), "dw_weight": n((3, 1, 3, 3))},
+          {"running_mean": n(3), "running_var": rng.uniform(0.5, 2, 3), "training": True})),
         ("relu", "op",
          (ops.relu_forward, ops.relu_backward,
           {"x": _away_from_kinks(rng, (2, 3, 4), [0.0], -2, 2)}, {})),
@@ -125,12 +160,12 @@ def check_every_op(*, fast: bool = False, seed: int = 0) -> list[tuple[str, Grad
 
 def format_results(results) -> str:
     """One row per case: inputs checked, evaluations, worst error / tolerance, pass or FAIL."""
-    lines = [f"{'op':<42} {'checked':<22} {'evals':>6} {'err/tol':>9}  result"]
+    lines = [f"{'op':<44} {'checked':<22} {'evals':>6} {'err/tol':>9}  result"]
     for label, r in results:
         names = ",".join(i.name for i in r.inputs if i.name != "(joint)")
         worst = max(i.worst_ratio for i in r.inputs)
         lines.append(
-            f"{label:<42} {names:<22} {r.evaluations:>6} {worst:>9.1e}  "
+            f"{label:<44} {names:<22} {r.evaluations:>6} {worst:>9.1e}  "
             f"{'pass' if r.passed else 'FAIL'}"
         )
     failed = sum(not r.passed for _, r in results)

@@ -42,6 +42,10 @@ def _is_flat(a) -> bool:
     return a.shape[2] < FLAT_MAX_L
 
 
+# ``forward_channels``' activation code for "statistics and coefficients only, no output".
+NO_OUTPUT = -1
+
+
 @njit(cache=True, nogil=True, inline="always")
 def _flat(a):
     """(N, C, L) C-contiguous -> (N, C*L) view: each image as one row."""
@@ -564,7 +568,8 @@ def _forward_channels(x, weight, bias, eps, coef, out, act, training, one_pass, 
         _range_stats(x, c0, c1, one_pass, mean, var, invstd, scale)  # scratch until set below
         for c in range(c0, c1):
             _forward_coefficient(c, mean, var, weight, bias, eps, invstd, scale, shift)
-    _range_apply(x, out, c0, c1, scale, shift, act)
+    if act != NO_OUTPUT:
+        _range_apply(x, out, c0, c1, scale, shift, act)
 
 
 def forward_channels(x, weight, bias, eps, coef, out, act, training, c0, c1):
@@ -575,7 +580,8 @@ def forward_channels(x, weight, bias, eps, coef, out, act, training, c0, c1):
     statistics of the channels are computed (one pass for float32, two for float64;
     ``_range_stats``) with their coefficients (``forward_coefficients``) into coef, else coef's
     scale and shift are used as they are (the output again, after a training forward: this
-    kernel is compiled anyway). Writes ``out = act(x * scale + shift)``.
+    kernel is compiled anyway). Writes ``out = act(x * scale + shift)``; ``act`` ``NO_OUTPUT``:
+    coef only, out is not written (its reader applies the coefficients itself).
     """
     one_pass = x.dtype == np.float32
     _forward_channels(x, weight, bias, eps, coef, out, act, training, one_pass, c0, c1)

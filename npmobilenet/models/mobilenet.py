@@ -62,7 +62,7 @@ from npmobilenet.nn import (
 )
 from npmobilenet.nn.layers import ACTIVATION_LAYERS, float_dtype
 from npmobilenet.nn.module import SPENT, run_backward, run_forward
-from npmobilenet.ops.conv import conv2d_kernels
+from npmobilenet.ops.conv import conv2d_kernels, reads_input_affine
 
 
 class Stage(NamedTuple):
@@ -171,15 +171,19 @@ def _bn_act_forward(bn, act, x, workspace):
     return run_forward(act, run_forward(bn, x, workspace), workspace), False
 
 
-def _conv_forward(conv, x, workspace, keep_input: bool):
+def _conv_forward(conv, x, workspace, keep_input: bool, input_affine=None):
     """A block's first convolution; ``keep_input=False`` needs a library ``Conv2d`` (its
-    backward then takes x again, see :func:`_conv_backward`)."""
-    if keep_input:
+    backward then takes x again, see :func:`_conv_backward`). ``input_affine``: a
+    ``ChannelAffine`` of x, applied by a library ``Conv2d`` as it reads x; any other module
+    gets it written (``ops.channel_affine``)."""
+    if input_affine is not None and type(conv) is not Conv2d:
+        x, input_affine = ops.channel_affine(x, input_affine), None
+    if keep_input and input_affine is None:
         return run_forward(conv, x, workspace)
     if type(conv) is not Conv2d:
         raise ValueError(f"keep_input=False needs the block's first convolution to be a Conv2d,"
                          f" got {type(conv).__name__}")  # fmt: skip
-    return conv.forward(x, workspace=workspace, keep_input=False)
+    return conv.forward(x, workspace=workspace, keep_input=keep_input, input_affine=input_affine)
 
 
 def _conv_backward(conv, dout, consume: bool, input_grad: bool = True, x=None):
@@ -187,6 +191,17 @@ def _conv_backward(conv, dout, consume: bool, input_grad: bool = True, x=None):
     if x is None:
         return run_backward(conv, dout, consume, input_grad)
     return conv.backward(dout, consume=consume, input_grad=input_grad, x=x)
+
+
+def _bn_act_deferred(bn, act, y, workspace, op: str):
+    """``act(bn(y))`` not written: ``(y, ChannelAffine)`` (``BatchNorm2d.
+    forward_act_coefficients``), for a block whose output is read by the next block's
+    depthwise convolution (``input_affine``); only when :func:`_fuses`."""
+    if not _fuses(bn, act):
+        raise ValueError(f"{op}: the output can be deferred only when the block ends in a"
+                         f" BatchNorm2d and a ReLU or ReLU6, got {type(bn).__name__} and"
+                         f" {type(act).__name__}")  # fmt: skip
+    return y, bn.forward_act_coefficients(y, act.name, workspace=workspace)
 
 
 def _bn_act_backward(bn, act, dout, consume: bool, fused: bool):
@@ -226,6 +241,16 @@ class ConvBlock(Module):
         backward then takes it again as ``x=``."""
         x = _conv_forward(self.conv, x, workspace, keep_input)
         out, self._cache = _bn_act_forward(self.bn, self.relu, x, workspace)
+        return out
+
+    def forward_deferred(self, x: np.ndarray, *, workspace=None, keep_input: bool = True):
+        """:meth:`forward` with its output not written: ``(y, affine)``, the batch norm's input
+        and the ``ChannelAffine`` with which the output's reader computes it as it reads y
+        (``Conv2d.forward(y, input_affine=affine)``; ``ops.channel_affine(y, affine)`` is the
+        output). Only when :attr:`recomputes_output`; the backward is :meth:`backward`'s."""
+        x = _conv_forward(self.conv, x, workspace, keep_input)
+        out = _bn_act_deferred(self.bn, self.relu, x, workspace, "ConvBlock.forward_deferred")
+        self._cache = True  # the activation is batch norm's
         return out
 
     def backward(self, dout: np.ndarray, *, consume: bool = False, input_grad: bool = True,
@@ -285,12 +310,35 @@ class DepthwiseSeparableConv(Module):
         self.bn1 = BatchNorm2d(out_ch, eps=eps, dtype=dtype)
         self.relu1 = act()
 
-    def forward(self, x: np.ndarray, *, workspace=None, keep_input: bool = True) -> np.ndarray:
+    def forward(self, x: np.ndarray, *, workspace=None, keep_input: bool = True,
+                input_affine=None) -> np.ndarray:  # fmt: skip
         """The two convolutions with their batch norms and activations.
 
         ``keep_input=False``: keep no reference to ``x`` (``Conv2d.forward``'s keyword); the
-        backward then takes it again as ``x=``."""
-        x = _conv_forward(self.dwconv, x, workspace, keep_input)  # depthwise
+        backward then takes it again as ``x=``. ``input_affine``: a ``ChannelAffine`` the
+        depthwise conv applies to x as it reads it (x is then the previous block's
+        :meth:`forward_deferred` output); the backward's dx is the gradient with respect to
+        the input it computed."""
+        x, fused0, again = self._convolutions(x, workspace, keep_input, input_affine)
+        x, fused1 = _bn_act_forward(self.bn1, self.relu1, x, workspace)
+        self._cache = (fused0, fused1, again)
+        return x
+
+    def forward_deferred(self, x: np.ndarray, *, workspace=None, keep_input: bool = True,
+                         input_affine=None):  # fmt: skip
+        """:meth:`forward` with its output not written: ``(y, affine)``, bn1's input and the
+        ``ChannelAffine`` with which the output's reader computes it as it reads y (the next
+        block's ``forward(y, input_affine=affine)``; ``ops.channel_affine(y, affine)`` is the
+        output). Only when :attr:`recomputes_output`; the backward is :meth:`backward`'s."""
+        x, fused0, again = self._convolutions(x, workspace, keep_input, input_affine)
+        op = "DepthwiseSeparableConv.forward_deferred"
+        out = _bn_act_deferred(self.bn1, self.relu1, x, workspace, op)
+        self._cache = (fused0, True, again)
+        return out
+
+    def _convolutions(self, x, workspace, keep_input, input_affine):
+        """The forward up to bn1: returns (the pointwise conv's output, fused0, again)."""
+        x = _conv_forward(self.dwconv, x, workspace, keep_input, input_affine)  # depthwise
         x, fused0 = _bn_act_forward(self.bn0, self.relu0, x, workspace)
         # bn0's output is let go once the pointwise conv has read it, and computed again from
         # bn0's cache for the pointwise backward: one activation of the block is not kept
@@ -299,9 +347,7 @@ class DepthwiseSeparableConv(Module):
         x = _conv_forward(self.pwconv, x, workspace, keep_input=not again)  # pointwise
         if again:
             self.bn0.release_output()
-        x, fused1 = _bn_act_forward(self.bn1, self.relu1, x, workspace)
-        self._cache = (fused0, fused1, again)
-        return x
+        return x, fused0, again
 
     def backward(self, dout: np.ndarray, *, consume: bool = False, x=None) -> np.ndarray:
         """The forward's lines, differentiated in reverse (pointwise first). The gradients
@@ -727,23 +773,58 @@ def _run_units(x, units, ws, file, recompute: bool) -> tuple[np.ndarray, list[bo
     """Run ``units`` in turn on x with the workspace ``ws``; returns the last output and for
     each unit whether it ran with ``keep_input=False``.
 
-    ``recompute``: between two library blocks the output of the first is let go as soon as the
-    second has read it (the second keeps no reference: ``keep_input=False``), and computed
-    again from the first's batch-norm cache for the second's backward. Without it, or where a
-    module of another kind reads it, a block's output is kept until its own backward."""
-    drops, prev = [], None  # prev: the unit whose output x is, if it can compute it again
-    for label, module in units:
+    Where a library block's output is read by a depthwise convolution that can apply its last
+    batch norm and activation as it reads (:func:`_deferrals`), that output is never written:
+    the block returns its batch norm's input and coefficients (``forward_deferred``) and the
+    next block takes them (``input_affine``). ``recompute``: between two other library blocks
+    the output of the first is let go as soon as the second has read it (the second keeps no
+    reference: ``keep_input=False``), and computed again from the first's batch-norm cache for
+    the second's backward. Without it, or where a module of another kind reads it, a block's
+    output is kept until its own backward."""
+    drops, prev, affine = [], None, None  # prev: the unit whose output x is, if it can
+    # compute it again; affine: the ChannelAffine of x when the last unit deferred its output
+    for (label, module), defer in zip(units, _deferrals(units, x.shape, x.dtype)):
         drop = prev is not None and _reads_input_once(module)
-        if drop:
-            x = module.forward(x, workspace=ws, keep_input=False)
-            prev.release_output()
+        kw = {"keep_input": not drop} if affine is None else {"input_affine": affine}
+        if defer:
+            x, affine = module.forward_deferred(x, workspace=ws, **kw)
+        elif drop or affine is not None:
+            x, affine = module.forward(x, workspace=ws, **kw), None
         else:
             x = run_forward(module, x, ws)
+        if drop:
+            prev.release_output()
         drops.append(drop)
-        prev = module if recompute and _recomputes(module) else None
+        prev = module if recompute and not defer and _recomputes(module) else None
         if file is not None:
             print(f"after {label:<24}: {x.shape}", file=file)
     return x, drops
+
+
+def _deferrals(units, in_shape, dtype) -> list[bool]:
+    """For each of ``units``, whether it hands its output to the next one unwritten: a library
+    block that can compute it again (:func:`_recomputes`, its last batch norm and activation
+    fused) followed by a ``DepthwiseSeparableConv`` whose depthwise conv is a library
+    ``Conv2d`` with a kernel that applies them as it reads (``ops.conv.reads_input_affine``).
+    The walk of ``output_shape`` stops at a module without shape arithmetic (False after it)."""
+    out, shape = [], tuple(in_shape)
+    for (_, module), (_, reader) in zip(units, units[1:]):
+        try:
+            shape = module.output_shape(shape)
+        except (NotImplementedError, TypeError, ValueError):  # the forward will tell
+            break
+        out.append(_recomputes(module) and _takes_affine(reader, shape, dtype))
+    return out + [False] * (len(units) - len(out))
+
+
+def _takes_affine(module, shape, dtype) -> bool:
+    """Whether ``module`` is a library block whose depthwise conv applies an ``input_affine``
+    of an input of ``shape`` as it reads it."""
+    if type(module) is not DepthwiseSeparableConv or type(module.dwconv) is not Conv2d:
+        return False
+    c = module.dwconv
+    return reads_input_affine(shape, c.weight.shape, c.stride, c.padding, c.dilation, c.groups,
+                              c.method, dtype)  # fmt: skip
 
 
 def _kernel_plan(units, in_shape, dtype, training: bool) -> list:
@@ -753,12 +834,14 @@ def _kernel_plan(units, in_shape, dtype, training: bool) -> list:
     (``ops.conv.conv2d_kernels``). The walk stops at a module without shape arithmetic (or one
     that refuses the shape)."""
     forward, backward, shape = [], [], tuple(in_shape)
-    for _, module in units:
+    affine = [False] + _deferrals(units, in_shape, dtype)  # whether unit i reads an affine
+    for i, (_, module) in enumerate(units):
         conv = (module.dwconv if type(module) is DepthwiseSeparableConv else
                 module.conv if type(module) is ConvBlock else None)  # fmt: skip
         if type(conv) is Conv2d:
             f, b = conv2d_kernels(shape, conv.weight.shape, conv.stride, conv.padding,
-                                  conv.dilation, conv.groups, conv.method, dtype)  # fmt: skip
+                                  conv.dilation, conv.groups, conv.method, dtype,
+                                  affine[i])  # fmt: skip
             forward += f
             backward[:0] = b
         try:

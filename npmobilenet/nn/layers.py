@@ -172,7 +172,8 @@ class Conv2d(Module):
         bias = chk.flag(op, "bias", bias)
         self.bias = Parameter(_uniform_init(rng, (out_channels,), fan_in, dtype)) if bias else None
 
-    def forward(self, x: np.ndarray, *, workspace=None, keep_input: bool = True) -> np.ndarray:
+    def forward(self, x: np.ndarray, *, workspace=None, keep_input: bool = True,
+                input_affine=None) -> np.ndarray:  # fmt: skip
         """``ops.conv2d_forward`` with this layer's weights: ``(N, C, H, W) -> (N, K, OH, OW)``.
 
         ``workspace``: write the output into an array of the caller's
@@ -180,13 +181,17 @@ class Conv2d(Module):
         ``keep_input=False``: keep no reference to ``x`` (the backward reads it for the weight
         gradient, so the caller then passes it again as ``backward(..., x=x)``): for a caller
         who frees x's memory in between and can compute x again.
+        ``input_affine``: a ``ChannelAffine`` the convolution applies to x as it reads it
+        (``ops.conv2d_forward``'s keyword: x is a batch norm's input whose output was not
+        written, :meth:`BatchNorm2d.forward_act_coefficients`); the backward's dx is then the
+        gradient with respect to that output.
         """
         w, b = self.weight.data, None if self.bias is None else self.bias.data
         out = _workspace_out(workspace, self, x, self.output_shape)
         runner = None if workspace is None else workspace.runner
         out, cache = ops.conv2d_forward(
             x, w, b, self.stride, self.padding, self.dilation, self.groups, self.method,
-            out=out, runner=runner, backward_ahead=self.training,
+            out=out, runner=runner, backward_ahead=self.training, input_affine=input_affine,
         )  # fmt: skip
         dropped = None
         if not chk.flag("Conv2d.forward", "keep_input", keep_input):
@@ -278,18 +283,32 @@ class BatchNorm2d(Module):
         """
         return self._forward(x, activation, workspace)
 
-    def _forward(self, x: np.ndarray, act, workspace) -> np.ndarray:
+    def forward_act_coefficients(self, x: np.ndarray, activation: str, *, workspace=None):
+        """:meth:`forward_act` without writing its output: returns the ``ChannelAffine`` with
+        which its reader computes it as it reads x (``Conv2d.forward(x, input_affine=...)``),
+        so it never goes through memory (``ops.batch_norm_act_coefficients``). The statistics
+        and running statistics are the forward's; ``backward`` takes the gradient with respect
+        to the output the reader computed."""
+        return self._forward(x, activation, workspace, write=False)
+
+    def _forward(self, x: np.ndarray, act, workspace, write: bool = True):
         momentum = self.momentum
         if momentum is None:  # cumulative average; unused in eval mode
             momentum = 1.0 / float(self.num_batches_tracked + 1) if self.training else 0.0
         args = (x, self.weight.data, self.bias.data, self.running_mean, self.running_var,
                 self.training, momentum, self.eps)  # fmt: skip
-        kw = dict(out=_workspace_out(workspace, self, x, self.output_shape),
-                  runner=None if workspace is None else workspace.runner)  # fmt: skip
-        if act is None:
-            out, cache = ops.batch_norm_forward(*args, **kw)
+        runner = None if workspace is None else workspace.runner
+        if not write:
+            out, cache = ops.batch_norm_act_coefficients(*args, activation=act, runner=runner)
+        elif act is None:
+            out, cache = ops.batch_norm_forward(
+                *args, out=_workspace_out(workspace, self, x, self.output_shape), runner=runner
+            )
         else:
-            out, cache = ops.batch_norm_act_forward(*args, activation=act, **kw)
+            out, cache = ops.batch_norm_act_forward(
+                *args, activation=act, runner=runner,
+                out=_workspace_out(workspace, self, x, self.output_shape),
+            )  # fmt: skip
         self._cache = (cache, workspace)
         if self.training:
             self.num_batches_tracked += 1  # in place: a 0-d array, shared with state_dict()
@@ -303,9 +322,6 @@ class BatchNorm2d(Module):
         ``consume=True``: the caller will not read ``dout`` again, so dx is computed in place
         over it (when it is a C-contiguous array of the right dtype)."""
         cache, workspace = self._take_cache("BatchNorm2d.backward")
-        if cache.act is not None and cache.out3 is None:  # released: its zeros are the mask
-            self.recompute_output()
-            cache, workspace = self._cache
         backward = ops.batch_norm_backward if cache.act is None else ops.batch_norm_act_backward
         dx = None
         if consume and _writable_like(dout, cache.shape, cache.x3.dtype):

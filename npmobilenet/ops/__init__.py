@@ -9,9 +9,11 @@ Arrays are NCHW, weights use PyTorch layouts: conv ``(K, C/G, kH, kW)``, linear 
 from npmobilenet.ops.activations import relu6_backward, relu6_forward, relu_backward, relu_forward
 from npmobilenet.ops.batchnorm import (
     batch_norm_act_backward,
+    batch_norm_act_coefficients,
     batch_norm_act_forward,
     batch_norm_backward,
     batch_norm_forward,
+    channel_affine,
 )
 from npmobilenet.ops.conv import conv2d_backward, conv2d_forward
 from npmobilenet.ops.dropout import dropout_backward, dropout_forward
@@ -38,6 +40,8 @@ __all__ = [
     "batch_norm_backward",
     "batch_norm_act_forward",
     "batch_norm_act_backward",
+    "batch_norm_act_coefficients",
+    "channel_affine",
     "relu_forward",
     "relu_backward",
     "relu6_forward",

@@ -68,6 +68,18 @@ class BatchNormCache(NamedTuple):
     shift: np.ndarray
 
 
+class ChannelAffine(NamedTuple):
+    """A per-channel ``act(x * scale + shift)`` that its reader applies as it reads x, so the
+    activation is never written (``batch_norm_act_coefficients``; ``conv2d_forward``'s
+    ``input_affine``). scale, shift: (C,) float64; act: "relu" or "relu6". Each value is the
+    float64 ``x * scale + shift`` rounded to x's dtype, then the activation: the numbers
+    ``batch_norm_act_forward`` writes, bit for bit (:func:`channel_affine` writes them)."""
+
+    scale: np.ndarray
+    shift: np.ndarray
+    act: str
+
+
 def _check_vector(name, v, x, allow_none, op=_FWD):
     """A per-channel vector: None (if allowed) or a float array of shape (C,) and x's dtype."""
     if type(v) is np.ndarray and v.dtype == x.dtype and v.shape == (x.shape[1],):
@@ -159,15 +171,65 @@ def batch_norm_act_forward(
     return _forward(*args[:6], momentum, eps, activation, out, runner or SERIAL)
 
 
-def _forward(x, weight, bias, running_mean, running_var, training, momentum, eps, act, out, runner):
-    """Batch norm (then ``act`` if not None) on validated arguments (``out`` checked too)."""
+def batch_norm_act_coefficients(
+    x, weight, bias, running_mean, running_var, training, momentum=0.1, eps=1e-5,
+    activation="relu", *, runner=None,
+):  # fmt: skip
+    """:func:`batch_norm_act_forward` without writing its output: returns
+    ``(ChannelAffine, cache)``, the coefficients with which the output's reader computes
+    ``act(x * scale + shift)`` itself as it reads x (a depthwise convolution:
+    ``conv2d_forward(x, ..., input_affine=affine)``), so the output never goes through memory.
+
+    The statistics, the running statistics' update and the cache are the forward's; its
+    backward is :func:`batch_norm_act_backward`, whose dout is the gradient with respect to the
+    output the reader computed. Arguments as :func:`batch_norm_act_forward`.
+    """
+    op = "batch_norm_act_coefficients"
+    _checks.choice(op, "activation", activation, ACTIVATIONS)
+    args = (x, weight, bias, running_mean, running_var, training, momentum, eps)
+    momentum, eps = _validate_forward(*args, op=op)
+    _, cache = _forward(*args[:6], momentum, eps, activation, None, runner or SERIAL, False)
+    return ChannelAffine(cache.scale, cache.shift, activation), cache
+
+
+def channel_affine(x, affine, *, out=None, runner=None):
+    """``act(x * scale + shift)`` per channel of x (N, C, ...) with a :class:`ChannelAffine`:
+    the output ``batch_norm_act_forward`` would have written, bit for bit. ``out`` (keyword):
+    None, or a C-contiguous array of x's shape and dtype; ``runner`` as in
+    :func:`batch_norm_forward`."""
+    op = "channel_affine"
+    _checks.float_array(op, "x", x)
+    if x.ndim < 2:
+        raise ValueError(f"{op}: x must be (N, C) or (N, C, *), got {x.ndim}-D shape {x.shape}")
+    if not isinstance(affine, ChannelAffine):
+        raise TypeError(f"{op}: affine must be a ChannelAffine, got {_checks.describe(affine)}")
+    C = x.shape[1]
+    for name in ("scale", "shift"):
+        v = getattr(affine, name)
+        if not (isinstance(v, np.ndarray) and v.dtype == np.float64 and v.shape == (C,)):
+            raise ValueError(f"{op}: affine.{name} must be a (C,) = ({C},) float64 array,"
+                             f" got {_checks.describe(v)}")  # fmt: skip
+    _checks.choice(op, "affine.act", affine.act, ACTIVATIONS)
+    out = _checks.out_array(op, "out", out, x.shape, x.dtype, x)
+    N, L = x.shape[0], math.prod(x.shape[2:])
+    x3 = np.ascontiguousarray(x).reshape(N, C, L)
+    out3 = np.empty_like(x3) if out is None else out.reshape(x3.shape)  # a view
+    _apply(x3, affine.scale, affine.shift, affine.act, out3, runner or SERIAL, False)
+    return out3.reshape(x.shape) if out is None else out
+
+
+def _forward(x, weight, bias, running_mean, running_var, training, momentum, eps, act, out, runner,
+             write=True):  # fmt: skip
+    """Batch norm (then ``act`` if not None) on validated arguments (``out`` checked too).
+    ``write=False``: the statistics and coefficients only (out None, returned as None)."""
     N, C = x.shape[:2]
     L = math.prod(x.shape[2:])  # 1 for (N, C) input
     x3 = np.ascontiguousarray(x).reshape(N, C, L)  # (N, C, L)
     w = np.ones(C, x.dtype) if weight is None else weight  # no weight: scale 1
     b = np.zeros(C, x.dtype) if bias is None else bias  # no bias: shift 0
     given = out
-    out = np.empty_like(x3) if out is None else out.reshape(x3.shape)  # a view of out
+    if write:
+        out = np.empty_like(x3) if out is None else out.reshape(x3.shape)  # a view of out
     walk = _forward_eval if not training else _forward_flat if K._is_flat(x3) else _forward_rows
     # mean, var, invstd, scale, shift: (C,) float64 each
     stats = walk(x3, w, b, running_mean, running_var, eps, act, out, runner)
@@ -180,36 +242,41 @@ def _forward(x, weight, bias, running_mean, running_var, training, momentum, eps
         x3, w.astype(np.float64), weight is not None, bias is not None, mean, invstd,
         bool(training), x.shape, act, None if act is None else out, scale, shift,
     )  # fmt: skip
+    if not write:
+        return None, cache
     return (out.reshape(x.shape) if given is None else given), cache
 
 
 def _forward_eval(x3, w, b, running_mean, running_var, eps, act, out, runner):
-    """Eval mode: out from the running statistics; returns mean, var, invstd, scale, shift,
-    (C,) float64 each."""
+    """Eval mode: out (unless None) from the running statistics; returns mean, var, invstd,
+    scale, shift, (C,) float64 each."""
     mean = running_mean.astype(np.float64)  # a copy: later in-place updates cannot leak in
     var = running_var.astype(np.float64)
     # invstd = 1 / sqrt(var + eps); out = x * scale + shift. (C,) float64 each
     _, _, invstd, scale, shift = K.forward_coefficients(mean, var, w, b, eps)
-    _apply(x3, scale, shift, act, out, runner, False)
+    if out is not None:
+        _apply(x3, scale, shift, act, out, runner, False)
     return mean, var, invstd, scale, shift
 
 
 def _forward_flat(x3, w, b, running_mean, running_var, eps, act, out, runner):
     """Training, planes of fewer than ``K.FLAT_MAX_L`` pixels: the statistics (each pass split
-    over slices of the batch), then out; returns as :func:`_forward_eval`."""
+    over slices of the batch), then out (unless None); returns as :func:`_forward_eval`."""
     mean, var = _channel_stats(x3, runner)  # (C,), (C,) float64, biased variance
     _, _, invstd, scale, shift = K.forward_coefficients(mean, var, w, b, eps)
-    _apply(x3, scale, shift, act, out, runner, True)
+    if out is not None:
+        _apply(x3, scale, shift, act, out, runner, True)
     return mean, var, invstd, scale, shift
 
 
 def _forward_rows(x3, w, b, running_mean, running_var, eps, act, out, runner):
     """Training, planes of at least ``K.FLAT_MAX_L`` pixels: ``K.forward_channels`` on ranges
-    of channels split by ``runner`` (statistics and out in one call); returns as
+    of channels split by ``runner`` (statistics and out, unless None, in one call); returns as
     :func:`_forward_eval`."""
     N, C, L = x3.shape
     coef = np.empty((5, C))  # rows: mean, var, invstd, scale, shift
-    code = ACT_CODES[act]
+    code = K.NO_OUTPUT if out is None else ACT_CODES[act]
+    out = x3 if out is None else out  # (not written without an output)
 
     def channels(lo, hi):
         K.forward_channels(x3, w, b, eps, coef, out, code, True, lo, hi)
@@ -386,6 +453,9 @@ def _backward_flat(d3, cache, dx, runner):
     """Planes of fewer than ``K.FLAT_MAX_L`` pixels: the sums (split over slices of the batch
     and added), then dx (``dx is d3``: in place). Returns S, T as :func:`_backward_rows`."""
     x3, w, has_weight, has_bias, mean, invstd, training, shape, act, out3 = cache[:10]
+    if act is not None and out3 is None:  # not written (or let go): its zeros are the mask
+        out3 = np.empty_like(x3)
+        _apply(x3, cache.scale, cache.shift, act, out3, runner, training)
     inplace = dx is d3
     six = act == "relu6"
 

@@ -51,8 +51,10 @@ from npmobilenet.kernels.conv_direct import (
     conv2d_direct_forward,
 )
 from npmobilenet.kernels.im2col import col2im, im2col_images
-from npmobilenet.kernels.tuned import DepthwiseShape, depthwise3x3_kernel
+from npmobilenet.kernels.tuned import AFFINE_INPUT, DepthwiseShape, depthwise3x3_kernel
 from npmobilenet.kernels.tuned import compiled as tuned_compiled
+from npmobilenet.ops.activations import ACTIVATIONS
+from npmobilenet.ops.batchnorm import ACT_CODES, ChannelAffine, channel_affine
 from npmobilenet.threads import MACS_PER_ELEMENT, SERIAL
 
 METHODS = ("auto", "direct", "im2col")
@@ -75,6 +77,8 @@ class Conv2dCache(NamedTuple):
         band (:func:`_band_block`), kept for the backward when one was announced
         (``backward_ahead``) and they are small (:data:`IM2COL_KEEP_MAX_BYTES`), else None
         (the backward builds them again).
+    input_affine: the ``ChannelAffine`` the kernels applied to x as they read it (x is then
+        the input before it), or None (x is the convolution's input).
     """
 
     x: np.ndarray
@@ -88,6 +92,7 @@ class Conv2dCache(NamedTuple):
     unbatched: bool
     out_shape: tuple[int, ...]
     cols: np.ndarray | None = None
+    input_affine: ChannelAffine | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -208,7 +213,7 @@ def _is_pointwise(w_shape, stride, padding):
 
 def conv2d_forward(
     x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, method="auto", *,
-    out=None, runner=None, backward_ahead=False,
+    out=None, runner=None, backward_ahead=False, input_affine=None,
 ):  # fmt: skip
     """2-D convolution, as ``torch.nn.functional.conv2d``. Returns ``(out, cache)``.
 
@@ -231,6 +236,12 @@ def conv2d_forward(
     Numba cache its kernels are compiled meanwhile in a second process
     (:mod:`npmobilenet.compile_ahead`), and small im2col column matrices are kept in the cache
     for it.
+    input_affine (keyword): None, or a ``ChannelAffine`` (``ops.batch_norm_act_coefficients``):
+    the convolution's input is then ``act(x * scale + shift)`` per channel of x, the output of
+    a batch norm and activation that was not written. A depthwise 3x3 kernel computes it as it
+    reads x (where the table ``kernels.tuned.AFFINE_INPUT`` has a variant for the call), so
+    it never goes through memory; any other convolution has it written first. The backward's
+    dx is the gradient with respect to that input.
 
     out: (N, K, OH, OW), or (K, OH, OW) for an unbatched x, in x's dtype.
     cache: a ``Conv2dCache``.
@@ -244,13 +255,20 @@ def conv2d_forward(
     out = _checks.out_array(op, "out", out, shape, x4.dtype, x4, weight, bias)
     x4 = np.ascontiguousarray(x4)  # (N, C, H, W)
     weight = np.ascontiguousarray(weight)
+    if input_affine is not None:
+        _check_affine(op, input_affine, x4.shape[1])
+        if not (method == "direct" and _affine_kernels(x4.shape, weight, out_shape, geom)[0]):
+            x4 = channel_affine(x4, input_affine, runner=runner)  # written once, read as x
+            input_affine = None
     out4 = None if out is None else out.reshape(out_shape)  # a view
     if backward_ahead:
         compile_ahead.expect_backward()
         if method == "direct" and _is_depthwise3x3(weight, geom[2]):
-            _compile_backward_ahead(x4, weight, out_shape, geom[0], geom[1])
+            _compile_backward_ahead(x4, weight, out_shape, geom[0], geom[1], input_affine)
     cols = _kept_columns(x4, weight, out_shape) if backward_ahead and method == "im2col" else None
     kw = {} if cols is None else {"cols": cols}
+    if input_affine is not None:
+        kw["affine"] = input_affine
     out4 = _FORWARD[method](x4, weight, out_shape, *geom, out=out4, runner=runner or SERIAL, **kw)
     if bias is not None:
         out4 += bias.reshape(1, -1, 1, 1)  # out (N, K, OH, OW) + bias (1, K, 1, 1)
@@ -258,8 +276,35 @@ def conv2d_forward(
     if out is not None:
         result = out
     cache = Conv2dCache(x4, weight, bias is not None, *geom, method, unbatched, result.shape,
-                        cols)  # fmt: skip
+                        cols, input_affine)  # fmt: skip
     return result, cache
+
+
+def _check_affine(op, affine, channels):
+    """``input_affine``: a ChannelAffine of (C,) float64 coefficients for x's C channels."""
+    if not isinstance(affine, ChannelAffine):
+        raise TypeError(f"{op}: input_affine must be None or a ChannelAffine, got"
+                        f" {_checks.describe(affine)}")  # fmt: skip
+    for name in ("scale", "shift"):
+        v = getattr(affine, name)
+        if not (isinstance(v, np.ndarray) and v.dtype == np.float64 and v.shape == (channels,)):
+            raise ValueError(f"{op}: input_affine.{name} must be a ({channels},) float64 array"
+                             f" (one per input channel), got {_checks.describe(v)}")  # fmt: skip
+    _checks.choice(op, "input_affine.act", affine.act, ACTIVATIONS)
+
+
+def _affine_kernels(x_shape, weight, out_shape, geom):
+    """(forward, backward) variants of ``AFFINE_INPUT`` a depthwise 3x3 convolution of these
+    shapes runs (x (N, C, H, W), out (N, K, OH, OW), geom (stride, padding, dilation, groups)),
+    each None where it has none (also for any other convolution)."""
+    stride, pad, dilation = geom[:3]
+    if not _is_depthwise3x3(weight, dilation):
+        return None, None
+    finite = bool(np.isfinite(weight).all())
+    shape = DepthwiseShape(x_shape[1], weight.shape[0], tuple(x_shape[2:]), tuple(out_shape[2:]),
+                           stride, finite, (pad[0], pad[2]))  # fmt: skip
+    kernels = (depthwise3x3_kernel("forward", shape), depthwise3x3_kernel("backward", shape))
+    return tuple(AFFINE_INPUT.get(k) for k in kernels)
 
 
 def _kept_columns(x4, weight, out_shape):
@@ -344,6 +389,8 @@ def conv2d_backward(dout, cache, *, dx=None, input_grad=True, weight_grad=True, 
     dx4 = None if dx is None else dx.reshape(cache.x.shape)  # a view
     geom = (cache.stride, cache.padding, cache.dilation, cache.groups)
     kw = {} if cache.cols is None else {"cols": cache.cols}
+    if cache.input_affine is not None:
+        kw["affine"] = cache.input_affine
     dx4, dweight = _BACKWARD[cache.method](
         dout4, cache.x, cache.weight, *geom, dx=dx4, input_grad=input_grad,
         weight_grad=weight_grad, runner=runner or SERIAL, **kw,
@@ -358,13 +405,14 @@ def conv2d_backward(dout, cache, *, dx=None, input_grad=True, weight_grad=True, 
 
 
 def conv2d_kernels(x_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1,
-                   method="auto", dtype=np.float32):  # fmt: skip
+                   method="auto", dtype=np.float32, input_affine=False):  # fmt: skip
     """The slow-to-compile kernels that ``conv2d_forward`` and ``conv2d_backward`` would run on
     x (N, C, H, W) and weight (K, C/groups, kH, kW) with these arguments, as ``(forward,
     backward)``: tuples of ``(kernel, argument types)`` in the order the ops call them. These are
     the depthwise 3x3 kernels (weights assumed finite); other convolutions, and arguments the op
-    would refuse, give empty tuples. For :mod:`npmobilenet.compile_ahead`, which compiles them
-    in a second process on a cold Numba cache.
+    would refuse, give empty tuples. ``input_affine``: the ops get an ``input_affine`` (its
+    ``AFFINE_INPUT`` variants, where the kernels have them). For :mod:`npmobilenet.compile_ahead`,
+    which compiles them in a second process on a cold Numba cache.
     """
     try:
         geom, method, out_shape = _geometry(
@@ -376,50 +424,87 @@ def conv2d_kernels(x_shape, weight_shape, stride=1, padding=0, dilation=1, group
     if method != "direct" or not _is_depthwise3x3_shape(weight_shape, geom[2]):
         return (), ()
     return _depthwise_plan(x_shape[1], weight_shape[0], tuple(x_shape[2:]), out_shape[2:],
-                           geom[0], (geom[1][0], geom[1][2]), np.dtype(dtype))  # fmt: skip
+                           geom[0], (geom[1][0], geom[1][2]), np.dtype(dtype),
+                           bool(input_affine))  # fmt: skip
+
+
+def reads_input_affine(x_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1,
+                       method="auto", dtype=np.float32) -> bool:  # fmt: skip
+    """Whether ``conv2d_forward`` with these arguments and an ``input_affine`` applies it as its
+    kernel reads x (a variant in ``kernels.tuned.AFFINE_INPUT``), rather than writing the input
+    first. False for arguments the op would refuse."""
+    try:
+        geom, method, out_shape = _geometry(
+            "conv2d", tuple(x_shape), tuple(weight_shape), np.dtype(dtype), stride, padding,
+            dilation, groups, method,
+        )  # fmt: skip
+    except (TypeError, ValueError):
+        return False
+    if method != "direct" or not _is_depthwise3x3_shape(weight_shape, geom[2]):
+        return False
+    shape = DepthwiseShape(x_shape[1], weight_shape[0], tuple(x_shape[2:]), out_shape[2:],
+                           geom[0], padding=(geom[1][0], geom[1][2]))  # fmt: skip
+    return depthwise3x3_kernel("forward", shape) in AFFINE_INPUT
 
 
 @lru_cache(maxsize=256)
-def _depthwise_plan(channels, out_channels, in_hw, out_hw, stride, top_left, dtype):
+def _depthwise_plan(channels, out_channels, in_hw, out_hw, stride, top_left, dtype, affine):
     """``conv2d_kernels`` of a depthwise 3x3 convolution: (forward, backward). top_left: the
-    padding (top, left)."""
+    padding (top, left); affine: an ``input_affine`` is given."""
     shape = DepthwiseShape(channels, out_channels, in_hw, out_hw, stride, padding=top_left)
-    forward = (_forward_compiled(shape, dtype),)
+    fused = affine and depthwise3x3_kernel("forward", shape) in AFFINE_INPUT
+    forward = (_forward_compiled(shape, dtype, fused),)
     backward = _depthwise_backward_plan(
-        channels, out_channels, in_hw, out_hw, stride, top_left, dtype
+        channels, out_channels, in_hw, out_hw, stride, top_left, dtype, fused
     )
     return forward, backward[::-1]  # the weight gradient is computed first
 
 
-def _forward_compiled(shape, dtype):
-    """(compiled kernel, argument types) the depthwise 3x3 forward of ``shape`` runs."""
-    kernel, arrays, ndim, ints = tuned_compiled(depthwise3x3_kernel("forward", shape))
-    return kernel, compile_ahead.signature(dtype, arrays, ndim, ints)
+def _forward_compiled(shape, dtype, affine=False):
+    """(compiled kernel, argument types) the depthwise 3x3 forward of ``shape`` runs (its
+    ``AFFINE_INPUT`` variant when ``affine``)."""
+    kernel = depthwise3x3_kernel("forward", shape)
+    kernel, arrays, ndim, ints = tuned_compiled(AFFINE_INPUT[kernel] if affine else kernel)
+    return kernel, compile_ahead.signature(dtype, arrays, ndim, ints, affine)
 
 
-def _compile_backward_ahead(x4, weight, out_shape, stride, pad) -> None:
+def _compile_backward_ahead(x4, weight, out_shape, stride, pad, affine) -> None:
     """Hand the depthwise 3x3 backward kernels ``conv2d_backward`` will run to
-    :mod:`npmobilenet.compile_ahead` (they are the slow ones to compile)."""
+    :mod:`npmobilenet.compile_ahead` (they are the slow ones to compile); ``affine``: the
+    forward's ChannelAffine, or None."""
     plan = _depthwise_backward_plan(
         x4.shape[1], weight.shape[0], x4.shape[2:], out_shape[2:], stride, (pad[0], pad[2]),
-        x4.dtype,
+        x4.dtype, affine is not None,
     )  # fmt: skip
     for kernel, sig in plan:
         compile_ahead.submit(kernel, sig)
 
 
 @lru_cache(maxsize=256)
-def _depthwise_backward_plan(channels, out_channels, in_hw, out_hw, stride, top_left, dtype):
+def _depthwise_backward_plan(channels, out_channels, in_hw, out_hw, stride, top_left, dtype,
+                             affine=False):  # fmt: skip
     """((kernel, argument types), ...) of a depthwise backward (weights assumed finite;
-    top_left: the padding (top, left))."""
+    top_left: the padding (top, left); ``affine``: the input is a ChannelAffine's)."""
     shape = DepthwiseShape(channels, out_channels, in_hw, out_hw, stride, padding=top_left)
     both = depthwise3x3_kernel("backward", shape)
-    if both is not None:  # (dout, x, w, dx, dweight, sh, sw, pt, pl)
-        return ((both, compile_ahead.signature(dtype, 5)),)
-    three = compile_ahead.signature(dtype, 3)  # (dout, x or w_flipped, dweight or dx, ...)
+    if both is not None:
+        fused = affine and both in AFFINE_INPUT
+        return _backward_signatures(dtype, AFFINE_INPUT[both] if fused else both, None, None,
+                                    fused)  # fmt: skip
+    kernels = (depthwise3x3_kernel(op, shape) for op in ("backward_weight", "backward_input"))
+    return _backward_signatures(dtype, None, *kernels, False)
+
+
+def _backward_signatures(dtype, both, dw_kernel, dx_kernel, affine):
+    """((kernel, argument types), ...) of the depthwise backward kernels that run: ``both``
+    (dout, x, w, dx, dweight, sh, sw, pt, pl), or else dx_kernel and dw_kernel, (dout, x or
+    w_flipped, dweight or dx, ...), in the order the worker should compile them. ``affine``:
+    ``both`` is an ``AFFINE_INPUT`` variant (its ChannelAffine's arguments last)."""
+    if both is not None:
+        return ((both, compile_ahead.signature(dtype, 5, affine=affine)),)
+    three = compile_ahead.signature(dtype, 3)
     # the backward runs the weight gradient first: submitted last, it is compiled first
-    ops = ("backward_input", "backward_weight")
-    return tuple((depthwise3x3_kernel(op, shape), three) for op in ops)
+    return tuple((k, three) for k in (dx_kernel, dw_kernel) if k is not None)
 
 
 def _per_image(a):
@@ -457,14 +542,20 @@ def _zeroed(shape, dtype, buf):
     return buf
 
 
-def _forward_direct(x, weight, out_shape, stride, pad, dilation, groups, out, runner):
+def _forward_direct(x, weight, out_shape, stride, pad, dilation, groups, out, runner,
+                    affine=None):  # fmt: skip
+    """``affine``: a ChannelAffine the depthwise kernel applies to x as it reads it (the
+    caller checked that the call's kernel has such a variant, ``AFFINE_INPUT``)."""
     out = np.empty(out_shape, dtype=x.dtype) if out is None else out
     (sh, sw), (dil_h, dil_w) = stride, dilation
     depthwise = _is_depthwise3x3(weight, dilation)
     if depthwise:  # the depthwise kernels write out
         shape = _depthwise_shape(x, weight, out_shape[2:], stride, pad)
         kernel, args = depthwise3x3_kernel("forward", shape), (sh, sw, pad[0], pad[2])
-        compile_ahead.wait(*_forward_compiled(shape, x.dtype))  # if it was handed on
+        if affine is not None:
+            kernel = AFFINE_INPUT[kernel]
+            args += (affine.scale, affine.shift, ACT_CODES[affine.act])
+        compile_ahead.wait(*_forward_compiled(shape, x.dtype, affine is not None))
     else:
         kernel = conv2d_direct_forward
         args = (sh, sw, pad[0], pad[2], dil_h, dil_w, groups)
@@ -479,35 +570,46 @@ def _forward_direct(x, weight, out_shape, stride, pad, dilation, groups, out, ru
 
 
 def _backward_direct(
-    dout, x, weight, stride, pad, dilation, groups, dx, input_grad, weight_grad, runner
-):
+    dout, x, weight, stride, pad, dilation, groups, dx, input_grad, weight_grad, runner,
+    affine=None,
+):  # fmt: skip
+    """``affine``: the forward's ChannelAffine (x is the input before it): the kernel's
+    ``AFFINE_INPUT`` variant applies it as it reads x, or (without one) it is written first."""
     if not (input_grad or weight_grad):
         return None, None
     (sh, sw), (dil_h, dil_w) = stride, dilation
     if input_grad and dx is None:
         dx = np.empty(x.shape, dtype=x.dtype)
     depthwise = _is_depthwise3x3(weight, dilation)
-    both = dw_kernel = dx_kernel = w_flipped = None
+    both = dw_kernel = dx_kernel = w_flipped = read = None
+    extra = ()  # the affine variant's arguments
     if depthwise:
         shape = _depthwise_shape(x, weight, dout.shape[2:], stride, pad)
         both = depthwise3x3_kernel("backward", shape)  # one kernel for dx and dW, or None
+        if affine is not None and both in AFFINE_INPUT:
+            both, read = AFFINE_INPUT[both], affine  # the kernel applies it as it reads x
+            extra, affine = (affine.scale, affine.shift, ACT_CODES[affine.act]), None
+    if affine is not None:  # no variant reads it: the input written once
+        x = channel_affine(x, affine, runner=runner)
+    if depthwise:
         if both is None:
             dw_kernel = depthwise3x3_kernel("backward_weight", shape)
             dx_kernel = depthwise3x3_kernel("backward_input", shape)
         # dx is a correlation of (zero-spread) dout with the 180-degree rotated filter
         w_flipped = None if both else np.ascontiguousarray(weight[:, :, ::-1, ::-1])
-        for kernel, n_arrays in ((both, 5), (dw_kernel, 3), (dx_kernel, 3)):
-            if kernel is not None:  # compiled by the worker, or taken back from it
-                compile_ahead.wait(kernel, compile_ahead.signature(x.dtype, n_arrays))
+        sigs = _backward_signatures(x.dtype, both, dw_kernel, dx_kernel, bool(extra))
+        for kernel, sig in reversed(sigs):  # in the order they run (the weight's first)
+            compile_ahead.wait(kernel, sig)  # compiled by the worker, or taken back from it
 
     def images(lo, hi):  # a slice of the batch: adds its dW into a zeroed array of its own
         dweight = np.zeros_like(weight)
         d, xs = dout[lo:hi], x[lo:hi]
         if both is not None:  # dx is cheap here, computed even if not wanted; written, not added
             dxs = dx[lo:hi] if input_grad else np.empty_like(xs)
-            both(d, xs, weight, dxs, dweight, sh, sw, pad[0], pad[2])
+            both(d, xs, weight, dxs, dweight, sh, sw, pad[0], pad[2], *extra)
             if weight_grad and not np.isfinite(dweight).all():
-                _readable_weight_grad(d, xs, dweight, stride, pad)
+                zs = channel_affine(xs, read) if extra else xs  # the convolution's input
+                _readable_weight_grad(d, zs, dweight, stride, pad)
             return dweight
         if weight_grad and depthwise:
             dw_kernel(d, xs, dweight, sh, sw, pad[0], pad[2])

@@ -161,3 +161,8 @@ def compiled(kernel: Callable) -> tuple[Callable, int, int, int]:
 # plain functions of the table -> the compiled kernel each calls, as ``compiled`` gives it:
 # (x, w, out) flat, then (N, C, H, W, OH, pt)
 _COMPILED = {tuned.depthwise3x3_forward_flat_bands: (tuned.forward_flat_bands, 3, 1, 6)}
+
+# plain kernel of the table -> its variant that reads a per-channel ``act(y * scale + shift)``
+# of its input (``ops.batchnorm.ChannelAffine``): forward ``(y, w, out, sh, sw, pt, pl, scale,
+# shift, act)``, backward ``(dout, y, w, dx, dweight, sh, sw, pt, pl, scale, shift, act)``
+AFFINE_INPUT: dict = {}
