@@ -773,8 +773,8 @@ def test_pointwise_backward_large_slices(rng, monkeypatch, hw, channels, groups,
     small = conv2d_backward(dout, cache)  # these slices are far below both byte limits
     calls = []
     per_image_fn = conv_ops._dweight_per_image
-    monkeypatch.setattr(conv_ops, "_dweight_per_image", lambda *a: calls.append(len(a)) or
-                        per_image_fn(*a))  # fmt: skip
+    monkeypatch.setattr(conv_ops, "_dweight_per_image", lambda *a, **k: calls.append(len(a)) or
+                        per_image_fn(*a, **k))  # fmt: skip
     monkeypatch.setattr(conv_ops, "POINTWISE_BATCHED_DW_MAX_BYTES", dout.nbytes)
     monkeypatch.setattr(conv_ops, "POINTWISE_INTERLEAVE_MIN_BYTES", dout.nbytes)
     large = conv2d_backward(dout, cache)

@@ -339,6 +339,11 @@ class DepthwiseSeparableConv(Module):
     def _convolutions(self, x, workspace, keep_input, input_affine):
         """The forward up to bn1: returns (the pointwise conv's output, fused0, again)."""
         x = _conv_forward(self.dwconv, x, workspace, keep_input, input_affine)  # depthwise
+        if self._pointwise_applies_bn0(x):
+            # bn0's output is never written: the pointwise conv applies its coefficients to a
+            # few images at a time as it multiplies them, forward and backward
+            affine = self.bn0.forward_act_coefficients(x, self.relu0.name, workspace=workspace)
+            return self.pwconv.forward(x, workspace=workspace, input_affine=affine), True, False
         x, fused0 = _bn_act_forward(self.bn0, self.relu0, x, workspace)
         # bn0's output is let go once the pointwise conv has read it, and computed again from
         # bn0's cache for the pointwise backward: one activation of the block is not kept
@@ -361,6 +366,16 @@ class DepthwiseSeparableConv(Module):
         d = _conv_backward(self.dwconv, d, _owned(d, dout, consume), x=x)
         self._cache = SPENT
         return d
+
+    def _pointwise_applies_bn0(self, y) -> bool:
+        """Whether the pointwise conv reads bn0's output as ``input_affine`` (library modules,
+        batch norm and activation fused, an output large enough to be worth not keeping,
+        ``RELEASE_MIN_BYTES``)."""
+        pw = self.pwconv
+        return (_fuses(self.bn0, self.relu0) and type(pw) is Conv2d
+                and y.nbytes >= RELEASE_MIN_BYTES
+                and reads_input_affine(y.shape, pw.weight.shape, pw.stride, pw.padding,
+                                       pw.dilation, pw.groups, pw.method, y.dtype))  # fmt: skip
 
     def release_output(self) -> None:
         """Let the output of the last forward go (``BatchNorm2d.release_output``); only when

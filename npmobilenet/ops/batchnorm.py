@@ -218,6 +218,31 @@ def channel_affine(x, affine, *, out=None, runner=None):
     return out3.reshape(x.shape) if out is None else out
 
 
+def affine_writer(affine, channels: int, trained: bool):
+    """``write(x, out=None) -> out``: :func:`channel_affine` of x (n, C, ...), serially in the
+    calling thread, for an op that applies a ``ChannelAffine`` a few images at a time (its
+    coefficients prepared once; ``affine`` checked by the caller). ``trained``: a training
+    run's kernels (compiled anyway), else eval mode's."""
+    code, six = ACT_CODES[affine.act], affine.act == "relu6"
+    fn_coef = np.empty((5, channels))  # rows: mean, var, invstd (unused), scale, shift
+    fn_coef[3], fn_coef[4] = affine.scale, affine.shift
+
+    def write(x, out=None):
+        x3 = x.reshape(x.shape[0], channels, -1)
+        out = np.empty_like(x) if out is None else out
+        o3 = out.reshape(x3.shape)
+        if K._is_flat(x3):
+            K.scale_shift_act(x3, affine.scale, affine.shift, o3, six)
+        elif trained:
+            unused = o3[0, :, 0]  # weight and bias: scale and shift are given
+            K.forward_channels(x3, unused, unused, 1.0, fn_coef, o3, code, False, 0, channels)
+        else:
+            K.apply_channels(x3, affine.scale, affine.shift, o3, code, 0, channels)
+        return out
+
+    return write
+
+
 def _forward(x, weight, bias, running_mean, running_var, training, momentum, eps, act, out, runner,
              write=True):  # fmt: skip
     """Batch norm (then ``act`` if not None) on validated arguments (``out`` checked too).

@@ -54,7 +54,7 @@ from npmobilenet.kernels.im2col import col2im, im2col_images
 from npmobilenet.kernels.tuned import AFFINE_INPUT, DepthwiseShape, depthwise3x3_kernel
 from npmobilenet.kernels.tuned import compiled as tuned_compiled
 from npmobilenet.ops.activations import ACTIVATIONS
-from npmobilenet.ops.batchnorm import ACT_CODES, ChannelAffine, channel_affine
+from npmobilenet.ops.batchnorm import ACT_CODES, ChannelAffine, affine_writer, channel_affine
 from npmobilenet.threads import MACS_PER_ELEMENT, SERIAL
 
 METHODS = ("auto", "direct", "im2col")
@@ -257,7 +257,7 @@ def conv2d_forward(
     weight = np.ascontiguousarray(weight)
     if input_affine is not None:
         _check_affine(op, input_affine, x4.shape[1])
-        if not (method == "direct" and _affine_kernels(x4.shape, weight, out_shape, geom)[0]):
+        if not _reads_affine(method, x4.shape, weight, out_shape, geom):
             x4 = channel_affine(x4, input_affine, runner=runner)  # written once, read as x
             input_affine = None
     out4 = None if out is None else out.reshape(out_shape)  # a view
@@ -269,6 +269,8 @@ def conv2d_forward(
     kw = {} if cols is None else {"cols": cols}
     if input_affine is not None:
         kw["affine"] = input_affine
+        if method == "pointwise":  # the kernels a training run (or an eval one) compiles
+            kw["trained"] = backward_ahead
     out4 = _FORWARD[method](x4, weight, out_shape, *geom, out=out4, runner=runner or SERIAL, **kw)
     if bias is not None:
         out4 += bias.reshape(1, -1, 1, 1)  # out (N, K, OH, OW) + bias (1, K, 1, 1)
@@ -291,6 +293,15 @@ def _check_affine(op, affine, channels):
             raise ValueError(f"{op}: input_affine.{name} must be a ({channels},) float64 array"
                              f" (one per input channel), got {_checks.describe(v)}")  # fmt: skip
     _checks.choice(op, "input_affine.act", affine.act, ACTIVATIONS)
+
+
+def _reads_affine(method, x_shape, weight, out_shape, geom) -> bool:
+    """Whether the op applies an ``input_affine`` as it reads x: a pointwise convolution (a
+    few images at a time, :data:`POINTWISE_AFFINE_BYTES`), or a depthwise 3x3 one whose
+    forward kernel has an ``AFFINE_INPUT`` variant."""
+    if method == "pointwise":
+        return True
+    return method == "direct" and _affine_kernels(x_shape, weight, out_shape, geom)[0] is not None
 
 
 def _affine_kernels(x_shape, weight, out_shape, geom):
@@ -430,9 +441,10 @@ def conv2d_kernels(x_shape, weight_shape, stride=1, padding=0, dilation=1, group
 
 def reads_input_affine(x_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1,
                        method="auto", dtype=np.float32) -> bool:  # fmt: skip
-    """Whether ``conv2d_forward`` with these arguments and an ``input_affine`` applies it as its
-    kernel reads x (a variant in ``kernels.tuned.AFFINE_INPUT``), rather than writing the input
-    first. False for arguments the op would refuse."""
+    """Whether ``conv2d_forward`` with these arguments and an ``input_affine`` applies it as it
+    reads x (a depthwise 3x3 kernel's variant in ``kernels.tuned.AFFINE_INPUT``; a pointwise
+    convolution, a few images at a time) rather than writing the whole input first. False for
+    arguments the op would refuse."""
     try:
         geom, method, out_shape = _geometry(
             "conv2d", tuple(x_shape), tuple(weight_shape), np.dtype(dtype), stride, padding,
@@ -440,6 +452,8 @@ def reads_input_affine(x_shape, weight_shape, stride=1, padding=0, dilation=1, g
         )  # fmt: skip
     except (TypeError, ValueError):
         return False
+    if method == "pointwise":
+        return True
     if method != "direct" or not _is_depthwise3x3_shape(weight_shape, geom[2]):
         return False
     shape = DepthwiseShape(x_shape[1], weight_shape[0], tuple(x_shape[2:]), out_shape[2:],
@@ -868,27 +882,57 @@ def _backward_im2col_batched(
 # --------------------------------------------------------------------------------------------
 
 
-def _forward_pointwise(x, weight, out_shape, stride, pad, dilation, groups, out, runner):
+def _forward_pointwise(x, weight, out_shape, stride, pad, dilation, groups, out, runner,
+                       affine=None, trained=False):  # fmt: skip
+    """``affine``: a ChannelAffine applied to x a few images at a time (:func:`_affine_chunks`)
+    just before they are multiplied; ``trained``: with a training run's kernels."""
     N, C, H, W = x.shape
     K = weight.shape[0]
     x4 = x.reshape(N, groups, C // groups, H * W)  # (N, G, Cg, H*W) view, no copy
     w3 = weight.reshape(groups, K // groups, C // groups)  # (G, Kg, Cg)
     out = np.empty(out_shape, dtype=x.dtype) if out is None else out
     out4 = out.reshape(N, groups, K // groups, H * W)  # a view
+    write = None if affine is None else affine_writer(affine, C, trained)
 
     def images(lo, hi):  # (n, G, Kg, H*W): one GEMM per image and group, or one in all
         if _one_gemm_pays(hi - lo, H * W, C // groups, K // groups):
-            _one_gemm(w3, x4[lo:hi], out4[lo:hi])
-        else:
+            xs = x4[lo:hi] if write is None else write(x4[lo:hi])
+            _one_gemm(w3, xs, out4[lo:hi])
+        elif write is None:
             np.matmul(w3, x4[lo:hi], out=out4[lo:hi])
+        else:
+            for a, b, z in _affine_chunks(x4, lo, hi, write):
+                np.matmul(w3, z, out=out4[a:b])
 
     runner.map(images, N, _pointwise_work(x4, out4))
     return out
 
 
+# A pointwise convolution given an ``input_affine`` (the batch norm and activation before it,
+# not written) applies it to this many bytes of images at a time (at least one image), into a
+# scratch of the calling thread's, and multiplies them while they are in its caches: the
+# activation is never written to memory and read back.
+POINTWISE_AFFINE_BYTES = 2**20
+
+
+def _affine_chunks(x4, lo, hi, write):
+    """``(a, b, z)`` for images lo:hi of x4 (N, ...) in chunks of about
+    :data:`POINTWISE_AFFINE_BYTES`: z is ``write(x4[a:b])``, in one scratch reused by every
+    chunk (read it before the next)."""
+    step = max(1, POINTWISE_AFFINE_BYTES // max(1, _per_image(x4) * x4.itemsize))
+    scratch = np.empty((min(step, hi - lo), *x4.shape[1:]), x4.dtype)
+    for a in range(lo, hi, step):
+        b = min(hi, a + step)
+        yield a, b, write(x4[a:b], scratch[: b - a])
+
+
 def _backward_pointwise(
-    dout, x, weight, stride, pad, dilation, groups, dx, input_grad, weight_grad, runner
-):
+    dout, x, weight, stride, pad, dilation, groups, dx, input_grad, weight_grad, runner,
+    affine=None,
+):  # fmt: skip
+    """``affine``: the forward's ChannelAffine (x is the input before it), applied again to the
+    images the weight gradient reads, a few at a time (or to a slice that is multiplied as
+    one)."""
     N, C, H, W = x.shape
     K = weight.shape[0]
     x4 = x.reshape(N, groups, C // groups, H * W)  # (N, G, Cg, H*W)
@@ -901,11 +945,16 @@ def _backward_pointwise(
     if input_grad and dx is None:
         dx = np.empty(x.shape, dtype=x.dtype)
     dx4 = dx.reshape(x4.shape) if input_grad else None  # a view
+    write = None if affine is None else affine_writer(affine, C, True)
 
     def images(lo, hi):  # a slice of the batch: its dx, and its part of dW
         n, L, d, xs = hi - lo, H * W, d4[lo:hi], x4[lo:hi]
         dxs = dx4[lo:hi] if input_grad else None
         batched = weight_grad and _batched_dweight_pays(n, L, K // groups, C // groups, d.nbytes)
+        if write is not None and batched:  # the products read the slice as one
+            xs, write_each = write(xs), None
+        else:
+            write_each = write
         if input_grad and batched and n > 1 and L > 1:
             # dW moves dout next to the pixels anyway, so dx as one GEMM costs only its copy back
             # (N=16 on 2 threads, dx and dW, SkylakeX kernels: 7x7, 1024 -> 1024 8.0 ms against
@@ -917,12 +966,13 @@ def _backward_pointwise(
             _one_gemm(w3.transpose(0, 2, 1), d, dxs)
         elif input_grad and weight_grad and not batched \
                 and d.nbytes >= POINTWISE_INTERLEAVE_MIN_BYTES:  # fmt: skip
-            return _dweight_per_image(d, xs, w3, dxs)  # and dx
+            return _dweight_per_image(d, xs, w3, dxs, write=write_each)  # and dx
         elif input_grad:
             np.matmul(w3.transpose(0, 2, 1), d, out=dxs)  # (n, G, Cg, H*W)
         if not weight_grad:
             return None
-        return _pointwise_dweight(d, xs) if batched else _dweight_per_image(d, xs)
+        return _pointwise_dweight(d, xs) if batched else _dweight_per_image(d, xs,
+                                                                            write=write_each)
 
     slices = runner.map(images, N, _pointwise_work(x4, d4))
     dweight = _sum_slices(slices).reshape(weight.shape) if weight_grad else None
@@ -1059,18 +1109,21 @@ def _pointwise_dweight(d4, x4):
     return _dweight_per_image(d4, x4)
 
 
-def _dweight_per_image(d4, x4, w3=None, dx4=None):
+def _dweight_per_image(d4, x4, w3=None, dx4=None, write=None):
     """dW (G, Kg, Cg) = sum over images n of d4[n] (G, Kg, L) @ x4[n].T (G, L, Cg), one GEMM
     per image, no copy. With ``w3`` (G, Kg, Cg) and ``dx4`` (N, G, Cg, L), also
     ``dx4[n] = w3.T @ d4[n]`` right after image n's dW product, while d4[n] is still in the
-    caches (the same products as computing all of dx first, in a cheaper order)."""
+    caches (the same products as computing all of dx first, in a cheaper order). ``write``:
+    the product reads ``write(x4)`` (an affine writer's, :func:`_affine_chunks`) for x4."""
     N, G, Kg, _ = d4.shape
     dw3 = np.zeros((G, Kg, x4.shape[2]), dtype=d4.dtype)
     step = np.empty_like(dw3)
-    for n in range(N):
-        dw3 += np.matmul(d4[n], x4[n].transpose(0, 2, 1), out=step)
-        if dx4 is not None:
-            np.matmul(w3.transpose(0, 2, 1), d4[n], out=dx4[n])  # (G, Cg, L)
+    chunks = [(0, N, x4)] if write is None else _affine_chunks(x4, 0, N, write)
+    for a, b, xs in chunks:
+        for n in range(a, b):
+            dw3 += np.matmul(d4[n], xs[n - a].transpose(0, 2, 1), out=step)
+            if dx4 is not None:
+                np.matmul(w3.transpose(0, 2, 1), d4[n], out=dx4[n])  # (G, Cg, L)
     return dw3
 
 
