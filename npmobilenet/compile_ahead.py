@@ -55,12 +55,11 @@ class Signature(tuple):
 
 
 @cache
-def signature(dtype, arrays: int, ndim: int = 4, ints: int = 4, affine: bool = False
-              ) -> Signature:  # fmt: skip
+def signature(dtype, arrays: int, ndim: int = 4, ints: int = 4, affine: bool = False) -> Signature:
     """Argument types of a kernel taking ``arrays`` C-contiguous (ndim) arrays of ``dtype``,
     then ``ints`` Python ints: what Numba sees when a wrapper passes contiguous arrays.
-    ``affine``: then also a ``ChannelAffine``'s arguments, two (C,) float64 arrays and an int
-    (the ``kernels.tuned.AFFINE_INPUT`` variants)."""
+    ``affine``: then scale and shift, (C,) float64, and an int (the depthwise kernels of
+    ``npmobilenet.kernels.tuned.AFFINE_INPUT``)."""
     array = types.Array(from_dtype(np.dtype(dtype)), ndim, "C")
     tail = (types.Array(types.float64, 1, "C"),) * 2 + (types.int64,) if affine else ()
     return Signature((array,) * arrays + (types.int64,) * ints + tail)

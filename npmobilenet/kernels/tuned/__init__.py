@@ -152,17 +152,29 @@ def depthwise3x3_kernel(op: str, shape: DepthwiseShape):
 def compiled(kernel: Callable) -> tuple[Callable, int, int, int]:
     """``(compiled kernel, arrays, ndim, ints)``: what a table kernel compiles, for
     :func:`npmobilenet.compile_ahead.signature` (its arrays C-contiguous of ``ndim``
-    dimensions, then ``ints`` ints). A plain function of the table that passes its arrays on
+    dimensions, then ``ints`` ints; an ``AFFINE_INPUT`` kernel then takes scale, shift and act:
+    ``signature(..., affine=True)``). A plain function of the table that passes its arrays on
     flat gives the kernel it calls; any other forward kernel is itself, (x, w, out) and
     (sh, sw, pt, pl)."""
     return _COMPILED.get(kernel, (kernel, 3, 4, 4))
 
 
 # plain functions of the table -> the compiled kernel each calls, as ``compiled`` gives it:
-# (x, w, out) flat, then (N, C, H, W, OH, pt)
-_COMPILED = {tuned.depthwise3x3_forward_flat_bands: (tuned.forward_flat_bands, 3, 1, 6)}
+# (x, w, out) flat, then (N, C, H, W, OH, pt) and, for x itself, the int 0 (the input's coef)
+_COMPILED = {
+    tuned.depthwise3x3_forward_flat_bands: (tuned.forward_flat_bands, 3, 1, 7),
+    tuned.depthwise3x3_forward_flat_bands_affine: (tuned.forward_flat_bands_affine, 3, 1, 6),
+}
 
-# plain kernel of the table -> its variant that reads a per-channel ``act(y * scale + shift)``
-# of its input (``ops.batchnorm.ChannelAffine``): forward ``(y, w, out, sh, sw, pt, pl, scale,
-# shift, act)``, backward ``(dout, y, w, dx, dweight, sh, sw, pt, pl, scale, shift, act)``
-AFFINE_INPUT: dict = {}
+# A table kernel -> its twin that reads z = act(y * scale + shift) instead of x, computing z
+# while it copies its input (batch norm's output before the convolution, never written):
+# ``kernel(y, w, out, sh, sw, pt, pl, scale, shift, act)`` (forward) and
+# ``kernel(dout, y, w, dx, dweight, sh, sw, pt, pl, scale, shift, act)`` (both gradients, dx
+# with respect to z); scale, shift (C,) float64, act 0 none, 1 ReLU, 2 ReLU6. The plain
+# kernel's result on z, bit for bit (``tests/test_depthwise_affine.py``).
+AFFINE_INPUT: dict[Callable, Callable] = {
+    tuned.depthwise3x3_forward_flat_bands: tuned.depthwise3x3_forward_flat_bands_affine,
+    tuned.depthwise3x3_forward_split_columns: tuned.depthwise3x3_forward_split_columns_affine,
+    tuned.depthwise3x3_backward_stacked: tuned.depthwise3x3_backward_stacked_affine,
+    tuned.depthwise3x3_backward_stride2_pad1: tuned.depthwise3x3_backward_stride2_pad1_affine,
+}
