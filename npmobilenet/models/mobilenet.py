@@ -820,7 +820,8 @@ def _deferrals(units, in_shape, dtype) -> list[bool]:
     """For each of ``units``, whether it hands its output to the next one unwritten: a library
     block that can compute it again (:func:`_recomputes`, its last batch norm and activation
     fused) followed by a ``DepthwiseSeparableConv`` whose depthwise conv is a library
-    ``Conv2d`` with a kernel that applies them as it reads (``ops.conv.reads_input_affine``).
+    ``Conv2d`` with a kernel that applies them as it reads (``ops.conv.reads_input_affine``),
+    neither with a ``forward`` set on the instance (:func:`_own_forward`).
     The walk of ``output_shape`` stops at a module without shape arithmetic (False after it)."""
     out, shape = [], tuple(in_shape)
     for (_, module), (_, reader) in zip(units, units[1:]):
@@ -828,14 +829,22 @@ def _deferrals(units, in_shape, dtype) -> list[bool]:
             shape = module.output_shape(shape)
         except (NotImplementedError, TypeError, ValueError):  # the forward will tell
             break
-        out.append(_recomputes(module) and _takes_affine(reader, shape, dtype))
+        out.append(_recomputes(module) and _own_forward(module)
+                   and _takes_affine(reader, shape, dtype))  # fmt: skip
     return out + [False] * (len(units) - len(out))
+
+
+def _own_forward(module) -> bool:
+    """Whether ``module.forward`` is its class's (not a function a user set on the instance,
+    which the model must then call as it is)."""
+    return "forward" not in vars(module)
 
 
 def _takes_affine(module, shape, dtype) -> bool:
     """Whether ``module`` is a library block whose depthwise conv applies an ``input_affine``
     of an input of ``shape`` as it reads it."""
-    if type(module) is not DepthwiseSeparableConv or type(module.dwconv) is not Conv2d:
+    if type(module) is not DepthwiseSeparableConv or type(module.dwconv) is not Conv2d \
+            or not _own_forward(module):  # fmt: skip
         return False
     c = module.dwconv
     return reads_input_affine(shape, c.weight.shape, c.stride, c.padding, c.dilation, c.groups,
