@@ -82,9 +82,16 @@ def _read(src, i, k):
 
 
 def _read_rows(src, h, count, tmp, k):
-    """Rows h to h + count of the input, as (array, its row of h) (compiled code only): (src, h)
-    for x, read in place; for z, the rows computed into tmp (>= count, W), one contiguous loop
-    a row, (tmp, 0)."""
+    """Rows h to h + count of the input, for ``_row_at`` (compiled code only): the index of row
+    h there. For x, h (read in place); for z, the rows computed into tmp (>= count, W) in one
+    contiguous loop a row, as ``_read`` computes them, 0. (Returning the array to read too
+    would count a reference to it each time: 1.1 ms more on 8 images of 512 14x14 planes.)"""
+    raise NotImplementedError
+
+
+def _row_at(src, tmp, h, w, k):
+    """The input at row h, column w of what ``_read_rows`` gave (compiled code only): src[h, w]
+    for x, tmp[h, w] for z."""
     raise NotImplementedError
 
 
@@ -117,16 +124,23 @@ def _read_impl(src, i, k):
     return value
 
 
-@overload(_read_rows, jit_options={"fastmath": REASSOC, "nogil": True})
+@overload(_row_at, inline="always")
+def _row_at_impl(src, tmp, h, w, k):
+    if k is types.none:
+        return lambda src, tmp, h, w, k: src[h, w]
+    return lambda src, tmp, h, w, k: tmp[h, w]
+
+
+@overload(_read_rows, inline="always", jit_options={"fastmath": REASSOC, "nogil": True})
 def _read_rows_impl(src, h, count, tmp, k):
     if k is types.none:
-        return lambda src, h, count, tmp, k: (src, h)
+        return lambda src, h, count, tmp, k: h
 
-    def rows(src, h, count, tmp, k):
+    def rows(src, h, count, tmp, k):  # _read's z (max, then min: the same clamp, no branch)
         for r in range(count):
             for t in range(src.shape[1]):
-                tmp[r, t] = _read(src, (h + r, t), k)
-        return tmp, 0
+                tmp[r, t] = min(max(src.dtype.type(src[h + r, t] * k[0] + k[1]), k[2]), k[3])
+        return 0
 
     return rows
 
@@ -864,13 +878,13 @@ def load_plane_phases_even(src, e, o, cols, tmp, k):
     one = np.uint64(1)
     for m in range(H // 2):
         ro, re = np.uint64((R1 + m) * cols), np.uint64((m + 1) * cols)
-        rows, h = _read_rows(src, 2 * m, 2, tmp, k)  # source rows 2m and 2m + 1
+        h = _read_rows(src, 2 * m, 2, tmp, k)  # source rows 2m and 2m + 1
         for t in range(W // 2):
             u = np.uint64(t)
-            o[ro + u] = rows[h, 2 * t]
-            e[ro + u + one] = rows[h, 2 * t + 1]
-            o[re + u] = rows[h + 1, 2 * t]
-            e[re + u + one] = rows[h + 1, 2 * t + 1]
+            o[ro + u] = _row_at(src, tmp, h, 2 * t, k)
+            e[ro + u + one] = _row_at(src, tmp, h, 2 * t + 1, k)
+            o[re + u] = _row_at(src, tmp, h + 1, 2 * t, k)
+            e[re + u + one] = _row_at(src, tmp, h + 1, 2 * t + 1, k)
 
 
 @njit(cache=True, nogil=True, inline="always")
