@@ -53,8 +53,10 @@ from npmobilenet.kernels.fastmath import REASSOC
 # ``_coef`` turns them into ``coef``, ``_channel`` coef into one channel's coefficients, through
 # which ``_read`` and ``_read_rows`` read. Which readers run is chosen by the arguments' types
 # when the loop nest is compiled: for x they are plain loads, so the loop compiles to what it
-# was without them (a loop nest shared by inlining, or called from a kernel of its own, cost
-# 0.2-0.5 s more compiling per kernel).
+# was without them. Each reader is a small function of its own, which LLVM inlines (Numba's
+# inlining of them, a copy per call site, cost 0.1-0.3 s more compiling a kernel), except the
+# rows of z: a call a row pair measured 2x slower on 14x14 planes. A loop nest shared by
+# inlining it, or called from an entry point compiled apart, cost 0.2-0.5 s more a kernel.
 # --------------------------------------------------------------------------------------------
 
 PLAIN = (0, 0, 0)  # ``scale, shift, act`` of the loop nests for x itself
@@ -95,7 +97,7 @@ def _row_at(src, tmp, h, w, k):
     raise NotImplementedError
 
 
-@overload(_coef, inline="always")
+@overload(_coef, jit_options={"nogil": True})
 def _coef_impl(x, scale, shift, act):
     if isinstance(scale, types.Integer):
         return lambda x, scale, shift, act: None
@@ -104,7 +106,7 @@ def _coef_impl(x, scale, shift, act):
     )  # fmt: skip
 
 
-@overload(_channel, inline="always")
+@overload(_channel, jit_options={"nogil": True})
 def _channel_impl(coef, c):
     if coef is types.none:
         return lambda coef, c: None
@@ -124,7 +126,7 @@ def _read_impl(src, i, k):
     return value
 
 
-@overload(_row_at, inline="always")
+@overload(_row_at, jit_options={"nogil": True})
 def _row_at_impl(src, tmp, h, w, k):
     if k is types.none:
         return lambda src, tmp, h, w, k: src[h, w]
