@@ -12,7 +12,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from npmobilenet import compile_ahead
 from npmobilenet.kernels import batchnorm as bnk
 from npmobilenet.kernels import tuned
 from npmobilenet.kernels.conv_direct import conv2d_backward_naive, conv2d_forward_naive
@@ -189,21 +188,15 @@ def test_affine_table_maps_table_kernels_to_their_twins():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_compile_ahead_signature_is_what_a_call_compiles(dtype):
-    """``compiled`` and ``signature(..., affine=True)`` name the types a call compiles, so a
-    kernel compiled ahead is the one the call then finds."""
-    case = ("flat_bands", (4, 5), (1, 1), _PAD1, 1)
-    y, scale, shift, w, dout = _inputs(case, dtype, specials=False)
+def test_compiled_signature_is_what_a_call_compiles(dtype):
+    """``compiled_signature`` names the kernel and argument types a call of a table kernel or
+    its twin compiles, so that a kernel compiled ahead is the one the call then finds."""
     for name in ("flat_bands", "split_columns", "stacked", "stride2_pad1"):
         stride = 2 if name in ("split_columns", "stride2_pad1") else 1
         case = (name, (4, 6), (stride, stride), _PAD1, 1)
         y, scale, shift, w, dout = _inputs(case, dtype, specials=False)
-        _run(name, True, y, w, dout, _geometry(case), scale, shift, 1)
         plain = FORWARD.get(name) or BACKWARD[name]
-        twin = tuned.AFFINE_INPUT[plain]
-        if name in FORWARD:
-            kernel, arrays, ndim, ints = tuned.compiled(twin)
-        else:
-            kernel, arrays, ndim, ints = twin, 5, 4, 4
-        sig = compile_ahead.signature(dtype, arrays, ndim, ints, affine=True)
-        assert sig in kernel.overloads, (name, list(kernel.overloads))
+        for affine, kernel in ((False, plain), (True, tuned.AFFINE_INPUT[plain])):
+            _run(name, affine, y, w, dout, _geometry(case), scale, shift, 1)
+            target, sig = tuned.compiled_signature(kernel, dtype)
+            assert sig in target.overloads, (kernel.__name__, list(target.overloads))

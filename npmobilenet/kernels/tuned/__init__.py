@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import NamedTuple
 
+from npmobilenet.compile_ahead import signature
 from npmobilenet.kernels import conv_depthwise as readable
 from npmobilenet.kernels.tuned import depthwise3x3 as tuned
 
@@ -150,31 +151,54 @@ def depthwise3x3_kernel(op: str, shape: DepthwiseShape):
 
 
 def compiled(kernel: Callable) -> tuple[Callable, int, int, int]:
-    """``(compiled kernel, arrays, ndim, ints)``: what a table kernel compiles, for
-    :func:`npmobilenet.compile_ahead.signature` (its arrays C-contiguous of ``ndim``
-    dimensions, then ``ints`` ints; an ``AFFINE_INPUT`` kernel then takes scale, shift and act:
-    ``signature(..., affine=True)``). A plain function of the table that passes its arrays on
-    flat gives the kernel it calls; any other forward kernel is itself, (x, w, out) and
-    (sh, sw, pt, pl)."""
+    """``(compiled kernel, arrays, ndim, ints)``: what a table kernel, or its ``AFFINE_INPUT``
+    twin, compiles, for :func:`npmobilenet.compile_ahead.signature` (its arrays C-contiguous of
+    ``ndim`` dimensions, then ``ints`` ints; a twin then takes scale, shift and act:
+    ``signature(..., affine=True)``, as :func:`compiled_signature` gives). A plain function of
+    the table gives the kernel it calls; a compiled one is itself, (x, w, out) and
+    (sh, sw, pt, pl) (a forward or one gradient) or (dout, x, w, dx, dweight) and the same
+    ints (both gradients)."""
     return _COMPILED.get(kernel, (kernel, 3, 4, 4))
 
 
-# plain functions of the table -> the compiled kernel each calls, as ``compiled`` gives it:
-# (x, w, out) flat, then (N, C, H, W, OH, pt) and, for x itself, the int 0 (the input's coef)
+def compiled_signature(kernel: Callable, dtype) -> tuple[Callable, tuple]:
+    """``(compiled kernel, argument types)`` a call of the table kernel or twin ``kernel`` on
+    arrays of ``dtype`` compiles (for :mod:`npmobilenet.compile_ahead`)."""
+    target, arrays, ndim, ints = compiled(kernel)
+    return target, signature(dtype, arrays, ndim, ints, affine=kernel in _TWINS)
+
+
+# The plain functions of the table and their twins -> the compiled kernel each calls, as
+# ``compiled`` gives it. The loop nests take the table kernel's arguments (the flat-band one:
+# x, w, out flat, then N, C, H, W, OH, pt), then scale, shift and act: the ints 0, 0, 0 for x.
 _COMPILED = {
-    tuned.depthwise3x3_forward_flat_bands: (tuned.forward_flat_bands, 3, 1, 7),
-    tuned.depthwise3x3_forward_flat_bands_affine: (tuned.forward_flat_bands_affine, 3, 1, 6),
+    tuned.depthwise3x3_backward_stride2: (tuned.depthwise3x3_backward_stride2, 5, 4, 4),
+    tuned.depthwise3x3_backward_small: (tuned.depthwise3x3_backward_small, 5, 4, 4),
 }
+for _plain, _twin, _loops, _arrays, _ndim, _ints in (
+    (tuned.depthwise3x3_forward_flat_bands, tuned.depthwise3x3_forward_flat_bands_affine,
+     tuned.depthwise3x3_forward_flat_bands_loops, 3, 1, 6),
+    (tuned.depthwise3x3_forward_split_columns, tuned.depthwise3x3_forward_split_columns_affine,
+     tuned.depthwise3x3_forward_split_columns_loops, 3, 4, 4),
+    (tuned.depthwise3x3_backward_stacked, tuned.depthwise3x3_backward_stacked_affine,
+     tuned.depthwise3x3_backward_stacked_loops, 5, 4, 4),
+    (tuned.depthwise3x3_backward_stride2_pad1, tuned.depthwise3x3_backward_stride2_pad1_affine,
+     tuned.depthwise3x3_backward_stride2_pad1_loops, 5, 4, 4),
+):  # fmt: skip
+    _COMPILED[_plain] = (_loops, _arrays, _ndim, _ints + 3)  # + scale, shift, act: 0, 0, 0
+    _COMPILED[_twin] = (_loops, _arrays, _ndim, _ints)  # + signature(..., affine=True)
 
 # A table kernel -> its twin that reads z = act(y * scale + shift) instead of x, computing z
 # while it copies its input (batch norm's output before the convolution, never written):
 # ``kernel(y, w, out, sh, sw, pt, pl, scale, shift, act)`` (forward) and
 # ``kernel(dout, y, w, dx, dweight, sh, sw, pt, pl, scale, shift, act)`` (both gradients, dx
 # with respect to z); scale, shift (C,) float64, act 0 none, 1 ReLU, 2 ReLU6. The plain
-# kernel's result on z, bit for bit (``tests/test_depthwise_affine.py``).
+# kernel's result on z, bit for bit (``tests/test_depthwise_affine.py``). A twin shares its
+# plain kernel's compiled loop nest (``compiled``), with another signature.
 AFFINE_INPUT: dict[Callable, Callable] = {
     tuned.depthwise3x3_forward_flat_bands: tuned.depthwise3x3_forward_flat_bands_affine,
     tuned.depthwise3x3_forward_split_columns: tuned.depthwise3x3_forward_split_columns_affine,
     tuned.depthwise3x3_backward_stacked: tuned.depthwise3x3_backward_stacked_affine,
     tuned.depthwise3x3_backward_stride2_pad1: tuned.depthwise3x3_backward_stride2_pad1_affine,
 }
+_TWINS = frozenset(AFFINE_INPUT.values())

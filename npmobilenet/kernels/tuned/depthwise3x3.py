@@ -48,22 +48,25 @@ from npmobilenet.kernels.fastmath import REASSOC
 
 # --------------------------------------------------------------------------------------------
 # The input a loop nest reads: x as stored (the plain kernels), or z = act(y * scale + shift)
-# computed as it is read (the ``_affine`` twins). A loop nest takes ``coef``: the int 0 for x,
-# ``affine_coef(...)`` for z; ``_channel`` turns it into one channel's coefficients, through
-# which ``_read`` and ``_read_rows`` read. Which reader runs is chosen by coef's type when the
-# loop nest is compiled: for 0 they are the plain loads, so the plain kernels compile to the
-# loop they always were.
+# computed as it is read (the ``_affine`` twins). Each compiled loop nest below takes, after
+# the table kernel's arguments, ``scale, shift, act``: z's, or the ints 0, 0, 0 for x itself.
+# ``_coef`` turns them into ``coef``, ``_channel`` coef into one channel's coefficients, through
+# which ``_read`` and ``_read_rows`` read. Which readers run is chosen by the arguments' types
+# when the loop nest is compiled: for x they are plain loads, so the loop compiles to what it
+# was without them. Each reader is a small function of its own, which LLVM inlines (Numba's
+# inlining of them, a copy per call site, cost 0.1-0.3 s more compiling a kernel), except the
+# rows of z: a call a row pair measured 2x slower on 14x14 planes. A loop nest shared by
+# inlining it, or called from an entry point compiled apart, cost 0.2-0.5 s more a kernel.
 # --------------------------------------------------------------------------------------------
 
+PLAIN = (0, 0, 0)  # ``scale, shift, act`` of the loop nests for x itself
+_LO, _HI = (-np.inf, 0.0, 0.0), (np.inf, np.inf, 6.0)  # z's bounds by act: none, ReLU, ReLU6
 
-@njit(cache=True, nogil=True, inline="always")
-def affine_coef(y, scale, shift, act):
-    """``coef`` of z: (scale, shift, lo, hi), scale and shift (C,) float64, lo and hi the bounds
-    of ``act`` (0: none, -inf and inf; 1: ReLU, 0 and inf; 2: ReLU6, 0 and 6) in y's dtype."""
-    bounds = np.empty(2, dtype=y.dtype)
-    bounds[0] = 0 if act != 0 else -np.inf
-    bounds[1] = 6 if act == 2 else np.inf
-    return scale, shift, bounds[0], bounds[1]
+
+def _coef(x, scale, shift, act):
+    """The input's coefficients (compiled code only): None for x (scale an int); for z,
+    (scale, shift, lo, hi), lo and hi the bounds of ``act`` in x's dtype."""
+    raise NotImplementedError
 
 
 def _channel(coef, c):
@@ -81,49 +84,67 @@ def _read(src, i, k):
 
 
 def _read_rows(src, h, count, tmp, k):
-    """Rows h to h + count of the input, as (array, its row of h) (compiled code only): (src, h)
-    for x, read in place; for z, the rows computed into tmp (>= count, W), one contiguous loop
-    a row, (tmp, 0)."""
+    """Rows h to h + count of the input, for ``_row_at`` (compiled code only): the index of row
+    h there. For x, h (read in place); for z, the rows computed into tmp (>= count, W) in one
+    contiguous loop a row, as ``_read`` computes them, 0. (Returning the array to read too
+    would count a reference to it each time: 1.1 ms more on 8 images of 512 14x14 planes.)"""
     raise NotImplementedError
 
 
-@overload(_channel, inline="always")
+def _row_at(src, tmp, h, w, k):
+    """The input at row h, column w of what ``_read_rows`` gave (compiled code only): src[h, w]
+    for x, tmp[h, w] for z."""
+    raise NotImplementedError
+
+
+@overload(_coef, jit_options={"nogil": True})
+def _coef_impl(x, scale, shift, act):
+    if isinstance(scale, types.Integer):
+        return lambda x, scale, shift, act: None
+    return lambda x, scale, shift, act: (
+        scale, shift, x.dtype.type(_LO[act]), x.dtype.type(_HI[act])
+    )  # fmt: skip
+
+
+@overload(_channel, jit_options={"nogil": True})
 def _channel_impl(coef, c):
-    if isinstance(coef, types.Integer):
+    if coef is types.none:
         return lambda coef, c: None
     return lambda coef, c: (coef[0][c], coef[1][c], coef[2], coef[3])
 
 
-@njit(cache=True, nogil=True, inline="always", fastmath=REASSOC)
-def _affine_value(src, i, k):
-    v = src.dtype.type(src[i] * k[0] + k[1])
-    return min(max(v, k[2]), k[3])  # lo if v < lo, hi if v > hi, else v (a NaN, -0.0 too)
-
-
-@overload(_read, inline="always", jit_options={"fastmath": REASSOC})
+@overload(_read, jit_options={"fastmath": REASSOC, "nogil": True})
 def _read_impl(src, i, k):
     if k is types.none:
         return lambda src, i, k: src[i]
-    return lambda src, i, k: _affine_value(src, i, k)
+
+    def value(src, i, k):
+        v = src.dtype.type(src[i] * k[0] + k[1])
+        v = k[2] if v < k[2] else v
+        return k[3] if v > k[3] else v
+
+    return value
 
 
-@overload(_read_rows, inline="always", jit_options={"fastmath": REASSOC})
+@overload(_row_at, jit_options={"nogil": True})
+def _row_at_impl(src, tmp, h, w, k):
+    if k is types.none:
+        return lambda src, tmp, h, w, k: src[h, w]
+    return lambda src, tmp, h, w, k: tmp[h, w]
+
+
+@overload(_read_rows, inline="always", jit_options={"fastmath": REASSOC, "nogil": True})
 def _read_rows_impl(src, h, count, tmp, k):
     if k is types.none:
-        return lambda src, h, count, tmp, k: (src, h)
+        return lambda src, h, count, tmp, k: h
 
-    def rows(src, h, count, tmp, k):
-        return _affine_rows(src, h, count, tmp, k)
+    def rows(src, h, count, tmp, k):  # _read's z (max, then min: the same clamp, no branch)
+        for r in range(count):
+            for t in range(src.shape[1]):
+                tmp[r, t] = min(max(src.dtype.type(src[h + r, t] * k[0] + k[1]), k[2]), k[3])
+        return 0
 
     return rows
-
-
-@njit(cache=True, nogil=True, inline="always", fastmath=REASSOC)
-def _affine_rows(src, h, count, tmp, k):
-    for r in range(count):
-        for t in range(src.shape[1]):
-            tmp[r, t] = _affine_value(src, (h + r, t), k)
-    return tmp, 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -353,37 +374,38 @@ def depthwise3x3_forward_rows(x, w, out, sh, sw, pt, pl):
 
 def depthwise3x3_forward_flat_bands(x, w, out, sh, sw, pt, pl):
     """``depthwise3x3_forward`` at stride 1 with an output as wide as the input (sh == sw == 1,
-    OW == W): by bands of rows, each band one flat loop (``forward_flat_bands``) when the left
-    padding is 1, else by ``depthwise3x3_forward_rows``. x (N, C, H, W), w (K, 1, 3, 3);
+    OW == W): by bands of rows, each band one flat loop
+    (``depthwise3x3_forward_flat_bands_loops``) when the left padding is 1, else by
+    ``depthwise3x3_forward_rows``. x (N, C, H, W), w (K, 1, 3, 3);
     writes out (N, K, OH, W). A plain function: the compiled kernel takes the arrays flat
     (views; ``npmobilenet.kernels.tuned.compiled`` gives its argument types)."""
     if pl != 1:
         depthwise3x3_forward_rows(x, w, out, sh, sw, pt, pl)
         return
     N, C, H, W = x.shape
-    forward_flat_bands(x.reshape(-1), w.reshape(-1), out.reshape(-1), N, C, H, W,
-                       out.shape[2], pt, 0)  # fmt: skip
+    depthwise3x3_forward_flat_bands_loops(x.reshape(-1), w.reshape(-1), out.reshape(-1), N, C, H, W,
+                       out.shape[2], pt, *PLAIN)  # fmt: skip
 
 
 def depthwise3x3_forward_flat_bands_affine(y, w, out, sh, sw, pt, pl, scale, shift, act):
     """``depthwise3x3_forward_flat_bands`` of z = act(y * scale + shift), z computed in the
-    band copy (``forward_flat_bands_affine``); with a left padding other than 1, z is written
-    (``batchnorm.apply_channels``) and read by ``depthwise3x3_forward_rows``."""
+    band copy; with a left padding other than 1, z is written (``batchnorm.apply_channels``)
+    and read by ``depthwise3x3_forward_rows``."""
     N, C, H, W = y.shape
     if pl != 1:
         z = np.empty_like(y)
         apply_channels(y.reshape(N, C, H * W), scale, shift, z.reshape(N, C, H * W), act, 0, C)
         depthwise3x3_forward_rows(z, w, out, sh, sw, pt, pl)
         return
-    forward_flat_bands_affine(y.reshape(-1), w.reshape(-1), out.reshape(-1), N, C, H, W,
-                              out.shape[2], pt, scale, shift, act)  # fmt: skip
+    depthwise3x3_forward_flat_bands_loops(y.reshape(-1), w.reshape(-1), out.reshape(-1), N, C, H, W,
+                       out.shape[2], pt, scale, shift, act)  # fmt: skip
 
 
 @njit(cache=True, nogil=True, fastmath=REASSOC)
-def forward_flat_bands(x, w, out, N, C, H, W, OH, pt, coef):
+def depthwise3x3_forward_flat_bands_loops(x, w, out, N, C, H, W, OH, pt, scale, shift, act):
     """The stride-1 depthwise 3x3 forward with padding 1 left and right, on flat arrays: x
-    (N*C*H*W,), w (K*9,), out (N*K*OH*W,), the output rows as long as the input's; coef 0
-    (``forward_flat_bands_affine`` passes z's).
+    (N*C*H*W,), w (K*9,), out (N*K*OH*W,), the output rows as long as the input's; the input
+    x itself (scale, shift, act: ``PLAIN``) or z (the readers).
 
     The B + 2 input rows of a band of B output rows are one contiguous run of the plane, copied
     into a flat scratch of rows of W (rows outside the plane zero). With output rows as long as
@@ -395,6 +417,7 @@ def forward_flat_bands(x, w, out, N, C, H, W, OH, pt, coef):
     no helper to inline keep its compile time close to the row kernel's (0.61-0.66 s against
     0.51-0.58); on the 112x112 and 56x56 planes it is 10-30% slower than the row kernel.
     """
+    coef = _coef(x, scale, shift, act)
     m = w.shape[0] // (9 * C)  # depth multiplier: output channels k of input channel c
     B = max(1, min(OH, BAND_ELEMENTS // W - 2))
     buf = np.zeros((B + 2) * W + 2, dtype=x.dtype)  # from buf[1]; a spare either end
@@ -430,13 +453,6 @@ def forward_flat_bands(x, w, out, N, C, H, W, OH, pt, coef):
                             + ws[6] * (buf[q + w2] if left else z) + ws[7] * buf[q + w2 + one]
                             + ws[8] * (buf[q + w2 + two] if right else z)
                         )  # fmt: skip
-
-
-@njit(cache=True, nogil=True, fastmath=REASSOC)
-def forward_flat_bands_affine(y, w, out, N, C, H, W, OH, pt, scale, shift, act):
-    """``forward_flat_bands`` of z = act(y * scale + shift): y (N*C*H*W,) flat, scale and
-    shift (C,) float64, act 0, 1 or 2; z computed in the band copy."""
-    forward_flat_bands(y, w, out, N, C, H, W, OH, pt, affine_coef(y, scale, shift, act))
 
 
 # --------------------------------------------------------------------------------------------
@@ -499,24 +515,22 @@ def _write_split_rows(E, O, wk, dst, o0, b, sh):
             )  # fmt: skip
 
 
-@njit(cache=True, nogil=True, fastmath=REASSOC)
 def depthwise3x3_forward_split_columns(x, w, out, sh, sw, pt, pl):
-    """``depthwise3x3_forward`` at column stride 2 (sw == 2 only, any sh; pt, pl >= 0): the loop
-    nest ``forward_split_columns``."""
-    forward_split_columns(x, w, out, sh, pt, pl, 0)
+    """``depthwise3x3_forward`` at column stride 2 (sw == 2 only, any sh; pt, pl >= 0):
+    ``depthwise3x3_forward_split_columns_loops`` on x."""
+    depthwise3x3_forward_split_columns_loops(x, w, out, sh, sw, pt, pl, *PLAIN)
 
 
-@njit(cache=True, nogil=True, fastmath=REASSOC)
 def depthwise3x3_forward_split_columns_affine(y, w, out, sh, sw, pt, pl, scale, shift, act):
     """``depthwise3x3_forward_split_columns`` of z = act(y * scale + shift), z computed in the
     band split."""
-    forward_split_columns(y, w, out, sh, pt, pl, affine_coef(y, scale, shift, act))
+    depthwise3x3_forward_split_columns_loops(y, w, out, sh, sw, pt, pl, scale, shift, act)
 
 
 @njit(cache=True, nogil=True, fastmath=REASSOC)
-def forward_split_columns(x, w, out, sh, pt, pl, coef):
-    """The depthwise 3x3 forward at column stride 2 of the input ``coef`` gives (module
-    docstring: 0 for x itself).
+def depthwise3x3_forward_split_columns_loops(x, w, out, sh, sw, pt, pl, scale, shift, act):
+    """The depthwise 3x3 forward at column stride 2 (sw == 2), of x itself (scale, shift, act:
+    ``PLAIN``) or of z (the readers).
 
     x (N, C, H, W), w (K, 1, 3, 3); writes out (N, K, OH, OW). By bands of B output rows, as
     ``depthwise3x3_forward_rows``: the band's (B - 1)*sh + 3 input rows are split into their
@@ -527,6 +541,7 @@ def forward_split_columns(x, w, out, sh, pt, pl, coef):
     N, C = x.shape[0], x.shape[1]
     m = w.shape[0] // C
     OH, OW = out.shape[2], out.shape[3]
+    coef = _coef(x, scale, shift, act)
     B = max(1, min(OH, (BAND_ELEMENTS // (2 * OW + 1) - 3) // sh + 1))
     E = np.zeros(((B - 1) * sh + 3, OW + 1), dtype=x.dtype)  # padded columns 0, 2, ..., 2*OW
     O = np.zeros(((B - 1) * sh + 3, OW), dtype=x.dtype)  # padded columns 1, 3, ..., 2*OW - 1
@@ -739,7 +754,6 @@ def _masked_pass(v, xr, d, m, mx, mw, ws, out, acc, n):
         acc[t] += h[t]
 
 
-@njit(cache=True, nogil=True, fastmath=REASSOC)
 def depthwise3x3_backward_stacked(dout, x, w, dx, dweight, sh, sw, pt, pl):
     """Both gradients at stride 1 for K == C and an output the input's size (pt, pl <= 2);
     writes dx (N, C, H, W) and adds into dweight (C, 1, 3, 3). dout (N, C, H, W), w (C, 1, 3, 3).
@@ -761,21 +775,21 @@ def depthwise3x3_backward_stacked(dout, x, w, dx, dweight, sh, sw, pt, pl):
     thread, 112x112 and 56x56 would take 1.7-2.0 ms, 28x28 0.87-0.91, 14x14 0.66-0.69 and 7x7
     0.51-0.55, and the kernel would compile 0.1 s longer.
     """
-    backward_stacked(dout, x, w, dx, dweight, pt, pl, 0)
+    depthwise3x3_backward_stacked_loops(dout, x, w, dx, dweight, sh, sw, pt, pl, *PLAIN)
 
 
-@njit(cache=True, nogil=True, fastmath=REASSOC)
 def depthwise3x3_backward_stacked_affine(dout, y, w, dx, dweight, sh, sw, pt, pl, scale, shift,
                                          act):  # fmt: skip
     """``depthwise3x3_backward_stacked`` of the convolution of z = act(y * scale + shift), z
     computed in the copy of its planes: dx (N, C, H, W) is the gradient with respect to z."""
-    backward_stacked(dout, y, w, dx, dweight, pt, pl, affine_coef(y, scale, shift, act))
+    depthwise3x3_backward_stacked_loops(dout, y, w, dx, dweight, sh, sw, pt, pl, scale, shift, act)
 
 
 @njit(cache=True, nogil=True, fastmath=REASSOC)
-def backward_stacked(dout, x, w, dx, dweight, pt, pl, coef):
-    """The loop nest of ``depthwise3x3_backward_stacked``, on the input ``coef`` gives (module
-    docstring: 0 for x itself)."""
+def depthwise3x3_backward_stacked_loops(dout, x, w, dx, dweight, sh, sw, pt, pl, scale, shift, act):
+    """The loop nest of ``depthwise3x3_backward_stacked``, on x itself (scale, shift, act:
+    ``PLAIN``) or on z (the readers)."""
+    coef = _coef(x, scale, shift, act)
     N, C, H, W = x.shape
     G = max(pt, 2 - pt)  # zero rows above and below a plane
     S = H + G  # scratch rows a plane takes (the next one's zero rows above are its own below)
@@ -866,13 +880,13 @@ def load_plane_phases_even(src, e, o, cols, tmp, k):
     one = np.uint64(1)
     for m in range(H // 2):
         ro, re = np.uint64((R1 + m) * cols), np.uint64((m + 1) * cols)
-        rows, h = _read_rows(src, 2 * m, 2, tmp, k)  # source rows 2m and 2m + 1
+        h = _read_rows(src, 2 * m, 2, tmp, k)  # source rows 2m and 2m + 1
         for t in range(W // 2):
             u = np.uint64(t)
-            o[ro + u] = rows[h, 2 * t]
-            e[ro + u + one] = rows[h, 2 * t + 1]
-            o[re + u] = rows[h + 1, 2 * t]
-            e[re + u + one] = rows[h + 1, 2 * t + 1]
+            o[ro + u] = _row_at(src, tmp, h, 2 * t, k)
+            e[ro + u + one] = _row_at(src, tmp, h, 2 * t + 1, k)
+            o[re + u] = _row_at(src, tmp, h + 1, 2 * t, k)
+            e[re + u + one] = _row_at(src, tmp, h + 1, 2 * t + 1, k)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -1024,7 +1038,6 @@ def depthwise3x3_backward_stride2(dout, x, w, dx, dweight, sh, sw, pt, pl):
             _input_grad_pairs(d, w[c, 0], dx[n_, c], pt, pl, cols)
 
 
-@njit(cache=True, nogil=True, fastmath=REASSOC)
 def depthwise3x3_backward_stride2_pad1(dout, x, w, dx, dweight, sh, sw, pt, pl):
     """``depthwise3x3_backward_stride2`` for padding 1 at the top and left of an even plane
     whose output is half its size (pt == pl == 1, H == 2*OH, W == 2*OW: MobileNet's stride-2
@@ -1038,23 +1051,27 @@ def depthwise3x3_backward_stride2_pad1(dout, x, w, dx, dweight, sh, sw, pt, pl):
     28x28 0.6 against 0.92, 14x14 0.55 against 0.74. One kernel for both cases (a test of the
     padding per plane, or one loop nest per case) compiles 0.4-0.7 s longer.
     """
-    backward_stride2_pad1(dout, x, w, dx, dweight, pt, pl, 0)
+    depthwise3x3_backward_stride2_pad1_loops(dout, x, w, dx, dweight, sh, sw, pt, pl, *PLAIN)
 
 
-@njit(cache=True, nogil=True, fastmath=REASSOC)
 def depthwise3x3_backward_stride2_pad1_affine(dout, y, w, dx, dweight, sh, sw, pt, pl, scale,
                                               shift, act):  # fmt: skip
     """``depthwise3x3_backward_stride2_pad1`` of the convolution of z = act(y * scale + shift):
     each pair of rows of z computed from y in one contiguous loop, then split (computed inside
     the split instead, 8 images, one thread: 112x112 input 4.2-4.4 ms against 3.8-3.9); dx
     (N, C, H, W) is the gradient with respect to z."""
-    backward_stride2_pad1(dout, y, w, dx, dweight, pt, pl, affine_coef(y, scale, shift, act))
+    depthwise3x3_backward_stride2_pad1_loops(
+        dout, y, w, dx, dweight, sh, sw, pt, pl, scale, shift, act
+    )
 
 
 @njit(cache=True, nogil=True, fastmath=REASSOC)
-def backward_stride2_pad1(dout, x, w, dx, dweight, pt, pl, coef):
-    """The loop nest of ``depthwise3x3_backward_stride2_pad1``, on the input ``coef`` gives
-    (module docstring: 0 for x itself)."""
+def depthwise3x3_backward_stride2_pad1_loops(
+    dout, x, w, dx, dweight, sh, sw, pt, pl, scale, shift, act
+):
+    """The loop nest of ``depthwise3x3_backward_stride2_pad1``, on x itself (scale, shift, act:
+    ``PLAIN``) or on z (the readers)."""
+    coef = _coef(x, scale, shift, act)
     N, C, H, W = x.shape
     OH, OW = dout.shape[2], dout.shape[3]
     if pt != 1 or pl != 1 or H != 2 * OH or W != 2 * OW:
@@ -1063,7 +1080,7 @@ def backward_stride2_pad1(dout, x, w, dx, dweight, pt, pl, coef):
     e = np.zeros(2 * (OH + 1) * cols, dtype=x.dtype)
     o = np.zeros(2 * (OH + 1) * cols, dtype=x.dtype)
     d = np.zeros((OH + 2) * cols, dtype=x.dtype)
-    tmp = np.empty((2, W), dtype=x.dtype)  # two rows of z (unused for x)
+    tmp = np.empty(2 * W, dtype=x.dtype).reshape(2, W)  # two rows of z (unused for x)
     n = (OH - 1) * cols + OW
     for n_ in range(N):
         for c in range(C):
