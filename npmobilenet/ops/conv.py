@@ -51,8 +51,12 @@ from npmobilenet.kernels.conv_direct import (
     conv2d_direct_forward,
 )
 from npmobilenet.kernels.im2col import col2im, im2col_images
-from npmobilenet.kernels.tuned import AFFINE_INPUT, DepthwiseShape, depthwise3x3_kernel
-from npmobilenet.kernels.tuned import compiled as tuned_compiled
+from npmobilenet.kernels.tuned import (
+    AFFINE_INPUT,
+    DepthwiseShape,
+    compiled_signature,
+    depthwise3x3_kernel,
+)
 from npmobilenet.ops.activations import ACTIVATIONS
 from npmobilenet.ops.batchnorm import ACT_CODES, ChannelAffine, affine_writer, channel_affine
 from npmobilenet.threads import MACS_PER_ELEMENT, SERIAL
@@ -478,8 +482,7 @@ def _forward_compiled(shape, dtype, affine=False):
     """(compiled kernel, argument types) the depthwise 3x3 forward of ``shape`` runs (its
     ``AFFINE_INPUT`` variant when ``affine``)."""
     kernel = depthwise3x3_kernel("forward", shape)
-    kernel, arrays, ndim, ints = tuned_compiled(AFFINE_INPUT[kernel] if affine else kernel)
-    return kernel, compile_ahead.signature(dtype, arrays, ndim, ints, affine)
+    return compiled_signature(AFFINE_INPUT[kernel] if affine else kernel, dtype)
 
 
 def _compile_backward_ahead(x4, weight, out_shape, stride, pad, affine) -> None:
@@ -502,23 +505,19 @@ def _depthwise_backward_plan(channels, out_channels, in_hw, out_hw, stride, top_
     shape = DepthwiseShape(channels, out_channels, in_hw, out_hw, stride, padding=top_left)
     both = depthwise3x3_kernel("backward", shape)
     if both is not None:
-        fused = affine and both in AFFINE_INPUT
-        return _backward_signatures(dtype, AFFINE_INPUT[both] if fused else both, None, None,
-                                    fused)  # fmt: skip
+        return _backward_signatures(dtype, AFFINE_INPUT.get(both, both) if affine else both)
     kernels = (depthwise3x3_kernel(op, shape) for op in ("backward_weight", "backward_input"))
-    return _backward_signatures(dtype, None, *kernels, False)
+    return _backward_signatures(dtype, None, *kernels)
 
 
-def _backward_signatures(dtype, both, dw_kernel, dx_kernel, affine):
-    """((kernel, argument types), ...) of the depthwise backward kernels that run: ``both``
-    (dout, x, w, dx, dweight, sh, sw, pt, pl), or else dx_kernel and dw_kernel, (dout, x or
-    w_flipped, dweight or dx, ...), in the order the worker should compile them. ``affine``:
-    ``both`` is an ``AFFINE_INPUT`` variant (its ChannelAffine's arguments last)."""
+def _backward_signatures(dtype, both, dw_kernel=None, dx_kernel=None):
+    """((compiled kernel, argument types), ...) of the depthwise backward kernels that run:
+    ``both`` (both gradients, or its ``AFFINE_INPUT`` twin), or else dx_kernel and dw_kernel,
+    in the order the worker should compile them (``kernels.tuned.compiled_signature``)."""
     if both is not None:
-        return ((both, compile_ahead.signature(dtype, 5, affine=affine)),)
-    three = compile_ahead.signature(dtype, 3)
+        return (compiled_signature(both, dtype),)
     # the backward runs the weight gradient first: submitted last, it is compiled first
-    return tuple((k, three) for k in (dx_kernel, dw_kernel) if k is not None)
+    return tuple(compiled_signature(k, dtype) for k in (dx_kernel, dw_kernel) if k is not None)
 
 
 def _per_image(a):
@@ -611,7 +610,7 @@ def _backward_direct(
             dx_kernel = depthwise3x3_kernel("backward_input", shape)
         # dx is a correlation of (zero-spread) dout with the 180-degree rotated filter
         w_flipped = None if both else np.ascontiguousarray(weight[:, :, ::-1, ::-1])
-        sigs = _backward_signatures(x.dtype, both, dw_kernel, dx_kernel, bool(extra))
+        sigs = _backward_signatures(x.dtype, both, dw_kernel, dx_kernel)
         for kernel, sig in reversed(sigs):  # in the order they run (the weight's first)
             compile_ahead.wait(kernel, sig)  # compiled by the worker, or taken back from it
 
