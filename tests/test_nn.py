@@ -320,6 +320,23 @@ def test_bad_layer_input_is_reported_by_the_op():
         nn.Linear(3, 2).forward(np.ones((2, 3), np.int64))
 
 
+@pytest.mark.torch
+@pytest.mark.parametrize("shape, start, end", [
+    ((), 1, -1), ((), 0, -1), ((2, 3), 5, -1), ((2, 3), 0, 2), ((2,), 1, -1), ((2, 3), -3, -1),
+    ((2, 3), 0, -1), ((2, 3, 4), -2, -1), ((3,), 0, 0), ((2, 3, 4, 5), 1, 2),
+])  # fmt: skip
+def test_flatten_takes_the_dims_pytorch_takes(torch, shape, start, end):
+    """Dims outside PyTorch's range (0-d input included) raise a ValueError naming them, where
+    PyTorch raises IndexError; the others give PyTorch's shape."""
+    try:
+        want = tuple(torch.nn.Flatten(start, end)(torch.ones(shape)).shape)
+    except IndexError:
+        with pytest.raises(ValueError, match=r"Flatten: (start|end)_dim -?\d+ is out of range"):
+            nn.Flatten(start, end).forward(np.ones(shape, np.float32))
+        return
+    assert nn.Flatten(start, end).forward(np.ones(shape, np.float32)).shape == want
+
+
 def test_subclass_must_call_init_first():
     class Broken(nn.Module):
         def __init__(self):

@@ -610,6 +610,12 @@ class Flatten(Module):
 
     def output_shape(self, in_shape: tuple) -> tuple:
         nd = len(in_shape)
+        for name, d in (("start_dim", self.start_dim), ("end_dim", self.end_dim)):
+            if not -max(nd, 1) <= d < max(nd, 1):  # PyTorch's range (a 0-d input: -1 and 0)
+                raise ValueError(f"Flatten: {name} {d} is out of range for an input of"
+                                 f" {nd} dimensions, shape {tuple(in_shape)}")  # fmt: skip
+        if nd == 0:
+            return (1,)  # one value, as PyTorch flattens a 0-d tensor
         s, e = self.start_dim % nd, self.end_dim % nd
         if s > e:
             raise ValueError(f"Flatten: start_dim {self.start_dim} is after end_dim {self.end_dim}")
