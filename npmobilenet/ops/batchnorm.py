@@ -233,8 +233,8 @@ def affine_writer(affine, channels: int, trained: bool):
         o3 = out.reshape(x3.shape)
         if K._is_flat(x3):
             K.scale_shift_act(x3, affine.scale, affine.shift, o3, six)
-        elif trained:
-            unused = o3[0, :, 0]  # weight and bias: scale and shift are given
+        elif trained:  # the training forward's kernel, called as the forward calls it
+            unused = np.empty(channels, x.dtype)  # weight and bias: scale and shift are given
             K.forward_channels(x3, unused, unused, 1.0, fn_coef, o3, code, False, 0, channels)
         else:
             K.apply_channels(x3, affine.scale, affine.shift, o3, code, 0, channels)
