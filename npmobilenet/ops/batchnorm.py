@@ -192,6 +192,19 @@ def batch_norm_act_coefficients(
     return ChannelAffine(cache.scale, cache.shift, activation), cache
 
 
+def check_affine(op: str, name: str, affine, channels: int) -> None:
+    """Argument ``name`` of ``op`` must be a :class:`ChannelAffine` for x's ``channels``
+    channels: (C,) float64 scale and shift, and an activation of ``ACTIVATIONS``."""
+    if not isinstance(affine, ChannelAffine):
+        raise TypeError(f"{op}: {name} must be a ChannelAffine, got {_checks.describe(affine)}")
+    for field in ("scale", "shift"):
+        v = getattr(affine, field)
+        if not (isinstance(v, np.ndarray) and v.dtype == np.float64 and v.shape == (channels,)):
+            raise ValueError(f"{op}: {name}.{field} must be a ({channels},) float64 array (one"
+                             f" per channel of x), got {_checks.describe(v)}")  # fmt: skip
+    _checks.choice(op, f"{name}.act", affine.act, ACTIVATIONS)
+
+
 def channel_affine(x, affine, *, out=None, runner=None):
     """``act(x * scale + shift)`` per channel of x (N, C, ...) with a :class:`ChannelAffine`:
     the output ``batch_norm_act_forward`` would have written, bit for bit. ``out`` (keyword):
@@ -201,15 +214,8 @@ def channel_affine(x, affine, *, out=None, runner=None):
     _checks.float_array(op, "x", x)
     if x.ndim < 2:
         raise ValueError(f"{op}: x must be (N, C) or (N, C, *), got {x.ndim}-D shape {x.shape}")
-    if not isinstance(affine, ChannelAffine):
-        raise TypeError(f"{op}: affine must be a ChannelAffine, got {_checks.describe(affine)}")
     C = x.shape[1]
-    for name in ("scale", "shift"):
-        v = getattr(affine, name)
-        if not (isinstance(v, np.ndarray) and v.dtype == np.float64 and v.shape == (C,)):
-            raise ValueError(f"{op}: affine.{name} must be a (C,) = ({C},) float64 array,"
-                             f" got {_checks.describe(v)}")  # fmt: skip
-    _checks.choice(op, "affine.act", affine.act, ACTIVATIONS)
+    check_affine(op, "affine", affine, C)
     out = _checks.out_array(op, "out", out, x.shape, x.dtype, x)
     N, L = x.shape[0], math.prod(x.shape[2:])
     x3 = np.ascontiguousarray(x).reshape(N, C, L)

@@ -57,8 +57,13 @@ from npmobilenet.kernels.tuned import (
     compiled_signature,
     depthwise3x3_kernel,
 )
-from npmobilenet.ops.activations import ACTIVATIONS
-from npmobilenet.ops.batchnorm import ACT_CODES, ChannelAffine, affine_writer, channel_affine
+from npmobilenet.ops.batchnorm import (
+    ACT_CODES,
+    ChannelAffine,
+    affine_writer,
+    channel_affine,
+    check_affine,
+)
 from npmobilenet.threads import MACS_PER_ELEMENT, SERIAL
 
 METHODS = ("auto", "direct", "im2col")
@@ -260,7 +265,7 @@ def conv2d_forward(
     x4 = np.ascontiguousarray(x4)  # (N, C, H, W)
     weight = np.ascontiguousarray(weight)
     if input_affine is not None:
-        _check_affine(op, input_affine, x4.shape[1])
+        check_affine(op, "input_affine", input_affine, x4.shape[1])
         if not _reads_affine(method, x4.shape, weight, out_shape, geom):
             x4 = channel_affine(x4, input_affine, runner=runner)  # written once, read as x
             input_affine = None
@@ -284,19 +289,6 @@ def conv2d_forward(
     cache = Conv2dCache(x4, weight, bias is not None, *geom, method, unbatched, result.shape,
                         cols, input_affine)  # fmt: skip
     return result, cache
-
-
-def _check_affine(op, affine, channels):
-    """``input_affine``: a ChannelAffine of (C,) float64 coefficients for x's C channels."""
-    if not isinstance(affine, ChannelAffine):
-        raise TypeError(f"{op}: input_affine must be None or a ChannelAffine, got"
-                        f" {_checks.describe(affine)}")  # fmt: skip
-    for name in ("scale", "shift"):
-        v = getattr(affine, name)
-        if not (isinstance(v, np.ndarray) and v.dtype == np.float64 and v.shape == (channels,)):
-            raise ValueError(f"{op}: input_affine.{name} must be a ({channels},) float64 array"
-                             f" (one per input channel), got {_checks.describe(v)}")  # fmt: skip
-    _checks.choice(op, "input_affine.act", affine.act, ACTIVATIONS)
 
 
 def _reads_affine(method, x_shape, weight, out_shape, geom) -> bool:
