@@ -118,8 +118,9 @@ class _MyBatchNorm(BatchNorm2d):
     pass
 
 
+@pytest.mark.parametrize("recompute", [False, True])
 def test_a_replaced_depthwise_conv_or_batch_norm_gets_written_inputs_and_the_same_numbers(
-    monkeypatch,
+    recompute, monkeypatch
 ):
     """A user's conv in place of block 1's depthwise conv is not handed an unwritten input, nor
     is block 2 handed block 1's output when block 1's last batch norm is the user's: the steps
@@ -136,6 +137,7 @@ def test_a_replaced_depthwise_conv_or_batch_norm_gets_written_inputs_and_the_sam
         m.depthwise_sep_conv1.dwconv = conv
         bn = _MyBatchNorm(m.depthwise_sep_conv2.bn1.num_features, dtype=np.float64)
         m.depthwise_sep_conv2.bn1 = bn
+        m.recompute_block_outputs = recompute
     deferred = mobilenet._deferrals(model.units(), x.shape, x.dtype)
     labels = [label for label, _ in model.units()]
     assert not deferred[labels.index("depthwise_sep_conv0")]  # read by the user's conv
