@@ -7,10 +7,12 @@ Layer types: first conv, depthwise, pointwise, BN, activation, pooling, linear.
   kernel and into the bias pass after each pointwise GEMM). torch: forward pre/post hooks on its
   leaf modules, eval mode, ``no_grad``.
 * **Training step, forward and backward.** npmobilenet: each leaf module's ``forward``,
-  ``forward_act`` and ``backward`` are wrapped with timers *on the model instance* (instance
-  attributes, removed afterwards; a call made inside another timed call is not counted twice).
-  In MobileNetV1's blocks ``BatchNorm2d.forward_act`` applies the activation fused with the batch
-  norm, so our "BN" includes the activation and our "activation" is ~0. ``recompute_output``
+  ``forward_act``, ``forward_act_coefficients`` and ``backward`` are wrapped with timers *on
+  the model instance* (instance attributes, removed afterwards; a call made inside another
+  timed call is not counted twice). In MobileNetV1's blocks batch norm and its activation are
+  one op, so our "activation" is ~0; where the convolution after a batch norm applies it as it
+  reads (``forward_act_coefficients``: the statistics only), the apply is timed with that
+  convolution, so our BN forward is the statistics pass alone. ``recompute_output``
   (batch norm's output computed again in backward, for the pointwise convolution that reads it)
   is timed as BN backward too. torch: forward pre/post
   hooks and ``register_full_backward_pre_hook`` / ``register_full_backward_hook`` on its leaf
@@ -201,7 +203,8 @@ def train_ours(model, step, reps):
             cat = category(npnn, name, m)
             if cat is None or next(m.children(), None) is not None:
                 continue
-            for attr, acc in (("forward", fwd), ("forward_act", fwd), ("backward", bwd),
+            for attr, acc in (("forward", fwd), ("forward_act", fwd),
+                              ("forward_act_coefficients", fwd), ("backward", bwd),
                               ("recompute_output", bwd)):  # fmt: skip
                 fn = getattr(m, attr, None)
                 if fn is not None:
@@ -277,8 +280,9 @@ def print_inference(breakdown):
 
 
 TRAIN_NOTES = [
-    "npmobilenet's BN includes the activation fused into it (BatchNorm2d.forward_act), so its"
-    " 'activation' is ~0",
+    "npmobilenet's BN and activation are one op, so its 'activation' is ~0; between library"
+    " blocks the convolutions apply them as they read (timed with the convolutions), and BN"
+    " forward is the statistics pass",
     "neither library computes the first conv's input gradient (torch: the input does not"
     " require grad; npmobilenet: backward(..., input_grad=False))",
     "other = the loss and the Python glue of the phase; optimizer = zero_grad + step;"
