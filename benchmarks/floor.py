@@ -22,14 +22,16 @@ What the floor of each layer type is:
   rate measured for arrays of those sizes (a Numba kernel reading and writing as many elements,
   on one thread and on two, the faster), and its FLOPs at the sgemm peak measured in the same
   process. What each pass must move is in :func:`passes`: every input read once and every
-  output written once, plus the second read of batch norm's statistics pass (two reads of x
-  and one write forward; two reads of dout and x for the sums, then two reads and a write for
-  dx, backward). Batch norm and the activations cost nothing at inference (folded into the
-  weights; the clamp rides on a pass that runs anyway); the training step's activations are
-  counted in batch norm, whose kernels apply them.
+  output written once. Batch norm in training: forward, one read of x for its statistics where
+  the convolution after it applies it as it reads x (the model's blocks), else two reads of x
+  and one write; backward, two reads of dout and x for the sums, then two reads and a write for
+  dx. Batch norm and the activations cost nothing at inference (folded into the weights; the
+  clamp rides on a pass that runs anyway); the training step's activations are counted in
+  batch norm, whose kernels apply them.
 
-The floor is a bound for this design (separate BLAS calls, one pass per layer), not a bound on
-any program: fusing passes across layers would lower it.
+The floor is a bound for this design (separate BLAS calls, one pass per layer but for the
+batch norms the convolutions apply), not a bound on any program: fusing more passes across
+layers would lower it.
 """
 
 from __future__ import annotations
@@ -148,7 +150,7 @@ def passes(layer_list, training: bool, params: int) -> list[Pass]:
     """The memory-bound passes of a forward (inference) or a training step (see the module
     docstring for what each must read and write); ``params``: the model's parameter count."""
     out = []
-    for layer in layer_list:
+    for i, layer in enumerate(layer_list):
         x, y, mads = math.prod(layer.in_shape), math.prod(layer.out_shape), layer.mult_adds
         if layer.type in ("first conv", "depthwise"):
             out.append(Pass(layer.type, "forward", x, y, 2 * mads))
@@ -156,7 +158,11 @@ def passes(layer_list, training: bool, params: int) -> list[Pass]:
                 dx = x if layer.type == "depthwise" else 0
                 out.append(Pass(layer.type, "backward", x + y, dx, 2 * mads * (2 if dx else 1)))
         elif layer.type == "BN" and training:
-            out += [Pass("BN", "forward", 2 * x, x), Pass("BN", "backward", 4 * x, x)]
+            if _read_by_convolution(layer_list, i):  # it applies BN as it reads: statistics only
+                out.append(Pass("BN", "forward", x, 0))
+            else:
+                out.append(Pass("BN", "forward", 2 * x, x))
+            out.append(Pass("BN", "backward", 4 * x, x))
         elif layer.type == "pooling":
             out.append(Pass("pooling", "forward", x, y))
             if training:
@@ -169,6 +175,13 @@ def passes(layer_list, training: bool, params: int) -> list[Pass]:
     if training:  # SGD with momentum: read w, g, v; write w, v
         out.append(Pass("optimizer", "backward", 3 * params, 2 * params))
     return out
+
+
+def _read_by_convolution(layer_list, i) -> bool:
+    """Whether the batch norm ``layer_list[i]`` (and its activation) is read by a depthwise or
+    pointwise convolution, which applies it as it reads (the model's blocks)."""
+    later = [lay.type for lay in layer_list[i + 1 :] if lay.type != "activation"]
+    return bool(later) and later[0] in ("depthwise", "pointwise")
 
 
 # ---------------------------------------------------------------- measuring
