@@ -111,8 +111,9 @@ DEPTHWISE3X3: tuple[Variant, ...] = (
     Variant("backward", _stride2_pad1_halved, tuned.depthwise3x3_backward_stride2_pad1,
             "as the next entry, padding 1 at the top and left, output half the input (all "
             "MobileNet's stride-2 layers with PyTorch's padding): x split and dx written two "
-            "rows a pass in whole column pairs (8 images, one thread: 112x112 input 3.3 ms, "
-            "56x56 1.4, 28x28 0.6, 14x14 0.55; 1.1x, 1.15x, 1.5x, 1.35x faster than the next)"),
+            "rows a pass in whole column pairs; its twin reads batch norm's input (8 images, "
+            "one thread, cold input, twin or plain: 112x112 input 4.0-4.1 ms, 56x56 1.9-2.0, "
+            "28x28 0.8-0.87, 14x14 0.68-0.72)"),
     Variant("backward", _stride2_single, tuned.depthwise3x3_backward_stride2,
             "stride 2, depth multiplier 1, finite weight: both gradients in one pass over each "
             "plane, x split into the padded plane's four phases (every tap a contiguous read), "
@@ -153,10 +154,10 @@ def depthwise3x3_kernel(op: str, shape: DepthwiseShape):
 def compiled(kernel: Callable) -> tuple[Callable, int, int, int]:
     """``(compiled kernel, arrays, ndim, ints)``: what a table kernel, or its ``AFFINE_INPUT``
     twin, compiles, for :func:`npmobilenet.compile_ahead.signature` (its arrays C-contiguous of
-    ``ndim`` dimensions, then ``ints`` ints; a twin then takes scale, shift and act:
+    ``ndim`` dimensions, then ``ints`` ints; a loop nest then takes scale, shift and act:
     ``signature(..., affine=True)``, as :func:`compiled_signature` gives). A plain function of
-    the table gives the kernel it calls; a compiled one is itself, (x, w, out) and
-    (sh, sw, pt, pl) (a forward or one gradient) or (dout, x, w, dx, dweight) and the same
+    the table, or a twin, gives the loop nest it calls; a compiled one is itself, (x, w, out)
+    and (sh, sw, pt, pl) (a forward or one gradient) or (dout, x, w, dx, dweight) and the same
     ints (both gradients)."""
     return _COMPILED.get(kernel, (kernel, 3, 4, 4))
 
@@ -165,12 +166,14 @@ def compiled_signature(kernel: Callable, dtype) -> tuple[Callable, tuple]:
     """``(compiled kernel, argument types)`` a call of the table kernel or twin ``kernel`` on
     arrays of ``dtype`` compiles (for :mod:`npmobilenet.compile_ahead`)."""
     target, arrays, ndim, ints = compiled(kernel)
-    return target, signature(dtype, arrays, ndim, ints, affine=kernel in _TWINS)
+    return target, signature(dtype, arrays, ndim, ints, affine=kernel in _LOOP_NESTS)
 
 
 # The plain functions of the table and their twins -> the compiled kernel each calls, as
 # ``compiled`` gives it. The loop nests take the table kernel's arguments (the flat-band one:
-# x, w, out flat, then N, C, H, W, OH, pt), then scale, shift and act: the ints 0, 0, 0 for x.
+# x, w, out flat, then N, C, H, W, OH, pt), then scale, shift (C,) float64 and act: a plain
+# kernel and its twin compile the same specialisation (the plain one passes
+# ``depthwise3x3.identity(C)``).
 _COMPILED = {
     tuned.depthwise3x3_backward_stride2: (tuned.depthwise3x3_backward_stride2, 5, 4, 4),
     tuned.depthwise3x3_backward_small: (tuned.depthwise3x3_backward_small, 5, 4, 4),
@@ -185,20 +188,19 @@ for _plain, _twin, _loops, _arrays, _ndim, _ints in (
     (tuned.depthwise3x3_backward_stride2_pad1, tuned.depthwise3x3_backward_stride2_pad1_affine,
      tuned.depthwise3x3_backward_stride2_pad1_loops, 5, 4, 4),
 ):  # fmt: skip
-    _COMPILED[_plain] = (_loops, _arrays, _ndim, _ints + 3)  # + scale, shift, act: 0, 0, 0
-    _COMPILED[_twin] = (_loops, _arrays, _ndim, _ints)  # + signature(..., affine=True)
+    _COMPILED[_plain] = _COMPILED[_twin] = (_loops, _arrays, _ndim, _ints)  # + scale, shift, act
 
 # A table kernel -> its twin that reads z = act(y * scale + shift) instead of x, computing z
 # while it copies its input (batch norm's output before the convolution, never written):
 # ``kernel(y, w, out, sh, sw, pt, pl, scale, shift, act)`` (forward) and
 # ``kernel(dout, y, w, dx, dweight, sh, sw, pt, pl, scale, shift, act)`` (both gradients, dx
 # with respect to z); scale, shift (C,) float64, act 0 none, 1 ReLU, 2 ReLU6. The plain
-# kernel's result on z, bit for bit (``tests/test_depthwise_affine.py``). A twin shares its
-# plain kernel's compiled loop nest (``compiled``), with another signature.
+# kernel's result on z, bit for bit (``tests/test_depthwise_affine.py``). A twin and its plain
+# kernel call one compiled loop nest with the same argument types (``compiled``).
 AFFINE_INPUT: dict[Callable, Callable] = {
     tuned.depthwise3x3_forward_flat_bands: tuned.depthwise3x3_forward_flat_bands_affine,
     tuned.depthwise3x3_forward_split_columns: tuned.depthwise3x3_forward_split_columns_affine,
     tuned.depthwise3x3_backward_stacked: tuned.depthwise3x3_backward_stacked_affine,
     tuned.depthwise3x3_backward_stride2_pad1: tuned.depthwise3x3_backward_stride2_pad1_affine,
 }
-_TWINS = frozenset(AFFINE_INPUT.values())
+_LOOP_NESTS = frozenset(AFFINE_INPUT) | frozenset(AFFINE_INPUT.values())  # take scale, shift, act

@@ -18,8 +18,8 @@ batch norm and activation before the convolution, computed while they copy their
 takes x, and three more arguments: ``kernel(y, w, out, sh, sw, pt, pl, scale, shift, act)``,
 ``kernel(dout, y, w, dx, dweight, sh, sw, pt, pl, scale, shift, act)``; scale, shift (C,)
 float64, act 0 (none), 1 (ReLU) or 2 (ReLU6). Their results are the plain kernel's on z
-(dx: the gradient with respect to z). Each twin and its plain kernel share one loop nest,
-which reads its input through the functions of the next section.
+(dx: the gradient with respect to z). Each twin and its plain kernel call one compiled loop
+nest, which always reads z (the next section).
 
 Shape legend: N batch, C input channels, K = m*C output channels, H, W input size,
 OH, OW output size. All kernels are serial and fill arrays the caller allocated (writing or
@@ -29,8 +29,7 @@ adding, as listed above).
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, types
-from numba.extending import overload
+from numba import njit
 
 from npmobilenet.kernels.batchnorm import apply_channels
 from npmobilenet.kernels.conv_depthwise import (
@@ -47,104 +46,25 @@ from npmobilenet.kernels.conv_direct import (
 from npmobilenet.kernels.fastmath import REASSOC
 
 # --------------------------------------------------------------------------------------------
-# The input a loop nest reads: x as stored (the plain kernels), or z = act(y * scale + shift)
-# computed as it is read (the ``_affine`` twins). Each compiled loop nest below takes, after
-# the table kernel's arguments, ``scale, shift, act``: z's, or the ints 0, 0, 0 for x itself.
-# ``_coef`` turns them into ``coef``, ``_channel`` coef into one channel's coefficients, through
-# which ``_read`` and ``_read_rows`` read. Which readers run is chosen by the arguments' types
-# when the loop nest is compiled: for x they are plain loads, so the loop compiles to what it
-# was without them. Each reader is a small function of its own, which LLVM inlines (Numba's
-# inlining of them, a copy per call site, cost 0.1-0.3 s more compiling a kernel), except the
-# rows of z: a call a row pair measured 2x slower on 14x14 planes. A loop nest shared by
-# inlining it, or called from an entry point compiled apart, cost 0.2-0.5 s more a kernel.
+# The input a loop nest reads. Each compiled loop nest below takes, after the table kernel's
+# arguments, ``scale, shift, act`` and reads z = act(x * scale + shift) wherever it reads its
+# input, the expression written in its loops: ``v = x.dtype.type(x[i] * scale[c] + shift[c])``
+# (float64, rounded to x's dtype), then clamped to act's bounds [lo, hi] (``_LO``, ``_HI``)
+# as ``batchnorm._range_apply`` does (NaN passes, -0.0 stays -0.0, an inf is clamped like any
+# value). A plain kernel passes ``identity(C)``: scale 1.0 and shift -0.0, for which
+# ``x * 1.0 + -0.0`` is x exactly (-0.0, inf and NaN included; a shift of +0.0 would turn -0.0
+# into +0.0), and act 0, whose bounds -inf and inf change nothing. So a plain kernel and its
+# twin are one compiled specialisation, whichever runs first; the plain kernel pays one
+# multiply-add and two compares a copied input value.
 # --------------------------------------------------------------------------------------------
 
-PLAIN = (0, 0, 0)  # ``scale, shift, act`` of the loop nests for x itself
 _LO, _HI = (-np.inf, 0.0, 0.0), (np.inf, np.inf, 6.0)  # z's bounds by act: none, ReLU, ReLU6
 
 
-def _coef(x, scale, shift, act):
-    """The input's coefficients (compiled code only): None for x (scale an int); for z,
-    (scale, shift, lo, hi), lo and hi the bounds of ``act`` in x's dtype."""
-    raise NotImplementedError
-
-
-def _channel(coef, c):
-    """The coefficients of channel c (compiled code only): None for x, (scale[c], shift[c], lo,
-    hi) for z."""
-    raise NotImplementedError
-
-
-def _read(src, i, k):
-    """The input at src[i] (i an index or a tuple of them), k from ``_channel`` (compiled code
-    only): src[i] for x; for z, ``src[i] * scale + shift`` in float64 rounded to src's dtype,
-    then clamped to [lo, hi], as ``batchnorm._range_apply`` computes it (the same expression
-    under the same flags: NaN passes, -0.0 stays -0.0, an inf is clamped like any value)."""
-    raise NotImplementedError
-
-
-def _read_rows(src, h, count, tmp, k):
-    """Rows h to h + count of the input, for ``_row_at`` (compiled code only): the index of row
-    h there. For x, h (read in place); for z, the rows computed into tmp (>= count, W) in one
-    contiguous loop a row, as ``_read`` computes them, 0. (Returning the array to read too
-    would count a reference to it each time: 1.1 ms more on 8 images of 512 14x14 planes.)"""
-    raise NotImplementedError
-
-
-def _row_at(src, tmp, h, w, k):
-    """The input at row h, column w of what ``_read_rows`` gave (compiled code only): src[h, w]
-    for x, tmp[h, w] for z."""
-    raise NotImplementedError
-
-
-@overload(_coef, jit_options={"nogil": True})
-def _coef_impl(x, scale, shift, act):
-    if isinstance(scale, types.Integer):
-        return lambda x, scale, shift, act: None
-    return lambda x, scale, shift, act: (
-        scale, shift, x.dtype.type(_LO[act]), x.dtype.type(_HI[act])
-    )  # fmt: skip
-
-
-@overload(_channel, jit_options={"nogil": True})
-def _channel_impl(coef, c):
-    if coef is types.none:
-        return lambda coef, c: None
-    return lambda coef, c: (coef[0][c], coef[1][c], coef[2], coef[3])
-
-
-@overload(_read, jit_options={"fastmath": REASSOC, "nogil": True})
-def _read_impl(src, i, k):
-    if k is types.none:
-        return lambda src, i, k: src[i]
-
-    def value(src, i, k):
-        v = src.dtype.type(src[i] * k[0] + k[1])
-        v = k[2] if v < k[2] else v
-        return k[3] if v > k[3] else v
-
-    return value
-
-
-@overload(_row_at, jit_options={"nogil": True})
-def _row_at_impl(src, tmp, h, w, k):
-    if k is types.none:
-        return lambda src, tmp, h, w, k: src[h, w]
-    return lambda src, tmp, h, w, k: tmp[h, w]
-
-
-@overload(_read_rows, inline="always", jit_options={"fastmath": REASSOC, "nogil": True})
-def _read_rows_impl(src, h, count, tmp, k):
-    if k is types.none:
-        return lambda src, h, count, tmp, k: h
-
-    def rows(src, h, count, tmp, k):  # _read's z (max, then min: the same clamp, no branch)
-        for r in range(count):
-            for t in range(src.shape[1]):
-                tmp[r, t] = min(max(src.dtype.type(src[h + r, t] * k[0] + k[1]), k[2]), k[3])
-        return 0
-
-    return rows
+def identity(C):
+    """``scale, shift, act`` for which a loop nest reads x itself (C channels): ones, -0.0
+    ((C,) float64) and 0 (no activation)."""
+    return np.ones(C), np.full(C, -0.0), 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -384,7 +304,7 @@ def depthwise3x3_forward_flat_bands(x, w, out, sh, sw, pt, pl):
         return
     N, C, H, W = x.shape
     depthwise3x3_forward_flat_bands_loops(x.reshape(-1), w.reshape(-1), out.reshape(-1), N, C, H, W,
-                       out.shape[2], pt, *PLAIN)  # fmt: skip
+                       out.shape[2], pt, *identity(C))  # fmt: skip
 
 
 def depthwise3x3_forward_flat_bands_affine(y, w, out, sh, sw, pt, pl, scale, shift, act):
@@ -405,7 +325,7 @@ def depthwise3x3_forward_flat_bands_affine(y, w, out, sh, sw, pt, pl, scale, shi
 def depthwise3x3_forward_flat_bands_loops(x, w, out, N, C, H, W, OH, pt, scale, shift, act):
     """The stride-1 depthwise 3x3 forward with padding 1 left and right, on flat arrays: x
     (N*C*H*W,), w (K*9,), out (N*K*OH*W,), the output rows as long as the input's; the input
-    x itself (scale, shift, act: ``PLAIN``) or z (the readers).
+    read as z (scale, shift, act: ``identity`` for x itself).
 
     The B + 2 input rows of a band of B output rows are one contiguous run of the plane, copied
     into a flat scratch of rows of W (rows outside the plane zero). With output rows as long as
@@ -417,7 +337,7 @@ def depthwise3x3_forward_flat_bands_loops(x, w, out, N, C, H, W, OH, pt, scale, 
     no helper to inline keep its compile time close to the row kernel's (0.61-0.66 s against
     0.51-0.58); on the 112x112 and 56x56 planes it is 10-30% slower than the row kernel.
     """
-    coef = _coef(x, scale, shift, act)
+    zlo, zhi = x.dtype.type(_LO[act]), x.dtype.type(_HI[act])  # z's bounds
     m = w.shape[0] // (9 * C)  # depth multiplier: output channels k of input channel c
     B = max(1, min(OH, BAND_ELEMENTS // W - 2))
     buf = np.zeros((B + 2) * W + 2, dtype=x.dtype)  # from buf[1]; a spare either end
@@ -429,7 +349,7 @@ def depthwise3x3_forward_flat_bands_loops(x, w, out, N, C, H, W, OH, pt, scale, 
     one, two, w1, w2 = u(1), u(2), u(W), u(2 * W)
     for n in range(N):
         for c in range(C):
-            kc = _channel(coef, c)
+            sc, sf = scale[c], shift[c]
             for o0 in range(0, OH, B):
                 b, h0 = min(B, OH - o0), o0 - pt  # h0: the input row of scratch row 0
                 lo = min(b + 2, max(0, -h0))  # scratch rows [lo, hi) hold plane rows
@@ -440,7 +360,9 @@ def depthwise3x3_forward_flat_bands_loops(x, w, out, N, C, H, W, OH, pt, scale, 
                     buf[t] = 0
                 d0, s0 = u(1 + lo * W), u(((n * C + c) * H + h0 + lo) * W)
                 for t in range(u((hi - lo) * W)):
-                    buf[d0 + t] = _read(x, s0 + t, kc)
+                    v = x.dtype.type(x[s0 + t] * sc + sf)
+                    v = zlo if v < zlo else v
+                    buf[d0 + t] = zhi if v > zhi else v
                 for k in range(c * m, (c + 1) * m):
                     ws, o = w[9 * k : 9 * k + 9], u(((n * C * m + k) * OH + o0) * W)
                     for q in range(u(b * W)):
@@ -465,7 +387,7 @@ def depthwise3x3_forward_flat_bands_loops(x, w, out, N, C, H, W, OH, pt, scale, 
 @njit(cache=True, nogil=True, inline="always")
 def load_split_band(src, E, O, h0, rows, pl, k):
     """E[r, t] = padded[h0 + r, 2t], O[r, t] = padded[h0 + r, 2t + 1] for r < rows, the input
-    read through ``_read`` with the channel's coefficients k.
+    read as z with the channel's coefficients k = (scale, shift, lo, hi).
 
     padded[h, p] = src[h, p - pl] (pl >= 0); rows outside the plane are written with zeros.
     Columns c0 + 2u and c0 + 2u + 1 (c0 = pl % 2) land at the same t = tb + u of E and O:
@@ -479,6 +401,7 @@ def load_split_band(src, E, O, h0, rows, pl, k):
     tb = max(0, (c0 + pl) // 2)
     pairs = max(0, min((W - c0) // 2, E.shape[1] - tb, O.shape[1] - tb))
     cc = max(0, c0)
+    sc, sf, lo, hi = k
     for r in range(rows):
         h = h0 + r
         if h < 0 or h >= H:
@@ -487,16 +410,14 @@ def load_split_band(src, E, O, h0, rows, pl, k):
             continue
         hh = max(0, h)
         for u in range(pairs):
-            a = _read(src, (hh, cc + 2 * u), k)
-            b = _read(src, (hh, cc + 2 * u + 1), k)
-            E[r, tb + u] = a
-            O[r, tb + u] = b
+            E[r, tb + u] = min(max(src.dtype.type(src[hh, cc + 2 * u] * sc + sf), lo), hi)
+            O[r, tb + u] = min(max(src.dtype.type(src[hh, cc + 2 * u + 1] * sc + sf), lo), hi)
         t = (pl - 1) // 2
         if c0 == 1 and 0 <= t < O.shape[1]:  # column 0: an odd padded column
-            O[r, t] = _read(src, (hh, 0), k)
+            O[r, t] = min(max(src.dtype.type(src[hh, 0] * sc + sf), lo), hi)
         last = c0 + 2 * pairs  # an unpaired last column: even padded column tb + pairs
         if last < W and tb + pairs < E.shape[1]:
-            E[r, tb + pairs] = _read(src, (hh, last), k)
+            E[r, tb + pairs] = min(max(src.dtype.type(src[hh, last] * sc + sf), lo), hi)
 
 
 @njit(cache=True, nogil=True, inline="always", fastmath=REASSOC)
@@ -518,7 +439,7 @@ def _write_split_rows(E, O, wk, dst, o0, b, sh):
 def depthwise3x3_forward_split_columns(x, w, out, sh, sw, pt, pl):
     """``depthwise3x3_forward`` at column stride 2 (sw == 2 only, any sh; pt, pl >= 0):
     ``depthwise3x3_forward_split_columns_loops`` on x."""
-    depthwise3x3_forward_split_columns_loops(x, w, out, sh, sw, pt, pl, *PLAIN)
+    depthwise3x3_forward_split_columns_loops(x, w, out, sh, sw, pt, pl, *identity(x.shape[1]))
 
 
 def depthwise3x3_forward_split_columns_affine(y, w, out, sh, sw, pt, pl, scale, shift, act):
@@ -529,8 +450,8 @@ def depthwise3x3_forward_split_columns_affine(y, w, out, sh, sw, pt, pl, scale, 
 
 @njit(cache=True, nogil=True, fastmath=REASSOC)
 def depthwise3x3_forward_split_columns_loops(x, w, out, sh, sw, pt, pl, scale, shift, act):
-    """The depthwise 3x3 forward at column stride 2 (sw == 2), of x itself (scale, shift, act:
-    ``PLAIN``) or of z (the readers).
+    """The depthwise 3x3 forward at column stride 2 (sw == 2) of z (scale, shift, act:
+    ``identity`` for x itself).
 
     x (N, C, H, W), w (K, 1, 3, 3); writes out (N, K, OH, OW). By bands of B output rows, as
     ``depthwise3x3_forward_rows``: the band's (B - 1)*sh + 3 input rows are split into their
@@ -541,13 +462,13 @@ def depthwise3x3_forward_split_columns_loops(x, w, out, sh, sw, pt, pl, scale, s
     N, C = x.shape[0], x.shape[1]
     m = w.shape[0] // C
     OH, OW = out.shape[2], out.shape[3]
-    coef = _coef(x, scale, shift, act)
+    lo, hi = x.dtype.type(_LO[act]), x.dtype.type(_HI[act])  # z's bounds
     B = max(1, min(OH, (BAND_ELEMENTS // (2 * OW + 1) - 3) // sh + 1))
     E = np.zeros(((B - 1) * sh + 3, OW + 1), dtype=x.dtype)  # padded columns 0, 2, ..., 2*OW
     O = np.zeros(((B - 1) * sh + 3, OW), dtype=x.dtype)  # padded columns 1, 3, ..., 2*OW - 1
     for n in range(N):
         for c in range(C):
-            src, kc = x[n, c], _channel(coef, c)
+            src, kc = x[n, c], (scale[c], shift[c], lo, hi)
             for o0 in range(0, OH, B):
                 b = min(B, OH - o0)
                 load_split_band(src, E, O, o0 * sh - pt, (b - 1) * sh + 3, pl, kc)
@@ -775,7 +696,9 @@ def depthwise3x3_backward_stacked(dout, x, w, dx, dweight, sh, sw, pt, pl):
     thread, 112x112 and 56x56 would take 1.7-2.0 ms, 28x28 0.87-0.91, 14x14 0.66-0.69 and 7x7
     0.51-0.55, and the kernel would compile 0.1 s longer.
     """
-    depthwise3x3_backward_stacked_loops(dout, x, w, dx, dweight, sh, sw, pt, pl, *PLAIN)
+    depthwise3x3_backward_stacked_loops(
+        dout, x, w, dx, dweight, sh, sw, pt, pl, *identity(x.shape[1])
+    )
 
 
 def depthwise3x3_backward_stacked_affine(dout, y, w, dx, dweight, sh, sw, pt, pl, scale, shift,
@@ -787,9 +710,9 @@ def depthwise3x3_backward_stacked_affine(dout, y, w, dx, dweight, sh, sw, pt, pl
 
 @njit(cache=True, nogil=True, fastmath=REASSOC)
 def depthwise3x3_backward_stacked_loops(dout, x, w, dx, dweight, sh, sw, pt, pl, scale, shift, act):
-    """The loop nest of ``depthwise3x3_backward_stacked``, on x itself (scale, shift, act:
-    ``PLAIN``) or on z (the readers)."""
-    coef = _coef(x, scale, shift, act)
+    """The loop nest of ``depthwise3x3_backward_stacked``, on z (scale, shift, act:
+    ``identity`` for x itself)."""
+    lo, hi = x.dtype.type(_LO[act]), x.dtype.type(_HI[act])  # z's bounds
     N, C, H, W = x.shape
     G = max(pt, 2 - pt)  # zero rows above and below a plane
     S = H + G  # scratch rows a plane takes (the next one's zero rows above are its own below)
@@ -810,13 +733,13 @@ def depthwise3x3_backward_stacked_loops(dout, x, w, dx, dweight, sh, sw, pt, pl,
     for n0 in range(0, N, g):  # a stack of images, then its channels: the arrays' order
         gl = min(g, N - n0)
         for c in range(C):
-            wk, kc = w[c, 0], _channel(coef, c)  # below: the filter rotated by 180 degrees
+            wk, sc, sf = w[c, 0], scale[c], shift[c]  # below: the filter rotated by 180 degrees
             ws = (wk[2, 2], wk[2, 1], wk[2, 0], wk[1, 2], wk[1, 1], wk[1, 0],
                   wk[0, 2], wk[0, 1], wk[0, 0])  # fmt: skip
             for k in range(gl):
                 p0, s0 = max(0, ((n0 + k) * C + c) * H * W), max(0, o + k * S * W)
                 for t in range(H * W):
-                    xs[s0 + t] = _read(xf, p0 + t, kc)
+                    xs[s0 + t] = min(max(x.dtype.type(xf[p0 + t] * sc + sf), lo), hi)
                     us[s0 + t] = df[p0 + t]
             out = fo if g > 1 else dxf[(n0 * C + c) * H * W :]
             _masked_pass(v, xr, us[o:], m, mx, mw, ws, out, acc[c], ((gl - 1) * S + H) * W)
@@ -869,7 +792,9 @@ def load_plane_phases(src, e, o, pt, pl, cols):
 def load_plane_phases_even(src, e, o, cols, tmp, k):
     """``load_plane_phases`` for pt == pl == 1 and H, W even: the same positions of e and o
     written with the same values, two source rows per pass and whole column pairs; the input
-    read through ``_read_rows`` (tmp (2, W): its scratch) with the channel's coefficients k.
+    read as z, k = (scale, shift, lo, hi) the channel's coefficients: each pair of rows of z
+    computed into tmp (2, W) in one contiguous loop a row (max, then min: the clamp without a
+    branch), then split.
 
     Source row 2m is padded row 2m + 1 (odd phase row m), source row 2m + 1 padded row 2m + 2
     (even phase row m + 1); column 2t is padded column 2t + 1 (o's column t), column 2t + 1
@@ -878,15 +803,18 @@ def load_plane_phases_even(src, e, o, cols, tmp, k):
     H, W = src.shape
     R1 = e.shape[0] // (2 * cols)
     one = np.uint64(1)
+    sc, sf, lo, hi = k
     for m in range(H // 2):
         ro, re = np.uint64((R1 + m) * cols), np.uint64((m + 1) * cols)
-        h = _read_rows(src, 2 * m, 2, tmp, k)  # source rows 2m and 2m + 1
+        for r in range(2):  # source rows 2m and 2m + 1
+            for t in range(W):
+                tmp[r, t] = min(max(src.dtype.type(src[2 * m + r, t] * sc + sf), lo), hi)
         for t in range(W // 2):
             u = np.uint64(t)
-            o[ro + u] = _row_at(src, tmp, h, 2 * t, k)
-            e[ro + u + one] = _row_at(src, tmp, h, 2 * t + 1, k)
-            o[re + u] = _row_at(src, tmp, h + 1, 2 * t, k)
-            e[re + u + one] = _row_at(src, tmp, h + 1, 2 * t + 1, k)
+            o[ro + u] = tmp[0, 2 * t]
+            e[ro + u + one] = tmp[0, 2 * t + 1]
+            o[re + u] = tmp[1, 2 * t]
+            e[re + u + one] = tmp[1, 2 * t + 1]
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -1046,12 +974,16 @@ def depthwise3x3_backward_stride2_pad1(dout, x, w, dx, dweight, sh, sw, pt, pl):
     Each pair of input rows and each pair of columns then has the same phases, so x is split
     (``load_plane_phases_even``) and dx written (``_input_grad_even``) two rows a pass, in
     whole column pairs: no scalar column at either end of a row, no row's tap weights chosen
-    by its parity, no zero-weight products in the odd rows. 8 images, one thread, against the
-    general kernel: 112x112 input 3.3 ms against 3.6-3.7, 56x56 1.4-1.45 against 1.55-1.75,
-    28x28 0.6 against 0.92, 14x14 0.55 against 0.74. One kernel for both cases (a test of the
-    padding per plane, or one loop nest per case) compiles 0.4-0.7 s longer.
+    by its parity, no zero-weight products in the odd rows. One kernel for both cases (a test
+    of the padding per plane, or one loop nest per case) compiles 0.4-0.7 s longer. x is read
+    as z with ``identity`` coefficients, its rows computed into a scratch before the split, as
+    the twin's: 8 images, one thread, cold input, 112x112 input 4.0-4.1 ms, 56x56 1.9-2.0,
+    28x28 0.82-0.87, 14x14 0.72 (the split straight from x, a specialisation of its own: 3.4-3.5,
+    1.5-1.8, 0.64, 0.57).
     """
-    depthwise3x3_backward_stride2_pad1_loops(dout, x, w, dx, dweight, sh, sw, pt, pl, *PLAIN)
+    depthwise3x3_backward_stride2_pad1_loops(
+        dout, x, w, dx, dweight, sh, sw, pt, pl, *identity(x.shape[1])
+    )
 
 
 def depthwise3x3_backward_stride2_pad1_affine(dout, y, w, dx, dweight, sh, sw, pt, pl, scale,
@@ -1069,9 +1001,9 @@ def depthwise3x3_backward_stride2_pad1_affine(dout, y, w, dx, dweight, sh, sw, p
 def depthwise3x3_backward_stride2_pad1_loops(
     dout, x, w, dx, dweight, sh, sw, pt, pl, scale, shift, act
 ):
-    """The loop nest of ``depthwise3x3_backward_stride2_pad1``, on x itself (scale, shift, act:
-    ``PLAIN``) or on z (the readers)."""
-    coef = _coef(x, scale, shift, act)
+    """The loop nest of ``depthwise3x3_backward_stride2_pad1``, on z (scale, shift, act:
+    ``identity`` for x itself)."""
+    lo, hi = x.dtype.type(_LO[act]), x.dtype.type(_HI[act])  # z's bounds
     N, C, H, W = x.shape
     OH, OW = dout.shape[2], dout.shape[3]
     if pt != 1 or pl != 1 or H != 2 * OH or W != 2 * OW:
@@ -1080,11 +1012,11 @@ def depthwise3x3_backward_stride2_pad1_loops(
     e = np.zeros(2 * (OH + 1) * cols, dtype=x.dtype)
     o = np.zeros(2 * (OH + 1) * cols, dtype=x.dtype)
     d = np.zeros((OH + 2) * cols, dtype=x.dtype)
-    tmp = np.empty(2 * W, dtype=x.dtype).reshape(2, W)  # two rows of z (unused for x)
+    tmp = np.empty(2 * W, dtype=x.dtype).reshape(2, W)  # two rows of z
     n = (OH - 1) * cols + OW
     for n_ in range(N):
         for c in range(C):
-            load_plane_phases_even(x[n_, c], e, o, cols, tmp, _channel(coef, c))
+            load_plane_phases_even(x[n_, c], e, o, cols, tmp, (scale[c], shift[c], lo, hi))
             _load_dout(dout[n_, c], d, cols)
             _weight_grad_phases(e, o, d, n, cols, dweight[c, 0], d[0])
             _input_grad_even(d, w[c, 0], dx[n_, c], cols)
