@@ -248,9 +248,10 @@ def conv2d_forward(
     input_affine (keyword): None, or a ``ChannelAffine`` (``ops.batch_norm_act_coefficients``):
     the convolution's input is then ``act(x * scale + shift)`` per channel of x, the output of
     a batch norm and activation that was not written. A depthwise 3x3 kernel computes it as it
-    reads x (where the table ``kernels.tuned.AFFINE_INPUT`` has a variant for the call), so
-    it never goes through memory; any other convolution has it written first. The backward's
-    dx is the gradient with respect to that input.
+    reads x (where the table ``kernels.tuned.AFFINE_INPUT`` has a variant for the call) and a
+    pointwise convolution a few images at a time (:data:`POINTWISE_AFFINE_BYTES`), so it never
+    goes through memory; any other convolution has it written first. The backward's dx is the
+    gradient with respect to that input (``reads_input_affine`` tells which case a call is).
 
     out: (N, K, OH, OW), or (K, OH, OW) for an unbatched x, in x's dtype.
     cache: a ``Conv2dCache``.
@@ -266,7 +267,7 @@ def conv2d_forward(
     weight = np.ascontiguousarray(weight)
     if input_affine is not None:
         check_affine(op, "input_affine", input_affine, x4.shape[1])
-        if not _reads_affine(method, x4.shape, weight, out_shape, geom):
+        if not _reads_affine(method, x4.shape, weight.shape, out_shape, geom):
             x4 = channel_affine(x4, input_affine, runner=runner)  # written once, read as x
             input_affine = None
     out4 = None if out is None else out.reshape(out_shape)  # a view
@@ -291,27 +292,20 @@ def conv2d_forward(
     return result, cache
 
 
-def _reads_affine(method, x_shape, weight, out_shape, geom) -> bool:
-    """Whether the op applies an ``input_affine`` as it reads x: a pointwise convolution (a
-    few images at a time, :data:`POINTWISE_AFFINE_BYTES`), or a depthwise 3x3 one whose
-    forward kernel has an ``AFFINE_INPUT`` variant."""
+def _reads_affine(method, x_shape, w_shape, out_shape, geom) -> bool:
+    """Whether the op applies an ``input_affine`` as it reads x, on resolved arguments (x
+    (N, C, H, W), out (N, K, OH, OW), geom (stride, padding, dilation, groups)): a pointwise
+    convolution (a few images at a time), or a depthwise 3x3 one whose forward kernel has an
+    ``AFFINE_INPUT`` variant (the forward's choice of kernel does not depend on the weight's
+    values)."""
     if method == "pointwise":
         return True
-    return method == "direct" and _affine_kernels(x_shape, weight, out_shape, geom)[0] is not None
-
-
-def _affine_kernels(x_shape, weight, out_shape, geom):
-    """(forward, backward) variants of ``AFFINE_INPUT`` a depthwise 3x3 convolution of these
-    shapes runs (x (N, C, H, W), out (N, K, OH, OW), geom (stride, padding, dilation, groups)),
-    each None where it has none (also for any other convolution)."""
     stride, pad, dilation = geom[:3]
-    if not _is_depthwise3x3(weight, dilation):
-        return None, None
-    finite = bool(np.isfinite(weight).all())
-    shape = DepthwiseShape(x_shape[1], weight.shape[0], tuple(x_shape[2:]), tuple(out_shape[2:]),
-                           stride, finite, (pad[0], pad[2]))  # fmt: skip
-    kernels = (depthwise3x3_kernel("forward", shape), depthwise3x3_kernel("backward", shape))
-    return tuple(AFFINE_INPUT.get(k) for k in kernels)
+    if method != "direct" or not _is_depthwise3x3_shape(w_shape, dilation):
+        return False
+    shape = DepthwiseShape(x_shape[1], w_shape[0], tuple(x_shape[2:]), tuple(out_shape[2:]),
+                           stride, padding=(pad[0], pad[2]))  # fmt: skip
+    return depthwise3x3_kernel("forward", shape) in AFFINE_INPUT
 
 
 def _kept_columns(x4, weight, out_shape):
@@ -448,13 +442,7 @@ def reads_input_affine(x_shape, weight_shape, stride=1, padding=0, dilation=1, g
         )  # fmt: skip
     except (TypeError, ValueError):
         return False
-    if method == "pointwise":
-        return True
-    if method != "direct" or not _is_depthwise3x3_shape(weight_shape, geom[2]):
-        return False
-    shape = DepthwiseShape(x_shape[1], weight_shape[0], tuple(x_shape[2:]), out_shape[2:],
-                           geom[0], padding=(geom[1][0], geom[1][2]))  # fmt: skip
-    return depthwise3x3_kernel("forward", shape) in AFFINE_INPUT
+    return _reads_affine(method, x_shape, weight_shape, out_shape, geom)
 
 
 @lru_cache(maxsize=256)
