@@ -16,6 +16,9 @@ Every conv's batch norm is folded into its weight and a bias (``folding.fold_bat
 float64, and its activation becomes a clamp ``(lo, hi)``. Any other module raises
 :class:`UnsupportedModuleError` naming its path and type: the engine computes only what it
 knows the module computes, and the module path (``model.eval(); model(x)``) runs any model.
+"Knows" means exactly these classes (``nn.module.is_exactly``): a subclass, or a module with a
+``forward`` or ``backward`` set on the instance, may compute anything, and so may a model
+whose forward is not ``MobileNetV1``'s walk of its children (or a container's).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import numpy as np
 from npmobilenet import nn
 from npmobilenet.fast.folding import fold_batch_norm
 from npmobilenet.nn.layers import ACTIVATION_LAYERS
+from npmobilenet.nn.module import USER_METHODS, is_exactly
 from npmobilenet.ops.activations import ACTIVATIONS
 
 OP = "FusedMobileNetV1"
@@ -91,18 +95,21 @@ def fused_layers(model) -> tuple[tuple[Layer, ...], Head]:
     """Walk ``model``'s children: its conv layers (folded, float64) and its head."""
     from npmobilenet.models.mobilenet import ConvBlock, DepthwiseSeparableConv
 
+    _check_walks_children(model)
     layers, pool, fc = [], None, None
     for path, module in _leaves(model, (ConvBlock, DepthwiseSeparableConv)):
-        if pool is None and isinstance(module, ConvBlock):
+        if pool is None and is_exactly(module, ConvBlock):
             layers.append(_conv_block(path, module, "full" if layers else "stem"))
-        elif pool is None and isinstance(module, DepthwiseSeparableConv) and layers:
+        elif pool is None and is_exactly(module, DepthwiseSeparableConv) and layers:
             layers += _separable(path, module)
-        elif pool is None and layers and type(module) in _POOLS:
+        elif pool is None and layers and is_exactly(module, *_POOLS):
             pool = _pool(path, module)
-        elif isinstance(module, _IDENTITIES):
+        elif is_exactly(module, *_IDENTITIES):
             continue
-        elif pool is not None and fc is None and isinstance(module, nn.Linear):
+        elif pool is not None and fc is None and is_exactly(module, nn.Linear):
             fc = module
+        elif _known_but_not_exactly(module, (ConvBlock, DepthwiseSeparableConv)):
+            raise _unsupported(path, module, _NOT_EXACTLY)
         else:
             raise UnsupportedModuleError(
                 f"{OP}: cannot fuse {path} ({type(module).__name__}) at this place: the engine"
@@ -125,11 +132,46 @@ def _leaves(module, blocks, prefix=""):
     (``ModuleList``, ``Sequential``) are opened, ``blocks`` and any other module are not."""
     for name, child in module._modules.items():
         path = f"{prefix}{name}"
-        in_order = isinstance(child, nn.ModuleList) and type(child).forward in _IN_ORDER
+        in_order = (isinstance(child, nn.ModuleList) and type(child).forward in _IN_ORDER
+                    and "forward" not in vars(child))  # fmt: skip
         if in_order and not isinstance(child, blocks):
             yield from _leaves(child, blocks, path + ".")
         else:
             yield path, child
+
+
+# why a subclass of a module the engine knows, or one with a method set on the instance, is not
+# fused
+_NOT_EXACTLY = ("a subclass, or a module with forward or backward set on the instance, computes"
+                " what its own code says, which the engine cannot know; run the model's own"
+                " forward instead (model.eval(); model(x))")
+
+
+def _known_but_not_exactly(module, blocks) -> bool:
+    """Whether ``module`` is an instance of a class the engine knows without being exactly of
+    it (``is_exactly``: a subclass, or a method set on the instance)."""
+    known = (*blocks, *_POOLS, *_IDENTITIES, nn.Linear)
+    return isinstance(module, known) and not is_exactly(module, *known)
+
+
+def _check_walks_children(model) -> None:
+    """Raise unless calling ``model`` runs its children in order: ``MobileNetV1``'s forward
+    (not overridden, nor the methods it walks with) or a container's, none set on the
+    instance."""
+    from npmobilenet.models.mobilenet import MobileNetV1
+
+    own = [m for m in USER_METHODS if m in vars(model)]
+    if isinstance(model, MobileNetV1):
+        own += [m for m in ("forward", "_forward", "units")
+                if getattr(type(model), m) is not getattr(MobileNetV1, m)]
+    elif not (isinstance(model, nn.ModuleList) and type(model).forward in _IN_ORDER):
+        own.append("forward")
+    if own:
+        raise UnsupportedModuleError(
+            f"{OP}: cannot fuse {type(model).__name__}: its {', '.join(sorted(set(own)))} is its"
+            " own, and the engine computes only MobileNetV1's walk of its children in order;"
+            " run the model's own forward instead (model.eval(); model(x))"
+        )
 
 
 def _unsupported(path, module, why) -> UnsupportedModuleError:
@@ -138,7 +180,7 @@ def _unsupported(path, module, why) -> UnsupportedModuleError:
 
 def _clamp(path, module):
     for kind, clamp in CLAMPS.items():
-        if type(module) is kind:
+        if is_exactly(module, kind):
             return clamp
     names = ", ".join(k.__name__ for k in CLAMPS)
     raise _unsupported(path, module, f"the fused kernels apply {names} only")
@@ -146,8 +188,9 @@ def _clamp(path, module):
 
 def _folded(path, conv, bn, kernel, groups):
     """conv + eval-mode bn -> (weight (K, C/G, kh, kw), bias (K,)) in float64, checked."""
-    if type(conv) is not nn.Conv2d or type(bn) is not nn.BatchNorm2d:
-        raise _unsupported(path, conv, "expected a Conv2d followed by a BatchNorm2d")
+    if not (is_exactly(conv, nn.Conv2d) and is_exactly(bn, nn.BatchNorm2d)):
+        raise _unsupported(path, conv, "expected a Conv2d followed by a BatchNorm2d, each"
+                                       f" exactly of its class; {_NOT_EXACTLY}")  # fmt: skip
     if (
         conv.kernel_size != (kernel, kernel)
         or (kernel == 1 and conv.padding not in ((0, 0), (0, 0, 0, 0), "valid"))

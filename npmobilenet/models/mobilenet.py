@@ -61,7 +61,7 @@ from npmobilenet.nn import (
     Workspace,
 )
 from npmobilenet.nn.layers import ACTIVATION_LAYERS, float_dtype
-from npmobilenet.nn.module import SPENT, run_backward, run_forward
+from npmobilenet.nn.module import SPENT, is_exactly, run_backward, run_forward
 from npmobilenet.ops.conv import conv2d_kernels, reads_input_affine
 
 
@@ -159,8 +159,9 @@ def _checked_config(alpha, num_classes, in_channels, dropout, activation, dtype,
 
 
 def _fuses(bn, act) -> bool:
-    """Whether ``act(bn(x))`` runs as one op: ``bn`` a BatchNorm2d, ``act`` a ReLU / ReLU6."""
-    return type(bn) is BatchNorm2d and type(act) in (ReLU, ReLU6)
+    """Whether ``act(bn(x))`` runs as one op: ``bn`` a BatchNorm2d, ``act`` a ReLU / ReLU6
+    (exactly: see ``nn.module.is_exactly``)."""
+    return is_exactly(bn, BatchNorm2d) and is_exactly(act, ReLU, ReLU6)
 
 
 def _bn_act_forward(bn, act, x, workspace):
@@ -176,11 +177,11 @@ def _conv_forward(conv, x, workspace, keep_input: bool, input_affine=None):
     backward then takes x again, see :func:`_conv_backward`). ``input_affine``: a
     ``ChannelAffine`` of x, applied by a library ``Conv2d`` as it reads x; any other module
     gets it written (``ops.channel_affine``)."""
-    if input_affine is not None and type(conv) is not Conv2d:
+    if input_affine is not None and not is_exactly(conv, Conv2d):
         x, input_affine = ops.channel_affine(x, input_affine), None
     if keep_input and input_affine is None:
         return run_forward(conv, x, workspace)
-    if type(conv) is not Conv2d:
+    if not is_exactly(conv, Conv2d):
         raise ValueError(f"keep_input=False needs the block's first convolution to be a Conv2d,"
                          f" got {type(conv).__name__}")  # fmt: skip
     return conv.forward(x, workspace=workspace, keep_input=keep_input, input_affine=input_affine)
@@ -348,7 +349,7 @@ class DepthwiseSeparableConv(Module):
         # bn0's output is let go once the pointwise conv has read it, and computed again from
         # bn0's cache for the pointwise backward: one activation of the block is not kept
         # (when it is large enough to be worth the pass, RELEASE_MIN_BYTES)
-        again = fused0 and type(self.pwconv) is Conv2d and x.nbytes >= RELEASE_MIN_BYTES
+        again = fused0 and is_exactly(self.pwconv, Conv2d) and x.nbytes >= RELEASE_MIN_BYTES
         x = _conv_forward(self.pwconv, x, workspace, keep_input=not again)  # pointwise
         if again:
             self.bn0.release_output()
@@ -372,7 +373,7 @@ class DepthwiseSeparableConv(Module):
         batch norm and activation fused, an output large enough to be worth not keeping,
         ``RELEASE_MIN_BYTES``)."""
         pw = self.pwconv
-        return (_fuses(self.bn0, self.relu0) and type(pw) is Conv2d
+        return (_fuses(self.bn0, self.relu0) and is_exactly(pw, Conv2d)
                 and y.nbytes >= RELEASE_MIN_BYTES
                 and reads_input_affine(y.shape, pw.weight.shape, pw.stride, pw.padding,
                                        pw.dilation, pw.groups, pw.method, y.dtype))  # fmt: skip
@@ -586,7 +587,8 @@ class MobileNetV1(Module):
         for name, child in self._modules.items():
             if features_only and name in _POOL_NAMES:
                 break
-            if isinstance(child, ModuleList) and type(child).forward is Module.forward:
+            if (isinstance(child, ModuleList) and type(child).forward is Module.forward
+                    and "forward" not in vars(child)):  # a list, not a module of its own
                 out += [(f"{name} #{i}", m) for i, m in enumerate(child)]
             else:
                 out.append((name, child))
@@ -821,7 +823,7 @@ def _deferrals(units, in_shape, dtype) -> list[bool]:
     block that can compute it again (:func:`_recomputes`, its last batch norm and activation
     fused) followed by a ``DepthwiseSeparableConv`` whose depthwise conv is a library
     ``Conv2d`` with a kernel that applies them as it reads (``ops.conv.reads_input_affine``),
-    neither with a ``forward`` set on the instance (:func:`_own_forward`).
+    each exactly of its class (``nn.module.is_exactly``).
     The walk of ``output_shape`` stops at a module without shape arithmetic (False after it)."""
     out, shape = [], tuple(in_shape)
     for (_, module), (_, reader) in zip(units, units[1:]):
@@ -829,22 +831,14 @@ def _deferrals(units, in_shape, dtype) -> list[bool]:
             shape = module.output_shape(shape)
         except (NotImplementedError, TypeError, ValueError):  # the forward will tell
             break
-        out.append(_recomputes(module) and _own_forward(module)
-                   and _takes_affine(reader, shape, dtype))  # fmt: skip
+        out.append(_recomputes(module) and _takes_affine(reader, shape, dtype))
     return out + [False] * (len(units) - len(out))
-
-
-def _own_forward(module) -> bool:
-    """Whether ``module.forward`` is its class's (not a function a user set on the instance,
-    which the model must then call as it is)."""
-    return "forward" not in vars(module)
 
 
 def _takes_affine(module, shape, dtype) -> bool:
     """Whether ``module`` is a library block whose depthwise conv applies an ``input_affine``
     of an input of ``shape`` as it reads it."""
-    if type(module) is not DepthwiseSeparableConv or type(module.dwconv) is not Conv2d \
-            or not _own_forward(module):  # fmt: skip
+    if not (is_exactly(module, DepthwiseSeparableConv) and is_exactly(module.dwconv, Conv2d)):
         return False
     c = module.dwconv
     return reads_input_affine(shape, c.weight.shape, c.stride, c.padding, c.dilation, c.groups,
@@ -860,9 +854,9 @@ def _kernel_plan(units, in_shape, dtype, training: bool) -> list:
     forward, backward, shape = [], [], tuple(in_shape)
     affine = [False] + _deferrals(units, in_shape, dtype)  # whether unit i reads an affine
     for i, (_, module) in enumerate(units):
-        conv = (module.dwconv if type(module) is DepthwiseSeparableConv else
-                module.conv if type(module) is ConvBlock else None)  # fmt: skip
-        if type(conv) is Conv2d:
+        conv = (module.dwconv if is_exactly(module, DepthwiseSeparableConv) else
+                module.conv if is_exactly(module, ConvBlock) else None)  # fmt: skip
+        if is_exactly(conv, Conv2d):
             f, b = conv2d_kernels(shape, conv.weight.shape, conv.stride, conv.padding,
                                   conv.dilation, conv.groups, conv.method, dtype,
                                   affine[i])  # fmt: skip
@@ -877,14 +871,14 @@ def _kernel_plan(units, in_shape, dtype, training: bool) -> list:
 
 def _reads_input_once(module) -> bool:
     """Whether ``module`` is a library block that can run with ``keep_input=False``."""
-    if type(module) is DepthwiseSeparableConv:
-        return type(module.dwconv) is Conv2d
-    return type(module) is ConvBlock and type(module.conv) is Conv2d
+    if is_exactly(module, DepthwiseSeparableConv):
+        return is_exactly(module.dwconv, Conv2d)
+    return is_exactly(module, ConvBlock) and is_exactly(module.conv, Conv2d)
 
 
 def _recomputes(module) -> bool:
     """Whether ``module`` is a library block that can compute its last output again."""
-    return type(module) in (DepthwiseSeparableConv, ConvBlock) and module.recomputes_output
+    return is_exactly(module, DepthwiseSeparableConv, ConvBlock) and module.recomputes_output
 
 
 def _unit_backward(module, dout, consume: bool, input_grad: bool, x):
@@ -892,7 +886,7 @@ def _unit_backward(module, dout, consume: bool, input_grad: bool, x):
     its input ``x`` again (``input_grad`` as in ``run_backward``)."""
     if x is None:
         return run_backward(module, dout, consume, input_grad)
-    kw = {"input_grad": False} if not input_grad and type(module) is ConvBlock else {}
+    kw = {"input_grad": False} if not input_grad and is_exactly(module, ConvBlock) else {}
     dx = module.backward(dout, consume=consume, x=x, **kw)
     return dx if input_grad else None
 

@@ -27,7 +27,14 @@ name, and ``consume=True`` when its ``backward`` has a ``consume`` parameter and
 the container's own (what a later child's backward returned, not an array the caller passed
 in). A user's module with plain ``forward(x)`` / ``backward(dout)`` gets neither, so it may read
 ``x`` and ``dout`` as often as it likes (a skip connection does). Its backward must return a
-gradient the caller may own (a new array, or its ``dout`` passed through).
+gradient the caller may own (a new array, or its ``dout`` passed through). The same holds for a
+``forward`` or ``backward`` set on an instance (``model.fc.forward = my_function``): the rule
+reads the parameters of the function that runs.
+
+Where a library module would be run by faster code than its own methods (a block fusing batch
+norm with its activation, a convolution applying the batch norm before it as it reads, the
+fused inference engine), the caller first checks :func:`is_exactly`: a subclass, or a module
+with a method set on the instance, is called as it is.
 """
 
 from __future__ import annotations
@@ -377,6 +384,28 @@ class Sequential(ModuleList):
         return backward_chain(reversed(self._modules.values()), dout, consume)
 
 
+# the methods a user may set on an instance, which callers must then call as they are
+USER_METHODS = ("forward", "backward")
+
+
+def is_exactly(module, *classes) -> bool:
+    """Whether ``module``'s type is one of ``classes`` (not a subclass) and it has no
+    ``forward`` or ``backward`` set on the instance: then calling it runs that class's code, and
+    a caller may run an equivalent of it instead (fused ops, the fused engine)."""
+    return type(module) in classes and not any(m in vars(module) for m in USER_METHODS)
+
+
+def _takes(module, method: str, name: str) -> bool:
+    """Whether the function ``module.<method>`` calls (one set on the instance, else the
+    class's) has a parameter ``name`` (by name, not ``**kwargs``). A class's methods are looked
+    at once; a function set on an instance every time (a cache would keep it, and what it
+    holds, alive)."""
+    own = vars(module).get(method)
+    if own is None:
+        return _accepts(getattr(type(module), method), name)
+    return _accepts.__wrapped__(own, name)
+
+
 @functools.cache
 def _accepts(method, name: str) -> bool:
     """Whether the function ``method`` has a parameter ``name`` (by name, not ``**kwargs``)."""
@@ -389,7 +418,7 @@ def _accepts(method, name: str) -> bool:
 
 def run_forward(module: Module, x, workspace=None):
     """``module.forward(x)``, with ``workspace=`` when given and the forward takes one."""
-    if workspace is not None and _accepts(type(module).forward, "workspace"):
+    if workspace is not None and _takes(module, "forward", "workspace"):
         return module.forward(x, workspace=workspace)
     return module.forward(x)
 
@@ -399,9 +428,8 @@ def run_backward(module: Module, dout, consume: bool = False, input_grad: bool =
 
     ``input_grad=False``: the caller does not need dx; it is passed on to a backward that takes
     ``input_grad`` (which then skips dx), and None is returned either way."""
-    backward = type(module).backward
-    kw = {"consume": True} if consume and _accepts(backward, "consume") else {}
-    if not input_grad and _accepts(backward, "input_grad"):
+    kw = {"consume": True} if consume and _takes(module, "backward", "consume") else {}
+    if not input_grad and _takes(module, "backward", "input_grad"):
         kw["input_grad"] = False
     dx = module.backward(dout, **kw)
     return dx if input_grad else None
