@@ -235,3 +235,107 @@ def test_imports_tf_same_padding_written_as_pad_nodes(tmp_path, torch):
     loaded = interop.load_onnx(path)
     assert loaded.config["padding"] == "tf_same"
     assert np.abs(loaded(x) - ref).max() <= 1e-4
+
+
+def _changed(change):
+    """A model with one change a user makes, in eval mode, and the path of what changed."""
+    from npmobilenet import nn
+
+    model = random_model(classes=0 if change == "headless" else 7, activation="relu",
+                         global_pool="max" if change == "max pool" else None)  # fmt: skip
+    rng = np.random.default_rng(3)
+    if change == "a block's ReLU6":
+        model.depthwise_sep_conv8.relu1 = nn.ReLU6()
+        model.depthwise_sep_conv8.bn1.bias.data[...] += 6.0  # so that the clip at 6 shows
+    elif change == "new classifier":
+        model.fc = nn.Linear(model.fc.in_features, 3)
+        model.fc.weight.data[...] = rng.normal(0, 0.3, model.fc.weight.shape)
+    elif change == "a conv with a bias":
+        old = model.depthwise_sep_conv8.pwconv
+        new = nn.Conv2d(old.in_channels, old.out_channels, 1, bias=True)
+        new.weight.data[...] = old.weight.data
+        new.bias.data[...] = rng.normal(0, 2.0, new.bias.shape)
+        model.depthwise_sep_conv8.pwconv = new
+    return model.eval()
+
+
+@pytest.mark.parametrize("change", ["max pool", "a block's ReLU6", "new classifier", "headless",
+                                    "a conv with a bias"])  # fmt: skip
+def test_export_writes_the_modules_the_model_runs(tmp_path, change):
+    """What the model holds, not what its config says: onnxruntime against the model's forward,
+    and the change shown real against the unchanged model."""
+    need("onnx")
+    model, path = _changed(change), tmp_path / "m.onnx"
+    interop.export_onnx(model, path)
+    x = np.random.default_rng(1).uniform(-1, 1, (3, 3, 67, 45)).astype(np.float32)
+    ref = model(x)
+    out = run_ort(path, x)
+    assert out.shape == ref.shape  # float32 through 27 layers: within 1e-5 of the largest logit
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max() + 1e-6)
+    if change != "headless":
+        plain = random_model(activation="relu")(x)
+        assert plain.shape != ref.shape or np.abs(plain - ref).max() > 1e-2
+
+
+def _unknowable(change):
+    from npmobilenet import nn
+    from npmobilenet.models.mobilenet import DepthwiseSeparableConv
+
+    model = random_model()
+    if change == "a block of your own":
+        class Scaled(nn.Module):
+            def __init__(self, inner):
+                super().__init__()
+                self.inner = inner
+
+            def forward(self, x):
+                return self.inner(x) * 2.0
+
+        model.depthwise_sep_conv4 = Scaled(model.depthwise_sep_conv4)
+        return model, "depthwise_sep_conv4"
+    if change == "a subclassed block":
+        class Doubled(DepthwiseSeparableConv):
+            def forward(self, x, **kwargs):
+                return super().forward(x, **kwargs) * 2.0
+
+        old = model.depthwise_sep_conv4
+        new = Doubled(old.dwconv.in_channels, old.pwconv.out_channels, 1, "relu6", np.float32)
+        new.load_state_dict(old.state_dict())
+        model.depthwise_sep_conv4 = new.eval()
+        return model, "depthwise_sep_conv4"
+    if change == "a forward set on a ReLU":
+        relu = model.depthwise_sep_conv8.relu1
+        forward = relu.forward
+        relu.forward = lambda x: np.minimum(forward(x), 0.1)
+        return model, "depthwise_sep_conv8.relu1"
+    if change == "a ReLU replaced by Identity":
+        model.depthwise_sep_conv8.relu1 = nn.Identity()
+        return model, "depthwise_sep_conv8.relu1"
+    if change == "a two-layer classifier":
+        model.fc = nn.Sequential(nn.Linear(model.fc.in_features, 8), nn.ReLU(), nn.Linear(8, 7))
+        return model, "fc.1"
+
+    class Tempered(MobileNetV1):
+        def forward(self, x):
+            return super().forward(x) / 3.0
+
+    tempered = Tempered(alpha=0.25, num_classes=7, activation="relu6", bn_eps=1e-3, seed=0)
+    tempered.load_state_dict(model.state_dict())
+    return tempered.eval(), "Tempered"
+
+
+@pytest.mark.parametrize("change", ["a block of your own", "a subclassed block",
+                                    "a forward set on a ReLU", "a ReLU replaced by Identity",
+                                    "a two-layer classifier", "a model subclass"])  # fmt: skip
+def test_export_refuses_a_module_it_cannot_write(tmp_path, change):
+    """Never the architecture's graph for a model that computes something else: an error naming
+    the module, and no file."""
+    need("onnx")
+    from npmobilenet.fast import UnsupportedModuleError
+
+    model, where = _unknowable(change)
+    path = tmp_path / "m.onnx"
+    with pytest.raises(UnsupportedModuleError, match=f"export_onnx: cannot fuse {where}") as info:
+        interop.export_onnx(model, path)
+    assert len(str(info.value)) < 400
+    assert not path.exists()

@@ -77,13 +77,25 @@ class Layer(NamedTuple):
         )
 
 
+# the modules a layer of each kind is made of, by attribute name in its block: the conv, its
+# batch norm and its activation
+PARTS = {"stem": ("conv", "bn", "relu"), "full": ("conv", "bn", "relu"),
+         "depthwise": ("dwconv", "bn0", "relu0"), "pointwise": ("pwconv", "bn1", "relu1")}
+
+
+def part_paths(layer: Layer) -> tuple[str, str, str]:
+    """The paths in the model of ``layer``'s conv, batch norm and activation modules."""
+    return tuple(f"{layer.path}.{name}" for name in PARTS[layer.kind])
+
+
 class Head(NamedTuple):
     """Global pooling (``"avg"`` or ``"max"``) and the classifier: weight (classes, K) and bias
-    (classes,), or None for a headless model."""
+    (classes,), or None for a headless model; ``path``: the classifier's path in the model."""
 
     pool: str
     weight: np.ndarray | None
     bias: np.ndarray | None
+    path: str | None = None
 
     def astype(self, dtype) -> Head:
         if self.weight is None:
@@ -91,40 +103,41 @@ class Head(NamedTuple):
         return self._replace(weight=self.weight.astype(dtype), bias=self.bias.astype(dtype))
 
 
-def fused_layers(model) -> tuple[tuple[Layer, ...], Head]:
-    """Walk ``model``'s children: its conv layers (folded, float64) and its head."""
+def fused_layers(model, op: str = OP) -> tuple[tuple[Layer, ...], Head]:
+    """Walk ``model``'s children: its conv layers (folded, float64) and its head. ``op``:
+    the name errors start with (the engine's, or an exporter's that writes the same layers)."""
     from npmobilenet.models.mobilenet import ConvBlock, DepthwiseSeparableConv
 
-    _check_walks_children(model)
-    layers, pool, fc = [], None, None
+    _check_walks_children(model, op)
+    layers, pool, fc, fc_path = [], None, None, None
     for path, module in _leaves(model, (ConvBlock, DepthwiseSeparableConv)):
         if pool is None and is_exactly(module, ConvBlock):
-            layers.append(_conv_block(path, module, "full" if layers else "stem"))
+            layers.append(_conv_block(op, path, module, "full" if layers else "stem"))
         elif pool is None and is_exactly(module, DepthwiseSeparableConv) and layers:
-            layers += _separable(path, module)
+            layers += _separable(op, path, module)
         elif pool is None and layers and is_exactly(module, *_POOLS):
-            pool = _pool(path, module)
+            pool = _pool(op, path, module)
         elif is_exactly(module, *_IDENTITIES):
             continue
         elif pool is not None and fc is None and is_exactly(module, nn.Linear):
-            fc = module
+            fc, fc_path = module, path
         elif _known_but_not_exactly(module, (ConvBlock, DepthwiseSeparableConv)):
-            raise _unsupported(path, module, _NOT_EXACTLY)
+            raise _unsupported(op, path, module, _NOT_EXACTLY)
         else:
             raise UnsupportedModuleError(
-                f"{OP}: cannot fuse {path} ({type(module).__name__}) at this place: the engine"
-                " computes a ConvBlock stem, then ConvBlocks and DepthwiseSeparableConvs, one"
+                f"{op}: cannot fuse {path} ({type(module).__name__}) at this place: it takes"
+                " a ConvBlock stem, then ConvBlocks and DepthwiseSeparableConvs, one"
                 " global pooling (AdaptiveAvgPool2d(1) or AdaptiveMaxPool2d(1)), Flatten,"
-                " Dropout, and one Linear classifier; run the model's own forward instead"
+                " Dropout, and one Linear classifier; the model's own forward runs any module"
                 " (model.eval(); model(x))"
             )
     if pool is None:
-        raise UnsupportedModuleError(f"{OP}: {type(model).__name__} has no global pooling")
+        raise UnsupportedModuleError(f"{op}: {type(model).__name__} has no global pooling")
     if fc is None:
         return tuple(layers), Head(pool, None, None)
     w = np.array(fc.weight.data, np.float64)  # copies: the engine is a snapshot
     b = np.zeros(w.shape[0]) if fc.bias is None else np.array(fc.bias.data, np.float64)
-    return tuple(layers), Head(pool, w, b)
+    return tuple(layers), Head(pool, w, b, fc_path)
 
 
 def _leaves(module, blocks, prefix=""):
@@ -143,8 +156,8 @@ def _leaves(module, blocks, prefix=""):
 # why a subclass of a module the engine knows, or one with a method set on the instance, is not
 # fused
 _NOT_EXACTLY = ("a subclass, or a module with forward or backward set on the instance, computes"
-                " what its own code says, which the engine cannot know; run the model's own"
-                " forward instead (model.eval(); model(x))")
+                " what its own code says, which cannot be known here; the model's own forward"
+                " runs it (model.eval(); model(x))")
 
 
 def _known_but_not_exactly(module, blocks) -> bool:
@@ -154,7 +167,7 @@ def _known_but_not_exactly(module, blocks) -> bool:
     return isinstance(module, known) and not is_exactly(module, *known)
 
 
-def _check_walks_children(model) -> None:
+def _check_walks_children(model, op) -> None:
     """Raise unless calling ``model`` runs its children in order: ``MobileNetV1``'s forward
     (not overridden, nor the methods it walks with) or a container's, none set on the
     instance."""
@@ -168,28 +181,30 @@ def _check_walks_children(model) -> None:
         own.append("forward")
     if own:
         raise UnsupportedModuleError(
-            f"{OP}: cannot fuse {type(model).__name__}: its {', '.join(sorted(set(own)))} is its"
-            " own, and the engine computes only MobileNetV1's walk of its children in order;"
-            " run the model's own forward instead (model.eval(); model(x))"
+            f"{op}: cannot fuse {type(model).__name__}: its {', '.join(sorted(set(own)))} is its"
+            " own, where only MobileNetV1's walk of its children in order is known; the"
+            " model's own forward runs it (model.eval(); model(x))"
         )
 
 
-def _unsupported(path, module, why) -> UnsupportedModuleError:
-    return UnsupportedModuleError(f"{OP}: cannot fuse {path} ({type(module).__name__}): {why}")
+def _unsupported(op, path, module, why) -> UnsupportedModuleError:
+    return UnsupportedModuleError(f"{op}: cannot fuse {path} ({type(module).__name__}): {why}")
 
 
-def _clamp(path, module):
+def _clamp(op, path, module):
     for kind, clamp in CLAMPS.items():
         if is_exactly(module, kind):
             return clamp
+    if isinstance(module, tuple(CLAMPS)):
+        raise _unsupported(op, path, module, _NOT_EXACTLY)
     names = ", ".join(k.__name__ for k in CLAMPS)
-    raise _unsupported(path, module, f"the fused kernels apply {names} only")
+    raise _unsupported(op, path, module, f"the fused kernels apply {names} only")
 
 
-def _folded(path, conv, bn, kernel, groups):
+def _folded(op, path, conv, bn, kernel, groups):
     """conv + eval-mode bn -> (weight (K, C/G, kh, kw), bias (K,)) in float64, checked."""
     if not (is_exactly(conv, nn.Conv2d) and is_exactly(bn, nn.BatchNorm2d)):
-        raise _unsupported(path, conv, "expected a Conv2d followed by a BatchNorm2d, each"
+        raise _unsupported(op, path, conv, "expected a Conv2d followed by a BatchNorm2d, each"
                                        f" exactly of its class; {_NOT_EXACTLY}")  # fmt: skip
     if (
         conv.kernel_size != (kernel, kernel)
@@ -199,7 +214,7 @@ def _folded(path, conv, bn, kernel, groups):
         or conv.groups != groups
     ):
         raise _unsupported(
-            path, conv, f"the engine needs a {kernel}x{kernel} conv"
+            op, path, conv, f"it needs a {kernel}x{kernel} conv"
             f"{' without padding' if kernel == 1 else ''}, groups {'C' if groups != 1 else 1},"
             " equal strides and no dilation, got"
             f" kernel {conv.kernel_size}, padding {conv.padding}, groups {conv.groups},"
@@ -218,15 +233,22 @@ def _scale(bn) -> np.ndarray:
     return np.asarray(bn.weight.data, np.float64) / np.sqrt(var + bn.eps)
 
 
-def _conv_block(path, block, kind) -> Layer:
-    w, b = _folded(f"{path}.conv", block.conv, block.bn, 3, 1)
-    padding = block.conv.padding
-    if kind == "stem" and stem_reads_nchw(padding):
+def _parts(op, path, block, kind, kernel, groups):
+    """A layer's conv module, its weight and bias with the batch norm folded in, and its clamp
+    (lo, hi), from its modules in ``block`` (``PARTS``)."""
+    conv, bn, act = (getattr(block, name) for name in PARTS[kind])
+    conv_name, _, act_name = PARTS[kind]
+    w, b = _folded(op, f"{path}.{conv_name}", conv, bn, kernel, groups)
+    return conv, w, b, _clamp(op, f"{path}.{act_name}", act)
+
+
+def _conv_block(op, path, block, kind) -> Layer:
+    conv, w, b, (lo, hi) = _parts(op, path, block, kind, 3, 1)
+    if kind == "stem" and stem_reads_nchw(conv.padding):
         weight = w.reshape(w.shape[0], -1).T  # (K, C, 3, 3) -> (C*9, K): im2col3x3_nchw's rows
     else:
         weight = w.transpose(2, 3, 1, 0).reshape(-1, w.shape[0])  # -> (3*3*C, K), tap-major
-    lo, hi = _clamp(f"{path}.relu", block.relu)
-    return Layer(kind, path, block.conv.stride[0], weight, b, lo, hi, padding)
+    return Layer(kind, path, conv.stride[0], weight, b, lo, hi, conv.padding)
 
 
 def stem_reads_nchw(padding) -> bool:
@@ -235,22 +257,20 @@ def stem_reads_nchw(padding) -> bool:
     return padding in ((1, 1), (1, 1, 1, 1))
 
 
-def _separable(path, block) -> tuple[Layer, Layer]:
-    channels = block.dwconv.in_channels
-    w, b = _folded(f"{path}.dwconv", block.dwconv, block.bn0, 3, channels)
-    lo, hi = _clamp(f"{path}.relu0", block.relu0)
-    dw = Layer("depthwise", path, block.dwconv.stride[0], w[:, 0].transpose(1, 2, 0), b, lo, hi,
-               block.dwconv.padding)  # fmt: skip
-    w, b = _folded(f"{path}.pwconv", block.pwconv, block.bn1, 1, 1)
-    lo, hi = _clamp(f"{path}.relu1", block.relu1)
+def _separable(op, path, block) -> tuple[Layer, Layer]:
+    conv, w, b, (lo, hi) = _parts(op, path, block, "depthwise", 3, block.dwconv.in_channels)
+    dw = Layer("depthwise", path, conv.stride[0], w[:, 0].transpose(1, 2, 0), b, lo, hi,
+               conv.padding)  # fmt: skip
+    _, w, b, (lo, hi) = _parts(op, path, block, "pointwise", 1, 1)
     pw = Layer("pointwise", path, 1, w[:, :, 0, 0].T, b, lo, hi, (0, 0))  # (K, C, 1, 1) -> (C, K)
     if block.pwconv.stride != (1, 1):
-        raise _unsupported(f"{path}.pwconv", block.pwconv, "a pointwise conv must have stride 1")
+        raise _unsupported(op, f"{path}.pwconv", block.pwconv,
+                           "a pointwise conv must have stride 1")  # fmt: skip
     return dw, pw
 
 
-def _pool(path, module) -> str:
+def _pool(op, path, module) -> str:
     if tuple(module.output_size) != (1, 1):
-        raise _unsupported(path, module, f"only global pooling (output_size 1) is fused, got"
+        raise _unsupported(op, path, module, f"only global pooling (output_size 1) is fused, got"
                                          f" output_size {module.output_size}")  # fmt: skip
     return _POOLS[type(module)]

@@ -1,10 +1,15 @@
 """``export_onnx``: a MobileNetV1 as an ONNX graph, written with the ``onnx`` package only.
 
 The graph is the model's own sequence, unfused, so that it round-trips exactly:
-``Conv`` (no bias) -> ``BatchNormalization`` -> ``Relu`` / ``Clip(0, 6)`` for each of the 27
-convolutions, then ``GlobalAveragePool`` -> ``Flatten`` -> ``Gemm``. Initializers carry the
-model's state_dict names. Input ``input`` (N, C, H, W) and output ``logits`` (N, classes) have
-symbolic N, H and W. Padding: a fixed 4-tuple becomes ``pads``; TensorFlow's "SAME"
+``Conv`` -> ``BatchNormalization`` -> ``Relu`` / ``Clip(0, 6)`` for each of the 27
+convolutions, then ``GlobalAveragePool`` -> ``Flatten`` -> ``Gemm``. It is written from the
+modules the model holds, walked as the fused engine walks them (``fast.walk.fused_layers``), so
+a replaced classifier, a block's activation, ``global_pool="max"`` (``GlobalMaxPool``) or a
+headless model (output ``features``, the pooled features) are written as they run, and a module
+the walk does not know (a block of your own, a subclass, a ``forward`` set on an instance)
+raises ``UnsupportedModuleError`` rather than being written as the architecture's. Initializers
+carry the model's state_dict names. Input ``input`` (N, C, H, W) and output ``logits`` (N,
+classes) have symbolic N, H and W. Padding: a fixed 4-tuple becomes ``pads``; TensorFlow's "SAME"
 (``padding="tf_same"``), which depends on the input size, becomes ``auto_pad="SAME_UPPER"``
 (the same rule: output ceil(H / s), the extra pixel at the end). The model's config and class
 names are stored in the graph's metadata (``npmobilenet.config``, ``npmobilenet.labels``).
@@ -18,8 +23,9 @@ import os
 import numpy as np
 
 from npmobilenet import _checks
-from npmobilenet.interop._assemble import layer_names
+from npmobilenet.fast.walk import fused_layers, part_paths
 from npmobilenet.io.weights import atomic_write_bytes
+from npmobilenet.ops.activations import ACTIVATIONS
 
 
 def import_onnx():
@@ -65,6 +71,7 @@ def build_graph(model, opset: int = 17):
     """The ``onnx.ModelProto`` of ``model`` (see the module docstring)."""
     onnx, helper, numpy_helper = import_onnx()
     _check_model(model, opset)
+    layers, head = fused_layers(model, op="export_onnx")  # the modules that run, checked
     modules, state = dict(model.named_modules()), model.state_dict()
     elem = helper.np_dtype_to_tensor_dtype(model.dtype)
     inits, nodes, x = [], [], "input"
@@ -73,30 +80,37 @@ def build_graph(model, opset: int = 17):
         inits.append(numpy_helper.from_array(np.array(array, order="C"), name))  # keeps 0-d
         return name
 
-    act = model.config["activation"]
-    if act == "relu6":
-        init("clip_min", np.array(0, model.dtype)), init("clip_max", np.array(6, model.dtype))
-    for conv_name, bn_name in layer_names():
+    six = ACTIVATIONS["relu6"].clamp
+    if any((layer.lo, layer.hi) == six for layer in layers):
+        init("clip_min", np.array(six[0], model.dtype))
+        init("clip_max", np.array(six[1], model.dtype))
+    for layer in layers:
+        conv_name, bn_name, _ = part_paths(layer)
         conv, bn = modules[conv_name], modules[bn_name]
-        w = init(f"{conv_name}.weight", state[f"{conv_name}.weight"])
-        nodes.append(helper.make_node("Conv", [x, w], [conv_name], conv_name, **_conv_attrs(conv)))
+        inputs = [x, init(f"{conv_name}.weight", state[f"{conv_name}.weight"])]
+        if conv.bias is not None:
+            inputs.append(init(f"{conv_name}.bias", state[f"{conv_name}.bias"]))
+        nodes.append(helper.make_node("Conv", inputs, [conv_name], conv_name, **_conv_attrs(conv)))
         names = [init(f"{bn_name}.{k}", state[f"{bn_name}.{k}"])
                  for k in ("weight", "bias", "running_mean", "running_var")]  # fmt: skip
         nodes.append(helper.make_node("BatchNormalization", [conv_name, *names], [bn_name],
                                       bn_name, epsilon=float(bn.eps)))  # fmt: skip
         x = f"{bn_name}.act"
-        if act == "relu6":
-            nodes.append(helper.make_node("Clip", [bn_name, "clip_min", "clip_max"], [x], x))
-        else:
-            nodes.append(helper.make_node("Relu", [bn_name], [x], x))
-    nodes.append(helper.make_node("GlobalAveragePool", [x], ["avgpool"], "avgpool"))
-    nodes.append(helper.make_node("Flatten", ["avgpool"], ["flatten"], "flatten", axis=1))
-    fc = [init("fc.weight", state["fc.weight"]), init("fc.bias", state["fc.bias"])]
-    nodes.append(helper.make_node("Gemm", ["flatten", *fc], ["logits"], "fc", transB=1))
-    c, k = model.config["in_channels"], model.config["num_classes"]
+        nodes.append(_activation(helper, (layer.lo, layer.hi), bn_name, x))
+    pool = {"avg": "GlobalAveragePool", "max": "GlobalMaxPool"}[head.pool]
+    nodes.append(helper.make_node(pool, [x], [f"{head.pool}pool"], f"{head.pool}pool"))
+    nodes.append(helper.make_node("Flatten", [f"{head.pool}pool"], ["flatten"], "flatten",
+                                  axis=1))  # fmt: skip
+    out, width = "flatten", layers[-1].weight.shape[1]  # headless: the pooled features
+    if head.path is not None:
+        fc = [init(f"{head.path}.{k}", state[f"{head.path}.{k}"])
+              for k in ("weight", "bias") if f"{head.path}.{k}" in state]  # fmt: skip
+        out, width = "logits", head.weight.shape[0]
+        nodes.append(helper.make_node("Gemm", ["flatten", *fc], [out], head.path, transB=1))
+    c = modules[part_paths(layers[0])[0]].in_channels
     graph = helper.make_graph(
         nodes, "MobileNetV1", [helper.make_tensor_value_info("input", elem, ["N", c, "H", "W"])],
-        [helper.make_tensor_value_info("logits", elem, ["N", k])], inits,
+        [helper.make_tensor_value_info(out, elem, ["N", width])], inits,
     )  # fmt: skip
     proto = helper.make_model(graph, producer_name="npmobilenet",
                               opset_imports=[helper.make_opsetid("", opset)])  # fmt: skip
@@ -107,6 +121,14 @@ def build_graph(model, opset: int = 17):
     helper.set_model_props(proto, meta)
     onnx.checker.check_model(proto)
     return proto
+
+
+def _activation(helper, clamp, x, out):
+    """The node of the activation whose clamp (lo, hi) is ``clamp`` (``ACTIVATIONS``):
+    ``Relu``, or ``Clip`` between the initializers ``clip_min`` and ``clip_max``."""
+    if clamp == ACTIVATIONS["relu"].clamp:
+        return helper.make_node("Relu", [x], [out], out)
+    return helper.make_node("Clip", [x, "clip_min", "clip_max"], [out], out)
 
 
 def export_onnx(model, path, opset: int = 17) -> None:
