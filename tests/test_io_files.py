@@ -138,3 +138,47 @@ def test_killed_save_then_next_save_leaves_one_clean_file(tmp_path):
     save_checkpoint(path, MobileNetV1(alpha=0.25, num_classes=3, seed=0), {"epoch": 1})
     assert os.listdir(tmp_path) == ["c.safetensors"]
     assert load_checkpoint(path)["epoch"] == 1
+
+
+# ----- predict --out: the same rules as weights -------------------------------------------
+
+
+def _predictions(n=2, fail_at=None):
+    from npmobilenet.train.predict import Prediction
+
+    for i in range(n):
+        if i == fail_at:
+            raise RuntimeError("decoding stopped")
+        yield Prediction(f"img{i}.png", [("cat", 0.75), ("dog", 0.25)], None)
+
+
+@pytest.mark.parametrize("name", ["p.csv", "p.jsonl"])
+def test_predictions_file_keeps_mode_symlink_and_read_only(tmp_path, name):
+    from npmobilenet.train.predict import write_predictions
+
+    target = tmp_path / "store" / name
+    target.parent.mkdir()
+    target.write_text("old results\n")
+    os.chmod(target, 0o600)
+    link = tmp_path / name
+    os.symlink(target, link)
+    assert write_predictions(_predictions(), link, 2) == (2, 0)
+    assert os.path.islink(link) and os.readlink(link) == str(target)
+    assert _mode(target) == 0o600 and "img1.png" in target.read_text()
+    os.chmod(target, 0o444)
+    with pytest.raises(PermissionError, match=r"predict: refusing to replace .*0444"):
+        write_predictions(_predictions(3), link, 2)
+    assert target.read_text().count("img") == 2 and _mode(target) == 0o444
+    assert sorted(os.listdir(tmp_path)) == [name, "store"]
+    assert os.listdir(target.parent) == [name]
+
+
+def test_predictions_file_failing_midway_leaves_the_old_file(tmp_path):
+    from npmobilenet.train.predict import write_predictions
+
+    path = tmp_path / "p.csv"
+    write_predictions(_predictions(), path, 2)
+    before = path.read_bytes()
+    with pytest.raises(RuntimeError, match="decoding stopped"):
+        write_predictions(_predictions(5, fail_at=3), path, 2)
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["p.csv"]
