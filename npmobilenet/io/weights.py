@@ -318,19 +318,43 @@ def load_weights(model, path, strict: bool = True):
     Class names recorded in the file become ``model.labels``.
     """
     result = model.load_state_dict(load_state_dict_file(path), strict=strict)
-    labels = saved_labels(path)
-    if labels is not None and len(labels) == getattr(model, "config", {}).get("num_classes"):
-        model.labels = labels
+    _take_labels(model, path)
     return result
 
 
-def saved_config(path) -> dict | None:
-    """The model config a weights file records (None for a file without one)."""
-    meta = file_metadata(path)
+def _take_labels(model, path) -> None:
+    """Class names recorded in the file become ``model.labels`` when their count fits."""
+    labels = saved_labels(path)
+    if labels is not None and len(labels) == getattr(model, "config", {}).get("num_classes"):
+        model.labels = labels
+
+
+def header_json(op: str, path, meta: dict, key: str, kind: type = dict):
+    """The JSON value a file's header metadata ``meta`` holds under ``key`` (None if absent).
+
+    A ValueError naming ``op``, the file and the entry when it is not JSON, or not a ``kind``
+    (an edited or damaged header): never a bare JSONDecodeError or a TypeError further on."""
+    if key not in meta:
+        return None
     try:
-        config = json.loads(meta[MODEL_CONFIG]) if MODEL_CONFIG in meta else None
-    except ValueError:
-        config = None
+        value = json.loads(meta[key])
+    except ValueError as e:
+        raise ValueError(f"{op}: {path}: the header entry {key!r} is not JSON ({e})") from None
+    if not isinstance(value, kind):
+        raise ValueError(
+            f"{op}: {path}: the header entry {key!r} must be a JSON {_JSON_NAMES[kind]}, got"
+            f" {describe(value)}"
+        )
+    return value
+
+
+_JSON_NAMES = {dict: "object", list: "array"}
+
+
+def saved_config(path, op: str = "saved_config") -> dict | None:
+    """The model config a weights file records (None for a file without one); a ValueError
+    naming ``op`` and the file when the recorded config is damaged."""
+    config = header_json(op, path, file_metadata(path), MODEL_CONFIG)
     if config is None:
         return None
     return {k: config[k] for k in MODEL_CONFIG_KEYS if k in config}
@@ -356,11 +380,12 @@ def load_model(path, **config):
     """
     from npmobilenet.models import MobileNetV1
 
-    saved = saved_config(path)
+    saved = saved_config(path, op="load_model")
+    state = load_state_dict_file(path)  # an unreadable file is reported as such, first
     kwargs = {**(saved or {}), **{k: v for k, v in config.items() if v is not None}}
     model = MobileNetV1(**kwargs)
     try:
-        load_weights(model, path)
+        model.load_state_dict(state)
     except ValueError as e:
         if saved is not None:
             raise
@@ -368,4 +393,5 @@ def load_model(path, **config):
             f"load_model: {path} records no model config, and MobileNetV1({kwargs}) does not"
             f" fit its weights: pass the arguments it was made with. {str(e)[:300]}"
         ) from None
+    _take_labels(model, path)
     return model.eval()

@@ -29,6 +29,7 @@ import time
 import numpy as np
 
 from npmobilenet import __version__
+from npmobilenet._checks import describe
 from npmobilenet.data import (
     ArrayDataset,
     Compose,
@@ -50,6 +51,7 @@ from npmobilenet.data.presets import eval_steps
 from npmobilenet.io.weights import (
     MODEL_CONFIG,
     file_metadata,
+    header_json,
     load_model,
     load_state_dict_file,
     save_state_dict,
@@ -653,9 +655,9 @@ def load_run(path):
         raise FileNotFoundError(f"no checkpoint at {path}")
     meta = file_metadata(path)
     if CONFIG_KEY in meta:
-        config = json.loads(meta[CONFIG_KEY])
+        config = header_json("load_run", path, meta, CONFIG_KEY)
         state = load_state_dict_file(path)
-        saved_model = json.loads(meta.get("npmobilenet.model_config", "{}"))
+        saved_model = header_json("load_run", path, meta, MODEL_CONFIG) or {}
     elif MODEL_CONFIG in meta and FORMAT not in meta:  # save_weights: the model, no run
         from npmobilenet.interop.convert import run_config
 
@@ -664,12 +666,51 @@ def load_run(path):
     else:
         ckpt = load_checkpoint(path)
         config, state, saved_model = ckpt.get("config"), ckpt["model"], ckpt["model_config"]
-    if not isinstance(config, dict) or "classes" not in config:
-        raise ValueError(f"{path} holds no run configuration (classes, resolution, normalisation)")
+    config = saved_run_config(path, config)
     model = build_model(config)
     check_architecture(saved_model, model.config, path)
     model.load_state_dict(state)
     return model.eval(), config
+
+
+# What a saved run configuration must record: every run and converted file writes them.
+SAVED_RUN_KEYS = ("classes", "resolution", "channels", "mean", "std", "alpha")
+
+
+def saved_run_config(path, config) -> dict:
+    """The run configuration read from ``path``, completed with the defaults of settings added
+    since it was written and checked where :func:`load_run`'s callers rely on it (an edited or
+    damaged file gets a ValueError naming the file and the setting)."""
+    op = "load_run"
+    missing = [k for k in SAVED_RUN_KEYS if k not in config] if isinstance(config, dict) else []
+    if not isinstance(config, dict) or missing:
+        raise ValueError(
+            f"{op}: {path} holds no run configuration (classes, resolution, normalisation)"
+            + (f"; it lacks {', '.join(missing)}" if missing and "classes" in config else "")
+        )
+    config = {**DEFAULTS, **config}  # settings added since the file was written
+
+    def check(key, ok: bool, want: str) -> None:
+        if not ok:
+            raise ValueError(
+                f"{op}: {path}: the run configuration's {key} must be {want}, got"
+                f" {describe(config.get(key))}"
+            )
+
+    classes = config["classes"]
+    names = isinstance(classes, list) and len(classes) > 0
+    check("classes", names and all(isinstance(c, str) for c in classes), "a list of class names")
+    for key, low in (("resolution", MIN_RESOLUTION), ("channels", 1)):
+        v = config[key]
+        check(key, isinstance(v, int) and not isinstance(v, bool) and v >= low,
+              f"an integer >= {low}")  # fmt: skip
+    for key in ("mean", "std"):
+        v = config.get(key)
+        check(key, isinstance(v, list) and len(v) > 0 and all(map(_real, v)),
+              "a list of finite numbers, one per channel")  # fmt: skip
+    check("std", all(s > 0 for s in config["std"]), "positive")
+    check("alpha", _real(config["alpha"]) and config["alpha"] > 0, "a number > 0")
+    return config
 
 
 def evaluate_run(path, data=None, log=print, ignore_class_names=False) -> dict:
