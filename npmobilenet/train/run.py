@@ -476,8 +476,10 @@ def train_run(config: dict, out_dir, resume=None, progress="auto", log=print, ov
     bar = progress == "bar" or (progress == "auto" and sys.stderr.isatty())
     train, test, summary = load_data(config, warn=log, progress=bar)
     log(summary)
+    if ckpt is not None:
+        check_same_data(config, train, test, resume)
     config.update(channels=channels_of(train), classes=list(train.classes),
-                  augment=_augment(config, train))  # fmt: skip
+                  augment=_augment(config, train), images=[len(train), len(test)])  # fmt: skip
     if "mean" not in config:
         mean, std = folder_stats(train, config) if is_folder(train) else channel_stats(train)
         config.update(mean=mean, std=[max(s, 1e-6) for s in std])
@@ -588,6 +590,32 @@ def _resume_config(ckpt: dict, given: dict, path) -> tuple[dict, bool]:
         )
     runtime = {k: given[k] for k in RUNTIME_SETTINGS if given.get(k) is not None}
     return {**saved, **runtime}, extend
+
+
+def check_same_data(saved: dict, train, test, path) -> None:
+    """A resumed run's data must be the data it was trained on: the same class names in the
+    same order (else every label would silently mean another class) and, when the checkpoint
+    records them, as many train and test images (else the batches, the schedule and the test
+    numbers no longer continue the run). Otherwise a ValueError."""
+    classes = list(train.classes)
+    if saved.get("classes") is not None and classes != saved["classes"]:
+
+        def show(names):
+            return ", ".join(map(str, names[:10])) + (" ..." if len(names) > 10 else "")
+
+        raise ValueError(
+            f"--resume: the run in {path} was trained on classes [{show(saved['classes'])}],"
+            f" its data {saved['data']!r} now has [{show(classes)}]; resume on the data it was"
+            " trained on, or start a new run from its weights with --init"
+        )
+    images = [len(train), len(test)]
+    if saved.get("images") is not None and images != saved["images"]:
+        raise ValueError(
+            f"--resume: the run in {path} was trained on {saved['images'][0]} train and"
+            f" {saved['images'][1]} test images, its data {saved['data']!r} now has {images[0]}"
+            f" and {images[1]}; resume on the data it was trained on, or start a new run from"
+            " its weights with --init"
+        )
 
 
 def _extended(saved: dict, done: int, epochs: int, path) -> dict:
