@@ -20,7 +20,6 @@ A folded conv (weight W', bias b') loads as the conv W' with a batch norm that o
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -28,6 +27,7 @@ import numpy as np
 from npmobilenet._geometry import output_size
 from npmobilenet.interop._assemble import ConvLayer, assemble, folded
 from npmobilenet.interop.onnx_export import import_onnx
+from npmobilenet.io.weights import header_json
 from npmobilenet.models.mobilenet import PADDINGS, TABLE_1, conv_padding
 from npmobilenet.ops.conv import resolve_padding
 
@@ -132,7 +132,7 @@ def load_onnx(path, dtype=None):
         ) from None
     layers, fc = _walk(graph, helper)
     meta = {p.key: p.value for p in proto.metadata_props}
-    labels = json.loads(meta["npmobilenet.labels"]) if "npmobilenet.labels" in meta else None
+    labels = header_json("load_onnx", path, meta, "npmobilenet.labels", list)
     return _build(path, layers, fc, labels, dtype, _static_size(proto, graph.input))
 
 
