@@ -697,8 +697,23 @@ def load_run(path):
     config = saved_run_config(path, config)
     model = build_model(config)
     check_architecture(saved_model, model.config, path)
+    check_finite_weights(path, state)
     model.load_state_dict(state)
     return model.eval(), config
+
+
+def check_finite_weights(path, state: dict) -> None:
+    """Refuse weights holding nan or inf, naming the first such array: the model's outputs
+    would not be finite (predict would rank classes by nan%). A run never saves them (training
+    stops when its loss or its test outputs stop being finite), so the file is damaged."""
+    for key, value in state.items():
+        floats = isinstance(value, np.ndarray) and value.dtype.kind == "f"
+        if floats and not np.isfinite(value).all():
+            n = int(value.size - np.isfinite(value).sum())
+            raise ValueError(
+                f"load_run: {path}: {key} holds {n} nan or inf value(s) of {value.size}: the"
+                " weights are damaged, so the model's outputs would mean nothing"
+            )
 
 
 # What a saved run configuration must record: every run and converted file writes them.
