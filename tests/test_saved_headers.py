@@ -11,6 +11,7 @@ with edited metadata), as a user editing a header with it would.
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -134,3 +135,19 @@ def test_load_model_of_an_unreadable_file_says_so(weights, tmp_path, cut):
     with pytest.raises(ValueError, match=r"is not a readable safetensors file") as e:
         load_model(bad)
     assert "pass the arguments" not in str(e.value)
+
+
+def test_evaluate_of_a_converted_file_without_data_asks_for_it(tmp_path, capsys):
+    """A converted file records a run configuration without data; evaluate crashed on it with
+    'expected str, bytes or os.PathLike object, not NoneType'."""
+    from npmobilenet.cli import main
+
+    out = tmp_path / "converted.safetensors"
+    src = os.path.join(os.path.dirname(__file__), "fixtures", "interop",
+                       "timm_mobilenetv1.safetensors")  # fmt: skip
+    assert main(["convert", src, str(out)]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"npmobilenet evaluate: error: evaluate: {out} records no data of its")
+    assert "--data" in err and "NoneType" not in err

@@ -766,6 +766,11 @@ def evaluate_run(path, data=None, log=print, ignore_class_names=False) -> dict:
     model, config = load_run(path)
     if data is not None:
         config = {**config, "data": data}
+    elif config.get("data") is None:
+        raise ValueError(
+            f"evaluate: {path} records no data of its own (converted or saved weights, not a"
+            " training run); give the images to evaluate on with --data (data=...)"
+        )
     _, test, summary = load_data(config, warn=log)
     test = match_classes(test, config["classes"], ignore_class_names)
     result = evaluate(model, eval_loader(config, test, _workers(config, test)),
