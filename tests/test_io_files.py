@@ -8,6 +8,7 @@ library's report of it.
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -182,3 +183,36 @@ def test_predictions_file_failing_midway_leaves_the_old_file(tmp_path):
     with pytest.raises(RuntimeError, match="decoding stopped"):
         write_predictions(_predictions(5, fail_at=3), path, 2)
     assert path.read_bytes() == before and os.listdir(tmp_path) == ["p.csv"]
+
+
+# ----- convert / export-onnx never write over the file they read ----------------------------
+
+
+def test_convert_and_export_onnx_refuse_to_replace_their_input(tmp_path, capsys):
+    """``convert x.safetensors x.safetensors`` replaced the user's timm file with the converted
+    one; ``export-onnx run run/model.safetensors`` replaced a run's weights with an ONNX graph."""
+    from npmobilenet.cli import main
+
+    fixtures = os.path.join(ROOT, "tests", "fixtures", "interop")
+    timm = tmp_path / "timm.safetensors"
+    timm.write_bytes(open(os.path.join(fixtures, "timm_mobilenetv1.safetensors"), "rb").read())
+    os.symlink(timm, tmp_path / "link.safetensors")
+    tf = tmp_path / "slim"
+    shutil.copytree(os.path.join(fixtures, "slim_mobilenet_v1"), tf)
+    converted = tmp_path / "run" / "model.safetensors"
+    assert main(["convert", str(timm), str(converted)]) == 0
+    cases = [
+        ["convert", str(timm), str(timm)],
+        ["convert", str(timm), str(tmp_path / "link.safetensors")],
+        ["convert", str(tf / "model.ckpt"), str(tf / "model.ckpt.data-00000-of-00001")],
+        ["export-onnx", str(converted), str(converted)],
+        ["export-onnx", str(converted.parent), str(converted)],
+    ]
+    before = {p: p.read_bytes() for p in [timm, converted, *tf.iterdir()]}
+    for args in cases:
+        capsys.readouterr()
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        assert f"{args[0]}: the output {args[2]} is the input file" in err, err
+    assert {p: p.read_bytes() for p in before} == before
+    assert os.path.islink(tmp_path / "link.safetensors")
