@@ -122,13 +122,19 @@ def load_onnx(path, dtype=None):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"load_onnx: no such file: {path}")
     try:
-        proto = onnx.load(path)
+        proto = onnx.load(path)  # with its external data files, if any
+    except Exception as e:  # noqa: BLE001 - protobuf's and onnx's errors have no common base
+        raise ValueError(
+            f"load_onnx: {path}: not a readable ONNX file (truncated or corrupt, or its external"
+            f" data?): {type(e).__name__}: {str(e)[:300]}"
+        ) from None
+    try:
         graph = _Graph(proto, path, numpy_helper)
     except ValueError:
-        raise
-    except Exception as e:  # noqa: BLE001 - protobuf's decode errors have no common base
+        raise  # names the file
+    except Exception as e:  # noqa: BLE001 - a graph that does not decode
         raise ValueError(
-            f"{path}: not a readable ONNX file (truncated or corrupt?): {type(e).__name__}: {e}"
+            f"load_onnx: {path}: not a readable ONNX graph: {type(e).__name__}: {str(e)[:300]}"
         ) from None
     layers, fc = _walk(graph, helper)
     meta = {p.key: p.value for p in proto.metadata_props}

@@ -1,8 +1,8 @@
-"""Configs beside or inside published files, edited or damaged: the JSON a loader reads for a
+"""Published files whose settings or side files are edited or damaged: the JSON a loader reads for a
 model's conventions (Hugging Face's config.json, a .keras file's config.json, the labels an
 ONNX file records) gets a ValueError naming the loader, the file and the setting, never an
 AttributeError or a bare float() error, and an intact config still loads exactly (logits of
-the library that wrote the file).
+the library that wrote the file). An ONNX graph's truncated external data file is named too.
 """
 
 from __future__ import annotations
@@ -118,3 +118,18 @@ def test_onnx_labels_metadata_that_is_not_a_list_is_named(tmp_path, text, says):
     entry = "the header entry 'npmobilenet.labels'"
     assert str(e.value).startswith(f"load_onnx: {path}: {entry} {says}")
 
+
+
+@pytest.mark.parametrize("cut", [0, 100, 424928, -1])
+def test_onnx_with_truncated_external_data_names_the_file(tmp_path, cut):
+    """torch.onnx's dynamo exporter writes the weights to NAME.onnx.data beside the graph; a
+    truncated one raised onnx's bare 'External data length (864) exceeds available data'."""
+    need("onnx")
+    for name in ("torch_onnx_dynamo.onnx", "torch_onnx_dynamo.onnx.data"):
+        shutil.copy(fixture(name), tmp_path / name)
+    data = tmp_path / "torch_onnx_dynamo.onnx.data"
+    data.write_bytes(data.read_bytes()[:cut])
+    path = tmp_path / "torch_onnx_dynamo.onnx"
+    with pytest.raises(ValueError, match=rf"^load_onnx: {path}: not a readable ONNX file .*"
+                       r"exceeds available data"):  # fmt: skip
+        interop.load_onnx(path)
