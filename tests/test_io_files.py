@@ -216,3 +216,50 @@ def test_convert_and_export_onnx_refuse_to_replace_their_input(tmp_path, capsys)
         assert f"{args[0]}: the output {args[2]} is the input file" in err, err
     assert {p: p.read_bytes() for p in before} == before
     assert os.path.islink(tmp_path / "link.safetensors")
+
+
+HISTORY = {"epoch": [1, 2], "train_loss": [2.0, 1.0], "train_accuracy": [0.3, 0.6],
+           "test_loss": [2.1, 1.2], "test_accuracy": [0.25, 0.5]}  # fmt: skip
+
+
+def test_run_plots_keep_mode_and_symlink(tmp_path):
+    from PIL import Image
+
+    from npmobilenet.train.plots import save_plots
+
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "curves.png").write_bytes(b"old")
+    os.chmod(store / "curves.png", 0o600)
+    os.symlink(store / "curves.png", tmp_path / "curves.png")
+    (tmp_path / "confusion.png").write_bytes(b"old")
+    os.chmod(tmp_path / "confusion.png", 0o640)
+    save_plots(tmp_path, HISTORY, np.array([[3, 1], [0, 4]]), ["a", "b"])
+    assert os.path.islink(tmp_path / "curves.png") and _mode(store / "curves.png") == 0o600
+    assert _mode(tmp_path / "confusion.png") == 0o640
+    for path in (store / "curves.png", tmp_path / "confusion.png"):
+        with Image.open(path) as image:
+            assert image.format == "PNG" and image.size[0] > 100
+    assert sorted(os.listdir(tmp_path)) == ["confusion.png", "curves.png", "store"]
+
+
+def test_run_plot_failing_mid_write_leaves_the_old_file(tmp_path, monkeypatch):
+    """savefig wrote into curves.png itself: a crash mid-write left half a PNG."""
+    from matplotlib.figure import Figure
+
+    from npmobilenet.train.plots import plot_curves
+
+    def half_then_fail(self, fname, **kw):
+        if isinstance(fname, (str, os.PathLike)):
+            with open(fname, "wb") as f:
+                f.write(b"\x89PNG half")
+        else:
+            fname.write(b"\x89PNG half")
+        raise MemoryError("rendering stopped")
+
+    (tmp_path / "curves.png").write_bytes(b"the old curves")
+    monkeypatch.setattr(Figure, "savefig", half_then_fail)
+    with pytest.raises(MemoryError, match="rendering stopped"):
+        plot_curves(HISTORY, tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").read_bytes() == b"the old curves"
+    assert os.listdir(tmp_path) == ["curves.png"]
