@@ -200,3 +200,19 @@ def test_resume_on_the_same_data_still_continues(tmp_path):
     m = train_run({"epochs": 2}, out, resume=out / "checkpoint.safetensors", progress="none",
                   log=quiet)  # fmt: skip
     assert m["epochs"] == 2 and m["config"]["images"] == [60, 20]
+
+
+def test_run_records_its_data_so_evaluate_finds_it_from_anywhere(tmp_path, monkeypatch):
+    """A run given --data as a relative path recorded it as given: evaluate from another
+    folder read whatever file had that name there, and reported its accuracy as the run's."""
+    from npmobilenet.train import evaluate_run
+
+    (tmp_path / "a" / "data").mkdir(parents=True)
+    (tmp_path / "b" / "data").mkdir(parents=True)
+    digits_npz(tmp_path / "a" / "data", 60, 20)
+    digits_npz(tmp_path / "b" / "data", 60, 30)  # same name and classes, 30 test images
+    monkeypatch.chdir(tmp_path / "a")
+    train_run({"data": os.path.join("data", "digits.npz"), "epochs": 1, "batch_size": 30},
+              "run", progress="none", log=quiet)  # fmt: skip
+    monkeypatch.chdir(tmp_path / "b")
+    assert evaluate_run(tmp_path / "a" / "run", log=quiet)["n"] == 20

@@ -471,6 +471,8 @@ def train_run(config: dict, out_dir, resume=None, progress="auto", log=print, ov
             saved = init[1] or {}
             config = {**config, **{k: saved[k] for k in CONVENTION_KEYS if k in saved}}
         config = make_config(**config)
+        if config["data"] != "digits":  # found again from any working directory
+            config["data"] = os.path.abspath(os.path.expanduser(os.fspath(config["data"])))
         _check_out_dir(out_dir, overwrite)
     check_run_fits(config)
     bar = progress == "bar" or (progress == "auto" and sys.stderr.isatty())
