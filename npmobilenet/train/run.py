@@ -471,8 +471,6 @@ def train_run(config: dict, out_dir, resume=None, progress="auto", log=print, ov
             saved = init[1] or {}
             config = {**config, **{k: saved[k] for k in CONVENTION_KEYS if k in saved}}
         config = make_config(**config)
-        if config["data"] != "digits":  # found again from any working directory
-            config["data"] = os.path.abspath(os.path.expanduser(os.fspath(config["data"])))
         _check_out_dir(out_dir, overwrite)
     check_run_fits(config)
     bar = progress == "bar" or (progress == "auto" and sys.stderr.isatty())
@@ -480,6 +478,8 @@ def train_run(config: dict, out_dir, resume=None, progress="auto", log=print, ov
     log(summary)
     if ckpt is not None:
         check_same_data(config, train, test, resume)
+    elif config["data"] != "digits":  # recorded so that it is found from any folder
+        config["data"] = os.path.abspath(os.path.expanduser(os.fspath(config["data"])))
     config.update(channels=channels_of(train), classes=list(train.classes),
                   augment=_augment(config, train), images=[len(train), len(test)])  # fmt: skip
     if "mean" not in config:
