@@ -177,6 +177,18 @@ def test_save_argument_errors(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def test_reserved_key_is_refused_not_written_unreadable(tmp_path):
+    """A tensor named __metadata__ collides with the header's metadata entry: the save
+    succeeded and wrote a file that safetensors itself cannot read back."""
+    path = tmp_path / "w.safetensors"
+    save_state_dict({"a": np.ones(2, np.float32)}, path)
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match="save_state_dict: the key '__metadata__' is reserved"):
+        save_state_dict({"__metadata__": np.zeros(2, np.float32)}, path)
+    assert path.read_bytes() == before
+    safetensors.numpy.load(before)  # the file left is one safetensors reads
+
+
 @pytest.fixture
 def one_torch_thread(torch):
     before = torch.get_num_threads()

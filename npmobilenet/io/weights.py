@@ -55,6 +55,8 @@ def save_state_dict(
     for key, value in state.items():
         if not isinstance(key, str):
             raise TypeError(f"{op}: every key must be a str, got {describe(key)}")
+        if key == "__metadata__":  # the header's own entry: the file could not be read back
+            raise ValueError(f"{op}: the key '__metadata__' is reserved by the safetensors format")
         if not isinstance(value, np.ndarray) or value.dtype.kind not in _SAVABLE_KINDS:
             raise TypeError(f"{op}: {key} must be a numeric numpy array, got {describe(value)}")
         arrays[key] = np.asarray(value, order="C")  # raw memory, no strides; keeps 0-d shape
