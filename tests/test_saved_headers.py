@@ -151,3 +151,28 @@ def test_evaluate_of_a_converted_file_without_data_asks_for_it(tmp_path, capsys)
     err = capsys.readouterr().err
     assert err.startswith(f"npmobilenet evaluate: error: evaluate: {out} records no data of its")
     assert "--data" in err and "NoneType" not in err
+
+
+@pytest.mark.parametrize(
+    "part, value, says",
+    [("model_config", "alpha", "its model_config must be a JSON object, got str 'alpha'"),
+     ("model_config", [1], "its model_config must be a JSON object, got list"),
+     ("state", [1], "its state must be a JSON object, got list")],
+)  # fmt: skip
+def test_checkpoint_header_with_a_part_of_the_wrong_type(tmp_path, part, value, says):
+    """load_run and --resume crashed with 'string indices must be integers', load_checkpoint
+    with ''list' object is not a mapping'."""
+    from npmobilenet.train import load_checkpoint, save_checkpoint
+    from npmobilenet.train.checkpoint import FORMAT
+
+    path = tmp_path / "checkpoint.safetensors"
+    save_checkpoint(path, MobileNetV1(alpha=0.25, num_classes=3, seed=0), {"epoch": 1})
+    with safetensors.safe_open(str(path), "numpy") as f:
+        header = json.loads(f.metadata()[FORMAT])
+    bad = _rewrite(path, tmp_path / "bad.safetensors",
+                   **{FORMAT: json.dumps({**header, part: value})})  # fmt: skip
+    for read in (load_checkpoint, load_run, read_weights):
+        with pytest.raises(ValueError) as e:
+            read(bad)
+        header = f"load_checkpoint: {bad} has a damaged checkpoint header: {says}"
+        assert str(e.value).startswith(header), str(e.value)

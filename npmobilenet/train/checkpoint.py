@@ -77,6 +77,9 @@ def load_checkpoint(path) -> dict:
         header = json.loads(meta[FORMAT])
         state = join_arrays(header["state"], arrays)
         model_config = header["model_config"]
+        for name, part in (("state", state), ("model_config", model_config)):
+            if not isinstance(part, dict):
+                raise TypeError(f"its {name} must be a JSON object, got {describe(part)}")
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{op}: {path} has a damaged checkpoint header: {e}") from None
     model = {k[len("model.") :]: v for k, v in arrays.items() if k.startswith("model.")}
