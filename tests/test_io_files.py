@@ -263,3 +263,19 @@ def test_run_plot_failing_mid_write_leaves_the_old_file(tmp_path, monkeypatch):
         plot_curves(HISTORY, tmp_path / "curves.png")
     assert (tmp_path / "curves.png").read_bytes() == b"the old curves"
     assert os.listdir(tmp_path) == ["curves.png"]
+
+
+def test_a_pipe_or_folder_in_the_way_is_refused_not_replaced(tmp_path):
+    """os.replace put a regular file in place of a named pipe (and, run as root, of a device
+    such as /dev/null: save_weights(model, "/dev/null") replaced the system's /dev/null)."""
+    pipe = tmp_path / "fifo.safetensors"
+    os.mkfifo(pipe)
+    with pytest.raises(ValueError, match=r"save_state_dict|atomic_write_bytes"):
+        save_state_dict(NEW, pipe)
+    assert stat.S_ISFIFO(os.stat(pipe).st_mode)
+    (tmp_path / "folder.safetensors").mkdir()
+    with pytest.raises(ValueError, match=r"folder\.safetensors: it is a directory"):
+        save_state_dict(NEW, tmp_path / "folder.safetensors")
+    with pytest.raises(ValueError, match=r"fifo\.safetensors: it is a device, pipe or socket"):
+        save_checkpoint(pipe, MobileNetV1(alpha=0.25, num_classes=3, seed=0), {"epoch": 1})
+    assert sorted(os.listdir(tmp_path)) == ["fifo.safetensors", "folder.safetensors"]

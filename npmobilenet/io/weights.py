@@ -129,11 +129,15 @@ _STALE_SECONDS = 2.0 if fcntl is not None else 24 * 3600.0
 
 def _existing_mode(path: str, overwrite: bool, op: str):
     """The permission bits of the file at ``path`` (None if there is none); refuses to replace
-    a read-only file unless ``overwrite``."""
+    a read-only file unless ``overwrite``, and anything but a regular file (a directory, or a
+    device such as /dev/null, which the rename would replace by a file) always."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
         return None
+    if not stat.S_ISREG(st.st_mode):  # os.replace would put a file in its place
+        kind = "a directory" if stat.S_ISDIR(st.st_mode) else "a device, pipe or socket"
+        raise ValueError(f"{op}: cannot write {path}: it is {kind}, not a regular file")
     mode = stat.S_IMODE(st.st_mode)
     if not overwrite and (not mode & 0o222 or not os.access(path, os.W_OK)):
         raise PermissionError(
