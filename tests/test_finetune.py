@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 
 import numpy as np
 import pytest
@@ -174,3 +175,16 @@ def test_resume_with_fewer_epochs_is_refused(finished, ten, tmp_path, epochs, wo
     assert code == 2
     for word in words:
         assert word in stderr
+
+
+def test_init_from_another_library_file_says_to_convert_it(tmp_path, capsys):
+    """A timm file or an ONNX graph given to --init got a list of missing keys, or 'not a
+    readable safetensors file (... bfloat16?)'; the way to use them is convert."""
+    fixtures = os.path.join(os.path.dirname(__file__), "fixtures", "interop")
+    for name in ("timm_mobilenetv1.safetensors", "torch_onnx_legacy.onnx",
+                 "keras_mobilenet.keras", "slim_mobilenet_v1/model.ckpt"):  # fmt: skip
+        assert main(["train", "--init", os.path.join(fixtures, name), "--out",
+                     str(tmp_path / "out"), "--progress", "none"]) == 2  # fmt: skip
+        err = capsys.readouterr().err
+        assert err.startswith("npmobilenet train: error:") and "npmobilenet convert" in err, err
+    assert not (tmp_path / "out").exists()

@@ -22,6 +22,11 @@ from npmobilenet.train.checkpoint import FORMAT, load_checkpoint
 RUN_FILES = ("model.safetensors", "checkpoint.safetensors")
 MODEL_CONFIG_KEY = "npmobilenet.model_config"
 CLASSIFIER = "fc."
+FOREIGN = (".onnx", ".h5", ".keras", ".index", ".pb", ".tflite", ".pt", ".pth")
+CONVERT = (
+    " weights written by another library (timm, Keras, Hugging Face, TF-Slim, ONNX) load after"
+    " `npmobilenet convert SRC OUT.safetensors`"
+)
 
 
 def read_weights(path) -> tuple[dict, dict | None]:
@@ -33,7 +38,12 @@ def read_weights(path) -> tuple[dict, dict | None]:
             raise FileNotFoundError(f"--init: {path} holds neither {' nor '.join(RUN_FILES)}")
         path = found[0]
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"--init: no weights file at {path}")
+        tf = os.path.isfile(path + ".index")  # a TF checkpoint's prefix
+        raise FileNotFoundError(f"--init: no weights file at {path}" + (CONVERT if tf else ""))
+    if path.endswith(FOREIGN):
+        raise ValueError(
+            f"--init {path}: expected a run folder or a safetensors weights file;{CONVERT}"
+        )
     meta = file_metadata(path)
     if FORMAT in meta:
         ckpt = load_checkpoint(path)
@@ -55,12 +65,13 @@ def load_init_weights(model, state: dict, source, log=print) -> list[str]:
     classifier's when its shape differs, else none). All checks run before anything is copied."""
     own = model.state_dict()
     missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
+    unexpected = sorted(k for k in state if k not in own)
     if missing or unexpected:
         raise ValueError(
             f"--init {source}: not weights of this MobileNetV1: missing keys {missing[:5]}"
             f"{' ...' if len(missing) > 5 else ''}, unexpected keys {unexpected[:5]}"
             f"{' ...' if len(unexpected) > 5 else ''}"
+            + (CONVERT if "first_conv.conv.weight" not in state else "")
         )
     differ = [k for k in own if getattr(state[k], "shape", None) != own[k].shape]
     body = [k for k in differ if not k.startswith(CLASSIFIER)]
