@@ -133,3 +133,22 @@ def test_onnx_with_truncated_external_data_names_the_file(tmp_path, cut):
     with pytest.raises(ValueError, match=rf"^load_onnx: {path}: not a readable ONNX file .*"
                        r"exceeds available data"):  # fmt: skip
         interop.load_onnx(path)
+
+
+def test_timm_folder_as_the_hub_stores_it_converts(tmp_path, x):
+    """timm's weights on the Hugging Face Hub are a folder with model.safetensors and a timm
+    config.json; convert took every folder for a transformers one and failed on it ('no tensor
+    conv_stem.convolution.weight; not a Hugging Face MobileNetV1 file')."""
+    from npmobilenet.cli import main
+    from npmobilenet.io import load_model
+
+    folder = tmp_path / "timm-mobilenetv1"
+    folder.mkdir()
+    shutil.copy(fixture("timm_mobilenetv1.safetensors"), folder / "model.safetensors")
+    (folder / "config.json").write_text(json.dumps({"architecture": "mobilenetv1_100",
+                                                    "num_classes": 10}))  # fmt: skip
+    assert interop.detect_source(folder) == "timm"
+    assert main(["convert", str(folder), str(tmp_path / "out.safetensors")]) == 0
+    model = load_model(tmp_path / "out.safetensors")
+    assert np.abs(model(x) - reference("timm_mobilenetv1")).max() < 1e-4
+    assert interop.detect_source(fixture("hf_mobilenet_v1")) == "hf"

@@ -32,16 +32,16 @@ _LOADERS = {"timm": load_timm, "keras": load_keras, "hf": load_hf, "tf": load_tf
 def detect_source(path) -> str:
     """Which loader reads ``path``: "timm", "keras", "hf", "tf" or "onnx" (ValueError if none).
 
-    A folder is a Hugging Face ``save_pretrained`` folder; ``.index`` (or a prefix beside one)
-    is a TF checkpoint; ``.onnx``, ``.keras`` and ``.h5`` go by their suffix; a
-    ``.safetensors`` file by its tensor names (timm's ``conv_stem.weight``, Hugging Face's
-    ``conv_stem.convolution.weight``).
+    A folder is a Hugging Face ``save_pretrained`` folder (or timm's, by the tensor names of
+    its ``model.safetensors``); ``.index`` (or a prefix beside one) is a TF checkpoint;
+    ``.onnx``, ``.keras`` and ``.h5`` go by their suffix; a ``.safetensors`` file by its
+    tensor names (timm's ``conv_stem.weight``, Hugging Face's ``conv_stem.convolution.weight``).
     """
-    from npmobilenet.io.weights import read_safetensors_header
-
     path = os.fspath(path)
-    if os.path.isdir(path):
-        return "hf"
+    if os.path.isdir(path):  # save_pretrained's folder; timm's on the Hugging Face Hub is alike
+        weights = os.path.join(path, "model.safetensors")
+        timm = os.path.isfile(weights) and _safetensors_source(weights) == "timm"
+        return "timm" if timm else "hf"
     if path.endswith(".index") or os.path.isfile(path + ".index"):
         return "tf"
     for suffix, source in ((".onnx", "onnx"), (".keras", "keras"), (".h5", "keras")):
@@ -49,15 +49,23 @@ def detect_source(path) -> str:
             return source
     if not os.path.isfile(path):
         raise FileNotFoundError(f"convert: no such file or folder: {path}")
-    keys = read_safetensors_header(path)
-    if any(k.endswith("conv_stem.convolution.weight") for k in keys):
-        return "hf"
-    if "conv_stem.weight" in keys:
-        return "timm"
+    source = _safetensors_source(path)
+    if source is not None:
+        return source
     raise ValueError(
         f"convert: cannot tell which library wrote {path} (no timm or Hugging Face MobileNetV1"
         " tensor names); pass the source explicitly (--from timm|keras|hf|tf|onnx)"
     )
+
+
+def _safetensors_source(path: str):
+    """"hf" or "timm" by a safetensors file's tensor names; None for neither."""
+    from npmobilenet.io.weights import read_safetensors_header
+
+    keys = read_safetensors_header(path)
+    if any(k.endswith("conv_stem.convolution.weight") for k in keys):
+        return "hf"
+    return "timm" if "conv_stem.weight" in keys else None
 
 
 def load(path, source: str = "auto"):

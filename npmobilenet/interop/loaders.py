@@ -76,9 +76,12 @@ def load_timm(path, dtype=np.float32):
     """timm's ``mobilenetv1_100`` / ``mobilenetv1_125`` safetensors file -> ``MobileNetV1``.
 
     Width and classes come from the shapes. ``mobilenetv1_100h`` (an extra head conv) and other
-    timm models are refused. relu6, PyTorch padding, eps 1e-5.
+    timm models are refused. relu6, PyTorch padding, eps 1e-5. ``path`` may be the folder
+    holding ``model.safetensors`` (as the Hugging Face Hub stores timm's weights).
     """
     path = os.fspath(path)
+    if os.path.isdir(path):
+        path = os.path.join(path, "model.safetensors")
     t = _Tensors(load_state_dict_file(path), path, "timm")
     if any(".conv_pwl." in k for k in t.arrays):
         raise ValueError(
