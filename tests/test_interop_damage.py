@@ -152,3 +152,16 @@ def test_timm_folder_as_the_hub_stores_it_converts(tmp_path, x):
     model = load_model(tmp_path / "out.safetensors")
     assert np.abs(model(x) - reference("timm_mobilenetv1")).max() < 1e-4
     assert interop.detect_source(fixture("hf_mobilenet_v1")) == "hf"
+
+
+@pytest.mark.parametrize("key", ["conv_stem.weight", "blocks.2.0.bn1.running_var"])
+def test_integer_weights_of_a_quantized_model_are_refused(tmp_path, key):
+    """int8 weights loaded as floats: a quantized timm file became a model of huge weights."""
+    import safetensors.numpy
+
+    arrays = safetensors.numpy.load_file(fixture("timm_mobilenetv1.safetensors"))
+    arrays[key] = np.clip(np.round(arrays[key] * 50), -128, 127).astype(np.int8)
+    path = tmp_path / "quantized.safetensors"
+    safetensors.numpy.save_file(arrays, str(path))
+    with pytest.raises(ValueError, match=rf"{path}: the conv \d+ \w+ is int8, not floating point"):
+        interop.load_timm(path)

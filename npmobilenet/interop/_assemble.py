@@ -82,6 +82,20 @@ def infer_alpha(source: str, convs: list[ConvLayer]) -> float:
     return alpha
 
 
+def check_floats(source: str, convs: list[ConvLayer], fc_w, fc_b) -> None:
+    """Weights and statistics must be floating point: integers are a quantized model (their
+    scales and zero points live elsewhere), which would load as huge wrong weights."""
+    arrays = [("classifier weight", fc_w), ("classifier bias", fc_b)]
+    for i, layer in enumerate(convs):
+        arrays += [(f"conv {i} {name}", a) for name, a in zip(ConvLayer._fields, layer)]
+    for name, a in arrays:
+        if np.asarray(a).dtype.kind != "f":
+            raise ValueError(
+                f"{source}: the {name} is {np.asarray(a).dtype}, not floating point: a quantized"
+                " model, which is not supported (convert the float model)"
+            )
+
+
 def assemble(
     source: str,
     convs: list[ConvLayer],
@@ -98,6 +112,7 @@ def assemble(
 
     ``source`` names the file in error messages. Nothing is built until every check passed.
     """
+    check_floats(source, convs, fc_w, fc_b)
     alpha = infer_alpha(source, convs)
     width = convs[-1].weight.shape[0]
     if fc_w.ndim != 2 or fc_w.shape[1] != width or fc_b.shape != (fc_w.shape[0],):
