@@ -7,7 +7,8 @@ Two entry points:
   (``forward(...) -> (out, cache)``, ``backward(dout, cache) -> grads``).
 
 Everything is evaluated in float64, whatever the dtype of the arrays you pass in: the check makes
-float64 copies and never modifies your arrays.
+float64 copies (in the memory layout of yours: a transposed or sliced input stays one) and never
+modifies your arrays.
 
 Pass criterion (the same as ``np.isclose(analytic, numeric, rtol, atol)``, made symmetric)::
 
@@ -282,17 +283,16 @@ def _full(fn, xs, grads, eps, rtol, atol, op):
     """Central difference for every element of every input; returns (reports, evaluations)."""
     reports, evals = [], 0
     for name, x in xs.items():
-        flat = x.reshape(-1)  # a view: x is a fresh contiguous float64 copy
-        numeric = np.empty(flat.size)
-        for i in range(flat.size):
-            orig = flat[i]
-            flat[i] = orig + eps
+        numeric = np.empty(x.size)
+        for i, at in enumerate(np.ndindex(x.shape)):  # C order, whatever x's layout
+            orig = x[at]
+            x[at] = orig + eps
             f_plus = _scalar(fn(**xs), op)
-            flat[i] = orig - eps
+            x[at] = orig - eps
             f_minus = _scalar(fn(**xs), op)
-            flat[i] = orig  # restore before the next element
+            x[at] = orig  # restore before the next element
             numeric[i] = (f_plus - f_minus) / (2.0 * eps)
-        evals += 2 * flat.size
+        evals += 2 * x.size
         a = grads[name].reshape(-1)
         reports.append(
             _compare(name, x.shape, a, numeric, rtol, atol, lambda k, s=x.shape: _index(k, s))
@@ -417,7 +417,7 @@ def _check(fn, inputs, analytic, op, eps, rtol, atol, fast, seed, directions, wh
     and ``what`` naming the code that evaluates ``fn`` (for the in-place-write check)."""
     _validate_settings(eps, rtol, atol, fast, seed, directions, op)
     _validate_dicts(fn, inputs, analytic, op)
-    xs = {k: np.array(x, dtype=np.float64, order="C", copy=True) for k, x in inputs.items()}
+    xs = {k: _laid_out_like(x, x) for k, x in inputs.items()}  # a transposed x stays one
     grads = {k: np.asarray(a, dtype=np.float64) for k, a in analytic.items()}
     pristine = {k: x.copy() for k, x in xs.items()}
     _scalar(fn(**xs), op)  # validates the output once at the input point
@@ -433,14 +433,35 @@ def _check(fn, inputs, analytic, op, eps, rtol, atol, fast, seed, directions, wh
     return report
 
 
+def _laid_out_like(template: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """A float64 copy of ``values`` with the memory layout of ``template`` (same shape): the
+    same element strides, so a transposed, reversed or sliced input stays one (an input whose
+    elements overlap, such as a broadcast view, is copied contiguous)."""
+    item, shape = template.itemsize, template.shape
+    if template.flags.c_contiguous or any(s % item for s in template.strides):
+        return np.array(values, dtype=np.float64, order="C")
+    el = [s // item if n > 1 else 0 for n, s in zip(shape, template.strides)]
+    span = 0  # the elements are distinct when each step clears the span of the smaller ones
+    for s, n in sorted((abs(s), n) for n, s in zip(shape, el) if n > 1):
+        if s <= span:
+            return np.array(values, dtype=np.float64, order="C")
+        span += (n - 1) * s
+    lo = sum((n - 1) * s for n, s in zip(shape, el) if s < 0)
+    buf = np.zeros(span + 1)
+    out = np.lib.stride_tricks.as_strided(buf[-lo:], shape, [8 * s for s in el])
+    out[...] = values
+    return out
+
+
 def _check_unmodified(xs: dict, pristine: dict, op: str, what: str) -> None:
     """A function under a check that writes to its arguments is a bug: it would also corrupt
     the arrays a network keeps for its backward pass."""
     for k, x in xs.items():
-        if not np.array_equal(x, pristine[k], equal_nan=True):
+        if x is not None and not np.array_equal(x, pristine[k], equal_nan=True):
             raise GradcheckError(
                 f"{op}: {what} modified its input {k!r} in place; a function under a gradient"
-                " check must not write to its arguments (work on a copy)"
+                " check must not write to its arguments (work on a copy): a layer's caller"
+                " keeps them (the previous layer keeps x for its own backward)"
             )
 
 
@@ -500,16 +521,21 @@ def check_op(
     Raises:
         GradcheckError: a gradient is wrong; the backward returns a gradient too few or too
             many, one of the wrong shape or dtype, or None for an array input; the forward
-            writes to an input.
+            writes to an input; the backward writes to an input the forward kept or to
+            ``dout``.
         TypeError, ValueError: bad arguments.
     """
     op = "check_op"
     _validate_settings(eps, rtol, atol, fast, seed, directions, op)
     inputs, config = _validate_op_args(op, forward, backward, inputs, config, seed)
-    out, cache = forward(**copy.deepcopy(inputs), **copy.deepcopy(config))
+    given = {k: _to_float64(v) for k, v in inputs.items()}  # what the forward may keep
+    out, cache = forward(**given, **copy.deepcopy(config))
+    _check_unmodified(given, inputs, op, "forward")
     out = np.asarray(out)
     g = upstream_gradient(seed, out.shape).astype(out.dtype)
-    grads = backward(g.copy(), cache)
+    dout = g.copy()
+    grads = backward(dout, cache)
+    _check_unmodified({**given, "dout": dout}, {**inputs, "dout": g}, op, "backward")
     checked, analytic = _match(inputs, grads, op)
 
     def loss(**xs):
@@ -554,7 +580,7 @@ def _validate_op_args(op, forward, backward, inputs, config, seed):
 
 def _to_float64(v):
     if isinstance(v, np.ndarray) and v.dtype.kind == "f":
-        return v.astype(np.float64)  # a copy, also for float64 input
+        return _laid_out_like(v, v)  # a copy, also for float64 input, in v's layout
     return v
 
 
