@@ -436,3 +436,41 @@ def test_check_op_catches_a_backward_writing_to_x_or_dout(rng):
         check_op(forward, clobbers_x, inputs)
     with pytest.raises(GradcheckError, match="check_op: backward modified its input 'dout'"):
         check_op(forward, clobbers_dout, inputs)
+
+
+class EvalScaled(Dense):
+    """Right in train mode; in eval mode (same forward) both gradients come out 1.5 times."""
+
+    def backward(self, dout):
+        dx = super().backward(dout * (1.0 if self.training else 1.5))
+        return dx
+
+
+def test_a_backward_wrong_only_in_the_other_mode_is_caught(x):
+    """The forward is the same in both modes, the backward is not: both modes are checked."""
+    check_module(Dense(), x)  # the same layer without the bug: one mode, passes
+    assert list(check_module(Dense(), x).reports) == ["train"]
+    for layer in (EvalScaled(), EvalScaled().eval()):
+        with pytest.raises(GradcheckError, match="EvalScaled in eval mode; full mode"):
+            check_module(layer, x)
+
+
+def test_a_check_that_compares_nothing_is_an_error_not_a_pass(x):
+    """An empty output or an all-zero dout makes every gradient zero whatever the backward
+    computes: such a check is refused, never reported as passed."""
+    bad = EvalScaled().eval()
+    with pytest.raises(ValueError, match=r"check_module: nothing to check: the output is empty"):
+        check_module(bad, np.zeros((0, 3)))
+    with pytest.raises(ValueError, match="check_module: nothing to check: dout is all zeros"):
+        check_module(bad, x, dout=np.zeros((4, 3)))
+    with pytest.raises(ValueError, match=r"check_grad: nothing to check: every input is empty"):
+        check_grad(lambda x: 0.0, {"x": np.zeros(0)}, {"x": np.zeros(0)})
+
+    def forward(x, w):
+        return x * w, (x, w)
+
+    def wrong(dout, cache):
+        return dout, dout  # both gradients wrong, but of nothing
+
+    with pytest.raises(ValueError, match="check_op: nothing to check: the forward's output is"):
+        check_op(forward, wrong, {"x": np.zeros((0, 2)), "w": np.ones(2)})

@@ -417,6 +417,9 @@ def _check(fn, inputs, analytic, op, eps, rtol, atol, fast, seed, directions, wh
     and ``what`` naming the code that evaluates ``fn`` (for the in-place-write check)."""
     _validate_settings(eps, rtol, atol, fast, seed, directions, op)
     _validate_dicts(fn, inputs, analytic, op)
+    if all(x.size == 0 for x in inputs.values()):
+        shapes = {k: x.shape for k, x in inputs.items()}
+        raise ValueError(f"{op}: nothing to check: every input is empty {shapes}")
     xs = {k: _laid_out_like(x, x) for k, x in inputs.items()}  # a transposed x stays one
     grads = {k: np.asarray(a, dtype=np.float64) for k, a in analytic.items()}
     pristine = {k: x.copy() for k, x in xs.items()}
@@ -532,6 +535,11 @@ def check_op(
     out, cache = forward(**given, **copy.deepcopy(config))
     _check_unmodified(given, inputs, op, "forward")
     out = np.asarray(out)
+    if out.size == 0:
+        raise ValueError(
+            f"{op}: nothing to check: the forward's output is empty (shape {out.shape}), so "
+            "every gradient is zero whatever the backward computes"
+        )
     g = upstream_gradient(seed, out.shape).astype(out.dtype)
     dout = g.copy()
     grads = backward(dout, cache)

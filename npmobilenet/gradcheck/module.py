@@ -12,7 +12,8 @@
   at another input and upstream gradient: what it adds to each ``.grad`` and its ``dx`` against
   central differences from the state the first call left (fast mode), and that the first call's
   ``dx`` is not written again;
-* both train and eval mode when the module behaves differently in each.
+* both train and eval mode when the module behaves differently in each (its output, ``dx`` or
+  a parameter's gradient).
 
 Every forward (the analytic pass and each numerical evaluation) runs on a fresh deep copy of the
 module, so state a forward changes (batch norm's running statistics, a dropout generator) starts
@@ -107,7 +108,8 @@ def check_module(
         input_grad: check ``dx`` (False when the backward returns None for a data input).
         accumulate: check that a backward adds to ``.grad`` and that ``zero_grad()`` clears it.
         modes: ``"train"``, ``"eval"`` or both in a tuple; None checks the module's current
-            mode, and the other one too when the module's output differs between them.
+            mode, and the other one too when the module's output, ``dx`` or a parameter's
+            gradient differs between them.
         eps, rtol, atol, fast, seed, directions: as for :func:`check_grad`.
 
     Returns:
@@ -134,7 +136,7 @@ def check_module(
     settings = dict(eps=eps, rtol=rtol, atol=atol, fast=fast, seed=seed, directions=directions)
     report = ModuleReport(type(module).__name__)
     current = "train" if base.training else "eval"
-    for mode in _modes(base, x, modes):
+    for mode in _modes(base, x, modes, dout, seed, layout):
         # the current mode keeps each child's own flag (a frozen batch norm stays in eval)
         snap = (
             copy.deepcopy(base) if mode == current else copy.deepcopy(base).train(mode == "train")
@@ -214,8 +216,9 @@ def _param_names(m, params) -> list[str]:
     return names
 
 
-def _modes(base, x, modes) -> list[str]:
-    """The modes to check: the given ones, or the current one and the other if they differ."""
+def _modes(base, x, modes, dout, seed, layout) -> list[str]:
+    """The modes to check: the given ones, or the current one and the other if the module's
+    forward or backward (output, dx or a parameter's gradient) differs between them."""
     if modes is not None:
         modes = (modes,) if isinstance(modes, str) else tuple(modes)
         if not modes or any(m not in ("train", "eval") for m in modes):
@@ -225,14 +228,25 @@ def _modes(base, x, modes) -> list[str]:
         return list(dict.fromkeys(modes))
     current = "train" if base.training else "eval"
     other = "eval" if current == "train" else "train"
-    outs = []
+    runs = []
     for m in (copy.deepcopy(base), copy.deepcopy(base).train(other == "train")):
         try:
-            outs.append(np.array(m.forward(x.copy()), dtype=np.float64))
+            out = np.array(m.forward(_laid_out_like(layout, x)), dtype=np.float64)
+            same_shape = dout is not None and dout.shape == out.shape
+            dx = m.backward(dout.copy() if same_shape else upstream_gradient(seed, out.shape))
         except Exception:  # noqa: BLE001 - e.g. batch norm training on one value per channel
             return [current]
-    same = outs[0].shape == outs[1].shape and np.array_equal(outs[0], outs[1], equal_nan=True)
+        runs.append([out, dx] + [p.grad for _, p in _unique_parameters(m)])
+    same = all(_same(a, b) for a, b in zip(*runs))
     return [current] if same else [current, other]
+
+
+def _same(a, b) -> bool:
+    """Whether two results of a forward or backward are equal (None only equals None)."""
+    if a is None or b is None:
+        return a is b
+    a, b = np.asarray(a), np.asarray(b)
+    return a.shape == b.shape and np.array_equal(a, b, equal_nan=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -263,6 +277,12 @@ class _Case:
         elif dout.shape != out.shape:
             raise ValueError(f"{_OP}: dout has shape {dout.shape} but the output has shape "
                              f"{out.shape}")  # fmt: skip
+        if not np.any(dout):
+            raise ValueError(
+                f"{_OP}: nothing to check: " + ("dout is all zeros" if out.size else
+                f"the output is empty (shape {out.shape})") + ", so every gradient is zero "
+                "whatever the backward computes (dout=None draws a random one)"
+            )  # fmt: skip
         self.g = dout
 
     def _forward(self, m, x) -> np.ndarray:
