@@ -474,3 +474,71 @@ def test_a_check_that_compares_nothing_is_an_error_not_a_pass(x):
 
     with pytest.raises(ValueError, match="check_op: nothing to check: the forward's output is"):
         check_op(forward, wrong, {"x": np.zeros((0, 2)), "w": np.ones(2)})
+
+
+class Dense32(nn.Module):
+    """``y = x @ weight.T`` in the dtype of x and weight, with a bug of its float32 path only."""
+
+    def __init__(self, bug: str | None = None):
+        super().__init__()
+        self.weight = Parameter(np.random.default_rng(0).standard_normal((3, 3)).astype(np.float32))
+        self.bug = bug
+
+    def forward(self, x):
+        self.saved = x
+        out = x @ self.weight.data.T
+        return out.astype(np.float64) if self.bug == "float64 output" else out
+
+    def backward(self, dout):
+        dw = dout.T @ self.saved
+        if self.bug == "float32 weight grad 1% off" and dout.dtype == np.float32:
+            dw = dw * np.float32(1.01)  # e.g. a float32-only kernel with a wrong constant
+        self.weight.grad += dw.astype(self.weight.grad.dtype)
+        dx = dout @ self.weight.data
+        return dx.astype(np.float64) if self.bug == "float64 dx" else dx
+
+
+@pytest.mark.parametrize("fast", [False, True])
+@pytest.mark.parametrize(
+    "bug, match",
+    [
+        ("float32 weight grad 1% off",
+         r"run in float32, the gradient of 'weight' is .* but .* in float64"),
+        ("float64 output", "run in float32, the output is array of shape .* dtype float64"),
+        ("float64 dx", "run in float32, the dx is array of shape .* dtype float64"),
+    ],
+)  # fmt: skip
+def test_a_float32_layer_is_also_run_in_float32(bug, match, fast):
+    """The numerical check runs on a float64 copy; the float32 path the user's layer takes on
+    the float32 x it was given is run too, and held to the checked float64 gradients."""
+    x = np.random.default_rng(6).standard_normal((4, 3)).astype(np.float32)
+    report = check_module(Dense32(), x, fast=fast)
+    assert "the float32 forward and backward agree with float64" in report.checks
+    check_module(Dense32(bug=bug), x.astype(np.float64), fast=fast)  # float64 x: not run
+    with pytest.raises(GradcheckError, match=match):
+        check_module(Dense32(bug=bug), x, fast=fast)
+
+
+def test_check_op_runs_float32_inputs_in_float32_too(rng):
+    def forward(x, w):
+        return x * w, (x, w)
+
+    def backward(dout, cache):
+        x, w = cache
+        return dout * w, dout * x
+
+    def off_in_float32(dout, cache):
+        dx, dw = backward(dout, cache)
+        return dx, (dw * np.float32(1.01) if dw.dtype == np.float32 else dw)
+
+    def float64_grads(dout, cache):
+        return tuple(g.astype(np.float64) for g in backward(dout, cache))
+
+    x = rng.standard_normal(6).astype(np.float32)
+    inputs = {"x": x, "w": x[::-1] + np.float32(1)}
+    check_op(forward, backward, inputs)
+    for fast in (False, True):
+        with pytest.raises(GradcheckError, match="check_op: run in float32, the gradient of 'w'"):
+            check_op(forward, off_in_float32, inputs, fast=fast)
+        with pytest.raises(GradcheckError, match="gradient of 'x' must be .* dtype float32"):
+            check_op(forward, float64_grads, inputs, fast=fast)

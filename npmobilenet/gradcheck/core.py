@@ -436,24 +436,42 @@ def _check(fn, inputs, analytic, op, eps, rtol, atol, fast, seed, directions, wh
     return report
 
 
-def _laid_out_like(template: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """A float64 copy of ``values`` with the memory layout of ``template`` (same shape): the
-    same element strides, so a transposed, reversed or sliced input stays one (an input whose
-    elements overlap, such as a broadcast view, is copied contiguous)."""
+def _laid_out_like(template: np.ndarray, values, dtype=np.float64) -> np.ndarray:
+    """A copy of ``values`` (float64 unless ``dtype``) with the memory layout of ``template``
+    (same shape): the same element strides, so a transposed, reversed or sliced input stays one
+    (an input whose elements overlap, such as a broadcast view, is copied contiguous)."""
     item, shape = template.itemsize, template.shape
     if template.flags.c_contiguous or any(s % item for s in template.strides):
-        return np.array(values, dtype=np.float64, order="C")
+        return np.array(values, dtype=dtype, order="C")
     el = [s // item if n > 1 else 0 for n, s in zip(shape, template.strides)]
     span = 0  # the elements are distinct when each step clears the span of the smaller ones
     for s, n in sorted((abs(s), n) for n, s in zip(shape, el) if n > 1):
         if s <= span:
-            return np.array(values, dtype=np.float64, order="C")
+            return np.array(values, dtype=dtype, order="C")
         span += (n - 1) * s
     lo = sum((n - 1) * s for n, s in zip(shape, el) if s < 0)
-    buf = np.zeros(span + 1)
-    out = np.lib.stride_tricks.as_strided(buf[-lo:], shape, [8 * s for s in el])
+    buf = np.zeros(span + 1, dtype=dtype)
+    out = np.lib.stride_tricks.as_strided(buf[-lo:], shape, [buf.itemsize * s for s in el])
     out[...] = values
     return out
+
+
+def _agrees(where, name, what, low, high, largest) -> None:
+    """``low`` (a lower precision result) within 1e4 roundoff units of ``high``'s largest value
+    and 1e3 of ``largest`` (the largest value of all the gradients compared)."""
+    low = np.asarray(low, dtype=np.float64)
+    eps = np.finfo(np.dtype(name)).eps
+    tol = 1e4 * eps * float(np.max(np.abs(high), initial=0.0)) + 1e3 * eps * largest
+    err = np.where(np.isfinite(low), np.abs(low - high), np.inf)
+    if err.size and not np.all(err <= tol):
+        k = np.unravel_index(int(np.argmax(err)), err.shape)
+        raise GradcheckError(
+            f"{where}: run in {name}, {what} is {low[k]:.8g} at index "
+            f"{tuple(int(i) for i in k)} but {high[k]:.8g} in float64 (which the numerical "
+            f"check confirmed): off by {err[k]:.3g}, more than {name} roundoff allows "
+            f"({tol:.3g}); the {name} path of the "
+            "forward or backward is wrong"
+        )
 
 
 def _check_unmodified(xs: dict, pristine: dict, op: str, what: str) -> None:
@@ -508,7 +526,11 @@ def check_op(
     mask every time. Your own objects are never modified.
 
     Precision: every floating-point array in ``inputs`` and ``config`` is copied to float64
-    first (integer arrays such as class targets are left as they are).
+    first (integer arrays such as class targets are left as they are). When those arrays
+    share one other dtype (float32), the forward and backward also run once on them as given:
+    the output and every gradient must come out in that dtype, each gradient within roundoff
+    of the float64 one the numerical check confirmed (1e4 float32 units of its array's
+    largest value, plus 1e3 of all the gradients').
 
     Args:
         forward: ``forward(**inputs, **config) -> (out, cache)``.
@@ -530,6 +552,7 @@ def check_op(
     """
     op = "check_op"
     _validate_settings(eps, rtol, atol, fast, seed, directions, op)
+    raw = inputs, ({} if config is None else config)
     inputs, config = _validate_op_args(op, forward, backward, inputs, config, seed)
     given = {k: _to_float64(v) for k, v in inputs.items()}  # what the forward may keep
     out, cache = forward(**given, **copy.deepcopy(config))
@@ -551,7 +574,32 @@ def check_op(
         out, _ = forward(**xs, **rest, **copy.deepcopy(config))
         return float(np.sum(np.asarray(out, dtype=np.float64) * g))
 
-    return _check(loss, checked, analytic, op, eps, rtol, atol, fast, seed, directions, "forward")
+    report = _check(loss, checked, analytic, op, eps, rtol, atol, fast, seed, directions, "forward")
+    _check_op_own_dtype(op, forward, backward, raw, g, analytic)
+    return report
+
+
+def _check_op_own_dtype(op, forward, backward, raw, g, analytic) -> None:
+    """One forward and backward on the arrays as given, when they share one dtype other than
+    float64 (float32 inputs, float32 running statistics): the output and gradients in that
+    dtype, every gradient within roundoff (see :func:`_agrees`) of the float64 one."""
+    inputs, config = raw
+    arrays = [v for v in (*inputs.values(), *config.values()) if isinstance(v, np.ndarray)]
+    dtypes = {v.dtype for v in arrays if v.dtype.kind == "f"}
+    if len(dtypes) != 1 or np.dtype(np.float64) in dtypes:
+        return
+    dtype = dtypes.pop()
+    given = {k: None if v is None else _laid_out_like(v, v, dtype) for k, v in inputs.items()}
+    out, cache = forward(**given, **copy.deepcopy(config))
+    if not isinstance(out, (np.ndarray, np.generic)) or out.dtype != dtype:  # a 0-d loss too
+        raise GradcheckError(
+            f"{op}: run in {dtype} (the inputs' dtype), the forward returned {describe(out)}; "
+            f"it must be a {dtype} array (dtype follows the input's)"
+        )
+    _, low = _match(given, backward(g.astype(dtype), cache), op)
+    largest = max(float(np.max(np.abs(a), initial=0.0)) for a in analytic.values())
+    for name, high in analytic.items():
+        _agrees(op, dtype.name, f"the gradient of {name!r}", low[name], high, largest)
 
 
 def _validate_op_args(op, forward, backward, inputs, config, seed):

@@ -36,6 +36,7 @@ from npmobilenet.gradcheck.core import (
     RTOL,
     GradcheckError,
     GradcheckReport,
+    _agrees,
     _check,
     _laid_out_like,
     _validate_settings,
@@ -95,7 +96,9 @@ def check_module(
     The scalar checked is ``loss = sum(module.forward(x) * dout)``; ``dout`` defaults to a
     seeded standard-normal array of the output's shape. A float32 module is checked through a
     float64 copy (parameters and floating-point buffers upcast); your module and ``x`` are
-    never modified.
+    never modified. When ``x`` and every parameter are float32, a copy of the module also runs
+    forward and backward once in float32: the output, ``dx`` and every ``.grad`` must be
+    float32 and within roundoff of the float64 gradients the numerical check confirmed.
 
     Args:
         module: any :class:`npmobilenet.nn.Module` (your own subclasses included): it needs
@@ -144,6 +147,7 @@ def check_module(
         where = f"{_OP} ({report.module} in {mode} mode)"
         case = _Case(snap, x, dout, names, where, seed, layout)
         report.reports[mode] = case.check_gradients(input_grad, settings)
+        own = _check_own_dtype(module, layout, mode, case, input_grad)
         if accumulate and names:
             case.check_accumulation()
         case.check_second_call(input_grad, accumulate, settings)
@@ -152,6 +156,8 @@ def check_module(
     if accumulate and names:
         report.checks += [".grad accumulates", "zero_grad() clears"]
     report.checks += ["a second forward and backward on the same module"]
+    if own:
+        report.checks += [f"the {own} forward and backward agree with float64"]
     return report
 
 
@@ -335,6 +341,7 @@ class _Case:
     def check_gradients(self, input_grad: bool, settings: dict) -> GradcheckReport:
         """dx and the parameters' grads against central differences."""
         dx, grads = self._backward(copy.deepcopy(self.snap))
+        self.analytic = dx, grads  # the float64 values a lower precision run is held to
         return self.compare(dx, grads, input_grad, settings)
 
     def compare(self, dx, grads, input_grad: bool, settings: dict) -> GradcheckReport:
@@ -431,6 +438,43 @@ class _Case:
         where = f"{self.where[:-1]}, second forward and backward on the same module)"
         case = _Case(state, x2, g2, self.names, where, self.seed, self.layout)
         case.compare(dx2, grads, input_grad, {**settings, "fast": True})
+
+
+def _check_own_dtype(module, layout, mode, case, input_grad) -> str | None:
+    """One forward and backward of the module as it is, in its own dtype (a float32 layer on
+    the float32 x it was given), held to the float64 analytic gradients of ``case``: the
+    output's, ``dx``'s and each ``.grad``'s dtype, and every value within ``1e4`` units of
+    roundoff of its array's largest value (plus ``1e3`` of all the gradients'). Returns the
+    dtype's name; None (nothing run) when x is float64 or a parameter's dtype is not x's."""
+    m = copy.deepcopy(module)
+    if mode != ("train" if module.training else "eval"):
+        m.train(mode == "train")
+    params = dict(_unique_parameters(m))
+    dtype = layout.dtype
+    if dtype == np.float64 or any(p.data.dtype != dtype for p in params.values()):
+        return None
+    for p in params.values():
+        p.grad[...] = 0.0
+    out = m.forward(_laid_out_like(layout, layout, dtype))
+    dx = m.backward(case.g.astype(dtype))
+    got = [("output", out)] + ([("dx", dx)] if input_grad else [])
+    got += [(f"{n!r}.grad", params[n].grad) for n in case.names]
+    for what, a in got:
+        if not isinstance(a, np.ndarray) or a.dtype != dtype:
+            raise GradcheckError(
+                f"{case.where}: run in {dtype}, the {what} is {describe(a)}; it must be a "
+                f"{dtype} array like x and the parameters (dtype follows the input's)"
+            )
+    dx64, grads64 = case.analytic
+    pairs = ([("dx", dx, dx64)] if input_grad else []) + [
+        (f"the gradient of {n!r}", params[n].grad, grads64[n]) for n in case.names
+    ]
+    # a gradient that is zero in exact arithmetic (a conv bias before batch norm) is a
+    # cancellation of terms the size of the largest gradient: its roundoff is theirs
+    largest = max(float(np.max(np.abs(high), initial=0.0)) for _, _, high in pairs)
+    for what, low, high in pairs:
+        _agrees(case.where, dtype.name, what, low, high, largest)
+    return dtype.name
 
 
 def _untouched_hint(report, analytic) -> str:
