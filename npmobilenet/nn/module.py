@@ -83,6 +83,7 @@ class Module:
             raise AttributeError(
                 f"{type(self).__name__}: call super().__init__() before assigning attributes"
             )
+        _check_replacement(self, name, value)
         is_buffer = name in self._buffers and isinstance(value, np.ndarray)
         if isinstance(value, Parameter):
             table = self._parameters
@@ -141,33 +142,55 @@ class Module:
     def children(self) -> Iterator[Module]:
         yield from self._modules.values()
 
-    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
-        """Yield ``(dotted name, module)`` for this module (name ``prefix``) and all below it."""
+    def named_modules(self, prefix: str = "", remove_duplicate: bool = True
+                      ) -> Iterator[tuple[str, Module]]:  # fmt: skip
+        """Yield ``(dotted name, module)`` for this module (name ``prefix``) and all below it.
+
+        A module registered at several places (one layer used twice) is yielded once, under its
+        first name, unless ``remove_duplicate`` is False (as in PyTorch)."""
+        seen = set() if remove_duplicate else None
+        yield from self._named_modules(prefix, seen)
+
+    def _named_modules(self, prefix: str, seen) -> Iterator[tuple[str, Module]]:
+        if seen is not None:
+            if id(self) in seen:
+                return
+            seen.add(id(self))
         yield prefix, self
         for name, child in self._modules.items():
-            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+            yield from child._named_modules(f"{prefix}.{name}" if prefix else name, seen)
 
-    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
-        """Yield ``(dotted name, Parameter)`` in registration order, depth first."""
-        for mod_name, mod in self.named_modules(prefix):
+    def named_parameters(self, prefix: str = "", remove_duplicate: bool = True
+                         ) -> Iterator[tuple[str, Parameter]]:  # fmt: skip
+        """Yield ``(dotted name, Parameter)`` in registration order, depth first.
+
+        A parameter reachable under several names (a shared layer) is yielded once, under its
+        first name, unless ``remove_duplicate`` is False (as in PyTorch): an optimizer given
+        ``parameters()`` then updates it once per step."""
+        seen = set()
+        for mod_name, mod in self.named_modules(prefix, remove_duplicate):
             for name, p in mod._parameters.items():
+                if remove_duplicate and id(p) in seen:
+                    continue
+                seen.add(id(p))
                 yield (f"{mod_name}.{name}" if mod_name else name), p
 
     def parameters(self) -> Iterator[Parameter]:
-        """Yield every Parameter, in the order of :meth:`named_parameters` (without names)."""
-        for mod in self._depth_first():
-            yield from mod._parameters.values()
+        """Yield every Parameter once, in the order of :meth:`named_parameters` (without
+        names)."""
+        yield from dict.fromkeys(p for mod in self._depth_first() for p in mod._parameters.values())
 
     def _depth_first(self) -> list[Module]:
-        """This module and all below it, in the order of :meth:`named_modules`: one list built
-        with a stack (named_modules' nested generators and dotted names cost about 0.5 us a
-        module, and zero_grad walks every module each step)."""
-        order, todo = [], [self]
+        """This module and all below it, each once, in the order of :meth:`named_modules`: one
+        list built with a stack (named_modules' nested generators and dotted names cost about
+        0.5 us a module, and zero_grad walks every module each step)."""
+        order, todo = {}, [self]
         while todo:
             mod = todo.pop()
-            order.append(mod)
-            todo.extend(reversed(mod._modules.values()))
-        return order
+            if mod not in order:
+                order[mod] = None
+                todo.extend(reversed(mod._modules.values()))
+        return list(order)
 
     def named_buffers(self, prefix: str = "") -> Iterator[tuple[str, np.ndarray]]:
         for mod_name, mod in self.named_modules(prefix):
@@ -216,13 +239,12 @@ class Module:
         op = f"{type(self).__name__}.{op}"
         if not isinstance(prefix, str):
             raise TypeError(f"{op}: prefix must be a str, got {describe(prefix)}")
-        names = [n for n, _ in self.named_parameters()
-                 if not prefix or n == prefix or n.startswith(prefix + ".")]  # fmt: skip
+        params = dict(self.named_parameters(remove_duplicate=False))  # a shared one by any name
+        names = [n for n in params if not prefix or n == prefix or n.startswith(prefix + ".")]
         if not names:
-            top = sorted({n.split(".")[0] for n, _ in self.named_parameters()})
+            top = sorted({n.split(".")[0] for n in params})
             raise ValueError(f"{op}: no parameter is named {prefix!r} or below it; top-level"
                              f" names: {top[:12]}")  # fmt: skip
-        params = dict(self.named_parameters())
         for n in names:
             params[n].requires_grad = value
         return names
@@ -259,7 +281,7 @@ class Module:
         mean to keep a snapshot while training continues.
         """
         state = OrderedDict()
-        for mod_name, mod in self.named_modules():
+        for mod_name, mod in self.named_modules(remove_duplicate=False):  # every name, as torch
             dot = f"{mod_name}." if mod_name else ""
             for name, p in mod._parameters.items():
                 state[dot + name] = p.data
@@ -322,6 +344,25 @@ class Module:
             body = repr(child).replace("\n", "\n  ")
             lines.append(f"  ({name}): {body}")
         return "\n".join(lines) + "\n)"
+
+
+def _check_replacement(module: Module, name: str, value) -> None:
+    """Raise TypeError where assigning ``value`` to ``name`` would silently unregister a
+    parameter, child or buffer (as PyTorch does): a plain array assigned to a weight would leave
+    the state_dict, ``parameters()`` and so the optimizer without it. A Parameter, a Module or
+    None may replace anything (None unregisters it); a buffer takes any array."""
+    if value is None or isinstance(value, (Parameter, Module)):
+        return
+    if name in module._parameters:
+        kind, expected = "parameter", "a Parameter or None; Parameter(array) wraps an array"
+    elif name in module._modules:
+        kind, expected = "child module", "a Module or None"
+    elif name in module._buffers and not isinstance(value, np.ndarray):
+        kind, expected = "buffer", "a numpy array or None"
+    else:
+        return
+    raise TypeError(f"{type(module).__name__}: cannot assign {describe(value)} as {kind}"
+                    f" {name!r} (expected {expected})")  # fmt: skip
 
 
 def _check_source(key: str, value, dst: np.ndarray):
