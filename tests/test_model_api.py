@@ -183,3 +183,52 @@ def test_units_walk_current_children_in_registration_order():
     m.depthwise_sep_conv6 = nn.ModuleList([block])  # a shorter stage, in the same place
     assert [label for label, _ in m.units()][7:9] == ["depthwise_sep_conv6 #0",
                                                       "depthwise_sep_conv7"]  # fmt: skip
+
+
+def test_blocks_deleted_inserted_and_replaced_like_torch(torch):
+    """Model surgery with the containers' list methods and ``del``, the same on both sides:
+    the forward runs the blocks the model now holds, in training and through the fused engine,
+    and the state_dict names follow torch's renumbering."""
+    m, ref = _pair(torch)
+    ours, theirs = m.depthwise_sep_conv6, ref.depthwise_sep_conv6
+    block = type(theirs[0])
+
+    def new(seed):
+        return DepthwiseSeparableConv(128, 128, 1, "relu", np.float64).train()
+
+    for side, make in ((ours, new), (theirs, lambda seed: block(512, 512).double())):
+        del side[0]
+        side.insert(1, make(0))
+        side.append(make(1))
+        side[-2] = make(2)
+        del side[1:2]
+        side.extend([make(3)])
+    assert len(ours) == len(theirs) == 6
+    assert list(m.state_dict()) == list(ref.state_dict())
+    assert [type(b).__name__ for b in ours[2:]] == ["DepthwiseSeparableConv"] * 4
+    assert list(ours[2:4].state_dict()) == list(theirs[2:4].state_dict())  # numbered from 0
+    seq, tseq = nn.Sequential(nn.ReLU(), nn.Identity()), torch.nn.Sequential(
+        torch.nn.ReLU(), torch.nn.Identity())  # fmt: skip
+    assert list(seq[1:]._modules) == list(tseq[1:]._modules) == ["1"]  # names kept
+    m.reset_parameters(3)
+    _load(m, ref, torch)
+    grads = _step_both(torch, m, ref, _x(), m.forward, m.backward, ref)
+    for name, p in m.named_parameters():
+        _close(p.grad, grads[name], name)
+    m.eval(), ref.eval()
+    _close(m.predict_proba(_x(4)), torch.softmax(ref(torch.from_numpy(_x(4))), 1), "fused")
+
+
+def test_del_unregisters_a_parameter_or_a_block_like_torch(torch):
+    lin, tlin = nn.Linear(3, 2, rng=0), torch.nn.Linear(3, 2)
+    del lin.bias, tlin.bias
+    assert list(lin.state_dict()) == list(tlin.state_dict()) == ["weight"]
+    assert len(list(lin.parameters())) == 1
+    m, ref = _pair(torch)
+    del m.depthwise_sep_conv8  # 256 -> 256 channels: the model without it still fits
+    ref.depthwise_sep_conv8 = torch.nn.Identity()
+    assert list(m.state_dict()) == list(ref.state_dict())
+    _load(m, ref, torch)
+    grads = _step_both(torch, m, ref, _x(), m.forward, m.backward, ref)
+    for name, p in m.named_parameters():
+        _close(p.grad, grads[name], name)

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import operator
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from typing import NamedTuple
@@ -97,6 +98,13 @@ class Module:
         if table is not None:
             table[name] = value  # an existing key keeps its place, as in PyTorch
         object.__setattr__(self, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        """``del module.name`` unregisters a parameter, buffer or child too, as in PyTorch (a
+        deleted block then leaves the forward, the state_dict and ``parameters()``)."""
+        for table in (self._parameters, self._buffers, self._modules):
+            table.pop(name, None)
+        object.__delattr__(self, name)
 
     def register_buffer(self, name: str, array: np.ndarray) -> None:
         """Register saved, untrained state (e.g. running statistics) under ``name``."""
@@ -396,14 +404,80 @@ class ModuleList(Module):
                 )
             setattr(self, str(i), m)
 
-    def __getitem__(self, i: int) -> Module:
-        return list(self._modules.values())[i]
+    def __getitem__(self, i):
+        """The module at position ``i``, or for a slice a container of the same type holding
+        those modules (as PyTorch: a ModuleList numbers them from 0, a Sequential keeps their
+        names)."""
+        items = list(self._modules.items())
+        if isinstance(i, slice):
+            out = ModuleList.__new__(type(self))
+            Module.__init__(out)
+            renumber = type(self).forward is Module.forward  # a list, not a Sequential
+            for k, (name, m) in enumerate(items[i]):
+                setattr(out, str(k) if renumber else name, m)
+            return out
+        return items[self._position("__getitem__", i)][1]
+
+    def __setitem__(self, i: int, module: Module) -> None:
+        """Replace the module at position ``i`` (its name and place kept)."""
+        name = list(self._modules)[self._position("__setitem__", i)]
+        setattr(self, name, self._checked("__setitem__", module))
+
+    def __delitem__(self, i) -> None:
+        """Remove the module(s) at position or slice ``i``; the rest are numbered 0, 1, ...
+        again, as in PyTorch."""
+        items = list(self._modules.values())
+        if isinstance(i, slice):
+            del items[i]
+        else:
+            del items[self._position("__delitem__", i)]
+        self._renumber(items)
+
+    def insert(self, index: int, module: Module) -> None:
+        """Insert ``module`` before position ``index`` (``list.insert``); renumbers."""
+        items = list(self._modules.values())
+        items.insert(operator.index(index), self._checked("insert", module))
+        self._renumber(items)
+
+    def append(self, module: Module):
+        """Add ``module`` at the end; returns ``self``."""
+        setattr(self, str(len(self)), self._checked("append", module))
+        return self
+
+    def extend(self, modules):
+        """Append each of ``modules``; returns ``self``."""
+        for m in list(modules):
+            self.append(m)
+        return self
 
     def __len__(self) -> int:
         return len(self._modules)
 
     def __iter__(self) -> Iterator[Module]:
         return iter(self._modules.values())
+
+    def _position(self, op: str, i) -> int:
+        """``i`` as a position in ``range(len(self))`` (negative counts from the end)."""
+        op = f"{type(self).__name__}.{op}"
+        if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
+            raise TypeError(f"{op}: index must be an int or a slice, got {describe(i)}")
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"{op}: index {int(i)} is out of range for {n} module(s)")
+        return int(i) % n
+
+    def _checked(self, op: str, module) -> Module:
+        if not isinstance(module, Module):
+            raise TypeError(f"{type(self).__name__}.{op}: expected a Module, got"
+                            f" {describe(module)}")  # fmt: skip
+        return module
+
+    def _renumber(self, modules: list) -> None:
+        """Hold exactly ``modules``, named "0", "1", ... in order."""
+        for name in list(self._modules):
+            delattr(self, name)
+        for k, m in enumerate(modules):
+            setattr(self, str(k), m)
 
 
 class Sequential(ModuleList):
