@@ -232,3 +232,35 @@ def test_del_unregisters_a_parameter_or_a_block_like_torch(torch):
     grads = _step_both(torch, m, ref, _x(), m.forward, m.backward, ref)
     for name, p in m.named_parameters():
         _close(p.grad, grads[name], name)
+
+
+def test_one_model_called_from_several_threads_gives_each_its_own_logits(torch):
+    """Threads sharing one model (a server's pool calling model(x)) get the logits of their
+    own input: forward and backward share the model's workspace, so they run one at a time."""
+    import copy
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    m, ref = _pair(torch)
+    _load(m, ref, torch)
+    m.eval(), ref.eval()
+    inside, most = [], []  # the forwards of the model under way at once
+
+    def enter(x, plain=m.first_conv.relu.forward):
+        inside.append(x)
+        most.append(len(inside))
+        time.sleep(0.005)  # the other threads' turn
+        return plain(x)
+
+    def leave(x, plain=m.fc.forward):
+        inside.pop()
+        return plain(x)
+
+    m.first_conv.relu.forward, m.fc.forward = enter, leave
+    xs = [np.random.default_rng(i).standard_normal((2, 3, 64, 48)) for i in range(8)]
+    for model in (m, copy.deepcopy(m)):  # a copy has a lock of its own
+        with ThreadPoolExecutor(4) as pool:
+            outs = list(pool.map(model, xs))
+        for x, out in zip(xs, outs):
+            _close(out, ref(torch.from_numpy(x)))
+    assert max(most) == 1 and len(most) == 2 * len(xs)
