@@ -635,3 +635,18 @@ def test_a_plain_value_cannot_silently_unregister_a_parameter_child_or_buffer(to
     lin.bias = None  # None unregisters, a Parameter replaces
     lin.weight = nn.Parameter(np.ones((2, 3), np.float32))
     assert list(lin.state_dict()) == ["weight"] and bn.state_dict()["running_var"][0] == 4.0
+
+
+@pytest.mark.parametrize("value", [None, np.zeros(3, np.float32), [[0.0] * 3] * 2])
+def test_a_gradient_cannot_be_set_to_none_or_a_wrong_shape(value):
+    """torch's ``p.grad = None`` idiom: refused where it is written, with the way to zero it,
+    instead of an AttributeError on None in the next zero_grad, backward or step."""
+    lin = nn.Linear(3, 2, rng=0)
+    grad = lin.weight.grad
+    with pytest.raises(TypeError, match=r"Parameter.grad: expected an array of shape \(2, 3\)"
+                                        r" .*zero_grad\(\)"):  # fmt: skip
+        lin.weight.grad = value
+    assert lin.weight.grad is grad
+    lin.weight.grad = np.ones((2, 3), np.float32)  # an array of the right shape replaces it
+    lin.zero_grad()
+    assert not lin.weight.grad.any()
