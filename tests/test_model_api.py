@@ -264,3 +264,17 @@ def test_one_model_called_from_several_threads_gives_each_its_own_logits(torch):
         for x, out in zip(xs, outs):
             _close(out, ref(torch.from_numpy(x)))
     assert max(most) == 1 and len(most) == 2 * len(xs)
+
+
+def test_a_block_tied_in_two_places_is_counted_once_and_runs_twice_like_torch(torch):
+    m, ref = _pair(torch)
+    m.depthwise_sep_conv6[1] = m.depthwise_sep_conv6[0]  # weight tying
+    ref.depthwise_sep_conv6[1] = ref.depthwise_sep_conv6[0]
+    assert list(m.state_dict()) == list(ref.state_dict())
+    assert [n for n, _ in m.named_parameters()] == [n for n, _ in ref.named_parameters()]
+    s = m.summary(X_SHAPE[1:], batch_size=2)
+    assert s.total_params == sum(p.numel() for p in ref.parameters())
+    assert "depthwise_sep_conv6.1.dwconv" in [r.name for r in s.rows]
+    _load(m, ref, torch)
+    m.eval(), ref.eval()
+    _close(m.predict_proba(_x()), torch.softmax(ref(torch.from_numpy(_x())), 1), "fused")
