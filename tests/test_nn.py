@@ -650,3 +650,12 @@ def test_a_gradient_cannot_be_set_to_none_or_a_wrong_shape(value):
     lin.weight.grad = np.ones((2, 3), np.float32)  # an array of the right shape replaces it
     lin.zero_grad()
     assert not lin.weight.grad.any()
+
+
+def test_a_layer_run_twice_in_one_forward_is_refused_in_backward_with_the_reason(rng):
+    lin = nn.Linear(3, 3, rng=0)
+    net = nn.Sequential(lin, nn.ReLU(), lin)
+    net(rng.standard_normal((2, 3)).astype(np.float32))
+    with pytest.raises(RuntimeError, match="Linear.backward: .* or the module ran twice in one"
+                                           " forward"):  # fmt: skip
+        net.backward(np.ones((2, 3), np.float32))

@@ -140,7 +140,10 @@ class Module:
         already used it (a backward sets ``self._cache = SPENT``)."""
         if self._cache is SPENT:
             raise RuntimeError(
-                f"{op}: backward called twice after one forward (run forward again first)"
+                f"{op}: backward called twice after one forward (run forward again first), or"
+                " the module ran twice in one forward: it keeps its last call's cache only, so"
+                " a layer used at two places cannot be differentiated; give each place a layer"
+                " of its own (copy.deepcopy)"
             )
         if self._cache is None:
             raise RuntimeError(f"{op}: backward called before forward (no cached activations)")
