@@ -183,3 +183,98 @@ def test_units_walk_current_children_in_registration_order():
     m.depthwise_sep_conv6 = nn.ModuleList([block])  # a shorter stage, in the same place
     assert [label for label, _ in m.units()][7:9] == ["depthwise_sep_conv6 #0",
                                                       "depthwise_sep_conv7"]  # fmt: skip
+
+
+def test_blocks_deleted_inserted_and_replaced_like_torch(torch):
+    """Model surgery with the containers' list methods and ``del``, the same on both sides:
+    the forward runs the blocks the model now holds, in training and through the fused engine,
+    and the state_dict names follow torch's renumbering."""
+    m, ref = _pair(torch)
+    ours, theirs = m.depthwise_sep_conv6, ref.depthwise_sep_conv6
+    block = type(theirs[0])
+
+    def new(seed):
+        return DepthwiseSeparableConv(128, 128, 1, "relu", np.float64).train()
+
+    for side, make in ((ours, new), (theirs, lambda seed: block(512, 512).double())):
+        del side[0]
+        side.insert(1, make(0))
+        side.append(make(1))
+        side[-2] = make(2)
+        del side[1:2]
+        side.extend([make(3)])
+    assert len(ours) == len(theirs) == 6
+    assert list(m.state_dict()) == list(ref.state_dict())
+    assert [type(b).__name__ for b in ours[2:]] == ["DepthwiseSeparableConv"] * 4
+    assert list(ours[2:4].state_dict()) == list(theirs[2:4].state_dict())  # numbered from 0
+    seq, tseq = nn.Sequential(nn.ReLU(), nn.Identity()), torch.nn.Sequential(
+        torch.nn.ReLU(), torch.nn.Identity())  # fmt: skip
+    assert list(seq[1:]._modules) == list(tseq[1:]._modules) == ["1"]  # names kept
+    m.reset_parameters(3)
+    _load(m, ref, torch)
+    grads = _step_both(torch, m, ref, _x(), m.forward, m.backward, ref)
+    for name, p in m.named_parameters():
+        _close(p.grad, grads[name], name)
+    m.eval(), ref.eval()
+    _close(m.predict_proba(_x(4)), torch.softmax(ref(torch.from_numpy(_x(4))), 1), "fused")
+
+
+def test_del_unregisters_a_parameter_or_a_block_like_torch(torch):
+    lin, tlin = nn.Linear(3, 2, rng=0), torch.nn.Linear(3, 2)
+    del lin.bias, tlin.bias
+    assert list(lin.state_dict()) == list(tlin.state_dict()) == ["weight"]
+    assert len(list(lin.parameters())) == 1
+    m, ref = _pair(torch)
+    del m.depthwise_sep_conv8  # 256 -> 256 channels: the model without it still fits
+    ref.depthwise_sep_conv8 = torch.nn.Identity()
+    assert list(m.state_dict()) == list(ref.state_dict())
+    _load(m, ref, torch)
+    grads = _step_both(torch, m, ref, _x(), m.forward, m.backward, ref)
+    for name, p in m.named_parameters():
+        _close(p.grad, grads[name], name)
+
+
+def test_one_model_called_from_several_threads_gives_each_its_own_logits(torch):
+    """Threads sharing one model (a server's pool calling model(x)) get the logits of their
+    own input: forward and backward share the model's workspace, so they run one at a time."""
+    import copy
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    m, ref = _pair(torch)
+    _load(m, ref, torch)
+    m.eval(), ref.eval()
+    inside, most = [], []  # the forwards of the model under way at once
+
+    def enter(x, plain=m.first_conv.relu.forward):
+        inside.append(x)
+        most.append(len(inside))
+        time.sleep(0.005)  # the other threads' turn
+        return plain(x)
+
+    def leave(x, plain=m.fc.forward):
+        inside.pop()
+        return plain(x)
+
+    m.first_conv.relu.forward, m.fc.forward = enter, leave
+    xs = [np.random.default_rng(i).standard_normal((2, 3, 64, 48)) for i in range(8)]
+    for model in (m, copy.deepcopy(m)):  # a copy has a lock of its own
+        with ThreadPoolExecutor(4) as pool:
+            outs = list(pool.map(model, xs))
+        for x, out in zip(xs, outs):
+            _close(out, ref(torch.from_numpy(x)))
+    assert max(most) == 1 and len(most) == 2 * len(xs)
+
+
+def test_a_block_tied_in_two_places_is_counted_once_and_runs_twice_like_torch(torch):
+    m, ref = _pair(torch)
+    m.depthwise_sep_conv6[1] = m.depthwise_sep_conv6[0]  # weight tying
+    ref.depthwise_sep_conv6[1] = ref.depthwise_sep_conv6[0]
+    assert list(m.state_dict()) == list(ref.state_dict())
+    assert [n for n, _ in m.named_parameters()] == [n for n, _ in ref.named_parameters()]
+    s = m.summary(X_SHAPE[1:], batch_size=2)
+    assert s.total_params == sum(p.numel() for p in ref.parameters())
+    assert "depthwise_sep_conv6.1.dwconv" in [r.name for r in s.rows]
+    _load(m, ref, torch)
+    m.eval(), ref.eval()
+    _close(m.predict_proba(_x()), torch.softmax(ref(torch.from_numpy(_x())), 1), "fused")

@@ -590,3 +590,72 @@ def test_conv2d_output_shape_follows_the_layer_s_current_arguments():
                                   ("stride", (1, 1), (9, 7)), ("padding", "valid", (7, 6))):
         setattr(conv, attr, value)
         assert conv.output_shape(x.shape) == conv(x).shape == (2, 4, *expected)
+
+
+@pytest.mark.torch
+def test_a_layer_registered_twice_is_one_set_of_parameters_like_torch(torch):
+    def shared(m):
+        lin = m.Linear(3, 3)
+        return m.Sequential(lin, m.ReLU(), lin), lin
+
+    (ours, lin), (ref, tlin) = shared(nn), shared(torch.nn)
+    tlin.load_state_dict({k: _t(torch, v) for k, v in lin.state_dict().items()})
+    assert [n for n, _ in ours.named_parameters()] == [n for n, _ in ref.named_parameters()]
+    assert [n for n, _ in ours.named_modules()] == [n for n, _ in ref.named_modules()]
+    assert list(ours.state_dict()) == list(ref.state_dict())  # every name, as torch
+    assert ours.freeze("2") == ["2.weight", "2.bias"] and not lin.weight.requires_grad
+    ours.unfreeze()
+    from npmobilenet.optim import SGD
+
+    opt, topt = SGD(ours.parameters(), lr=0.1), torch.optim.SGD(ref.parameters(), lr=0.1)
+    for p, tp in zip(ours.parameters(), ref.parameters()):
+        p.grad[...] = 1.0
+        tp.grad = torch.ones_like(tp)
+    opt.step()
+    topt.step()  # one update per parameter, not one per name
+    np.testing.assert_array_equal(lin.weight.data, tlin.weight.detach().numpy())
+    np.testing.assert_array_equal(lin.bias.data, tlin.bias.detach().numpy())
+
+
+@pytest.mark.torch
+def test_a_plain_value_cannot_silently_unregister_a_parameter_child_or_buffer(torch):
+    lin, tlin = nn.Linear(3, 2, rng=0), torch.nn.Linear(3, 2)
+    with pytest.raises(TypeError):  # torch refuses too
+        tlin.weight = torch.zeros(2, 3)
+    with pytest.raises(TypeError, match=r"Linear: cannot assign array .* as parameter 'weight'"):
+        lin.weight = np.zeros((2, 3), np.float32)
+    assert list(lin.state_dict()) == ["weight", "bias"] and isinstance(lin.weight, nn.Parameter)
+    net, bn = nn.Sequential(nn.ReLU()), nn.BatchNorm2d(2)
+    with pytest.raises(TypeError, match="Sequential: cannot assign .* as child module '0'"):
+        setattr(net, "0", np.zeros(3))
+    with pytest.raises(TypeError, match="BatchNorm2d: cannot assign .* as buffer 'running_var'"):
+        bn.running_var = [1.0, 1.0]
+    assert len(net) == 1 and list(bn.state_dict())[3] == "running_var"
+    bn.running_var = np.full(2, 4.0, np.float32)  # an array replaces a buffer
+    lin.bias = None  # None unregisters, a Parameter replaces
+    lin.weight = nn.Parameter(np.ones((2, 3), np.float32))
+    assert list(lin.state_dict()) == ["weight"] and bn.state_dict()["running_var"][0] == 4.0
+
+
+@pytest.mark.parametrize("value", [None, np.zeros(3, np.float32), [[0.0] * 3] * 2])
+def test_a_gradient_cannot_be_set_to_none_or_a_wrong_shape(value):
+    """torch's ``p.grad = None`` idiom: refused where it is written, with the way to zero it,
+    instead of an AttributeError on None in the next zero_grad, backward or step."""
+    lin = nn.Linear(3, 2, rng=0)
+    grad = lin.weight.grad
+    with pytest.raises(TypeError, match=r"Parameter.grad: expected an array of shape \(2, 3\)"
+                                        r" .*zero_grad\(\)"):  # fmt: skip
+        lin.weight.grad = value
+    assert lin.weight.grad is grad
+    lin.weight.grad = np.ones((2, 3), np.float32)  # an array of the right shape replaces it
+    lin.zero_grad()
+    assert not lin.weight.grad.any()
+
+
+def test_a_layer_run_twice_in_one_forward_is_refused_in_backward_with_the_reason(rng):
+    lin = nn.Linear(3, 3, rng=0)
+    net = nn.Sequential(lin, nn.ReLU(), lin)
+    net(rng.standard_normal((2, 3)).astype(np.float32))
+    with pytest.raises(RuntimeError, match="Linear.backward: .* or the module ran twice in one"
+                                           " forward"):  # fmt: skip
+        net.backward(np.ones((2, 3), np.float32))

@@ -168,3 +168,62 @@ def test_trainer_argument_errors():
         make_trainer(max_grad_norm=0)
     with pytest.raises(ValueError, match="Trainer: progress must be 'auto', 'bar', 'plain'"):
         make_trainer(progress="fancy")
+
+
+@pytest.mark.torch
+def test_clipping_covers_the_parameters_unfrozen_after_the_trainer_was_built(torch):
+    """Fine-tuning: built with the features frozen, then everything unfrozen (as a user's
+    on_epoch_end does): the clip's norm takes in every gradient trained now, as torch's
+    clip_grad_norm_(model.parameters()) does."""
+    from torch_reference import build_seed_mobilenet
+
+    t = make_trainer(np.float64, scheduler="none", max_grad_norm=0.05)
+    t.model.freeze()
+    t.model.unfreeze("fc")
+    t = Trainer(t.model, SGD(list(t.model.parameters()), lr=0.05), t.train_loader,
+                progress="none", log=None, max_grad_norm=0.05)  # fmt: skip
+    t.model.unfreeze()
+    ref = build_seed_mobilenet(torch, alpha=0.25, num_classes=10, in_channels=1).double()
+    ref.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in t.model.state_dict().items()})
+    ref_opt = torch.optim.SGD(ref.parameters(), lr=0.05)
+    x, y = next(iter(DataLoader(digits(16, 32, np.float64), 16)))
+    t.model.train()
+    t.train_step(x, y)
+    torch.nn.functional.cross_entropy(ref(torch.from_numpy(x)), torch.from_numpy(y)).backward()
+    torch.nn.utils.clip_grad_norm_(ref.parameters(), 0.05)
+    ref_opt.step()
+    tparams = dict(ref.named_parameters())
+    for name, p in t.model.named_parameters():
+        np.testing.assert_allclose(p.data, tparams[name].detach().numpy(), rtol=1e-7, atol=1e-9)
+
+
+def test_a_model_of_your_own_trains_evaluates_and_checkpoints(tmp_path):
+    from npmobilenet import nn
+
+    def net(seed):
+        return nn.Sequential(nn.Conv2d(1, 4, 3, stride=2, rng=seed), nn.ReLU(),
+                             nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                             nn.Linear(4, 10, rng=seed))  # fmt: skip
+
+    data = digits(32, 16)
+    model = net(0)
+    t = Trainer(model, SGD(list(model.parameters()), lr=0.1), DataLoader(data, 8, seed=0),
+                DataLoader(data, 8), progress="none", log=None)  # fmt: skip
+    t.fit(1, checkpoint_path=tmp_path / "own.ckpt")
+    model.eval()
+    logits = np.concatenate([model(x) for x, _ in DataLoader(data, 8)]).astype(np.float64)
+    shifted = logits - logits.max(1, keepdims=True)  # naive log-softmax
+    nll = np.log(np.exp(shifted).sum(1)) - shifted[np.arange(len(data.y)), data.y]
+    assert t.history["test_loss"][0] == pytest.approx(nll.mean(), rel=1e-5)
+    result = t.evaluate(DataLoader(data, 8))
+    naive = np.zeros((10, 10), np.int64)
+    for true, guess in zip(data.y, logits.argmax(1)):
+        naive[true, guess] += 1
+    np.testing.assert_array_equal(result["confusion"], naive)
+    other = net(1)
+    back = Trainer(other, SGD(list(other.parameters()), lr=0.1), DataLoader(data, 8, seed=0),
+                   progress="none", log=None)  # fmt: skip
+    back.load_checkpoint(tmp_path / "own.ckpt")
+    assert back.epoch == 1
+    for (name, a), b in zip(model.state_dict().items(), other.state_dict().values()):
+        np.testing.assert_array_equal(a, b, err_msg=name)

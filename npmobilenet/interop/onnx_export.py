@@ -72,7 +72,7 @@ def build_graph(model, opset: int = 17):
     onnx, helper, numpy_helper = import_onnx()
     _check_model(model, opset)
     layers, head = fused_layers(model, op="export_onnx")  # the modules that run, checked
-    modules, state = dict(model.named_modules()), model.state_dict()
+    modules, state = dict(model.named_modules(remove_duplicate=False)), model.state_dict()
     elem = helper.np_dtype_to_tensor_dtype(model.dtype)
     inits, nodes, x = [], [], "input"
 

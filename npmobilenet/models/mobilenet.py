@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import math
 import sys
+import threading
 from typing import NamedTuple
 
 import numpy as np
@@ -425,7 +426,9 @@ class MobileNetV1(Module):
     :class:`npmobilenet.nn.Workspace` (arrays reused from step to step) and splits each batch
     with ``self.runner`` (a :class:`npmobilenet.threads.Runner`; ``Runner(1)`` for serial), passing
     both, and ``consume=True`` in the backward, by the rule of :mod:`npmobilenet.nn.module`.
-    What it returns (logits, features, dx) is always a fresh array.
+    What it returns (logits, features, dx) is always a fresh array. Threads that share one
+    model run its forwards and backwards one at a time (they share its workspace); a backward
+    differentiates the last forward, whichever thread ran it, so train one model per thread.
 
     Memory of a training step: backward needs each batch norm's input (the convolution's
     output); the activation between a block's two convolutions, when it holds at least
@@ -467,6 +470,7 @@ class MobileNetV1(Module):
         self.runner = threads.Runner()  # threads.set_threads() decides its count
         self.recompute_block_outputs = False
         object.__setattr__(self, "_workspace", Workspace())
+        object.__setattr__(self, "_calls", CallLock())  # see _forward
         object.__setattr__(self, "_ran", None)  # what the last forward ran (see _backward)
         object.__setattr__(self, "_split_memo", (None, False))  # see _worth_splitting
         object.__setattr__(self, "_planned", None)  # see _compile_ahead
@@ -606,6 +610,10 @@ class MobileNetV1(Module):
 
     def _forward(self, x: np.ndarray, op: str, units, file) -> np.ndarray:
         self._check_input(op, x)
+        with self._calls:  # one forward or backward at a time: they share the workspace
+            return self._forward_checked(x, units, file)
+
+    def _forward_checked(self, x: np.ndarray, units, file) -> np.ndarray:
         ws = self._workspace
         ws.new_step()
         split = self._worth_splitting(x.shape, units)
@@ -642,6 +650,10 @@ class MobileNetV1(Module):
 
     def _backward(self, dout, op: str, input_grad) -> np.ndarray | None:
         input_grad = chk.flag(op, "input_grad", input_grad)
+        with self._calls:  # see _forward
+            return self._backward_checked(dout, op, input_grad)
+
+    def _backward_checked(self, dout, op: str, input_grad: bool) -> np.ndarray | None:
         if self._ran is _SPENT_RUN:
             raise RuntimeError(f"{op}: backward called twice after one forward (run forward"
                                " again first)")  # fmt: skip
@@ -777,6 +789,28 @@ class MobileNetV1(Module):
 
 _POOL_NAMES = tuple(name for name, _ in GLOBAL_POOLS.values())
 _SPENT_RUN = "spent"  # _ran after a backward used it
+
+
+class CallLock:
+    """A re-entrant lock that a copy of its owner gets anew: a model's forward and backward
+    take it, so threads sharing one model run them one at a time (they share the model's
+    workspace and its record of the last forward) rather than writing over each other's
+    activations."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+
+    def __enter__(self):
+        return self._lock.__enter__()
+
+    def __exit__(self, *exc):
+        return self._lock.__exit__(*exc)
+
+    def __deepcopy__(self, memo) -> CallLock:
+        return CallLock()
+
+    def __reduce__(self):
+        return CallLock, ()
 
 
 def _init_linear(m: Linear, rng) -> None:

@@ -126,7 +126,7 @@ def _walk(m: Module, name: str, depth: int, in_shape: tuple, rows: list) -> tupl
 
 
 def _group_by_type(model: Module, rows: list[LayerRow]) -> list[TypeRow]:
-    modules = dict(model.named_modules())
+    modules = dict(model.named_modules(remove_duplicate=False))  # a row per path
     groups: dict[str, list] = {}
     for row in rows:
         if row.is_leaf and (label := layer_type(modules[row.name])) is not None:

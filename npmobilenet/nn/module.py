@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import operator
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from typing import NamedTuple
@@ -83,6 +84,7 @@ class Module:
             raise AttributeError(
                 f"{type(self).__name__}: call super().__init__() before assigning attributes"
             )
+        _check_replacement(self, name, value)
         is_buffer = name in self._buffers and isinstance(value, np.ndarray)
         if isinstance(value, Parameter):
             table = self._parameters
@@ -96,6 +98,13 @@ class Module:
         if table is not None:
             table[name] = value  # an existing key keeps its place, as in PyTorch
         object.__setattr__(self, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        """``del module.name`` unregisters a parameter, buffer or child too, as in PyTorch (a
+        deleted block then leaves the forward, the state_dict and ``parameters()``)."""
+        for table in (self._parameters, self._buffers, self._modules):
+            table.pop(name, None)
+        object.__delattr__(self, name)
 
     def register_buffer(self, name: str, array: np.ndarray) -> None:
         """Register saved, untrained state (e.g. running statistics) under ``name``."""
@@ -131,7 +140,10 @@ class Module:
         already used it (a backward sets ``self._cache = SPENT``)."""
         if self._cache is SPENT:
             raise RuntimeError(
-                f"{op}: backward called twice after one forward (run forward again first)"
+                f"{op}: backward called twice after one forward (run forward again first), or"
+                " the module ran twice in one forward: it keeps its last call's cache only, so"
+                " a layer used at two places cannot be differentiated; give each place a layer"
+                " of its own (copy.deepcopy)"
             )
         if self._cache is None:
             raise RuntimeError(f"{op}: backward called before forward (no cached activations)")
@@ -141,33 +153,55 @@ class Module:
     def children(self) -> Iterator[Module]:
         yield from self._modules.values()
 
-    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
-        """Yield ``(dotted name, module)`` for this module (name ``prefix``) and all below it."""
+    def named_modules(self, prefix: str = "", remove_duplicate: bool = True
+                      ) -> Iterator[tuple[str, Module]]:  # fmt: skip
+        """Yield ``(dotted name, module)`` for this module (name ``prefix``) and all below it.
+
+        A module registered at several places (one layer used twice) is yielded once, under its
+        first name, unless ``remove_duplicate`` is False (as in PyTorch)."""
+        seen = set() if remove_duplicate else None
+        yield from self._named_modules(prefix, seen)
+
+    def _named_modules(self, prefix: str, seen) -> Iterator[tuple[str, Module]]:
+        if seen is not None:
+            if id(self) in seen:
+                return
+            seen.add(id(self))
         yield prefix, self
         for name, child in self._modules.items():
-            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+            yield from child._named_modules(f"{prefix}.{name}" if prefix else name, seen)
 
-    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
-        """Yield ``(dotted name, Parameter)`` in registration order, depth first."""
-        for mod_name, mod in self.named_modules(prefix):
+    def named_parameters(self, prefix: str = "", remove_duplicate: bool = True
+                         ) -> Iterator[tuple[str, Parameter]]:  # fmt: skip
+        """Yield ``(dotted name, Parameter)`` in registration order, depth first.
+
+        A parameter reachable under several names (a shared layer) is yielded once, under its
+        first name, unless ``remove_duplicate`` is False (as in PyTorch): an optimizer given
+        ``parameters()`` then updates it once per step."""
+        seen = set()
+        for mod_name, mod in self.named_modules(prefix, remove_duplicate):
             for name, p in mod._parameters.items():
+                if remove_duplicate and id(p) in seen:
+                    continue
+                seen.add(id(p))
                 yield (f"{mod_name}.{name}" if mod_name else name), p
 
     def parameters(self) -> Iterator[Parameter]:
-        """Yield every Parameter, in the order of :meth:`named_parameters` (without names)."""
-        for mod in self._depth_first():
-            yield from mod._parameters.values()
+        """Yield every Parameter once, in the order of :meth:`named_parameters` (without
+        names)."""
+        yield from dict.fromkeys(p for mod in self._depth_first() for p in mod._parameters.values())
 
     def _depth_first(self) -> list[Module]:
-        """This module and all below it, in the order of :meth:`named_modules`: one list built
-        with a stack (named_modules' nested generators and dotted names cost about 0.5 us a
-        module, and zero_grad walks every module each step)."""
-        order, todo = [], [self]
+        """This module and all below it, each once, in the order of :meth:`named_modules`: one
+        list built with a stack (named_modules' nested generators and dotted names cost about
+        0.5 us a module, and zero_grad walks every module each step)."""
+        order, todo = {}, [self]
         while todo:
             mod = todo.pop()
-            order.append(mod)
-            todo.extend(reversed(mod._modules.values()))
-        return order
+            if mod not in order:
+                order[mod] = None
+                todo.extend(reversed(mod._modules.values()))
+        return list(order)
 
     def named_buffers(self, prefix: str = "") -> Iterator[tuple[str, np.ndarray]]:
         for mod_name, mod in self.named_modules(prefix):
@@ -216,13 +250,12 @@ class Module:
         op = f"{type(self).__name__}.{op}"
         if not isinstance(prefix, str):
             raise TypeError(f"{op}: prefix must be a str, got {describe(prefix)}")
-        names = [n for n, _ in self.named_parameters()
-                 if not prefix or n == prefix or n.startswith(prefix + ".")]  # fmt: skip
+        params = dict(self.named_parameters(remove_duplicate=False))  # a shared one by any name
+        names = [n for n in params if not prefix or n == prefix or n.startswith(prefix + ".")]
         if not names:
-            top = sorted({n.split(".")[0] for n, _ in self.named_parameters()})
+            top = sorted({n.split(".")[0] for n in params})
             raise ValueError(f"{op}: no parameter is named {prefix!r} or below it; top-level"
                              f" names: {top[:12]}")  # fmt: skip
-        params = dict(self.named_parameters())
         for n in names:
             params[n].requires_grad = value
         return names
@@ -259,7 +292,7 @@ class Module:
         mean to keep a snapshot while training continues.
         """
         state = OrderedDict()
-        for mod_name, mod in self.named_modules():
+        for mod_name, mod in self.named_modules(remove_duplicate=False):  # every name, as torch
             dot = f"{mod_name}." if mod_name else ""
             for name, p in mod._parameters.items():
                 state[dot + name] = p.data
@@ -324,6 +357,25 @@ class Module:
         return "\n".join(lines) + "\n)"
 
 
+def _check_replacement(module: Module, name: str, value) -> None:
+    """Raise TypeError where assigning ``value`` to ``name`` would silently unregister a
+    parameter, child or buffer (as PyTorch does): a plain array assigned to a weight would leave
+    the state_dict, ``parameters()`` and so the optimizer without it. A Parameter, a Module or
+    None may replace anything (None unregisters it); a buffer takes any array."""
+    if value is None or isinstance(value, (Parameter, Module)):
+        return
+    if name in module._parameters:
+        kind, expected = "parameter", "a Parameter or None; Parameter(array) wraps an array"
+    elif name in module._modules:
+        kind, expected = "child module", "a Module or None"
+    elif name in module._buffers and not isinstance(value, np.ndarray):
+        kind, expected = "buffer", "a numpy array or None"
+    else:
+        return
+    raise TypeError(f"{type(module).__name__}: cannot assign {describe(value)} as {kind}"
+                    f" {name!r} (expected {expected})")  # fmt: skip
+
+
 def _check_source(key: str, value, dst: np.ndarray):
     """Return ``(value as an array, problem text or None)`` for loading ``value`` into ``dst``."""
     if hasattr(value, "__array__") and not isinstance(value, np.ndarray):
@@ -355,14 +407,80 @@ class ModuleList(Module):
                 )
             setattr(self, str(i), m)
 
-    def __getitem__(self, i: int) -> Module:
-        return list(self._modules.values())[i]
+    def __getitem__(self, i):
+        """The module at position ``i``, or for a slice a container of the same type holding
+        those modules (as PyTorch: a ModuleList numbers them from 0, a Sequential keeps their
+        names)."""
+        items = list(self._modules.items())
+        if isinstance(i, slice):
+            out = ModuleList.__new__(type(self))
+            Module.__init__(out)
+            renumber = type(self).forward is Module.forward  # a list, not a Sequential
+            for k, (name, m) in enumerate(items[i]):
+                setattr(out, str(k) if renumber else name, m)
+            return out
+        return items[self._position("__getitem__", i)][1]
+
+    def __setitem__(self, i: int, module: Module) -> None:
+        """Replace the module at position ``i`` (its name and place kept)."""
+        name = list(self._modules)[self._position("__setitem__", i)]
+        setattr(self, name, self._checked("__setitem__", module))
+
+    def __delitem__(self, i) -> None:
+        """Remove the module(s) at position or slice ``i``; the rest are numbered 0, 1, ...
+        again, as in PyTorch."""
+        items = list(self._modules.values())
+        if isinstance(i, slice):
+            del items[i]
+        else:
+            del items[self._position("__delitem__", i)]
+        self._renumber(items)
+
+    def insert(self, index: int, module: Module) -> None:
+        """Insert ``module`` before position ``index`` (``list.insert``); renumbers."""
+        items = list(self._modules.values())
+        items.insert(operator.index(index), self._checked("insert", module))
+        self._renumber(items)
+
+    def append(self, module: Module):
+        """Add ``module`` at the end; returns ``self``."""
+        setattr(self, str(len(self)), self._checked("append", module))
+        return self
+
+    def extend(self, modules):
+        """Append each of ``modules``; returns ``self``."""
+        for m in list(modules):
+            self.append(m)
+        return self
 
     def __len__(self) -> int:
         return len(self._modules)
 
     def __iter__(self) -> Iterator[Module]:
         return iter(self._modules.values())
+
+    def _position(self, op: str, i) -> int:
+        """``i`` as a position in ``range(len(self))`` (negative counts from the end)."""
+        op = f"{type(self).__name__}.{op}"
+        if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
+            raise TypeError(f"{op}: index must be an int or a slice, got {describe(i)}")
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"{op}: index {int(i)} is out of range for {n} module(s)")
+        return int(i) % n
+
+    def _checked(self, op: str, module) -> Module:
+        if not isinstance(module, Module):
+            raise TypeError(f"{type(self).__name__}.{op}: expected a Module, got"
+                            f" {describe(module)}")  # fmt: skip
+        return module
+
+    def _renumber(self, modules: list) -> None:
+        """Hold exactly ``modules``, named "0", "1", ... in order."""
+        for name in list(self._modules):
+            delattr(self, name)
+        for k, m in enumerate(modules):
+            setattr(self, str(k), m)
 
 
 class Sequential(ModuleList):

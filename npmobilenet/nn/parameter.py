@@ -19,7 +19,7 @@ class Parameter:
     every step.
     """
 
-    __slots__ = ("data", "grad", "_requires_grad", "packed")
+    __slots__ = ("data", "_grad", "_requires_grad", "packed")
 
     def __init__(self, data: np.ndarray, requires_grad: bool = True):
         if not isinstance(data, np.ndarray):
@@ -42,6 +42,21 @@ class Parameter:
                 f"Parameter: requires_grad must be True or False, got {describe(value)}"
             )
         self._requires_grad = bool(value)
+
+    @property
+    def grad(self) -> np.ndarray:
+        """The accumulated gradient, an array shaped like ``data``. It stays allocated:
+        ``zero_grad()`` fills it with zeros (PyTorch's ``p.grad = None`` has no equivalent)."""
+        return self._grad
+
+    @grad.setter
+    def grad(self, value: np.ndarray) -> None:
+        if not isinstance(value, np.ndarray) or value.shape != self.data.shape:
+            raise TypeError(
+                f"Parameter.grad: expected an array of shape {self.data.shape} (a gradient"
+                f" stays allocated; zero it with zero_grad()), got {describe(value)}"
+            )
+        self._grad = value
 
     @property
     def shape(self) -> tuple[int, ...]:

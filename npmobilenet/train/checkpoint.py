@@ -55,7 +55,8 @@ def save_checkpoint(path, model, state: dict, overwrite: bool = False) -> None:
     tree, arrays = split_arrays(state, prefix="state")
     for key, value in model.state_dict().items():
         arrays[f"model.{key}"] = np.asarray(value, order="C")  # keeps 0-d buffers 0-d
-    header = {"format_version": FORMAT_VERSION, "model_config": dict(model.config), "state": tree}
+    config = dict(getattr(model, "config", None) or {})  # a user's module may have none
+    header = {"format_version": FORMAT_VERSION, "model_config": config, "state": tree}
     data = safetensors.numpy.save(arrays, metadata={FORMAT: json.dumps(header)})
     atomic_write(path, data, overwrite=overwrite)
 

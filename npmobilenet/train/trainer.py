@@ -77,7 +77,9 @@ class Trainer:
     """Fit ``model`` with ``optimizer`` on ``train_loader``, evaluating on ``test_loader``.
 
     Args:
-        model: an npmobilenet model (``forward``/``backward``/``zero_grad``/``train``/``eval``).
+        model: an npmobilenet model (``forward``/``backward``/``zero_grad``/``train``/``eval``/
+            ``parameters``): a MobileNetV1 or a module of your own (its checkpoints then store
+            an empty architecture config).
         optimizer: an :mod:`npmobilenet.optim` optimizer over the model's parameters.
         train_loader, test_loader: :class:`~npmobilenet.data.DataLoader` s (test may be None).
         scheduler: an :mod:`npmobilenet.optim.lr_scheduler` schedule, or None.
@@ -130,7 +132,6 @@ class Trainer:
         self.max_grad_norm = max_grad_norm
         self.progress, self.log = progress, log
         self.config = dict(config or {})
-        self.params = [p for p in model.parameters() if p.requires_grad]
         # The images' own gradient is never needed: skip it when the model can (MobileNetV1).
         accepts = "input_grad" in inspect.signature(model.backward).parameters
         self._backward_kwargs = {"input_grad": False} if accepts else {}
@@ -150,8 +151,8 @@ class Trainer:
             raise NonFiniteLossError(f"the training loss is {float(loss)}")
         self.model.zero_grad()  # zero_grad
         self.model.backward(ops.cross_entropy_backward(1.0, cache), **self._backward_kwargs)
-        if self.max_grad_norm is not None:
-            clip_grad_norm_(self.params, self.max_grad_norm)
+        if self.max_grad_norm is not None:  # the parameters trained now (a model unfrozen
+            clip_grad_norm_(self.trainable(), self.max_grad_norm)  # mid-run clips them all)
         self.optimizer.step()  # step
         if self.scheduler is not None and self.scheduler_interval == "batch":
             self.scheduler.step()
@@ -219,8 +220,17 @@ class Trainer:
         return self.history
 
     # ----------------------------------------------------------------- bookkeeping
-    def model_classes(self) -> int:
-        return int(self.model.config["num_classes"])
+    def trainable(self) -> list:
+        """The model's parameters that require a gradient, as they are now."""
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def model_classes(self) -> int | None:
+        """The model's class count from its ``config`` (a MobileNetV1's), else None (then
+        :func:`evaluate` takes it from the logits' width)."""
+        config = getattr(self.model, "config", None)
+        if isinstance(config, dict) and "num_classes" in config:
+            return int(config["num_classes"])
+        return None
 
     def _record(self, train: dict, test: dict | None, lr: float) -> None:
         h = self.history
@@ -280,7 +290,8 @@ class Trainer:
         anything changes: on an error, naming the file, the trainer is exactly as it was.
         """
         ckpt = load_checkpoint(path)
-        check_architecture(ckpt["model_config"], self.model.config, f"checkpoint {path}")
+        check_architecture(ckpt["model_config"], getattr(self.model, "config", None) or {},
+                           f"checkpoint {path}")  # fmt: skip
         self.load_state_dict(ckpt, source=f"checkpoint {os.fspath(path)}")
         return ckpt
 
@@ -357,16 +368,19 @@ def inference_forward(model):
         return model.forward
 
 
-def evaluate(model, loader, num_classes: int) -> dict:
+def evaluate(model, loader, num_classes: int | None = None) -> dict:
     """Run ``model`` (in its current mode; see :func:`inference_forward`) over ``loader``: mean
-    cross-entropy, accuracy and the ``(K, K)`` confusion matrix (rows: true class)."""
+    cross-entropy, accuracy and the ``(K, K)`` confusion matrix (rows: true class; K is
+    ``num_classes``, or the logits' width when None)."""
     if loader is None:
         raise TypeError(f"evaluate: loader must be a DataLoader, got {describe(loader)}")
     forward = inference_forward(model)
-    total_loss, n = 0.0, 0
-    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+    total_loss, n, cm = 0.0, 0, None
     for x, y in loader:
         logits = forward(x)  # (N, K)
+        if cm is None:
+            num_classes = logits.shape[1] if num_classes is None else num_classes
+            cm = np.zeros((num_classes, num_classes), dtype=np.int64)
         loss, _ = ops.cross_entropy_forward(logits, y, reduction="sum")
         total_loss += float(loss)
         n += len(y)
