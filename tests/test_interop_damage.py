@@ -165,3 +165,20 @@ def test_integer_weights_of_a_quantized_model_are_refused(tmp_path, key):
     safetensors.numpy.save_file(arrays, str(path))
     with pytest.raises(ValueError, match=rf"{path}: the conv \d+ \w+ is int8, not floating point"):
         interop.load_timm(path)
+
+
+@pytest.mark.parametrize("name", ["timm_mobilenetv1.safetensors", "torch_onnx_legacy.onnx",
+                                  "hf_mobilenet_v1", "keras_mobilenet.keras"])  # fmt: skip
+def test_run_commands_given_another_library_file_point_to_convert(tmp_path, capsys, name):
+    """predict / evaluate / export-onnx called such a file 'not a readable checkpoint
+    (truncated or corrupt ...)' or said to use npmobilenet.io.load_weights."""
+    from npmobilenet.cli import main
+
+    for args in (["predict", "--checkpoint", fixture(name), fixture("input.npy")],
+                 ["evaluate", "--checkpoint", fixture(name)],
+                 ["export-onnx", fixture(name), str(tmp_path / "m.onnx")]):  # fmt: skip
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert "is not an npmobilenet run or weights file;" in err, err
+        assert "npmobilenet convert SRC OUT.safetensors" in err and "corrupt" not in err
+    assert not (tmp_path / "m.onnx").exists()

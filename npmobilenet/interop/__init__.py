@@ -40,7 +40,7 @@ def detect_source(path) -> str:
     path = os.fspath(path)
     if os.path.isdir(path):  # save_pretrained's folder; timm's on the Hugging Face Hub is alike
         weights = os.path.join(path, "model.safetensors")
-        timm = os.path.isfile(weights) and _safetensors_source(weights) == "timm"
+        timm = os.path.isfile(weights) and safetensors_source(weights) == "timm"
         return "timm" if timm else "hf"
     if path.endswith(".index") or os.path.isfile(path + ".index"):
         return "tf"
@@ -49,7 +49,7 @@ def detect_source(path) -> str:
             return source
     if not os.path.isfile(path):
         raise FileNotFoundError(f"convert: no such file or folder: {path}")
-    source = _safetensors_source(path)
+    source = safetensors_source(path)
     if source is not None:
         return source
     raise ValueError(
@@ -58,7 +58,7 @@ def detect_source(path) -> str:
     )
 
 
-def _safetensors_source(path: str):
+def safetensors_source(path: str):
     """"hf" or "timm" by a safetensors file's tensor names; None for neither."""
     from npmobilenet.io.weights import read_safetensors_header
 

@@ -62,6 +62,8 @@ from npmobilenet.optim import OPTIMIZERS, make_optimizer, paper_param_groups
 from npmobilenet.optim.lr_scheduler import CosineAnnealingLR, OneCycleLR
 from npmobilenet.train.checkpoint import FORMAT, check_architecture, load_checkpoint
 from npmobilenet.train.finetune import (
+    CONVERT,
+    FOREIGN,
     freeze_features,
     load_init_weights,
     read_weights,
@@ -683,6 +685,7 @@ def load_run(path):
             raise FileNotFoundError(f"{path} holds neither {MODEL} nor {CHECKPOINT}")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint at {path}")
+    _refuse_foreign(path)
     meta = file_metadata(path)
     if CONFIG_KEY in meta:
         config = header_json("load_run", path, meta, CONFIG_KEY)
@@ -720,6 +723,21 @@ def check_finite_weights(path, state: dict) -> None:
 
 # What a saved run configuration must record: every run and converted file writes them.
 SAVED_RUN_KEYS = ("classes", "resolution", "channels", "mean", "std", "alpha")
+
+
+def _refuse_foreign(path: str) -> None:
+    """Another library's weights get a ValueError pointing to ``npmobilenet convert`` (not
+    "not a readable checkpoint (truncated or corrupt ...)")."""
+    from npmobilenet.interop import safetensors_source
+
+    foreign = path.endswith(FOREIGN)
+    if not foreign and path.endswith(".safetensors"):
+        try:
+            foreign = safetensors_source(path) is not None
+        except (OSError, ValueError):
+            return  # unreadable: load_checkpoint says so
+    if foreign:
+        raise ValueError(f"load_run: {path} is not an npmobilenet run or weights file;{CONVERT}")
 
 
 def saved_run_config(path, config) -> dict:
