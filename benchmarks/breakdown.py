@@ -6,15 +6,18 @@ Layer types: first conv, depthwise, pointwise, BN, activation, pooling, linear.
   mapped onto the layer types: BN is folded away, activations are fused into the depthwise
   kernel and into the bias pass after each pointwise GEMM). torch: forward pre/post hooks on its
   leaf modules, eval mode, ``no_grad``.
-* **Training step, forward and backward.** npmobilenet: each leaf module's ``forward``,
-  ``forward_act``, ``forward_act_coefficients`` and ``backward`` are wrapped with timers *on
-  the model instance* (instance attributes, removed afterwards; a call made inside another
-  timed call is not counted twice). In MobileNetV1's blocks batch norm and its activation are
-  one op, so our "activation" is ~0; where the convolution after a batch norm applies it as it
-  reads (``forward_act_coefficients``: the statistics only), the apply is timed with that
-  convolution, so our BN forward is the statistics pass alone. ``recompute_output``
-  (batch norm's output computed again in backward, for the pointwise convolution that reads it)
-  is timed as BN backward too. torch: forward pre/post
+* **Training step, forward and backward.** npmobilenet: the ``forward``, ``forward_act``,
+  ``forward_act_coefficients``, ``backward`` and ``recompute_output`` methods of the leaf
+  modules' classes are wrapped with timers for the step (class attributes, restored
+  afterwards; a call made inside another timed call is not counted twice). Not on the
+  instances: a ``forward`` or ``backward`` set on an instance is a user's own, which the model
+  then calls as it is instead of fusing it with its neighbours (``nn.module.is_exactly``). In
+  MobileNetV1's blocks batch norm and its activation are one op, so our "activation" is ~0;
+  where the convolution after a batch norm applies it as it reads
+  (``forward_act_coefficients``: the statistics only), the apply is timed with that
+  convolution, so our BN forward is the statistics pass alone. ``recompute_output`` (batch
+  norm's output computed again in backward, for the pointwise convolution that reads it) is
+  timed as BN backward too. torch: forward pre/post
   hooks and ``register_full_backward_pre_hook`` / ``register_full_backward_hook`` on its leaf
   modules. torch does not compute the first conv's input gradient (the image does not require
   grad): its full backward hook then fires as soon as the output gradient is known, so the first
@@ -29,6 +32,7 @@ Timings are medians over steps (each category separately), in seconds.
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 import warnings
@@ -169,18 +173,22 @@ def _run_steps(step, fwd, bwd, reps, finish=None):
     }
 
 
-def _timer(fn, acc, cat, depth):
-    """``fn`` with its wall time added to ``acc[cat]`` (outermost timed call only)."""
+def _timer(fn, accs, cats, depth):
+    """The method ``fn`` with its wall time added to ``accs[cats[id(self)]]`` (outermost timed
+    call only; the instances not in ``cats`` untimed). Keeps ``fn``'s signature
+    (``functools.wraps``), whose parameter names decide what a container passes."""
 
-    def timed(*args, **kwargs):
-        if depth[0]:
-            return fn(*args, **kwargs)
+    @functools.wraps(fn)
+    def timed(self, *args, **kwargs):
+        cat = cats.get(id(self))
+        if cat is None or depth[0]:
+            return fn(self, *args, **kwargs)
         depth[0] += 1
         t = time.perf_counter()
         try:
-            return fn(*args, **kwargs)
+            return fn(self, *args, **kwargs)
         finally:
-            acc[cat] += time.perf_counter() - t
+            accs[cat] += time.perf_counter() - t
             depth[0] -= 1
 
     return timed
@@ -189,31 +197,35 @@ def _timer(fn, acc, cat, depth):
 def train_ours(model, step, reps):
     """Per-category forward and backward seconds of npmobilenet's training ``step``.
 
-    ``model``: the ``MobileNetV1`` that ``step(clock)`` trains. Each leaf module's ``forward``,
-    ``forward_act``, ``backward`` and ``recompute_output`` (a backward pass of batch norm's) get
-    a timing wrapper as an instance attribute, removed at the end (the class's methods are
-    untouched).
+    ``model``: the ``MobileNetV1`` that ``step(clock)`` trains. The ``forward``,
+    ``forward_act``, ``forward_act_coefficients``, ``backward`` and ``recompute_output`` of its
+    leaf modules' classes get a timing wrapper, restored at the end.
     """
     from npmobilenet import nn as npnn
 
     fwd, bwd = dict.fromkeys(CATEGORIES, 0.0), dict.fromkeys(CATEGORIES, 0.0)
-    depth, patched = [0], []
+    depth, patched, cats = [0], [], {}
+    for name, m in model.named_modules():
+        cat = category(npnn, name, m)
+        if cat is not None and next(m.children(), None) is None:
+            cats[id(m)] = cat
+    classes = {type(m) for _, m in model.named_modules() if id(m) in cats}
     try:
-        for name, m in model.named_modules():
-            cat = category(npnn, name, m)
-            if cat is None or next(m.children(), None) is not None:
-                continue
+        for cls in classes:
             for attr, acc in (("forward", fwd), ("forward_act", fwd),
                               ("forward_act_coefficients", fwd), ("backward", bwd),
                               ("recompute_output", bwd)):  # fmt: skip
-                fn = getattr(m, attr, None)
+                fn = getattr(cls, attr, None)
                 if fn is not None:
-                    object.__setattr__(m, attr, _timer(fn, acc, cat, depth))
-                    patched.append((m, attr))
+                    patched.append((cls, attr, cls.__dict__.get(attr)))
+                    setattr(cls, attr, _timer(fn, acc, cats, depth))
         return _run_steps(step, fwd, bwd, reps)
     finally:
-        for m, attr in patched:
-            m.__dict__.pop(attr, None)
+        for cls, attr, own in reversed(patched):
+            if own is None:
+                delattr(cls, attr)  # it was inherited
+            else:
+                setattr(cls, attr, own)
 
 
 def train_torch(torch, tmodel, step, reps):

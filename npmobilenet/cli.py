@@ -465,9 +465,11 @@ def add_export_onnx_command(subparsers) -> None:
 
 def export_onnx_command(args) -> int:
     from npmobilenet.interop import export_onnx
+    from npmobilenet.interop.convert import refuse_overwriting_input, source_files
     from npmobilenet.train import load_run
 
     try:
+        refuse_overwriting_input("export-onnx", args.out, source_files(args.weights))
         model, _ = load_run(args.weights)
         export_onnx(model, args.out, opset=args.opset)
     except (ValueError, TypeError, OSError, ImportError) as e:

@@ -57,3 +57,30 @@ def test_ablation_variants_compute_the_models_logits(dtype):
     expected = model.forward(x)
     for name, fn in ablation.variants(model, x).items():
         np.testing.assert_allclose(fn(), expected, **TOL[dtype], err_msg=name)
+
+
+def test_the_training_breakdown_times_the_step_the_benchmark_runs(tmp_path):
+    """The per-layer timers must not change what runs: batch norm and its ReLU stay one op
+    (activation time 0, as in the timed step), the parameters end as after the same steps
+    untimed, bit for bit, and the classes' methods are restored."""
+    import breakdown
+
+    from npmobilenet import nn
+
+    case = cases.CASES["train-a0.25-32px-b64"]
+    before = {cls: dict(vars(cls)) for cls in (nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.Linear)}
+    cases.write_weights(case, tmp_path / "w.safetensors")
+    step, model = cases.ours(case, "npmobilenet", tmp_path / "w.safetensors")
+    plain_step, plain = cases.ours(case, "npmobilenet", tmp_path / "w.safetensors")
+    times = breakdown.train_ours(model, step, 2)  # three steps, the first not counted
+    for _ in range(3):
+        plain_step()
+    for (name, p), (_, q) in zip(model.named_parameters(), plain.named_parameters()):
+        np.testing.assert_array_equal(p.data, q.data, err_msg=name)
+    for phase in ("forward", "backward"):
+        assert times[phase]["activation"] == 0.0, phase
+        assert times[phase]["BN"] > 0 and times[phase]["pointwise"] > 0
+        layers = sum(v for k, v in times[phase].items() if k not in ("other", "total"))
+        assert layers <= times[phase]["total"]
+    assert {cls: dict(vars(cls)) for cls in before} == before
+    assert not any("forward" in vars(m) or "backward" in vars(m) for _, m in model.named_modules())

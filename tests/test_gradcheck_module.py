@@ -12,7 +12,13 @@ import numpy as np
 import pytest
 
 from npmobilenet import nn
-from npmobilenet.gradcheck import GradcheckError, ModuleReport, check_module, check_op
+from npmobilenet.gradcheck import (
+    GradcheckError,
+    ModuleReport,
+    check_grad,
+    check_module,
+    check_op,
+)
 from npmobilenet.nn import Parameter
 
 
@@ -300,3 +306,239 @@ def test_check_module_bad_arguments(x):
         args = {"module": Dense(), "x": x, **kwargs}
         with pytest.raises(error, match=f"check_module: {match}"):
             check_module(args.pop("module"), args.pop("x"), **args)
+
+
+# ------------------------------------------------------------------------------------------
+# bugs that only show on a layer's second call, in what its backward writes, or in a layout
+
+
+class Scaler(nn.Module):
+    """``y = x * weight`` over the last axis: x (N, D), weight (D,), with one bug by name."""
+
+    def __init__(self, d: int = 3, bug: str | None = None):
+        super().__init__()
+        self.weight = Parameter(np.random.default_rng(0).uniform(0.5, 2.0, d))
+        self.bug = bug
+        self.scratch = np.zeros(d)
+        self.slope = None
+        self.dx = None
+
+    def forward(self, x):
+        self.saved = x
+        return np.where(x > 0, x, 0.5 * x) * self.weight.data
+
+    def backward(self, dout):
+        x = self.saved
+        if self.slope is None or self.bug != "keeps the first call's slope":
+            self.slope = np.where(x > 0, 1.0, 0.5)  # with the bug: stale from the second call
+        slope = self.slope
+        dw = (dout * slope * x).sum(axis=0)
+        if self.bug == "never resets its scratch":
+            self.scratch += dw  # the first call is right, the second adds both calls' dw
+            dw = self.scratch
+        if self.bug == "wrong for a non-contiguous x" and not x.flags.c_contiguous:
+            dw = dw * 1.01
+        self.weight.grad += dw
+        dx = dout * slope * self.weight.data
+        if self.bug == "writes over its cached x":
+            np.multiply(x, 0.0, out=x)  # frees "memory" that belongs to the caller
+        if self.bug == "returns a buffer it reuses":
+            self.dx = np.empty_like(dx) if self.dx is None else self.dx
+            self.dx[...] = dx
+            return self.dx
+        return dx
+
+
+@pytest.mark.parametrize("fast", [False, True])
+@pytest.mark.parametrize(
+    "bug, match",
+    [
+        ("never resets its scratch",
+         r"second forward and backward on the same module; fast mode\): gradient of 'weight'"),
+        ("keeps the first call's slope",
+         r"second forward and backward on the same module; fast mode\): gradient of"),
+        ("writes over its cached x", r"Scaler.backward modified its input x in place"),
+        ("returns a buffer it reuses", "the dx a backward returned changed"),
+    ],
+)  # fmt: skip
+def test_bugs_of_a_second_call_and_of_what_backward_writes_are_caught(bug, match, fast):
+    """Each layer's first forward and backward is right; training calls them step after step."""
+    x = np.random.default_rng(3).standard_normal((4, 3))
+    check_module(Scaler(), x, fast=fast)
+    with pytest.raises(GradcheckError, match=match):
+        check_module(Scaler(bug=bug), x, fast=fast)
+
+
+def test_a_second_call_is_checked_with_a_dropout_layer_and_batch_norm(rng):
+    """The second call starts from the state the first left (the generator moved on, the
+    running statistics updated): the library's own layers pass."""
+    model = nn.Sequential(nn.Linear(4, 3, rng=0), nn.Dropout(0.5, rng=1), nn.Linear(3, 2, rng=2))
+    report = check_module(model, rng.standard_normal((5, 4)))
+    assert "a second forward and backward on the same module" in report.checks
+    check_module(UserBatchNorm(), rng.standard_normal((4, 3)))
+    bn = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, rng=0), nn.BatchNorm2d(3), nn.ReLU())
+    check_module(bn, rng.standard_normal((2, 2, 3, 3)), fast=True, accumulate=False)
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_a_layer_wrong_only_for_a_non_contiguous_x_is_caught_when_given_one(fast):
+    """A transposed, reversed or sliced x reaches the forward laid out as the caller's."""
+    base = np.random.default_rng(4).standard_normal((6, 6))
+    layer = Scaler(bug="wrong for a non-contiguous x")
+    check_module(layer, np.ascontiguousarray(base.T[:, ::2]))  # the contiguous path is right
+    for x in (base.T[:, ::2], base[::2].T[::-1], base.astype(np.float32).T[:, ::2]):
+        assert not x.flags.c_contiguous
+        with pytest.raises(GradcheckError, match="gradient of 'weight' is wrong"):
+            check_module(layer, x, fast=fast)
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_check_op_and_check_grad_keep_a_non_contiguous_layout(fast):
+    def forward(x, w):
+        return x * w, (x, w)
+
+    def backward(dout, cache):
+        x, w = cache
+        dw = dout * x if x.flags.c_contiguous else dout * x * 1.01
+        return dout * w, dw
+
+    def loss(x):
+        return float(np.sum(x**2 if x.flags.c_contiguous else 1.01 * x**2))
+
+    base = np.random.default_rng(5).standard_normal((4, 6))
+    contiguous = np.ascontiguousarray(base.T)
+    check_op(forward, backward, {"x": contiguous, "w": contiguous + 1})
+    check_grad(loss, {"x": contiguous}, {"x": 2 * contiguous})
+    for x in (base.T, base[:, ::-2]):
+        with pytest.raises(GradcheckError, match="gradient of 'w' is wrong"):
+            check_op(forward, backward, {"x": x, "w": np.ones_like(x)}, fast=fast)
+        with pytest.raises(GradcheckError, match="gradient of 'x' is wrong"):
+            check_grad(loss, {"x": x}, {"x": 2 * x}, fast=fast)
+
+
+def test_check_op_catches_a_backward_writing_to_x_or_dout(rng):
+    def forward(x, w):
+        return x * w, (x, w)
+
+    def clobbers_x(dout, cache):
+        x, w = cache
+        dw = dout * x
+        x[...] = 0.0  # the caller keeps x for its own backward
+        return dout * w, dw
+
+    def clobbers_dout(dout, cache):
+        x, w = cache
+        dout *= w  # in place: the caller's array
+        return dout, dout / w * x
+
+    inputs = {"x": rng.standard_normal(5), "w": rng.standard_normal(5)}
+    with pytest.raises(GradcheckError, match="check_op: backward modified its input 'x' in place"):
+        check_op(forward, clobbers_x, inputs)
+    with pytest.raises(GradcheckError, match="check_op: backward modified its input 'dout'"):
+        check_op(forward, clobbers_dout, inputs)
+
+
+class EvalScaled(Dense):
+    """Right in train mode; in eval mode (same forward) both gradients come out 1.5 times."""
+
+    def backward(self, dout):
+        dx = super().backward(dout * (1.0 if self.training else 1.5))
+        return dx
+
+
+def test_a_backward_wrong_only_in_the_other_mode_is_caught(x):
+    """The forward is the same in both modes, the backward is not: both modes are checked."""
+    check_module(Dense(), x)  # the same layer without the bug: one mode, passes
+    assert list(check_module(Dense(), x).reports) == ["train"]
+    for layer in (EvalScaled(), EvalScaled().eval()):
+        with pytest.raises(GradcheckError, match="EvalScaled in eval mode; full mode"):
+            check_module(layer, x)
+
+
+def test_a_check_that_compares_nothing_is_an_error_not_a_pass(x):
+    """An empty output or an all-zero dout makes every gradient zero whatever the backward
+    computes: such a check is refused, never reported as passed."""
+    bad = EvalScaled().eval()
+    with pytest.raises(ValueError, match=r"check_module: nothing to check: the output is empty"):
+        check_module(bad, np.zeros((0, 3)))
+    with pytest.raises(ValueError, match="check_module: nothing to check: dout is all zeros"):
+        check_module(bad, x, dout=np.zeros((4, 3)))
+    with pytest.raises(ValueError, match=r"check_grad: nothing to check: every input is empty"):
+        check_grad(lambda x: 0.0, {"x": np.zeros(0)}, {"x": np.zeros(0)})
+
+    def forward(x, w):
+        return x * w, (x, w)
+
+    def wrong(dout, cache):
+        return dout, dout  # both gradients wrong, but of nothing
+
+    with pytest.raises(ValueError, match="check_op: nothing to check: the forward's output is"):
+        check_op(forward, wrong, {"x": np.zeros((0, 2)), "w": np.ones(2)})
+
+
+class Dense32(nn.Module):
+    """``y = x @ weight.T`` in the dtype of x and weight, with a bug of its float32 path only."""
+
+    def __init__(self, bug: str | None = None):
+        super().__init__()
+        self.weight = Parameter(np.random.default_rng(0).standard_normal((3, 3)).astype(np.float32))
+        self.bug = bug
+
+    def forward(self, x):
+        self.saved = x
+        out = x @ self.weight.data.T
+        return out.astype(np.float64) if self.bug == "float64 output" else out
+
+    def backward(self, dout):
+        dw = dout.T @ self.saved
+        if self.bug == "float32 weight grad 1% off" and dout.dtype == np.float32:
+            dw = dw * np.float32(1.01)  # e.g. a float32-only kernel with a wrong constant
+        self.weight.grad += dw.astype(self.weight.grad.dtype)
+        dx = dout @ self.weight.data
+        return dx.astype(np.float64) if self.bug == "float64 dx" else dx
+
+
+@pytest.mark.parametrize("fast", [False, True])
+@pytest.mark.parametrize(
+    "bug, match",
+    [
+        ("float32 weight grad 1% off",
+         r"run in float32, the gradient of 'weight' is .* but .* in float64"),
+        ("float64 output", "run in float32, the output is array of shape .* dtype float64"),
+        ("float64 dx", "run in float32, the dx is array of shape .* dtype float64"),
+    ],
+)  # fmt: skip
+def test_a_float32_layer_is_also_run_in_float32(bug, match, fast):
+    """The numerical check runs on a float64 copy; the float32 path the user's layer takes on
+    the float32 x it was given is run too, and held to the checked float64 gradients."""
+    x = np.random.default_rng(6).standard_normal((4, 3)).astype(np.float32)
+    report = check_module(Dense32(), x, fast=fast)
+    assert "the float32 forward and backward agree with float64" in report.checks
+    check_module(Dense32(bug=bug), x.astype(np.float64), fast=fast)  # float64 x: not run
+    with pytest.raises(GradcheckError, match=match):
+        check_module(Dense32(bug=bug), x, fast=fast)
+
+
+def test_check_op_runs_float32_inputs_in_float32_too(rng):
+    def forward(x, w):
+        return x * w, (x, w)
+
+    def backward(dout, cache):
+        x, w = cache
+        return dout * w, dout * x
+
+    def off_in_float32(dout, cache):
+        dx, dw = backward(dout, cache)
+        return dx, (dw * np.float32(1.01) if dw.dtype == np.float32 else dw)
+
+    def float64_grads(dout, cache):
+        return tuple(g.astype(np.float64) for g in backward(dout, cache))
+
+    x = rng.standard_normal(6).astype(np.float32)
+    inputs = {"x": x, "w": x[::-1] + np.float32(1)}
+    check_op(forward, backward, inputs)
+    for fast in (False, True):
+        with pytest.raises(GradcheckError, match="check_op: run in float32, the gradient of 'w'"):
+            check_op(forward, off_in_float32, inputs, fast=fast)
+        with pytest.raises(GradcheckError, match="gradient of 'x' must be .* dtype float32"):
+            check_op(forward, float64_grads, inputs, fast=fast)

@@ -8,6 +8,7 @@ library's report of it.
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -138,3 +139,127 @@ def test_killed_save_then_next_save_leaves_one_clean_file(tmp_path):
     save_checkpoint(path, MobileNetV1(alpha=0.25, num_classes=3, seed=0), {"epoch": 1})
     assert os.listdir(tmp_path) == ["c.safetensors"]
     assert load_checkpoint(path)["epoch"] == 1
+
+
+# ----- predict --out: the same rules as weights -------------------------------------------
+
+
+def _predictions(n=2, fail_at=None):
+    from npmobilenet.train.predict import Prediction
+
+    for i in range(n):
+        if i == fail_at:
+            raise RuntimeError("decoding stopped")
+        yield Prediction(f"img{i}.png", [("cat", 0.75), ("dog", 0.25)], None)
+
+
+@pytest.mark.parametrize("name", ["p.csv", "p.jsonl"])
+def test_predictions_file_keeps_mode_symlink_and_read_only(tmp_path, name):
+    from npmobilenet.train.predict import write_predictions
+
+    target = tmp_path / "store" / name
+    target.parent.mkdir()
+    target.write_text("old results\n")
+    os.chmod(target, 0o600)
+    link = tmp_path / name
+    os.symlink(target, link)
+    assert write_predictions(_predictions(), link, 2) == (2, 0)
+    assert os.path.islink(link) and os.readlink(link) == str(target)
+    assert _mode(target) == 0o600 and "img1.png" in target.read_text()
+    os.chmod(target, 0o444)
+    with pytest.raises(PermissionError, match=r"predict: refusing to replace .*0444"):
+        write_predictions(_predictions(3), link, 2)
+    assert target.read_text().count("img") == 2 and _mode(target) == 0o444
+    assert sorted(os.listdir(tmp_path)) == [name, "store"]
+    assert os.listdir(target.parent) == [name]
+
+
+def test_predictions_file_failing_midway_leaves_the_old_file(tmp_path):
+    from npmobilenet.train.predict import write_predictions
+
+    path = tmp_path / "p.csv"
+    write_predictions(_predictions(), path, 2)
+    before = path.read_bytes()
+    with pytest.raises(RuntimeError, match="decoding stopped"):
+        write_predictions(_predictions(5, fail_at=3), path, 2)
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["p.csv"]
+
+
+# ----- convert / export-onnx never write over the file they read ----------------------------
+
+
+def test_convert_and_export_onnx_refuse_to_replace_their_input(tmp_path, capsys):
+    """``convert x.safetensors x.safetensors`` replaced the user's timm file with the converted
+    one; ``export-onnx run run/model.safetensors`` replaced a run's weights with an ONNX graph."""
+    from npmobilenet.cli import main
+
+    fixtures = os.path.join(ROOT, "tests", "fixtures", "interop")
+    timm = tmp_path / "timm.safetensors"
+    timm.write_bytes(open(os.path.join(fixtures, "timm_mobilenetv1.safetensors"), "rb").read())
+    os.symlink(timm, tmp_path / "link.safetensors")
+    tf = tmp_path / "slim"
+    shutil.copytree(os.path.join(fixtures, "slim_mobilenet_v1"), tf)
+    converted = tmp_path / "run" / "model.safetensors"
+    assert main(["convert", str(timm), str(converted)]) == 0
+    cases = [
+        ["convert", str(timm), str(timm)],
+        ["convert", str(timm), str(tmp_path / "link.safetensors")],
+        ["convert", str(tf / "model.ckpt"), str(tf / "model.ckpt.data-00000-of-00001")],
+        ["export-onnx", str(converted), str(converted)],
+        ["export-onnx", str(converted.parent), str(converted)],
+    ]
+    before = {p: p.read_bytes() for p in [timm, converted, *tf.iterdir()]}
+    for args in cases:
+        capsys.readouterr()
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        assert f"{args[0]}: the output {args[2]} is the input file" in err, err
+    assert {p: p.read_bytes() for p in before} == before
+    assert os.path.islink(tmp_path / "link.safetensors")
+
+
+HISTORY = {"epoch": [1, 2], "train_loss": [2.0, 1.0], "train_accuracy": [0.3, 0.6],
+           "test_loss": [2.1, 1.2], "test_accuracy": [0.25, 0.5]}  # fmt: skip
+
+
+def test_run_plots_keep_mode_and_symlink(tmp_path):
+    from PIL import Image
+
+    from npmobilenet.train.plots import save_plots
+
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "curves.png").write_bytes(b"old")
+    os.chmod(store / "curves.png", 0o600)
+    os.symlink(store / "curves.png", tmp_path / "curves.png")
+    (tmp_path / "confusion.png").write_bytes(b"old")
+    os.chmod(tmp_path / "confusion.png", 0o640)
+    save_plots(tmp_path, HISTORY, np.array([[3, 1], [0, 4]]), ["a", "b"])
+    assert os.path.islink(tmp_path / "curves.png") and _mode(store / "curves.png") == 0o600
+    assert _mode(tmp_path / "confusion.png") == 0o640
+    for path in (store / "curves.png", tmp_path / "confusion.png"):
+        with Image.open(path) as image:
+            assert image.format == "PNG" and image.size[0] > 100
+    assert sorted(os.listdir(tmp_path)) == ["confusion.png", "curves.png", "store"]
+
+
+def test_run_plot_failing_mid_write_leaves_the_old_file(tmp_path, monkeypatch):
+    """savefig wrote into curves.png itself: a crash mid-write left half a PNG."""
+    from matplotlib.figure import Figure
+
+    from npmobilenet.train.plots import plot_curves
+
+    def half_then_fail(self, fname, **kw):
+        if isinstance(fname, (str, os.PathLike)):
+            with open(fname, "wb") as f:
+                f.write(b"\x89PNG half")
+        else:
+            fname.write(b"\x89PNG half")
+        raise MemoryError("rendering stopped")
+
+    (tmp_path / "curves.png").write_bytes(b"the old curves")
+    monkeypatch.setattr(Figure, "savefig", half_then_fail)
+    with pytest.raises(MemoryError, match="rendering stopped"):
+        plot_curves(HISTORY, tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").read_bytes() == b"the old curves"
+    assert os.listdir(tmp_path) == ["curves.png"]

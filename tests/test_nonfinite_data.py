@@ -83,7 +83,27 @@ def test_evaluate_refuses_a_model_with_nan_outputs(tmp_path, digits):
     train_run({"data": str(path), "epochs": 1, "batch_size": 32}, tmp_path / "run",
               progress="none", log=lambda _: None)  # fmt: skip
     model, config = load_run(tmp_path / "run")
-    _nan_running_mean(model)
+    # finite weights whose eval outputs are nan: a negative running variance (sqrt of < 0)
+    bn = [m for _, m in model.named_modules() if hasattr(m, "running_var")][-1]
+    bn.running_var[0] = -1.0
     save_model(tmp_path / "nan.safetensors", model, config)
     with pytest.raises(ValueError, match=r"nan\.safetensors on its test images is nan"):
         evaluate_run(tmp_path / "nan.safetensors", log=lambda _: None)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_run_with_non_finite_weights_is_refused_before_predicting(tmp_path, digits, value):
+    """predict printed every class at nan% and exited 0; evaluate, export-onnx and predict
+    all read the run through load_run, which now names the damaged array."""
+    from PIL import Image
+
+    model = MobileNetV1(alpha=0.25, num_classes=3, in_channels=1, seed=0)
+    model.state_dict()["fc.weight"][1, 2] = value
+    config = {"classes": ["a", "b", "c"], "resolution": 32, "channels": 1, "mean": [0.5],
+              "std": [0.25], "alpha": 0.25}  # fmt: skip
+    save_model(tmp_path / "model.safetensors", model, config)
+    image = tmp_path / "i.png"
+    Image.fromarray(np.full((32, 32), 128, np.uint8)).save(image)
+    assert main(["predict", "--checkpoint", str(tmp_path), str(image)]) == 2
+    with pytest.raises(ValueError, match=r"fc\.weight holds 1 nan or inf value\(s\) of 768"):
+        load_run(tmp_path)

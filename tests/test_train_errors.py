@@ -165,3 +165,54 @@ def test_predict_missing_and_unreadable_images(saved_run, tmp_path, capsys):
     assert "bad.jpg\n  error: not a readable image" in printed
     fails(["predict", "--checkpoint", str(tmp_path / "x.safetensors"), str(bad)], capsys,
           r"no checkpoint at .*x.safetensors")  # fmt: skip
+
+
+@pytest.mark.parametrize("change", ["renamed", "reordered", "more_images"])
+def test_resume_on_changed_data_is_refused(tmp_path, capsys, change):
+    """The checkpoint's labels name its classes: data whose classes are named or ordered
+    otherwise would silently train label i as another class; other images would continue
+    neither the batches nor the test numbers of the run."""
+    path = tmp_path / "d.npz"
+    arrays = np.load(digits_npz(tmp_path, 60, 20))
+    x, y, xt, yt = arrays["x"], arrays["y"], arrays["x_test"], arrays["y_test"]
+    names = np.array([f"digit {i}" for i in range(10)])
+    np.savez(path, x=x, y=y, x_test=xt, y_test=yt, classes=names)
+    out = tmp_path / "run"
+    train_run({"data": str(path), "epochs": 1, "batch_size": 30}, out, progress="none", log=quiet)
+    if change == "renamed":
+        np.savez(path, x=x, y=y, x_test=xt, y_test=yt, classes=np.char.add(names, "!"))
+    elif change == "reordered":
+        np.savez(path, x=x, y=9 - y, x_test=xt, y_test=9 - yt, classes=names[::-1])
+    else:
+        np.savez(path, x=np.concatenate([x, x[:5]]), y=np.concatenate([y, y[:5]]), x_test=xt,
+                 y_test=yt, classes=names)  # fmt: skip
+    before = digests(out)
+    words = r"trained on 60 train and 20 test images, .* now has 65 and 20" if change == (
+        "more_images") else r"trained on classes \[digit 0, digit 1, .*\], its data .* now has"
+    fails(["train", "--resume", "--out", str(out), "--epochs", "2"], capsys, words + ".* --init")
+    assert digests(out) == before
+
+
+def test_resume_on_the_same_data_still_continues(tmp_path):
+    path = digits_npz(tmp_path, 60, 20)
+    out = tmp_path / "run"
+    train_run({"data": path, "epochs": 1, "batch_size": 30}, out, progress="none", log=quiet)
+    m = train_run({"epochs": 2}, out, resume=out / "checkpoint.safetensors", progress="none",
+                  log=quiet)  # fmt: skip
+    assert m["epochs"] == 2 and m["config"]["images"] == [60, 20]
+
+
+def test_run_records_its_data_so_evaluate_finds_it_from_anywhere(tmp_path, monkeypatch):
+    """A run given --data as a relative path recorded it as given: evaluate from another
+    folder read whatever file had that name there, and reported its accuracy as the run's."""
+    from npmobilenet.train import evaluate_run
+
+    (tmp_path / "a" / "data").mkdir(parents=True)
+    (tmp_path / "b" / "data").mkdir(parents=True)
+    digits_npz(tmp_path / "a" / "data", 60, 20)
+    digits_npz(tmp_path / "b" / "data", 60, 30)  # same name and classes, 30 test images
+    monkeypatch.chdir(tmp_path / "a")
+    train_run({"data": os.path.join("data", "digits.npz"), "epochs": 1, "batch_size": 30},
+              "run", progress="none", log=quiet)  # fmt: skip
+    monkeypatch.chdir(tmp_path / "b")
+    assert evaluate_run(tmp_path / "a" / "run", log=quiet)["n"] == 20

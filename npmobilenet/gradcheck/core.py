@@ -7,7 +7,8 @@ Two entry points:
   (``forward(...) -> (out, cache)``, ``backward(dout, cache) -> grads``).
 
 Everything is evaluated in float64, whatever the dtype of the arrays you pass in: the check makes
-float64 copies and never modifies your arrays.
+float64 copies (in the memory layout of yours: a transposed or sliced input stays one) and never
+modifies your arrays.
 
 Pass criterion (the same as ``np.isclose(analytic, numeric, rtol, atol)``, made symmetric)::
 
@@ -282,17 +283,16 @@ def _full(fn, xs, grads, eps, rtol, atol, op):
     """Central difference for every element of every input; returns (reports, evaluations)."""
     reports, evals = [], 0
     for name, x in xs.items():
-        flat = x.reshape(-1)  # a view: x is a fresh contiguous float64 copy
-        numeric = np.empty(flat.size)
-        for i in range(flat.size):
-            orig = flat[i]
-            flat[i] = orig + eps
+        numeric = np.empty(x.size)
+        for i, at in enumerate(np.ndindex(x.shape)):  # C order, whatever x's layout
+            orig = x[at]
+            x[at] = orig + eps
             f_plus = _scalar(fn(**xs), op)
-            flat[i] = orig - eps
+            x[at] = orig - eps
             f_minus = _scalar(fn(**xs), op)
-            flat[i] = orig  # restore before the next element
+            x[at] = orig  # restore before the next element
             numeric[i] = (f_plus - f_minus) / (2.0 * eps)
-        evals += 2 * flat.size
+        evals += 2 * x.size
         a = grads[name].reshape(-1)
         reports.append(
             _compare(name, x.shape, a, numeric, rtol, atol, lambda k, s=x.shape: _index(k, s))
@@ -417,7 +417,10 @@ def _check(fn, inputs, analytic, op, eps, rtol, atol, fast, seed, directions, wh
     and ``what`` naming the code that evaluates ``fn`` (for the in-place-write check)."""
     _validate_settings(eps, rtol, atol, fast, seed, directions, op)
     _validate_dicts(fn, inputs, analytic, op)
-    xs = {k: np.array(x, dtype=np.float64, order="C", copy=True) for k, x in inputs.items()}
+    if all(x.size == 0 for x in inputs.values()):
+        shapes = {k: x.shape for k, x in inputs.items()}
+        raise ValueError(f"{op}: nothing to check: every input is empty {shapes}")
+    xs = {k: _laid_out_like(x, x) for k, x in inputs.items()}  # a transposed x stays one
     grads = {k: np.asarray(a, dtype=np.float64) for k, a in analytic.items()}
     pristine = {k: x.copy() for k, x in xs.items()}
     _scalar(fn(**xs), op)  # validates the output once at the input point
@@ -433,14 +436,53 @@ def _check(fn, inputs, analytic, op, eps, rtol, atol, fast, seed, directions, wh
     return report
 
 
+def _laid_out_like(template: np.ndarray, values, dtype=np.float64) -> np.ndarray:
+    """A copy of ``values`` (float64 unless ``dtype``) with the memory layout of ``template``
+    (same shape): the same element strides, so a transposed, reversed or sliced input stays one
+    (an input whose elements overlap, such as a broadcast view, is copied contiguous)."""
+    item, shape = template.itemsize, template.shape
+    if template.flags.c_contiguous or any(s % item for s in template.strides):
+        return np.array(values, dtype=dtype, order="C")
+    el = [s // item if n > 1 else 0 for n, s in zip(shape, template.strides)]
+    span = 0  # the elements are distinct when each step clears the span of the smaller ones
+    for s, n in sorted((abs(s), n) for n, s in zip(shape, el) if n > 1):
+        if s <= span:
+            return np.array(values, dtype=dtype, order="C")
+        span += (n - 1) * s
+    lo = sum((n - 1) * s for n, s in zip(shape, el) if s < 0)
+    buf = np.zeros(span + 1, dtype=dtype)
+    out = np.lib.stride_tricks.as_strided(buf[-lo:], shape, [buf.itemsize * s for s in el])
+    out[...] = values
+    return out
+
+
+def _agrees(where, name, what, low, high, largest) -> None:
+    """``low`` (a lower precision result) within 1e4 roundoff units of ``high``'s largest value
+    and 1e3 of ``largest`` (the largest value of all the gradients compared)."""
+    low = np.asarray(low, dtype=np.float64)
+    eps = np.finfo(np.dtype(name)).eps
+    tol = 1e4 * eps * float(np.max(np.abs(high), initial=0.0)) + 1e3 * eps * largest
+    err = np.where(np.isfinite(low), np.abs(low - high), np.inf)
+    if err.size and not np.all(err <= tol):
+        k = np.unravel_index(int(np.argmax(err)), err.shape)
+        raise GradcheckError(
+            f"{where}: run in {name}, {what} is {low[k]:.8g} at index "
+            f"{tuple(int(i) for i in k)} but {high[k]:.8g} in float64 (which the numerical "
+            f"check confirmed): off by {err[k]:.3g}, more than {name} roundoff allows "
+            f"({tol:.3g}); the {name} path of the "
+            "forward or backward is wrong"
+        )
+
+
 def _check_unmodified(xs: dict, pristine: dict, op: str, what: str) -> None:
     """A function under a check that writes to its arguments is a bug: it would also corrupt
     the arrays a network keeps for its backward pass."""
     for k, x in xs.items():
-        if not np.array_equal(x, pristine[k], equal_nan=True):
+        if x is not None and not np.array_equal(x, pristine[k], equal_nan=True):
             raise GradcheckError(
                 f"{op}: {what} modified its input {k!r} in place; a function under a gradient"
-                " check must not write to its arguments (work on a copy)"
+                " check must not write to its arguments (work on a copy): a layer's caller"
+                " keeps them (the previous layer keeps x for its own backward)"
             )
 
 
@@ -484,7 +526,11 @@ def check_op(
     mask every time. Your own objects are never modified.
 
     Precision: every floating-point array in ``inputs`` and ``config`` is copied to float64
-    first (integer arrays such as class targets are left as they are).
+    first (integer arrays such as class targets are left as they are). When those arrays
+    share one other dtype (float32), the forward and backward also run once on them as given:
+    the output and every gradient must come out in that dtype, each gradient within roundoff
+    of the float64 one the numerical check confirmed (1e4 float32 units of its array's
+    largest value, plus 1e3 of all the gradients').
 
     Args:
         forward: ``forward(**inputs, **config) -> (out, cache)``.
@@ -500,16 +546,27 @@ def check_op(
     Raises:
         GradcheckError: a gradient is wrong; the backward returns a gradient too few or too
             many, one of the wrong shape or dtype, or None for an array input; the forward
-            writes to an input.
+            writes to an input; the backward writes to an input the forward kept or to
+            ``dout``.
         TypeError, ValueError: bad arguments.
     """
     op = "check_op"
     _validate_settings(eps, rtol, atol, fast, seed, directions, op)
+    raw = inputs, ({} if config is None else config)
     inputs, config = _validate_op_args(op, forward, backward, inputs, config, seed)
-    out, cache = forward(**copy.deepcopy(inputs), **copy.deepcopy(config))
+    given = {k: _to_float64(v) for k, v in inputs.items()}  # what the forward may keep
+    out, cache = forward(**given, **copy.deepcopy(config))
+    _check_unmodified(given, inputs, op, "forward")
     out = np.asarray(out)
+    if out.size == 0:
+        raise ValueError(
+            f"{op}: nothing to check: the forward's output is empty (shape {out.shape}), so "
+            "every gradient is zero whatever the backward computes"
+        )
     g = upstream_gradient(seed, out.shape).astype(out.dtype)
-    grads = backward(g.copy(), cache)
+    dout = g.copy()
+    grads = backward(dout, cache)
+    _check_unmodified({**given, "dout": dout}, {**inputs, "dout": g}, op, "backward")
     checked, analytic = _match(inputs, grads, op)
 
     def loss(**xs):
@@ -517,7 +574,32 @@ def check_op(
         out, _ = forward(**xs, **rest, **copy.deepcopy(config))
         return float(np.sum(np.asarray(out, dtype=np.float64) * g))
 
-    return _check(loss, checked, analytic, op, eps, rtol, atol, fast, seed, directions, "forward")
+    report = _check(loss, checked, analytic, op, eps, rtol, atol, fast, seed, directions, "forward")
+    _check_op_own_dtype(op, forward, backward, raw, g, analytic)
+    return report
+
+
+def _check_op_own_dtype(op, forward, backward, raw, g, analytic) -> None:
+    """One forward and backward on the arrays as given, when they share one dtype other than
+    float64 (float32 inputs, float32 running statistics): the output and gradients in that
+    dtype, every gradient within roundoff (see :func:`_agrees`) of the float64 one."""
+    inputs, config = raw
+    arrays = [v for v in (*inputs.values(), *config.values()) if isinstance(v, np.ndarray)]
+    dtypes = {v.dtype for v in arrays if v.dtype.kind == "f"}
+    if len(dtypes) != 1 or np.dtype(np.float64) in dtypes:
+        return
+    dtype = dtypes.pop()
+    given = {k: None if v is None else _laid_out_like(v, v, dtype) for k, v in inputs.items()}
+    out, cache = forward(**given, **copy.deepcopy(config))
+    if not isinstance(out, (np.ndarray, np.generic)) or out.dtype != dtype:  # a 0-d loss too
+        raise GradcheckError(
+            f"{op}: run in {dtype} (the inputs' dtype), the forward returned {describe(out)}; "
+            f"it must be a {dtype} array (dtype follows the input's)"
+        )
+    _, low = _match(given, backward(g.astype(dtype), cache), op)
+    largest = max(float(np.max(np.abs(a), initial=0.0)) for a in analytic.values())
+    for name, high in analytic.items():
+        _agrees(op, dtype.name, f"the gradient of {name!r}", low[name], high, largest)
 
 
 def _validate_op_args(op, forward, backward, inputs, config, seed):
@@ -554,7 +636,7 @@ def _validate_op_args(op, forward, backward, inputs, config, seed):
 
 def _to_float64(v):
     if isinstance(v, np.ndarray) and v.dtype.kind == "f":
-        return v.astype(np.float64)  # a copy, also for float64 input
+        return _laid_out_like(v, v)  # a copy, also for float64 input, in v's layout
     return v
 
 

@@ -6,13 +6,19 @@
 * ``dx`` and the gradient of every parameter against central differences (as :func:`check_grad`);
 * that a backward *adds* to ``.grad`` (gradients accumulate until ``zero_grad()``, as in
   PyTorch) and that ``zero_grad()`` clears it;
-* that ``forward`` leaves its input alone, ``backward`` leaves ``dout`` alone, and two forwards
-  from the same state give the same output;
-* both train and eval mode when the module behaves differently in each.
+* that ``forward`` leaves its input alone, ``backward`` leaves ``x`` and ``dout`` alone, and two
+  forwards from the same state give the same output;
+* a second forward and backward on the same module (as training runs a layer step after step),
+  at another input and upstream gradient: what it adds to each ``.grad`` and its ``dx`` against
+  central differences from the state the first call left (fast mode), and that the first call's
+  ``dx`` is not written again;
+* both train and eval mode when the module behaves differently in each (its output, ``dx`` or
+  a parameter's gradient).
 
 Every forward (the analytic pass and each numerical evaluation) runs on a fresh deep copy of the
 module, so state a forward changes (batch norm's running statistics, a dropout generator) starts
-from the same values each time, and your module is never modified.
+from the same values each time, and your module is never modified. The input each forward gets
+has the memory layout of your ``x`` (a transposed or sliced ``x`` is checked as one).
 """
 
 from __future__ import annotations
@@ -30,7 +36,9 @@ from npmobilenet.gradcheck.core import (
     RTOL,
     GradcheckError,
     GradcheckReport,
+    _agrees,
     _check,
+    _laid_out_like,
     _validate_settings,
     upstream_gradient,
 )
@@ -88,7 +96,9 @@ def check_module(
     The scalar checked is ``loss = sum(module.forward(x) * dout)``; ``dout`` defaults to a
     seeded standard-normal array of the output's shape. A float32 module is checked through a
     float64 copy (parameters and floating-point buffers upcast); your module and ``x`` are
-    never modified.
+    never modified. When ``x`` and every parameter are float32, a copy of the module also runs
+    forward and backward once in float32: the output, ``dx`` and every ``.grad`` must be
+    float32 and within roundoff of the float64 gradients the numerical check confirmed.
 
     Args:
         module: any :class:`npmobilenet.nn.Module` (your own subclasses included): it needs
@@ -101,7 +111,8 @@ def check_module(
         input_grad: check ``dx`` (False when the backward returns None for a data input).
         accumulate: check that a backward adds to ``.grad`` and that ``zero_grad()`` clears it.
         modes: ``"train"``, ``"eval"`` or both in a tuple; None checks the module's current
-            mode, and the other one too when the module's output differs between them.
+            mode, and the other one too when the module's output, ``dx`` or a parameter's
+            gradient differs between them.
         eps, rtol, atol, fast, seed, directions: as for :func:`check_grad`.
 
     Returns:
@@ -109,10 +120,11 @@ def check_module(
 
     Raises:
         GradcheckError: a gradient is wrong (named by the parameter's dotted name, with the
-            worst element, both values and the relative error), ``.grad`` is overwritten
-            instead of accumulated or not cleared by ``zero_grad()``, ``forward`` writes to
-            ``x`` or is not deterministic, ``backward`` writes to ``dout`` or returns a ``dx``
-            of the wrong shape or dtype.
+            worst element, both values and the relative error), on the first call or the
+            second, ``.grad`` is overwritten instead of accumulated or not cleared by
+            ``zero_grad()``, ``forward`` writes to ``x`` or is not deterministic, ``backward``
+            writes to ``x`` or ``dout``, returns a ``dx`` of the wrong shape or dtype, or
+            writes a returned ``dx`` again on the next call.
         TypeError, ValueError: bad arguments.
     """
     _validate_settings(eps, rtol, atol, fast, seed, directions, _OP)
@@ -122,24 +134,30 @@ def check_module(
     if not names and not input_grad:
         raise ValueError(f"{_OP}: nothing to check: params selects no parameter and input_grad "
                          "is False")  # fmt: skip
-    x = np.array(x, dtype=np.float64)
+    layout, x = x, np.array(x, dtype=np.float64, order="C")
     dout = None if dout is None else np.array(dout, dtype=np.float64)
     settings = dict(eps=eps, rtol=rtol, atol=atol, fast=fast, seed=seed, directions=directions)
     report = ModuleReport(type(module).__name__)
     current = "train" if base.training else "eval"
-    for mode in _modes(base, x, modes):
+    for mode in _modes(base, x, modes, dout, seed, layout):
         # the current mode keeps each child's own flag (a frozen batch norm stays in eval)
         snap = (
             copy.deepcopy(base) if mode == current else copy.deepcopy(base).train(mode == "train")
         )
         where = f"{_OP} ({report.module} in {mode} mode)"
-        case = _Case(snap, x, dout, names, where, seed)
+        case = _Case(snap, x, dout, names, where, seed, layout)
         report.reports[mode] = case.check_gradients(input_grad, settings)
+        own = _check_own_dtype(module, layout, mode, case, input_grad)
         if accumulate and names:
             case.check_accumulation()
-    report.checks = ["forward leaves x alone", "backward leaves dout alone", "deterministic"]
+        case.check_second_call(input_grad, accumulate, settings)
+    report.checks = ["forward leaves x alone", "backward leaves x and dout alone",
+                     "deterministic"]  # fmt: skip
     if accumulate and names:
         report.checks += [".grad accumulates", "zero_grad() clears"]
+    report.checks += ["a second forward and backward on the same module"]
+    if own:
+        report.checks += [f"the {own} forward and backward agree with float64"]
     return report
 
 
@@ -204,8 +222,9 @@ def _param_names(m, params) -> list[str]:
     return names
 
 
-def _modes(base, x, modes) -> list[str]:
-    """The modes to check: the given ones, or the current one and the other if they differ."""
+def _modes(base, x, modes, dout, seed, layout) -> list[str]:
+    """The modes to check: the given ones, or the current one and the other if the module's
+    forward or backward (output, dx or a parameter's gradient) differs between them."""
     if modes is not None:
         modes = (modes,) if isinstance(modes, str) else tuple(modes)
         if not modes or any(m not in ("train", "eval") for m in modes):
@@ -215,14 +234,25 @@ def _modes(base, x, modes) -> list[str]:
         return list(dict.fromkeys(modes))
     current = "train" if base.training else "eval"
     other = "eval" if current == "train" else "train"
-    outs = []
+    runs = []
     for m in (copy.deepcopy(base), copy.deepcopy(base).train(other == "train")):
         try:
-            outs.append(np.array(m.forward(x.copy()), dtype=np.float64))
+            out = np.array(m.forward(_laid_out_like(layout, x)), dtype=np.float64)
+            same_shape = dout is not None and dout.shape == out.shape
+            dx = m.backward(dout.copy() if same_shape else upstream_gradient(seed, out.shape))
         except Exception:  # noqa: BLE001 - e.g. batch norm training on one value per channel
             return [current]
-    same = outs[0].shape == outs[1].shape and np.array_equal(outs[0], outs[1], equal_nan=True)
+        runs.append([out, dx] + [p.grad for _, p in _unique_parameters(m)])
+    same = all(_same(a, b) for a, b in zip(*runs))
     return [current] if same else [current, other]
+
+
+def _same(a, b) -> bool:
+    """Whether two results of a forward or backward are equal (None only equals None)."""
+    if a is None or b is None:
+        return a is b
+    a, b = np.asarray(a), np.asarray(b)
+    return a.shape == b.shape and np.array_equal(a, b, equal_nan=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -230,10 +260,15 @@ def _modes(base, x, modes) -> list[str]:
 
 
 class _Case:
-    """One module state (a snapshot never run itself), input and upstream gradient."""
+    """One module state (a snapshot never run itself), input and upstream gradient.
 
-    def __init__(self, snap, x, dout, names, where, seed):
+    ``layout`` is the array whose memory layout every input handed to ``forward`` copies (the
+    caller's own ``x``: a transposed or sliced input is checked as one).
+    """
+
+    def __init__(self, snap, x, dout, names, where, seed, layout):
         self.snap, self.x, self.names, self.where = snap, x, names, where
+        self.seed, self.layout = seed, layout
         self.label = type(snap).__name__
         out = self._forward(copy.deepcopy(snap), x)
         again = self._forward(copy.deepcopy(snap), x)
@@ -248,11 +283,21 @@ class _Case:
         elif dout.shape != out.shape:
             raise ValueError(f"{_OP}: dout has shape {dout.shape} but the output has shape "
                              f"{out.shape}")  # fmt: skip
+        if not np.any(dout):
+            raise ValueError(
+                f"{_OP}: nothing to check: " + ("dout is all zeros" if out.size else
+                f"the output is empty (shape {out.shape})") + ", so every gradient is zero "
+                "whatever the backward computes (dout=None draws a random one)"
+            )  # fmt: skip
         self.g = dout
 
     def _forward(self, m, x) -> np.ndarray:
         """``m.forward`` on a copy of ``x``: checks x is left alone, returns a float64 copy."""
-        x_in = x.copy()
+        return self._run_forward(m, x)[0]
+
+    def _run_forward(self, m, x):
+        """``m.forward`` on a copy of ``x`` laid out as the caller's: (float64 output, input)."""
+        x_in = _laid_out_like(self.layout, x)
         out = m.forward(x_in)
         if not np.array_equal(x_in, x, equal_nan=True):
             raise GradcheckError(
@@ -264,33 +309,43 @@ class _Case:
                 f"{self.where}: {self.label}.forward returned {describe(out)} for a float64 "
                 "input; the output must be an array of the input's dtype"
             )
-        return out.copy()  # a layer may reuse its output array on the next call
+        return out.copy(), x_in  # a layer may reuse its output array on the next call
 
-    def _backward(self, m, prefill: dict | None = None):
-        """Forward and backward on ``m`` with the grads set first; returns (dx, {name: grad})."""
+    def _backward(self, m, prefill: dict | None = None, x=None, g=None, zero=True):
+        """Forward and backward on ``m`` (at ``x`` and ``g``, default the case's), with the
+        grads set first unless ``zero`` is False; returns (dx, {name: grad})."""
+        x, g = (self.x if x is None else x), (self.g if g is None else g)
         params = dict(_unique_parameters(m))
         for name, p in params.items():
-            p.grad[...] = 0.0 if prefill is None else prefill.get(name, 0.0)
-        self._forward(m, self.x)
-        dout = self.g.copy()
+            if zero:
+                p.grad[...] = 0.0 if prefill is None else prefill.get(name, 0.0)
+        _, x_in = self._run_forward(m, x)
+        dout = g.copy()
         dx = m.backward(dout)
-        if not np.array_equal(dout, self.g):
-            raise GradcheckError(
-                f"{self.where}: {self.label}.backward modified dout in place; a gradient "
-                "passed in belongs to the caller"
-            )
+        for arg, what, want in ((dout, "dout", g), (x_in, "its input x", x)):
+            if not np.array_equal(arg, want, equal_nan=True):
+                raise GradcheckError(
+                    f"{self.where}: {self.label}.backward modified {what} in place; the "
+                    "arrays a layer is given belong to the caller (the previous layer keeps x "
+                    "for its own backward)"
+                )
         for name in self.names:
-            g = params[name].grad
-            if not isinstance(g, np.ndarray) or g.shape != params[name].data.shape:
+            gr = params[name].grad
+            if not isinstance(gr, np.ndarray) or gr.shape != params[name].data.shape:
                 raise GradcheckError(
                     f"{self.where}: {name!r}.grad must be an array of the parameter's shape "
-                    f"{params[name].data.shape}, got {describe(g)}"
+                    f"{params[name].data.shape}, got {describe(gr)}"
                 )
         return dx, {name: params[name].grad.copy() for name in self.names}
 
     def check_gradients(self, input_grad: bool, settings: dict) -> GradcheckReport:
         """dx and the parameters' grads against central differences."""
         dx, grads = self._backward(copy.deepcopy(self.snap))
+        self.analytic = dx, grads  # the float64 values a lower precision run is held to
+        return self.compare(dx, grads, input_grad, settings)
+
+    def compare(self, dx, grads, input_grad: bool, settings: dict) -> GradcheckReport:
+        """The analytic ``dx`` and ``grads`` at this case against central differences."""
         xname = "input" if "x" in self.names else "x"
         inputs, analytic = {}, {}
         if input_grad:
@@ -322,8 +377,8 @@ class _Case:
             params = dict(_unique_parameters(m))
             for name in self.names:
                 np.copyto(params[name].data, arrays[name])
-            x = arrays[xname] if xname in arrays else self.x.copy()
-            out = m.forward(x)
+            x = arrays[xname] if xname in arrays else self.x
+            out = m.forward(_laid_out_like(self.layout, x))
             return float(np.sum(np.asarray(out, dtype=np.float64) * self.g))
 
         return loss
@@ -356,6 +411,70 @@ class _Case:
             if not (isinstance(p.grad, np.ndarray) and p.grad.shape == p.data.shape
                     and not np.any(p.grad)):  # fmt: skip
                 raise GradcheckError(f"{self.where}: zero_grad() did not clear {name!r}.grad")
+
+    def check_second_call(self, input_grad: bool, accumulate: bool, settings: dict) -> None:
+        """A second forward and backward on the same module instance, at the input reversed
+        along its first axis and another upstream gradient, as training runs a layer step
+        after step: what that backward adds to each .grad, and its dx, against central
+        differences (fast mode) from the state the first call left; the first call's dx must
+        survive the second (a backward returns an array the caller owns)."""
+        m = copy.deepcopy(self.snap)
+        dx1, first = self._backward(m)
+        kept = np.array(dx1, copy=True) if isinstance(dx1, np.ndarray) else None
+        state = copy.deepcopy(m)  # what the second forward starts from
+        x2 = np.ascontiguousarray(self.x[::-1]) if self.x.ndim else self.x
+        g2 = upstream_gradient(self.seed + 1, self.g.shape)
+        if not accumulate:
+            for _, p in _unique_parameters(m):
+                p.grad[...] = 0.0
+        dx2, after = self._backward(m, x=x2, g=g2, zero=False)
+        if kept is not None and not np.array_equal(dx1, kept, equal_nan=True):
+            raise GradcheckError(
+                f"{self.where}: the dx a backward returned changed when the module ran "
+                "forward and backward again; return a new array (or dout passed through), "
+                "never a buffer the module writes again"
+            )
+        grads = {n: after[n] - first[n] if accumulate else after[n] for n in self.names}
+        where = f"{self.where[:-1]}, second forward and backward on the same module)"
+        case = _Case(state, x2, g2, self.names, where, self.seed, self.layout)
+        case.compare(dx2, grads, input_grad, {**settings, "fast": True})
+
+
+def _check_own_dtype(module, layout, mode, case, input_grad) -> str | None:
+    """One forward and backward of the module as it is, in its own dtype (a float32 layer on
+    the float32 x it was given), held to the float64 analytic gradients of ``case``: the
+    output's, ``dx``'s and each ``.grad``'s dtype, and every value within ``1e4`` units of
+    roundoff of its array's largest value (plus ``1e3`` of all the gradients'). Returns the
+    dtype's name; None (nothing run) when x is float64 or a parameter's dtype is not x's."""
+    m = copy.deepcopy(module)
+    if mode != ("train" if module.training else "eval"):
+        m.train(mode == "train")
+    params = dict(_unique_parameters(m))
+    dtype = layout.dtype
+    if dtype == np.float64 or any(p.data.dtype != dtype for p in params.values()):
+        return None
+    for p in params.values():
+        p.grad[...] = 0.0
+    out = m.forward(_laid_out_like(layout, layout, dtype))
+    dx = m.backward(case.g.astype(dtype))
+    got = [("output", out)] + ([("dx", dx)] if input_grad else [])
+    got += [(f"{n!r}.grad", params[n].grad) for n in case.names]
+    for what, a in got:
+        if not isinstance(a, np.ndarray) or a.dtype != dtype:
+            raise GradcheckError(
+                f"{case.where}: run in {dtype}, the {what} is {describe(a)}; it must be a "
+                f"{dtype} array like x and the parameters (dtype follows the input's)"
+            )
+    dx64, grads64 = case.analytic
+    pairs = ([("dx", dx, dx64)] if input_grad else []) + [
+        (f"the gradient of {n!r}", params[n].grad, grads64[n]) for n in case.names
+    ]
+    # a gradient that is zero in exact arithmetic (a conv bias before batch norm) is a
+    # cancellation of terms the size of the largest gradient: its roundoff is theirs
+    largest = max(float(np.max(np.abs(high), initial=0.0)) for _, _, high in pairs)
+    for what, low, high in pairs:
+        _agrees(case.where, dtype.name, what, low, high, largest)
+    return dtype.name
 
 
 def _untouched_hint(report, analytic) -> str:

@@ -13,6 +13,7 @@ everything needed to use it alone:
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 
@@ -59,6 +60,31 @@ def convert(src, out, source: str = "auto", overwrite: bool = False):
     from npmobilenet.interop import detect_source
 
     source = detect_source(src) if source == "auto" else source
+    refuse_overwriting_input("convert", out, source_files(src))
     model = load(src, source)
     save_converted(model, os.fspath(out), SOURCE_PRESETS[source], overwrite=overwrite)
     return model
+
+
+def source_files(src) -> list[str]:
+    """The files a load of ``src`` reads: the file, the files of a folder, or a TF checkpoint's
+    ``PREFIX.index`` and ``PREFIX.data-*``."""
+    src = os.fspath(src)
+    if os.path.isdir(src):
+        return [os.path.join(src, name) for name in os.listdir(src)]
+    prefix = src[: -len(".index")] if src.endswith(".index") else src
+    return [src, prefix + ".index", *glob.glob(glob.escape(prefix) + ".data-*")]
+
+
+def refuse_overwriting_input(op: str, out, inputs) -> None:
+    """A ValueError if ``out`` is (a link to) one of the files ``inputs``: writing it would
+    replace the file being converted."""
+    out = os.fspath(out)
+    if not os.path.exists(out):
+        return
+    for path in inputs:
+        if os.path.isfile(path) and os.path.samefile(out, path):
+            raise ValueError(
+                f"{op}: the output {out} is the input file {path}; writing it would replace"
+                " what is being read: choose another output path"
+            )

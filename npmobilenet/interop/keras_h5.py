@@ -58,6 +58,7 @@ def read_layers(path: str) -> tuple[dict[str, list[np.ndarray]], dict | None]:
             if "model_config" in f.attrs:
                 config = json.loads(_text(f.attrs["model_config"]))
             layers = _layers(f, path)
+            config = _checked_config(path, config)
             if "layers" in f and "layer_names" not in f.attrs:  # Keras 3: generic names
                 layers = _rename(layers, config)
             return layers, config
@@ -65,6 +66,24 @@ def read_layers(path: str) -> tuple[dict[str, list[np.ndarray]], dict | None]:
         raise ValueError(
             f"{path}: not a readable Keras file (truncated or corrupt?): {type(e).__name__}: {e}"
         ) from None
+
+
+def _checked_config(path: str, config):
+    """``config`` if it is a Keras model config as the readers walk it (an object whose
+    ``config.layers`` is a list of layer objects, each with a ``config`` object), else a
+    ValueError naming the file (an edited or foreign config)."""
+    if config is None:
+        return None
+    inner = config.get("config", {}) if isinstance(config, dict) else None
+    layers = inner.get("layers", []) if isinstance(inner, dict) else None
+    if not isinstance(layers, list) or not all(
+        isinstance(layer, dict) and isinstance(layer.get("config", {}), dict) for layer in layers
+    ):
+        raise ValueError(
+            f"load_keras: {path}: its model config is not a Keras model's (an object whose"
+            " config.layers is a list of layer objects)"
+        )
+    return config
 
 
 def _text(v) -> str:
@@ -104,7 +123,8 @@ def _rename(layers: dict, config) -> dict:
         base = snake_case(str(layer.get("class_name")))
         n = counts.get(base, 0)
         counts[base] = n + 1
-        names[base if n == 0 else f"{base}_{n}"] = layer.get("config", {}).get("name")
+        name = layer.get("config", {}).get("name")
+        names[base if n == 0 else f"{base}_{n}"] = name if isinstance(name, str) else None
     return {names.get(k) or k: v for k, v in layers.items()}
 
 

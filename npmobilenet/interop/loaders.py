@@ -25,6 +25,7 @@ import re
 
 import numpy as np
 
+from npmobilenet._checks import describe
 from npmobilenet.interop import labels as imagenet
 from npmobilenet.interop._assemble import ConvLayer, assemble
 from npmobilenet.interop.tf_checkpoint import read_checkpoint
@@ -146,14 +147,27 @@ def load_hf(path_or_dir, dtype=np.float32):
     act = config.get("hidden_act", "relu6")
     if act not in ("relu", "relu6"):
         raise ValueError(f"{path}: hidden_act={act!r} is not supported (relu or relu6)")
-    id2label = config.get("id2label") or {}
-    labels = [id2label.get(str(i), id2label.get(i)) for i in range(fc_w.shape[0])]
+    id2label = _hf_setting(path, config, "id2label", dict, "an object", {}) or {}
+    labels = [id2label.get(str(i)) for i in range(fc_w.shape[0])]
     if None in labels or all(re.fullmatch(r"LABEL_\d+", str(x)) for x in labels):
         labels = imagenet.for_classes(fc_w.shape[0])
-    padding = "tf_same" if config.get("tf_padding", True) else "torch"
-    return assemble(weights, convs, fc_w, fc_b, activation=act, padding=padding,
-                    bn_eps=float(config.get("layer_norm_eps", 1e-3)), labels=labels,
-                    dtype=dtype)  # fmt: skip
+    tf_padding = _hf_setting(path, config, "tf_padding", bool, "true or false", True)
+    eps = _hf_setting(path, config, "layer_norm_eps", (int, float), "a number", 1e-3)
+    return assemble(weights, convs, fc_w, fc_b, activation=act,
+                    padding="tf_same" if tf_padding else "torch", bn_eps=float(eps),
+                    labels=labels, dtype=dtype)  # fmt: skip
+
+
+def _hf_setting(path: str, config: dict, key: str, kind, want: str, default):
+    """``config[key]`` (``default`` if absent or null), which must be a ``kind``."""
+    value = config.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+        raise ValueError(
+            f"load_hf: {path}: config.json's {key} must be {want}, got {describe(value)}"
+        )
+    return value
 
 
 def _hf_config(path: str) -> dict:
@@ -301,15 +315,20 @@ def _keras_conventions(path: str, config) -> tuple[float, str]:
     if config is None:
         return 1e-3, "relu6"
     layers = {}
-    for layer in config.get("config", {}).get("layers", []):
-        if isinstance(layer, dict):
-            layers[layer.get("config", {}).get("name", layer.get("name"))] = layer
-    eps = {float(v["config"].get("epsilon", 1e-3)) for k, v in layers.items()
-           if v.get("class_name") == "BatchNormalization"}  # fmt: skip
+    for layer in config.get("config", {}).get("layers", []):  # dicts (keras_h5 checked)
+        name = layer.get("config", {}).get("name", layer.get("name"))
+        if isinstance(name, str):
+            layers[name] = layer
+    eps = [v.get("config", {}).get("epsilon", 1e-3) for v in layers.values()
+           if v.get("class_name") == "BatchNormalization"]  # fmt: skip
+    bad = [e for e in eps if isinstance(e, bool) or not isinstance(e, (int, float))]
+    if bad:
+        raise ValueError(f"load_keras: {path}: a batch norm's epsilon is {describe(bad[0])}")
+    eps = {float(e) for e in eps}
     if len(eps) > 1:
         raise ValueError(f"{path}: batch norms with different epsilons {sorted(eps)}")
     relu = layers.get("conv1_relu", {}).get("config", {})
     act = "relu6" if relu.get("max_value", 6.0) == 6.0 else "relu"
     if relu.get("max_value", 6.0) not in (None, 6.0):
-        raise ValueError(f"{path}: conv1_relu max_value={relu.get('max_value')} not supported")
+        raise ValueError(f"{path}: conv1_relu max_value={relu.get('max_value')!r} not supported")
     return (eps.pop() if eps else 1e-3), act

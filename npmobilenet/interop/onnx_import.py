@@ -20,7 +20,6 @@ A folded conv (weight W', bias b') loads as the conv W' with a batch norm that o
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -28,6 +27,7 @@ import numpy as np
 from npmobilenet._geometry import output_size
 from npmobilenet.interop._assemble import ConvLayer, assemble, folded
 from npmobilenet.interop.onnx_export import import_onnx
+from npmobilenet.io.weights import header_json
 from npmobilenet.models.mobilenet import PADDINGS, TABLE_1, conv_padding
 from npmobilenet.ops.conv import resolve_padding
 
@@ -122,17 +122,23 @@ def load_onnx(path, dtype=None):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"load_onnx: no such file: {path}")
     try:
-        proto = onnx.load(path)
+        proto = onnx.load(path)  # with its external data files, if any
+    except Exception as e:  # noqa: BLE001 - protobuf's and onnx's errors have no common base
+        raise ValueError(
+            f"load_onnx: {path}: not a readable ONNX file (truncated or corrupt, or its external"
+            f" data?): {type(e).__name__}: {str(e)[:300]}"
+        ) from None
+    try:
         graph = _Graph(proto, path, numpy_helper)
     except ValueError:
-        raise
-    except Exception as e:  # noqa: BLE001 - protobuf's decode errors have no common base
+        raise  # names the file
+    except Exception as e:  # noqa: BLE001 - a graph that does not decode
         raise ValueError(
-            f"{path}: not a readable ONNX file (truncated or corrupt?): {type(e).__name__}: {e}"
+            f"load_onnx: {path}: not a readable ONNX graph: {type(e).__name__}: {str(e)[:300]}"
         ) from None
     layers, fc = _walk(graph, helper)
     meta = {p.key: p.value for p in proto.metadata_props}
-    labels = json.loads(meta["npmobilenet.labels"]) if "npmobilenet.labels" in meta else None
+    labels = header_json("load_onnx", path, meta, "npmobilenet.labels", list)
     return _build(path, layers, fc, labels, dtype, _static_size(proto, graph.input))
 
 

@@ -11,6 +11,9 @@ The format (TensorFlow's "tensor bundle"):
 
 Only uncompressed tables (what TensorFlow writes) and plain numeric dtypes are read. Nothing
 from TensorFlow is imported; the protobuf messages are decoded by hand (a few fields each).
+Checksums are verified as TensorFlow verifies them: each table block ends with a type byte and
+the masked CRC-32C of the block and that byte, and each tensor's entry holds the masked
+CRC-32C of its bytes in the data file, so a flipped bit is an error, never a wrong weight.
 """
 
 from __future__ import annotations
@@ -19,12 +22,44 @@ import os
 import struct
 
 import numpy as np
+from numba import njit
 
 _MAGIC = 0xDB4775248B80FB57
 _FOOTER = 48
 # TensorFlow DataType enum -> numpy dtype (the numeric types a checkpoint of weights holds).
 _DTYPES = {1: "<f4", 2: "<f8", 3: "<i4", 4: "u1", 5: "<i2", 6: "i1", 9: "<i8", 10: "?",
            17: "<u2", 19: "<f2", 22: "<u4", 23: "<u8"}  # fmt: skip
+
+
+def _crc_table() -> np.ndarray:
+    """The byte table of CRC-32C (Castagnoli, reflected polynomial 0x82F63B78)."""
+    table = np.zeros(256, np.uint32)
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        table[i] = c
+    return table
+
+
+_CRC_TABLE = _crc_table()
+
+
+@njit(cache=True)
+def _crc32c_kernel(data, table):
+    """CRC-32C of the bytes ``data`` (uint8, (n,)), one table lookup per byte."""
+    c = np.uint32(0xFFFFFFFF)
+    for b in data:
+        c = table[(c ^ b) & np.uint32(0xFF)] ^ (c >> np.uint32(8))
+    return c ^ np.uint32(0xFFFFFFFF)
+
+
+def masked_crc32c(data: bytes, start: int = 0, size: int | None = None) -> int:
+    """TensorFlow's (LevelDB's) masked CRC-32C of ``data[start : start + size]``: the CRC
+    rotated right by 15 bits plus 0xA282EAD8, as stored in its files."""
+    view = np.frombuffer(data, np.uint8, len(data) - start if size is None else size, start)
+    c = int(_crc32c_kernel(view, _CRC_TABLE))
+    return ((((c >> 15) | (c << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
 
 
 class _Reader:
@@ -84,6 +119,9 @@ def _block_entries(data: bytes, offset: int, size: int, source: str) -> list[tup
         raise ValueError(f"{source}: truncated checkpoint index (a block lies past the end)")
     if data[offset + size] != 0:
         raise ValueError(f"{source}: compressed checkpoint index blocks are not supported")
+    stored = struct.unpack_from("<I", data, offset + size + 1)[0]
+    if stored != masked_crc32c(data, offset, size + 1):  # over the block and its type byte
+        raise ValueError(f"{source}: corrupt checkpoint index (a block's checksum does not match)")
     num_restarts = struct.unpack_from("<I", data, offset + size - 4)[0]
     end = offset + size - 4 * (num_restarts + 1)
     if end < offset:
@@ -119,7 +157,7 @@ def read_index(path: str) -> dict[str, bytes]:
 
 
 def _entry(name: str, value: bytes, source: str) -> tuple:
-    """(dtype, shape, shard, offset, size) of one BundleEntryProto."""
+    """(dtype, shape, shard, offset, size, masked crc32c or None) of one BundleEntryProto."""
     f = _fields(value, source)
     if 7 in f:
         raise ValueError(f"{source}: {name} is stored in slices (partitioned), not supported")
@@ -129,8 +167,10 @@ def _entry(name: str, value: bytes, source: str) -> tuple:
     shape = []
     for dim in _fields(f[2][0], source).get(2, []) if 2 in f else []:
         shape.append(_fields(dim, source).get(1, [0])[0])
+    if len(shape) > 8 or not all(0 <= d < 2**40 for d in shape):
+        raise ValueError(f"{source}: {name} has an impossible shape {tuple(shape)[:9]} (corrupt)")
     return (np.dtype(_DTYPES[dtype]), tuple(shape), f.get(3, [0])[0], f.get(4, [0])[0],
-            f.get(5, [0])[0])  # fmt: skip
+            f.get(5, [0])[0], f.get(6, [None])[0])  # fmt: skip
 
 
 def read_checkpoint(prefix) -> dict[str, np.ndarray]:
@@ -153,7 +193,7 @@ def read_checkpoint(prefix) -> dict[str, np.ndarray]:
     shards: dict[int, bytes] = {}
     out = {}
     for name, value in entries.items():
-        dtype, shape, shard, offset, size = _entry(name, value, index_path)
+        dtype, shape, shard, offset, size, crc = _entry(name, value, index_path)
         if shard not in shards:
             shards[shard] = _read_shard(prefix, shard, num_shards)
         data = shards[shard]
@@ -163,6 +203,11 @@ def read_checkpoint(prefix) -> dict[str, np.ndarray]:
                 f"{prefix}.data-{shard:05d}-of-{num_shards:05d}: {name} needs bytes"
                 f" [{offset}, {offset + size}) of shape {shape}, the file has {len(data)}"
                 " (truncated or corrupt)"
+            )
+        if crc is not None and masked_crc32c(data, offset, size) != crc:
+            raise ValueError(
+                f"{prefix}.data-{shard:05d}-of-{num_shards:05d}: the bytes of {name} do not"
+                " match their checksum (a corrupt data file)"
             )
         out[name] = np.frombuffer(data, dtype, count, offset).reshape(shape).copy()
     return out

@@ -14,6 +14,7 @@ model (see :meth:`npmobilenet.nn.Module.load_state_dict`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -67,11 +68,21 @@ def save_state_dict(
 
 
 def atomic_write_bytes(path, data: bytes, overwrite: bool = False) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves either the old file or the new one.
+    """Write ``data`` to ``path`` so that a crash leaves either the old file or the new one
+    (:func:`atomic_file`, whose rules for modes, symlinks and read-only files apply)."""
+    with atomic_file(path, overwrite=overwrite, op="atomic_write_bytes") as f:
+        f.write(data)
 
-    The bytes go to a temporary file ``.tmp-XXXXXXXX.partial`` in the same folder (created if
-    missing), are flushed and fsynced, and only then renamed over ``path`` with ``os.replace``
-    (atomic on POSIX and Windows). What the user owns is respected:
+
+@contextlib.contextmanager
+def atomic_file(path, mode: str = "wb", overwrite: bool = False, op: str = "atomic_file", **kw):
+    """A file object to write ``path`` through, so that a crash leaves the old file or the new.
+
+    ``mode`` is ``"wb"`` or ``"w"`` (``kw`` such as ``encoding`` and ``newline`` go to
+    :func:`open`). The writes go to a temporary file ``.tmp-XXXXXXXX.partial`` in the same
+    folder (created if missing); when the ``with`` block ends normally it is flushed, fsynced
+    and renamed over ``path`` with ``os.replace`` (atomic on POSIX and Windows); when the block
+    raises, it is removed and ``path`` is untouched. What the user owns is respected:
 
     * a new file gets the permissions an ordinary ``open(path, "wb")`` would give; a replaced
       file keeps its mode (a 0600 file stays 0600);
@@ -81,19 +92,20 @@ def atomic_write_bytes(path, data: bytes, overwrite: bool = False) -> None:
     * temporary files left by a save that was killed (our ``.tmp-*.partial`` pattern only, and
       only those no live writer holds) are removed after the next successful save there.
     """
-    op = "atomic_write_bytes"
     if not isinstance(overwrite, bool):
         raise TypeError(f"{op}: overwrite must be a bool, got {describe(overwrite)}")
+    if mode not in ("wb", "w"):
+        raise ValueError(f"{op}: mode must be 'wb' or 'w', got {describe(mode)}")
     path = os.path.realpath(os.fspath(path))  # through symlinks, to the file they name
     directory = os.path.dirname(path)
-    mode = _existing_mode(path, overwrite)
+    existing = _existing_mode(path, overwrite, op)
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=_TMP_SUFFIX, dir=directory)
     try:
         _lock(fd)  # tells a later save's clean-up that this temporary file is in use
-        os.chmod(tmp, 0o666 & ~_umask() if mode is None else mode)  # mkstemp makes 0600
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        os.chmod(tmp, 0o666 & ~_umask() if existing is None else existing)  # mkstemp makes 0600
+        with os.fdopen(fd, mode, **kw) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)  # unlocked a moment earlier, but too young to count as stale
@@ -113,7 +125,7 @@ _TMP_NAME = re.compile(r"\.tmp-[a-z0-9_]{8}\.partial")
 _STALE_SECONDS = 2.0 if fcntl is not None else 24 * 3600.0
 
 
-def _existing_mode(path: str, overwrite: bool):
+def _existing_mode(path: str, overwrite: bool, op: str):
     """The permission bits of the file at ``path`` (None if there is none); refuses to replace
     a read-only file unless ``overwrite``."""
     try:
@@ -123,7 +135,7 @@ def _existing_mode(path: str, overwrite: bool):
     mode = stat.S_IMODE(st.st_mode)
     if not overwrite and (not mode & 0o222 or not os.access(path, os.W_OK)):
         raise PermissionError(
-            f"atomic_write_bytes: refusing to replace {path}: it is read-only (mode"
+            f"{op}: refusing to replace {path}: it is read-only (mode"
             f" {mode:04o}); make it writable first, or pass overwrite=True"
         )
     return mode
@@ -306,19 +318,43 @@ def load_weights(model, path, strict: bool = True):
     Class names recorded in the file become ``model.labels``.
     """
     result = model.load_state_dict(load_state_dict_file(path), strict=strict)
-    labels = saved_labels(path)
-    if labels is not None and len(labels) == getattr(model, "config", {}).get("num_classes"):
-        model.labels = labels
+    _take_labels(model, path)
     return result
 
 
-def saved_config(path) -> dict | None:
-    """The model config a weights file records (None for a file without one)."""
-    meta = file_metadata(path)
+def _take_labels(model, path) -> None:
+    """Class names recorded in the file become ``model.labels`` when their count fits."""
+    labels = saved_labels(path)
+    if labels is not None and len(labels) == getattr(model, "config", {}).get("num_classes"):
+        model.labels = labels
+
+
+def header_json(op: str, path, meta: dict, key: str, kind: type = dict):
+    """The JSON value a file's header metadata ``meta`` holds under ``key`` (None if absent).
+
+    A ValueError naming ``op``, the file and the entry when it is not JSON, or not a ``kind``
+    (an edited or damaged header): never a bare JSONDecodeError or a TypeError further on."""
+    if key not in meta:
+        return None
     try:
-        config = json.loads(meta[MODEL_CONFIG]) if MODEL_CONFIG in meta else None
-    except ValueError:
-        config = None
+        value = json.loads(meta[key])
+    except ValueError as e:
+        raise ValueError(f"{op}: {path}: the header entry {key!r} is not JSON ({e})") from None
+    if not isinstance(value, kind):
+        raise ValueError(
+            f"{op}: {path}: the header entry {key!r} must be a JSON {_JSON_NAMES[kind]}, got"
+            f" {describe(value)}"
+        )
+    return value
+
+
+_JSON_NAMES = {dict: "object", list: "array"}
+
+
+def saved_config(path, op: str = "saved_config") -> dict | None:
+    """The model config a weights file records (None for a file without one); a ValueError
+    naming ``op`` and the file when the recorded config is damaged."""
+    config = header_json(op, path, file_metadata(path), MODEL_CONFIG)
     if config is None:
         return None
     return {k: config[k] for k in MODEL_CONFIG_KEYS if k in config}
@@ -344,11 +380,12 @@ def load_model(path, **config):
     """
     from npmobilenet.models import MobileNetV1
 
-    saved = saved_config(path)
+    saved = saved_config(path, op="load_model")
+    state = load_state_dict_file(path)  # an unreadable file is reported as such, first
     kwargs = {**(saved or {}), **{k: v for k, v in config.items() if v is not None}}
     model = MobileNetV1(**kwargs)
     try:
-        load_weights(model, path)
+        model.load_state_dict(state)
     except ValueError as e:
         if saved is not None:
             raise
@@ -356,4 +393,5 @@ def load_model(path, **config):
             f"load_model: {path} records no model config, and MobileNetV1({kwargs}) does not"
             f" fit its weights: pass the arguments it was made with. {str(e)[:300]}"
         ) from None
+    _take_labels(model, path)
     return model.eval()

@@ -14,10 +14,9 @@
 
 from __future__ import annotations
 
-import json
 import os
 
-from npmobilenet.io.weights import file_metadata, load_state_dict_file
+from npmobilenet.io.weights import file_metadata, header_json, load_state_dict_file
 from npmobilenet.train.checkpoint import FORMAT, load_checkpoint
 
 RUN_FILES = ("model.safetensors", "checkpoint.safetensors")
@@ -39,8 +38,7 @@ def read_weights(path) -> tuple[dict, dict | None]:
     if FORMAT in meta:
         ckpt = load_checkpoint(path)
         return ckpt["model"], ckpt["model_config"]
-    config = json.loads(meta[MODEL_CONFIG_KEY]) if MODEL_CONFIG_KEY in meta else None
-    return load_state_dict_file(path), config
+    return load_state_dict_file(path), header_json("--init", path, meta, MODEL_CONFIG_KEY)
 
 
 def weights_alpha(state: dict, config: dict | None) -> float | None:

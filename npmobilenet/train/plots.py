@@ -11,6 +11,7 @@ import os
 import numpy as np
 
 from npmobilenet._checks import INSTALL_HINT as HINT
+from npmobilenet.io.weights import atomic_file
 
 
 def _pyplot():
@@ -22,6 +23,16 @@ def _pyplot():
     except ImportError:
         return None
     return plt
+
+
+def _save(plt, fig, path) -> None:
+    """Write ``fig`` as a PNG to ``path`` as every run file is written (atomically, keeping an
+    existing file's mode; :func:`npmobilenet.io.weights.atomic_file`), and close it."""
+    try:
+        with atomic_file(path, op="save_plots") as f:
+            fig.savefig(f, format="png", dpi=100)
+    finally:
+        plt.close(fig)
 
 
 def plot_curves(history: dict, path) -> str | None:
@@ -44,8 +55,7 @@ def plot_curves(history: dict, path) -> str | None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(plt, fig, path)
     return os.fspath(path)
 
 
@@ -69,8 +79,7 @@ def plot_confusion(cm: np.ndarray, classes, path) -> str | None:
                 color = "white" if cm[i, j] > threshold else "black"
                 ax.text(j, i, str(cm[i, j]), ha="center", va="center", color=color, fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(plt, fig, path)
     return os.fspath(path)
 
 

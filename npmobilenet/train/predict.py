@@ -23,6 +23,7 @@ import numpy as np
 from npmobilenet.data import DataLoader, eval_transform, preset_transform
 from npmobilenet.data.decode import decode, pil, unreadable
 from npmobilenet.data.folder import IMAGE_EXTENSIONS
+from npmobilenet.io.weights import atomic_file
 from npmobilenet.ops import softmax
 from npmobilenet.train.trainer import inference_forward
 
@@ -147,23 +148,21 @@ def _bar(total: int):
 
 
 def write_predictions(predictions, path, top_k: int) -> tuple[int, int]:
-    """Write ``predictions`` to ``path`` (``.csv`` or ``.jsonl``); returns ``(rows, errors)``."""
+    """Write ``predictions`` to ``path`` (``.csv`` or ``.jsonl``); returns ``(rows, errors)``.
+
+    The file is replaced as :func:`npmobilenet.io.weights.atomic_file` replaces files: whole or
+    not at all, keeping the mode of the file it replaces, through a symlink, and never over a
+    read-only file."""
     path = os.fspath(path)
     kind = os.path.splitext(path)[1].lower()
     if kind not in (".csv", ".jsonl"):
         raise ValueError(f"{OP}: --out must end in .csv or .jsonl, got {path!r}")
-    tmp = f"{path}.partial"
     rows = errors = 0
-    try:
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            write_row = _csv_writer(f, top_k) if kind == ".csv" else _jsonl_writer(f)
-            for pred in predictions:
-                write_row(pred)
-                rows, errors = rows + 1, errors + (pred.error is not None)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_file(path, "w", op=OP, newline="", encoding="utf-8") as f:
+        write_row = _csv_writer(f, top_k) if kind == ".csv" else _jsonl_writer(f)
+        for pred in predictions:
+            write_row(pred)
+            rows, errors = rows + 1, errors + (pred.error is not None)
     return rows, errors
 
 

@@ -29,6 +29,7 @@ import time
 import numpy as np
 
 from npmobilenet import __version__
+from npmobilenet._checks import describe
 from npmobilenet.data import (
     ArrayDataset,
     Compose,
@@ -50,6 +51,7 @@ from npmobilenet.data.presets import eval_steps
 from npmobilenet.io.weights import (
     MODEL_CONFIG,
     file_metadata,
+    header_json,
     load_model,
     load_state_dict_file,
     save_state_dict,
@@ -469,13 +471,17 @@ def train_run(config: dict, out_dir, resume=None, progress="auto", log=print, ov
             saved = init[1] or {}
             config = {**config, **{k: saved[k] for k in CONVENTION_KEYS if k in saved}}
         config = make_config(**config)
+        if config["data"] != "digits":  # found again from any working directory
+            config["data"] = os.path.abspath(os.path.expanduser(os.fspath(config["data"])))
         _check_out_dir(out_dir, overwrite)
     check_run_fits(config)
     bar = progress == "bar" or (progress == "auto" and sys.stderr.isatty())
     train, test, summary = load_data(config, warn=log, progress=bar)
     log(summary)
+    if ckpt is not None:
+        check_same_data(config, train, test, resume)
     config.update(channels=channels_of(train), classes=list(train.classes),
-                  augment=_augment(config, train))  # fmt: skip
+                  augment=_augment(config, train), images=[len(train), len(test)])  # fmt: skip
     if "mean" not in config:
         mean, std = folder_stats(train, config) if is_folder(train) else channel_stats(train)
         config.update(mean=mean, std=[max(s, 1e-6) for s in std])
@@ -588,6 +594,32 @@ def _resume_config(ckpt: dict, given: dict, path) -> tuple[dict, bool]:
     return {**saved, **runtime}, extend
 
 
+def check_same_data(saved: dict, train, test, path) -> None:
+    """A resumed run's data must be the data it was trained on: the same class names in the
+    same order (else every label would silently mean another class) and, when the checkpoint
+    records them, as many train and test images (else the batches, the schedule and the test
+    numbers no longer continue the run). Otherwise a ValueError."""
+    classes = list(train.classes)
+    if saved.get("classes") is not None and classes != saved["classes"]:
+
+        def show(names):
+            return ", ".join(map(str, names[:10])) + (" ..." if len(names) > 10 else "")
+
+        raise ValueError(
+            f"--resume: the run in {path} was trained on classes [{show(saved['classes'])}],"
+            f" its data {saved['data']!r} now has [{show(classes)}]; resume on the data it was"
+            " trained on, or start a new run from its weights with --init"
+        )
+    images = [len(train), len(test)]
+    if saved.get("images") is not None and images != saved["images"]:
+        raise ValueError(
+            f"--resume: the run in {path} was trained on {saved['images'][0]} train and"
+            f" {saved['images'][1]} test images, its data {saved['data']!r} now has {images[0]}"
+            f" and {images[1]}; resume on the data it was trained on, or start a new run from"
+            " its weights with --init"
+        )
+
+
 def _extended(saved: dict, done: int, epochs: int, path) -> dict:
     """The configuration of a finished ``done``-epoch run extended to ``epochs``."""
     if done < saved["epochs"]:
@@ -653,9 +685,9 @@ def load_run(path):
         raise FileNotFoundError(f"no checkpoint at {path}")
     meta = file_metadata(path)
     if CONFIG_KEY in meta:
-        config = json.loads(meta[CONFIG_KEY])
+        config = header_json("load_run", path, meta, CONFIG_KEY)
         state = load_state_dict_file(path)
-        saved_model = json.loads(meta.get("npmobilenet.model_config", "{}"))
+        saved_model = header_json("load_run", path, meta, MODEL_CONFIG) or {}
     elif MODEL_CONFIG in meta and FORMAT not in meta:  # save_weights: the model, no run
         from npmobilenet.interop.convert import run_config
 
@@ -664,12 +696,66 @@ def load_run(path):
     else:
         ckpt = load_checkpoint(path)
         config, state, saved_model = ckpt.get("config"), ckpt["model"], ckpt["model_config"]
-    if not isinstance(config, dict) or "classes" not in config:
-        raise ValueError(f"{path} holds no run configuration (classes, resolution, normalisation)")
+    config = saved_run_config(path, config)
     model = build_model(config)
     check_architecture(saved_model, model.config, path)
+    check_finite_weights(path, state)
     model.load_state_dict(state)
     return model.eval(), config
+
+
+def check_finite_weights(path, state: dict) -> None:
+    """Refuse weights holding nan or inf, naming the first such array: the model's outputs
+    would not be finite (predict would rank classes by nan%). A run never saves them (training
+    stops when its loss or its test outputs stop being finite), so the file is damaged."""
+    for key, value in state.items():
+        floats = isinstance(value, np.ndarray) and value.dtype.kind == "f"
+        if floats and not np.isfinite(value).all():
+            n = int(value.size - np.isfinite(value).sum())
+            raise ValueError(
+                f"load_run: {path}: {key} holds {n} nan or inf value(s) of {value.size}: the"
+                " weights are damaged, so the model's outputs would mean nothing"
+            )
+
+
+# What a saved run configuration must record: every run and converted file writes them.
+SAVED_RUN_KEYS = ("classes", "resolution", "channels", "mean", "std", "alpha")
+
+
+def saved_run_config(path, config) -> dict:
+    """The run configuration read from ``path``, completed with the defaults of settings added
+    since it was written and checked where :func:`load_run`'s callers rely on it (an edited or
+    damaged file gets a ValueError naming the file and the setting)."""
+    op = "load_run"
+    missing = [k for k in SAVED_RUN_KEYS if k not in config] if isinstance(config, dict) else []
+    if not isinstance(config, dict) or missing:
+        raise ValueError(
+            f"{op}: {path} holds no run configuration (classes, resolution, normalisation)"
+            + (f"; it lacks {', '.join(missing)}" if missing and "classes" in config else "")
+        )
+    config = {**DEFAULTS, **config}  # settings added since the file was written
+
+    def check(key, ok: bool, want: str) -> None:
+        if not ok:
+            raise ValueError(
+                f"{op}: {path}: the run configuration's {key} must be {want}, got"
+                f" {describe(config.get(key))}"
+            )
+
+    classes = config["classes"]
+    names = isinstance(classes, list) and len(classes) > 0
+    check("classes", names and all(isinstance(c, str) for c in classes), "a list of class names")
+    for key, low in (("resolution", MIN_RESOLUTION), ("channels", 1)):
+        v = config[key]
+        check(key, isinstance(v, int) and not isinstance(v, bool) and v >= low,
+              f"an integer >= {low}")  # fmt: skip
+    for key in ("mean", "std"):
+        v = config.get(key)
+        check(key, isinstance(v, list) and len(v) > 0 and all(map(_real, v)),
+              "a list of finite numbers, one per channel")  # fmt: skip
+    check("std", all(s > 0 for s in config["std"]), "positive")
+    check("alpha", _real(config["alpha"]) and config["alpha"] > 0, "a number > 0")
+    return config
 
 
 def evaluate_run(path, data=None, log=print, ignore_class_names=False) -> dict:
@@ -682,6 +768,11 @@ def evaluate_run(path, data=None, log=print, ignore_class_names=False) -> dict:
     model, config = load_run(path)
     if data is not None:
         config = {**config, "data": data}
+    elif config.get("data") is None:
+        raise ValueError(
+            f"evaluate: {path} records no data of its own (converted or saved weights, not a"
+            " training run); give the images to evaluate on with --data (data=...)"
+        )
     _, test, summary = load_data(config, warn=log)
     test = match_classes(test, config["classes"], ignore_class_names)
     result = evaluate(model, eval_loader(config, test, _workers(config, test)),
