@@ -121,3 +121,22 @@ def test_batch_of_one_is_fine_in_eval_mode_and_above_32_pixels():
     assert m.eval().forward(np.zeros((1, 3, 32, 32), np.float32)).shape == (1, 5)
     assert m.train().forward(np.zeros((1, 3, 33, 33), np.float32)).shape == (1, 5)  # 2x2 map
     assert m.eval().forward(np.zeros((1, 3, 1, 1), np.float32)).shape == (1, 5)  # H, W >= 1
+
+
+@pytest.mark.parametrize("attr,value,match", [
+    ("runner", 4, r"MobileNetV1.runner: expected an npmobilenet.threads.Runner .* got int 4"),
+    ("runner", None, "MobileNetV1.runner: expected an npmobilenet.threads.Runner"),
+    ("recompute_block_outputs", "no", "recompute_block_outputs must be True or False, got str"),
+])  # fmt: skip
+def test_runner_and_recompute_are_checked_where_they_are_set(attr, value, match):
+    """A wrong runner failed at the next forward with a bare AttributeError, and the string
+    'no' turned recomputation on."""
+    from npmobilenet import threads
+
+    m = MobileNetV1(alpha=0.25, num_classes=3, seed=0)
+    runner = m.runner
+    with pytest.raises(TypeError, match=match):
+        setattr(m, attr, value)
+    assert m.runner is runner and m.recompute_block_outputs is False
+    m.runner, m.recompute_block_outputs = threads.Runner(1), np.True_
+    assert m.runner.threads == 1 and m.recompute_block_outputs is True

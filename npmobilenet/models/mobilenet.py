@@ -535,6 +535,32 @@ class MobileNetV1(Module):
         self.config["num_classes"] = num_classes
 
     @property
+    def runner(self) -> threads.Runner:
+        """The :class:`npmobilenet.threads.Runner` that splits each batch (``Runner(1)``:
+        serial)."""
+        return self._runner
+
+    @runner.setter
+    def runner(self, value: threads.Runner) -> None:
+        if not isinstance(value, threads.Runner):
+            raise TypeError(
+                "MobileNetV1.runner: expected an npmobilenet.threads.Runner (Runner(n) splits a"
+                f" batch over n threads, Runner(1) runs serially), got {chk.describe(value)}"
+            )
+        object.__setattr__(self, "_runner", value)
+
+    @property
+    def recompute_block_outputs(self) -> bool:
+        """Whether each block's output is let go and computed again in backward (see the
+        class docstring)."""
+        return self._recompute_block_outputs
+
+    @recompute_block_outputs.setter
+    def recompute_block_outputs(self, value: bool) -> None:
+        value = chk.flag("MobileNetV1", "recompute_block_outputs", value)
+        object.__setattr__(self, "_recompute_block_outputs", value)
+
+    @property
     def num_features(self) -> int:
         """Channels of the feature map (the classifier's input), from the current children."""
         return self.output_shape_features((1, self.config["in_channels"], 32, 32))[1]

@@ -195,13 +195,14 @@ class Module:
         """This module and all below it, each once, in the order of :meth:`named_modules`: one
         list built with a stack (named_modules' nested generators and dotted names cost about
         0.5 us a module, and zero_grad walks every module each step)."""
-        order, todo = {}, [self]
+        order, seen, todo = [], set(), [self]
         while todo:
             mod = todo.pop()
-            if mod not in order:
-                order[mod] = None
+            if id(mod) not in seen:  # by identity: a user's module may define __eq__
+                seen.add(id(mod))
+                order.append(mod)
                 todo.extend(reversed(mod._modules.values()))
-        return list(order)
+        return order
 
     def named_buffers(self, prefix: str = "") -> Iterator[tuple[str, np.ndarray]]:
         for mod_name, mod in self.named_modules(prefix):
