@@ -659,3 +659,28 @@ def test_a_layer_run_twice_in_one_forward_is_refused_in_backward_with_the_reason
     with pytest.raises(RuntimeError, match="Linear.backward: .* or the module ran twice in one"
                                            " forward"):  # fmt: skip
         net.backward(np.ones((2, 3), np.float32))
+
+
+@pytest.mark.torch
+def test_modules_children_get_submodule_and_apply_walk_like_torch(torch):
+    def tree(m):
+        shared = m.ReLU()
+        last = m.Sequential(m.BatchNorm2d(4), m.Sequential(m.Linear(4, 2)))
+        return m.Sequential(m.Sequential(m.Conv2d(3, 4, 1), shared), shared, last)
+
+    ours, ref = tree(nn), tree(torch.nn)
+    assert [type(m).__name__ for m in ours.modules()] == [type(m).__name__ for m in ref.modules()]
+    assert [n for n, _ in ours.named_children()] == [n for n, _ in ref.named_children()]
+    assert len(list(ours.children())) == len(list(ref.children()))
+    for path in ("", "0.1", "2.1.0"):
+        assert type(ours.get_submodule(path)).__name__ == type(ref.get_submodule(path)).__name__
+        assert ours.get_submodule(path) is (ours if not path else
+                                           dict(ours.named_modules(remove_duplicate=False))[path])
+    with pytest.raises(AttributeError):
+        ref.get_submodule("2.5")
+    with pytest.raises(AttributeError, match=r"get_submodule: 2 \(Sequential\) has no child '5'"):
+        ours.get_submodule("2.5")
+    seen, tseen = [], []
+    assert ours.apply(lambda m: seen.append(type(m).__name__)) is ours
+    ref.apply(lambda m: tseen.append(type(m).__name__))
+    assert seen == tseen  # children first, each once

@@ -151,7 +151,44 @@ class Module:
 
     # ----------------------------------------------------------------- traversal
     def children(self) -> Iterator[Module]:
-        yield from self._modules.values()
+        """The direct children, in registration order, each once."""
+        for _, child in self.named_children():
+            yield child
+
+    def named_children(self) -> Iterator[tuple[str, Module]]:
+        """``(name, child)`` of the direct children, each once (under its first name)."""
+        seen = set()
+        for name, child in self._modules.items():
+            if id(child) not in seen:
+                seen.add(id(child))
+                yield name, child
+
+    def modules(self) -> Iterator[Module]:
+        """This module and all below it, each once, in the order of :meth:`named_modules`."""
+        for _, m in self.named_modules():
+            yield m
+
+    def get_submodule(self, target: str) -> Module:
+        """The module at the dotted path ``target`` (``""``: this module), as in PyTorch."""
+        if not isinstance(target, str):
+            raise TypeError(f"{type(self).__name__}.get_submodule: target must be a str, got"
+                            f" {describe(target)}")  # fmt: skip
+        module = self
+        for i, name in enumerate(target.split(".") if target else []):
+            if name not in module._modules:
+                where = ".".join(target.split(".")[:i]) or "the module"
+                raise AttributeError(f"{type(self).__name__}.get_submodule: {where} ("
+                                     f"{type(module).__name__}) has no child {name!r}")  # fmt: skip
+            module = module._modules[name]
+        return module
+
+    def apply(self, fn) -> Module:
+        """Call ``fn(module)`` on every child (recursively), then on this module; returns
+        ``self`` (PyTorch's order)."""
+        for child in self.children():
+            child.apply(fn)
+        fn(self)
+        return self
 
     def named_modules(self, prefix: str = "", remove_duplicate: bool = True
                       ) -> Iterator[tuple[str, Module]]:  # fmt: skip
