@@ -167,13 +167,18 @@ def test_batch_norm_ignoring_the_mean_term_is_caught_in_train_mode(x):
     check_module(UserBatchNorm(ignore_mean_term=True), x, modes="eval")
 
 
-def test_the_same_bugs_through_check_op(rng):
-    def forward(x, w):
-        return x * w, (x, w)
+def _product_forward(x, w):
+    """The elementwise product op the check_op tests use: ``x * w``, its cache (x, w)."""
+    return x * w, (x, w)
 
-    def backward(dout, cache):
-        x, w = cache
-        return dout * w, dout * x
+
+def _product_backward(dout, cache):
+    x, w = cache
+    return dout * w, dout * x
+
+
+def test_the_same_bugs_through_check_op(rng):
+    forward, backward = _product_forward, _product_backward
 
     def wrong_order(dout, cache):
         return backward(dout, cache)[::-1]
@@ -394,8 +399,7 @@ def test_a_layer_wrong_only_for_a_non_contiguous_x_is_caught_when_given_one(fast
 
 @pytest.mark.parametrize("fast", [False, True])
 def test_check_op_and_check_grad_keep_a_non_contiguous_layout(fast):
-    def forward(x, w):
-        return x * w, (x, w)
+    forward = _product_forward
 
     def backward(dout, cache):
         x, w = cache
@@ -417,8 +421,7 @@ def test_check_op_and_check_grad_keep_a_non_contiguous_layout(fast):
 
 
 def test_check_op_catches_a_backward_writing_to_x_or_dout(rng):
-    def forward(x, w):
-        return x * w, (x, w)
+    forward = _product_forward
 
     def clobbers_x(dout, cache):
         x, w = cache
@@ -466,8 +469,7 @@ def test_a_check_that_compares_nothing_is_an_error_not_a_pass(x):
     with pytest.raises(ValueError, match=r"check_grad: nothing to check: every input is empty"):
         check_grad(lambda x: 0.0, {"x": np.zeros(0)}, {"x": np.zeros(0)})
 
-    def forward(x, w):
-        return x * w, (x, w)
+    forward = _product_forward
 
     def wrong(dout, cache):
         return dout, dout  # both gradients wrong, but of nothing
@@ -520,12 +522,7 @@ def test_a_float32_layer_is_also_run_in_float32(bug, match, fast):
 
 
 def test_check_op_runs_float32_inputs_in_float32_too(rng):
-    def forward(x, w):
-        return x * w, (x, w)
-
-    def backward(dout, cache):
-        x, w = cache
-        return dout * w, dout * x
+    forward, backward = _product_forward, _product_backward
 
     def off_in_float32(dout, cache):
         dx, dw = backward(dout, cache)
